@@ -1,0 +1,27 @@
+"""entropy_optax: Entropy-SGD (Chaudhari et al., ICLR 2017) as an Optax gradient transformation."""
+
+from entropy_optax._alias import entropy_adam
+from entropy_optax._alias import entropy_sgd
+from entropy_optax._langevin import LangevinStats
+from entropy_optax._langevin import langevin_mean
+from entropy_optax._scoping import bounded_exponential_scoping
+from entropy_optax._scoping import exponential_scoping
+from entropy_optax._scoping import linear_scoping
+from entropy_optax._scoping import quadratic_scoping
+from entropy_optax._transform import LocalEntropyState
+from entropy_optax._transform import local_entropy
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "LangevinStats",
+    "LocalEntropyState",
+    "bounded_exponential_scoping",
+    "entropy_adam",
+    "entropy_sgd",
+    "exponential_scoping",
+    "langevin_mean",
+    "linear_scoping",
+    "local_entropy",
+    "quadratic_scoping",
+)
