@@ -1,0 +1,412 @@
+"""Tests for entropy_optax.flatness: numbers against closed forms and dense linear algebra."""
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+matplotlib.use("Agg")
+
+from entropy_optax import flatness  # noqa: E402
+
+# A paper-like spectrum (Fig. 1): a few small negative eigenvalues, a bulk
+# near zero, a long positive tail. All distinct, so Lanczos never breaks down.
+_LAM = np.concatenate([
+    np.linspace(-0.3, -0.05, 3),
+    1e-5 * np.linspace(-1.0, 1.0, 45),
+    np.geomspace(0.5, 20.0, 12),
+])
+_N = _LAM.size  # 60 = 4 * 5 + 40: params {"w": (4, 5), "b": (40,)}.
+
+
+def _quadratic_problem(lam=_LAM, seed=0):
+  """0.5 x^T M_b x on a two-leaf pytree; the mean of the two M_b is Q diag(lam) Q^T."""
+  rng = np.random.default_rng(seed)
+  n = lam.size
+  q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+  a = (q * lam) @ q.T
+  s = rng.normal(size=(n, n))
+  s = 0.5 * (s + s.T)
+  batches = [jnp.asarray(a + s, jnp.float32), jnp.asarray(a - s, jnp.float32)]
+  params = {
+      "w": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
+      "b": jnp.asarray(rng.normal(size=(n - 20,)), jnp.float32),
+  }
+
+  def loss_fn(p, m):
+    x, _ = ravel_pytree(p)
+    return 0.5 * x @ (m.astype(x.dtype) @ x)
+
+  return loss_fn, params, batches, a
+
+
+_QUAD = _quadratic_problem()
+
+
+def _mlp_loss(params, batch):
+  x, y = batch
+  h = jnp.tanh(x @ params["w1"] + params["b1"])
+  logits = h @ params["w2"] + params["b2"]
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+
+def _mlp_problem(seed=0):
+  """A 5-32-3 tanh MLP (291 parameters), two batches of 8 examples."""
+  k = jax.random.split(jax.random.key(seed), 6)
+  params = {
+      "w1": jax.random.normal(k[0], (5, 32)) / jnp.sqrt(5.0),
+      "b1": 0.1 * jax.random.normal(k[1], (32,)),
+      "w2": jax.random.normal(k[2], (32, 3)) / jnp.sqrt(32.0),
+      "b2": jnp.zeros(3),
+  }
+  xs = jax.random.normal(k[3], (2, 8, 5))
+  ys = jax.random.randint(k[4], (2, 8), 0, 3)
+  batches = [(xs[0], ys[0]), (xs[1], ys[1])]
+  return params, batches
+
+
+_MLP = _mlp_problem()
+
+
+def _dense_mlp_eigenvalues():
+  """Independent reference: eigvalsh of jax.hessian of the flat mean loss."""
+  params, batches = _MLP
+  x, unravel = ravel_pytree(params)
+
+  def mean_loss(y):
+    return sum(_mlp_loss(unravel(y), b) for b in batches) / len(batches)
+
+  hessian = jax.jit(jax.hessian(mean_loss))(x)
+  return np.linalg.eigvalsh(np.asarray(hessian, np.float64))
+
+
+@pytest.fixture(scope="module")
+def dense_mlp():
+  return _dense_mlp_eigenvalues()
+
+
+@pytest.fixture(scope="module")
+def slq():
+  """One SLQ run shared by the tests that only read it (compiles once)."""
+  params, batches = _MLP
+  return flatness.spectral_density(
+      _mlp_loss, params, batches, num_iters=20, num_samples=64, key=1
+  )
+
+
+@pytest.fixture(scope="module")
+def per_example_grads():
+  params, batches = _MLP
+  grad = jax.jit(jax.grad(_mlp_loss))
+  grads = [
+      ravel_pytree(grad(params, (x[i : i + 1], y[i : i + 1])))[0]
+      for x, y in batches
+      for i in range(x.shape[0])
+  ]
+  return np.asarray(jnp.stack(grads), np.float64)
+
+
+# ----------------------------------------------------------------- hvp / exact
+
+
+def test_hvp_is_mean_hessian_times_vector():
+  loss_fn, params, batches, a = _QUAD
+  v = np.random.default_rng(1).normal(size=_N).astype(np.float32)
+  np.testing.assert_allclose(
+      flatness.hvp(loss_fn, params, batches)(v), a @ v, rtol=1e-4, atol=1e-4
+  )
+
+
+def test_exact_eigenvalues_of_quadratic_equal_chosen_spectrum():
+  loss_fn, params, batches, _ = _QUAD
+  ev = flatness.hessian_eigenvalues(loss_fn, params, batches, chunk_size=16)
+  # float32 eigvalsh resolves eigenvalues to ~eps * |A| = 2e-6 here.
+  np.testing.assert_allclose(ev, np.sort(_LAM), atol=2e-5)
+
+
+def test_batches_list_iterator_and_stacked_agree():
+  loss_fn, params, batches, _ = _QUAD
+  from_list = flatness.hessian_eigenvalues(loss_fn, params, batches)
+  from_iter = flatness.hessian_eigenvalues(loss_fn, params, iter(batches))
+  from_stack = flatness.hessian_eigenvalues(loss_fn, params, jnp.stack(batches))
+  np.testing.assert_allclose(from_iter, from_list, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(from_stack, from_list, rtol=0, atol=1e-6)
+
+  class Loader:  # An iterable that is not a pytree, like a tf.data.Dataset.
+
+    def __iter__(self):
+      return iter(batches)
+
+  from_loader = flatness.hessian_eigenvalues(loss_fn, params, Loader())
+  np.testing.assert_allclose(from_loader, from_list, rtol=0, atol=1e-6)
+  # A tuple is a stacked pytree: two batches of (x, y) stacked leaf-wise.
+  params_mlp, batches_mlp = _MLP
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches_mlp)
+  np.testing.assert_allclose(
+      flatness.hessian_eigenvalues(_mlp_loss, params_mlp, stacked),
+      flatness.hessian_eigenvalues(_mlp_loss, params_mlp, batches_mlp),
+      rtol=0, atol=1e-6,
+  )
+
+
+def test_stacked_batches_with_mismatched_leading_axes_fail_loudly():
+  loss_fn, params, _, _ = _QUAD
+  with pytest.raises(ValueError, match="list of batches"):
+    flatness.hessian_eigenvalues(
+        loss_fn, params, (jnp.zeros((2, 3)), jnp.zeros((4, 3)))
+    )
+
+
+def test_exact_eigenvalues_of_mlp_match_jax_hessian(dense_mlp):
+  params, batches = _MLP
+  ev = flatness.hessian_eigenvalues(_mlp_loss, params, batches)
+  scale = np.abs(dense_mlp).max()
+  np.testing.assert_allclose(ev, dense_mlp, rtol=0, atol=1e-5 * scale)
+  # Not trivially flat: the test would pass vacuously on a zero Hessian.
+  assert scale > 0.1 and dense_mlp.min() < -1e-3
+
+
+def test_bfloat16_params_are_analysed_in_float32():
+  loss_fn, params, batches, _ = _quadratic_problem(lam=np.linspace(1.0, 2.0, _N))
+  params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  ev = flatness.hessian_eigenvalues(loss_fn, params16, batches)
+  assert ev.dtype == jnp.float32
+  np.testing.assert_allclose(ev, np.linspace(1.0, 2.0, _N), atol=0.05)
+
+
+def test_too_large_model_points_to_lanczos_path():
+  loss_fn, params, batches, _ = _QUAD
+  with pytest.raises(ValueError) as info:
+    flatness.hessian_eigenvalues(loss_fn, params, batches, max_params=59)
+  message = str(info.value)
+  assert "60 parameters" in message
+  assert "lanczos_extremes" in message and "spectral_density" in message
+
+
+# ----------------------------------------------------------------- Lanczos
+
+
+def test_lanczos_extremes_of_quadratic():
+  loss_fn, params, batches, _ = _QUAD
+  ext = flatness.lanczos_extremes(
+      loss_fn, params, batches, num_iters=40, key=0
+  )
+  np.testing.assert_allclose(ext.largest, _LAM.max(), rtol=1e-4)
+  np.testing.assert_allclose(ext.smallest, _LAM.min(), rtol=1e-3)
+
+
+def test_lanczos_extremes_of_mlp_match_dense(dense_mlp):
+  params, batches = _MLP
+  ext = flatness.lanczos_extremes(
+      _mlp_loss, params, batches, num_iters=80, key=jax.random.key(3)
+  )
+  scale = np.abs(dense_mlp).max()
+  np.testing.assert_allclose(ext.largest, dense_mlp.max(), atol=1e-4 * scale)
+  np.testing.assert_allclose(ext.smallest, dense_mlp.min(), atol=1e-4 * scale)
+
+
+def test_slq_moments_match_dense_spectrum(slq, dense_mlp):
+  sd, num_samples = slq, 64
+  assert sd.nodes.shape == sd.weights.shape == (num_samples, 20)
+  assert sd.num_params == dense_mlp.size
+  # 0th moment: every probe's quadrature weights sum to one.
+  np.testing.assert_allclose(sd.weights.sum(axis=1), 1.0, atol=1e-5)
+  # 1st and 2nd: per probe, v^T H^p v / |v|^2 exactly (Gauss quadrature,
+  # degree <= 2k - 1), unbiased for tr(H^p) / n; allow 4 standard errors.
+  for power in (1, 2):
+    per_probe = np.sum(np.asarray(sd.weights) * np.asarray(sd.nodes) ** power, 1)
+    exact = np.mean(dense_mlp**power)
+    stderr = per_probe.std(ddof=1) / np.sqrt(num_samples)
+    assert abs(per_probe.mean() - exact) < 4 * stderr + 1e-6 * abs(exact)
+    np.testing.assert_allclose(sd.moment(power), per_probe.mean(), rtol=1e-5)
+  # Extreme nodes are Ritz values: inside the spectrum, close to its ends.
+  assert sd.nodes.max() <= dense_mlp.max() * (1 + 1e-4)
+  np.testing.assert_allclose(sd.nodes.max(), dense_mlp.max(), rtol=1e-2)
+
+
+def test_smoothed_density_is_a_density_with_the_right_mean(slq):
+  sd = slq
+  lo, hi = float(sd.nodes.min()), float(sd.nodes.max())
+  sigma = 0.02 * (hi - lo)
+  grid = np.linspace(lo - 8 * sigma, hi + 8 * sigma, 4001)
+  density = np.asarray(sd.density(grid, sigma))
+  np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, atol=1e-4)
+  np.testing.assert_allclose(
+      np.trapezoid(grid * density, grid), sd.moment(1), rtol=1e-3, atol=1e-6
+  )
+
+
+# ----------------------------------------------------------------- trace
+
+
+def test_hutchinson_is_unbiased_with_honest_stderr():
+  loss_fn, params, batches, a = _QUAD
+  num_runs, num_samples = 40, 8
+  runs = [
+      flatness.hutchinson_trace(
+          loss_fn, params, batches, num_samples=num_samples, key=seed
+      )
+      for seed in range(num_runs)
+  ]
+  estimates = np.array([r.estimate for r in runs])
+  stderrs = np.array([r.stderr for r in runs])
+  exact = np.trace(a)
+  assert abs(estimates.mean() - exact) < 4 * estimates.std(ddof=1) / np.sqrt(
+      num_runs
+  )
+  # Rademacher probes: Var(z^T A z) = 2 sum_{i != j} A_ij^2 (closed form).
+  probe_var = 2 * (np.sum(a**2) - np.sum(np.diag(a) ** 2))
+  np.testing.assert_allclose(
+      np.mean(stderrs**2), probe_var / num_samples, rtol=0.3
+  )
+  np.testing.assert_allclose(
+      estimates.var(ddof=1), probe_var / num_samples, rtol=0.5
+  )
+
+
+def test_hutchinson_is_exact_on_a_diagonal_hessian():
+  lam = jnp.arange(1.0, 7.0)
+  est = flatness.hutchinson_trace(
+      lambda p, _: 0.5 * jnp.sum(lam * p**2), jnp.zeros(6), [None],
+      num_samples=4, key=0,
+  )
+  np.testing.assert_allclose(est.estimate, 21.0, rtol=1e-6)
+  np.testing.assert_allclose(est.stderr, 0.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------- Fisher
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_fisher_diagonal_matches_per_example_loop(centered, per_example_grads):
+  params, batches = _MLP
+  g = per_example_grads
+  expected = np.mean(g**2, axis=0)
+  if centered:
+    expected -= np.mean(g, axis=0) ** 2
+  fisher = flatness.fisher_diagonal(_mlp_loss, params, batches, centered=centered)
+  assert jax.tree.structure(fisher) == jax.tree.structure(params)
+  np.testing.assert_allclose(
+      ravel_pytree(fisher)[0], expected, rtol=1e-4, atol=1e-7
+  )
+
+
+def test_fisher_diagonal_per_example_loss(per_example_grads):
+  params, batches = _MLP
+
+  def single(p, example):
+    x, y = example
+    return _mlp_loss(p, (x[None], y[None]))
+
+  fisher = flatness.fisher_diagonal(single, params, batches, per_example=True)
+  np.testing.assert_allclose(
+      ravel_pytree(fisher)[0], np.mean(per_example_grads**2, axis=0),
+      rtol=1e-4, atol=1e-7,
+  )
+
+
+def test_fisher_diagonal_from_adam_is_bias_corrected_ema():
+  b1, b2 = 0.8, 0.95
+  # inject_hyperparams adds a second 'count': the right one must be used.
+  opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1, b1=b1, b2=b2)
+  params = {"a": jnp.zeros(3), "b": jnp.zeros((2,))}
+  state = opt.init(params)
+  rng = np.random.default_rng(0)
+  grads = [rng.normal(size=5).astype(np.float32) for _ in range(3)]
+  for g in grads:
+    _, state = opt.update(
+        {"a": jnp.asarray(g[:3]), "b": jnp.asarray(g[3:])}, state, params
+    )
+  t = len(grads)
+  nu = sum((1 - b2) * b2 ** (t - 1 - s) * g**2 for s, g in enumerate(grads))
+  mu = sum((1 - b1) * b1 ** (t - 1 - s) * g for s, g in enumerate(grads))
+
+  raw = ravel_pytree(flatness.fisher_diagonal_from_adam(state))[0]
+  np.testing.assert_allclose(raw, nu, rtol=1e-5)
+  corrected = ravel_pytree(flatness.fisher_diagonal_from_adam(state, b2=b2))[0]
+  np.testing.assert_allclose(corrected, nu / (1 - b2**t), rtol=1e-5)
+  centered = flatness.fisher_diagonal_from_adam(
+      state, b2=b2, b1=b1, centered=True
+  )
+  np.testing.assert_allclose(
+      ravel_pytree(centered)[0],
+      nu / (1 - b2**t) - (mu / (1 - b1**t)) ** 2,
+      rtol=1e-4, atol=1e-6,
+  )
+
+
+def test_fisher_diagonal_from_non_adam_state_fails_loudly():
+  state = optax.sgd(0.1, momentum=0.9).init(jnp.zeros(3))
+  with pytest.raises(ValueError, match="'nu'"):
+    flatness.fisher_diagonal_from_adam(state)
+
+
+# ----------------------------------------------------------------- summary / plot
+
+
+def test_spectrum_summary_on_hand_made_array():
+  ev = np.array([-0.5, -5e-5, 0.0, 5e-5, 5e-4, 5e-3, 2.0, 40.0])
+  s = flatness.spectrum_summary(ev)
+  assert s == {
+      "count": 8,
+      "max_eigenvalue": 40.0,
+      "min_eigenvalue": -0.5,
+      "frac_negative": 2 / 8,
+      "frac_abs_below_1e-04": 3 / 8,
+      "frac_abs_below_1e-03": 4 / 8,
+      "frac_abs_below_1e-02": 5 / 8,
+  }
+  # A pytree (e.g. a Fisher diagonal) is raveled.
+  assert flatness.spectrum_summary({"a": ev[:3], "b": ev[3:]}) == s
+
+
+def test_plot_spectrum_draws_one_histogram_per_spectrum(slq, dense_mlp):
+  import matplotlib.pyplot as plt
+
+  rng = np.random.default_rng(0)
+  spectra = {
+      "SGD": rng.normal(size=300),
+      "Entropy-SGD": 0.1 * rng.normal(size=300),
+      "Adam": rng.standard_cauchy(size=300),
+  }
+  ax = flatness.plot_spectrum(spectra, bins=40)
+  try:
+    assert len(ax.patches) == 3 and not ax.lines
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(spectra)
+    assert ax.get_yscale() == "log"
+  finally:
+    plt.close(ax.figure)
+
+  # A single spectrum on given axes; a SpectralDensity is one curve.
+  sd = slq
+  _, ax2 = plt.subplots()
+  try:
+    out = flatness.plot_spectrum({"exact": dense_mlp, "SLQ": sd}, ax=ax2)
+    assert out is ax2 and len(ax2.patches) == 1 and len(ax2.lines) == 1
+    out = flatness.plot_spectrum(dense_mlp, ax=ax2, log=False)
+    assert len(ax2.patches) == 2
+  finally:
+    plt.close(ax2.figure)
+
+
+def test_docstring_examples_run():
+  failures, tried = doctest.testmod(flatness, optionflags=doctest.ELLIPSIS)
+  assert tried > 0 and failures == 0
+
+
+def test_missing_matfree_names_the_extra(monkeypatch):
+  import sys
+
+  monkeypatch.setitem(sys.modules, "matfree", None)
+  loss_fn, params, batches, _ = _QUAD
+  with pytest.raises(ImportError, match=r"entropy_optax\[flatness\]"):
+    flatness.lanczos_extremes(loss_fn, params, batches, num_iters=5, key=0)
+  with pytest.raises(ImportError, match=r"entropy_optax\[flatness\]"):
+    flatness.spectral_density(
+        loss_fn, params, batches, num_iters=5, num_samples=2, key=0
+    )
