@@ -11,7 +11,10 @@ from entropy_optax._transform import local_entropy
 
 def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
   # The authors' code adds wd x to the outer gradient x - mu, before the outer momentum.
-  return optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity()
+  # A traced weight_decay (optax.inject_hyperparams) keeps the term.
+  if _langevin.is_static_zero(weight_decay):
+    return optax.identity()
+  return optax.add_decayed_weights(weight_decay)
 
 
 def entropy_sgd(
@@ -69,7 +72,8 @@ def entropy_sgd(
           langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
           scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
       _outer_weight_decay(weight_decay),
-      optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
+      optax.sgd(learning_rate, momentum=None if _langevin.is_static_zero(momentum) else momentum,
+                nesterov=nesterov),
   )
 
 

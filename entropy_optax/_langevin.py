@@ -43,6 +43,11 @@ def empty_stats() -> LangevinStats:
   return LangevinStats(*(jnp.zeros([], jnp.float32) for _ in LangevinStats._fields))
 
 
+def is_static_zero(value: Any) -> bool:
+  """True for a Python 0; False for anything else, traced values (inject_hyperparams) included."""
+  return isinstance(value, (int, float)) and value == 0
+
+
 def chain_dtype(dtype: Any) -> jnp.dtype:
   """The dtype the chain x', mu and the noise are kept in: at least float32.
 
@@ -189,8 +194,8 @@ def langevin_mean(
     raise ValueError(f"num_langevin_steps must be >= 1, got {num_steps}.")
   if noise_sampler not in NOISE_SAMPLERS:
     raise ValueError(f"noise_sampler must be one of {NOISE_SAMPLERS}, got {noise_sampler!r}.")
-  use_momentum = not (isinstance(langevin_momentum, (int, float)) and langevin_momentum == 0)
-  use_noise = not (isinstance(noise, (int, float)) and noise == 0)
+  use_momentum = not is_static_zero(langevin_momentum)
+  use_noise = not is_static_zero(noise)
   if unroll is None:
     unroll = default_unroll(num_steps)
 

@@ -54,8 +54,12 @@ def _check_hyperparameters(num_langevin_steps, gamma, langevin_lr, noise, alpha)
 
 
 def _canonical_key(key: jax.Array | int) -> jax.Array:
-  """A raw uint32 key: it vmaps, serialises (orbax) and compares like any array."""
-  if isinstance(key, int):
+  """A raw uint32 key: it vmaps, serialises (orbax) and compares like any array.
+
+  A seed may also arrive as a 0-d integer array: ``optax.inject_hyperparams`` turns every
+  numeric argument, ``key=0`` included, into one.
+  """
+  if jnp.ndim(key) == 0 and jnp.issubdtype(jnp.result_type(key), jnp.integer):
     return jax.random.PRNGKey(key)
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
@@ -94,6 +98,13 @@ def local_entropy(
   model state (BatchNorm statistics) of its own evaluation at x for logging. It must therefore be
   the first member of a chain, fed raw gradients. Other keyword arguments are ignored (they are
   for other members of the chain).
+
+  Non-finite values: ``optax.apply_if_finite`` checks the gradients it receives, so wrapped
+  around the whole chain it skips a step whose gradient at x is non-finite. A chain that
+  diverges inside (a non-finite gradient at a later Langevin step) returns non-finite updates and
+  leaves this transformation's state unchanged; put ``optax.apply_if_finite`` around the outer
+  optimizer, ``optax.chain(local_entropy(...), optax.apply_if_finite(optax.sgd(...), 5))``, to
+  skip both kinds of step with params and state unchanged.
 
   Args:
     num_langevin_steps: L >= 1, Langevin steps (gradient evaluations) per update.
@@ -163,6 +174,11 @@ def local_entropy(
         lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype), params, mu)
     new_state = LocalEntropyState(
         count=optax.safe_increment(state.count), rng_key=next_key, mu=mu, langevin_stats=stats)
+    # A chain that diverged (a non-finite gradient at some step k) leaves the state as it was, so
+    # that an optax.apply_if_finite after this transformation skips the whole step; the
+    # non-finite updates themselves are passed on, never hidden.
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(mu)]))
+    new_state = optax.tree.where(finite, new_state, state)
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
