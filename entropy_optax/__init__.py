@@ -1,5 +1,6 @@
 """entropy_optax: Entropy-SGD (Chaudhari et al., ICLR 2017) as an Optax gradient transformation."""
 
+from entropy_optax import flatness
 from entropy_optax._alias import entropy_adam
 from entropy_optax._alias import entropy_sgd
 from entropy_optax._langevin import LangevinStats
@@ -20,6 +21,7 @@ __all__ = (
     "entropy_adam",
     "entropy_sgd",
     "exponential_scoping",
+    "flatness",
     "langevin_mean",
     "linear_scoping",
     "local_entropy",
