@@ -1,0 +1,370 @@
+"""Data sets of the Entropy-SGD experiments, as numpy arrays.
+
+Every loader returns a ``Dataset`` of whole splits held in host memory
+(float32 inputs, images NHWC; int32 labels), meant to be put on the device once
+and batched there: these data sets are small and the training loops are faster
+without a host input pipeline.
+
+TensorFlow Datasets (and with it TensorFlow, seconds to import) and ``mnist1d``
+(which imports matplotlib) are imported inside the functions that need them, so
+that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+
+import numpy as np
+
+
+class DatasetUnavailableError(RuntimeError):
+  """A data set is neither prepared in the data directory nor downloadable."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """Whole train and test splits of a classification data set.
+
+  Unpacks as ``train_x, train_y, test_x, test_y = dataset``.
+
+  Attributes:
+    train_x: float32 inputs, (num_train, *input_shape).
+    train_y: int32 labels in [0, num_classes), (num_train,).
+    test_x: float32 inputs, (num_test, *input_shape).
+    test_y: int32 labels, (num_test,).
+    num_classes: number of classes.
+    name: what the data are, e.g. ``"cifar10"`` or ``"synthetic:cifar10"``.
+  """
+
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  name: str = ""
+
+  def __iter__(self):
+    return iter((self.train_x, self.train_y, self.test_x, self.test_y))
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return tuple(self.train_x.shape[1:])
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing: global contrast normalisation and ZCA whitening.
+# ---------------------------------------------------------------------------
+
+
+def global_contrast_normalize(x: np.ndarray, scale: float = 55.0,
+                              eps: float = 1e-8) -> np.ndarray:
+  """Per example: subtracts its mean, then scales it to Euclidean norm ``scale``.
+
+  pylearn2's ``global_contrast_normalize(use_std=False)`` with ``scale=55``, the
+  CIFAR-10 preprocessing of Goodfellow et al. (2013) that the paper cites. With
+  3072 values per image a norm of 55 means a per-pixel standard deviation of
+  about 1, which is what the authors' own script (per-image std) gives too.
+  Examples of (near) constant value, norm < ``eps``, are only centred.
+
+  Args:
+    x: (num_examples, ...) array; each example is normalised over all its values.
+    scale: the norm of every output example.
+    eps: norms below this are treated as 1, to avoid blowing up flat images.
+
+  Returns:
+    float32 array of the shape of ``x``.
+  """
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  flat -= flat.mean(axis=1, keepdims=True)
+  norms = np.sqrt(np.sum(flat**2, axis=1, keepdims=True)) / scale
+  norms[norms < eps] = 1.0
+  return (flat / norms).astype(np.float32).reshape(x.shape)
+
+
+def zca_whitening_fit(x: np.ndarray, eps: float = 0.1,
+                      chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """Fits ZCA whitening: the mean and the matrix ``W = V diag(1/sqrt(λ + eps)) Vᵀ``.
+
+  ``λ, V`` are the eigenvalues and eigenvectors of the covariance
+  ``C = (x - mean)ᵀ (x - mean) / n`` of the flattened examples. ``W`` is the
+  symmetric whitening transform ("zero-phase": the closest to the identity), so
+  whitened images still look like images. ``eps`` is pylearn2's ``filter_bias``
+  (default 0.1, used by Goodfellow et al. 2013 after GCN with scale 55): it
+  damps the directions of smallest variance instead of amplifying their noise.
+
+  The covariance is accumulated in float64 over chunks of rows, so 50000 x 3072
+  CIFAR-10 needs ~0.2 GB beyond the input; with ``eigh`` of the 3072 x 3072
+  matrix the fit costs ~30 s of CPU time (a minute on two busy cores). With fewer examples than
+  dimensions (tests, subsets) the eigenvectors come from the small n x n Gram
+  matrix instead, and W is 1/sqrt(eps) on the rest, where the covariance is 0.
+
+  Args:
+    x: (num_examples, ...) training inputs.
+    eps: added to the eigenvalues (regulariser).
+    chunk_size: rows per chunk of the covariance accumulation.
+
+  Returns:
+    ``(mean, matrix)``: float64 arrays of shapes (d,) and (d, d), d the size of
+    one flattened example; apply them with ``zca_apply``.
+  """
+  flat = x.reshape(len(x), -1)
+  mean = flat.mean(axis=0, dtype=np.float64)
+  if len(flat) < flat.shape[1]:
+    return mean, _zca_matrix_from_gram(flat.astype(np.float64) - mean, eps)
+  cov = np.zeros((flat.shape[1], flat.shape[1]), np.float64)
+  for start in range(0, len(flat), chunk_size):
+    centred = flat[start:start + chunk_size].astype(np.float64) - mean
+    cov += centred.T @ centred
+  cov /= len(flat)
+  eigenvalues, eigenvectors = np.linalg.eigh(cov)
+  # eigh may return tiny negative eigenvalues for a singular covariance.
+  inv_sqrt = 1.0 / np.sqrt(np.maximum(eigenvalues, 0.0) + eps)
+  matrix = (eigenvectors * inv_sqrt) @ eigenvectors.T
+  return mean, matrix
+
+
+def _zca_matrix_from_gram(centred: np.ndarray, eps: float) -> np.ndarray:
+  """The ZCA matrix of n < d centred examples, from their n x n Gram matrix."""
+  if eps <= 0:
+    raise ValueError("ZCA of fewer examples than dimensions needs eps > 0: "
+                     "the covariance is singular.")
+  n, d = centred.shape
+  gram_eigenvalues, u = np.linalg.eigh(centred @ centred.T / n)
+  # The eigenvalues are those of the covariance on the span of the data;
+  # drop the numerically zero ones (centring removes one dimension).
+  keep = gram_eigenvalues > gram_eigenvalues.max() * 1e-10
+  eigenvalues = gram_eigenvalues[keep]
+  eigenvectors = centred.T @ u[:, keep] / np.sqrt(n * eigenvalues)
+  shrink = 1.0 / np.sqrt(eigenvalues + eps) - 1.0 / np.sqrt(eps)
+  matrix = (eigenvectors * shrink) @ eigenvectors.T
+  matrix[np.diag_indices(d)] += 1.0 / np.sqrt(eps)
+  return matrix
+
+
+def zca_apply(x: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+  """Whitens ``x`` with a fit of ``zca_whitening_fit``: ``(x - mean) W``.
+
+  Computed in float32: the fit needs float64, applying it does not.
+
+  Returns:
+    float32 array of the shape of ``x``.
+  """
+  flat = x.reshape(len(x), -1).astype(np.float32) - mean.astype(np.float32)
+  return (flat @ matrix.astype(np.float32)).reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------
+# TensorFlow Datasets.
+# ---------------------------------------------------------------------------
+
+# One file of each data set's download, to check quickly that it can be
+# fetched: tfds itself retries an unreachable host for ~3.5 minutes.
+_DOWNLOAD_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/train-labels-idx1-ubyte.gz",
+}
+_HUMAN_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+
+
+def _import_tfds():
+  """Imports ``tensorflow_datasets``, working around a missing dependency.
+
+  tfds 4.9.10 imports the ``importlib_resources`` backport while preparing a
+  data set, but recent etils no longer install it. On Python >= 3.11 the
+  standard library's ``importlib.resources`` offers what tfds uses from it
+  (``abc.Traversable``), so it stands in when the backport is absent.
+  """
+  try:
+    import importlib_resources  # noqa: F401
+  except ImportError:
+    import importlib.resources
+    import importlib.resources.abc  # noqa: F401  (tfds reads .abc.Traversable)
+    sys.modules.setdefault("importlib_resources", importlib.resources)
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+def _download_error(url: str, timeout: float = 5.0) -> str | None:
+  """Returns why ``url`` cannot be fetched, or None if it answers."""
+  import requests  # a dependency of tfds; honours HTTP(S)_PROXY like tfds does.
+
+  try:
+    requests.head(url, timeout=timeout, allow_redirects=True).raise_for_status()
+  except requests.RequestException as e:
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+def _unavailable(name: str, data_dir: str | None, reason: str) -> DatasetUnavailableError:
+  where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  return DatasetUnavailableError(
+      f"{_HUMAN_NAMES[name]} is not prepared in {where} and could not be downloaded "
+      f"({reason}). Run once on a machine with internet access (tfds downloads and "
+      f"prepares it), or pass --data-dir to a directory where tfds has prepared "
+      f"'{name}' (copy ~/tensorflow_datasets/{name} from such a machine), or use "
+      f"--synthetic for random data of the same shape."
+  )
+
+
+def _load_tfds(name: str, data_dir: str | None, download: bool):
+  """Returns ``(train_x, train_y, test_x, test_y)`` uint8 images and labels from tfds."""
+  tfds = _import_tfds()
+
+  def load(download):
+    # Batches of 10000, not batch_size=-1: tfds turns -1 into the split size
+    # recorded in the metadata, which mock data (tests) lack.
+    return tfds.load(name, split=["train", "test"], data_dir=data_dir,
+                     batch_size=10_000, as_supervised=True, download=download)
+
+  try:
+    splits = load(download=False)
+  except AssertionError:  # tfds: "Dataset ...: could not find data in ...".
+    if not download:
+      raise _unavailable(name, data_dir, "download=False") from None
+    reason = _download_error(_DOWNLOAD_URLS[name])
+    if reason is not None:
+      raise _unavailable(name, data_dir, reason) from None
+    try:
+      splits = load(download=True)
+    except Exception as e:  # Whatever broke the download or preparation.
+      raise _unavailable(name, data_dir, f"{type(e).__name__}: {e}") from e
+
+  def arrays(split):
+    images, labels = zip(*tfds.as_numpy(split))
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+  (train_x, train_y), (test_x, test_y) = map(arrays, splits)
+  return train_x, train_y, test_x, test_y
+
+
+def load_cifar10(data_dir: str | None = None, *, download: bool = True,
+                 preprocess: bool = True, gcn_scale: float = 55.0,
+                 zca_eps: float = 0.1) -> Dataset:
+  """CIFAR-10 through tfds, preprocessed as in the paper (Sec. 5.3).
+
+  With ``preprocess=True``: global contrast normalisation of every image, then
+  ZCA whitening fitted on the training set only and applied to both splits; no
+  augmentation. With ``preprocess=False``: the pixels scaled to [0, 1].
+
+  Args:
+    data_dir: tfds data directory; None for tfds's default.
+    download: whether tfds may download and prepare the data set if absent.
+    preprocess: GCN + ZCA (True) or raw pixels / 255 (False).
+    gcn_scale: the norm of each image after GCN.
+    zca_eps: the ZCA regulariser, added to the covariance eigenvalues.
+
+  Returns:
+    ``Dataset`` of 50000 + 10000 float32 images of shape (32, 32, 3).
+
+  Raises:
+    DatasetUnavailableError: if CIFAR-10 is absent and cannot be downloaded.
+  """
+  train_x, train_y, test_x, test_y = _load_tfds("cifar10", data_dir, download)
+  if preprocess:
+    train_x = global_contrast_normalize(train_x, gcn_scale)
+    test_x = global_contrast_normalize(test_x, gcn_scale)
+    mean, matrix = zca_whitening_fit(train_x, zca_eps)
+    train_x, test_x = zca_apply(train_x, mean, matrix), zca_apply(test_x, mean, matrix)
+  else:
+    train_x = train_x.astype(np.float32) / 255.0
+    test_x = test_x.astype(np.float32) / 255.0
+  return Dataset(train_x, train_y, test_x, test_y, num_classes=10, name="cifar10")
+
+
+def load_mnist(data_dir: str | None = None, *, download: bool = True,
+               standardize: bool = False) -> Dataset:
+  """MNIST through tfds, pixels scaled to [0, 1].
+
+  Args:
+    data_dir: tfds data directory; None for tfds's default.
+    download: whether tfds may download and prepare the data set if absent.
+    standardize: also subtract the training pixel mean and divide by the
+      training pixel standard deviation (one scalar each).
+
+  Returns:
+    ``Dataset`` of 60000 + 10000 float32 images of shape (28, 28, 1).
+
+  Raises:
+    DatasetUnavailableError: if MNIST is absent and cannot be downloaded.
+  """
+  train_x, train_y, test_x, test_y = _load_tfds("mnist", data_dir, download)
+  train_x = train_x.astype(np.float32) / 255.0
+  test_x = test_x.astype(np.float32) / 255.0
+  if standardize:
+    mean, std = train_x.mean(), train_x.std()
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+  return Dataset(train_x, train_y, test_x, test_y, num_classes=10, name="mnist")
+
+
+# ---------------------------------------------------------------------------
+# MNIST-1D and synthetic data.
+# ---------------------------------------------------------------------------
+
+
+def load_mnist1d(num_train: int = 4000, num_test: int = 1000, seed: int = 42) -> Dataset:
+  """MNIST-1D (Greydanus 2020), generated offline by the ``mnist1d`` package.
+
+  Uses ``mnist1d.data.make_dataset`` (never ``get_dataset``, which downloads)
+  with the package's default arguments. With the defaults (4000 + 1000, seed
+  42) this is the published benchmark split. ``make_dataset`` seeds numpy's and
+  Python's global generators; their states are restored afterwards so that
+  loading data does not change other random draws of the caller.
+
+  Args:
+    num_train: number of training examples.
+    num_test: number of test examples.
+    seed: the generator's seed.
+
+  Returns:
+    ``Dataset`` of float32 signals of shape (40,) (the data set is centred and
+    scaled to unit standard deviation by ``make_dataset``), 10 classes.
+  """
+  import mnist1d.data
+
+  args = mnist1d.data.get_dataset_args()
+  total = num_train + num_test
+  args.num_samples = -(-total // 10) * 10  # make_dataset makes num_samples // 10 per class.
+  args.train_split = 1.0  # Split here: exact sizes, and the default split for the defaults.
+  args.seed = seed
+  np_state, py_state = np.random.get_state(), random.getstate()
+  try:
+    data = mnist1d.data.make_dataset(args)
+  finally:
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+  x, y = data["x"].astype(np.float32), data["y"].astype(np.int32)
+  return Dataset(x[:num_train], y[:num_train], x[num_train:total], y[num_train:total],
+                 num_classes=10, name="mnist1d")
+
+
+_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "mnist1d": (40,)}
+
+
+def synthetic_like(name: str, num_train: int, num_test: int, seed: int = 0) -> Dataset:
+  """Standard normal inputs and uniform labels shaped like data set ``name``.
+
+  For speed measurements and smoke tests where the real data are absent or
+  irrelevant. Nothing can be learned from these data beyond memorisation.
+
+  Args:
+    name: ``"cifar10"``, ``"mnist"`` or ``"mnist1d"``.
+    num_train: number of training examples.
+    num_test: number of test examples.
+    seed: seed of the numpy generator.
+
+  Returns:
+    ``Dataset`` named ``"synthetic:<name>"`` with 10 classes.
+  """
+  if name not in _SHAPES:
+    raise ValueError(f"Unknown data set {name!r}; valid names: {', '.join(sorted(_SHAPES))}.")
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    x = rng.standard_normal((n, *_SHAPES[name]), dtype=np.float32)
+    return x, rng.integers(0, 10, n, dtype=np.int32)
+
+  train_x, train_y = split(num_train)
+  test_x, test_y = split(num_test)
+  return Dataset(train_x, train_y, test_x, test_y, num_classes=10, name=f"synthetic:{name}")
