@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import sys
 
 import numpy as np
 
@@ -169,19 +168,7 @@ _HUMAN_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 
 
 def _import_tfds():
-  """Imports ``tensorflow_datasets``, working around a missing dependency.
-
-  tfds 4.9.10 imports the ``importlib_resources`` backport while preparing a
-  data set, but recent etils no longer install it. On Python >= 3.11 the
-  standard library's ``importlib.resources`` offers what tfds uses from it
-  (``abc.Traversable``), so it stands in when the backport is absent.
-  """
-  try:
-    import importlib_resources  # noqa: F401
-  except ImportError:
-    import importlib.resources
-    import importlib.resources.abc  # noqa: F401  (tfds reads .abc.Traversable)
-    sys.modules.setdefault("importlib_resources", importlib.resources)
+  """Imports ``tensorflow_datasets`` lazily: it pulls in TensorFlow, which takes seconds."""
   import tensorflow_datasets as tfds
   return tfds
 
