@@ -1,0 +1,123 @@
+"""Throughput of k independent Entropy-SGD runs in one jit against the same k runs in sequence.
+
+Issue 7.5. The k runs differ in their seed (initial weights and Langevin noise) and share the
+mini-batches. Variants, timed interleaved in one run:
+
+* ``sequential``: one compiled single-run step, called k times per round (the baseline);
+* ``vmap``: ``jax.vmap`` of the step over the stacked states, one call. Per-run weights turn
+  every dense layer into a batched matmul, and every convolution after the first into a grouped
+  convolution (``feature_group_count = k``);
+* ``lax.map``: the k steps one after another inside one program (no batching; saves the
+  per-call dispatch only);
+* ``vmap+im2col`` (conv nets): ``vmap`` with each convolution written as patches @ kernel, so
+  that the run axis becomes the batch axis of a batched matmul instead of a feature group.
+
+``speedup`` = time(sequential) / time(variant): the throughput of k runs in one jit relative to
+running them in sequence. Targets: >= 3x for an MLP, >= 1x for All-CNN-BN (k = 8).
+
+Example::
+
+  python benchmarks/multi_run.py --model mlp --batch 128 --steps 20 --runs 8 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+try:
+  from benchmarks import common
+except ImportError:  # run as a script
+  import common  # type: ignore[no-redef]
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def run_model(model: str, runs: int, args) -> dict:
+  spec = common.make_model(model)
+  batches = common.make_batches(spec, args.steps, args.batch)
+  inits = [common.init_model(spec, seed=i) for i in range(runs)]
+  txs = [common.entropy_tx(args.steps, key=i) for i in range(runs)]  # per-run noise keys
+  states = [(p, bs, tx.init(p), jax.random.key(i))
+            for i, ((p, bs), tx) in enumerate(zip(inits, txs))]
+  stacked = _stack([s[:3] for s in states])
+  keys = jnp.stack([s[3] for s in states])
+  tx = txs[0]  # the update does not depend on the init key
+  is_conv = model != "mlp"
+  print(f"\n== {model} ({spec.source}): {runs} runs of {common.num_params(inits[0][0]):,} "
+        f"parameters, batch {args.batch}, L = {args.steps}", flush=True)
+
+  fns = {}
+  single = common.build_entropy_step(common.make_loss(spec), tx, jit=False)
+  seq_runners = [common.Runner(jax.jit(single, donate_argnums=(0, 1, 2, 3)), *s[:3], batches,
+                               key=s[3]) for s in states]
+  compiled = None
+  for r in seq_runners:  # one executable shared by the k runs
+    if compiled is None:
+      r.compile()
+      compiled, compile_s = r.compiled, r.compile_s
+    r.compiled, r.compile_s = compiled, compile_s
+
+  def sequential():
+    for r in seq_runners:
+      r()
+
+  fns["sequential"] = sequential
+  compile_times = {"sequential": compile_s}
+  in_axes = (0, 0, 0, 0, None)
+  variants = {
+      "vmap": jax.vmap(single, in_axes=in_axes),
+      "lax.map": lambda p, bs, o, k, b: jax.lax.map(lambda s: single(*s, b), (p, bs, o, k)),
+  }
+  if is_conv:
+    im2col = common.build_entropy_step(common.make_loss(spec, "im2col"), tx, jit=False)
+    variants["vmap+im2col"] = jax.vmap(im2col, in_axes=in_axes)
+  for name, fn in variants.items():
+    if args.variants and name not in args.variants:
+      continue
+    runner = common.Runner(jax.jit(fn, donate_argnums=(0, 1, 2, 3)), *stacked, batches, key=keys)
+    print(f"compiling {name} ...", end=" ", flush=True)
+    print(f"{runner.compile():.1f} s", flush=True)
+    fns[name], compile_times[name] = runner, runner.compile_s
+
+  start = time.perf_counter()
+  times = common.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+  print(f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
+        f"speedup = median(sequential) / median(variant), {runs} runs per call")
+  rows = [{
+      "variant": name, "runs": runs, "compile_s": compile_times[name],
+      "median_ms": 1e3 * common.median(t), "ms_per_run": 1e3 * common.median(t) / runs,
+      "speedup": common.median(times["sequential"]) / common.median(t),
+      "paired_speedup": 1 / common.paired_ratio(times, name, "sequential"),
+      "times_ms": [1e3 * x for x in t],
+  } for name, t in times.items()]
+  common.print_table(rows, ["variant", "runs", "compile_s", "median_ms", "ms_per_run", "speedup",
+                            "paired_speedup"])
+  return {"model": model, "model_source": spec.source, "batch": args.batch,
+          "steps": args.steps, "runs": runs, "rows": rows}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", nargs="+", default=["mlp", "allcnn_bn"], choices=common.MODELS)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--runs", type=int, nargs="+", default=[8], help="k, runs per jit")
+  parser.add_argument("--variants", nargs="*", default=None,
+                      help="subset of vmap, lax.map, vmap+im2col (default: all)")
+  common.add_common_args(parser)
+  args = parser.parse_args(argv)
+  env = common.environment()
+  print({k: env[k] for k in ("device", "backend", "jax", "load_average_start")})
+  results = [run_model(model, k, args) for model in args.model for k in args.runs]
+  common.write_json(args.json, env, results)
+  return results
+
+
+if __name__ == "__main__":
+  main()
