@@ -351,6 +351,10 @@ def environment() -> dict[str, Any]:
     env["git_commit"] = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
         check=False).stdout.strip()
+    # Uncommitted changes to the library would make the figure unreproducible from the commit.
+    env["core_uncommitted"] = subprocess.run(
+        ["git", "status", "--porcelain", "entropy_optax"], cwd=REPO_ROOT, capture_output=True,
+        text=True, check=False).stdout.split()[1::2]
   except OSError:
     pass
   return env

@@ -185,7 +185,7 @@ class TorchRunner:
   def loss(self, k):
     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
       logits = self.model(self.images[k])
-    return tnn.functional.cross_entropy(logits.float(), self.labels[k])
+    return tnn.functional.cross_entropy(logits.to(self.images.dtype), self.labels[k])
 
   def closure(self, k):
     for p in self.model.parameters():

@@ -1,0 +1,185 @@
+"""Smoke tests of the benchmark scripts (tiny sizes), and the checks their comparisons rest on.
+
+The benchmarks are not timed here: each script runs once on a tiny model/batch, and the test
+checks that every number it prints and writes to JSON is finite and positive.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import entropy_optax
+from benchmarks import common, memory, multi_run, precision, step_cost, torch_reference
+
+TINY = ["--batch", "4", "--steps", "2"]
+
+
+def _numbers(tree):
+  """All numbers in a JSON-like tree (bools excluded)."""
+  if isinstance(tree, dict):
+    for v in tree.values():
+      yield from _numbers(v)
+  elif isinstance(tree, (list, tuple)):
+    for v in tree:
+      yield from _numbers(v)
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield tree
+
+
+def _check_json(path, results):
+  with open(path) as f:
+    data = json.load(f)
+  env = data["environment"]
+  assert env["command"].startswith("python ") and env["jax"] == jax.__version__
+  assert data["results"]
+  numbers = list(_numbers(results))
+  assert numbers and all(math.isfinite(x) for x in numbers)
+  return data
+
+
+def _check_rows(rows, keys):
+  for row in rows:
+    for key in keys:
+      assert math.isfinite(row[key]) and row[key] > 0, (row["variant"], key, row[key])
+
+
+@pytest.mark.slow
+def test_step_cost_smoke(tmp_path, capsys):
+  path = str(tmp_path / "step.json")
+  results = step_cost.main(["--model", "mlp", *TINY, "--repeats", "2", "--samplers",
+                            "irwin_hall", "hash_proposal", "--unroll", "auto", "--json", path])
+  _check_json(path, results)
+  (result,) = results
+  assert {r["variant"] for r in result["rows"]} == {
+      "sgd x2 [auto]", "entropy [irwin_hall, auto]", "entropy [hash_proposal, auto]"}
+  _check_rows(result["rows"], ["median_ms", "ratio", "paired_ratio", "min_ratio", "compile_s"])
+  assert {d["sampler"] for d in result["noise_draws"]} == {"irwin_hall", "gaussian",
+                                                           "hash_proposal"}
+  assert all(d["draw_ms"] > 0 for d in result["noise_draws"])
+  assert "ratio" in capsys.readouterr().out
+
+
+def test_hash_proposal_is_unit_irwin_hall():
+  """The proposed draw: exact mean/variance, Irwin-Hall(4) kurtosis, independent across keys."""
+  x = np.asarray(step_cost.hash_irwin_hall_normal(jax.random.PRNGKey(1), (400, 500),
+                                                  jnp.float32)).ravel()
+  y = np.asarray(step_cost.hash_irwin_hall_normal(jax.random.PRNGKey(2), (400, 500),
+                                                  jnp.float32)).ravel()
+  tol = 5 / math.sqrt(x.size)
+  assert abs(x.mean()) < tol and abs(x.var() - 1) < 5 * tol
+  kurtosis = ((x - x.mean()) ** 4).mean() / x.var() ** 2 - 3
+  assert abs(kurtosis - (-0.3)) < 0.05  # Irwin-Hall(4): -6/5/4
+  assert abs(np.corrcoef(x, y)[0, 1]) < tol
+  assert abs(np.corrcoef(x[:-1], x[1:])[0, 1]) < tol
+  assert len(np.unique(x)) == 61 and np.abs(x).max() <= 30 / math.sqrt(85) + 1e-6
+
+
+@pytest.mark.slow
+def test_memory_smoke(tmp_path):
+  path = str(tmp_path / "memory.json")
+  results = memory.main(["--model", "mlp", *TINY, "--json", path])
+  _check_json(path, results)
+  (result,) = results
+  assert result["param_bytes"] == 4 * result["num_params"]
+  for row in result["rows"]:
+    assert row["peak_bytes"] > 0 and row["argument_bytes"] > 0
+  # The Entropy-SGD step keeps at least mu and x' beyond SGD's state.
+  assert result["extra_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_multi_run_smoke(tmp_path):
+  path = str(tmp_path / "multi.json")
+  results = multi_run.main(["--model", "mlp", *TINY, "--runs", "2", "--repeats", "1",
+                            "--variants", "vmap", "--json", path])
+  _check_json(path, results)
+  _check_rows(results[0]["rows"], ["median_ms", "speedup", "paired_speedup"])
+  assert {r["variant"] for r in results[0]["rows"]} == {"sequential", "vmap"}
+
+
+@pytest.mark.slow
+def test_precision_smoke(tmp_path):
+  path = str(tmp_path / "precision.json")
+  results = precision.main(["--model", "mlp", *TINY, "--repeats", "1", "--json", path])
+  _check_json(path, results)
+  _check_rows(results[0]["rows"], ["median_ms", "speedup_vs_fp32_entropy", "overhead_vs_sgd"])
+
+
+@pytest.mark.slow
+def test_torch_reference_smoke(tmp_path, capsys):
+  path = str(tmp_path / "torch.json")
+  results = torch_reference.main(["--model", "mlp", *TINY, "--repeats", "1",
+                                  "--torch-threads", "1", "--json", path])
+  _check_json(path, results)
+  rows = results[0]["rows"]
+  if torch_reference.torch is None:
+    assert "torch is not installed" in capsys.readouterr().out
+    assert [r["variant"] for r in rows] == ["jax entropy_sgd", "jax sgd xL"]
+  else:
+    _check_rows(rows, ["median_ms", "speedup_vs_torch", "paired_speedup_vs_torch"])
+
+
+def test_im2col_conv_matches_xla_conv():
+  """multi_run's vmap+im2col variant computes the same loss and gradients as nn.Conv."""
+  spec = common.make_model("lenet_bn")
+  params, batch_stats = common.init_model(spec)
+  batch = jax.tree.map(lambda b: b[0], common.make_batches(spec, 1, 4))
+  key = jax.random.key(0)
+  losses = [common.make_loss(spec, impl) for impl in ("xla", "im2col")]
+  (a, _), (b, _) = (loss(params, batch_stats, batch, key) for loss in losses)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  ga, gb = (jax.grad(lambda p, f=f: f(p, batch_stats, batch, key)[0])(params) for f in losses)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4 * float(jnp.abs(x).max()) + 1e-7)
+
+
+def test_torch_reference_matches_core():
+  """The eager PyTorch Entropy-SGD takes the same steps as entropy_optax (noise off, MLP)."""
+  torch = pytest.importorskip("torch")
+  steps, batch = 3, 8
+  spec = common.make_model("mlp")
+  params, _ = common.init_model(spec)
+  images, labels = common.make_batches(spec, steps, batch)
+  loss_fn = common.make_loss(spec)
+  tx = optax.chain(
+      # weight decay and Langevin momentum on, to cover their placement too
+      entropy_optax.local_entropy(steps, entropy_optax.exponential_scoping(
+          0.03, 1e-3), 0.1, 0.0, 0.75, langevin_momentum=0.9, weight_decay=1e-3),
+      optax.add_decayed_weights(1e-3),
+      optax.sgd(1.0, momentum=0.9, nesterov=True))
+  step = common.build_entropy_step(loss_fn, tx)
+  # Copies: the step donates its inputs, and an fp32 state's mu may alias params.
+  jparams = jax.tree.map(jnp.copy, params)
+  opt_state, key = jax.tree.map(jnp.copy, tx.init(params)), jax.random.key(0)
+
+  runner = torch_reference.TorchRunner("mlp", np.asarray(images), np.asarray(labels), steps,
+                                       device=torch.device("cpu"))
+  runner.model.double()  # float64 reference: the comparison then measures only JAX's rounding
+  runner.images = runner.images.double()
+  torch_reference.load_jax_mlp_params(runner.model, params)
+  runner.opt = torch_reference.TorchEntropySGD(
+      runner.model.parameters(), num_langevin_steps=steps, noise=0.0, langevin_momentum=0.9,
+      weight_decay=1e-3)
+  for _ in range(2):  # two outer steps: the outer momentum and the gamma schedule advance
+    jparams, _, opt_state, key, _ = step(jparams, {}, opt_state, key, (images, labels))
+    runner()
+  linears = [m for m in runner.model if isinstance(m, torch_reference.tnn.Linear)]
+  for i, linear in enumerate(linears):
+    np.testing.assert_allclose(np.asarray(jparams[f"Dense_{i}"]["kernel"]),
+                               linear.weight.detach().numpy().T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jparams[f"Dense_{i}"]["bias"]),
+                               linear.bias.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_scripts_document_their_command():
+  here = os.path.dirname(step_cost.__file__)
+  for script in ("step_cost.py", "memory.py", "multi_run.py", "precision.py",
+                 "torch_reference.py"):
+    with open(os.path.join(here, script)) as f:
+      assert f"python benchmarks/{script}" in f.read(), script
