@@ -195,10 +195,10 @@ def sgd_tx() -> optax.GradientTransformation:
   return optax.sgd(0.1, momentum=0.9, nesterov=True)
 
 
-def resolve_unroll(unroll: str, num_steps: int) -> int:
+def resolve_unroll(unroll: str, num_steps: int) -> int | None:
   """'auto' (the core's default), 'full' or 'rolled' -> the scan's unroll argument."""
   if unroll == "auto":
-    return entropy_optax._langevin.default_unroll(num_steps)  # pylint: disable=protected-access
+    return None  # the core decides (full on CPU for conv nets, rolled otherwise)
   if unroll == "full":
     return max(num_steps, 1)
   if unroll == "rolled":
@@ -231,7 +231,8 @@ def build_entropy_step(loss_fn: Callable, tx: optax.GradientTransformation,
   return jax.jit(step, donate_argnums=(0, 1, 2, 3)) if jit else step
 
 
-def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation, unroll: int) -> Callable:
+def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation,
+                    unroll: int | None) -> Callable:
   """L plain SGD steps over the L batches (one each), in one jitted ``lax.scan``."""
 
   def step(params, batch_stats, opt_state, key, batches):
@@ -246,9 +247,16 @@ def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation, unroll:
       return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
     num_steps = jax.tree.leaves(batches)[0].shape[0]
+    scan_unroll = unroll
+    if scan_unroll is None:  # the core's rule, so both sides of a comparison unroll alike
+      convolves = entropy_optax._langevin._has_convolution(  # pylint: disable=protected-access
+          lambda: jax.grad(lambda q: loss_fn(q, batch_stats, jax.tree.map(
+              lambda b: b[0], batches), step_key)[0])(params))
+      scan_unroll = entropy_optax._langevin.default_unroll(  # pylint: disable=protected-access
+          num_steps, convolves)
     (params, batch_stats, opt_state), losses = jax.lax.scan(
         sgd_step, (params, batch_stats, opt_state),
-        (jnp.arange(num_steps, dtype=jnp.int32), batches), unroll=unroll)
+        (jnp.arange(num_steps, dtype=jnp.int32), batches), unroll=scan_unroll)
     return params, batch_stats, opt_state, key, losses[0]
 
   return jax.jit(step, donate_argnums=(0, 1, 2, 3))

@@ -513,3 +513,18 @@ def test_irwin_hall_noise_moments():
   assert abs(z.var() - 1) < 5 * np.sqrt(2 / z.size)
   kurtosis = ((z - z.mean()) ** 4).mean() / z.var() ** 2
   assert abs(kurtosis - (3 - 0.3)) < 0.02  # Irwin-Hall(4): excess kurtosis -1.2 / 4
+
+
+def test_irwin_hall_noise_is_uncorrelated():
+  """Neighbouring elements, leaves and keys (Langevin steps) give uncorrelated noise."""
+  from entropy_optax._langevin import tree_noise
+  tree = {"a": jnp.zeros((500, 400)), "b": jnp.zeros(200_000)}
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  first, second = (tree_noise(k, tree) for k in keys)
+  bound = 5 / np.sqrt(200_000)
+  corr = lambda u, v: float(np.corrcoef(np.ravel(u), np.ravel(v))[0, 1])
+  assert abs(corr(first["a"].ravel()[:-1], first["a"].ravel()[1:])) < bound  # neighbours
+  assert abs(corr(first["a"], first["b"])) < bound  # leaves
+  assert abs(corr(first["a"], second["a"])) < bound  # keys
+  assert not np.array_equal(first["a"], second["a"])
+
