@@ -58,7 +58,7 @@ def test_scoping_notebook_runs(tmp_path, monkeypatch):
   text = _text(nb)
   # The Langevin estimate of -grad F must match the quadrature (the notebook also asserts it).
   error = float(re.search(r"langevin_vs_quadrature max relative error: ([0-9.]+)", text).group(1))
-  assert error < 0.1, error
+  assert error < 0.2, error  # 96 chains in FAST mode: 1.6x the full run's statistical error
   # Exponential scoping sends the runs from SGD's sharp basin to the wide valley.
   row = re.search(r"^exponential\s+\d+\s+\d+\s+(\d+)%\s+(\d+)%", text, re.M)
   assert row is not None, text
