@@ -2,74 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import random
-import tarfile
 from unittest import mock
 
 import numpy as np
 import pytest
 
 from experiments import data
-
-_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-_PER_TRAIN_FILE, _NUM_TEST = 3, 4
-
-
-def _cifar_records(rng, n):
-  """n random CIFAR-10 records: labels (n,) uint8, images (n, 32, 32, 3) uint8."""
-  labels = rng.integers(0, 10, n, dtype=np.uint8)
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  return labels, images
-
-
-def _cifar_bin(labels, images) -> bytes:
-  """CIFAR-10's binary format: per record 1 label byte then the CHW pixel bytes."""
-  chw = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-  return np.concatenate([labels[:, None], chw], axis=1).astype(np.uint8).tobytes()
-
-
-@pytest.fixture(scope="session")
-def cifar_dir(tmp_path_factory):
-  """A tfds data_dir where tfds has prepared a tiny CIFAR-10 written by us.
-
-  Only the download is replaced: tfds extracts our ``cifar-10-binary.tar.gz``
-  and runs its own CIFAR-10 builder on it, through ``load_cifar10``'s download
-  branch. Session-scoped because preparation with TensorFlow takes seconds.
-  """
-  tmp = tmp_path_factory.mktemp("cifar")
-  rng = np.random.default_rng(0)
-  train_labels, train_images = _cifar_records(rng, 5 * _PER_TRAIN_FILE)
-  test_labels, test_images = _cifar_records(rng, _NUM_TEST)
-  files = {f"data_batch_{i + 1}.bin": _cifar_bin(
-      train_labels[i * _PER_TRAIN_FILE:(i + 1) * _PER_TRAIN_FILE],
-      train_images[i * _PER_TRAIN_FILE:(i + 1) * _PER_TRAIN_FILE]) for i in range(5)}
-  files["test_batch.bin"] = _cifar_bin(test_labels, test_images)
-  files["batches.meta.txt"] = "\n".join(
-      ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-       "truck"]).encode() + b"\n\n"
-  archive = tmp / "cifar-10-binary.tar.gz"
-  with tarfile.open(archive, "w:gz") as tar:
-    for name, content in files.items():
-      info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-
-  tfds = data._import_tfds()
-  urls = []
-
-  def fake_download_and_extract(self, url):
-    urls.append(url)
-    return self.extract(archive)
-
-  data_dir = str(tmp / "tfds")
-  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                         fake_download_and_extract), \
-       mock.patch.object(data, "_download_error", return_value=None):
-    data.load_cifar10(data_dir=data_dir, preprocess=False)
-  assert urls == [_CIFAR_URL]
-  return data_dir, (train_labels, train_images, test_labels, test_images)
-
 
 def _as_multiset(labels, images):
   return sorted(zip(labels.tolist(), [im.tobytes() for im in images]))
