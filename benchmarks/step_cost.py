@@ -21,12 +21,9 @@ Example (the figures in RESULTS.md)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from entropy_optax import _langevin
 
@@ -36,67 +33,13 @@ except ImportError:  # run as a script: python benchmarks/step_cost.py
   import common  # type: ignore[no-redef]
 
 
-def _fmix32(h: jax.Array) -> jax.Array:
-  """MurmurHash3's 32-bit finaliser: a bijection with full avalanche."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def hash_irwin_hall_normal(key: jax.Array, shape, dtype, offset: int = 0) -> jax.Array:
-  """PROPOSAL (not in the core): Irwin-Hall(4) noise from a keyed counter hash, not threefry.
-
-  The same Irwin-Hall(4) law as the core's "irwin_hall" sampler (the sum of four uniform 4-bit
-  integers, centred and scaled: exact mean and variance), but the 16 bits of element i come from
-  two rounds of MurmurHash3's finaliser over (offset + i, key): ~10 integer ops per element
-  instead of threefry's ~100 per 64 bits plus its output relayout. It is element-wise, so XLA
-  fuses it into the chain update and never materialises the noise. The key is still split by
-  threefry at every Langevin step, so streams stay independent across steps and runs. Not
-  cryptographic, which SGLD does not need: it needs zero mean, unit variance and no correlation.
-  """
-  key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  key = key.astype(jnp.uint32).reshape(-1)
-  index = jax.lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape) + jnp.uint32(offset)
-  words = _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9) + key[0]) ^ key[1])
-  # Low 16 bits only: one element per word keeps the map element-wise (fusable).
-  pairs = (words & 0x0F0F) + ((words >> 4) & 0x0F0F)
-  sums = (pairs & 0x00FF) + ((pairs >> 8) & 0x00FF)
-  return (sums.astype(dtype) - 30.0) * (1.0 / np.sqrt(85.0))
-
-
-def hash_tree_noise(key: jax.Array, tree, sampler: str = "irwin_hall"):
-  """``tree_noise`` with ``hash_irwin_hall_normal``: one key, leaves at disjoint counters."""
-  del sampler
-  leaves, treedef = jax.tree.flatten(tree)
-  offsets = np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])
-  return jax.tree.unflatten(treedef, [
-      hash_irwin_hall_normal(key, leaf.shape, leaf.dtype, int(o))
-      for leaf, o in zip(leaves, offsets)])
-
-
-@contextlib.contextmanager
-def patched_sampler(sampler: str):
-  """Routes the core's noise draw through ``hash_tree_noise`` while tracing."""
-  if sampler != "hash_proposal":
-    yield
-    return
-  original = _langevin.tree_noise
-  _langevin.tree_noise = hash_tree_noise
-  try:
-    yield
-  finally:
-    _langevin.tree_noise = original
-
-
 def time_noise_draws(params, repeats: int) -> list[dict]:
   """Milliseconds to draw unit noise shaped like ``params`` with each sampler."""
   key = jax.random.PRNGKey(0)
   draws = {}
-  for name in (*_langevin.NOISE_SAMPLERS, "hash_proposal"):
-    draw = hash_tree_noise if name == "hash_proposal" else _langevin.tree_noise
-    draws[name] = jax.jit(lambda key, d=draw, s=name: d(key, params, s)).lower(key).compile()
+  for name in _langevin.NOISE_SAMPLERS:
+    draws[name] = jax.jit(lambda key, s=name: _langevin.tree_noise(key, params, s)).lower(
+        key).compile()
   fns = {name: (lambda f=f: jax.block_until_ready(f(key))) for name, f in draws.items()}
   times = common.time_interleaved(fns, repeats=max(repeats, 20), warmup=2)
   base = common.median(times["gaussian"])
@@ -133,8 +76,7 @@ def run_model(model: str, args) -> dict:
 
   for name, runner in runners.items():
     print(f"compiling {name} ...", end=" ", flush=True)
-    with patched_sampler(meta[name]["sampler"]):
-      print(f"{runner.compile():.1f} s", flush=True)
+    print(f"{runner.compile():.1f} s", flush=True)
   start = time.perf_counter()
   times = common.time_interleaved(runners, repeats=args.repeats, warmup=args.warmup)
   rows = []
@@ -168,8 +110,9 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=20, help="L, Langevin steps per update")
   parser.add_argument(
       "--samplers", nargs="+", default=["irwin_hall", "gaussian", "none"],
-      choices=["irwin_hall", "gaussian", "none", "hash_proposal"],
-      help="none: noise = 0; hash_proposal: the counter-hash draw proposed for the core")
+      choices=["irwin_hall", "gaussian", "none"],
+      help="irwin_hall: the core's default (counter-hash Irwin-Hall); gaussian: "
+      "jax.random.normal; none: noise = 0, the floor")
   parser.add_argument("--unroll", nargs="+", default=["auto", "rolled"],
                       help="auto (core default), full, rolled, or an int")
   parser.add_argument("--no-draws", dest="draws", action="store_false",

@@ -27,7 +27,6 @@ import math
 import os
 import time
 
-import jax
 import numpy as np
 
 try:
