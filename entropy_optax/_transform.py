@@ -53,7 +53,7 @@ def _check_hyperparameters(num_langevin_steps, gamma, langevin_lr, noise, alpha)
     raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
 
 
-def _canonical_key(key: jax.Array | int) -> jax.Array:
+def canonical_key(key: jax.Array | int) -> jax.Array:
   """A raw uint32 key: it vmaps, serialises (orbax) and compares like any array.
 
   A seed may also arrive as a 0-d integer array: ``optax.inject_hyperparams`` turns every
@@ -150,7 +150,7 @@ def local_entropy(
   def init_fn(params):
     return LocalEntropyState(
         count=jnp.zeros([], jnp.int32),
-        rng_key=_canonical_key(key),
+        rng_key=canonical_key(key),
         mu=jax.tree.map(lambda p: jnp.asarray(p, _langevin.chain_dtype(p.dtype)), params),
         langevin_stats=_langevin.empty_stats(),
     )

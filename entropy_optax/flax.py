@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax._transform import canonical_key
+
 __all__ = (
     "TrainState",
     "langevin_key",
@@ -62,17 +64,6 @@ def take_batch(batches: Any, k: jax.Array | int) -> Any:
   steps than there are mini-batches shows up as a NaN loss.
   """
   return jax.tree.map(lambda b: jnp.take(b, k, axis=0, mode="fill"), batches)
-
-
-def _canonical_key(key: jax.Array | int | None) -> jax.Array | None:
-  """A raw uint32 key (or None): serialises with orbax and vmaps like any array."""
-  if key is None:
-    return None
-  if isinstance(key, int):
-    return jax.random.PRNGKey(key)
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(key)
-  return key
 
 
 def make_grad_fn(
@@ -143,7 +134,7 @@ class TrainState(train_state.TrainState):
     """Creates a state with ``step=0`` and ``tx.init(params)``; ``key`` may be an int seed."""
     return super().create(
         apply_fn=apply_fn, params=params, tx=tx, batch_stats=batch_stats,
-        key=_canonical_key(key), **kwargs)
+        key=None if key is None else canonical_key(key), **kwargs)
 
   @property
   def variables(self) -> dict[str, Any]:
