@@ -249,13 +249,14 @@ def _parse_floats(text: str) -> tuple[float, ...]:
   return tuple(float(t) for t in text.split(",") if t.strip())
 
 
+# argparse names the type in "invalid <name> value" messages.
+_parse_optional_float.__name__ = "float or 'none'"
+_parse_floats.__name__ = "comma-separated floats"
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "int": int, "float": float, "str": str, "float | None": _parse_optional_float,
     "tuple[float, ...]": _parse_floats}
-_PARSERS["float | None"].__name__ = "float or 'none'"
 _METAVARS = {"int": "N", "float": "X", "str": "NAME", "float | None": "X",
              "tuple[float, ...]": "E1,E2,..."}
-_PARSERS["tuple[float, ...]"].__name__ = "comma-separated floats"
 
 
 def parse_value(name: str, text: str) -> Any:
@@ -638,7 +639,8 @@ def summarize(config: RunConfig, records: Sequence[Mapping[str, Any]], *, datase
       "epochs": final[0]["epoch"], "effective_epochs": eff, "outer_steps": steps,
       "langevin_steps": config.langevin_steps, "wall_time_s": wall,
       "time_per_step_s": per_step, "time_per_effective_epoch_s": per_effective_epoch,
-      "paper": PAPER.get((config.dataset, config.model, config.optimizer)),
+      "paper": None if config.synthetic else PAPER.get(
+          (config.dataset, config.model, config.optimizer)),
   }
 
 

@@ -121,6 +121,35 @@ def run_configs(args) -> dict[str, common.RunConfig]:
   return configs
 
 
+class EvalLoss:
+  """``loss(params, (x, y))``: mean cross entropy of ``model`` in evaluation mode.
+
+  Two of them are equal when their models are and neither has BatchNorm statistics: the
+  ``entropy_optax.flatness`` functions take the loss as a static argument of their jitted
+  code, so the runs of one model share one compilation.
+  """
+
+  def __init__(self, model, batch_stats=None):
+    self.model, self.batch_stats = model, batch_stats
+
+  def __call__(self, params, batch):
+    from experiments import training  # pylint: disable=g-import-not-at-top
+    variables = {"params": params}
+    if self.batch_stats is not None:
+      variables["batch_stats"] = self.batch_stats
+    logits = self.model.apply(variables, batch[0], train=False)
+    return training.cross_entropy(logits, batch[1])
+
+  def _key(self):
+    return (self.model,) if self.batch_stats is None else (self.model, id(self))
+
+  def __eq__(self, other):
+    return isinstance(other, EvalLoss) and self._key() == other._key()
+
+  def __hash__(self):
+    return hash(self._key())
+
+
 def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
   import jax  # pylint: disable=g-import-not-at-top
   if num_seeds == 1:
@@ -136,7 +165,6 @@ def analyse(run: common.Run, ds, args, method: str, seed_index: int
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
   from entropy_optax import flatness  # pylint: disable=g-import-not-at-top
-  from experiments import training  # pylint: disable=g-import-not-at-top
 
   config = run.config
   if run.state is not None:
@@ -155,10 +183,7 @@ def analyse(run: common.Run, ds, args, method: str, seed_index: int
   batches = (jnp.asarray(ds.train_x[:n]).reshape(num_batches, batch, *ds.input_shape),
              jnp.asarray(ds.train_y[:n]).reshape(num_batches, batch))
 
-  def loss_fn(p, b):
-    return training.cross_entropy(model.apply({"params": p, **variables}, b[0], train=False),
-                                  b[1])
-
+  loss_fn = EvalLoss(model, variables.get("batch_stats"))
   num_params = run.results["num_params"]
   start = time.perf_counter()
   stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}
@@ -185,15 +210,16 @@ def analyse(run: common.Run, ds, args, method: str, seed_index: int
           np.mean(np.sum(weights * (np.abs(nodes) < t), axis=1)))
     plotted = density
     values = nodes
-  stats["loss"] = float(np.mean([loss_fn(params, (bx, by)) for bx, by in zip(*batches)]))
+  stats["loss"] = float(jnp.mean(jax.lax.map(jax.jit(lambda b: loss_fn(params, b)), batches)))
   stats["seconds"] = time.perf_counter() - start
   stats["test_error"] = run.results["test_error"][seed_index]
   return stats, plotted, values
 
 
+# Markdown rows; a "|" inside a cell is escaped.
 ROWS = [("test error (%)", "test_error", "{:.2f}"), ("training loss", "loss", "{:.4f}"),
         ("weights", "count", "{:d}")] + [
-    (f"fraction |λ| < {t:.0e}", f"frac_abs_below_{t:.0e}", "{:.3f}") for t in THRESHOLDS] + [
+    (f"fraction \\|λ\\| < {t:.0e}", f"frac_abs_below_{t:.0e}", "{:.3f}") for t in THRESHOLDS] + [
     ("fraction λ < 0", "frac_negative", "{:.3f}"), ("largest λ", "max_eigenvalue", "{:.4g}"),
     ("most negative λ", "min_eigenvalue", "{:.4g}")]
 
