@@ -391,6 +391,13 @@ def write_json(path: str | None, env: dict[str, Any], results: Any) -> None:
   print(f"wrote {path}")
 
 
+def add_workload_args(parser) -> None:
+  """The options every benchmark shares: which models, batch size and L."""
+  parser.add_argument("--model", nargs="+", default=["mlp", "allcnn_bn"], choices=MODELS)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=20, help="L, Langevin steps per update")
+
+
 def add_common_args(parser) -> None:
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant")
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")

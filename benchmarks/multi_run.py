@@ -104,9 +104,7 @@ def run_model(model: str, runs: int, args) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", nargs="+", default=["mlp", "allcnn_bn"], choices=common.MODELS)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=20)
+  common.add_workload_args(parser)
   parser.add_argument("--runs", type=int, nargs="+", default=[8], help="k, runs per jit")
   parser.add_argument("--variants", nargs="*", default=None,
                       help="subset of vmap, lax.map, vmap+im2col (default: all)")

@@ -105,9 +105,7 @@ def run_model(model: str, args) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", nargs="+", default=["mlp", "allcnn_bn"], choices=common.MODELS)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=20, help="L, Langevin steps per update")
+  common.add_workload_args(parser)
   parser.add_argument(
       "--samplers", nargs="+", default=["irwin_hall", "gaussian", "none"],
       choices=["irwin_hall", "gaussian", "none"],

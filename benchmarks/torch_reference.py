@@ -258,9 +258,7 @@ def run_model(model: str, args) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", nargs="+", default=["mlp", "allcnn_bn"], choices=common.MODELS)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=20)
+  common.add_workload_args(parser)
   parser.add_argument("--unroll", default="auto")
   parser.add_argument("--torch-threads", type=int, nargs="+", default=None,
                       help="torch CPU thread counts to time (default: all cores)")
