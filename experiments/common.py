@@ -466,7 +466,11 @@ def saved_config(workdir: pathlib.Path, config: RunConfig,
   path = workdir / CONFIG_FILE
   if not path.exists():
     return None
-  saved = _config_from_json(read_json(path)["metadata"]["experiment"])
+  experiment = read_json(path).get("metadata", {}).get("experiment")
+  if experiment is None:
+    raise ConfigError(f"{workdir} holds a run that these scripts did not start; it cannot be "
+                      "resumed here: choose another --workdir.")
+  saved = _config_from_json(experiment)
   differ = [f"{_option(k)} {_format(v)} (saved: {_format(getattr(saved, k))})"
             for k, v in dict(explicit).items() if getattr(saved, k) != v]
   if differ:
