@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import math
+import numbers
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -43,9 +44,14 @@ def empty_stats() -> LangevinStats:
   return LangevinStats(*(jnp.zeros([], jnp.float32) for _ in LangevinStats._fields))
 
 
+def is_concrete_number(value: Any) -> bool:
+  """A Python or NumPy real (not a bool, not a jax array, which may be traced)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_static_zero(value: Any) -> bool:
-  """True for a Python 0; False for anything else, traced values (inject_hyperparams) included."""
-  return isinstance(value, (int, float)) and value == 0
+  """True for a concrete 0; False for anything else, traced values (inject_hyperparams) included."""
+  return is_concrete_number(value) and value == 0
 
 
 def chain_dtype(dtype: Any) -> jnp.dtype:

@@ -12,14 +12,15 @@ import math
 import jax.numpy as jnp
 import optax
 
+from entropy_optax._langevin import is_concrete_number
+
 
 def _check(gamma0: float, **nonnegative: float) -> None:
   """ValueErrors naming the argument; traced values (a vmapped sweep) pass unchecked."""
-  is_number = lambda v: isinstance(v, (int, float))
-  if is_number(gamma0) and not gamma0 > 0:
+  if is_concrete_number(gamma0) and not gamma0 > 0:
     raise ValueError(f"gamma0 must be > 0, got {gamma0}.")
   for name, value in nonnegative.items():
-    if is_number(value) and not value >= 0:
+    if is_concrete_number(value) and not value >= 0:
       raise ValueError(f"{name} must be >= 0, got {value}.")
 
 
@@ -37,7 +38,7 @@ def exponential_scoping(gamma0: float, gamma1: float) -> optax.Schedule:
   _check(gamma0, gamma1=gamma1)
   # exp(t log1p(gamma1)) with log1p in double precision: float32 (1 + gamma1)^t would carry
   # the rounding of 1 + gamma1 to the power t (2e-4 relative error at t = 4500, gamma1 = 1e-3).
-  rate = math.log1p(gamma1) if isinstance(gamma1, (int, float)) else jnp.log1p(gamma1)
+  rate = math.log1p(gamma1) if is_concrete_number(gamma1) else jnp.log1p(gamma1)
   return lambda count: gamma0 * jnp.exp(rate * jnp.asarray(count, jnp.float32))
 
 
@@ -61,7 +62,7 @@ def bounded_exponential_scoping(gamma0: float, gamma_max: float, tau: float) -> 
   gamma_max, the paper's printed form being the limit gamma0 -> 0 with gamma_max in its place.
   """
   _check(gamma0, tau=tau)
-  if isinstance(gamma_max, (int, float)) and isinstance(gamma0, (int, float)) and not gamma_max >= gamma0:
+  if is_concrete_number(gamma_max) and is_concrete_number(gamma0) and not gamma_max >= gamma0:
     raise ValueError(f"gamma_max must be >= gamma0 = {gamma0}, got {gamma_max}.")
   return lambda count: gamma0 + (gamma_max - gamma0) * (
       1.0 - jnp.exp(-tau * jnp.asarray(count, jnp.float32)))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,21 +34,17 @@ class LocalEntropyState(NamedTuple):
   langevin_stats: _langevin.LangevinStats
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_hyperparameters(num_langevin_steps, gamma, langevin_lr, noise, alpha):
   """ValueErrors that name the argument; traced values (inject_hyperparams) pass unchecked."""
-  if _is_number(num_langevin_steps) and num_langevin_steps < 1:
+  if _langevin.is_concrete_number(num_langevin_steps) and num_langevin_steps < 1:
     raise ValueError(f"num_langevin_steps must be >= 1, got {num_langevin_steps}.")
-  if _is_number(gamma) and not gamma > 0:
+  if _langevin.is_concrete_number(gamma) and not gamma > 0:
     raise ValueError(f"gamma must be > 0 (or an optax schedule), got {gamma}.")
-  if _is_number(langevin_lr) and not langevin_lr > 0:
+  if _langevin.is_concrete_number(langevin_lr) and not langevin_lr > 0:
     raise ValueError(f"langevin_lr must be > 0, got {langevin_lr}.")
-  if _is_number(noise) and not noise >= 0:
+  if _langevin.is_concrete_number(noise) and not noise >= 0:
     raise ValueError(f"noise must be >= 0, got {noise}.")
-  if _is_number(alpha) and not 0 < alpha <= 1:
+  if _langevin.is_concrete_number(alpha) and not 0 < alpha <= 1:
     raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
 
 
