@@ -89,13 +89,19 @@ def _irwin_hall_normal(key: jax.Array, shape: tuple[int, ...], dtype, offset: in
   2-core CPU this took an MLP's Entropy-SGD step from 1.30x to 1.00x the cost of L SGD steps.
   """
   key = key.astype(jnp.uint32).reshape(-1)
-  index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) + jnp.uint32(offset)
-  words = _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9) + key[0]) ^ key[1])
+  # The counter hashed is (offset + i) * 0x9E3779B9 + key[0], written as (i + start) * 0x9E3779B9
+  # with start = offset + key[0] * 0x9E3779B9^-1 (mod 2^32): the same numbers, but no
+  # key-independent term that XLA would hoist out of the Langevin loop and store (one
+  # parameter-sized uint32 buffer per leaf). The iota is 1-D for the same reason: reshaped, it
+  # becomes a multiply-add of 2-D iotas, which is hoisted too.
+  start = jnp.uint32(offset) + key[0] * jnp.uint32(0x144CBC89)
+  index = jax.lax.iota(jnp.uint32, math.prod(shape)) + start
+  words = _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9)) ^ key[1])
   # Sum the four nibbles of the low 16 bits (SWAR): two masks and adds.
   pairs = (words & 0x0F0F) + ((words >> 4) & 0x0F0F)
   sums = (pairs & 0x00FF) + ((pairs >> 8) & 0x00FF)
   # Four uniforms on {0..15}: mean 4 * 7.5 = 30, variance 4 * (16^2 - 1) / 12 = 85.
-  return (sums.astype(dtype) - 30.0) * (1.0 / np.sqrt(85.0))
+  return ((sums.astype(dtype) - 30.0) * (1.0 / np.sqrt(85.0))).reshape(shape)
 
 
 def tree_noise(key: jax.Array, tree: Any, sampler: NoiseSampler = "irwin_hall") -> Any:

@@ -97,9 +97,10 @@ def local_entropy(
   Non-finite values: ``optax.apply_if_finite`` checks the gradients it receives, so wrapped
   around the whole chain it skips a step whose gradient at x is non-finite. A chain that
   diverges inside (a non-finite gradient at a later Langevin step) returns non-finite updates and
-  leaves this transformation's state unchanged; put ``optax.apply_if_finite`` around the outer
-  optimizer, ``optax.chain(local_entropy(...), optax.apply_if_finite(optax.sgd(...), 5))``, to
-  skip both kinds of step with params and state unchanged.
+  leaves this transformation's count, key and stats unchanged (mu is reset to x); put
+  ``optax.apply_if_finite`` around the outer optimizer,
+  ``optax.chain(local_entropy(...), optax.apply_if_finite(optax.sgd(...), 5))``, to skip both
+  kinds of step with params unchanged.
 
   Args:
     num_langevin_steps: L >= 1, Langevin steps (gradient evaluations) per update.
@@ -167,13 +168,19 @@ def local_entropy(
     factor = stats.gamma if scale_by_gamma else 1.0
     new_updates = jax.tree.map(
         lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype), params, mu)
-    new_state = LocalEntropyState(
-        count=optax.safe_increment(state.count), rng_key=next_key, mu=mu, langevin_stats=stats)
-    # A chain that diverged (a non-finite gradient at some step k) leaves the state as it was, so
-    # that an optax.apply_if_finite after this transformation skips the whole step; the
-    # non-finite updates themselves are passed on, never hidden.
+    # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as
+    # they were, so that an optax.apply_if_finite after this transformation skips the whole step;
+    # the non-finite updates themselves are passed on, never hidden. mu is reset to the chain's
+    # start x rather than kept: keeping the previous mu would hold one more parameter-sized
+    # buffer through the whole chain, and the next update never reads it.
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(mu)]))
-    new_state = optax.tree.where(finite, new_state, state)
+    if_finite = lambda new, old: optax.tree.where(finite, new, old)
+    new_state = LocalEntropyState(
+        count=if_finite(optax.safe_increment(state.count), state.count),
+        rng_key=if_finite(next_key, state.rng_key),
+        mu=if_finite(mu, jax.tree.map(lambda p, m: p.astype(m.dtype), params, mu)),
+        langevin_stats=if_finite(stats, state.langevin_stats),
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
