@@ -38,6 +38,36 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def gradient_flops(loss_fn, params, batch_stats, batches) -> float:
+  """FLOPs of one gradient evaluation on one mini-batch, from XLA's cost analysis.
+
+  An Entropy-SGD step does L of them (its element-wise chain updates are negligible); the step's
+  own cost analysis would count a rolled loop's body once, not L times.
+  """
+  batch = jax.tree.map(lambda b: b[0], batches)
+  grad = jax.jit(jax.grad(lambda p: loss_fn(p, batch_stats, batch, jax.random.key(0))[0]))
+  return float(grad.lower(params).compile().cost_analysis()["flops"])
+
+
+def matmul_gflops(repeats: int = 7) -> float:
+  """This device's measured float32 GEMM throughput (median of ``repeats`` calls).
+
+  No formulation of k runs can go faster than the device's arithmetic throughput, so
+  GEMM GFLOP/s divided by what the sequential runs reach bounds the speedup any batching of
+  them can give.
+  """
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(matmul(a))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a))
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / common.median(times) / 1e9
+
+
 def run_model(model: str, runs: int, args) -> dict:
   spec = common.make_model(model)
   batches = common.make_batches(spec, args.steps, args.batch)
@@ -98,8 +128,18 @@ def run_model(model: str, runs: int, args) -> dict:
   } for name, t in times.items()]
   common.print_table(rows, ["variant", "runs", "compile_s", "median_ms", "ms_per_run", "speedup",
                             "paired_speedup"])
+  # How much arithmetic throughput the sequential runs leave unused: the ceiling for batching.
+  step_flops = args.steps * gradient_flops(common.make_loss(spec), *inits[0], batches)
+  sequential_gflops = runs * step_flops / common.median(times["sequential"]) / 1e9
+  gemm_gflops = matmul_gflops()
+  bound = {"step_gflop": step_flops / 1e9, "sequential_gflops": sequential_gflops,
+           "gemm_gflops": gemm_gflops, "max_speedup": gemm_gflops / sequential_gflops}
+  print(f"one step = {bound['step_gflop']:.2f} GFLOP; the sequential runs reach "
+        f"{sequential_gflops:.1f} GFLOP/s, {100 / bound['max_speedup']:.0f}% of this device's "
+        f"float32 GEMM throughput ({gemm_gflops:.1f} GFLOP/s): no formulation of the {runs} runs "
+        f"can beat sequential by more than {bound['max_speedup']:.2f}x")
   return {"model": model, "model_source": spec.source, "batch": args.batch,
-          "steps": args.steps, "runs": runs, "rows": rows}
+          "steps": args.steps, "runs": runs, "rows": rows, "compute_bound": bound}
 
 
 def main(argv=None):

@@ -85,6 +85,20 @@ def test_multi_run_smoke(tmp_path):
   _check_json(path, results)
   _check_rows(results[0]["rows"], ["median_ms", "speedup", "paired_speedup"])
   assert {r["variant"] for r in results[0]["rows"]} == {"sequential", "vmap"}
+  bound = results[0]["compute_bound"]
+  assert bound["gemm_gflops"] > 0 and bound["sequential_gflops"] > 0
+  assert bound["max_speedup"] == pytest.approx(bound["gemm_gflops"] / bound["sequential_gflops"])
+
+
+def test_gradient_flops_counts_forward_and_weight_gradients():
+  # One gradient of a dense net = the forward matmuls + the weight-gradient matmuls (+ the input
+  # gradients of every layer but the first): between 2x and 3x the forward FLOPs.
+  spec = common.make_model("mlp")
+  params, batch_stats = common.init_model(spec)
+  flops = multi_run.gradient_flops(common.make_loss(spec), params, batch_stats,
+                                   common.make_batches(spec, 1, 16))
+  forward = 2 * 16 * (784 * 784 + 784 * 64 + 64 * 10)
+  assert 2 * forward <= flops <= 3 * forward
 
 
 @pytest.mark.slow
