@@ -50,9 +50,9 @@ def _programs(model: str, batch: int, steps: int, unroll: str, dtype):
   }
 
 
-def compiled_memory(runner: common.Runner) -> dict:
+def compiled_memory(runner: common.Runner, compiler_options: dict | None = None) -> dict:
   if runner.compiled is None:
-    runner.compile()
+    runner.compile(compiler_options)
   stats = runner.compiled.memory_analysis()
   batch_bytes = common.tree_bytes(runner.batches)
   peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes
@@ -83,6 +83,14 @@ def _child(args):
   print(json.dumps({"peak": stats.get("peak_bytes_in_use") if stats else None}))
 
 
+def compiler_options(scheduler: str) -> dict | None:
+  if scheduler == "default":
+    return None
+  if jax.default_backend() != "cpu":
+    raise SystemExit("--scheduler memory is an XLA:CPU option; leave it out on GPU/TPU.")
+  return common.CPU_MEMORY_SCHEDULER
+
+
 def run_model(model: str, args) -> dict:
   dtype = jnp.dtype(args.dtype)
   spec, params, runners = _programs(model, args.batch, args.steps, args.unroll, dtype)
@@ -91,7 +99,7 @@ def run_model(model: str, args) -> dict:
         f"({param_bytes / 2**20:.2f} MiB, {args.dtype}), batch {args.batch}, L = {args.steps}")
   rows = []
   for name, runner in runners.items():
-    row = {"step": name, **compiled_memory(runner)}
+    row = {"step": name, **compiled_memory(runner, compiler_options(args.scheduler))}
     if args.live and jax.default_backend() != "cpu":
       row["live_peak_bytes"] = live_peak(model, args.batch, args.steps, args.unroll, args.dtype,
                                          name)
@@ -119,7 +127,8 @@ def run_model(model: str, args) -> dict:
     print(f"live peak: Entropy-SGD - SGD = {summary['live_extra_in_param_bytes']:.2f}x "
           "parameter bytes (includes the L mini-batches)")
   return {"model": model, "model_source": spec.source, "num_params": common.num_params(params),
-          "batch": args.batch, "steps": args.steps, "dtype": args.dtype, "rows": rows,
+          "batch": args.batch, "steps": args.steps, "dtype": args.dtype,
+          "scheduler": args.scheduler, "rows": rows,
           **summary}
 
 
@@ -128,6 +137,8 @@ def main(argv=None):
   common.add_workload_args(parser)
   parser.add_argument("--unroll", default="auto")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--scheduler", default="default", choices=["default", "memory"],
+                      help="XLA:CPU scheduler: 'memory' compiles with common.CPU_MEMORY_SCHEDULER")
   parser.add_argument("--no-live", dest="live", action="store_false",
                       help="skip the subprocess peak_bytes_in_use measure on GPU")
   parser.add_argument("--json", default=None)

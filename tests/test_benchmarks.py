@@ -78,6 +78,16 @@ def test_memory_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_memory_scheduler_option_cuts_the_unrolled_chains_temporaries():
+  args = ["--model", "lenet_bn", *TINY, "--unroll", "full", "--no-live"]
+  (default,) = memory.main(args)
+  (ordered,) = memory.main(args + ["--scheduler", "memory"])
+  assert ordered["scheduler"] == "memory"
+  temp = lambda result: {r["step"]: r["temp_bytes"] for r in result["rows"]}
+  assert temp(ordered)["entropy_sgd"] <= temp(default)["entropy_sgd"]
+
+
+@pytest.mark.slow
 def test_multi_run_smoke(tmp_path):
   path = str(tmp_path / "multi.json")
   results = multi_run.main(["--model", "mlp", *TINY, "--runs", "2", "--repeats", "1",
