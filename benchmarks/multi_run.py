@@ -9,6 +9,8 @@ mini-batches. Variants, timed interleaved in one run:
   convolution (``feature_group_count = k``);
 * ``lax.map``: the k steps one after another inside one program (no batching; saves the
   per-call dispatch only);
+* ``unrolled``: the k steps written out one after another in one program (a Python loop): no
+  batching and no loop, so XLA may run independent runs side by side on idle cores or SMs;
 * ``vmap+im2col`` (conv nets): ``vmap`` with each convolution written as patches @ kernel, so
   that the run axis becomes the batch axis of a batched matmul instead of a feature group.
 
@@ -23,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import time
 
 import jax
@@ -50,7 +53,8 @@ def gradient_flops(loss_fn, params, batch_stats, batches) -> float:
 
 
 def matmul_gflops(repeats: int = 7) -> float:
-  """This device's measured float32 GEMM throughput (median of ``repeats`` calls).
+  """This device's float32 GEMM throughput: the fastest of ``repeats`` calls (what the device
+  can do, not its average under a shared machine's load).
 
   No formulation of k runs can go faster than the device's arithmetic throughput, so
   GEMM GFLOP/s divided by what the sequential runs reach bounds the speedup any batching of
@@ -65,7 +69,21 @@ def matmul_gflops(repeats: int = 7) -> float:
     start = time.perf_counter()
     jax.block_until_ready(matmul(a))
     times.append(time.perf_counter() - start)
-  return 2 * n**3 / common.median(times) / 1e9
+  return 2 * n**3 / min(times) / 1e9
+
+
+def multi_run_steps(single: Callable, runs: int) -> dict[str, Callable]:
+  """The k-runs-in-one-program forms of ``single(params, batch_stats, opt_state, key, batches)``.
+
+  Each takes the k runs' states stacked on axis 0 and the shared mini-batches, and returns the
+  stacked results of one step of every run.
+  """
+  return {
+      "vmap": jax.vmap(single, in_axes=(0, 0, 0, 0, None)),
+      "lax.map": lambda p, bs, o, k, b: jax.lax.map(lambda s: single(*s, b), (p, bs, o, k)),
+      "unrolled": lambda p, bs, o, k, b: _stack([
+          single(*jax.tree.map(lambda t: t[i], (p, bs, o, k)), b) for i in range(runs)]),
+  }
 
 
 def run_model(model: str, runs: int, args) -> dict:
@@ -99,14 +117,10 @@ def run_model(model: str, runs: int, args) -> dict:
 
   fns["sequential"] = sequential
   compile_times = {"sequential": compile_s}
-  in_axes = (0, 0, 0, 0, None)
-  variants = {
-      "vmap": jax.vmap(single, in_axes=in_axes),
-      "lax.map": lambda p, bs, o, k, b: jax.lax.map(lambda s: single(*s, b), (p, bs, o, k)),
-  }
+  variants = multi_run_steps(single, runs)
   if is_conv:
     im2col = common.build_entropy_step(common.make_loss(spec, "im2col"), tx, jit=False)
-    variants["vmap+im2col"] = jax.vmap(im2col, in_axes=in_axes)
+    variants["vmap+im2col"] = jax.vmap(im2col, in_axes=(0, 0, 0, 0, None))
   for name, fn in variants.items():
     if args.variants and name not in args.variants:
       continue
@@ -147,7 +161,7 @@ def main(argv=None):
   common.add_workload_args(parser)
   parser.add_argument("--runs", type=int, nargs="+", default=[8], help="k, runs per jit")
   parser.add_argument("--variants", nargs="*", default=None,
-                      help="subset of vmap, lax.map, vmap+im2col (default: all)")
+                      help="subset of vmap, lax.map, unrolled, vmap+im2col (default: all)")
   common.add_common_args(parser)
   args = parser.parse_args(argv)
   env = common.environment()

@@ -91,13 +91,34 @@ def test_memory_scheduler_option_cuts_the_unrolled_chains_temporaries():
 def test_multi_run_smoke(tmp_path):
   path = str(tmp_path / "multi.json")
   results = multi_run.main(["--model", "mlp", *TINY, "--runs", "2", "--repeats", "1",
-                            "--variants", "vmap", "--json", path])
+                            "--variants", "vmap", "unrolled", "--json", path])
   _check_json(path, results)
   _check_rows(results[0]["rows"], ["median_ms", "speedup", "paired_speedup"])
-  assert {r["variant"] for r in results[0]["rows"]} == {"sequential", "vmap"}
+  assert {r["variant"] for r in results[0]["rows"]} == {"sequential", "vmap", "unrolled"}
   bound = results[0]["compute_bound"]
   assert bound["gemm_gflops"] > 0 and bound["sequential_gflops"] > 0
   assert bound["max_speedup"] == pytest.approx(bound["gemm_gflops"] / bound["sequential_gflops"])
+
+
+def test_multi_run_forms_match_runs_one_after_another():
+  spec = common.make_model("mlp")
+  tx = common.entropy_tx(2)
+  single = common.build_entropy_step(common.make_loss(spec), tx, jit=False)
+  batches = common.make_batches(spec, 2, 4)
+  states = []
+  for seed in range(3):
+    params, batch_stats = common.init_model(spec, seed=seed)
+    states.append((params, batch_stats, tx.init(params), jax.random.key(seed)))
+  expected = [jax.jit(single)(*state, batches) for state in states]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  for name, fn in multi_run.multi_run_steps(single, 3).items():
+    got = jax.jit(fn)(*stacked, batches)
+    for i, want in enumerate(expected):
+      got_i = jax.tree.map(lambda t: t[i], got)
+      for a, b in zip(jax.tree.leaves(got_i), jax.tree.leaves(want), strict=True):
+        a, b = (jax.random.key_data(t) if jnp.issubdtype(t.dtype, jax.dtypes.prng_key) else t
+                for t in (a, b))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_gradient_flops_counts_forward_and_weight_gradients():
