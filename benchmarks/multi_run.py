@@ -120,7 +120,7 @@ def run_model(model: str, runs: int, args) -> dict:
   variants = multi_run_steps(single, runs)
   if is_conv:
     im2col = common.build_entropy_step(common.make_loss(spec, "im2col"), tx, jit=False)
-    variants["vmap+im2col"] = jax.vmap(im2col, in_axes=(0, 0, 0, 0, None))
+    variants["vmap+im2col"] = multi_run_steps(im2col, runs)["vmap"]
   for name, fn in variants.items():
     if args.variants and name not in args.variants:
       continue
