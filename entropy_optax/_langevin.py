@@ -63,6 +63,11 @@ def chain_dtype(dtype: Any) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def to_chain(tree: Any) -> Any:
+  """``tree`` with every leaf in its ``chain_dtype``."""
+  return jax.tree.map(lambda p: jnp.asarray(p, chain_dtype(p.dtype)), tree)
+
+
 def _fmix32(h: jax.Array) -> jax.Array:
   """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
   h = h ^ (h >> 16)
@@ -247,7 +252,6 @@ def langevin_mean(
   use_momentum = not is_static_zero(langevin_momentum)
   use_noise = not is_static_zero(noise)
 
-  to_chain = lambda t: jax.tree.map(lambda p: jnp.asarray(p, chain_dtype(p.dtype)), t)
   x = to_chain(params)
   gamma = jnp.asarray(gamma, jnp.float32)
   sqrt_lr = jnp.sqrt(jnp.asarray(langevin_lr, jnp.float32))

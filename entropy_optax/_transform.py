@@ -147,7 +147,7 @@ def local_entropy(
     return LocalEntropyState(
         count=jnp.zeros([], jnp.int32),
         rng_key=canonical_key(key),
-        mu=jax.tree.map(lambda p: jnp.asarray(p, _langevin.chain_dtype(p.dtype)), params),
+        mu=_langevin.to_chain(params),
         langevin_stats=_langevin.empty_stats(),
     )
 
@@ -178,7 +178,7 @@ def local_entropy(
     new_state = LocalEntropyState(
         count=if_finite(optax.safe_increment(state.count), state.count),
         rng_key=if_finite(next_key, state.rng_key),
-        mu=if_finite(mu, jax.tree.map(lambda p, m: p.astype(m.dtype), params, mu)),
+        mu=if_finite(mu, _langevin.to_chain(params)),
         langevin_stats=if_finite(stats, state.langevin_stats),
     )
     return new_updates, new_state
