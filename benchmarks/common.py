@@ -249,11 +249,9 @@ def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation,
     num_steps = jax.tree.leaves(batches)[0].shape[0]
     scan_unroll = unroll
     if scan_unroll is None:  # the core's rule, so both sides of a comparison unroll alike
-      convolves = entropy_optax._langevin._has_convolution(  # pylint: disable=protected-access
-          lambda: jax.grad(lambda q: loss_fn(q, batch_stats, jax.tree.map(
+      scan_unroll = entropy_optax._unroll.default_unroll(  # pylint: disable=protected-access
+          num_steps, lambda: jax.grad(lambda q: loss_fn(q, batch_stats, jax.tree.map(
               lambda b: b[0], batches), step_key)[0])(params))
-      scan_unroll = entropy_optax._langevin.default_unroll(  # pylint: disable=protected-access
-          num_steps, convolves)
     (params, batch_stats, opt_state), losses = jax.lax.scan(
         sgd_step, (params, batch_stats, opt_state),
         (jnp.arange(num_steps, dtype=jnp.int32), batches), unroll=scan_unroll)

@@ -25,7 +25,7 @@ import time
 
 import jax
 
-from entropy_optax import _langevin
+from entropy_optax import _noise
 
 try:
   from benchmarks import common
@@ -37,8 +37,8 @@ def time_noise_draws(params, repeats: int) -> list[dict]:
   """Milliseconds to draw unit noise shaped like ``params`` with each sampler."""
   key = jax.random.PRNGKey(0)
   draws = {}
-  for name in _langevin.NOISE_SAMPLERS:
-    draws[name] = jax.jit(lambda key, s=name: _langevin.tree_noise(key, params, s)).lower(
+  for name in _noise.NOISE_SAMPLERS:
+    draws[name] = jax.jit(lambda key, s=name: _noise.tree_noise(key, params, s)).lower(
         key).compile()
   fns = {name: (lambda f=f: jax.block_until_ready(f(key))) for name, f in draws.items()}
   times = common.time_interleaved(fns, repeats=max(repeats, 20), warmup=2)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import jax
 import optax
 
-from entropy_optax import _langevin
+from entropy_optax import _noise
 from entropy_optax._transform import local_entropy
+from entropy_optax._utils import is_static_zero
 
 
 def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
   # The authors' code adds wd x to the outer gradient x - mu, before the outer momentum.
   # A traced weight_decay (optax.inject_hyperparams) keeps the term.
-  if _langevin.is_static_zero(weight_decay):
+  if is_static_zero(weight_decay):
     return optax.identity()
   return optax.add_decayed_weights(weight_decay)
 
@@ -31,7 +32,7 @@ def entropy_sgd(
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     key: jax.Array | int = 0,
-    noise_sampler: _langevin.NoiseSampler = "irwin_hall",
+    noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: the local-entropy gradient followed by SGD with (Nesterov) momentum.
@@ -72,7 +73,7 @@ def entropy_sgd(
           langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
           scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
       _outer_weight_decay(weight_decay),
-      optax.sgd(learning_rate, momentum=None if _langevin.is_static_zero(momentum) else momentum,
+      optax.sgd(learning_rate, momentum=None if is_static_zero(momentum) else momentum,
                 nesterov=nesterov),
   )
 
@@ -88,19 +89,21 @@ def entropy_adam(
     langevin_lr: float = 0.1,
     noise: float = 1e-4,
     alpha: float = 0.75,
-    nesterov: bool = True,
+    langevin_nesterov: bool = True,
     langevin_momentum: float = 0.0,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     key: jax.Array | int = 0,
-    noise_sampler: _langevin.NoiseSampler = "irwin_hall",
+    noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-Adam: the local-entropy gradient followed by Adam.
 
   The paper's char-LSTM used Entropy-Adam with b1 = 0.5 (pass ``b1=0.5``); the default keeps
   Adam's usual 0.9. ``weight_decay`` is L2 added inside the chain and before Adam, like
-  ``entropy_sgd``; ``nesterov`` applies to the Langevin momentum only. See ``local_entropy``.
+  ``entropy_sgd``. ``langevin_nesterov`` is the Nesterov form of ``langevin_momentum``, the only
+  momentum besides Adam's own: it does nothing while ``langevin_momentum`` is 0 (the default).
+  See ``local_entropy``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -111,7 +114,8 @@ def entropy_adam(
   return optax.chain(
       local_entropy(
           num_langevin_steps, gamma, langevin_lr, noise, alpha,
-          langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
+          langevin_momentum=langevin_momentum, nesterov=langevin_nesterov,
+          weight_decay=weight_decay,
           scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
       _outer_weight_decay(weight_decay),
       optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import math
-import numbers
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-NoiseSampler = Literal["irwin_hall", "gaussian"]
-NOISE_SAMPLERS = ("irwin_hall", "gaussian")
+from entropy_optax import _noise
+from entropy_optax import _unroll
+from entropy_optax._utils import is_concrete_number
+from entropy_optax._utils import is_static_zero
+from entropy_optax._utils import to_chain
 
 
 class LangevinStats(NamedTuple):
@@ -44,94 +45,31 @@ def empty_stats() -> LangevinStats:
   return LangevinStats(*(jnp.zeros([], jnp.float32) for _ in LangevinStats._fields))
 
 
-def is_concrete_number(value: Any) -> bool:
-  """A Python or NumPy real (not a bool, not a jax array, which may be traced)."""
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
+def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler) -> None:
+  """Errors naming the argument and the fix; traced values (inject_hyperparams) pass unchecked.
 
-def is_static_zero(value: Any) -> bool:
-  """True for a concrete 0; False for anything else, traced values (inject_hyperparams) included."""
-  return is_concrete_number(value) and value == 0
-
-
-def chain_dtype(dtype: Any) -> jnp.dtype:
-  """The dtype the chain x', mu and the noise are kept in: at least float32.
-
-  The Langevin noise is about 1e-5 of typical weights and the coupling gamma (x - x') is of the
-  same order, both below bfloat16's resolution (2^-8): a bf16 chain would silently drop them.
+  The one check of the chain's hyper-parameters: ``langevin_mean`` runs it on every call,
+  ``local_entropy`` once, when it is built.
   """
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def to_chain(tree: Any) -> Any:
-  """``tree`` with every leaf in its ``chain_dtype``."""
-  return jax.tree.map(lambda p: jnp.asarray(p, chain_dtype(p.dtype)), tree)
-
-
-def _fmix32(h: jax.Array) -> jax.Array:
-  """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def _irwin_hall_normal(key: jax.Array, shape: tuple[int, ...], dtype, offset: int) -> jax.Array:
-  """Approximately standard-normal samples, element-wise in a counter, so XLA fuses them.
-
-  Each sample is the sum of four independent uniform 4-bit integers (16 random bits), centred
-  and scaled to unit variance: an Irwin-Hall(4) variable on 61 levels. Its mean and variance are
-  exact, its excess kurtosis is -0.3 (0 for a Gaussian) and it is bounded by 3.25 standard
-  deviations. SGLD needs only zero-mean, unit-variance, uncorrelated increments: the chain's
-  stationary law in the small-step limit depends on the noise variance alone (the sum over steps
-  is Gaussian by the central limit theorem).
-
-  The 16 bits of element i come from two rounds of MurmurHash3's finaliser over the counter
-  ``offset + i`` mixed with the (threefry-split, per Langevin step) key: ~10 integer operations
-  a sample instead of threefry's ~100 per 64 bits, and element-wise, so the noise is fused into
-  the Langevin update and never stored. Not cryptographic, which SGLD does not need. On the
-  2-core CPU this took an MLP's Entropy-SGD step from 1.30x to 1.00x the cost of L SGD steps.
-  """
-  key = key.astype(jnp.uint32).reshape(-1)
-  # The counter hashed is (offset + i) * 0x9E3779B9 + key[0], written as (i + start) * 0x9E3779B9
-  # with start = offset + key[0] * 0x9E3779B9^-1 (mod 2^32): the same numbers, but no
-  # key-independent term that XLA would hoist out of the Langevin loop and store (one
-  # parameter-sized uint32 buffer per leaf). The iota is 1-D for the same reason: reshaped, it
-  # becomes a multiply-add of 2-D iotas, which is hoisted too.
-  start = jnp.uint32(offset) + key[0] * jnp.uint32(0x144CBC89)
-  index = jax.lax.iota(jnp.uint32, math.prod(shape)) + start
-  words = _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9)) ^ key[1])
-  # Sum the four nibbles of the low 16 bits (SWAR): two masks and adds.
-  pairs = (words & 0x0F0F) + ((words >> 4) & 0x0F0F)
-  sums = (pairs & 0x00FF) + ((pairs >> 8) & 0x00FF)
-  # Four uniforms on {0..15}: mean 4 * 7.5 = 30, variance 4 * (16^2 - 1) / 12 = 85.
-  return ((sums.astype(dtype) - 30.0) * (1.0 / np.sqrt(85.0))).reshape(shape)
-
-
-def tree_noise(key: jax.Array, tree: Any, sampler: NoiseSampler = "irwin_hall") -> Any:
-  """Unit-variance noise shaped like ``tree``, from one key.
-
-  The leaves take disjoint slices of one stream (one random-number call per leaf and unrolled
-  Langevin step would dominate compile time).
-  """
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.key_data(key)  # raw words for the counter hash
-  leaves, treedef = jax.tree.flatten(tree)
-  sizes = [leaf.size for leaf in leaves]
-  starts = np.cumsum([0] + sizes[:-1])
-  if sampler == "irwin_hall":
-    noise = [_irwin_hall_normal(key, leaf.shape, leaf.dtype, int(start))
-             for leaf, start in zip(leaves, starts)]
-  else:
-    # Long draws come in rows of 128: XLA:CPU ran a 1-D threefry draw of 12k words, or of an
-    # odd size, several times slower.
-    total = sum(sizes)
-    rows = (-(-total // 128), 128) if total >= 1024 else (total,)
-    flat = jax.random.normal(key, rows, jnp.float32).reshape(-1)
-    noise = [flat[start:start + leaf.size].reshape(leaf.shape).astype(leaf.dtype)
-             for leaf, start in zip(leaves, starts)]
-  return jax.tree.unflatten(treedef, noise)
+  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
+    raise TypeError(
+        f"num_langevin_steps must be a Python int (it is the scan length), got {num_steps!r}; "
+        "with optax.inject_hyperparams pass static_args=('num_langevin_steps',)."
+    )
+  if num_steps < 1:
+    raise ValueError(f"num_langevin_steps must be >= 1, got {num_steps}.")
+  if is_concrete_number(gamma) and not gamma > 0:
+    raise ValueError(f"gamma must be > 0 (or an optax schedule), got {gamma}.")
+  if is_concrete_number(langevin_lr) and not langevin_lr > 0:
+    raise ValueError(f"langevin_lr must be > 0, got {langevin_lr}.")
+  if is_concrete_number(noise) and not noise >= 0:
+    raise ValueError(f"noise must be >= 0, got {noise}.")
+  if is_concrete_number(alpha) and not 0 < alpha <= 1:
+    raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
+  if noise_sampler not in _noise.NOISE_SAMPLERS:
+    raise ValueError(
+        f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}.")
 
 
 def _check_gradient_tree(grads: Any, reference: Any) -> None:
@@ -150,28 +88,6 @@ def _check_gradient_tree(grads: Any, reference: Any) -> None:
       )
 
 
-MAX_CPU_UNROLL = 32
-
-
-def default_unroll(num_steps: int, has_convolution: bool) -> int:
-  """Unrolled on XLA:CPU for models with convolutions (up to ``MAX_CPU_UNROLL`` steps), else rolled.
-
-  Measured on the 2-core CPU: a conv net inside a rolled ``lax.scan`` ran 4-17x slower than
-  unrolled (the loop body misses the CPU runtime's fast convolution paths), while a dense MLP
-  ran 1.5x faster rolled and compiled 4-10x faster. On GPU/TPU a rolled loop costs ~nothing per
-  iteration and keeps compile time independent of L. The cap bounds compile time for long
-  chains.
-  """
-  if jax.default_backend() == "cpu" and has_convolution:
-    return min(num_steps, MAX_CPU_UNROLL)
-  return 1
-
-
-def _has_convolution(fn: Callable[[], Any]) -> bool:
-  """Whether ``fn`` convolves (traced only, not run)."""
-  return "conv_general_dilated" in str(jax.make_jaxpr(fn)())
-
-
 def langevin_mean(
     grad_fn: Callable[[Any, jax.Array], Any],
     params: Any,
@@ -186,7 +102,7 @@ def langevin_mean(
     nesterov: bool = True,
     weight_decay: float | jax.Array = 0.0,
     grad_at_params: Any | None = None,
-    noise_sampler: NoiseSampler = "irwin_hall",
+    noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
 ) -> tuple[Any, LangevinStats]:
   r"""Estimates the mean <x'> of the local Gibbs measure around ``params`` by SGLD.
@@ -220,8 +136,8 @@ def langevin_mean(
     grad_at_params: grad f(x), if the caller already has it: then step 0 (taken at x' = x)
       uses it and ``grad_fn`` is called only for k = 1..L-1, saving one gradient evaluation.
     noise_sampler: "irwin_hall" (default: a cheap exact-variance approximation of a Gaussian,
-      see ``_irwin_hall_normal``) or "gaussian" (``jax.random.normal``).
-    unroll: ``lax.scan`` unrolling; None picks ``default_unroll``.
+      see ``_noise.irwin_hall_normal``) or "gaussian" (``jax.random.normal``).
+    unroll: ``lax.scan`` unrolling; None picks ``_unroll.default_unroll``.
 
   Returns:
     ``(mu, stats)``: mu in the chain dtype (at least float32, see ``chain_dtype``) and a
@@ -240,15 +156,17 @@ def langevin_mean(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017
     (https://arxiv.org/abs/1611.01838), Alg. 1.
   """
-  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
-    raise TypeError(
-        f"num_langevin_steps must be a Python int (it is the scan length), got {num_steps!r}; "
-        "with optax.inject_hyperparams pass static_args=('num_langevin_steps',)."
-    )
-  if num_steps < 1:
-    raise ValueError(f"num_langevin_steps must be >= 1, got {num_steps}.")
-  if noise_sampler not in NOISE_SAMPLERS:
-    raise ValueError(f"noise_sampler must be one of {NOISE_SAMPLERS}, got {noise_sampler!r}.")
+  check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler)
+  return run_chain(
+      grad_fn, params, key, gamma=gamma, num_steps=num_steps, langevin_lr=langevin_lr,
+      noise=noise, alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
+      weight_decay=weight_decay, grad_at_params=grad_at_params, noise_sampler=noise_sampler,
+      unroll=unroll)
+
+
+def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alpha,
+              langevin_momentum, nesterov, weight_decay, grad_at_params, noise_sampler, unroll):
+  """``langevin_mean`` on arguments already checked by ``check_arguments``."""
   use_momentum = not is_static_zero(langevin_momentum)
   use_noise = not is_static_zero(noise)
 
@@ -278,13 +196,13 @@ def langevin_mean(
     if use_noise:
       scale = sqrt_lr * noise
       x_prime = jax.tree.map(
-          lambda xp, n: xp + scale * n, x_prime, tree_noise(step_key, x_prime, noise_sampler))
+          lambda xp, n: xp + scale * n, x_prime, _noise.tree_noise(step_key, x_prime, noise_sampler))
     mu = jax.tree.map(lambda m, xp: (1 - alpha) * m + alpha * xp, mu, x_prime)
     distance_sum = distance_sum + optax.tree.norm(optax.tree.sub(x, x_prime)).astype(jnp.float32)
     return (x_prime, mu, momentum_buffer, distance_sum), None
 
   if unroll is None:
-    unroll = default_unroll(num_steps, _has_convolution(lambda: grad_fn(params, jnp.int32(1))))
+    unroll = _unroll.default_unroll(num_steps, lambda: grad_fn(params, jnp.int32(1)))
   step_keys = jax.random.split(key, num_steps)
   momentum_buffer = jax.tree.map(jnp.zeros_like, x) if use_momentum else None
   carry = (x, x, momentum_buffer, jnp.zeros([], jnp.float32))

@@ -12,7 +12,7 @@ import math
 import jax.numpy as jnp
 import optax
 
-from entropy_optax._langevin import is_concrete_number
+from entropy_optax._utils import is_concrete_number
 
 
 def _check(gamma0: float, **nonnegative: float) -> None:

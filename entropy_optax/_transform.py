@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from entropy_optax import _langevin
+from entropy_optax import _noise
+from entropy_optax._utils import canonical_key
+from entropy_optax._utils import to_chain
 
 _GRAD_FN_HELP = (
     "local_entropy needs grad_fn, a function grad_fn(params, k) returning the loss gradient "
@@ -34,46 +37,19 @@ class LocalEntropyState(NamedTuple):
   langevin_stats: _langevin.LangevinStats
 
 
-def _check_hyperparameters(num_langevin_steps, gamma, langevin_lr, noise, alpha):
-  """ValueErrors that name the argument; traced values (inject_hyperparams) pass unchecked."""
-  if _langevin.is_concrete_number(num_langevin_steps) and num_langevin_steps < 1:
-    raise ValueError(f"num_langevin_steps must be >= 1, got {num_langevin_steps}.")
-  if _langevin.is_concrete_number(gamma) and not gamma > 0:
-    raise ValueError(f"gamma must be > 0 (or an optax schedule), got {gamma}.")
-  if _langevin.is_concrete_number(langevin_lr) and not langevin_lr > 0:
-    raise ValueError(f"langevin_lr must be > 0, got {langevin_lr}.")
-  if _langevin.is_concrete_number(noise) and not noise >= 0:
-    raise ValueError(f"noise must be >= 0, got {noise}.")
-  if _langevin.is_concrete_number(alpha) and not 0 < alpha <= 1:
-    raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
-
-
-def canonical_key(key: jax.Array | int) -> jax.Array:
-  """A raw uint32 key: it vmaps, serialises (orbax) and compares like any array.
-
-  A seed may also arrive as a 0-d integer array: ``optax.inject_hyperparams`` turns every
-  numeric argument, ``key=0`` included, into one.
-  """
-  if jnp.ndim(key) == 0 and jnp.issubdtype(jnp.result_type(key), jnp.integer):
-    return jax.random.PRNGKey(key)
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(key)
-  return key
-
-
 def local_entropy(
-    num_langevin_steps: int,
-    gamma: float | optax.Schedule,
-    langevin_lr: float,
-    noise: float,
-    alpha: float,
+    num_langevin_steps: int = 20,
+    gamma: float | optax.Schedule = 0.03,
+    langevin_lr: float = 0.1,
+    noise: float = 1e-4,
+    alpha: float = 0.75,
     *,
     langevin_momentum: float = 0.0,
     nesterov: bool = True,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     key: jax.Array | int = 0,
-    noise_sampler: _langevin.NoiseSampler = "irwin_hall",
+    noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
@@ -138,16 +114,16 @@ def local_entropy(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017
     (https://arxiv.org/abs/1611.01838).
   """
-  _check_hyperparameters(num_langevin_steps, gamma, langevin_lr, noise, alpha)
-  if noise_sampler not in _langevin.NOISE_SAMPLERS:
-    raise ValueError(
-        f"noise_sampler must be one of {_langevin.NOISE_SAMPLERS}, got {noise_sampler!r}.")
+  # Checked once here; a schedule's values are not (they may be traced).
+  _langevin.check_arguments(
+      num_langevin_steps, 1.0 if callable(gamma) else gamma, langevin_lr, noise, alpha,
+      noise_sampler)
 
   def init_fn(params):
     return LocalEntropyState(
         count=jnp.zeros([], jnp.int32),
         rng_key=canonical_key(key),
-        mu=_langevin.to_chain(params),
+        mu=to_chain(params),
         langevin_stats=_langevin.empty_stats(),
     )
 
@@ -156,10 +132,10 @@ def local_entropy(
     if grad_fn is None:
       raise TypeError(_GRAD_FN_HELP)
     if params is None:
-      raise ValueError("local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...).")
+      raise TypeError("local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...).")
     gamma_t = gamma(state.count) if callable(gamma) else gamma
     next_key, chain_key = jax.random.split(state.rng_key)
-    mu, stats = _langevin.langevin_mean(
+    mu, stats = _langevin.run_chain(
         grad_fn, params, chain_key,
         gamma=gamma_t, num_steps=num_langevin_steps, langevin_lr=langevin_lr, noise=noise,
         alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
@@ -178,7 +154,7 @@ def local_entropy(
     new_state = LocalEntropyState(
         count=if_finite(optax.safe_increment(state.count), state.count),
         rng_key=if_finite(next_key, state.rng_key),
-        mu=if_finite(mu, _langevin.to_chain(params)),
+        mu=if_finite(mu, to_chain(params)),
         langevin_stats=if_finite(stats, state.langevin_stats),
     )
     return new_updates, new_state

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax._transform import canonical_key
+from entropy_optax._utils import canonical_key
 
 __all__ = (
     "TrainState",

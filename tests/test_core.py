@@ -524,7 +524,7 @@ def test_scoping_drives_gamma_by_update_count():
 
 
 def test_irwin_hall_noise_moments():
-  from entropy_optax._langevin import tree_noise
+  from entropy_optax._noise import tree_noise
   z = np.asarray(tree_noise(jax.random.key(0), jnp.zeros((1001, 999))), np.float64).ravel()
   assert abs(z.mean()) < 5 / np.sqrt(z.size)
   assert abs(z.var() - 1) < 5 * np.sqrt(2 / z.size)
@@ -534,7 +534,7 @@ def test_irwin_hall_noise_moments():
 
 def test_irwin_hall_noise_is_uncorrelated():
   """Neighbouring elements, leaves and keys (Langevin steps) give uncorrelated noise."""
-  from entropy_optax._langevin import tree_noise
+  from entropy_optax._noise import tree_noise
   tree = {"a": jnp.zeros((500, 400)), "b": jnp.zeros(200_000)}
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
   first, second = (tree_noise(k, tree) for k in keys)
@@ -545,3 +545,58 @@ def test_irwin_hall_noise_is_uncorrelated():
   assert abs(corr(first["a"], second["a"])) < bound  # keys
   assert not np.array_equal(first["a"], second["a"])
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The unroll rule, the one argument check, the defaults.
+def test_convolutions_are_found_in_nested_jaxprs_without_running_fn():
+  from entropy_optax import _unroll
+  kernel = jnp.ones((1, 1, 3))  # (out, in, width): the output keeps the input's shape
+  conv = lambda x: jax.lax.conv_general_dilated(x, kernel, (1,), "SAME")
+  x = jnp.ones((1, 1, 8))
+  assert _unroll.has_convolution(lambda: conv(x))
+  assert _unroll.has_convolution(lambda: jax.jit(conv)(x))  # inside a pjit
+  assert _unroll.has_convolution(  # inside a scan inside a jit
+      lambda: jax.jit(lambda y: jax.lax.scan(lambda c, _: (conv(c), None), y, None, 2)[0])(x))
+  assert not _unroll.has_convolution(lambda: jnp.dot(jnp.ones(3), jnp.ones(3)))
+
+
+def test_default_unroll_traces_the_model_only_on_cpu(monkeypatch):
+  from entropy_optax import _unroll
+  def must_not_trace():
+    raise AssertionError("traced")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert _unroll.default_unroll(20, must_not_trace) == 1
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  conv = lambda: jax.lax.conv_general_dilated(jnp.ones((1, 1, 8)), jnp.ones((1, 1, 3)), (1,), "SAME")
+  assert _unroll.default_unroll(40, conv) == _unroll.MAX_CPU_UNROLL
+  assert _unroll.default_unroll(5, conv) == 5
+
+
+def test_missing_params_is_a_type_error_like_missing_grad_fn():
+  tx = eo.entropy_sgd(0.1)
+  params = jnp.ones(3)
+  with pytest.raises(TypeError, match=r"needs params"):
+    tx.update(params, tx.init(params), grad_fn=lambda p, k: p)
+
+
+def test_local_entropy_defaults_are_entropy_sgds():
+  import inspect
+  le = inspect.signature(eo.local_entropy).parameters
+  sgd = inspect.signature(eo.entropy_sgd).parameters
+  for name in ("num_langevin_steps", "gamma", "langevin_lr", "noise", "alpha"):
+    assert le[name].default == sgd[name].default, name
+
+
+def test_entropy_adam_langevin_nesterov_switches_the_langevin_momentum_form():
+  params, grad_fn = _problem()
+  def first_update(**kwargs):
+    tx = eo.entropy_adam(1e-3, num_langevin_steps=3, noise=0.0, **kwargs)
+    return jit_update(tx, grad_fn(params, 0), tx.init(params), params, grad_fn)[1][0].mu["w1"]
+  nesterov = first_update(langevin_momentum=0.9)
+  heavy_ball = first_update(langevin_momentum=0.9, langevin_nesterov=False)
+  assert np.abs(nesterov - heavy_ball).max() > 1e-6
+  # Without Langevin momentum the flag has nothing to act on.
+  np.testing.assert_array_equal(first_update(), first_update(langevin_nesterov=False))
+  with pytest.raises(TypeError, match="nesterov"):
+    eo.entropy_adam(1e-3, nesterov=False)
