@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: models, jitted steps, timing, tables and JSON.
+"""Shared pieces of the benchmark scripts: models, jitted steps, timing, tables, JSON and main().
 
 Every script builds the same two programs from here, so that they are compared like for like:
 
@@ -8,27 +8,33 @@ Every script builds the same two programs from here, so that they are compared l
   mini-batches, a ``lax.scan`` with the same unrolling, jitted with donation.
 
 Both cost L gradient evaluations, so their time ratio is the overhead of the Langevin chain.
+
+Every script runs as a module from the repository root (``python -m benchmarks.step_cost``) and
+its ``main`` is `benchmark_main`: the same options, environment record, loop over models and JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import flax
-import flax.linen as nn
 
 import entropy_optax
+from experiments import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +43,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class MLP(nn.Module):
-  """784-784-64-10 ReLU MLP: 666,330 parameters (the ~670k-parameter MLP of issue 2)."""
+  """784-784-64-10 ReLU MLP: 666,330 parameters (the ~670k-parameter MLP of the core's step-cost
+  target: an Entropy-SGD step <= 1.5x the cost of L SGD steps)."""
 
   hidden: tuple[int, ...] = (784, 64)
   num_classes: int = 10
@@ -52,18 +59,11 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-def _shared_models():
-  """experiments/models.py: the project's paper models (All-CNN-BN, LeNet-BN)."""
-  if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-  from experiments import models  # pylint: disable=import-outside-toplevel
-  return models
-
-
 class ModelSpec(NamedTuple):
   module: nn.Module
   input_shape: tuple[int, ...]  # one example, channels last
   source: str
+  convolves: bool  # decides the core's default unrolling on CPU (see `resolve_unroll`)
 
 
 def make_model(name: str, dtype: Any = jnp.float32) -> ModelSpec:
@@ -74,13 +74,13 @@ def make_model(name: str, dtype: Any = jnp.float32) -> ModelSpec:
   (1.37M parameters; ``experiments.models.AllCNNBN`` defaults), ``lenet_bn`` the authors' LeNet.
   """
   if name == "mlp":
-    return ModelSpec(MLP(dtype=dtype), (28, 28, 1), "benchmarks.common.MLP")
+    return ModelSpec(MLP(dtype=dtype), (28, 28, 1), "benchmarks.common.MLP", False)
   if name == "lenet_bn":
-    module = _shared_models().LeNetBN(dtype=dtype, param_dtype=dtype)
-    return ModelSpec(module, (28, 28, 1), "experiments.models.LeNetBN")
+    module = models.LeNetBN(dtype=dtype, param_dtype=dtype)
+    return ModelSpec(module, (28, 28, 1), "experiments.models.LeNetBN", True)
   if name == "allcnn_bn":
-    module = _shared_models().AllCNNBN(dtype=dtype, param_dtype=dtype)
-    return ModelSpec(module, (32, 32, 3), "experiments.models.AllCNNBN")
+    module = models.AllCNNBN(dtype=dtype, param_dtype=dtype)
+    return ModelSpec(module, (32, 32, 3), "experiments.models.AllCNNBN", True)
   raise ValueError(f"unknown model {name!r}; choose mlp, lenet_bn or allcnn_bn.")
 
 
@@ -90,8 +90,9 @@ MODELS = ("mlp", "lenet_bn", "allcnn_bn")
 def init_model(spec: ModelSpec, seed: int = 0, param_dtype: Any = jnp.float32):
   """(params, batch_stats) of the model; params cast to ``param_dtype``."""
   x = jnp.zeros((2, *spec.input_shape), jnp.float32)
-  variables = spec.module.init({"params": jax.random.key(seed), "dropout": jax.random.key(1)},
-                               x, train=False)
+  variables = spec.module.init(
+    {"params": jax.random.key(seed), "dropout": jax.random.key(1)}, x, train=False
+  )
   params = jax.tree.map(lambda p: p.astype(param_dtype), variables["params"])
   return params, variables.get("batch_stats", {})
 
@@ -136,8 +137,12 @@ def _im2col_conv_interceptor(next_fun, args, kwargs, context):
   dtype = module.dtype or x.dtype
   spatial = "HW" if len(window) == 2 else "W"
   patches = jax.lax.conv_general_dilated_patches(
-      x.astype(dtype), tuple(window), strides, padding,
-      dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    x.astype(dtype),
+    tuple(window),
+    strides,
+    padding,
+    dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+  )
   # The patches' features are ordered (cin, *window).
   w = jnp.moveaxis(kernel, -2, 0).reshape(cin * int(np.prod(window)), cout).astype(dtype)
   y = patches @ w
@@ -167,8 +172,9 @@ def make_loss(spec: ModelSpec, conv_impl: str = "xla") -> Callable:
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
-      logits, updates = module.apply(variables, images, train=True, rngs={"dropout": key},
-                                     mutable=["batch_stats"])
+      logits, updates = module.apply(
+        variables, images, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+      )
       batch_stats = updates["batch_stats"]
     else:
       logits = module.apply(variables, images, train=True, rngs={"dropout": key})
@@ -182,21 +188,41 @@ def make_loss(spec: ModelSpec, conv_impl: str = "xla") -> Callable:
 # Steps
 
 
-def entropy_tx(num_steps: int, *, noise: float = 1e-4, noise_sampler: str = "irwin_hall",
-               unroll: int | None = None, key: int = 0) -> optax.GradientTransformation:
+def entropy_tx(
+  num_steps: int,
+  *,
+  noise: float = 1e-4,
+  noise_sampler: str = "irwin_hall",
+  unroll: int | None = None,
+  key: int = 0,
+) -> optax.GradientTransformation:
   """The paper's Entropy-SGD (Nesterov 0.9 outside; gamma 0.03, eta' 0.1, alpha 0.75)."""
   return entropy_optax.entropy_sgd(
-      1.0, num_langevin_steps=num_steps, gamma=entropy_optax.exponential_scoping(0.03, 1e-3),
-      langevin_lr=0.1, noise=noise, alpha=0.75, momentum=0.9, nesterov=True,
-      noise_sampler=noise_sampler, unroll=unroll, key=key)
+    1.0,
+    num_langevin_steps=num_steps,
+    gamma=entropy_optax.exponential_scoping(0.03, 1e-3),
+    langevin_lr=0.1,
+    noise=noise,
+    alpha=0.75,
+    momentum=0.9,
+    nesterov=True,
+    noise_sampler=noise_sampler,
+    unroll=unroll,
+    key=key,
+  )
 
 
 def sgd_tx() -> optax.GradientTransformation:
   return optax.sgd(0.1, momentum=0.9, nesterov=True)
 
 
+# The core's documented default (README, "Unrolling"): on CPU the chain of a model with
+# convolutions is unrolled, up to this many steps; everywhere else it is a rolled loop.
+CORE_CPU_UNROLL_CAP = 32
+
+
 def resolve_unroll(unroll: str, num_steps: int) -> int | None:
-  """'auto' (the core's default), 'full' or 'rolled' -> the scan's unroll argument."""
+  """'auto' (the core's default: None), 'full', 'rolled' or an int -> the scan's unroll."""
   if unroll == "auto":
     return None  # the core decides (full on CPU for conv nets, rolled otherwise)
   if unroll == "full":
@@ -206,8 +232,26 @@ def resolve_unroll(unroll: str, num_steps: int) -> int | None:
   return int(unroll)
 
 
-def build_entropy_step(loss_fn: Callable, tx: optax.GradientTransformation,
-                       jit: bool = True) -> Callable:
+def core_default_unroll(spec: ModelSpec, num_steps: int) -> int:
+  """The unrolling the core picks by default for this model, so that a baseline can match it.
+
+  Follows the rule the README documents, from what the benchmark knows of its model; the core
+  detects convolutions from ``grad_fn`` itself, through no public function.
+  """
+  if jax.default_backend() == "cpu" and spec.convolves:
+    return min(max(num_steps, 1), CORE_CPU_UNROLL_CAP)
+  return 1
+
+
+def baseline_unroll(unroll: str, spec: ModelSpec, num_steps: int) -> int:
+  """The SGD baseline's unroll for the Entropy-SGD setting ``unroll``: the same as the core's."""
+  resolved = resolve_unroll(unroll, num_steps)
+  return core_default_unroll(spec, num_steps) if resolved is None else resolved
+
+
+def build_entropy_step(
+  loss_fn: Callable, tx: optax.GradientTransformation, jit: bool = True
+) -> Callable:
   """One Entropy-SGD update as a user writes it; batches has a leading axis L.
 
   (params, batch_stats, opt_state, key, batches) -> (params, batch_stats, opt_state, key, loss).
@@ -219,11 +263,13 @@ def build_entropy_step(loss_fn: Callable, tx: optax.GradientTransformation,
     key, step_key = jax.random.split(key)
     batch = lambda k: jax.tree.map(lambda b: b[k], batches)
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, batch(0), step_key)
+      params, batch_stats, batch(0), step_key
+    )
 
     def grad_fn(p, k):
-      return jax.grad(lambda q: loss_fn(q, batch_stats, batch(k),
-                                        jax.random.fold_in(step_key, k))[0])(p)
+      return jax.grad(
+        lambda q: loss_fn(q, batch_stats, batch(k), jax.random.fold_in(step_key, k))[0]
+      )(p)
 
     updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
     return optax.apply_updates(params, updates), new_stats, opt_state, key, loss
@@ -231,9 +277,12 @@ def build_entropy_step(loss_fn: Callable, tx: optax.GradientTransformation,
   return jax.jit(step, donate_argnums=(0, 1, 2, 3)) if jit else step
 
 
-def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation,
-                    unroll: int | None) -> Callable:
-  """L plain SGD steps over the L batches (one each), in one jitted ``lax.scan``."""
+def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation, unroll: int) -> Callable:
+  """L plain SGD steps over the L batches (one each), in one jitted ``lax.scan``.
+
+  ``unroll``: the scan's unrolling; `baseline_unroll` gives the one that matches an
+  Entropy-SGD step's, so that both sides of a comparison unroll alike.
+  """
 
   def step(params, batch_stats, opt_state, key, batches):
     key, step_key = jax.random.split(key)
@@ -242,19 +291,18 @@ def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation,
       params, batch_stats, opt_state = carry
       k, batch = inputs
       (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, batch_stats, batch, jax.random.fold_in(step_key, k))
+        params, batch_stats, batch, jax.random.fold_in(step_key, k)
+      )
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
     num_steps = jax.tree.leaves(batches)[0].shape[0]
-    scan_unroll = unroll
-    if scan_unroll is None:  # the core's rule, so both sides of a comparison unroll alike
-      scan_unroll = entropy_optax._unroll.default_unroll(  # pylint: disable=protected-access
-          num_steps, lambda: jax.grad(lambda q: loss_fn(q, batch_stats, jax.tree.map(
-              lambda b: b[0], batches), step_key)[0])(params))
     (params, batch_stats, opt_state), losses = jax.lax.scan(
-        sgd_step, (params, batch_stats, opt_state),
-        (jnp.arange(num_steps, dtype=jnp.int32), batches), unroll=scan_unroll)
+      sgd_step,
+      (params, batch_stats, opt_state),
+      (jnp.arange(num_steps, dtype=jnp.int32), batches),
+      unroll=unroll,
+    )
     return params, batch_stats, opt_state, key, losses[0]
 
   return jax.jit(step, donate_argnums=(0, 1, 2, 3))
@@ -263,14 +311,27 @@ def build_sgd_steps(loss_fn: Callable, tx: optax.GradientTransformation,
 class Runner:
   """Holds a (donated) training state and advances it by one call to ``fn`` per ``__call__``."""
 
-  def __init__(self, fn: Callable, params, batch_stats, opt_state, batches, seed: int = 0,
-               key: jax.Array | None = None):
+  def __init__(
+    self,
+    fn: Callable,
+    params,
+    batch_stats,
+    opt_state,
+    batches,
+    seed: int = 0,
+    key: jax.Array | None = None,
+  ):
     # Each runner owns the buffers it donates (an fp32 optimizer state may alias params).
     copy = lambda t: jax.tree.map(jnp.copy, t)
     self.fn = fn
-    self.state = (copy(params), copy(batch_stats), copy(opt_state),
-                  jax.random.key(seed) if key is None else
-                  jax.random.wrap_key_data(jnp.copy(jax.random.key_data(key))))
+    self.state = (
+      copy(params),
+      copy(batch_stats),
+      copy(opt_state),
+      jax.random.key(seed)
+      if key is None
+      else jax.random.wrap_key_data(jnp.copy(jax.random.key_data(key))),
+    )
     self.batches = batches
     self.compile_s = None
     self.compiled = None
@@ -295,8 +356,9 @@ class Runner:
 # Timing and reporting
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
-                     warmup: int = 1) -> dict[str, list[float]]:
+def time_interleaved(
+  fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
   """Seconds per call of each function, calls interleaved round-robin (shared, noisy machine).
 
   Interleaving spreads any change in background load evenly over the variants, so that their
@@ -330,40 +392,54 @@ def load_average() -> list[float]:
     return []
 
 
-def environment() -> dict[str, Any]:
+def environment(module: str, argv: Sequence[str]) -> dict[str, Any]:
   """Device, library versions, load and the exact command: stored with every figure."""
   env = {
-      "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:]),
-      "device": str(jax.devices()[0].device_kind),
-      "backend": jax.default_backend(),
-      "num_devices": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "jaxlib": getattr(__import__("jaxlib"), "__version__", "?"),
-      "optax": optax.__version__,
-      "flax": flax.__version__,
-      "numpy": np.__version__,
-      "load_average_start": load_average(),
-      "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "command": " ".join(["python", "-m", module, *argv]),
+    "device": str(jax.devices()[0].device_kind),
+    "backend": jax.default_backend(),
+    "num_devices": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": getattr(__import__("jaxlib"), "__version__", "?"),
+    "optax": optax.__version__,
+    "flax": flax.__version__,
+    "numpy": np.__version__,
+    "torch": _torch_version(),
+    "load_average_start": load_average(),
+    "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
   try:
-    import torch  # pylint: disable=import-outside-toplevel
-    env["torch"] = torch.__version__
-  except ImportError:
-    env["torch"] = None
-  try:
-    import subprocess  # pylint: disable=import-outside-toplevel
     env["git_commit"] = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-        check=False).stdout.strip()
+      ["git", "rev-parse", "--short", "HEAD"],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+    ).stdout.strip()
     # Uncommitted changes to the library would make the figure unreproducible from the commit.
     env["core_uncommitted"] = subprocess.run(
-        ["git", "status", "--porcelain", "entropy_optax"], cwd=REPO_ROOT, capture_output=True,
-        text=True, check=False).stdout.split()[1::2]
-  except OSError:
+      ["git", "status", "--porcelain", "entropy_optax"],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+    ).stdout.split()[1::2]
+  except OSError:  # no git on this machine
     pass
   return env
+
+
+def _torch_version() -> str | None:
+  """torch's version if it is installed (only torch_reference uses it); None otherwise."""
+  import importlib.util  # noqa: PLC0415 - only for this check
+
+  if importlib.util.find_spec("torch") is None:
+    return None
+  import torch  # noqa: PLC0415 - optional dependency
+
+  return torch.__version__
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
@@ -396,14 +472,50 @@ def write_json(path: str | None, env: dict[str, Any], results: Any) -> None:
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
-def add_workload_args(parser) -> None:
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
   """The options every benchmark shares: which models, batch size and L."""
   parser.add_argument("--model", nargs="+", default=["mlp", "allcnn_bn"], choices=MODELS)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=20, help="L, Langevin steps per update")
 
 
-def add_common_args(parser) -> None:
+def add_timing_args(parser: argparse.ArgumentParser) -> None:
+  """The options of the benchmarks that time calls."""
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant")
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
+
+
+def benchmark_main(
+  module: str,
+  doc: str,
+  add_args: Callable[[argparse.ArgumentParser], None],
+  run: Callable[[argparse.Namespace], list[dict[str, Any]]],
+  argv: Sequence[str] | None = None,
+  show: Sequence[str] = ("device", "backend", "jax", "load_average_start"),
+) -> list[dict[str, Any]]:
+  """The ``main`` of every benchmark: parse, record the environment, run, print, write JSON.
+
+  Args:
+    module: the script's module name, e.g. ``benchmarks.step_cost`` (for ``--help`` and the
+      recorded command).
+    doc: the script's docstring; its first line is the description.
+    add_args: adds the script's own options (``--model``, ``--batch``, ``--steps`` and
+      ``--json`` are added here).
+    run: ``run(args) -> results``, a list of JSON-able dicts (one per model, usually).
+    argv: the arguments; ``sys.argv[1:]`` by default.
+    show: the environment entries printed before the run.
+
+  Returns:
+    What ``run`` returned, also written to ``--json FILE`` with the environment.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+  add_workload_args(parser)
   parser.add_argument("--json", default=None, help="write the numbers and environment here")
+  add_args(parser)
+  args = parser.parse_args(argv)
+  env = environment(module, argv)
+  print({k: env[k] for k in show})
+  results = run(args)
+  write_json(args.json, env, results)
+  return results

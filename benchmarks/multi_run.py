@@ -1,7 +1,8 @@
 """Throughput of k independent Entropy-SGD runs in one jit against the same k runs in sequence.
 
-Issue 7.5. The k runs differ in their seed (initial weights and Langevin noise) and share the
-mini-batches. Variants, timed interleaved in one run:
+Targets (k = 8): >= 3x the sequential throughput for the MLP, >= 1x for All-CNN-BN. The k runs
+differ in their seed (initial weights and Langevin noise) and share the mini-batches. Variants,
+timed interleaved in one run:
 
 * ``sequential``: one compiled single-run step, called k times per round (the baseline);
 * ``vmap``: ``jax.vmap`` of the step over the stacked states, one call. Per-run weights turn
@@ -15,26 +16,23 @@ mini-batches. Variants, timed interleaved in one run:
   that the run axis becomes the batch axis of a batched matmul instead of a feature group.
 
 ``speedup`` = time(sequential) / time(variant): the throughput of k runs in one jit relative to
-running them in sequence. Targets: >= 3x for an MLP, >= 1x for All-CNN-BN (k = 8).
+running them in sequence.
 
-Example::
+Example, from the repository root::
 
-  python benchmarks/multi_run.py --model mlp --batch 128 --steps 20 --runs 8 --repeats 5
+  python -m benchmarks.multi_run --model mlp --batch 128 --steps 20 --runs 8 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-try:
-  from benchmarks import common
-except ImportError:  # run as a script
-  import common  # type: ignore[no-redef]
+from benchmarks import common
 
 
 def _stack(trees):
@@ -79,10 +77,11 @@ def multi_run_steps(single: Callable, runs: int) -> dict[str, Callable]:
   stacked results of one step of every run.
   """
   return {
-      "vmap": jax.vmap(single, in_axes=(0, 0, 0, 0, None)),
-      "lax.map": lambda p, bs, o, k, b: jax.lax.map(lambda s: single(*s, b), (p, bs, o, k)),
-      "unrolled": lambda p, bs, o, k, b: _stack([
-          single(*jax.tree.map(lambda t: t[i], (p, bs, o, k)), b) for i in range(runs)]),
+    "vmap": jax.vmap(single, in_axes=(0, 0, 0, 0, None)),
+    "lax.map": lambda p, bs, o, k, b: jax.lax.map(lambda s: single(*s, b), (p, bs, o, k)),
+    "unrolled": lambda p, bs, o, k, b: _stack(
+      [single(*jax.tree.map(lambda t: t[i], (p, bs, o, k)), b) for i in range(runs)]
+    ),
   }
 
 
@@ -91,19 +90,25 @@ def run_model(model: str, runs: int, args) -> dict:
   batches = common.make_batches(spec, args.steps, args.batch)
   inits = [common.init_model(spec, seed=i) for i in range(runs)]
   txs = [common.entropy_tx(args.steps, key=i) for i in range(runs)]  # per-run noise keys
-  states = [(p, bs, tx.init(p), jax.random.key(i))
-            for i, ((p, bs), tx) in enumerate(zip(inits, txs))]
+  states = [
+    (p, bs, tx.init(p), jax.random.key(i)) for i, ((p, bs), tx) in enumerate(zip(inits, txs))
+  ]
   stacked = _stack([s[:3] for s in states])
   keys = jnp.stack([s[3] for s in states])
   tx = txs[0]  # the update does not depend on the init key
   is_conv = model != "mlp"
-  print(f"\n== {model} ({spec.source}): {runs} runs of {common.num_params(inits[0][0]):,} "
-        f"parameters, batch {args.batch}, L = {args.steps}", flush=True)
+  print(
+    f"\n== {model} ({spec.source}): {runs} runs of {common.num_params(inits[0][0]):,} "
+    f"parameters, batch {args.batch}, L = {args.steps}",
+    flush=True,
+  )
 
   fns = {}
   single = common.build_entropy_step(common.make_loss(spec), tx, jit=False)
-  seq_runners = [common.Runner(jax.jit(single, donate_argnums=(0, 1, 2, 3)), *s[:3], batches,
-                               key=s[3]) for s in states]
+  seq_runners = [
+    common.Runner(jax.jit(single, donate_argnums=(0, 1, 2, 3)), *s[:3], batches, key=s[3])
+    for s in states
+  ]
   compiled = None
   for r in seq_runners:  # one executable shared by the k runs
     if compiled is None:
@@ -131,44 +136,72 @@ def run_model(model: str, runs: int, args) -> dict:
 
   start = time.perf_counter()
   times = common.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
-  print(f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
-        f"speedup = median(sequential) / median(variant), {runs} runs per call")
-  rows = [{
-      "variant": name, "runs": runs, "compile_s": compile_times[name],
-      "median_ms": 1e3 * common.median(t), "ms_per_run": 1e3 * common.median(t) / runs,
+  print(
+    f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
+    f"speedup = median(sequential) / median(variant), {runs} runs per call"
+  )
+  rows = [
+    {
+      "variant": name,
+      "runs": runs,
+      "compile_s": compile_times[name],
+      "median_ms": 1e3 * common.median(t),
+      "ms_per_run": 1e3 * common.median(t) / runs,
       "speedup": common.median(times["sequential"]) / common.median(t),
       "paired_speedup": 1 / common.paired_ratio(times, name, "sequential"),
       "times_ms": [1e3 * x for x in t],
-  } for name, t in times.items()]
-  common.print_table(rows, ["variant", "runs", "compile_s", "median_ms", "ms_per_run", "speedup",
-                            "paired_speedup"])
+    }
+    for name, t in times.items()
+  ]
+  common.print_table(
+    rows, ["variant", "runs", "compile_s", "median_ms", "ms_per_run", "speedup", "paired_speedup"]
+  )
   # How much arithmetic throughput the sequential runs leave unused: the ceiling for batching.
   step_flops = args.steps * gradient_flops(common.make_loss(spec), *inits[0], batches)
   sequential_gflops = runs * step_flops / common.median(times["sequential"]) / 1e9
   gemm_gflops = matmul_gflops()
-  bound = {"step_gflop": step_flops / 1e9, "sequential_gflops": sequential_gflops,
-           "gemm_gflops": gemm_gflops, "max_speedup": gemm_gflops / sequential_gflops}
-  print(f"one step = {bound['step_gflop']:.2f} GFLOP; the sequential runs reach "
-        f"{sequential_gflops:.1f} GFLOP/s, {100 / bound['max_speedup']:.0f}% of this device's "
-        f"float32 GEMM throughput ({gemm_gflops:.1f} GFLOP/s): no formulation of the {runs} runs "
-        f"can beat sequential by more than {bound['max_speedup']:.2f}x")
-  return {"model": model, "model_source": spec.source, "batch": args.batch,
-          "steps": args.steps, "runs": runs, "rows": rows, "compute_bound": bound}
+  bound = {
+    "step_gflop": step_flops / 1e9,
+    "sequential_gflops": sequential_gflops,
+    "gemm_gflops": gemm_gflops,
+    "max_speedup": gemm_gflops / sequential_gflops,
+  }
+  print(
+    f"one step = {bound['step_gflop']:.2f} GFLOP; the sequential runs reach "
+    f"{sequential_gflops:.1f} GFLOP/s, {100 / bound['max_speedup']:.0f}% of this device's "
+    f"float32 GEMM throughput ({gemm_gflops:.1f} GFLOP/s): no formulation of the {runs} runs "
+    f"can beat sequential by more than {bound['max_speedup']:.2f}x"
+  )
+  return {
+    "model": model,
+    "model_source": spec.source,
+    "batch": args.batch,
+    "steps": args.steps,
+    "runs": runs,
+    "rows": rows,
+    "compute_bound": bound,
+  }
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--runs", type=int, nargs="+", default=[8], help="k, runs per jit")
+  parser.add_argument(
+    "--variants",
+    nargs="*",
+    default=None,
+    help="subset of vmap, lax.map, unrolled, vmap+im2col (default: all)",
+  )
+  common.add_timing_args(parser)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  common.add_workload_args(parser)
-  parser.add_argument("--runs", type=int, nargs="+", default=[8], help="k, runs per jit")
-  parser.add_argument("--variants", nargs="*", default=None,
-                      help="subset of vmap, lax.map, unrolled, vmap+im2col (default: all)")
-  common.add_common_args(parser)
-  args = parser.parse_args(argv)
-  env = common.environment()
-  print({k: env[k] for k in ("device", "backend", "jax", "load_average_start")})
-  results = [run_model(model, k, args) for model in args.model for k in args.runs]
-  common.write_json(args.json, env, results)
-  return results
+  return common.benchmark_main(
+    "benchmarks.multi_run",
+    __doc__,
+    add_args,
+    lambda args: [run_model(model, k, args) for model in args.model for k in args.runs],
+    argv,
+  )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""fp32 against bf16 compute for one Entropy-SGD step (issue 7.3).
+"""fp32 against bf16 compute for one Entropy-SGD step.
 
 bf16: the model's weights and compute are bfloat16 (``param_dtype`` and ``dtype``), while the
 core keeps the Langevin chain (x', mu and the noise) in float32 (``chain_dtype``): the noise and
 the coupling are below bf16's resolution. The SGD x L baseline in each precision is timed too,
 so that the Entropy-SGD overhead can be read per precision.
 
-Example::
+Example, from the repository root::
 
-  python benchmarks/precision.py --model mlp allcnn_bn --batch 128 --steps 20
+  python -m benchmarks.precision --model mlp allcnn_bn --batch 128 --steps 20
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ import time
 
 import jax.numpy as jnp
 
-try:
-  from benchmarks import common
-except ImportError:  # run as a script
-  import common  # type: ignore[no-redef]
+from benchmarks import common
 
 
 def run_model(model: str, args) -> dict:
@@ -34,48 +31,75 @@ def run_model(model: str, args) -> dict:
     loss_fn = common.make_loss(spec)
     tx, sgd = common.entropy_tx(args.steps, unroll=unroll), common.sgd_tx()
     runners[f"entropy_sgd {dtype_name}"] = common.Runner(
-        common.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches)
+      common.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
+    )
     runners[f"sgd x{args.steps} {dtype_name}"] = common.Runner(
-        common.build_sgd_steps(loss_fn, sgd, unroll), params, batch_stats, sgd.init(params),
-        batches)
-    meta[f"entropy_sgd {dtype_name}"] = dict(dtype=dtype_name, kind="entropy",
-                                             baseline=f"sgd x{args.steps} {dtype_name}")
-    meta[f"sgd x{args.steps} {dtype_name}"] = dict(dtype=dtype_name, kind="sgd",
-                                                   baseline=f"sgd x{args.steps} {dtype_name}")
-  print(f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, batch "
-        f"{args.batch}, L = {args.steps}, unroll {unroll}", flush=True)
+      common.build_sgd_steps(loss_fn, sgd, common.baseline_unroll(args.unroll, spec, args.steps)),
+      params,
+      batch_stats,
+      sgd.init(params),
+      batches,
+    )
+    meta[f"entropy_sgd {dtype_name}"] = dict(
+      dtype=dtype_name, kind="entropy", baseline=f"sgd x{args.steps} {dtype_name}"
+    )
+    meta[f"sgd x{args.steps} {dtype_name}"] = dict(
+      dtype=dtype_name, kind="sgd", baseline=f"sgd x{args.steps} {dtype_name}"
+    )
+  print(
+    f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, batch "
+    f"{args.batch}, L = {args.steps}, unroll {unroll}",
+    flush=True,
+  )
   for name, runner in runners.items():
     print(f"compiling {name} ... {runner.compile():.1f} s", flush=True)
   start = time.perf_counter()
   times = common.time_interleaved(runners, repeats=args.repeats, warmup=args.warmup)
   fp32 = f"entropy_sgd {args.dtypes[0]}"
-  print(f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
-        f"speedup = median({fp32}) / median(row); overhead = median(row) / median(SGD x L, "
-        "same dtype)")
-  rows = [{
-      "variant": name, **meta[name], "median_ms": 1e3 * common.median(t), "min_ms": 1e3 * min(t),
+  print(
+    f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
+    f"speedup = median({fp32}) / median(row); overhead = median(row) / median(SGD x L, "
+    "same dtype)"
+  )
+  rows = [
+    {
+      "variant": name,
+      **meta[name],
+      "median_ms": 1e3 * common.median(t),
+      "min_ms": 1e3 * min(t),
       "speedup_vs_fp32_entropy": common.median(times[fp32]) / common.median(t),
       "overhead_vs_sgd": common.median(t) / common.median(times[meta[name]["baseline"]]),
       "times_ms": [1e3 * x for x in t],
-  } for name, t in times.items()]
-  common.print_table(rows, ["variant", "median_ms", "min_ms", "speedup_vs_fp32_entropy",
-                            "overhead_vs_sgd"])
-  return {"model": model, "model_source": spec.source, "batch": args.batch, "steps": args.steps,
-          "unroll": unroll, "rows": rows}
+    }
+    for name, t in times.items()
+  ]
+  common.print_table(
+    rows, ["variant", "median_ms", "min_ms", "speedup_vs_fp32_entropy", "overhead_vs_sgd"]
+  )
+  return {
+    "model": model,
+    "model_source": spec.source,
+    "batch": args.batch,
+    "steps": args.steps,
+    "unroll": unroll,
+    "rows": rows,
+  }
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--unroll", default="auto")
+  parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+  common.add_timing_args(parser)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  common.add_workload_args(parser)
-  parser.add_argument("--unroll", default="auto")
-  parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-  common.add_common_args(parser)
-  args = parser.parse_args(argv)
-  env = common.environment()
-  print({k: env[k] for k in ("device", "backend", "jax", "load_average_start")})
-  results = [run_model(model, args) for model in args.model]
-  common.write_json(args.json, env, results)
-  return results
+  return common.benchmark_main(
+    "benchmarks.precision",
+    __doc__,
+    add_args,
+    lambda args: [run_model(model, args) for model in args.model],
+    argv,
+  )
 
 
 if __name__ == "__main__":

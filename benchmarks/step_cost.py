@@ -1,4 +1,7 @@
-"""One Entropy-SGD step against L plain SGD steps, same model and batches (issues 2 and 7.1).
+"""One Entropy-SGD step against L plain SGD steps, same model and batches.
+
+Targets: an Entropy-SGD step costs <= 1.5x L SGD steps for the 666k-parameter MLP and <= 1.15x
+for a conv net on CPU, and <= 1.03x for All-CNN-BN at batch 128, L = 20 on an H100.
 
 Both programs evaluate L gradients (see ``common.py``), so the ratio is the cost of the Langevin
 chain itself: the noise draw, the element-wise chain updates and the diagnostics. Printed side by
@@ -9,12 +12,14 @@ side in one run, calls interleaved:
 * per noise sampler: ``irwin_hall`` (the core's default), ``gaussian`` (threefry
   ``jax.random.normal``), ``none`` (noise = 0: no draw at all, the floor).
 
-A second table times the noise draw alone over the model's parameters.
+A second table times each noise sampler in one Langevin step with a zero gradient (the public
+``entropy_optax.langevin_mean`` with ``num_steps=1``): the noise draw, fused with the chain's
+element-wise update and its diagnostics.
 
-Example (the figures in RESULTS.md)::
+Example (the figures in RESULTS.md), from the repository root::
 
-  python benchmarks/step_cost.py --model mlp --batch 128 --steps 20 --repeats 15
-  python benchmarks/step_cost.py --model allcnn_bn --batch 128 --steps 20 --repeats 3 \
+  python -m benchmarks.step_cost --model mlp --batch 128 --steps 20 --repeats 15
+  python -m benchmarks.step_cost --model allcnn_bn --batch 128 --steps 20 --repeats 3 \
       --unroll auto --samplers irwin_hall
 """
 
@@ -25,26 +30,43 @@ import time
 
 import jax
 
-from entropy_optax import _noise
+import entropy_optax
+from benchmarks import common
 
-try:
-  from benchmarks import common
-except ImportError:  # run as a script: python benchmarks/step_cost.py
-  import common  # type: ignore[no-redef]
+# The values of the public ``noise_sampler`` argument of entropy_optax's optimizers.
+NOISE_SAMPLERS = ("irwin_hall", "gaussian")
 
 
 def time_noise_draws(params, repeats: int) -> list[dict]:
-  """Milliseconds to draw unit noise shaped like ``params`` with each sampler."""
-  key = jax.random.PRNGKey(0)
-  draws = {}
-  for name in _noise.NOISE_SAMPLERS:
-    draws[name] = jax.jit(lambda key, s=name: _noise.tree_noise(key, params, s)).lower(
-        key).compile()
-  fns = {name: (lambda f=f: jax.block_until_ready(f(key))) for name, f in draws.items()}
+  """Milliseconds of one zero-gradient Langevin step shaped like ``params``, per sampler."""
+  key = jax.random.key(0)
+  zeros = jax.tree.map(jax.numpy.zeros_like, params)
+
+  def one_step(key, sampler):
+    return entropy_optax.langevin_mean(
+      lambda x, k: zeros,
+      params,
+      key,
+      gamma=1.0,
+      num_steps=1,
+      langevin_lr=1.0,
+      noise=1.0,
+      alpha=1.0,
+      grad_at_params=zeros,
+      noise_sampler=sampler,
+      unroll=1,
+    )
+
+  steps = {
+    name: jax.jit(one_step, static_argnums=1).lower(key, name).compile() for name in NOISE_SAMPLERS
+  }
+  fns = {name: (lambda f=f: jax.block_until_ready(f(key))) for name, f in steps.items()}
   times = common.time_interleaved(fns, repeats=max(repeats, 20), warmup=2)
   base = common.median(times["gaussian"])
-  return [{"sampler": name, "draw_ms": 1e3 * common.median(t),
-           "vs_gaussian": common.median(t) / base} for name, t in times.items()]
+  return [
+    {"sampler": name, "step_ms": 1e3 * common.median(t), "vs_gaussian": common.median(t) / base}
+    for name, t in times.items()
+  ]
 
 
 def run_model(model: str, args) -> dict:
@@ -52,27 +74,35 @@ def run_model(model: str, args) -> dict:
   params, batch_stats = common.init_model(spec)
   batches = common.make_batches(spec, args.steps, args.batch)
   loss_fn = common.make_loss(spec)
-  print(f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, "
-        f"batch {args.batch}, L = {args.steps}, backend {jax.default_backend()}", flush=True)
+  print(
+    f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, "
+    f"batch {args.batch}, L = {args.steps}, backend {jax.default_backend()}",
+    flush=True,
+  )
 
   runners, meta = {}, {}
   for unroll_name in args.unroll:
     unroll = common.resolve_unroll(unroll_name, args.steps)
     sgd = common.sgd_tx()
     name = f"sgd x{args.steps} [{unroll_name}]"
-    runners[name] = common.Runner(common.build_sgd_steps(loss_fn, sgd, unroll), params,
-                                  batch_stats, sgd.init(params), batches)
-    meta[name] = dict(kind="sgd", sampler="-", unroll=unroll_name, unroll_value=unroll,
-                      baseline=name)
+    sgd_steps = common.build_sgd_steps(
+      loss_fn, sgd, common.baseline_unroll(unroll_name, spec, args.steps)
+    )
+    runners[name] = common.Runner(sgd_steps, params, batch_stats, sgd.init(params), batches)
+    meta[name] = dict(
+      kind="sgd", sampler="-", unroll=unroll_name, unroll_value=unroll, baseline=name
+    )
     for sampler in args.samplers:
       noise = 0.0 if sampler == "none" else 1e-4
       noise_sampler = "gaussian" if sampler == "gaussian" else "irwin_hall"
       tx = common.entropy_tx(args.steps, noise=noise, noise_sampler=noise_sampler, unroll=unroll)
       ename = f"entropy [{sampler}, {unroll_name}]"
-      runners[ename] = common.Runner(common.build_entropy_step(loss_fn, tx), params, batch_stats,
-                                     tx.init(params), batches)
-      meta[ename] = dict(kind="entropy", sampler=sampler, unroll=unroll_name,
-                         unroll_value=unroll, baseline=name)
+      runners[ename] = common.Runner(
+        common.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
+      )
+      meta[ename] = dict(
+        kind="entropy", sampler=sampler, unroll=unroll_name, unroll_value=unroll, baseline=name
+      )
 
   for name, runner in runners.items():
     print(f"compiling {name} ...", end=" ", flush=True)
@@ -82,46 +112,74 @@ def run_model(model: str, args) -> dict:
   rows = []
   for name, t in times.items():
     m = meta[name]
-    rows.append({
-        "variant": name, "unroll": m["unroll_value"], "compile_s": runners[name].compile_s,
-        "median_ms": 1e3 * common.median(t), "min_ms": 1e3 * min(t),
+    rows.append(
+      {
+        "variant": name,
+        "unroll": m["unroll_value"],
+        "compile_s": runners[name].compile_s,
+        "median_ms": 1e3 * common.median(t),
+        "min_ms": 1e3 * min(t),
         "ratio": common.median(t) / common.median(times[m["baseline"]]),
         "paired_ratio": common.paired_ratio(times, name, m["baseline"]),
         "min_ratio": min(t) / min(times[m["baseline"]]),
-        **{k: m[k] for k in ("kind", "sampler")}, "times_ms": [1e3 * x for x in t],
-    })
-  print(f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
-        f"ratio = median(variant) / median(SGD x L, same unrolling); paired_ratio = median "
-        "over rounds of the same-round ratio; min_ratio = fastest / fastest (least disturbed)")
-  common.print_table(rows, ["variant", "unroll", "compile_s", "median_ms", "min_ms", "ratio",
-                            "paired_ratio", "min_ratio"])
+        **{k: m[k] for k in ("kind", "sampler")},
+        "times_ms": [1e3 * x for x in t],
+      }
+    )
+  print(
+    f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
+    f"ratio = median(variant) / median(SGD x L, same unrolling); paired_ratio = median "
+    "over rounds of the same-round ratio; min_ratio = fastest / fastest (least disturbed)"
+  )
+  common.print_table(
+    rows,
+    ["variant", "unroll", "compile_s", "median_ms", "min_ms", "ratio", "paired_ratio", "min_ratio"],
+  )
   draws = time_noise_draws(params, args.repeats) if args.draws else []
   if draws:
-    print(f"noise draw alone, {common.num_params(params):,} parameters:")
+    print(f"one zero-gradient Langevin step, {common.num_params(params):,} parameters:")
     common.print_table(draws)
-  return {"model": model, "model_source": spec.source, "num_params": common.num_params(params),
-          "batch": args.batch, "steps": args.steps, "rows": rows, "noise_draws": draws}
+  return {
+    "model": model,
+    "model_source": spec.source,
+    "num_params": common.num_params(params),
+    "batch": args.batch,
+    "steps": args.steps,
+    "rows": rows,
+    "noise_draws": draws,
+  }
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--samplers",
+    nargs="+",
+    default=["irwin_hall", "gaussian", "none"],
+    choices=["irwin_hall", "gaussian", "none"],
+    help="irwin_hall: the core's default (counter-hash Irwin-Hall); gaussian: "
+    "jax.random.normal; none: noise = 0, the floor",
+  )
+  parser.add_argument(
+    "--unroll",
+    nargs="+",
+    default=["auto", "rolled"],
+    help="auto (core default), full, rolled, or an int",
+  )
+  parser.add_argument(
+    "--no-draws", dest="draws", action="store_false", help="skip the noise-sampler micro-benchmark"
+  )
+  common.add_timing_args(parser)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  common.add_workload_args(parser)
-  parser.add_argument(
-      "--samplers", nargs="+", default=["irwin_hall", "gaussian", "none"],
-      choices=["irwin_hall", "gaussian", "none"],
-      help="irwin_hall: the core's default (counter-hash Irwin-Hall); gaussian: "
-      "jax.random.normal; none: noise = 0, the floor")
-  parser.add_argument("--unroll", nargs="+", default=["auto", "rolled"],
-                      help="auto (core default), full, rolled, or an int")
-  parser.add_argument("--no-draws", dest="draws", action="store_false",
-                      help="skip the noise-draw micro-benchmark")
-  common.add_common_args(parser)
-  args = parser.parse_args(argv)
-  env = common.environment()
-  print({k: env[k] for k in ("device", "backend", "jax", "optax", "flax", "load_average_start")})
-  results = [run_model(model, args) for model in args.model]
-  common.write_json(args.json, env, results)
-  return results
+  return common.benchmark_main(
+    "benchmarks.step_cost",
+    __doc__,
+    add_args,
+    lambda args: [run_model(model, args) for model in args.model],
+    argv,
+    show=("device", "backend", "jax", "optax", "flax", "load_average_start"),
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""entropy_optax against an eager PyTorch implementation of the authors' algorithm (issue 7.2).
+"""entropy_optax against an eager PyTorch implementation of the authors' algorithm.
+
+Targets (H100): entropy_optax >= 2.5x the speed of eager PyTorch in fp32, >= 4x in bf16.
 
 ``TorchEntropySGD`` is written from the semantics of the core (``entropy_optax.langevin_mean``
 and ``entropy_sgd``), not ported from the authors' code, and uses the same conventions:
@@ -13,11 +15,12 @@ and ``entropy_sgd``), not ported from the authors' code, and uses the same conve
 
 Eager means one kernel launch per op, as the authors' code; it is written with the fused
 ``torch._foreach_*`` list ops (one call per op for all tensors) to be a fair, fast baseline.
-PyTorch is optional: without it, the script prints a message and times only the JAX columns.
+PyTorch is optional (``pip install -e '.[benchmarks]'``): without it, the script prints a
+message and times only the JAX columns.
 
-Example (CPU figures in RESULTS.md)::
+Example (CPU figures in RESULTS.md), from the repository root::
 
-  python benchmarks/torch_reference.py --model mlp allcnn_bn --batch 128 --steps 20
+  python -m benchmarks.torch_reference --model mlp allcnn_bn --batch 128 --steps 20
 """
 
 from __future__ import annotations
@@ -29,10 +32,7 @@ import time
 
 import numpy as np
 
-try:
-  from benchmarks import common
-except ImportError:  # run as a script
-  import common  # type: ignore[no-redef]
+from benchmarks import common
 
 # Idle OpenMP threads must sleep, not spin: torch and XLA share the cores in one process, and a
 # spinning torch thread pool slows the next JAX call (measured 2.4x on the 2-core machine).
@@ -52,28 +52,59 @@ except ImportError:  # torch is an optional, benchmark-only dependency
 
 def torch_model(name: str):
   if name == "mlp":
-    return tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 784), tnn.ReLU(), tnn.Linear(784, 64),
-                          tnn.ReLU(), tnn.Linear(64, 10))
+    return tnn.Sequential(
+      tnn.Flatten(),
+      tnn.Linear(784, 784),
+      tnn.ReLU(),
+      tnn.Linear(784, 64),
+      tnn.ReLU(),
+      tnn.Linear(64, 10),
+    )
+
   def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models.py)
     return (tnn.BatchNorm2d if dims == 2 else tnn.BatchNorm1d)(c, momentum=0.1)
 
   if name == "lenet_bn":  # experiments.models.LeNetBN: pools 3 then 2, dropout 0.5
     return tnn.Sequential(
-        tnn.Conv2d(1, 20, 5, bias=False), bn(20), tnn.ReLU(), tnn.MaxPool2d(3), tnn.Dropout(0.5),
-        tnn.Conv2d(20, 50, 5, bias=False), bn(50), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Dropout(0.5), tnn.Flatten(),
-        tnn.Linear(200, 500, bias=False), bn(500, 1), tnn.ReLU(), tnn.Dropout(0.5),
-        tnn.Linear(500, 10))
+      tnn.Conv2d(1, 20, 5, bias=False),
+      bn(20),
+      tnn.ReLU(),
+      tnn.MaxPool2d(3),
+      tnn.Dropout(0.5),
+      tnn.Conv2d(20, 50, 5, bias=False),
+      bn(50),
+      tnn.ReLU(),
+      tnn.MaxPool2d(2),
+      tnn.Dropout(0.5),
+      tnn.Flatten(),
+      tnn.Linear(200, 500, bias=False),
+      bn(500, 1),
+      tnn.ReLU(),
+      tnn.Dropout(0.5),
+      tnn.Linear(500, 10),
+    )
   if name == "allcnn_bn":  # experiments.models.AllCNNBN (All-CNN-C + BN, 1.37M weights)
+
     def conv_bn(cin, cout, kernel, stride=1, padding=None):
       padding = kernel // 2 if padding is None else padding
       return [tnn.Conv2d(cin, cout, kernel, stride, padding, bias=False), bn(cout), tnn.ReLU()]
+
     return tnn.Sequential(
-        tnn.Dropout(0.2),
-        *conv_bn(3, 96, 3), *conv_bn(96, 96, 3), *conv_bn(96, 96, 3, 2), tnn.Dropout(0.5),
-        *conv_bn(96, 192, 3), *conv_bn(192, 192, 3), *conv_bn(192, 192, 3, 2), tnn.Dropout(0.5),
-        *conv_bn(192, 192, 3, padding=0), *conv_bn(192, 192, 1), *conv_bn(192, 10, 1),
-        tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
+      tnn.Dropout(0.2),
+      *conv_bn(3, 96, 3),
+      *conv_bn(96, 96, 3),
+      *conv_bn(96, 96, 3, 2),
+      tnn.Dropout(0.5),
+      *conv_bn(96, 192, 3),
+      *conv_bn(192, 192, 3),
+      *conv_bn(192, 192, 3, 2),
+      tnn.Dropout(0.5),
+      *conv_bn(192, 192, 3, padding=0),
+      *conv_bn(192, 192, 1),
+      *conv_bn(192, 10, 1),
+      tnn.AdaptiveAvgPool2d(1),
+      tnn.Flatten(),
+    )
   raise ValueError(name)
 
 
@@ -94,9 +125,23 @@ def load_jax_mlp_params(model, params) -> None:
 class TorchEntropySGD:
   """Entropy-SGD with the core's semantics; the model's parameters serve as the chain x'."""
 
-  def __init__(self, params, *, lr=1.0, num_langevin_steps=20, gamma0=0.03, gamma1=1e-3,
-               langevin_lr=0.1, noise=1e-4, alpha=0.75, momentum=0.9, nesterov=True,
-               langevin_momentum=0.0, weight_decay=0.0, seed=0):
+  def __init__(
+    self,
+    params,
+    *,
+    lr=1.0,
+    num_langevin_steps=20,
+    gamma0=0.03,
+    gamma1=1e-3,
+    langevin_lr=0.1,
+    noise=1e-4,
+    alpha=0.75,
+    momentum=0.9,
+    nesterov=True,
+    langevin_momentum=0.0,
+    weight_decay=0.0,
+    seed=0,
+  ):
     self.params = [p for p in params if p.requires_grad]
     self.lr, self.num_steps = lr, num_langevin_steps
     self.gamma0, self.gamma1 = gamma0, gamma1
@@ -107,10 +152,12 @@ class TorchEntropySGD:
     self.outer_buffer = [torch.zeros_like(p) for p in self.params]
     self.generator = torch.Generator(device=self.params[0].device).manual_seed(seed)
 
-  @torch.no_grad()
   def _noise(self):
-    return [torch.randn(p.shape, generator=self.generator, device=p.device, dtype=p.dtype)
-            for p in self.params]
+    with torch.no_grad():
+      return [
+        torch.randn(p.shape, generator=self.generator, device=p.device, dtype=p.dtype)
+        for p in self.params
+      ]
 
   def step(self, closure):
     """closure(k) zeroes the grads, evaluates the loss on mini-batch k at the model's current
@@ -132,8 +179,9 @@ class TorchEntropySGD:
         if buffer is not None:
           torch._foreach_mul_(buffer, self.langevin_momentum)
           torch._foreach_add_(buffer, g)
-          g = (torch._foreach_add(g, buffer, alpha=self.langevin_momentum) if self.nesterov
-               else buffer)
+          g = (
+            torch._foreach_add(g, buffer, alpha=self.langevin_momentum) if self.nesterov else buffer
+          )
         # x' <- x' - eta' g + eta' gamma (x - x')
         gap = torch._foreach_sub(x, ps)
         torch._foreach_add_(ps, g, alpha=-self.langevin_lr)
@@ -147,8 +195,11 @@ class TorchEntropySGD:
         torch._foreach_add_(outer, x, alpha=self.weight_decay)
       torch._foreach_mul_(self.outer_buffer, self.momentum)
       torch._foreach_add_(self.outer_buffer, outer)
-      direction = (torch._foreach_add(outer, self.outer_buffer, alpha=self.momentum)
-                   if self.nesterov else self.outer_buffer)
+      direction = (
+        torch._foreach_add(outer, self.outer_buffer, alpha=self.momentum)
+        if self.nesterov
+        else self.outer_buffer
+      )
       torch._foreach_add_(x, direction, alpha=-self.lr)
       for p, new in zip(ps, x):
         p.copy_(new)
@@ -164,8 +215,19 @@ def _sync(device):
 class TorchRunner:
   """One Entropy-SGD step (or L SGD steps) of the torch model per call, on fixed batches."""
 
-  def __init__(self, model_name, images, labels, steps, *, method="entropy", dtype="float32",
-               device=None, seed=0, threads=None):
+  def __init__(
+    self,
+    model_name,
+    images,
+    labels,
+    steps,
+    *,
+    method="entropy",
+    dtype="float32",
+    device=None,
+    seed=0,
+    threads=None,
+  ):
     torch.manual_seed(seed)
     self.threads = threads
     self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -214,61 +276,101 @@ def run_model(model: str, args) -> dict:
   batches = common.make_batches(spec, args.steps, args.batch)
   loss_fn = common.make_loss(spec)
   tx = common.entropy_tx(args.steps, unroll=common.resolve_unroll(args.unroll, args.steps))
-  print(f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, batch "
-        f"{args.batch}, L = {args.steps}", flush=True)
-  fns = {"jax entropy_sgd": common.Runner(common.build_entropy_step(loss_fn, tx), params,
-                                          batch_stats, tx.init(params), batches)}
+  print(
+    f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, batch "
+    f"{args.batch}, L = {args.steps}",
+    flush=True,
+  )
+  fns = {
+    "jax entropy_sgd": common.Runner(
+      common.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
+    )
+  }
   sgd = common.sgd_tx()
   fns["jax sgd xL"] = common.Runner(
-      common.build_sgd_steps(loss_fn, sgd, common.resolve_unroll(args.unroll, args.steps)),
-      params, batch_stats, sgd.init(params), batches)
+    common.build_sgd_steps(loss_fn, sgd, common.baseline_unroll(args.unroll, spec, args.steps)),
+    params,
+    batch_stats,
+    sgd.init(params),
+    batches,
+  )
   for name, runner in fns.items():
     print(f"compiling {name} ... {runner.compile():.1f} s", flush=True)
   if torch is None:
-    print("torch is not installed: skipping the PyTorch columns "
-          "(pip install torch==2.13.0 for CPU; any CUDA build on a GPU machine).")
+    print(
+      "torch is not installed: skipping the PyTorch columns "
+      "(pip install -e '.[benchmarks]' for torch 2.13.0 on CPU; any CUDA build on a GPU)."
+    )
   else:
     images, labels = (np.asarray(b) for b in batches)
     # On a shared CPU, OpenMP's spinning threads can collapse when cores are contested, so
     # several thread counts are timed and the fastest torch row is the reference.
-    for threads in (args.torch_threads or [os.cpu_count()]):
-      tag = f"eager, {threads} thr" if torch.device(
-          "cuda" if torch.cuda.is_available() else "cpu").type == "cpu" else "eager"
-      fns[f"torch entropy_sgd ({tag})"] = TorchRunner(model, images, labels, args.steps,
-                                                      threads=threads)
-      fns[f"torch sgd xL ({tag})"] = TorchRunner(model, images, labels, args.steps,
-                                                 method="sgd", threads=threads)
+    for threads in args.torch_threads or [os.cpu_count()]:
+      tag = (
+        f"eager, {threads} thr"
+        if torch.device("cuda" if torch.cuda.is_available() else "cpu").type == "cpu"
+        else "eager"
+      )
+      fns[f"torch entropy_sgd ({tag})"] = TorchRunner(
+        model, images, labels, args.steps, threads=threads
+      )
+      fns[f"torch sgd xL ({tag})"] = TorchRunner(
+        model, images, labels, args.steps, method="sgd", threads=threads
+      )
   start = time.perf_counter()
   times = common.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
   torch_rows = [n for n in times if n.startswith("torch entropy_sgd")]
   ref = min(torch_rows, key=lambda n: common.median(times[n])) if torch_rows else None
-  print(f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
-        f"speedup = median({ref}) / median(row)")
-  rows = [{
-      "variant": name, "median_ms": 1e3 * common.median(t), "min_ms": 1e3 * min(t),
+  print(
+    f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
+    f"speedup = median({ref}) / median(row)"
+  )
+  rows = [
+    {
+      "variant": name,
+      "median_ms": 1e3 * common.median(t),
+      "min_ms": 1e3 * min(t),
       "speedup_vs_torch": (common.median(times[ref]) / common.median(t)) if ref else None,
       "paired_speedup_vs_torch": (1 / common.paired_ratio(times, name, ref)) if ref else None,
       "times_ms": [1e3 * x for x in t],
-  } for name, t in times.items()]
-  common.print_table(rows, ["variant", "median_ms", "min_ms", "speedup_vs_torch",
-                            "paired_speedup_vs_torch"])
-  return {"model": model, "model_source": spec.source, "num_params": common.num_params(params),
-          "batch": args.batch, "steps": args.steps, "rows": rows, "torch_reference": ref}
+    }
+    for name, t in times.items()
+  ]
+  common.print_table(
+    rows, ["variant", "median_ms", "min_ms", "speedup_vs_torch", "paired_speedup_vs_torch"]
+  )
+  return {
+    "model": model,
+    "model_source": spec.source,
+    "num_params": common.num_params(params),
+    "batch": args.batch,
+    "steps": args.steps,
+    "rows": rows,
+    "torch_reference": ref,
+  }
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--unroll", default="auto")
+  parser.add_argument(
+    "--torch-threads",
+    type=int,
+    nargs="+",
+    default=None,
+    help="torch CPU thread counts to time (default: all cores)",
+  )
+  common.add_timing_args(parser)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  common.add_workload_args(parser)
-  parser.add_argument("--unroll", default="auto")
-  parser.add_argument("--torch-threads", type=int, nargs="+", default=None,
-                      help="torch CPU thread counts to time (default: all cores)")
-  common.add_common_args(parser)
-  args = parser.parse_args(argv)
-  env = common.environment()
-  print({k: env[k] for k in ("device", "backend", "jax", "torch", "load_average_start")})
-  results = [run_model(model, args) for model in args.model]
-  common.write_json(args.json, env, results)
-  return results
+  return common.benchmark_main(
+    "benchmarks.torch_reference",
+    __doc__,
+    add_args,
+    lambda args: [run_model(model, args) for model in args.model],
+    argv,
+    show=("device", "backend", "jax", "torch", "load_average_start"),
+  )
 
 
 if __name__ == "__main__":

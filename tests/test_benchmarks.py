@@ -7,6 +7,8 @@ checks that every number it prints and writes to JSON is finite and positive.
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ import entropy_optax
 from benchmarks import common, memory, multi_run, precision, step_cost, torch_reference
 
 TINY = ["--batch", "4", "--steps", "2"]
+_NO_TORCH = "torch is not installed: `pip install -e '.[benchmarks]'` (part of '.[all]')"
 
 
 def _numbers(tree):
@@ -36,7 +39,7 @@ def _check_json(path, results):
   with open(path) as f:
     data = json.load(f)
   env = data["environment"]
-  assert env["command"].startswith("python ") and env["jax"] == jax.__version__
+  assert env["command"].startswith("python -m benchmarks.") and env["jax"] == jax.__version__
   assert data["results"]
   numbers = list(_numbers(results))
   assert numbers and all(math.isfinite(x) for x in numbers)
@@ -52,15 +55,32 @@ def _check_rows(rows, keys):
 @pytest.mark.slow
 def test_step_cost_smoke(tmp_path, capsys):
   path = str(tmp_path / "step.json")
-  results = step_cost.main(["--model", "mlp", *TINY, "--repeats", "2", "--samplers",
-                            "irwin_hall", "none", "--unroll", "auto", "--json", path])
+  results = step_cost.main(
+    [
+      "--model",
+      "mlp",
+      *TINY,
+      "--repeats",
+      "2",
+      "--samplers",
+      "irwin_hall",
+      "none",
+      "--unroll",
+      "auto",
+      "--json",
+      path,
+    ]
+  )
   _check_json(path, results)
   (result,) = results
   assert {r["variant"] for r in result["rows"]} == {
-      "sgd x2 [auto]", "entropy [irwin_hall, auto]", "entropy [none, auto]"}
+    "sgd x2 [auto]",
+    "entropy [irwin_hall, auto]",
+    "entropy [none, auto]",
+  }
   _check_rows(result["rows"], ["median_ms", "ratio", "paired_ratio", "min_ratio", "compile_s"])
   assert {d["sampler"] for d in result["noise_draws"]} == {"irwin_hall", "gaussian"}
-  assert all(d["draw_ms"] > 0 for d in result["noise_draws"])
+  assert all(d["step_ms"] > 0 for d in result["noise_draws"])
   assert "ratio" in capsys.readouterr().out
 
 
@@ -90,8 +110,22 @@ def test_memory_scheduler_option_cuts_the_unrolled_chains_temporaries():
 @pytest.mark.slow
 def test_multi_run_smoke(tmp_path):
   path = str(tmp_path / "multi.json")
-  results = multi_run.main(["--model", "mlp", *TINY, "--runs", "2", "--repeats", "1",
-                            "--variants", "vmap", "unrolled", "--json", path])
+  results = multi_run.main(
+    [
+      "--model",
+      "mlp",
+      *TINY,
+      "--runs",
+      "2",
+      "--repeats",
+      "1",
+      "--variants",
+      "vmap",
+      "unrolled",
+      "--json",
+      path,
+    ]
+  )
   _check_json(path, results)
   _check_rows(results[0]["rows"], ["median_ms", "speedup", "paired_speedup"])
   assert {r["variant"] for r in results[0]["rows"]} == {"sequential", "vmap", "unrolled"}
@@ -116,8 +150,10 @@ def test_multi_run_forms_match_runs_one_after_another():
     for i, want in enumerate(expected):
       got_i = jax.tree.map(lambda t: t[i], got)
       for a, b in zip(jax.tree.leaves(got_i), jax.tree.leaves(want), strict=True):
-        a, b = (jax.random.key_data(t) if jnp.issubdtype(t.dtype, jax.dtypes.prng_key) else t
-                for t in (a, b))
+        a, b = (
+          jax.random.key_data(t) if jnp.issubdtype(t.dtype, jax.dtypes.prng_key) else t
+          for t in (a, b)
+        )
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
@@ -126,8 +162,9 @@ def test_gradient_flops_counts_forward_and_weight_gradients():
   # gradients of every layer but the first): between 2x and 3x the forward FLOPs.
   spec = common.make_model("mlp")
   params, batch_stats = common.init_model(spec)
-  flops = multi_run.gradient_flops(common.make_loss(spec), params, batch_stats,
-                                   common.make_batches(spec, 1, 16))
+  flops = multi_run.gradient_flops(
+    common.make_loss(spec), params, batch_stats, common.make_batches(spec, 1, 16)
+  )
   forward = 2 * 16 * (784 * 784 + 784 * 64 + 64 * 10)
   assert 2 * forward <= flops <= 3 * forward
 
@@ -143,8 +180,9 @@ def test_precision_smoke(tmp_path):
 @pytest.mark.slow
 def test_torch_reference_smoke(tmp_path, capsys):
   path = str(tmp_path / "torch.json")
-  results = torch_reference.main(["--model", "mlp", *TINY, "--repeats", "1",
-                                  "--torch-threads", "1", "--json", path])
+  results = torch_reference.main(
+    ["--model", "mlp", *TINY, "--repeats", "1", "--torch-threads", "1", "--json", path]
+  )
   _check_json(path, results)
   rows = results[0]["rows"]
   if torch_reference.torch is None:
@@ -170,45 +208,91 @@ def test_im2col_conv_matches_xla_conv():
 
 def test_torch_reference_matches_core():
   """The eager PyTorch Entropy-SGD takes the same steps as entropy_optax (noise off, MLP)."""
-  torch = pytest.importorskip("torch")
+  torch = pytest.importorskip("torch", reason=_NO_TORCH)
   steps, batch = 3, 8
   spec = common.make_model("mlp")
   params, _ = common.init_model(spec)
   images, labels = common.make_batches(spec, steps, batch)
   loss_fn = common.make_loss(spec)
   tx = optax.chain(
-      # weight decay and Langevin momentum on, to cover their placement too
-      entropy_optax.local_entropy(steps, entropy_optax.exponential_scoping(
-          0.03, 1e-3), 0.1, 0.0, 0.75, langevin_momentum=0.9, weight_decay=1e-3),
-      optax.add_decayed_weights(1e-3),
-      optax.sgd(1.0, momentum=0.9, nesterov=True))
+    # weight decay and Langevin momentum on, to cover their placement too
+    entropy_optax.local_entropy(
+      steps,
+      entropy_optax.exponential_scoping(0.03, 1e-3),
+      0.1,
+      0.0,
+      0.75,
+      langevin_momentum=0.9,
+      weight_decay=1e-3,
+    ),
+    optax.add_decayed_weights(1e-3),
+    optax.sgd(1.0, momentum=0.9, nesterov=True),
+  )
   step = common.build_entropy_step(loss_fn, tx)
   # Copies: the step donates its inputs, and an fp32 state's mu may alias params.
   jparams = jax.tree.map(jnp.copy, params)
   opt_state, key = jax.tree.map(jnp.copy, tx.init(params)), jax.random.key(0)
 
-  runner = torch_reference.TorchRunner("mlp", np.asarray(images), np.asarray(labels), steps,
-                                       device=torch.device("cpu"))
+  runner = torch_reference.TorchRunner(
+    "mlp", np.asarray(images), np.asarray(labels), steps, device=torch.device("cpu")
+  )
   runner.model.double()  # float64 reference: the comparison then measures only JAX's rounding
   runner.images = runner.images.double()
   torch_reference.load_jax_mlp_params(runner.model, params)
   runner.opt = torch_reference.TorchEntropySGD(
-      runner.model.parameters(), num_langevin_steps=steps, noise=0.0, langevin_momentum=0.9,
-      weight_decay=1e-3)
+    runner.model.parameters(),
+    num_langevin_steps=steps,
+    noise=0.0,
+    langevin_momentum=0.9,
+    weight_decay=1e-3,
+  )
   for _ in range(2):  # two outer steps: the outer momentum and the gamma schedule advance
     jparams, _, opt_state, key, _ = step(jparams, {}, opt_state, key, (images, labels))
     runner()
   linears = [m for m in runner.model if isinstance(m, torch_reference.tnn.Linear)]
   for i, linear in enumerate(linears):
-    np.testing.assert_allclose(np.asarray(jparams[f"Dense_{i}"]["kernel"]),
-                               linear.weight.detach().numpy().T, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(jparams[f"Dense_{i}"]["bias"]),
-                               linear.bias.detach().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(jparams[f"Dense_{i}"]["kernel"]),
+      linear.weight.detach().numpy().T,
+      rtol=1e-4,
+      atol=1e-6,
+    )
+    np.testing.assert_allclose(
+      np.asarray(jparams[f"Dense_{i}"]["bias"]), linear.bias.detach().numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+SCRIPTS = ("step_cost", "memory", "multi_run", "precision", "torch_reference")
 
 
 def test_scripts_document_their_command():
   here = os.path.dirname(step_cost.__file__)
-  for script in ("step_cost.py", "memory.py", "multi_run.py", "precision.py",
-                 "torch_reference.py"):
-    with open(os.path.join(here, script)) as f:
-      assert f"python benchmarks/{script}" in f.read(), script
+  for script in SCRIPTS:
+    with open(os.path.join(here, f"{script}.py")) as f:
+      assert f"python -m benchmarks.{script}" in f.read(), script
+
+
+def test_scripts_run_as_modules_from_the_repository_root():
+  root = os.path.dirname(os.path.dirname(step_cost.__file__))
+  out = subprocess.run(
+    [sys.executable, "-m", "benchmarks.precision", "--help"],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert out.stdout.startswith("usage: python -m benchmarks.precision")
+  assert "--repeats" in out.stdout and "--json" in out.stdout
+
+
+def test_baseline_unroll_follows_the_core_rule():
+  """'auto' gives the SGD baseline the core's documented default: full (<= 32) for conv nets
+  on CPU, rolled otherwise; explicit settings pass through."""
+  mlp, lenet = common.make_model("mlp"), common.make_model("lenet_bn")
+  on_cpu = jax.default_backend() == "cpu"
+  assert common.baseline_unroll("auto", mlp, 20) == 1
+  assert common.baseline_unroll("auto", lenet, 20) == (20 if on_cpu else 1)
+  assert common.baseline_unroll("auto", lenet, 50) == (32 if on_cpu else 1)
+  assert common.baseline_unroll("rolled", lenet, 20) == 1
+  assert common.baseline_unroll("full", mlp, 20) == 20
+  assert common.baseline_unroll("7", mlp, 20) == 7
