@@ -411,24 +411,19 @@ def environment(module: str, argv: Sequence[str]) -> dict[str, Any]:
     "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
   try:
-    env["git_commit"] = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-    ).stdout.strip()
+    env["git_commit"] = _git("rev-parse", "--short", "HEAD").strip()
     # Uncommitted changes to the library would make the figure unreproducible from the commit.
-    env["core_uncommitted"] = subprocess.run(
-      ["git", "status", "--porcelain", "entropy_optax"],
-      cwd=REPO_ROOT,
-      capture_output=True,
-      text=True,
-      check=False,
-    ).stdout.split()[1::2]
+    env["core_uncommitted"] = _git("status", "--porcelain", "entropy_optax").split()[1::2]
   except OSError:  # no git on this machine
     pass
   return env
+
+
+def _git(*args: str) -> str:
+  """What ``git args`` prints in the repository."""
+  return subprocess.run(
+    ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+  ).stdout
 
 
 def _torch_version() -> str | None:
@@ -485,11 +480,42 @@ def add_timing_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
 
 
+def add_unroll_arg(parser: argparse.ArgumentParser, several: bool = False) -> None:
+  """``--unroll``: auto (the core's default), full, rolled or an int; `resolve_unroll` reads it."""
+  parser.add_argument(
+    "--unroll",
+    nargs="+" if several else None,
+    default=["auto", "rolled"] if several else "auto",
+    help="auto (the core's default), full, rolled, or an int",
+  )
+
+
+def timing_row(variant: str, times_s: Sequence[float]) -> dict[str, Any]:
+  """The columns every timed variant reports: median and fastest call, and all calls, in ms."""
+  return {
+    "variant": variant,
+    "median_ms": 1e3 * median(times_s),
+    "min_ms": 1e3 * min(times_s),
+    "times_ms": [1e3 * t for t in times_s],
+  }
+
+
+def model_record(model: str, spec: ModelSpec, args: argparse.Namespace, **fields) -> dict:
+  """One model's result: what ran (model, batch, L) and ``fields``."""
+  return {
+    "model": model,
+    "model_source": spec.source,
+    "batch": args.batch,
+    "steps": args.steps,
+    **fields,
+  }
+
+
 def benchmark_main(
   module: str,
   doc: str,
   add_args: Callable[[argparse.ArgumentParser], None],
-  run: Callable[[argparse.Namespace], list[dict[str, Any]]],
+  run_model: Callable[[str, argparse.Namespace], dict[str, Any] | list[dict[str, Any]]],
   argv: Sequence[str] | None = None,
   show: Sequence[str] = ("device", "backend", "jax", "load_average_start"),
 ) -> list[dict[str, Any]]:
@@ -501,12 +527,14 @@ def benchmark_main(
     doc: the script's docstring; its first line is the description.
     add_args: adds the script's own options (``--model``, ``--batch``, ``--steps`` and
       ``--json`` are added here).
-    run: ``run(args) -> results``, a list of JSON-able dicts (one per model, usually).
+    run_model: ``run_model(model, args)``: a JSON-able dict of results for one ``--model``,
+      or a list of them.
     argv: the arguments; ``sys.argv[1:]`` by default.
     show: the environment entries printed before the run.
 
   Returns:
-    What ``run`` returned, also written to ``--json FILE`` with the environment.
+    The results of every model in one list, also written to ``--json FILE`` with the
+    environment.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
@@ -516,6 +544,9 @@ def benchmark_main(
   args = parser.parse_args(argv)
   env = environment(module, argv)
   print({k: env[k] for k in show})
-  results = run(args)
+  results = []
+  for model in args.model:
+    result = run_model(model, args)
+    results.extend(result if isinstance(result, list) else [result])
   write_json(args.json, env, results)
   return results

@@ -161,21 +161,20 @@ def run_model(model: str, args) -> dict:
       f"live peak: Entropy-SGD - SGD = {summary['live_extra_in_param_bytes']:.2f}x "
       "parameter bytes (includes the L mini-batches)"
     )
-  return {
-    "model": model,
-    "model_source": spec.source,
-    "num_params": common.num_params(params),
-    "batch": args.batch,
-    "steps": args.steps,
-    "dtype": args.dtype,
-    "scheduler": args.scheduler,
-    "rows": rows,
+  return common.model_record(
+    model,
+    spec,
+    args,
+    num_params=common.num_params(params),
+    dtype=args.dtype,
+    scheduler=args.scheduler,
+    rows=rows,
     **summary,
-  }
+  )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--unroll", default="auto")
+  common.add_unroll_arg(parser)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument(
     "--scheduler",
@@ -196,7 +195,7 @@ def main(argv=None):
     "benchmarks.memory",
     __doc__,
     add_args,
-    lambda args: [run_model(model, args) for model in args.model],
+    run_model,
     argv,
   )
 

@@ -142,14 +142,12 @@ def run_model(model: str, runs: int, args) -> dict:
   )
   rows = [
     {
-      "variant": name,
+      **common.timing_row(name, t),
       "runs": runs,
       "compile_s": compile_times[name],
-      "median_ms": 1e3 * common.median(t),
       "ms_per_run": 1e3 * common.median(t) / runs,
       "speedup": common.median(times["sequential"]) / common.median(t),
       "paired_speedup": 1 / common.paired_ratio(times, name, "sequential"),
-      "times_ms": [1e3 * x for x in t],
     }
     for name, t in times.items()
   ]
@@ -172,15 +170,7 @@ def run_model(model: str, runs: int, args) -> dict:
     f"float32 GEMM throughput ({gemm_gflops:.1f} GFLOP/s): no formulation of the {runs} runs "
     f"can beat sequential by more than {bound['max_speedup']:.2f}x"
   )
-  return {
-    "model": model,
-    "model_source": spec.source,
-    "batch": args.batch,
-    "steps": args.steps,
-    "runs": runs,
-    "rows": rows,
-    "compute_bound": bound,
-  }
+  return common.model_record(model, spec, args, runs=runs, rows=rows, compute_bound=bound)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +189,7 @@ def main(argv=None):
     "benchmarks.multi_run",
     __doc__,
     add_args,
-    lambda args: [run_model(model, k, args) for model in args.model for k in args.runs],
+    lambda model, args: [run_model(model, k, args) for k in args.runs],
     argv,
   )
 

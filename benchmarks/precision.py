@@ -63,31 +63,21 @@ def run_model(model: str, args) -> dict:
   )
   rows = [
     {
-      "variant": name,
+      **common.timing_row(name, t),
       **meta[name],
-      "median_ms": 1e3 * common.median(t),
-      "min_ms": 1e3 * min(t),
       "speedup_vs_fp32_entropy": common.median(times[fp32]) / common.median(t),
       "overhead_vs_sgd": common.median(t) / common.median(times[meta[name]["baseline"]]),
-      "times_ms": [1e3 * x for x in t],
     }
     for name, t in times.items()
   ]
   common.print_table(
     rows, ["variant", "median_ms", "min_ms", "speedup_vs_fp32_entropy", "overhead_vs_sgd"]
   )
-  return {
-    "model": model,
-    "model_source": spec.source,
-    "batch": args.batch,
-    "steps": args.steps,
-    "unroll": unroll,
-    "rows": rows,
-  }
+  return common.model_record(model, spec, args, unroll=unroll, rows=rows)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--unroll", default="auto")
+  common.add_unroll_arg(parser)
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
   common.add_timing_args(parser)
 
@@ -97,7 +87,7 @@ def main(argv=None):
     "benchmarks.precision",
     __doc__,
     add_args,
-    lambda args: [run_model(model, args) for model in args.model],
+    run_model,
     argv,
   )
 

@@ -117,13 +117,11 @@ def run_model(model: str, args) -> dict:
         "variant": name,
         "unroll": m["unroll_value"],
         "compile_s": runners[name].compile_s,
-        "median_ms": 1e3 * common.median(t),
-        "min_ms": 1e3 * min(t),
         "ratio": common.median(t) / common.median(times[m["baseline"]]),
         "paired_ratio": common.paired_ratio(times, name, m["baseline"]),
         "min_ratio": min(t) / min(times[m["baseline"]]),
         **{k: m[k] for k in ("kind", "sampler")},
-        "times_ms": [1e3 * x for x in t],
+        **common.timing_row(name, t),
       }
     )
   print(
@@ -139,15 +137,9 @@ def run_model(model: str, args) -> dict:
   if draws:
     print(f"one zero-gradient Langevin step, {common.num_params(params):,} parameters:")
     common.print_table(draws)
-  return {
-    "model": model,
-    "model_source": spec.source,
-    "num_params": common.num_params(params),
-    "batch": args.batch,
-    "steps": args.steps,
-    "rows": rows,
-    "noise_draws": draws,
-  }
+  return common.model_record(
+    model, spec, args, num_params=common.num_params(params), rows=rows, noise_draws=draws
+  )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -159,12 +151,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     help="irwin_hall: the core's default (counter-hash Irwin-Hall); gaussian: "
     "jax.random.normal; none: noise = 0, the floor",
   )
-  parser.add_argument(
-    "--unroll",
-    nargs="+",
-    default=["auto", "rolled"],
-    help="auto (core default), full, rolled, or an int",
-  )
+  common.add_unroll_arg(parser, several=True)
   parser.add_argument(
     "--no-draws", dest="draws", action="store_false", help="skip the noise-sampler micro-benchmark"
   )
@@ -176,7 +163,7 @@ def main(argv=None):
     "benchmarks.step_cost",
     __doc__,
     add_args,
-    lambda args: [run_model(model, args) for model in args.model],
+    run_model,
     argv,
     show=("device", "backend", "jax", "optax", "flax", "load_average_start"),
   )

@@ -327,31 +327,22 @@ def run_model(model: str, args) -> dict:
   )
   rows = [
     {
-      "variant": name,
-      "median_ms": 1e3 * common.median(t),
-      "min_ms": 1e3 * min(t),
+      **common.timing_row(name, t),
       "speedup_vs_torch": (common.median(times[ref]) / common.median(t)) if ref else None,
       "paired_speedup_vs_torch": (1 / common.paired_ratio(times, name, ref)) if ref else None,
-      "times_ms": [1e3 * x for x in t],
     }
     for name, t in times.items()
   ]
   common.print_table(
     rows, ["variant", "median_ms", "min_ms", "speedup_vs_torch", "paired_speedup_vs_torch"]
   )
-  return {
-    "model": model,
-    "model_source": spec.source,
-    "num_params": common.num_params(params),
-    "batch": args.batch,
-    "steps": args.steps,
-    "rows": rows,
-    "torch_reference": ref,
-  }
+  return common.model_record(
+    model, spec, args, num_params=common.num_params(params), rows=rows, torch_reference=ref
+  )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--unroll", default="auto")
+  common.add_unroll_arg(parser)
   parser.add_argument(
     "--torch-threads",
     type=int,
@@ -367,7 +358,7 @@ def main(argv=None):
     "benchmarks.torch_reference",
     __doc__,
     add_args,
-    lambda args: [run_model(model, args) for model in args.model],
+    run_model,
     argv,
     show=("device", "backend", "jax", "torch", "load_average_start"),
   )
