@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from entropy_optax._utils import canonical_key
 from entropy_optax.flatness import _inputs
 from entropy_optax.flatness._hvp import mean_hvp
 from entropy_optax.flatness._loss import LossTree
@@ -86,7 +87,7 @@ def hutchinson_trace(
   if num_samples < 2:
     raise ValueError(f"num_samples must be >= 2 to give a standard error, got {num_samples}.")
   stacked, num_batches = _inputs.stack_batches(batches)
-  keys = jax.random.split(_inputs.as_key(key), num_samples)
+  keys = jax.random.split(canonical_key(key), num_samples)
   samples = _hutchinson_samples(LossTree.of(loss_fn), params, stacked, num_batches, keys)
   return TraceEstimate(
     estimate=jnp.mean(samples),

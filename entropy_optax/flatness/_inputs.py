@@ -56,13 +56,6 @@ def stack_batches(batches) -> tuple[Any, int]:
   return jax.tree.map(jnp.asarray, batches), sizes.pop()
 
 
-def as_key(key: jax.Array | int) -> jax.Array:
-  """A PRNG key from a key or an int seed."""
-  if isinstance(key, (int, np.integer)):
-    return jax.random.key(key)
-  return key
-
-
 def flat_params(params) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
   """Flattens ``params``; computes in at least float32 (``eigvalsh`` has no bfloat16 kernel)."""
   flat, unravel = ravel_pytree(params)

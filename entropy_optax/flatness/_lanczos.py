@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from entropy_optax._utils import canonical_key
 from entropy_optax.flatness import _inputs
 from entropy_optax.flatness._hvp import mean_hvp
 from entropy_optax.flatness._loss import LossTree
@@ -113,6 +114,6 @@ def lanczos_extremes(
   import_matfree("lanczos_extremes")
   num_iters = _inputs.num_lanczos_iters(num_iters, params)
   ritz = _lanczos_ritz_values(
-    LossTree.of(loss_fn), params, stacked, num_batches, num_iters, _inputs.as_key(key)
+    LossTree.of(loss_fn), params, stacked, num_batches, num_iters, canonical_key(key)
   )
   return Extremes(largest=ritz[-1], smallest=ritz[0])

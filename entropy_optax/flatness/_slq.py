@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from entropy_optax._utils import canonical_key
 from entropy_optax.flatness import _inputs
 from entropy_optax.flatness._lanczos import import_matfree, tridiagonal
 from entropy_optax.flatness._loss import LossTree
@@ -177,6 +178,6 @@ def spectral_density(
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
   num_iters = _inputs.num_lanczos_iters(num_iters, params)
-  keys = jax.random.split(_inputs.as_key(key), num_samples)
+  keys = jax.random.split(canonical_key(key), num_samples)
   nodes, weights = _slq(LossTree.of(loss_fn), params, stacked, num_batches, num_iters, keys)
   return SpectralDensity(nodes=nodes, weights=weights, num_params=_inputs.num_params(params))
