@@ -74,6 +74,7 @@ def _chain_scalar(value: Any) -> Any:
 
 def _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> LangevinStats:
   """``LangevinStats`` from grad f(x), the direction x - mu and the summed distances |x - x'|."""
+  gamma = jnp.asarray(gamma, jnp.float32)
   direction_norm = _tree_norm(direction)
   grad_norm = _tree_norm(grad_at_x)
   tiny = jnp.finfo(jnp.float32).tiny
@@ -211,9 +212,8 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
   use_noise = not is_static_zero(noise)
 
   x = to_chain(params)
-  gamma = jnp.asarray(gamma, jnp.float32)
-  langevin_lr, noise, alpha, langevin_momentum, weight_decay = map(
-      _chain_scalar, (langevin_lr, noise, alpha, langevin_momentum, weight_decay))
+  gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay = map(
+      _chain_scalar, (gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay))
   sqrt_lr = jnp.sqrt(jnp.asarray(langevin_lr, jnp.float32))
 
   def gradient(x_prime, k):
