@@ -25,7 +25,7 @@ class LangevinStats(NamedTuple):
   ``optax.tree.get(opt_state, name)`` finds one value.
 
   Attributes:
-    langevin_gamma: the scope gamma used for this run (named ``gamma`` before 0.2).
+    langevin_gamma: the scope gamma used for this run (``gamma`` in entropy_optax 0.1.0).
     grad_norm: |grad f(x)|, the plain SGD gradient at x (the first Langevin step is taken at
       x' = x, so this costs no extra gradient evaluation).
     entropy_grad_norm: |gamma (x - mu)|, the local-entropy gradient; the paper tunes gamma so

@@ -29,7 +29,7 @@ class LocalEntropyState(NamedTuple):
 
   The fields are prefixed ``langevin_`` so that ``optax.tree.get(opt_state, name)`` finds one
   value beside optax's own states (Adam's ``mu`` and ``count``, ``add_noise``'s ``rng_key``).
-  Before 0.2 they were ``count``, ``rng_key``, ``mu``, ``langevin_stats``.
+  entropy_optax 0.1.0 named them ``count``, ``rng_key``, ``mu``, ``langevin_stats``.
 
   Attributes:
     langevin_count: number of updates done so far (int32); gamma is evaluated at it.
@@ -167,10 +167,11 @@ def local_entropy(
 
   def init_fn(params):
     _masking.reject_masked_nodes(params)
-    mu = _initial_mean(params)
-    if mask is not None:
+    if mask is None:
+      mu = _initial_mean(params)
+    else:
       flags = _masking.leaf_flags(mask, params)
-      mu = _masking.expand(_masking.select(mu, flags), flags, params)
+      mu = _masking.expand(_initial_mean(_masking.select(params, flags)), flags, params)
     return LocalEntropyState(
         langevin_count=jnp.zeros([], jnp.int32),
         langevin_key=canonical_key(key),
@@ -178,7 +179,7 @@ def local_entropy(
         langevin_stats=_langevin.empty_stats(),
     )
 
-  def emitted(updates, params, chain_params, mu, factor, flags):
+  def emitted(updates, chain_params, mu, factor, flags):
     """The update: factor (x - mu) at the chain's leaves, the incoming one at the others."""
     moved = jax.tree.map(lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype),
                          chain_params, mu)
@@ -207,7 +208,7 @@ def local_entropy(
         weight_decay=weight_decay, grad_at_params=chain_grads, noise_sampler=noise_sampler,
         unroll=unroll)
     factor = stats.langevin_gamma if scale_by_gamma else 1.0
-    new_updates = emitted(updates, params, chain_params, mu, factor, flags)
+    new_updates = emitted(updates, chain_params, mu, factor, flags)
     # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as
     # they were, so that an optax.apply_if_finite after this transformation skips the whole step;
     # the non-finite updates themselves are passed on, never hidden. mu is reset to the chain's

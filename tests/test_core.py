@@ -462,7 +462,7 @@ def test_apply_if_finite_after_local_entropy_skips_a_diverged_chain():
   updates, new_state = step(state, bad_grad_fn)
   _assert_same_tree(updates, optax.tree.zeros_like(params))  # params stay as they are
   # The step did not happen: count, key and stats as they were; mu back at the chain's start x.
-  _assert_same_tree(new_state[0]._replace(mu=None), state[0]._replace(mu=None))
+  _assert_same_tree(new_state[0]._replace(langevin_mu=None), state[0]._replace(langevin_mu=None))
   _assert_same_tree(new_state[0].langevin_mu, params)
   _assert_same_tree(new_state[1].inner_state, state[1].inner_state)
   assert int(new_state[1].notfinite_count) == 1
@@ -477,7 +477,7 @@ def test_diverged_chain_is_not_hidden():
   state = tx.init(params)
   updates, new_state = jit_update(tx, grad_fn(params, 0), state, params, bad_grad_fn)
   assert np.all(np.isnan(updates["w1"]))
-  _assert_same_tree(new_state._replace(mu=None), state._replace(mu=None))
+  _assert_same_tree(new_state._replace(langevin_mu=None), state._replace(langevin_mu=None))
   _assert_same_tree(new_state.langevin_mu, params)
 
 
