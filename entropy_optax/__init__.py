@@ -1,6 +1,7 @@
 """entropy_optax: Entropy-SGD (Chaudhari et al., ICLR 2017) as an Optax gradient transformation."""
 
 from entropy_optax import flatness
+from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam
 from entropy_optax._alias import entropy_sgd
 from entropy_optax._langevin import LangevinStats
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = (
     "LangevinStats",
     "LocalEntropyState",
+    "MultiSteps",
     "bounded_exponential_scoping",
     "entropy_adam",
     "entropy_sgd",

@@ -1,13 +1,26 @@
 """Entropy-SGD and Entropy-Adam: ``local_entropy`` chained with an outer optimizer."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: optax's schedule tests look for the object
+# ``optax.ScalarOrSchedule`` in the annotation of ``learning_rate``, not a string.
+
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from entropy_optax import _noise
 from entropy_optax._transform import local_entropy
+from entropy_optax._utils import is_concrete_number
 from entropy_optax._utils import is_static_zero
+
+
+def _outer(mask: Any | None, *transforms: optax.GradientTransformation
+           ) -> optax.GradientTransformation:
+  # With a mask, the outer optimizer too acts on the selected leaves only; the others'
+  # gradients pass through unchanged, as optax.masked passes them.
+  outer = optax.chain(*transforms)
+  return outer if mask is None else optax.masked(outer, mask)
 
 
 def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
@@ -15,14 +28,18 @@ def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
   # A traced weight_decay (optax.inject_hyperparams) keeps the term.
   if is_static_zero(weight_decay):
     return optax.identity()
+  if not is_concrete_number(weight_decay):
+    # inject_hyperparams makes it a float64 array under jax_enable_x64: float32, so that it does
+    # not promote float32 updates (and the outer momentum's state) to float64.
+    weight_decay = jnp.asarray(weight_decay, jnp.float32)
   return optax.add_decayed_weights(weight_decay)
 
 
 def entropy_sgd(
-    learning_rate: float | optax.Schedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     num_langevin_steps: int = 20,
-    gamma: float | optax.Schedule = 0.03,
+    gamma: optax.ScalarOrSchedule = 0.03,
     langevin_lr: float = 0.1,
     noise: float = 1e-4,
     alpha: float = 0.75,
@@ -34,6 +51,7 @@ def entropy_sgd(
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: the local-entropy gradient followed by SGD with (Nesterov) momentum.
 
@@ -48,6 +66,9 @@ def entropy_sgd(
     learning_rate: the outer step size eta, a float or an optax schedule.
     momentum: outer momentum (0 for none).
     nesterov: Nesterov form of both the outer and the Langevin momentum.
+    mask: Entropy-SGD on part of the model (None: all of it): the leaves selected, as
+      ``local_entropy``'s ``mask``; the other leaves' gradients pass through unchanged, for an
+      optimizer after it (``optax.masked`` / ``optax.partition``) to treat.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -71,21 +92,22 @@ def entropy_sgd(
       local_entropy(
           num_langevin_steps, gamma, langevin_lr, noise, alpha,
           langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
-          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
-      _outer_weight_decay(weight_decay),
-      optax.sgd(learning_rate, momentum=None if is_static_zero(momentum) else momentum,
-                nesterov=nesterov),
+          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
+          mask=mask),
+      _outer(mask, _outer_weight_decay(weight_decay),
+             optax.sgd(learning_rate, momentum=None if is_static_zero(momentum) else momentum,
+                       nesterov=nesterov)),
   )
 
 
 def entropy_adam(
-    learning_rate: float | optax.Schedule,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     num_langevin_steps: int = 20,
-    gamma: float | optax.Schedule = 0.03,
+    gamma: optax.ScalarOrSchedule = 0.03,
     langevin_lr: float = 0.1,
     noise: float = 1e-4,
     alpha: float = 0.75,
@@ -96,6 +118,7 @@ def entropy_adam(
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    mask: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-Adam: the local-entropy gradient followed by Adam.
 
@@ -116,7 +139,8 @@ def entropy_adam(
           num_langevin_steps, gamma, langevin_lr, noise, alpha,
           langevin_momentum=langevin_momentum, nesterov=langevin_nesterov,
           weight_decay=weight_decay,
-          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
-      _outer_weight_decay(weight_decay),
-      optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
+          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
+          mask=mask),
+      _outer(mask, _outer_weight_decay(weight_decay),
+             optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)),
   )

@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from entropy_optax import _noise
 from entropy_optax import _unroll
@@ -20,10 +19,13 @@ from entropy_optax._utils import to_chain
 class LangevinStats(NamedTuple):
   """Diagnostics of one Langevin run, for the paper's gamma-tuning heuristic (Sec. 4.2).
 
-  All fields are float32 scalars.
+  All fields are float32 scalars. Norms and inner products are those of R^n (of R^2n for complex
+  parameters: the real part of the Hermitian inner product). The field names do not repeat
+  optax's hyper-parameter and state names (``gamma``, ``mu``, ``count``), so that
+  ``optax.tree.get(opt_state, name)`` finds one value.
 
   Attributes:
-    gamma: the scope gamma used for this run.
+    langevin_gamma: the scope gamma used for this run (``gamma`` in entropy_optax 0.1.0).
     grad_norm: |grad f(x)|, the plain SGD gradient at x (the first Langevin step is taken at
       x' = x, so this costs no extra gradient evaluation).
     entropy_grad_norm: |gamma (x - mu)|, the local-entropy gradient; the paper tunes gamma so
@@ -33,7 +35,7 @@ class LangevinStats(NamedTuple):
       L steps: how far the chain explores around x.
   """
 
-  gamma: jax.Array
+  langevin_gamma: jax.Array
   grad_norm: jax.Array
   entropy_grad_norm: jax.Array
   cosine: jax.Array
@@ -44,6 +46,45 @@ def empty_stats() -> LangevinStats:
   """Zero-valued stats, so that an optimizer state has its final structure before any update."""
   return LangevinStats(*(jnp.zeros([], jnp.float32) for _ in LangevinStats._fields))
 
+
+def _tree_real_dot(a: Any, b: Any) -> jax.Array:
+  """Re <a, b>, the inner product of R^n (R^2n for complex leaves), as a float32 scalar.
+
+  Leaf by leaf, each leaf summed where it lies: ``optax.tree.vdot`` ravels every leaf, a reshape
+  that explicitly sharded arrays refuse, and returns a Python 0 for an empty tree.
+  """
+  total = jnp.zeros([], jnp.float32)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    total = total + jnp.sum(jnp.real(jnp.conj(u) * v)).astype(jnp.float32)
+  return total
+
+
+def _tree_norm(a: Any) -> jax.Array:
+  """|a|, the Euclidean norm of R^n (R^2n for complex leaves), as a float32 scalar."""
+  return jnp.sqrt(_tree_real_dot(a, a))
+
+
+def _chain_scalar(value: Any) -> Any:
+  """A hyper-parameter as the chain multiplies it: a Python number stays one (weakly typed);
+  an array (inject_hyperparams makes float64 ones under jax_enable_x64) becomes float32, so it
+  never promotes a float32 chain to float64.
+  """
+  return value if is_concrete_number(value) else jnp.asarray(value, jnp.float32)
+
+
+def _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> LangevinStats:
+  """``LangevinStats`` from grad f(x), the direction x - mu and the summed distances |x - x'|."""
+  gamma = jnp.asarray(gamma, jnp.float32)
+  direction_norm = _tree_norm(direction)
+  grad_norm = _tree_norm(grad_at_x)
+  tiny = jnp.finfo(jnp.float32).tiny
+  return LangevinStats(
+      langevin_gamma=gamma,
+      grad_norm=grad_norm,
+      entropy_grad_norm=gamma * direction_norm,
+      cosine=_tree_real_dot(grad_at_x, direction) / jnp.maximum(grad_norm * direction_norm, tiny),
+      mean_distance=distance_sum / num_steps,
+  )
 
 
 def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler) -> None:
@@ -171,7 +212,8 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
   use_noise = not is_static_zero(noise)
 
   x = to_chain(params)
-  gamma = jnp.asarray(gamma, jnp.float32)
+  gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay = map(
+      _chain_scalar, (gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay))
   sqrt_lr = jnp.sqrt(jnp.asarray(langevin_lr, jnp.float32))
 
   def gradient(x_prime, k):
@@ -198,7 +240,7 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
       x_prime = jax.tree.map(
           lambda xp, n: xp + scale * n, x_prime, _noise.tree_noise(step_key, x_prime, noise_sampler))
     mu = jax.tree.map(lambda m, xp: (1 - alpha) * m + alpha * xp, mu, x_prime)
-    distance_sum = distance_sum + optax.tree.norm(optax.tree.sub(x, x_prime)).astype(jnp.float32)
+    distance_sum = distance_sum + _tree_norm(jax.tree.map(lambda a, b: a - b, x, x_prime))
     return (x_prime, mu, momentum_buffer, distance_sum), None
 
   if unroll is None:
@@ -220,15 +262,4 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
   _, mu, _, distance_sum = carry
 
   direction = jax.tree.map(lambda a, b: a - b, x, mu)  # x - mu
-  direction_norm = optax.tree.norm(direction).astype(jnp.float32)
-  grad_norm = optax.tree.norm(grad_at_x).astype(jnp.float32)
-  tiny = jnp.finfo(jnp.float32).tiny
-  stats = LangevinStats(
-      gamma=gamma,
-      grad_norm=grad_norm,
-      entropy_grad_norm=gamma * direction_norm,
-      cosine=optax.tree.vdot(grad_at_x, direction).astype(jnp.float32)
-      / jnp.maximum(grad_norm * direction_norm, tiny),
-      mean_distance=distance_sum / num_steps,
-  )
-  return mu, stats
+  return mu, _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps)

@@ -1,17 +1,20 @@
 """``local_entropy``: the Entropy-SGD gradient estimate as an Optax gradient transformation."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: optax (and its schedule tests) inspects the
+# annotation of ``gamma`` for the object ``optax.ScalarOrSchedule``, not a string.
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from entropy_optax import _langevin
+from entropy_optax import _masking
 from entropy_optax import _noise
 from entropy_optax._utils import canonical_key
+from entropy_optax._utils import chain_dtype
 from entropy_optax._utils import to_chain
 
 _GRAD_FN_HELP = (
@@ -24,22 +27,37 @@ _GRAD_FN_HELP = (
 class LocalEntropyState(NamedTuple):
   """State of ``local_entropy``.
 
+  The fields are prefixed ``langevin_`` so that ``optax.tree.get(opt_state, name)`` finds one
+  value beside optax's own states (Adam's ``mu`` and ``count``, ``add_noise``'s ``rng_key``).
+  entropy_optax 0.1.0 named them ``count``, ``rng_key``, ``mu``, ``langevin_stats``.
+
   Attributes:
-    count: number of updates done so far (int32); gamma is evaluated at it.
-    rng_key: the PRNG key of the Langevin noise, split at every update.
-    mu: the Langevin mean <x'> of the last update, in the chain dtype (at least float32).
+    langevin_count: number of updates done so far (int32); gamma is evaluated at it.
+    langevin_key: the PRNG key of the Langevin noise, split at every update.
+    langevin_mu: the Langevin mean <x'> of the last update, in the chain dtype (at least
+      float32); x before the first update (zeros when ``init`` got shapes only,
+      ``jax.ShapeDtypeStruct``); ``optax.MaskedNode`` at the leaves a ``mask`` leaves out.
     langevin_stats: ``LangevinStats`` of the last update (diagnostics; zeros before the first).
   """
 
-  count: jax.Array
-  rng_key: jax.Array
-  mu: optax.Updates
+  langevin_count: jax.Array
+  langevin_key: jax.Array
+  langevin_mu: optax.Updates
   langevin_stats: _langevin.LangevinStats
+
+
+def _initial_mean(params: Any) -> Any:
+  """x in the chain dtype; zeros of that dtype (and sharding) for shape-only leaves."""
+  def leaf(p):
+    if isinstance(p, jax.ShapeDtypeStruct):
+      return jnp.zeros_like(p, dtype=chain_dtype(p.dtype))
+    return to_chain(p)
+  return jax.tree.map(leaf, params)
 
 
 def local_entropy(
     num_langevin_steps: int = 20,
-    gamma: float | optax.Schedule = 0.03,
+    gamma: optax.ScalarOrSchedule = 0.03,
     langevin_lr: float = 0.1,
     noise: float = 1e-4,
     alpha: float = 0.75,
@@ -51,6 +69,7 @@ def local_entropy(
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    mask: Any | Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
 
@@ -68,7 +87,18 @@ def local_entropy(
   costs exactly the L gradient evaluations of the method, and the caller keeps the loss and
   model state (BatchNorm statistics) of its own evaluation at x for logging. It must therefore be
   the first member of a chain, fed raw gradients. Other keyword arguments are ignored (they are
-  for other members of the chain).
+  for other members of the chain), but ``run_langevin``: a bool scalar; where False, the chain
+  is skipped (under ``lax.cond``: no ``grad_fn`` call), the updates are zero and the state is
+  unchanged. ``entropy_optax.MultiSteps`` passes it.
+
+  Composition. Gradient accumulation: ``entropy_optax.MultiSteps`` (see there) runs the chain
+  once per emitted update, from the averaged micro-batch gradient. Part of a model:
+  ``mask`` selects the leaves the chain moves; ``grad_fn`` always gets whole parameters, the
+  other leaves held at x, whose incoming gradients pass through unchanged (as
+  ``optax.masked`` passes them), for an ``optax.partition`` after it to treat. Inside
+  ``optax.masked`` / ``optax.partition`` it raises instead: ``grad_fn`` would see a model with
+  holes. Complex parameters: SGLD on R^2n (noise in the real and imaginary parts); ``grad_fn``
+  returns gradients in optax's convention, the conjugate of ``jax.grad``'s, like the updates.
 
   Non-finite values: ``optax.apply_if_finite`` checks the gradients it receives, so wrapped
   around the whole chain it skips a step whose gradient at x is non-finite. A chain that
@@ -95,6 +125,8 @@ def local_entropy(
     key: PRNG key or seed of the Langevin noise.
     noise_sampler: "irwin_hall" (cheap, exact mean and variance) or "gaussian".
     unroll: ``lax.scan`` unrolling of the chain; None: full on CPU, rolled elsewhere.
+    mask: which leaves the chain moves (None: all): Python bools in a tree like params (or a
+      prefix of it), or a function of params returning one, as ``optax.masked`` takes.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -110,6 +142,20 @@ def local_entropy(
     >>> updates, state = tx.update(grads, state, params, grad_fn=lambda p, k: jax.grad(loss)(p))
     >>> params = optax.apply_updates(params, updates)
 
+    Entropy-SGD on the head only, the backbone frozen (``grad_fn`` sees both):
+
+    >>> params = {"backbone": jnp.ones(2), "head": jnp.ones(3)}
+    >>> labels = {"backbone": "frozen", "head": "entropy"}
+    >>> tx = optax.chain(
+    ...     entropy_optax.local_entropy(5, 0.1, mask={"backbone": False, "head": True}),
+    ...     optax.partition({"entropy": optax.sgd(1.0), "frozen": optax.set_to_zero()}, labels))
+    >>> loss = lambda p: jnp.sum(p["backbone"] ** 2) * jnp.sum(p["head"] ** 2)
+    >>> grad_fn = lambda p, k: jax.grad(loss)(p)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grad_fn(params, 0), state, params, grad_fn=grad_fn)
+    >>> print(updates["backbone"], bool(jnp.all(updates["head"] < 0)))
+    [0. 0.] True
+
   References:
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017
     (https://arxiv.org/abs/1611.01838).
@@ -120,30 +166,49 @@ def local_entropy(
       noise_sampler)
 
   def init_fn(params):
+    _masking.reject_masked_nodes(params)
+    if mask is None:
+      mu = _initial_mean(params)
+    else:
+      flags = _masking.leaf_flags(mask, params)
+      mu = _masking.expand(_initial_mean(_masking.select(params, flags)), flags, params)
     return LocalEntropyState(
-        count=jnp.zeros([], jnp.int32),
-        rng_key=canonical_key(key),
-        mu=to_chain(params),
+        langevin_count=jnp.zeros([], jnp.int32),
+        langevin_key=canonical_key(key),
+        langevin_mu=mu,
         langevin_stats=_langevin.empty_stats(),
     )
 
-  def update_fn(updates, state, params=None, *, grad_fn: Callable | None = None, **extra_args):
-    del extra_args  # Meant for the other members of a chain.
-    if grad_fn is None:
-      raise TypeError(_GRAD_FN_HELP)
-    if params is None:
-      raise TypeError("local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...).")
-    gamma_t = gamma(state.count) if callable(gamma) else gamma
-    next_key, chain_key = jax.random.split(state.rng_key)
+  def emitted(updates, chain_params, mu, factor, flags):
+    """The update: factor (x - mu) at the chain's leaves, the incoming one at the others."""
+    moved = jax.tree.map(lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype),
+                         chain_params, mu)
+    return moved if flags is None else _masking.merge(updates, moved, flags)
+
+  def step(updates, state, params, grad_fn):
+    if mask is None:
+      flags, chain_params, chain_grads, chain_grad_fn = None, params, updates, grad_fn
+    else:
+      flags = _masking.leaf_flags(mask, params)
+      _langevin._check_gradient_tree(updates, params)  # with the paths of the whole tree
+      chain_params = _masking.select(params, flags)
+      chain_grads = _masking.select(updates, flags)
+
+      def chain_grad_fn(selected, k):
+        grads = grad_fn(_masking.merge(params, selected, flags), k)
+        _langevin._check_gradient_tree(grads, params)
+        return _masking.select(grads, flags)
+
+    gamma_t = gamma(state.langevin_count) if callable(gamma) else gamma
+    next_key, chain_key = jax.random.split(state.langevin_key)
     mu, stats = _langevin.run_chain(
-        grad_fn, params, chain_key,
+        chain_grad_fn, chain_params, chain_key,
         gamma=gamma_t, num_steps=num_langevin_steps, langevin_lr=langevin_lr, noise=noise,
         alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
-        weight_decay=weight_decay, grad_at_params=updates, noise_sampler=noise_sampler,
+        weight_decay=weight_decay, grad_at_params=chain_grads, noise_sampler=noise_sampler,
         unroll=unroll)
-    factor = stats.gamma if scale_by_gamma else 1.0
-    new_updates = jax.tree.map(
-        lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype), params, mu)
+    factor = stats.langevin_gamma if scale_by_gamma else 1.0
+    new_updates = emitted(updates, chain_params, mu, factor, flags)
     # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as
     # they were, so that an optax.apply_if_finite after this transformation skips the whole step;
     # the non-finite updates themselves are passed on, never hidden. mu is reset to the chain's
@@ -151,12 +216,36 @@ def local_entropy(
     # buffer through the whole chain, and the next update never reads it.
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(mu)]))
     if_finite = lambda new, old: optax.tree.where(finite, new, old)
+    mu = if_finite(mu, to_chain(chain_params))
     new_state = LocalEntropyState(
-        count=if_finite(optax.safe_increment(state.count), state.count),
-        rng_key=if_finite(next_key, state.rng_key),
-        mu=if_finite(mu, to_chain(params)),
+        langevin_count=if_finite(optax.safe_increment(state.langevin_count),
+                                 state.langevin_count),
+        langevin_key=if_finite(next_key, state.langevin_key),
+        langevin_mu=mu if flags is None else _masking.expand(mu, flags, params),
         langevin_stats=if_finite(stats, state.langevin_stats),
     )
     return new_updates, new_state
+
+  def skip(updates, state, params):
+    """The update of a chain that stayed at x (mu = x): zero where it moves; state unchanged."""
+    if mask is None:
+      return jax.tree.map(jnp.zeros_like, params), state
+    flags = _masking.leaf_flags(mask, params)
+    zeros = [jnp.zeros_like(p) for p in _masking.select(params, flags)]
+    return _masking.merge(updates, zeros, flags), state
+
+  def update_fn(updates, state, params=None, *, grad_fn: Callable | None = None,
+                run_langevin: bool | jax.Array | None = None, **extra_args):
+    del extra_args  # Meant for the other members of a chain.
+    if grad_fn is None:
+      raise TypeError(_GRAD_FN_HELP)
+    if params is None:
+      raise TypeError("local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...).")
+    _masking.reject_masked_nodes(params)
+    if run_langevin is None or run_langevin is True:
+      return step(updates, state, params, grad_fn)
+    if run_langevin is False:
+      return skip(updates, state, params)
+    return jax.lax.cond(run_langevin, lambda *a: step(*a, grad_fn), skip, updates, state, params)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -197,9 +197,10 @@ def batch_indices(data_key: jax.Array, first_batch: jax.Array, num_batches: int,
 
 
 def _reseed_optimizer(opt_state: Any, key: jax.Array) -> Any:
-  """Folds ``key`` into every ``rng_key`` of an optax state, so that seeds get distinct noise."""
+  """Folds ``key`` into every PRNG key of an optax state (``local_entropy``'s ``langevin_key``,
+  ``optax.add_noise``'s ``rng_key``), so that seeds get distinct noise."""
   def reseed(path, leaf):
-    if getattr(path[-1], "name", None) == "rng_key":
+    if getattr(path[-1], "name", None) in ("langevin_key", "rng_key"):
       return jax.random.fold_in(leaf, jax.random.bits(key, (), jnp.uint32))
     return leaf
   return jax.tree_util.tree_map_with_path(reseed, opt_state)
@@ -472,7 +473,8 @@ def train(
     model: a Linen module called as ``model.apply(variables, x, train=bool)``.
     tx: any optax optimizer; a local-entropy one (``entropy_optax.entropy_sgd``) needs
       ``config.langevin_steps`` equal to its ``num_langevin_steps``. The loop folds each seed
-      into every ``rng_key`` of the optimizer state, so seeds get distinct Langevin noise.
+      into every PRNG key (``langevin_key``) of the optimizer state, so seeds get distinct
+      Langevin noise.
     data: ``(train_x, train_y, val_x, val_y)`` arrays (an ``experiments.data.Dataset`` unpacks so).
     workdir: where ``metrics.jsonl``, ``config.json`` and ``checkpoints/`` go; None keeps
       everything in memory (no checkpoints).
@@ -624,7 +626,7 @@ def _make_records(config: TrainConfig, step: int, metrics: dict[str, np.ndarray]
               "effective_epochs": config.langevin_steps * epoch, "wall_time": wall_time}
     for name, values in metrics.items():
       values = pick(np.asarray(values))  # (steps,)
-      record[name] = _json_value(values[-1] if name == "gamma" else values.mean())
+      record[name] = _json_value(values[-1] if name == "langevin_gamma" else values.mean())
     for name, value in (evaluated or {}).items():
       record[name] = _json_value(pick(np.asarray(value)))
     records.append(record)

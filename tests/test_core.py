@@ -198,7 +198,7 @@ def test_entropy_sgd_matches_plain_python_loop():
     for name in params:
       np.testing.assert_allclose(params[name], expected[t][name], rtol=2e-5, atol=2e-6)
   stats = optax.tree.get(state, "langevin_stats")
-  np.testing.assert_allclose(stats.gamma, gamma_fn(outer_steps - 1), rtol=1e-6)
+  np.testing.assert_allclose(stats.langevin_gamma, gamma_fn(outer_steps - 1), rtol=1e-6)
 
 
 def test_update_uses_incoming_gradient_as_first_step():
@@ -209,13 +209,13 @@ def test_update_uses_incoming_gradient_as_first_step():
   tx = eo.local_entropy(L, 0.5, 0.1, 1e-2, 0.75, key=7)
   state = tx.init(params)
   updates, new_state = jit_update(tx, grad_fn(params, 0), state, params, grad_fn)
-  _, chain_key = jax.random.split(state.rng_key)
+  _, chain_key = jax.random.split(state.langevin_key)
   mu, stats = eo.langevin_mean(grad_fn, params, chain_key, gamma=0.5, num_steps=L,
                                langevin_lr=0.1, noise=1e-2, alpha=0.75)
   for name in params:
     np.testing.assert_allclose(updates[name], params[name] - mu[name], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(stats.grad_norm, optax.tree.norm(grad_fn(params, 0)), rtol=1e-6)
-  assert new_state.count == 1
+  assert new_state.langevin_count == 1
   # A different incoming gradient changes the result: it really is step 0's gradient.
   other, _ = jit_update(tx, optax.tree.zeros_like(params), state, params, grad_fn)
   assert not np.allclose(other["w1"], updates["w1"])
@@ -228,7 +228,7 @@ def test_diagnostics():
                                num_steps=300, langevin_lr=0.1, noise=0.0, alpha=1.0, unroll=10)
   direction = CURVATURES / (CURVATURES + gamma) * X0
   grad = CURVATURES * X0
-  np.testing.assert_allclose(stats.gamma, gamma)
+  np.testing.assert_allclose(stats.langevin_gamma, gamma)
   np.testing.assert_allclose(stats.grad_norm, np.linalg.norm(grad), rtol=1e-6)
   np.testing.assert_allclose(stats.entropy_grad_norm, gamma * np.linalg.norm(direction), rtol=1e-5)
   np.testing.assert_allclose(
@@ -282,7 +282,7 @@ def test_dtypes_kept(name, dtype):
   state = tx.init(params)
   updates, state = jit_update(tx, grad_fn(params, 0), state, params, grad_fn)
   assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
-  mu = optax.tree.get(state, "LocalEntropyState").mu
+  mu = optax.tree.get(state, "LocalEntropyState").langevin_mu
   assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(mu))
 
 
@@ -292,7 +292,7 @@ def test_bfloat16_params_keep_noise_and_coupling():
   zero_grad = lambda p, k: jnp.zeros_like(p)
   tx = eo.local_entropy(20, 1e-3, 0.1, 1e-4, 0.75)
   updates, state = jit_update(tx, zero_grad(params, 0), tx.init(params), params, zero_grad)
-  mu = state.mu
+  mu = state.langevin_mu
   assert mu.dtype == jnp.float32
   # With no gradient, x' is a random walk and mu - x = sum_j n_j sum_{k>=j} w_k, with the
   # averaging weights w_k = alpha (1 - alpha)^(L - k) of sample k.
@@ -312,7 +312,7 @@ def test_vmap_over_independent_runs(name):
 
   def init(seed):
     state = tx.init(params)
-    return optax.tree.set(state, rng_key=jax.random.PRNGKey(seed))
+    return optax.tree.set(state, langevin_key=jax.random.PRNGKey(seed))
 
   @jax.jit
   def update(state):
@@ -324,7 +324,7 @@ def test_vmap_over_independent_runs(name):
     single = update(init(seed))
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
       np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7)
-  mus = optax.tree.get(batched[1], "LocalEntropyState").mu
+  mus = optax.tree.get(batched[1], "LocalEntropyState").langevin_mu
   assert not np.allclose(mus["w1"][0], mus["w1"][1])  # each run has its own noise
 
 
@@ -359,7 +359,7 @@ def test_inject_hyperparams():
   updates, state = step(state)
   state.hyperparams["gamma"] = jnp.asarray(0.4)
   _, state = step(state)
-  assert float(optax.tree.get(state, "langevin_stats").gamma) == pytest.approx(0.4)
+  assert float(optax.tree.get(state, "langevin_stats").langevin_gamma) == pytest.approx(0.4)
   reference = eo.entropy_sgd(0.1, num_langevin_steps=3, gamma=0.2)
   expected, _ = jit_update(reference, grad_fn(params, 0), reference.init(params), params,
                            grad_fn)
@@ -462,12 +462,12 @@ def test_apply_if_finite_after_local_entropy_skips_a_diverged_chain():
   updates, new_state = step(state, bad_grad_fn)
   _assert_same_tree(updates, optax.tree.zeros_like(params))  # params stay as they are
   # The step did not happen: count, key and stats as they were; mu back at the chain's start x.
-  _assert_same_tree(new_state[0]._replace(mu=None), state[0]._replace(mu=None))
-  _assert_same_tree(new_state[0].mu, params)
+  _assert_same_tree(new_state[0]._replace(langevin_mu=None), state[0]._replace(langevin_mu=None))
+  _assert_same_tree(new_state[0].langevin_mu, params)
   _assert_same_tree(new_state[1].inner_state, state[1].inner_state)
   assert int(new_state[1].notfinite_count) == 1
   updates, new_state = step(new_state, grad_fn)  # the next good step goes through
-  assert int(new_state[0].count) == 1 and np.any(updates["w1"])
+  assert int(new_state[0].langevin_count) == 1 and np.any(updates["w1"])
 
 
 def test_diverged_chain_is_not_hidden():
@@ -477,8 +477,8 @@ def test_diverged_chain_is_not_hidden():
   state = tx.init(params)
   updates, new_state = jit_update(tx, grad_fn(params, 0), state, params, bad_grad_fn)
   assert np.all(np.isnan(updates["w1"]))
-  _assert_same_tree(new_state._replace(mu=None), state._replace(mu=None))
-  _assert_same_tree(new_state.mu, params)
+  _assert_same_tree(new_state._replace(langevin_mu=None), state._replace(langevin_mu=None))
+  _assert_same_tree(new_state.langevin_mu, params)
 
 
 def test_rolled_chain_keeps_one_parameter_sized_temporary():
@@ -519,7 +519,7 @@ def test_scoping_drives_gamma_by_update_count():
   gammas = []
   for _ in range(3):
     params_updates, state = jit_update(tx, grad_fn(params, 0), state, params, grad_fn)
-    gammas.append(float(optax.tree.get(state, "langevin_stats").gamma))
+    gammas.append(float(optax.tree.get(state, "langevin_stats").langevin_gamma))
   np.testing.assert_allclose(gammas, [0.1, 0.2, 0.4], rtol=1e-6)
 
 
@@ -592,7 +592,8 @@ def test_entropy_adam_langevin_nesterov_switches_the_langevin_momentum_form():
   params, grad_fn = _problem()
   def first_update(**kwargs):
     tx = eo.entropy_adam(1e-3, num_langevin_steps=3, noise=0.0, **kwargs)
-    return jit_update(tx, grad_fn(params, 0), tx.init(params), params, grad_fn)[1][0].mu["w1"]
+    state = jit_update(tx, grad_fn(params, 0), tx.init(params), params, grad_fn)[1]
+    return state[0].langevin_mu["w1"]
   nesterov = first_update(langevin_momentum=0.9)
   heavy_ball = first_update(langevin_momentum=0.9, langevin_nesterov=False)
   assert np.abs(nesterov - heavy_ball).max() > 1e-6

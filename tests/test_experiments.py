@@ -90,7 +90,7 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   np.testing.assert_allclose(res["test_error_std"], np.std(res["test_error"], ddof=1))
   records = read_records(tmp_path / "run")
   assert [r["step"] for r in records if r["seed"] == 0] == [4, 8]  # an evaluation per 3 eff.
-  assert all("gamma" in r for r in records)
+  assert all("langevin_gamma" in r for r in records)
   assert (tmp_path / "run" / common.PLOT_FILE).stat().st_size > 0
   saved = common.read_json(tmp_path / "run" / "config.json")
   assert saved["metadata"]["experiment"]["optimizer"] == "entropy-sgd"
@@ -120,7 +120,7 @@ def test_learning_rate_milestones_and_scoping():
   state = tx.init(ones)
   for t in range(5):
     _, state = tx.update(ones, state, ones, grad_fn=lambda p, k: ones)
-    np.testing.assert_allclose(optax.tree.get(state, "langevin_stats").gamma,
+    np.testing.assert_allclose(optax.tree.get(state, "langevin_stats").langevin_gamma,
                                0.03 * 1.001**t, rtol=1e-6)
 
 

@@ -86,7 +86,7 @@ def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
   np.testing.assert_allclose(last["effective_epochs"], L * last["epoch"])
   for name in entropy_optax.LangevinStats._fields:
     assert np.isfinite(last[name])
-  np.testing.assert_allclose(last["gamma"], 0.03)
+  np.testing.assert_allclose(last["langevin_gamma"], 0.03)
   assert last["mean_distance"] > 0
   assert all(a["wall_time"] <= b["wall_time"] for a, b in zip(records, records[1:]))
   info = json.loads((workdir / "config.json").read_text())
@@ -172,7 +172,7 @@ def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
   k0, k1 = result.state.params["Dense_0"]["kernel"]
   assert not np.allclose(k0, k1)  # the seeds differ
   assert sorted({r["seed"] for r in result.records}) == [0, 1]
-  noise_keys = optax.tree.get(result.state.opt_state, "rng_key")
+  noise_keys = optax.tree.get(result.state.opt_state, "langevin_key")
   assert not np.array_equal(noise_keys[0], noise_keys[1])
 
 
@@ -181,7 +181,7 @@ def test_plain_optax_and_one_batch_per_step():
       config(langevin_steps=1, num_steps=20, eval_every=0, checkpoint_every=0),
       MODEL, optax.sgd(0.1, momentum=0.9), tiny_data())
   last = result.records[-1]
-  assert last["effective_epochs"] == last["epoch"] and "gamma" not in last
+  assert last["effective_epochs"] == last["epoch"] and "langevin_gamma" not in last
   assert last["val_error"] < 0.2
   with pytest.raises(ValueError, match="langevin_steps=1"):
     training.train(config(eval_every=0, checkpoint_every=0), MODEL, optax.sgd(0.1), tiny_data())
