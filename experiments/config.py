@@ -195,3 +195,26 @@ def validate(config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[st
         f"--{prefix}langevin-steps {config.langevin_steps} needs a local-entropy optimizer; "
         f"--{prefix}optimizer {config.optimizer} takes --{prefix}langevin-steps 1.")
   return config
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a run is carried out, without changing its results."""
+
+  workdir: str | None = None
+  """the run directory (default: runs/<dataset>-<model>-<optimizer>[-synthetic])"""
+  resume: bool = False
+  """continue the run in --workdir from its last good checkpoint, with its saved configuration
+  (a finished run is only reported)"""
+  overwrite: bool = False
+  """delete the run in --workdir and start afresh (a directory holding no run is never
+  deleted)"""
+  progress: bool = True
+  """show a progress bar"""
+  data_dir: str | None = None
+  """tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"""
+  download: bool = True
+  """let tfds download and prepare an absent data set"""
+
+  def replace(self, **changes: Any) -> RunOptions:
+    return dataclasses.replace(self, **changes)
