@@ -77,7 +77,7 @@ def compiled_functions(model, make_tx, task: steps.Task, mesh, batched: bool, ba
     return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
   def init(seed, example_x):
-    return steps.init_state(model, make_tx, task, example_x, seed)
+    return steps.init_state(model, make_tx, task, example_x, seed, batch_size)
 
   def indices(state, num_steps):
     idx = task.batch_indices(state.data_key, state.step * batches_per_step,

@@ -156,7 +156,12 @@ def analyse(run: launch.Run, ds, args: FlatnessJob, method: str, seed_index: int
     if method == "fisher":
       diagonal = flatness.fisher_diagonal(loss_fn, params, batches)
     else:
-      diagonal = flatness.fisher_diagonal_from_adam(state["opt_state"], b2=config.b2)
+      # Only Adam's own state: fisher_diagonal_from_adam looks up one ``count``, and a
+      # learning-rate schedule's state has another.
+      adam_states = [s for s in jax.tree.leaves(state["opt_state"],
+                                                is_leaf=lambda x: hasattr(x, "nu"))
+                     if hasattr(s, "nu")]
+      diagonal = flatness.fisher_diagonal_from_adam(adam_states[0], b2=config.b2)
     values = np.asarray(ravel_pytree(diagonal)[0])
     stats.update(flatness.spectrum_summary(values, thresholds=THRESHOLDS))
     plotted = values

@@ -6,8 +6,9 @@
 * ``batch_indices(data_key, first_batch, num_batches, num_examples, batch_size)``: the example
   indices of mini-batches ``first_batch ..`` (default: a fresh shuffle of every data pass). A
   language model with truncated BPTT passes one that walks the sequence in order.
-* ``init_carry(example_x)``: a state carried from step to step (e.g. an LSTM's hidden state for
-  stateful truncated BPTT), kept in ``LoopState.carry``, vmapped over seeds and checkpointed.
+* ``init_carry(batch_size)``: a state carried from step to step (e.g. an LSTM's hidden state
+  for stateful truncated BPTT), kept in ``LoopState.carry``, vmapped over seeds and
+  checkpointed.
   The model is then called as ``model.apply(variables, x, carry=carry, train=...)`` and returns
   ``(logits, new_carry)``; the carry of Langevin step 0 (at x) is kept, as its BatchNorm
   statistics are. Evaluation starts from ``init_carry`` and carries it through the test batches
@@ -63,7 +64,7 @@ class Task:
 
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
   batch_indices: Callable[..., jax.Array] = shuffled_batch_indices
-  init_carry: Callable[[jax.Array], Any] | None = None
+  init_carry: Callable[[int], Any] | None = None
   before_eval: Callable[..., Any] | None = None
 
 
@@ -87,8 +88,9 @@ def state_dict(state: LoopState) -> dict[str, Any]:
 
 
 def init_state(model, make_tx: Callable[[jax.Array], Any], task: Task, example_x: jax.Array,
-               seed: jax.Array) -> LoopState:
-  """The state of one seed: parameters, optimizer (with this seed's noise key), keys."""
+               seed: jax.Array, batch_size: int = 1) -> LoopState:
+  """The state of one seed: parameters, optimizer (with this seed's noise key), keys, and the
+  carry of ``batch_size`` sequences (with ``Task.init_carry``)."""
   init_key, dropout_key, data_key, noise_key = jax.random.split(jax.random.PRNGKey(seed), 4)
   variables = model.init({"params": init_key, "dropout": init_key}, example_x, train=False,
                          **_carry_kwargs(task, example_x))
@@ -98,13 +100,13 @@ def init_state(model, make_tx: Callable[[jax.Array], Any], task: Task, example_x
   state = LoopState.create(
       apply_fn=model.apply, params=variables["params"], batch_stats=variables.get("batch_stats"),
       tx=tx, key=dropout_key, data_key=data_key,
-      carry=task.init_carry(example_x) if task.init_carry else None)
+      carry=task.init_carry(batch_size) if task.init_carry else None)
   # A strongly typed int32 step: the scan carry keeps one type.
   return state.replace(step=jnp.zeros([], jnp.int32))
 
 
 def _carry_kwargs(task: Task, example_x) -> dict[str, Any]:
-  return {"carry": task.init_carry(example_x)} if task.init_carry else {}
+  return {"carry": task.init_carry(example_x.shape[0])} if task.init_carry else {}
 
 
 def _forward(state: LoopState, params, x, key, train: bool, carry=None):
@@ -168,7 +170,7 @@ def evaluate(state: LoopState, x: jax.Array, y: jax.Array, weights: jax.Array, b
   ``shard`` places each input batch (data parallelism).
   """
   num_batches = x.shape[0] // batch_size
-  carry0 = task.init_carry(x[:batch_size]) if task.init_carry else None
+  carry0 = task.init_carry(batch_size) if task.init_carry else None
 
   def body(carry, i):
     sums, model_carry = carry

@@ -20,7 +20,6 @@ import time
 import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
-import optax
 import pytest
 
 from experiments import build, cifar10, flatness, launch, mnist, mnist1d, models, records
@@ -380,9 +379,10 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
   assert code == 0, err
   assert "Adam's second moment along the trajectory" in out
   state = launch.load_final_state(workdir / "adam")
-  nu = optax.tree.get(state["opt_state"], "nu")
-  count = int(optax.tree.get(state["opt_state"], "count"))
-  expected = ravel_pytree(nu)[0] / (1 - 0.999 ** count)
+  adam_state = next(s for s in jax.tree.leaves(state["opt_state"],
+                                               is_leaf=lambda x: hasattr(x, "nu"))
+                    if hasattr(s, "nu"))
+  expected = ravel_pytree(adam_state.nu)[0] / (1 - 0.999 ** int(adam_state.count))
   np.testing.assert_allclose(np.load(workdir / "eigenvalues-adam-seed0.npy"), expected,
                              rtol=1e-6)
   code, _, err = run_main(flatness, [*FLAT, "--workdir", workdir, "--resume", "--method",
@@ -481,3 +481,40 @@ def test_entry_point_exit_codes_without_traceback(tmp_path):
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: ")
+
+
+def readme_commands():
+  """Every ``python -m experiments.*`` command of the README's Experiments section."""
+  text = (REPO / "README.md").read_text().split("## Experiments\n")[1].split("\n## ")[0]
+  blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+  return [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
+          if line.startswith("python -m experiments.")]
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_commands_follow_the_command_line(command, monkeypatch, capsys, tmp_path):
+  """Each command parses and validates (the training itself is stopped before it starts)."""
+
+  class Parsed(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Parsed
+
+  monkeypatch.setattr(launch, "run_experiment", stop)
+  monkeypatch.setattr(launch, "run_grid", stop)
+  argv = command.split()
+  script = SCRIPTS[argv[2].removeprefix("experiments.")]
+  if script is results:
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(results, argv[3:], capsys)
+    assert code == 1 and "no finished run" in err
+    return
+  with pytest.raises(Parsed):
+    script.main(argv[3:])
+
+
+def test_readme_has_the_commands():
+  commands = readme_commands()
+  assert len(commands) >= 10 and "python -m experiments.mnist1d" in commands

@@ -262,3 +262,42 @@ def test_sharded_over_eight_devices_matches_one_device():
   assert report["max_param_diff"] < 1e-4, report
   assert report["val_error_single"] == pytest.approx(report["val_error_mesh"], abs=1 / 128)
   assert report["param_sharding_replicated"] and report["all_reduces"] > 0
+
+
+class CarryNet(nn.Module):
+  """A recurrent toy: h = tanh(W x + h_prev), logits = V h; returns (logits, h)."""
+
+  @nn.compact
+  def __call__(self, x, carry, *, train: bool):
+    del train
+    h = jnp.tanh(nn.Dense(4)(x) + carry)
+    return nn.Dense(2)(h), h
+
+
+def test_task_extensions_carry_and_before_eval():
+  """A carried state (Task.init_carry) is threaded through the steps and kept in the state; a
+  pre-evaluation hook (Task.before_eval) changes what is evaluated, not what is trained."""
+  model, batch = CarryNet(), 32
+  task = steps.Task(init_carry=lambda n: jnp.zeros((n, 4)),
+                    before_eval=lambda state, x, y: state.replace(
+                        params=jax.tree.map(jnp.zeros_like, state.params)))
+  sgd = optax.sgd(0.1)
+  x, y, vx, vy = tiny_data()
+  cfg = training.TrainConfig(batch_size=batch, num_steps=2, steps_per_call=2, progress=False)
+  result = training.train(cfg, model, sgd, (x, y, vx, vy), task=task)
+  # With zero weights every logit is 0 and argmax is class 0.
+  np.testing.assert_allclose(result.records[-1]["val_error"], np.mean(vy != 0), atol=1e-6)
+  # The carry is the hidden state of step 2's mini-batch, from step 1's carry, computed here
+  # independently with the parameters of step 1.
+  init = jax.jit(lambda s: steps.init_state(model, lambda k: sgd, task, x[:1], s, batch))
+  state0 = init(jnp.uint32(0))
+  idx = np.asarray(steps.shuffled_batch_indices(state0.data_key, jnp.int32(0), 2, len(x), batch))
+  params0 = state0.params
+  h1 = jnp.tanh(x[idx[0]] @ params0["Dense_0"]["kernel"] + params0["Dense_0"]["bias"])
+  grads = jax.grad(lambda p: steps.cross_entropy(
+      model.apply({"params": p}, x[idx[0]], jnp.zeros((batch, 4)), train=True)[0],
+      y[idx[0]]))(params0)
+  params1 = jax.tree.map(lambda p, g: p - 0.1 * g, params0, grads)
+  h2 = jnp.tanh(x[idx[1]] @ params1["Dense_0"]["kernel"] + params1["Dense_0"]["bias"] + h1)
+  np.testing.assert_allclose(result.state.carry, h2, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(result.state.params["Dense_0"]["kernel"]).sum()) > 0  # trained as usual
