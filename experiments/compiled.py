@@ -30,18 +30,19 @@ BATCH_AXIS = "batch"
 RUNNERS = ("auto", "scan", "dispatch")
 
 
-def uses_convolutions(model, example_x) -> bool:
+def uses_convolutions(model, example_x, task: steps.Task = steps.Task()) -> bool:
   """Whether the model's forward pass has a convolution (traced, not run)."""
-  jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(example_x)
+  jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.PRNGKey(0), x, train=False,
+                                              **steps.carry_kwargs(task, x)))(example_x)
   return "conv_general_dilated" in str(jaxpr)
 
 
-def choose_runner(runner: str, model, example_x) -> str:
+def choose_runner(runner: str, model, example_x, task: steps.Task = steps.Task()) -> str:
   """``scan`` or ``dispatch`` for ``runner`` in ``RUNNERS`` (see the module docstring)."""
   if runner != "auto":
     return runner
   on_cpu = jax.default_backend() == "cpu"
-  return "dispatch" if on_cpu and uses_convolutions(model, example_x) else "scan"
+  return "dispatch" if on_cpu and uses_convolutions(model, example_x, task) else "scan"
 
 
 def _vmap_if(batched: bool, fn: Callable, in_axes) -> Callable:

@@ -93,7 +93,7 @@ def init_state(model, make_tx: Callable[[jax.Array], Any], task: Task, example_x
   carry of ``batch_size`` sequences (with ``Task.init_carry``)."""
   init_key, dropout_key, data_key, noise_key = jax.random.split(jax.random.PRNGKey(seed), 4)
   variables = model.init({"params": init_key, "dropout": init_key}, example_x, train=False,
-                         **_carry_kwargs(task, example_x))
+                         **carry_kwargs(task, example_x))
   # The optimizer is built for this seed through its public ``key`` argument: under vmap
   # every seed gets its own Langevin noise.
   tx = make_tx(noise_key)
@@ -105,7 +105,8 @@ def init_state(model, make_tx: Callable[[jax.Array], Any], task: Task, example_x
   return state.replace(step=jnp.zeros([], jnp.int32))
 
 
-def _carry_kwargs(task: Task, example_x) -> dict[str, Any]:
+def carry_kwargs(task: Task, example_x) -> dict[str, Any]:
+  """The model's ``carry`` argument for ``example_x`` (none without ``Task.init_carry``)."""
   return {"carry": task.init_carry(example_x.shape[0])} if task.init_carry else {}
 
 

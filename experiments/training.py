@@ -155,7 +155,7 @@ def train(config: TrainConfig, model, make_tx: optax.GradientTransformation | Ca
   train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
   per_epoch = max(1, num_examples // config.batch_size)
   batched = config.num_seeds > 1
-  runner = compiled.choose_runner(config.step_runner, model, train_data[0][:1])
+  runner = compiled.choose_runner(config.step_runner, model, train_data[0][:1], task)
   fns = compiled.compiled_functions(
       model, make_tx, task, mesh, batched, config.batch_size, config.langevin_steps,
       config.fresh_batches, num_examples, _eval_batch(config, num_val, mesh), runner)

@@ -384,7 +384,7 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
                     if hasattr(s, "nu"))
   expected = ravel_pytree(adam_state.nu)[0] / (1 - 0.999 ** int(adam_state.count))
   np.testing.assert_allclose(np.load(workdir / "eigenvalues-adam-seed0.npy"), expected,
-                             rtol=1e-6)
+                             rtol=1e-4)  # the bias correction in float32 vs float64
   code, _, err = run_main(flatness, [*FLAT, "--workdir", workdir, "--resume", "--method",
                                      "adam-fisher", *QUIET], capsys)
   assert code == 1 and "adam-fisher" in err and "entropy-sgd" in err
