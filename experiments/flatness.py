@@ -1,29 +1,26 @@
 """How flat are the minima? Hessian spectra after SGD/Adam and after Entropy-SGD (Sec. 5.1).
 
-    python -m experiments.flatness                       # MNIST-1D CNN, Adam vs Entropy-SGD
-    python -m experiments.flatness --model mlp1d         # 15k weights: exact, slower
-    python -m experiments.flatness --dataset mnist --model lenet_bn --method lanczos
-    python -m experiments.flatness --dataset cifar10 --method fisher
+    python -m experiments.flatness mnist1d                  # MNIST-1D CNN, Adam vs Entropy-SGD
+    python -m experiments.flatness mnist1d --models mlp1d   # 15k weights: exact, slower
+    python -m experiments.flatness mnist --method lanczos
+    python -m experiments.flatness cifar10 --method fisher
 
-Trains one run per optimizer with the recipes of the data set's script (MNIST-1D: the main
-job's, at --effective-epochs; MNIST and CIFAR-10: the presets of experiments.mnist and
-experiments.cifar10), then characterises the training loss at each final point, in evaluation
-mode (BatchNorm running statistics, no dropout), on the first --hessian-examples training
-examples:
+Trains one run per recipe (MNIST-1D: the main job's, at --effective-epochs; MNIST and
+CIFAR-10: the presets of experiments/configs), then characterises the training loss at each
+final point, in evaluation mode (BatchNorm running statistics, no dropout), on the first
+--hessian-examples training examples:
 
-* ``exact``: every eigenvalue of the dense Hessian (the paper's method for its ~50k-weight
-  nets; for up to --max-exact-params weights: the MNIST-1D CNN has 5k, the MLP 15k);
-* ``lanczos``: the extreme eigenvalues by Lanczos and the spectral density by stochastic
-  Lanczos quadrature (any size); the fractions of small eigenvalues are then SLQ estimates,
-  coarse next to exact counts;
-* ``fisher``: the diagonal of the empirical Fisher (the paper's proxy for All-CNN-BN).
+* exact: every eigenvalue of the dense Hessian (the paper's method for its ~50k-weight nets;
+  up to --max-exact-params weights: the MNIST-1D CNN has 5k, the MLP 15k);
+* lanczos: the extreme eigenvalues by Lanczos and the spectral density by stochastic Lanczos
+  quadrature (any size); the fractions of small eigenvalues are then SLQ estimates;
+* fisher: the diagonal of the per-example empirical Fisher at the final point;
+* adam-fisher: the paper's proxy for All-CNN-BN, Adam's bias-corrected second moment of the
+  minibatch gradients along the trajectory (adam and entropy-adam runs only).
 
 It prints the paper's statistics side by side (fraction of |lambda| below 1e-4, 1e-3, 1e-2,
-the fraction of negative eigenvalues, the extremes), and saves them (flatness.json,
-flatness.md), the eigenvalues (.npy) and spectrum.png (histograms like the paper's Figs. 1
-and 3: all eigenvalues on a log count scale, and the bulk around zero) under --workdir
-(default runs/flatness-<dataset>-<model>); each trained run has its own directory there.
-``--resume`` reuses finished runs.
+of negative eigenvalues, the extremes), and saves flatness.json, flatness.md, the values (.npy)
+and spectrum.png under --workdir (default runs/flatness-<dataset>-<model>).
 """
 
 from __future__ import annotations
@@ -31,94 +28,56 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import pathlib
+import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import tyro
 
-from experiments import cifar10, common, mnist, mnist1d
+from experiments import build, cli, grid, launch, reporting, rundir
+from experiments.config import ConfigError
+from experiments.configs import EXPERIMENTS
 
-METHODS = ("auto", "exact", "lanczos", "fisher")
-DEFAULT_MODELS = {"mnist1d": "cnn1d", "mnist": "lenet_bn", "cifar10": "allcnn_bn"}
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
-NAMES = mnist1d.NAMES
+PROG = "python -m experiments.flatness"
 
 
-def parser():
-  p = common.new_parser("python -m experiments.flatness", __doc__.splitlines()[0],
-                        __doc__.split("\n\n", 2)[1])
-  p.add_argument("--dataset", choices=common.DATASETS, default="mnist1d",
-                 help="data set (default: mnist1d, generated offline)")
-  p.add_argument("--model", default=None,
-                 help="model (default: cnn1d for mnist1d, lenet_bn for mnist, allcnn_bn for "
-                 "cifar10)")
-  p.add_argument("--optimizers", default=None,
-                 help="optimizers to compare, comma-separated (default: adam,entropy-sgd; "
-                 "sgd,entropy-sgd for cifar10)")
-  p.add_argument("--effective-epochs", type=float, default=None, metavar="X",
-                 help="budget of every run (default: 100 for mnist1d; the presets' otherwise)")
-  p.add_argument("--num-seeds", type=int, default=1, metavar="N",
-                 help="seeds per run; each seed's minimum gets its spectrum (default: 1)")
-  p.add_argument("--synthetic", action="store_true",
-                 help="random data of the data set's shape (smoke tests)")
-  p.add_argument("--num-train", type=int, default=0, metavar="N",
-                 help="training examples (0: all; mnist1d: 4000)")
-  p.add_argument("--num-test", type=int, default=0, metavar="N",
-                 help="test examples (0: all; mnist1d: 1000)")
-  p.add_argument("--set", action="append", default=[], metavar="[OPT.]FIELD=VALUE",
-                 help="override a RunConfig field for one optimizer or all (repeatable; "
-                 "fields as in python -m experiments.mnist1d --help)")
-  p.add_argument("--method", choices=METHODS, default="auto",
-                 help="exact eigenvalues, Lanczos + SLQ, or the diagonal Fisher (default: "
-                 "auto = exact up to --max-exact-params weights, else lanczos)")
-  p.add_argument("--max-exact-params", type=int, default=20_000, metavar="N",
-                 help="largest model for the exact spectrum (default: 20000; the dense "
-                 "Hessian takes n^2 floats)")
-  p.add_argument("--hessian-examples", type=int, default=1000, metavar="N",
-                 help="training examples the loss is averaged over (default: 1000)")
-  p.add_argument("--hessian-batch", type=int, default=500, metavar="N",
-                 help="examples per batch of a Hessian-vector product (default: 500)")
-  p.add_argument("--lanczos-iters", type=int, default=100, metavar="N",
-                 help="Lanczos steps for the extremes and per SLQ probe (default: 100)")
-  p.add_argument("--slq-samples", type=int, default=8, metavar="N",
-                 help="SLQ probes (default: 8)")
-  common.add_run_options(p, "runs/flatness-<dataset>-<model>")
-  return p
+@dataclasses.dataclass(frozen=True)
+class FlatnessJob(grid.GridJob):
+  """Trains one run per recipe and measures the flatness of each final point."""
+
+  method: Literal["auto", "exact", "lanczos", "fisher", "adam-fisher"] = "auto"
+  """exact eigenvalues, Lanczos + SLQ, the per-example empirical Fisher diagonal at the final
+  point, or the paper's proxy (Adam's second moment along the trajectory); auto: exact up to
+  --max-exact-params weights, else lanczos"""
+  max_exact_params: int = 20_000
+  """largest model for the exact spectrum (the dense Hessian takes n^2 floats)"""
+  hessian_examples: int = 1000
+  """training examples the loss is averaged over"""
+  hessian_batch: int = 500
+  """examples per batch of a Hessian-vector product"""
+  lanczos_iters: int = 100
+  """Lanczos steps for the extremes and per SLQ probe"""
+  slq_samples: int = 8
+  """SLQ probes"""
 
 
-def run_configs(args) -> dict[str, common.RunConfig]:
-  """The runs to compare: {optimizer: config}."""
-  dataset = args.dataset
-  model = args.model or DEFAULT_MODELS[dataset]
-  if model not in common.MODELS_OF[dataset]:
-    raise common.ConfigError(f"--model {model!r}: choose from "
-                             f"{', '.join(common.MODELS_OF[dataset])} for {dataset}.")
-  default = "sgd,entropy-sgd" if dataset == "cifar10" else "adam,entropy-sgd"
-  optimizers = mnist1d.parse_names(args.optimizers or default, common.OPTIMIZERS,
-                                  "--optimizers")
-  sets = mnist1d.parse_sets(args.set)
-  for name in ("num_seeds", "num_train", "num_test"):
-    if getattr(args, name) < (1 if name == "num_seeds" else 0):
-      raise common.ConfigError(f"--{name.replace('_', '-')} must be >= "
-                               f"{1 if name == 'num_seeds' else 0}.")
-  overrides = dict(num_seeds=args.num_seeds, synthetic=args.synthetic)
-  overrides.update({k: getattr(args, k) for k in ("num_train", "num_test") if getattr(args, k)})
-  if dataset == "mnist1d":
-    configs = mnist1d.run_configs([model], optimizers, args.effective_epochs or 100.0,
-                                  overrides, sets)
-    return {o: c for (_, o), c in configs.items()}
-  script = {"mnist": mnist, "cifar10": cifar10}[dataset]
-  configs = {}
-  for optimizer in optimizers:
-    if optimizer not in script.PRESETS:
-      raise common.ConfigError(f"--optimizers: {dataset} has recipes for "
-                               f"{', '.join(script.PRESETS)} only.")
-    values = {**script.PRESETS[optimizer], **overrides, **sets.get(None, {}),
-              **sets.get(optimizer, {}), "model": model}
-    if args.effective_epochs:
-      values["epochs"] = args.effective_epochs / values.get("langevin_steps", 1)
-    configs[optimizer] = common.validate(dataclasses.replace(script.BASE, **values))
-  return configs
+def _job(dataset: str, model: str, optimizers: tuple[str, ...], **budget: Any) -> FlatnessJob:
+  presets = EXPERIMENTS[dataset].PRESETS
+  return FlatnessJob(models=(model,), optimizers=optimizers, num_seeds=1,
+                     recipe={n: p.config for n, p in presets.items()}, **budget)
+
+
+JOBS = {
+    "mnist1d": ("MNIST-1D CNN (5k weights), Adam vs Entropy-SGD, the main job's recipes",
+                _job("mnist1d", "cnn1d", ("adam", "entropy-sgd"), effective_epochs=100.0,
+                     lr_decay_at_fractions=(0.5, 0.75), eval_every_effective_epochs=5.0)),
+    "mnist": ("LeNet-BN on MNIST, Adam vs Entropy-SGD, the paper's presets",
+              _job("mnist", "lenet_bn", ("adam", "entropy-sgd"))),
+    "cifar10": ("All-CNN-BN on CIFAR-10, SGD vs Entropy-SGD, the paper's presets",
+                _job("cifar10", "allcnn_bn", ("sgd", "entropy-sgd"))),
+}
 
 
 class EvalLoss:
@@ -133,12 +92,12 @@ class EvalLoss:
     self.model, self.batch_stats = model, batch_stats
 
   def __call__(self, params, batch):
-    from experiments import training  # pylint: disable=g-import-not-at-top
+    from experiments import steps  # pylint: disable=g-import-not-at-top
     variables = {"params": params}
     if self.batch_stats is not None:
       variables["batch_stats"] = self.batch_stats
     logits = self.model.apply(variables, batch[0], train=False)
-    return training.cross_entropy(logits, batch[1])
+    return steps.cross_entropy(logits, batch[1])
 
   def _key(self):
     return (self.model,) if self.batch_stats is None else (self.model, id(self))
@@ -157,10 +116,19 @@ def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
   return jax.tree.map(lambda a: a[seed_index], variables)
 
 
-def analyse(run: common.Run, ds, args, method: str, seed_index: int
+def _batches(ds, args: FlatnessJob):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  batch = min(args.hessian_batch, args.hessian_examples, len(ds.train_x))
+  num_batches = max(1, min(args.hessian_examples, len(ds.train_x)) // batch)
+  n = num_batches * batch
+  return (jnp.asarray(ds.train_x[:n]).reshape(num_batches, batch, *ds.input_shape),
+          jnp.asarray(ds.train_y[:n]).reshape(num_batches, batch)), n
+
+
+def analyse(run: launch.Run, ds, args: FlatnessJob, method: str, seed_index: int
             ) -> tuple[dict[str, Any], Any, np.ndarray]:
-  """The spectrum statistics of one seed of a finished run, what to plot, and the values
-  (eigenvalues, Fisher diagonal, or SLQ nodes)."""
+  """The statistics of one seed of a finished run, what to plot, and the values (eigenvalues,
+  Fisher diagonal, or SLQ nodes)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
@@ -168,22 +136,14 @@ def analyse(run: common.Run, ds, args, method: str, seed_index: int
 
   config = run.config
   if run.state is not None:
-    variables = {"params": run.state.params}
-    if run.state.batch_stats is not None:
-      variables["batch_stats"] = run.state.batch_stats
+    state = {"params": run.state.params, "batch_stats": run.state.batch_stats,
+             "opt_state": run.state.opt_state}
   else:
-    variables = common.load_final_variables(run.workdir)
-  variables = _seed_variables(jax.device_get(variables), seed_index, config.num_seeds)
-  params = variables.pop("params")
-  model = common.make_model(config)
-
-  batch = min(args.hessian_batch, args.hessian_examples, len(ds.train_x))
-  num_batches = max(1, min(args.hessian_examples, len(ds.train_x)) // batch)
-  n = num_batches * batch
-  batches = (jnp.asarray(ds.train_x[:n]).reshape(num_batches, batch, *ds.input_shape),
-             jnp.asarray(ds.train_y[:n]).reshape(num_batches, batch))
-
-  loss_fn = EvalLoss(model, variables.get("batch_stats"))
+    state = launch.load_final_state(run.workdir, args.run.data_dir)
+  state = _seed_variables(jax.device_get(state), seed_index, config.num_seeds)
+  params = state["params"]
+  batches, n = _batches(ds, args)
+  loss_fn = EvalLoss(build.make_model(config), state.get("batch_stats"))
   num_params = run.results["num_params"]
   start = time.perf_counter()
   stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}
@@ -192,8 +152,17 @@ def analyse(run: common.Run, ds, args, method: str, seed_index: int
         loss_fn, params, batches, max_params=args.max_exact_params))
     stats.update(flatness.spectrum_summary(values, thresholds=THRESHOLDS))
     plotted = values
-  elif method == "fisher":
-    values = np.asarray(ravel_pytree(flatness.fisher_diagonal(loss_fn, params, batches))[0])
+  elif method in ("fisher", "adam-fisher"):
+    if method == "fisher":
+      diagonal = flatness.fisher_diagonal(loss_fn, params, batches)
+    else:
+      # Only Adam's own state: fisher_diagonal_from_adam looks up one ``count``, and a
+      # learning-rate schedule's state has another.
+      adam_states = [s for s in jax.tree.leaves(state["opt_state"],
+                                                is_leaf=lambda x: hasattr(x, "nu"))
+                     if hasattr(s, "nu")]
+      diagonal = flatness.fisher_diagonal_from_adam(adam_states[0], b2=config.b2)
+    values = np.asarray(ravel_pytree(diagonal)[0])
     stats.update(flatness.spectrum_summary(values, thresholds=THRESHOLDS))
     plotted = values
   else:
@@ -208,8 +177,7 @@ def analyse(run: common.Run, ds, args, method: str, seed_index: int
     for t in THRESHOLDS:
       stats[f"frac_abs_below_{t:.0e}"] = float(
           np.mean(np.sum(weights * (np.abs(nodes) < t), axis=1)))
-    plotted = density
-    values = nodes
+    plotted, values = density, nodes
   stats["loss"] = float(jnp.mean(jax.lax.map(jax.jit(lambda b: loss_fn(params, b)), batches)))
   stats["seconds"] = time.perf_counter() - start
   stats["test_error"] = run.results["test_error"][seed_index]
@@ -255,47 +223,66 @@ def plot(spectra: dict[str, Any], path: pathlib.Path, title: str) -> None:
   plt.close(fig)
 
 
-@common.cli
-def main(argv: Sequence[str] | None = None) -> int:
-  """Trains the runs, measures their spectra, prints the comparison; returns the exit code."""
-  args = parser().parse_args(argv)
-  configs = run_configs(args)
-  first = next(iter(configs.values()))
-  synthetic = "-synthetic" if first.synthetic else ""
-  options = common.options_from_args(
-      args, f"runs/flatness-{first.dataset}-{first.model}{synthetic}")
-  runs = common.run_grid(configs, options)
-  ds = common.load_data(first, options)
-  num_params = next(iter(runs.values())).results["num_params"]
+WHAT = {"exact": "Hessian eigenvalues (exact)",
+        "lanczos": "Hessian spectrum (Lanczos extremes, SLQ fractions)",
+        "fisher": "diagonal of the per-example empirical Fisher at the final point",
+        "adam-fisher": "Adam's second moment along the trajectory (the paper's Fisher proxy)"}
+
+
+def _method(args: FlatnessJob, configs: dict, num_params: int) -> str:
   method = args.method
   if method == "auto":
     method = "exact" if num_params <= args.max_exact_params else "lanczos"
   if method == "exact" and num_params > args.max_exact_params:
-    raise common.ConfigError(
-        f"{first.model} has {num_params:,} weights, more than --max-exact-params "
+    raise ConfigError(
+        f"the model has {num_params:,} weights, more than --max-exact-params "
         f"{args.max_exact_params:,}: use --method lanczos (or fisher), or raise the limit if "
         f"{num_params ** 2 * 4 / 1e9:.1f} GB fit in memory.")
+  if method == "adam-fisher":
+    other = [c.optimizer for c in configs.values() if c.optimizer not in ("adam", "entropy-adam")]
+    if other:
+      raise ConfigError(f"--method adam-fisher reads Adam's second moment: --optimizers may "
+                        f"name adam and entropy-adam runs only, not {', '.join(other)}.")
+  return method
+
+
+@cli.main
+def main(argv: Sequence[str] | None = None) -> int:
+  """Trains the runs, measures their spectra, prints the comparison; returns the exit code."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = cli.parse(lambda: tyro.extras.overridable_config_cli(
+      JOBS, prog=PROG, description=__doc__, args=argv), PROG)
+  default = JOBS[next(a for a in argv if a in JOBS)][1]
+  configs = {name: c for (_, name), c in grid.expand(args, default).items()}
+  if len(args.models) != 1:
+    raise ConfigError("--models: the flatness experiment takes one model.")
+  first = next(iter(configs.values()))
+  synthetic = "-synthetic" if first.synthetic else ""
+  options = args.run.replace(workdir=args.run.workdir or
+                             f"runs/flatness-{first.dataset}-{first.model}{synthetic}")
+  runs = launch.run_grid(configs, options,
+                         prefixes={name: f"recipe.{name}." for name in configs})
+  ds = build.load_data(first, options.data_dir, options.download)
+  method = _method(args, configs, next(iter(runs.values())).results["num_params"])
   root = pathlib.Path(options.workdir)
   columns, spectra = {}, {}
   for optimizer, run in runs.items():
     for s in range(run.config.num_seeds):
-      label = NAMES.get(optimizer, optimizer) + (f" seed {run.config.seed + s}"
-                                                 if run.config.num_seeds > 1 else "")
+      label = reporting.name(optimizer) + (f" seed {run.config.seed + s}"
+                                           if run.config.num_seeds > 1 else "")
       stats, plotted, values = analyse(run, ds, args, method, s)
-      print(f"{label}: {method} spectrum of {stats['count']} weights in "
+      print(f"{label}: {method} spectrum of {stats['count']} values in "
             f"{stats['seconds']:.0f} s")
       columns[label], spectra[label] = stats, plotted
       np.save(root / f"eigenvalues-{optimizer}-seed{run.config.seed + s}.npy", values)
-  what = {"exact": "Hessian eigenvalues (exact)",
-          "lanczos": "Hessian spectrum (Lanczos extremes, SLQ fractions)",
-          "fisher": "diagonal of the empirical Fisher"}[method]
   header = (f"{first.dataset}{' (synthetic)' if first.synthetic else ''} {first.model}: "
-            f"{what} of the training loss on {columns[label]['examples']} training examples, "
-            f"at the end of {first.effective_epochs:g} effective epochs of each optimizer.")
+            f"{WHAT[method]} of the training loss on {columns[label]['examples']} training "
+            f"examples, at the end of {first.effective_epochs:g} effective epochs of each "
+            "optimizer.")
   text = f"{header}\n\n{table(columns)}\n"
   (root / "flatness.md").write_text(text)
-  common.write_json(root / "flatness.json", columns)
-  plot(spectra, root / "spectrum.png", f"{first.dataset} {first.model}: {what}")
+  rundir.write_json(root / "flatness.json", columns)
+  plot(spectra, root / "spectrum.png", f"{first.dataset} {first.model}: {WHAT[method]}")
   print(f"\n{text}\nsaved {root / 'flatness.md'}, {root / 'flatness.json'}, "
         f"{root / 'spectrum.png'}")
   return 0

@@ -12,24 +12,24 @@ import numpy as np
 from jax.sharding import Mesh
 
 from tests import test_training as t
-from experiments import training
+from experiments import compiled, steps, training
 
 
 def main():
   devices = jax.devices()
-  cfg = t.config(num_steps=20, eval_every=0, checkpoint_every=0)
+  cfg = t.config(num_steps=20, eval_every_steps=0, checkpoint_every_steps=0)
   single = training.train(cfg, t.MODEL, t.TX, t.tiny_data())
   mesh = Mesh(np.array(devices), (training.BATCH_AXIS,))
   sharded = training.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                       training._state_dict(single.state), training._state_dict(sharded.state))
+                       steps.state_dict(single.state), steps.state_dict(sharded.state))
   kernel = sharded.state.params["Dense_0"]["kernel"]
   # The compiled step is data parallel: XLA reduces gradients and BatchNorm moments across devices.
-  fns = training._compiled_functions(t.MODEL, t.TX, training.cross_entropy, mesh, False,
-                                     cfg.batch_size, cfg.langevin_steps, True, 384, 128)
+  fns = compiled.compiled_functions(t.MODEL, t.TX, steps.Task(), mesh, False, cfg.batch_size,
+                                    cfg.langevin_steps, True, 384, 128, "scan")
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   x, y, _, _ = (jax.device_put(a, replicated) for a in t.tiny_data())
-  hlo = fns.chunk(10).lower(sharded.state, (x, y)).compile().as_text()
+  hlo = fns.scan_call(10).lower(sharded.state, (x, y)).compile().as_text()
   print(json.dumps({
       "devices": len(devices),
       "max_param_diff": max(jax.tree.leaves(diffs)),

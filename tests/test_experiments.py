@@ -7,19 +7,24 @@ for the conv nets, narrow versions of the models, so that the file stays fast on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
-from experiments import cifar10, common, flatness, mnist, mnist1d, models, results, training
+from experiments import build, cifar10, flatness, launch, mnist, mnist1d, models, records
+from experiments import configs, results, rundir, steps
+from experiments.config import RunConfig, RunOptions
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = {"cifar10": cifar10, "mnist": mnist, "mnist1d": mnist1d, "flatness": flatness,
@@ -56,9 +61,8 @@ def run_main(script, argv, capsys):
   return code, out, err
 
 
-def read_records(workdir):
-  path = pathlib.Path(workdir) / training.METRICS_FILE
-  return [json.loads(line) for line in path.read_text().splitlines()]
+read_records = records.read
+read_json = rundir.read_json
 
 
 def tiny_mnist1d(workdir, *extra):
@@ -69,19 +73,19 @@ def tiny_mnist1d(workdir, *extra):
 def test_error_evaluation_of_the_test_split(tmp_path):
   """results.json's test error is the model's error on the test split: recomputed here from
   the last checkpoint, independently of the training loop."""
-  config = common.RunConfig(dataset="mnist1d", model="mlp1d", optimizer="entropy-sgd",
-                            epochs=2, langevin_steps=3, batch_size=50, learning_rate=0.3,
-                            num_train=200, num_test=100, num_seeds=2, eval_every=3)
-  options = common.RunOptions(workdir=str(tmp_path / "run"), progress=False)
-  run = common.run_experiment(config, options, log=lambda _: None)
-  res = common.read_json(tmp_path / "run" / common.RESULTS_FILE)
+  config = RunConfig(dataset="mnist1d", model="mlp1d", optimizer="entropy-sgd",
+                     outer_epochs=2, langevin_steps=3, batch_size=50, learning_rate=0.3,
+                     num_train=200, num_test=100, num_seeds=2, eval_every_effective_epochs=3)
+  options = RunOptions(workdir=str(tmp_path / "run"), progress=False)
+  run = launch.run_experiment(config, options, log=lambda _: None)
+  res = read_json(tmp_path / "run" / rundir.RESULTS_FILE)
   assert res == json.loads(json.dumps(run.results))
   # ceil(2 epochs x 200 / 50) = 8 updates of L = 3 gradient evaluations: 6 effective epochs.
-  assert res["outer_steps"] == 8 and res["effective_epochs"] == 6 and res["epochs"] == 2
+  assert res["outer_steps"] == 8 and res["effective_epochs"] == 6 and res["outer_epochs"] == 2
   assert res["seeds"] == [0, 1] and res["num_params"] == 40 * 100 + 100 * 100 + 100 * 10 + 210
-  variables = common.load_final_variables(tmp_path / "run")
-  ds = common.load_data(config, options)
-  model = common.make_model(config)
+  variables = launch.load_final_variables(tmp_path / "run")
+  ds = build.load_data(config)
+  model = build.make_model(config)
   for s in range(2):
     logits = model.apply(jax.tree.map(lambda a: a[s], variables), ds.test_x, train=False)
     expected = 100 * np.mean(np.argmax(logits, -1) != ds.test_y)
@@ -91,15 +95,10 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   records = read_records(tmp_path / "run")
   assert [r["step"] for r in records if r["seed"] == 0] == [4, 8]  # an evaluation per 3 eff.
   assert all("langevin_gamma" in r for r in records)
-  assert (tmp_path / "run" / common.PLOT_FILE).stat().st_size > 0
-  saved = common.read_json(tmp_path / "run" / "config.json")
+  assert (tmp_path / "run" / launch.PLOT_FILE).stat().st_size > 0
+  saved = read_json(tmp_path / "run" / "config.json")
   assert saved["metadata"]["experiment"]["optimizer"] == "entropy-sgd"
   assert "code_version" in saved
-
-
-def test_file_names_match_the_training_loop():
-  assert (common.CONFIG_FILE, common.METRICS_FILE, common.CHECKPOINT_DIR) == (
-      training.CONFIG_FILE, training.METRICS_FILE, training.CHECKPOINT_DIR)
 
 
 def test_learning_rate_milestones_and_scoping():
@@ -107,16 +106,16 @@ def test_learning_rate_milestones_and_scoping():
   import optax
 
   ones = {"w": np.ones(3, np.float32)}
-  sgd = common.RunConfig(optimizer="sgd", momentum=0.0, learning_rate=1.0, lr_decay=0.2,
-                         lr_decay_epochs=(4, 8), batch_size=128)
-  tx = common.make_optimizer(sgd, num_examples=1280)  # 10 updates per epoch
+  sgd = RunConfig(optimizer="sgd", momentum=0.0, learning_rate=1.0, lr_decay=0.2,
+                  lr_decay_outer_epochs=(4, 8), batch_size=128)
+  tx = build.optimizer_factory(sgd, num_examples=1300)(0)  # 1300 // 128 = 10 steps per epoch
   state = tx.init(ones)
   for t in range(85):
     updates, state = tx.update(ones, state, ones)
     expected = 1.0 if t < 40 else 0.2 if t < 80 else 0.04
     np.testing.assert_allclose(updates["w"], -expected, rtol=1e-6)
-  esgd = common.RunConfig(optimizer="entropy-sgd", langevin_steps=2, gamma0=0.03, gamma1=1e-3)
-  tx = common.make_optimizer(esgd, num_examples=1280)
+  esgd = RunConfig(optimizer="entropy-sgd", langevin_steps=2, gamma0=0.03, gamma1=1e-3)
+  tx = build.optimizer_factory(esgd, num_examples=1280)(0)
   state = tx.init(ones)
   for t in range(5):
     _, state = tx.update(ones, state, ones, grad_fn=lambda p, k: ones)
@@ -131,8 +130,10 @@ def test_learning_rate_milestones_and_scoping():
 
 # Adam: 5 epochs of 4 updates; Entropy-SGD (L = 5): 1 epoch of 4 updates. Evaluations and
 # checkpoints every 2.5 effective epochs.
-GRID = ["--models", "mlp1d", "--optimizers", "adam,entropy-sgd", "--effective-epochs", 5,
-        "--num-seeds", 2, "--eval-every", 2.5, "--set", "checkpoint_every=1"]
+GRID = ["--models", "mlp1d", "--optimizers", "adam", "entropy-sgd", "--effective-epochs", 5,
+        "--num-seeds", 2, "--eval-every-effective-epochs", 2.5,
+        "--recipe.adam.checkpoint-every-evals", 1,
+        "--recipe.entropy-sgd.checkpoint-every-evals", 1]
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +144,10 @@ def mnist1d_grid(tmp_path_factory):
   return workdir
 
 
-def test_mnist1d_main_job(mnist1d_grid, capsys):
+def test_mnist1d_main_job(mnist1d_grid):
   workdir = mnist1d_grid
   summary = (workdir / "summary.md").read_text()
-  table = common.read_json(workdir / common.RESULTS_FILE)
+  table = read_json(workdir / rundir.RESULTS_FILE)
   assert set(table) == {"mlp1d-adam", "mlp1d-entropy-sgd"}
   esgd = table["mlp1d-entropy-sgd"]
   # Equal budgets: Entropy-SGD with L = 5 makes a fifth of the updates.
@@ -154,30 +155,33 @@ def test_mnist1d_main_job(mnist1d_grid, capsys):
   assert table["mlp1d-adam"]["outer_steps"] == 20 and esgd["outer_steps"] == 4
   accuracy = f"{100 - esgd['test_error_mean']:.1f} ± {esgd['test_error_std']:.1f}"
   assert f"| MLP | Entropy-SGD | {accuracy} |" in summary
+  assert "| 68.0 |" in summary  # the benchmark's published accuracy beside Adam
   assert len(esgd["seeds"]) == 2
   assert (workdir / "test_error.png").stat().st_size > 0
   for run in table:
-    assert (workdir / run / common.RESULTS_FILE).exists()
+    assert (workdir / run / rundir.RESULTS_FILE).exists()
     assert (workdir / run / "checkpoints").is_dir()
+  saved = read_json(workdir / "mlp1d-entropy-sgd" / "config.json")["metadata"]["experiment"]
+  assert saved["lr_decay_outer_epochs"] == [0.5, 0.75] and saved["langevin_steps"] == 5
 
 
 def test_results_table_from_finished_runs(mnist1d_grid, capsys, tmp_path):
   output = tmp_path / "table.md"
   code, out, _ = run_main(results, [mnist1d_grid.parent, "--output", output], capsys)
   assert code == 0 and output.read_text() == out
-  adam = common.read_json(mnist1d_grid / "mlp1d-adam" / common.RESULTS_FILE)
-  esgd = common.read_json(mnist1d_grid / "mlp1d-entropy-sgd" / common.RESULTS_FILE)
+  adam = read_json(mnist1d_grid / "mlp1d-adam" / rundir.RESULTS_FILE)
+  esgd = read_json(mnist1d_grid / "mlp1d-entropy-sgd" / rundir.RESULTS_FILE)
   row = (f"| MLP | MNIST-1D | Entropy-SGD | {esgd['test_error_mean']:.2f} ± "
          f"{esgd['test_error_std']:.2f} (2) | 5 |  | Adam | {adam['test_error_mean']:.2f} ± "
          f"{adam['test_error_std']:.2f} (2) | 5 | 32 (benchmark: 68% acc.) |")
   assert row in out.splitlines()
-  # Table 1's rows: the paper's figure beside each run.
+  # Table 1's rows: the paper's figure beside each run (taken from the presets' data).
   fake = tmp_path / "fake"
   for optimizer in ("sgd", "entropy-sgd"):
     (fake / optimizer).mkdir(parents=True)
-    common.write_json(fake / optimizer / common.RESULTS_FILE, dict(
+    rundir.write_json(fake / optimizer / rundir.RESULTS_FILE, dict(
         adam, dataset="cifar10", model="allcnn_bn", optimizer=optimizer,
-        paper=common.PAPER["cifar10", "allcnn_bn", optimizer]))
+        paper=configs.paper_result("cifar10", "allcnn_bn", optimizer)))
   code, out, _ = run_main(results, [fake], capsys)
   assert "| All-CNN-BN | CIFAR-10 | Entropy-SGD |" in out
   assert "| 7.81 ± 0.09 (160) | SGD |" in out and "| 7.71 ± 0.19 (180) |" in out
@@ -195,6 +199,12 @@ def test_never_overwrite_and_overwrite(mnist1d_grid, capsys, tmp_path):
   (other / "thesis.tex").write_text("precious")
   code, _, err = run_main(mnist1d, tiny_mnist1d(other, "--overwrite"), capsys)
   assert code == 1 and "holds no run" in err and (other / "thesis.tex").exists()
+  # --resume where there is nothing to resume.
+  for missing in (tmp_path / "missing", tmp_path / "empty"):
+    if missing.name == "empty":
+      missing.mkdir()
+    code, _, err = run_main(mnist1d, tiny_mnist1d(missing, "--resume"), capsys)
+    assert code == 1 and "nothing to resume" in err and len(err.strip().splitlines()) == 1
   # --overwrite replaces a run.
   copy = tmp_path / "copy"
   shutil.copytree(mnist1d_grid, copy)
@@ -204,29 +214,70 @@ def test_never_overwrite_and_overwrite(mnist1d_grid, capsys, tmp_path):
   assert code == 0 and sorted(p.name for p in copy.iterdir() if p.is_dir()) == ["mlp1d-sgd"]
 
 
-def test_resume_continues_a_killed_run(mnist1d_grid, capsys, tmp_path):
-  """A run killed after its first checkpoint continues from it to the same result."""
-  killed = tmp_path / "killed"
+def _drop_time(rs):
+  return [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
+
+
+def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
+  """A real kill (SIGKILL of the process) once the Adam run has checkpointed, then --resume:
+  the records and results are those of the uninterrupted job, bit for bit on CPU."""
+  workdir = tmp_path / "killed"
+  argv = [sys.executable, "-m", "experiments.mnist1d",
+          *map(str, tiny_mnist1d(workdir, *GRID))]
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  checksum = workdir / "mlp1d-adam" / "checkpoints.sha256" / "10.json"
+  deadline = time.monotonic() + 300
+  while not checksum.exists() and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.kill()
+  proc.wait()
+  assert checksum.exists() and not (workdir / "mlp1d-adam" / rundir.RESULTS_FILE).exists()
+  out = subprocess.run(argv + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  for run in ("mlp1d-adam", "mlp1d-entropy-sgd"):
+    assert _drop_time(read_records(workdir / run)) == _drop_time(
+        read_records(mnist1d_grid / run))
+    assert (read_json(workdir / run / rundir.RESULTS_FILE)["test_error"]
+            == read_json(mnist1d_grid / run / rundir.RESULTS_FILE)["test_error"])
+
+
+def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
+  """Garbled data in the newest checkpoint: --resume falls back to the previous one and ends
+  where the uninterrupted run did; every checkpoint bad: one line saying what to do."""
+  from tests.test_training import garble
+
+  killed = tmp_path / "garbled"
   shutil.copytree(mnist1d_grid, killed)
   run = killed / "mlp1d-adam"
-  reference = read_records(run)
-  final = common.read_json(run / common.RESULTS_FILE)
-  # What a kill between the checkpoints of steps 10 and 20 leaves: no results, no step 20.
-  (run / common.RESULTS_FILE).unlink()
-  shutil.rmtree(run / "checkpoints" / "20")
-  lines = (run / training.METRICS_FILE).read_text().splitlines()
-  (run / training.METRICS_FILE).write_text("\n".join(lines[:2]) + "\n")
-  argv = tiny_mnist1d(killed, *GRID)
-  code, out, _ = run_main(mnist1d, [*argv, "--resume"], capsys)
-  assert code == 0
-  assert "mlp1d-entropy-sgd: finished already" in out  # not retrained
-  resumed = read_records(run)
-  drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
-  assert drop_time(resumed) == drop_time(reference)  # bit-identical continuation on CPU
-  assert common.read_json(run / common.RESULTS_FILE)["test_error"] == final["test_error"]
-  # Resuming with another configuration is refused.
-  code, _, err = run_main(mnist1d, [*argv, "--eval-every", 1, "--resume"], capsys)
-  assert code == 1 and "another configuration" in err and "--eval-every 1" in err
+  (run / rundir.RESULTS_FILE).unlink()
+  garble(run / "checkpoints" / "20")
+  code, out, err = run_main(mnist1d, [*tiny_mnist1d(killed, *GRID), "--resume"], capsys)
+  assert code == 0, err
+  assert "checkpoints/20 is unusable: its files do not match their checksums" in out
+  reference = mnist1d_grid / "mlp1d-adam"
+  assert _drop_time(read_records(run)) == _drop_time(read_records(reference))
+  assert (read_json(run / rundir.RESULTS_FILE)["test_error"]
+          == read_json(reference / rundir.RESULTS_FILE)["test_error"])
+  # An emptied manifest in every checkpoint: one line, no traceback, nothing deleted.
+  (run / rundir.RESULTS_FILE).unlink()
+  for manifest in (run / "checkpoints").rglob("manifest.ocdbt"):
+    manifest.write_bytes(b"")
+  code, _, err = run_main(mnist1d, [*tiny_mnist1d(killed, *GRID), "--resume"], capsys)
+  assert code == 1 and len(err.strip().splitlines()) == 1, err
+  assert "unusable" in err and "--overwrite" in err and "resume=" not in err
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["10", "20"]
+
+
+def test_resume_with_another_configuration_is_refused(mnist1d_grid, capsys, tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(mnist1d_grid, copy)
+  code, _, err = run_main(mnist1d, [*tiny_mnist1d(copy, *GRID), "--eval-every-effective-epochs",
+                                    1, "--resume"], capsys)
+  assert code == 1 and "another configuration" in err
+  assert "--recipe.adam.eval-every-effective-epochs 1" in err
 
 
 # ---------------------------------------------------------------------------
@@ -239,27 +290,29 @@ def test_cifar10_through_tfds_preparation(cifar_dir, narrow_models, capsys, tmp_
   data_dir, _ = cifar_dir
   workdir = tmp_path / "cifar"
   code, out, err = run_main(cifar10, [
-      "--preset", "entropy-sgd", "--data-dir", data_dir, "--no-download", "--epochs", 1,
+      "entropy-sgd", "--data-dir", data_dir, "--no-download", "--outer-epochs", 1,
       "--batch-size", 5, "--langevin-steps", 2, "--workdir", workdir, *QUIET], capsys)
   assert code == 0, err
-  res = common.read_json(workdir / common.RESULTS_FILE)
+  res = read_json(workdir / rundir.RESULTS_FILE)
   assert res["dataset"] == "cifar10" and res["num_train"] == 15 and res["num_test"] == 4
   assert res["optimizer"] == "entropy-sgd" and res["outer_steps"] == 3
   assert res["effective_epochs"] == 2 and res["paper"] == "7.81 ± 0.09 (160)"
   assert "paper: 7.81 ± 0.09 (160)" in out
-  saved = common.read_json(workdir / "config.json")["metadata"]["experiment"]
+  saved = read_json(workdir / "config.json")
+  experiment = saved["metadata"]["experiment"]
   # The preset's recipe, with the options given on the command line.
-  assert saved["gamma0"] == 0.03 and saved["lr_decay_epochs"] == [4.0, 8.0]
-  assert saved["weight_decay"] == 1e-3 and saved["langevin_steps"] == 2
+  assert experiment["gamma0"] == 0.03 and experiment["lr_decay_outer_epochs"] == [4.0, 8.0]
+  assert experiment["weight_decay"] == 1e-3 and experiment["langevin_steps"] == 2
+  assert saved["step_runner_used"] == "dispatch"  # a conv net on CPU
 
 
 def test_cifar10_synthetic(narrow_models, capsys, tmp_path):
   workdir = tmp_path / "synthetic"
   code, out, err = run_main(cifar10, [
-      "--preset", "sgd", "--synthetic", "--num-train", 16, "--num-test", 8, "--epochs", 1,
+      "sgd", "--synthetic", "--num-train", 16, "--num-test", 8, "--outer-epochs", 1,
       "--batch-size", 8, "--workdir", workdir, *QUIET], capsys)
   assert code == 0, err
-  res = common.read_json(workdir / common.RESULTS_FILE)
+  res = read_json(workdir / rundir.RESULTS_FILE)
   assert res["dataset"] == "synthetic:cifar10" and res["outer_steps"] == 2
   assert res["time_per_effective_epoch_s"] > 0 and "s per effective epoch" in out
 
@@ -270,16 +323,16 @@ def test_mnist_through_mock_data(model, preset, narrow_models, capsys, tmp_path)
 
   tfds = data._import_tfds()
   workdir = tmp_path / "mnist"
-  argv = ["--preset", preset, "--model", model, "--epochs", 1, "--batch-size", 8,
+  argv = [preset, "--model", model, "--outer-epochs", 1, "--batch-size", 8,
           "--workdir", workdir, *QUIET]
   if preset == "entropy-sgd":
     argv += ["--langevin-steps", 2]
   with tfds.testing.mock_data(num_examples=16):
     code, out, err = run_main(mnist, argv, capsys)
   assert code == 0, err
-  res = common.read_json(workdir / common.RESULTS_FILE)
+  res = read_json(workdir / rundir.RESULTS_FILE)
   assert res["dataset"] == "mnist" and res["model"] == model and res["outer_steps"] == 2
-  assert res["paper"] == common.PAPER["mnist", model, preset]
+  assert res["paper"] == configs.mnist.PRESETS[preset].paper[model]
 
 
 # ---------------------------------------------------------------------------
@@ -287,51 +340,54 @@ def test_mnist_through_mock_data(model, preset, narrow_models, capsys, tmp_path)
 # ---------------------------------------------------------------------------
 
 
+FLAT = ["mnist1d", "--num-train", 100, "--num-test", 50, "--effective-epochs", 5,
+        "--hessian-examples", 60, "--hessian-batch", 30, "--batch-size", 25,
+        "--eval-every-effective-epochs", 5]
+
+
 def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
   workdir = tmp_path / "flat"
-  code, out, err = run_main(flatness, [
-      "--num-train", 100, "--num-test", 50, "--effective-epochs", 5, "--hessian-examples", 60,
-      "--hessian-batch", 30, "--set", "batch_size=25", "--set", "eval_every=5", "--workdir",
-      workdir, *QUIET], capsys)
+  code, out, err = run_main(flatness, [*FLAT, "--workdir", workdir, *QUIET], capsys)
   assert code == 0, err
-  stats = common.read_json(workdir / "flatness.json")
+  stats = read_json(workdir / "flatness.json")
   assert list(stats) == ["Adam", "Entropy-SGD"]
   # The exact spectrum, checked against jax.hessian of the same loss at the saved minimum.
-  ds = common.load_data(common.RunConfig(dataset="mnist1d", num_train=100, num_test=50,
-                                         batch_size=25), common.RunOptions(workdir=""))
+  ds = build.load_data(RunConfig(dataset="mnist1d", num_train=100, num_test=50, batch_size=25))
   for optimizer, label in [("adam", "Adam"), ("entropy-sgd", "Entropy-SGD")]:
     eigenvalues = np.load(workdir / f"eigenvalues-{optimizer}-seed0.npy")
-    variables = common.load_final_variables(workdir / optimizer)
+    variables = launch.load_final_variables(workdir / optimizer)
     model = NarrowCNN1D()
     flat, unravel = ravel_pytree(variables["params"])
 
     def loss(v):
       logits = model.apply({"params": unravel(v)}, ds.train_x[:60], train=False)
-      return training.cross_entropy(logits, ds.train_y[:60])
+      return steps.cross_entropy(logits, ds.train_y[:60])
 
     expected = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
     assert eigenvalues.shape == expected.shape == (stats[label]["count"],)
     np.testing.assert_allclose(eigenvalues, expected, atol=2e-4 * abs(expected).max())
     np.testing.assert_allclose(stats[label]["frac_abs_below_1e-02"],
                                np.mean(np.abs(expected) < 1e-2), atol=0.02)
-    test_error = common.read_json(workdir / optimizer / common.RESULTS_FILE)["test_error"][0]
+    test_error = read_json(workdir / optimizer / rundir.RESULTS_FILE)["test_error"][0]
     assert stats[label]["test_error"] == test_error
   assert "| fraction \\|λ\\| < 1e-04 |" in out and "| largest λ |" in out
   assert (workdir / "spectrum.png").stat().st_size > 0
-  # Lanczos + SLQ on the same (finished, reused) runs.
-  code, out, err = run_main(flatness, [
-      "--num-train", 100, "--num-test", 50, "--effective-epochs", 5, "--hessian-examples", 60,
-      "--hessian-batch", 30, "--set", "batch_size=25", "--set", "eval_every=5", "--workdir",
-      workdir, "--resume",
-      "--method", "lanczos", "--lanczos-iters", 12, "--slq-samples", 2, *QUIET], capsys)
+  # The paper's Fisher proxy on the same (finished, reused) Adam run: Adam's bias-corrected
+  # second moment, read from the run's last checkpoint.
+  code, out, err = run_main(flatness, [*FLAT, "--optimizers", "adam", "--workdir", workdir,
+                                       "--resume", "--method", "adam-fisher", *QUIET], capsys)
   assert code == 0, err
-  lanczos = common.read_json(workdir / "flatness.json")
-  for label in ("Adam", "Entropy-SGD"):
-    assert lanczos[label]["method"] == "lanczos"
-    # Ritz values lie inside the spectrum, and the largest converges first.
-    assert lanczos[label]["max_eigenvalue"] <= stats[label]["max_eigenvalue"] * (1 + 1e-3)
-    np.testing.assert_allclose(lanczos[label]["max_eigenvalue"], stats[label]["max_eigenvalue"],
-                               rtol=0.05)
+  assert "Adam's second moment along the trajectory" in out
+  state = launch.load_final_state(workdir / "adam")
+  adam_state = next(s for s in jax.tree.leaves(state["opt_state"],
+                                               is_leaf=lambda x: hasattr(x, "nu"))
+                    if hasattr(s, "nu"))
+  expected = ravel_pytree(adam_state.nu)[0] / (1 - 0.999 ** int(adam_state.count))
+  np.testing.assert_allclose(np.load(workdir / "eigenvalues-adam-seed0.npy"), expected,
+                             rtol=1e-4)  # the bias correction in float32 vs float64
+  code, _, err = run_main(flatness, [*FLAT, "--workdir", workdir, "--resume", "--method",
+                                     "adam-fisher", *QUIET], capsys)
+  assert code == 1 and "adam-fisher" in err and "entropy-sgd" in err
 
 
 # ---------------------------------------------------------------------------
@@ -339,52 +395,61 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def help_text(script, argv, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    script.main([*argv, "--help"])
+  assert exit_.value.code == 0
+  return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["cifar10", "mnist"])
-def test_help_documents_every_option(name):
-  text = SCRIPTS[name].parser().format_help()
-  for field in common.dataclasses.fields(common.RunConfig):
-    if field.name != "dataset":
-      assert f"--{field.name.replace('_', '-')} " in text, field.name
-  for option in ("--preset", "--workdir", "--resume", "--overwrite", "--data-dir",
-                 "--no-download", "--synthetic", "--progress"):
+def test_help_documents_every_option_and_preset(name, capsys):
+  module = getattr(configs, name)
+  top = help_text(SCRIPTS[name], [], capsys)
+  for preset_name, preset in module.PRESETS.items():
+    assert preset_name in top and preset.description.split(",")[0] in top
+  text = " ".join(help_text(SCRIPTS[name], [next(iter(module.PRESETS))], capsys).split())
+  for field in dataclasses.fields(RunConfig):
+    assert re.search(f"--{field.name.replace('_', '-')}[ ,]", text), field.name
+  for option in ("--workdir", "--resume", "--overwrite", "--data-dir", "--no-download",
+                 "--synthetic", "--progress"):
     assert option in text
-  for preset in SCRIPTS[name].PRESETS:
-    assert preset in text
 
 
-def test_help_of_the_other_scripts():
-  grid = mnist1d.parser().format_help()
-  for option in ("--models", "--optimizers", "--effective-epochs", "--num-seeds", "--set",
-                 "--workdir", "--resume", "--overwrite"):
-    assert option in grid
-  for field in common.dataclasses.fields(common.RunConfig):
-    assert field.name in grid  # the fields --set takes
-  flat = flatness.parser().format_help()
-  for option in ("--dataset", "--method", "--hessian-examples", "--lanczos-iters",
-                 "--max-exact-params", "--resume"):
+def test_help_of_the_other_scripts(capsys):
+  grid_help = " ".join(help_text(mnist1d, [], capsys).split())
+  for option in ("--models", "--optimizers", "--effective-epochs", "--num-seeds",
+                 "--workdir", "--resume", "--overwrite", "--recipe.entropy-sgd.gamma0"):
+    assert option in grid_help
+  assert "%%" not in grid_help
+  flat = " ".join(help_text(flatness, ["mnist1d"], capsys).split())
+  for option in ("--method", "--hessian-examples", "--lanczos-iters", "--max-exact-params",
+                 "--resume", "adam-fisher", "per-example empirical Fisher"):
     assert option in flat
-  assert "--output" in results.parser().format_help()
+  assert "--output" in help_text(results, [], capsys)
 
 
 @pytest.mark.parametrize("script, argv, code, message", [
-    ("cifar10", ["--preset", "adamw"], 2, "invalid choice: 'adamw'"),
-    ("cifar10", ["--learning-rate", "fast"], 2, "invalid float value: 'fast'"),
-    ("cifar10", ["--learning-rate", "-1"], 1, "--learning-rate must be > 0"),
-    ("mnist", ["--model", "allcnn_bn"], 2, "invalid choice: 'allcnn_bn'"),
-    ("mnist", ["--preset", "adam", "--langevin-steps", "5"], 1, "needs an entropy-* optimizer"),
-    ("mnist", ["--lr-decay-epochs", "3,2"], 1, "increasing positive epochs"),
-    ("mnist1d", ["--set", "entropy-sgd.gama0=1"], 1, "FIELD a RunConfig field"),
+    ("cifar10", ["adamw"], 2, "adamw"),
+    ("cifar10", ["sgd", "--learning-rate", "fast"], 2, "could not convert string to float"),
+    ("cifar10", ["sgd", "--learning-rate", "-1"], 1, "--learning-rate must be > 0"),
+    ("mnist", ["adam", "--model", "allcnn_bn"], 1, "--model must be one of mnistfc, lenet_bn"),
+    ("mnist", ["adam", "--langevin-steps", "5"], 1, "needs a local-entropy optimizer"),
+    ("mnist", ["adam", "--lr-decay-outer-epochs", "3", "2"], 1, "increasing positive"),
+    ("mnist1d", ["--recipe.entropy-sgd.gama0", "1"], 2, "Unrecognized options"),
+    ("mnist1d", ["--batch-size", "50", "--recipe.adam.batch-size", "7"], 1,
+     "the job sets batch_size"),
     ("mnist1d", ["--models", "resnet"], 1, "choose from mlp1d, cnn1d"),
     ("mnist1d", ["--effective-epochs", "0"], 1, "--effective-epochs must be > 0"),
-    ("flatness", ["--dataset", "mnist", "--model", "cnn1d"], 1, "choose from mnistfc"),
-    ("results", [], 2, "the following arguments are required"),
+    ("flatness", ["mnist", "--models", "cnn1d"], 1, "choose from mnistfc, lenet_bn"),
+    ("results", [], 2, "RUNS_DIR"),
 ])
 def test_bad_command_lines_give_one_line(script, argv, code, message, capsys, tmp_path):
   workdir = ["--workdir", tmp_path / "w"] if script != "results" else []
   got, _, err = run_main(SCRIPTS[script], argv + workdir, capsys)
   assert got == code and message in err, err
   assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-  if code == 2:  # a command line argparse rejects
+  if code == 2:  # a command line that does not parse
     assert "--help" in err
   assert not (tmp_path / "w").exists()  # nothing was created
 
@@ -400,7 +465,7 @@ def test_unwritable_workdir(capsys, tmp_path):
 
 
 def test_absent_dataset(capsys, tmp_path):
-  code, _, err = run_main(cifar10, ["--data-dir", tmp_path / "empty", "--no-download",
+  code, _, err = run_main(cifar10, ["sgd", "--data-dir", tmp_path / "empty", "--no-download",
                                     "--workdir", tmp_path / "run", *QUIET], capsys)
   assert code == 1 and len(err.strip().splitlines()) == 1
   assert "CIFAR-10 is not prepared" in err and "--synthetic" in err and "--data-dir" in err
@@ -409,10 +474,47 @@ def test_absent_dataset(capsys, tmp_path):
 def test_entry_point_exit_codes_without_traceback(tmp_path):
   """The real ``python -m`` entry points: non-zero exits, one line, no traceback."""
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  for argv, code in [(["experiments.cifar10", "--preset", "nope"], 2),
-                     (["experiments.mnist1d", "--set", "lr=1"], 1)]:
+  for argv, code in [(["experiments.cifar10", "nope"], 2),
+                     (["experiments.mnist1d", "--recipe.sgd.learning-rate", "0"], 1)]:
     proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: ")
+
+
+def readme_commands():
+  """Every ``python -m experiments.*`` command of the README's Experiments section."""
+  text = (REPO / "README.md").read_text().split("## Experiments\n")[1].split("\n## ")[0]
+  blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+  return [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
+          if line.startswith("python -m experiments.")]
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_commands_follow_the_command_line(command, monkeypatch, capsys, tmp_path):
+  """Each command parses and validates (the training itself is stopped before it starts)."""
+
+  class Parsed(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Parsed
+
+  monkeypatch.setattr(launch, "run_experiment", stop)
+  monkeypatch.setattr(launch, "run_grid", stop)
+  argv = command.split()
+  script = SCRIPTS[argv[2].removeprefix("experiments.")]
+  if script is results:
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(results, argv[3:], capsys)
+    assert code == 1 and "no finished run" in err
+    return
+  with pytest.raises(Parsed):
+    script.main(argv[3:])
+
+
+def test_readme_has_the_commands():
+  commands = readme_commands()
+  assert len(commands) >= 10 and "python -m experiments.mnist1d" in commands

@@ -1,7 +1,9 @@
-"""Tests of experiments/training.py: the jitted loop, metrics, checkpoints and resume, sharding."""
+"""Tests of the training loop (experiments/training.py, steps.py, compiled.py, checkpoints.py):
+metrics, checkpoints verified by checksums, resume after a kill, seeds, runners, sharding."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -17,7 +19,7 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments import training
+from experiments import checkpoints, records, steps, training
 
 L = 3
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -39,20 +41,24 @@ def tiny_data(n_train=384, n_val=128, seed=0):
   return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
-# One model and one optimizer object for all runs: train() reuses its compiled functions for
+# One model and one optimizer factory for all runs: train() reuses its compiled functions for
 # runs with the same (model, tx, shapes), as a resumed run in the same process would.
 MODEL = TinyNet()
-TX = entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03, langevin_lr=0.1)
+def TX(key):
+  """The optimizer of a seed: each seed gets its noise key through the public ``key``."""
+  return entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03, langevin_lr=0.1,
+                                   key=key)
 
 
 def config(**overrides):
   defaults = dict(batch_size=32, num_steps=40, langevin_steps=L, steps_per_call=10,
-                  eval_every=20, checkpoint_every=10, keep_checkpoints=2, progress=False)
+                  eval_every_steps=20, checkpoint_every_steps=10, keep_checkpoints=2,
+                  progress=False)
   return training.TrainConfig(**{**defaults, **overrides})
 
 
 def assert_states_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, training._state_dict(a), training._state_dict(b))
+  jax.tree.map(np.testing.assert_array_equal, steps.state_dict(a), steps.state_dict(b))
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +71,13 @@ def uninterrupted(tmp_path_factory):
 def test_batch_indices_shuffle_every_pass_on_device():
   n, b = 10, 3  # 3 mini-batches per pass; the 10th example is dropped in each pass
   key = jax.random.PRNGKey(0)
-  idx = np.asarray(training.batch_indices(key, jnp.int32(0), 9, n, b))
+  idx = np.asarray(steps.shuffled_batch_indices(key, jnp.int32(0), 9, n, b))
   passes = idx.reshape(3, 9)
   for p in passes:
     assert len(set(p)) == 9 and set(p) <= set(range(n))
   assert not np.array_equal(passes[0], passes[1])
   # Any window of mini-batches is the same slice of the sequence: the order depends on the step only.
-  np.testing.assert_array_equal(training.batch_indices(key, jnp.int32(4), 4, n, b), idx[4:8])
+  np.testing.assert_array_equal(steps.shuffled_batch_indices(key, jnp.int32(4), 4, n, b), idx[4:8])
 
 
 def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
@@ -98,6 +104,18 @@ def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
   np.testing.assert_allclose(last["val_error"], np.mean(np.argmax(logits, -1) != vy), atol=1e-6)
 
 
+def garble(step_dir: pathlib.Path) -> pathlib.Path:
+  """XORs 64 bytes inside the largest file of a checkpoint's ocdbt data, as a bad disk would."""
+  largest = max((p for p in step_dir.rglob("*") if p.is_file() and "ocdbt" in str(p)),
+                key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  middle = len(data) // 2
+  for i in range(middle, min(middle + 64, len(data))):
+    data[i] ^= 0xFF
+  largest.write_bytes(bytes(data))
+  return largest
+
+
 def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
   reference, reference_dir = uninterrupted
   workdir = tmp_path / "run"
@@ -111,64 +129,79 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
 
   with pytest.raises(Killed):
     training.train(config(), MODEL, TX, tiny_data(), workdir, callback=kill_at_30)
-  assert training._Checkpoints(workdir, 2).steps() == [20, 30]
-  # Keep a copy of the killed run for the corrupt-checkpoint test below.
-  shutil.copytree(workdir, tmp_path / "killed")
+  with checkpoints.Checkpoints(workdir) as ckpts:
+    assert ckpts.steps() == [20, 30]
+  shutil.copytree(workdir, tmp_path / "garbled")
+  shutil.copytree(workdir, tmp_path / "emptied")
 
   resumed = training.train(config(), MODEL, TX, tiny_data(), workdir)
   assert [r["step"] for r in resumed.records] == [40]
   assert_states_equal(resumed.state, reference.state)
-  ours = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  theirs = [json.loads(line) for line in (reference_dir / "metrics.jsonl").read_text().splitlines()]
   drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
-  assert drop_time(ours) == drop_time(theirs)
+  assert drop_time(records.read(workdir)) == drop_time(records.read(reference_dir))
 
-  # Corrupt the last checkpoint of the killed run: a clear error, and nothing is replaced.
-  killed = tmp_path / "killed"
-  step_dir = killed / training.CHECKPOINT_DIR / "30"
-  for path in step_dir.rglob("*"):
-    if path.is_file() and path.name != "_CHECKPOINT_METADATA":
-      path.write_bytes(b"garbage")
-  with pytest.raises(training.CheckpointError, match=r"corrupt.*resume=20"):
-    training.train(config(), MODEL, TX, tiny_data(), killed)
-  checkpoints = training._Checkpoints(killed, 2)
-  assert checkpoints.steps() == [20, 30]
-  restored = checkpoints.restore(20, reference.state)  # the older checkpoint is still good
-  assert int(restored.step) == 20
-  checkpoints.close()
+  # Garbled data in the newest checkpoint: never restored; the run falls back to step 20 and
+  # still ends bit for bit where the uninterrupted one did.
+  garbled = tmp_path / "garbled"
+  garble(garbled / "checkpoints" / "30")
+  logged = []
+  resumed = training.train(config(), MODEL, TX, tiny_data(), garbled, log=logged.append)
+  assert len(logged) == 1 and "checkpoints/30 is unusable" in logged[0]
+  assert [r["step"] for r in resumed.records] == [30, 40]
+  assert_states_equal(resumed.state, reference.state)
+  assert any(p.name.startswith("checkpoints_set_aside") for p in garbled.iterdir())
 
-  # Missing checkpoints and another run's workdir give clear errors too.
-  with pytest.raises(training.CheckpointError, match="available steps: \\[20, 30\\]"):
-    training.train(config(), MODEL, TX, tiny_data(), killed, resume=25)
-  with pytest.raises(training.CheckpointError, match="no checkpoint"):
+  # Every checkpoint unreadable (an emptied manifest in each): one clear error, nothing deleted.
+  emptied = tmp_path / "emptied"
+  for manifest in (emptied / "checkpoints").rglob("manifest.ocdbt"):
+    manifest.write_bytes(b"")
+  with pytest.raises(training.CheckpointError, match=r"unusable.*--overwrite"):
+    training.train(config(), MODEL, TX, tiny_data(), emptied, log=lambda _: None)
+  with checkpoints.Checkpoints(emptied) as ckpts:
+    assert ckpts.steps() == [20, 30]
+
+  # Nothing to resume, another run's directory, starting afresh over checkpoints: clear errors.
+  with pytest.raises(training.CheckpointError, match="nothing to resume"):
     training.train(config(), MODEL, TX, tiny_data(), tmp_path / "empty", resume=True)
   with pytest.raises(training.CheckpointError, match="batch_size"):
-    training.train(config(batch_size=16), MODEL, TX, tiny_data(), killed, resume=20)
-  with pytest.raises(training.CheckpointError, match="has checkpoints"):
-    training.train(config(), MODEL, TX, tiny_data(), killed, resume=False)
+    training.train(config(batch_size=16), MODEL, TX, tiny_data(), workdir)
+  with pytest.raises(training.CheckpointError, match="--resume"):
+    training.train(config(), MODEL, TX, tiny_data(), workdir, resume=False)
 
 
 def test_unfinished_checkpoint_is_ignored(uninterrupted, tmp_path):
-  """A save cut short leaves orbax's temporary directory, never a step that resume would use."""
+  """A save cut short leaves orbax's temporary directory (never a step), or a step without its
+  checksum (never restored)."""
   _, reference_dir = uninterrupted
   workdir = tmp_path / "run"
   shutil.copytree(reference_dir, workdir)
-  tmp = workdir / training.CHECKPOINT_DIR / "50.orbax-checkpoint-tmp-1234"
+  tmp = workdir / "checkpoints" / "50.orbax-checkpoint-tmp-1234"
   tmp.mkdir()
   (tmp / "partial").write_bytes(b"half")
-  checkpoints = training._Checkpoints(workdir, 2)
-  assert checkpoints.steps() == [30, 40]
-  checkpoints.close()
+  (workdir / checkpoints.CHECKSUM_DIR / "40.json").unlink()
+  with checkpoints.Checkpoints(workdir) as ckpts:
+    assert ckpts.steps() == [30, 40]
+    assert "no checksum" in ckpts.problem(40) and ckpts.problem(30) is None
+    assert ckpts.latest_good(log=lambda _: None) == 30
+
+
+def test_metrics_reader_survives_a_cut_line(tmp_path):
+  path = tmp_path / records.METRICS_FILE
+  records.rewrite(path, [{"step": 1}, {"step": 2}])
+  with open(path, "a") as f:
+    f.write('{"step": 3, "train_lo')  # a kill in the middle of a write
+  assert records.read(tmp_path) == [{"step": 1}, {"step": 2}]
+  assert records.read(tmp_path / "absent") == []
 
 
 def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
   reference, _ = uninterrupted
-  cfg = config(num_seeds=2, eval_every=0, checkpoint_every=0)
+  cfg = config(num_seeds=2, eval_every_steps=0, checkpoint_every_steps=0)
   result = training.train(cfg, MODEL, TX, tiny_data())
   assert result.state.params["Dense_0"]["kernel"].shape == (2, 8, 16)
-  lane0 = jax.tree.map(lambda a: a[0], training._state_dict(result.state))
+  lane0 = jax.tree.map(lambda a: a[0], steps.state_dict(result.state))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               lane0, training._state_dict(reference.state))
+               lane0, steps.state_dict(reference.state))
   k0, k1 = result.state.params["Dense_0"]["kernel"]
   assert not np.allclose(k0, k1)  # the seeds differ
   assert sorted({r["seed"] for r in result.records}) == [0, 1]
@@ -178,34 +211,43 @@ def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
 
 def test_plain_optax_and_one_batch_per_step():
   result = training.train(
-      config(langevin_steps=1, num_steps=20, eval_every=0, checkpoint_every=0),
+      config(langevin_steps=1, num_steps=20, eval_every_steps=0, checkpoint_every_steps=0),
       MODEL, optax.sgd(0.1, momentum=0.9), tiny_data())
   last = result.records[-1]
   assert last["effective_epochs"] == last["epoch"] and "langevin_gamma" not in last
   assert last["val_error"] < 0.2
   with pytest.raises(ValueError, match="langevin_steps=1"):
-    training.train(config(eval_every=0, checkpoint_every=0), MODEL, optax.sgd(0.1), tiny_data())
+    training.train(config(eval_every_steps=0, checkpoint_every_steps=0), MODEL, optax.sgd(0.1), tiny_data())
 
 
 def test_one_batch_per_step_reuses_it_for_every_langevin_step():
   """fresh_batches=False on batch b equals fresh batches (b, b): same data, same dropout keys."""
   x, y, _, _ = tiny_data()
   tx = entropy_optax.entropy_sgd(0.5, num_langevin_steps=2, noise=0.0)  # compiles faster
-  state = jax.jit(lambda s: training._init_state(MODEL, tx, x[:1], s))(jnp.uint32(0))
+  state = jax.jit(lambda s: steps.init_state(MODEL, lambda k: tx, steps.Task(), x[:1], s))(jnp.uint32(0))
   xs, ys = jnp.asarray(x[:32])[None], jnp.asarray(y[:32])[None]
-  one = training.train_step(state, xs, ys, fresh_batches=False)
-  three = training.train_step(state, jnp.repeat(xs, L, 0), jnp.repeat(ys, L, 0))
+  one = steps.train_step(state, xs, ys, fresh_batches=False)
+  three = steps.train_step(state, jnp.repeat(xs, L, 0), jnp.repeat(ys, L, 0))
   jax.tree.map(np.testing.assert_array_equal, one, three)
-  assert training.TrainConfig(num_steps=1, langevin_steps=L, fresh_batches=False).batches_per_step == 1
 
 
 def test_config_validation():
-  with pytest.raises(ValueError, match="exactly one"):
-    training.TrainConfig()
   with pytest.raises(ValueError, match="multiple of steps_per_call"):
-    training.TrainConfig(num_steps=10, steps_per_call=4, eval_every=6)
-  cfg = training.TrainConfig(effective_epochs=2.0, batch_size=32, langevin_steps=L)
-  assert cfg.total_steps(384) == 8  # 2 x 384 / (32 x 3)
+    training.TrainConfig(num_steps=10, steps_per_call=4, eval_every_steps=6)
+  with pytest.raises(ValueError, match="step_runner"):
+    training.TrainConfig(step_runner="fast")
+
+
+def test_dispatch_runner_matches_scan():
+  """One jitted step per step (the CPU path for conv nets) = the scan, up to rounding."""
+  cfg = config(num_steps=10, eval_every_steps=0, checkpoint_every_steps=0)
+  scan = training.train(cfg, MODEL, TX, tiny_data())
+  dispatch = training.train(dataclasses.replace(cfg, step_runner="dispatch"), MODEL, TX,
+                            tiny_data())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               steps.state_dict(scan.state), steps.state_dict(dispatch.state))
+  for a, b in zip(scan.records, dispatch.records):
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
 
 
 def test_sharded_over_eight_devices_matches_one_device():
@@ -220,3 +262,42 @@ def test_sharded_over_eight_devices_matches_one_device():
   assert report["max_param_diff"] < 1e-4, report
   assert report["val_error_single"] == pytest.approx(report["val_error_mesh"], abs=1 / 128)
   assert report["param_sharding_replicated"] and report["all_reduces"] > 0
+
+
+class CarryNet(nn.Module):
+  """A recurrent toy: h = tanh(W x + h_prev), logits = V h; returns (logits, h)."""
+
+  @nn.compact
+  def __call__(self, x, carry, *, train: bool):
+    del train
+    h = jnp.tanh(nn.Dense(4)(x) + carry)
+    return nn.Dense(2)(h), h
+
+
+def test_task_extensions_carry_and_before_eval():
+  """A carried state (Task.init_carry) is threaded through the steps and kept in the state; a
+  pre-evaluation hook (Task.before_eval) changes what is evaluated, not what is trained."""
+  model, batch = CarryNet(), 32
+  task = steps.Task(init_carry=lambda n: jnp.zeros((n, 4)),
+                    before_eval=lambda state, x, y: state.replace(
+                        params=jax.tree.map(jnp.zeros_like, state.params)))
+  sgd = optax.sgd(0.1)
+  x, y, vx, vy = tiny_data()
+  cfg = training.TrainConfig(batch_size=batch, num_steps=2, steps_per_call=2, progress=False)
+  result = training.train(cfg, model, sgd, (x, y, vx, vy), task=task)
+  # With zero weights every logit is 0 and argmax is class 0.
+  np.testing.assert_allclose(result.records[-1]["val_error"], np.mean(vy != 0), atol=1e-6)
+  # The carry is the hidden state of step 2's mini-batch, from step 1's carry, computed here
+  # independently with the parameters of step 1.
+  init = jax.jit(lambda s: steps.init_state(model, lambda k: sgd, task, x[:1], s, batch))
+  state0 = init(jnp.uint32(0))
+  idx = np.asarray(steps.shuffled_batch_indices(state0.data_key, jnp.int32(0), 2, len(x), batch))
+  params0 = state0.params
+  h1 = jnp.tanh(x[idx[0]] @ params0["Dense_0"]["kernel"] + params0["Dense_0"]["bias"])
+  grads = jax.grad(lambda p: steps.cross_entropy(
+      model.apply({"params": p}, x[idx[0]], jnp.zeros((batch, 4)), train=True)[0],
+      y[idx[0]]))(params0)
+  params1 = jax.tree.map(lambda p, g: p - 0.1 * g, params0, grads)
+  h2 = jnp.tanh(x[idx[1]] @ params1["Dense_0"]["kernel"] + params1["Dense_0"]["bias"] + h1)
+  np.testing.assert_allclose(result.state.carry, h2, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(result.state.params["Dense_0"]["kernel"]).sum()) > 0  # trained as usual

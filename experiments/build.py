@@ -1,0 +1,205 @@
+"""Data, model and optimizer of a ``RunConfig``, from three small registries.
+
+Adding a data set, a model or an optimizer is one entry here:
+
+* ``DATASETS[name] = DatasetEntry(load, models, sizes)``: ``load(config, data_dir, download)``
+  returns an ``experiments.data.Dataset``; ``models`` lists the model names it takes (each a key
+  of ``experiments.models.MODELS``); ``sizes`` the (train, test) sizes of ``--synthetic``.
+* a model: a Linen module in ``experiments.models.MODELS``, called as
+  ``model.apply(variables, x, train=bool)``; then list its name in its data set's entry.
+* ``OPTIMIZERS[name] = OptimizerEntry(make, local_entropy)``: ``make(config, lr, key)`` returns
+  the optax transformation, where ``lr`` is the learning-rate schedule (counting outer steps)
+  and ``key`` the seed's PRNG key (the loop builds one optimizer per seed with its own key);
+  ``local_entropy`` says whether it takes ``langevin_steps`` > 1 and a ``grad_fn``.
+
+jax, optax and the data libraries are imported inside the functions: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments.config import ConfigError, RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+  load: Callable[[RunConfig, str | None, bool], data_lib.Dataset]
+  models: tuple[str, ...]
+  sizes: tuple[int, int]
+
+
+def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
+  del data_dir, download  # generated offline
+  return data_lib.load_mnist1d(config.num_train or 4000, config.num_test or 1000,
+                               seed=config.data_seed)
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "cifar10": DatasetEntry(lambda c, d, dl: data_lib.load_cifar10(d, download=dl),
+                            ("allcnn_bn",), (50_000, 10_000)),
+    "mnist": DatasetEntry(lambda c, d, dl: data_lib.load_mnist(d, download=dl),
+                          ("mnistfc", "lenet_bn"), (60_000, 10_000)),
+    "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),
+}
+
+
+def _plain(config: RunConfig, base):
+  import optax  # pylint: disable=g-import-not-at-top
+  if config.weight_decay:
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
+  return base
+
+
+def _gamma(config: RunConfig):
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+  if config.scoping == "none":
+    return config.gamma0
+  scope = getattr(entropy_optax, f"{config.scoping}_scoping")
+  return scope(config.gamma0, config.gamma1)
+
+
+def _langevin(config: RunConfig, key) -> dict[str, Any]:
+  return dict(num_langevin_steps=config.langevin_steps, gamma=_gamma(config),
+              langevin_lr=config.langevin_lr, noise=config.noise, alpha=config.alpha,
+              langevin_momentum=config.langevin_momentum, weight_decay=config.weight_decay,
+              scale_by_gamma=config.scale_by_gamma, key=key)
+
+
+def _sgd(config, lr, key):
+  import optax  # pylint: disable=g-import-not-at-top
+  del key
+  return _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+
+
+def _adam(config, lr, key):
+  import optax  # pylint: disable=g-import-not-at-top
+  del key
+  return _plain(config, optax.adam(lr, config.b1, config.b2))
+
+
+def _entropy_sgd(config, lr, key):
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+  return entropy_optax.entropy_sgd(lr, momentum=config.momentum, nesterov=config.nesterov,
+                                   **_langevin(config, key))
+
+
+def _entropy_adam(config, lr, key):
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+  return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerEntry:
+  make: Callable[[RunConfig, Any, Any], Any]
+  local_entropy: bool
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    "sgd": OptimizerEntry(_sgd, False),
+    "adam": OptimizerEntry(_adam, False),
+    "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
+    "entropy-adam": OptimizerEntry(_entropy_adam, True),
+}
+
+
+def validate(config: RunConfig, prefix: str = "") -> RunConfig:
+  """``experiments.config.validate`` against these registries."""
+  return config_lib.validate(config, datasets=DATASETS, optimizers=OPTIMIZERS, prefix=prefix)
+
+
+def is_local_entropy(config: RunConfig) -> bool:
+  return OPTIMIZERS[config.optimizer].local_entropy
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Outer steps of one outer epoch: the full mini-batches of one pass over the data."""
+  return max(1, num_examples // batch_size)
+
+
+_DATA_CACHE: dict[tuple[Any, ...], data_lib.Dataset] = {}
+
+
+def load_data(config: RunConfig, data_dir: str | None = None,
+              download: bool = True) -> data_lib.Dataset:
+  """The data of ``config``: real or synthetic, cut to num_train / num_test.
+
+  The last data set is cached in the process: the runs of a grid share their data.
+  """
+  key = (config.dataset, config.synthetic, config.num_train, config.num_test,
+         config.data_seed, data_dir)
+  if key not in _DATA_CACHE:
+    _DATA_CACHE.clear()
+    entry = DATASETS[config.dataset]
+    if config.synthetic:
+      ds = data_lib.synthetic_like(config.dataset, config.num_train or entry.sizes[0],
+                                   config.num_test or entry.sizes[1], seed=config.data_seed)
+    else:
+      ds = entry.load(config, data_dir, download)
+    cut = lambda a, n: a[:n] if n else a
+    _DATA_CACHE[key] = data_lib.Dataset(
+        cut(ds.train_x, config.num_train), cut(ds.train_y, config.num_train),
+        cut(ds.test_x, config.num_test), cut(ds.test_y, config.num_test),
+        num_classes=ds.num_classes, name=ds.name)
+  ds = _DATA_CACHE[key]
+  if len(ds.train_x) < config.batch_size:
+    raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(ds.train_x)} "
+                      "training examples: lower it or use more data.")
+  return ds
+
+
+def make_model(config: RunConfig):
+  """The Linen model of ``config``, with its dropout and dtype overrides."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from experiments import models  # pylint: disable=g-import-not-at-top
+
+  overrides: dict[str, Any] = {"dtype": getattr(jnp, config.dtype)}
+  fields = {f.name for f in dataclasses.fields(models.MODELS[config.model])}
+  for name in ("dropout", "input_dropout"):
+    value = getattr(config, name)
+    if value is not None:
+      if name not in fields:
+        raise ConfigError(f"model {config.model} has no {name}; drop "
+                          f"{config_lib.option(name)}.")
+      overrides[name] = value
+  return models.create_model(config.model, **overrides)
+
+
+def learning_rate(config: RunConfig, num_examples: int):
+  """The learning rate: a constant, or piecewise constant in outer steps."""
+  import optax  # pylint: disable=g-import-not-at-top
+
+  per_epoch = steps_per_epoch(num_examples, config.batch_size)
+  boundaries: dict[int, float] = {}
+  for epoch in config.lr_decay_outer_epochs:
+    step = max(1, round(epoch * per_epoch))
+    boundaries[step] = boundaries.get(step, 1.0) * config.lr_decay
+  if not boundaries:
+    return config.learning_rate
+  return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+
+
+def optimizer_factory(config: RunConfig, num_examples: int) -> Callable[[Any], Any]:
+  """``make(key)``: the optax optimizer of ``config`` with the Langevin noise key ``key``.
+
+  The factory is cached per (config, num_examples) so that equal runs share compilations.
+  """
+  return _factory(config, num_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Factory:
+  config: RunConfig
+  num_examples: int
+
+  def __call__(self, key):
+    lr = learning_rate(self.config, self.num_examples)
+    return OPTIMIZERS[self.config.optimizer].make(self.config, lr, key)
+
+
+def _factory(config: RunConfig, num_examples: int) -> _Factory:
+  return _Factory(config, num_examples)

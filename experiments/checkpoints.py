@@ -1,0 +1,162 @@
+"""Checkpoints of a run: orbax, plus a checksum of every file, verified before each restore.
+
+``Checkpoints(workdir)`` keeps the state under ``workdir/checkpoints/<step>`` (orbax writes a
+step to a temporary directory and renames it when complete) and, once a step is complete, the
+SHA-256 of each of its files in ``workdir/checkpoints.sha256/<step>.json``. A step counts only
+when its checksums are there and match the files: data garbled on disk is never restored (it
+would restore silently: orbax does not verify the bytes), and an unreadable step is never
+handed to orbax (whose failures print asyncio tracebacks). ``latest_good`` falls back to the
+newest step that verifies and sets the bad ones aside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKSUM_DIR = "checkpoints.sha256"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint to resume from is missing, corrupt or does not match the run."""
+
+
+def _file_digests(step_dir: pathlib.Path) -> dict[str, str]:
+  digests = {}
+  for path in sorted(step_dir.rglob("*")):
+    if path.is_file():
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      digests[str(path.relative_to(step_dir))] = h.hexdigest()
+  return digests
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class Checkpoints:
+  """orbax checkpoints of a state under ``workdir/checkpoints``, verified by checksums."""
+
+  def __init__(self, workdir: str | os.PathLike, keep: int = 2):
+    workdir = pathlib.Path(workdir).absolute()
+    self.directory = workdir / CHECKPOINT_DIR
+    self.checksums = workdir / CHECKSUM_DIR
+    self.keep = keep
+    self.manager = self._manager()
+
+  def _manager(self) -> ocp.CheckpointManager:
+    # Synchronous saves: the state buffers are donated to the next jitted call.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    """Every complete step orbax sees, verified or not."""
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state_dict: dict[str, Any]) -> None:
+    self.manager.save(step, args=ocp.args.StandardSave(state_dict))
+    self.manager.wait_until_finished()
+    self.checksums.mkdir(parents=True, exist_ok=True)
+    digests = _file_digests(self.directory / str(step))
+    _atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
+    kept = {str(s) for s in self.steps()}
+    for path in self.checksums.glob("*.json"):
+      if path.stem not in kept:
+        path.unlink(missing_ok=True)
+
+  def problem(self, step: int) -> str | None:
+    """Why step ``step`` cannot be restored (None if its files match their checksums)."""
+    saved = self.checksums / f"{step}.json"
+    if not saved.exists():
+      return "it has no checksum (its save did not finish)"
+    try:
+      expected = json.loads(saved.read_text())
+    except (OSError, ValueError):
+      return "its checksum file is unreadable"
+    actual = _file_digests(self.directory / str(step))
+    bad = sorted(n for n in set(expected) | set(actual) if expected.get(n) != actual.get(n))
+    return f"its files do not match their checksums ({', '.join(bad[:3])})" if bad else None
+
+  def latest_good(self, log: Callable[[str], None] = print) -> int | None:
+    """The newest step that verifies; newer bad steps are set aside (and logged)."""
+    steps = self.steps()
+    for step in reversed(steps):
+      problem = self.problem(step)
+      if problem is None:
+        self.set_aside_after(step)
+        return step
+      log(f"checkpoint {self.directory / str(step)} is unusable: {problem}; falling back to "
+          "an older one.")
+    if steps:
+      raise CheckpointError(
+          f"every checkpoint in {self.directory} is unusable (corrupt or unfinished: steps "
+          f"{steps}); nothing to resume from: start afresh with --overwrite (which deletes "
+          "this run) or another --workdir.")
+    return None
+
+  def restore(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
+    """The state dict saved at ``step``, verified; ``target`` gives the structure, shapes and
+    shardings (arrays or ``jax.ShapeDtypeStruct``), or None for the saved arrays as numpy."""
+    problem = self.problem(step) if step in self.steps() else "it does not exist"
+    if problem is not None:
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be restored: "
+                            f"{problem}.")
+    try:
+      if target is None:
+        restored = self.manager.restore(step)
+      else:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types for files that do not fit this run
+      raise CheckpointError(
+          f"checkpoint {self.directory / str(step)} does not fit this run "
+          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); resume it with the "
+          "options it was started with, or start afresh with --overwrite.") from None
+    restored = restored.get("default", restored) if isinstance(restored, dict) else restored
+    if int(np.max(np.asarray(restored["step"]))) != step:
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} holds step "
+                            f"{restored['step']}, not {step}.")
+    return restored
+
+  def set_aside_after(self, step: int) -> None:
+    """Moves checkpoints newer than ``step`` out of the way (never deletes them)."""
+    newer = [s for s in self.steps() if s > step]
+    if not newer:
+      return
+    aside = self.directory.parent / f"{CHECKPOINT_DIR}_set_aside_{time.time_ns()}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for s in newer:
+      shutil.move(str(self.directory / str(s)), str(aside / str(s)))
+      (self.checksums / f"{s}.json").unlink(missing_ok=True)
+    self.manager.close()
+    self.manager = self._manager()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def __enter__(self) -> Checkpoints:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

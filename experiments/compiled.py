@@ -1,0 +1,134 @@
+"""The jitted functions of a run: init, a call of several steps, evaluation.
+
+A call of k outer steps runs in one of two ways (``RunConfig.step_runner``):
+
+* ``scan``: one jitted ``lax.scan`` over the k steps. Fastest on GPU/TPU and for MLPs on CPU.
+* ``dispatch``: one jitted step dispatched k times from Python, asynchronously (no host sync
+  inside the call; the batch indices of the call are computed once). On XLA:CPU a convolution
+  inside a rolled loop runs 3-40x slower than outside (XLA keeps the weight-gradient convs in
+  a layout its fast conv runtime does not take), so this is ``auto``'s choice for conv nets on
+  CPU; ``benchmarks/loop_speed.py`` measures both against standalone jitted steps.
+
+Both give the same trajectory up to float rounding, and each is deterministic, so a resumed run
+(which makes the same choice) reproduces an uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments import steps
+
+BATCH_AXIS = "batch"
+RUNNERS = ("auto", "scan", "dispatch")
+
+
+def uses_convolutions(model, example_x, task: steps.Task = steps.Task()) -> bool:
+  """Whether the model's forward pass has a convolution (traced, not run)."""
+  jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.PRNGKey(0), x, train=False,
+                                              **steps.carry_kwargs(task, x)))(example_x)
+  return "conv_general_dilated" in str(jaxpr)
+
+
+def choose_runner(runner: str, model, example_x, task: steps.Task = steps.Task()) -> str:
+  """``scan`` or ``dispatch`` for ``runner`` in ``RUNNERS`` (see the module docstring)."""
+  if runner != "auto":
+    return runner
+  on_cpu = jax.default_backend() == "cpu"
+  return "dispatch" if on_cpu and uses_convolutions(model, example_x, task) else "scan"
+
+
+def _vmap_if(batched: bool, fn: Callable, in_axes) -> Callable:
+  return jax.vmap(fn, in_axes=in_axes) if batched else fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Functions:
+  """init(seeds, example_x) -> state; call(state, train_data, num_steps) -> (state, metrics
+  with a trailing steps axis); evaluate(state, val_data) -> metrics; before_eval(state,
+  train_data) -> state; scan_call(num_steps): the jitted scan (to inspect its HLO)."""
+
+  init: Callable
+  call: Callable
+  evaluate: Callable
+  before_eval: Callable
+  scan_call: Callable
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_functions(model, make_tx, task: steps.Task, mesh, batched: bool, batch_size: int,
+                       langevin_steps: int, fresh_batches: bool, num_examples: int,
+                       eval_batch_size: int, runner: str) -> Functions:
+  """The jitted functions of a run, shared by runs with the same arguments (e.g. a resume)."""
+  batches_per_step = langevin_steps if fresh_batches else 1
+  replicated = NamedSharding(mesh, P()) if mesh is not None else None
+
+  def constrain_batch(a, axis):
+    if mesh is None:
+      return a
+    spec = [None] * a.ndim
+    spec[axis] = BATCH_AXIS
+    return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
+
+  def init(seed, example_x):
+    return steps.init_state(model, make_tx, task, example_x, seed, batch_size)
+
+  def indices(state, num_steps):
+    idx = task.batch_indices(state.data_key, state.step * batches_per_step,
+                             num_steps * batches_per_step, num_examples, batch_size)
+    return idx.reshape(num_steps, batches_per_step, batch_size)
+
+  def one_step(state, data, idx):
+    train_x, train_y = data
+    xs, ys = constrain_batch(train_x[idx], 1), constrain_batch(train_y[idx], 1)
+    return steps.train_step(state, xs, ys, task=task, fresh_batches=fresh_batches)
+
+  def scan_steps(state, data, num_steps):
+    return jax.lax.scan(lambda s, i: one_step(s, data, i), state, indices(state, num_steps))
+
+  @functools.lru_cache(maxsize=None)
+  def scan_call(num_steps):
+    fn = functools.partial(scan_steps, num_steps=num_steps)
+    return jax.jit(_vmap_if(batched, fn, (0, None)), donate_argnums=0)
+
+  @functools.lru_cache(maxsize=None)
+  def indices_call(num_steps):
+    fn = functools.partial(indices, num_steps=num_steps)
+    return jax.jit(_vmap_if(batched, fn, (0,)))
+
+  step_at = jax.jit(_vmap_if(batched, lambda s, d, idx, i: one_step(s, d, idx[i]),
+                             (0, None, 0, None)), donate_argnums=0)
+  stack_axis = 1 if batched else 0
+
+  def call(state, data, num_steps):
+    if runner == "scan":
+      return scan_call(num_steps)(state, data)
+    idx = indices_call(num_steps)(state)
+    metrics = []
+    for i in range(num_steps):  # asynchronous dispatches: nothing waits for the device here
+      state, m = step_at(state, data, idx, jnp.int32(i))
+      metrics.append(m)
+    return state, jax.tree.map(lambda *a: jnp.stack(a, stack_axis), *metrics)
+
+  def evaluate_one(state, data):
+    return steps.evaluate(state, *data, eval_batch_size, task,
+                          lambda a: constrain_batch(a, 0))
+
+  def before_eval(state, data):
+    return task.before_eval(state, *data) if task.before_eval else state
+
+  return Functions(
+      init=jax.jit(_vmap_if(batched, init, (0, None)), out_shardings=replicated),
+      call=call,
+      evaluate=jax.jit(_vmap_if(batched, evaluate_one, (0, None))),
+      before_eval=(jax.jit(_vmap_if(batched, before_eval, (0, None))) if task.before_eval
+                   else (lambda state, data: state)),
+      scan_call=scan_call)
+

@@ -1,0 +1,220 @@
+"""The schema of a training run (``RunConfig``), its validation, and presets (``Preset``).
+
+``RunConfig`` is everything that fixes a run's trajectory: data, model, optimizer and its
+schedule, budget, seeds. It is plain data: stored with the results (``config.json``), reused
+by a resumed run, and turned into command-line options by ``experiments.cli`` (each field's
+docstring is its ``--help``).
+
+Units are in the names, one definition each:
+
+* ``steps_per_epoch = num_train // batch_size``: the mini-batches of one shuffled pass over
+  the training set (the loop drops the incomplete last one). An *outer epoch* is that many
+  outer steps (optimizer updates).
+* An outer step of a local-entropy optimizer costs ``langevin_steps`` = L gradient evaluations
+  on L fresh mini-batches, so it consumes L mini-batches: *effective epochs* = L x outer epochs.
+  Optimizers are compared at equal effective epochs (the x axis of every plot and table).
+* ``outer_epochs`` and ``lr_decay_outer_epochs`` count outer epochs (the paper's recipes say
+  "Entropy-SGD for 10 epochs"); ``eval_every_effective_epochs`` counts effective epochs;
+  ``checkpoint_every_evals`` counts evaluations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+SCOPINGS = ("exponential", "linear", "quadratic", "none")
+
+
+class ConfigError(ValueError):
+  """A configuration or command line that cannot run; the message says what to change."""
+
+
+def option(name: str) -> str:
+  """The command-line option of field ``name``: ``--learning-rate`` for ``learning_rate``."""
+  return "--" + name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A training run: what its results depend on (units: see experiments/config.py)."""
+
+  dataset: str = "mnist1d"
+  """data set (experiments/build.py: DATASETS)"""
+  model: str = "mlp1d"
+  """model (experiments/build.py: DATASETS[dataset].models)"""
+  optimizer: str = "sgd"
+  """optimizer (experiments/build.py: OPTIMIZERS)"""
+  outer_epochs: float = 10.0
+  """training length in outer epochs (num_train // batch_size outer steps each); a local-entropy
+  optimizer costs langevin_steps x outer_epochs effective epochs"""
+  batch_size: int = 128
+  """examples per mini-batch"""
+  learning_rate: float = 0.1
+  """(outer) learning rate"""
+  lr_decay: float = 1.0
+  """factor multiplying the learning rate at each of lr_decay_outer_epochs"""
+  lr_decay_outer_epochs: tuple[float, ...] = ()
+  """outer epochs at which the learning rate is multiplied by lr_decay (increasing)"""
+  momentum: float = 0.9
+  """momentum of SGD and of Entropy-SGD's outer loop"""
+  nesterov: bool = True
+  """Nesterov momentum (SGD, Entropy-SGD)"""
+  b1: float = 0.9
+  """Adam's and Entropy-Adam's b1"""
+  b2: float = 0.999
+  """Adam's and Entropy-Adam's b2"""
+  weight_decay: float = 0.0
+  """L2 coefficient added to the gradient (local-entropy optimizers add it inside the Langevin
+  loop too, as the authors' code)"""
+  langevin_steps: int = 1
+  """L: Langevin steps = gradient evaluations (fresh mini-batches) per update; 1 for sgd/adam"""
+  langevin_lr: float = 0.1
+  """Langevin step size eta'"""
+  noise: float = 1e-4
+  """thermal noise epsilon: each Langevin step adds sqrt(langevin_lr) * noise * N(0, I)"""
+  alpha: float = 0.75
+  """weight of the newest Langevin sample in the running mean mu"""
+  gamma0: float = 0.03
+  """scope gamma at the first update"""
+  gamma1: float = 1e-3
+  """scoping rate: gamma = gamma0 (1 + gamma1)^t for exponential scoping"""
+  scoping: Literal["exponential", "linear", "quadratic", "none"] = "exponential"
+  """how gamma grows with the update count t"""
+  langevin_momentum: float = 0.0
+  """(Nesterov) momentum inside the Langevin loop, zeroed every update (authors' code: 0.9)"""
+  scale_by_gamma: bool = False
+  """outer gradient gamma (x - mu) (Alg. 1 line 7) instead of x - mu (the paper's practice)"""
+  dropout: float | None = None
+  """dropout rate of the hidden layers (None: the model's)"""
+  input_dropout: float | None = None
+  """dropout rate of the input (None: the model's)"""
+  dtype: Literal["float32", "bfloat16"] = "float32"
+  """compute dtype; parameters stay float32"""
+  synthetic: bool = False
+  """random data of the data set's shape (speed measurements)"""
+  num_train: int = 0
+  """use the first N training examples (0: all)"""
+  num_test: int = 0
+  """use the first N test examples (0: all)"""
+  data_seed: int = 42
+  """seed of generated data (MNIST-1D, synthetic)"""
+  seed: int = 0
+  """seed of the initialisation, dropout, data order and Langevin noise"""
+  num_seeds: int = 1
+  """train seeds seed .. seed + num_seeds - 1 at once (vmapped in one jit)"""
+  eval_every_effective_epochs: float = 0.0
+  """evaluate on the test set every this many effective epochs (0: about 20 times a run)"""
+  checkpoint_every_evals: int = 1
+  """save a checkpoint at every this many evaluations and at the end (0: none)"""
+  steps_per_call: int = 100
+  """at most this many outer steps per jitted call (one host sync per call)"""
+  step_runner: Literal["auto", "scan", "dispatch"] = "auto"
+  """how a call runs its steps: scan (one lax.scan), dispatch (one jitted step each, no host
+  sync), auto (dispatch for conv nets on CPU, where XLA runs convolutions slowly in a scan)"""
+  eval_batch_size: int = 1000
+  """examples per evaluation batch"""
+
+  @property
+  def effective_epochs(self) -> float:
+    return self.langevin_steps * self.outer_epochs
+
+  def replace(self, **changes: Any) -> RunConfig:
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A named recipe of an experiment.
+
+  Attributes:
+    description: one line for ``--help``.
+    config: the run it trains.
+    paper: the paper's result it targets, per model (``{"lenet_bn": "0.50 ± 0.01 (80)"}``:
+      test error % ± std, effective epochs in brackets); shown beside the run's result.
+  """
+
+  description: str
+  config: RunConfig
+  paper: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def field_names() -> tuple[str, ...]:
+  return tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def from_json(values: dict[str, Any]) -> RunConfig:
+  """The ``RunConfig`` of ``dataclasses.asdict`` output read back from JSON."""
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  return RunConfig(**values)
+
+
+def validate(config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[str, Any],
+             prefix: str = "") -> RunConfig:
+  """Checks ``config``; raises ``ConfigError`` naming the option to fix.
+
+  Args:
+    config: the run.
+    datasets: the registry of data sets (``experiments.build.DATASETS``).
+    optimizers: the registry of optimizers (``experiments.build.OPTIMIZERS``).
+    prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
+  """
+  def fail(name: str, what: str):
+    raise ConfigError(f"--{prefix}{option(name)[2:]} must be {what}, got "
+                      f"{getattr(config, name)!r}.")
+
+  def need(ok: bool, name: str, what: str):
+    if not ok:
+      fail(name, what)
+
+  need(config.dataset in datasets, "dataset", f"one of {', '.join(datasets)}")
+  models = datasets[config.dataset].models
+  need(config.model in models, "model", f"one of {', '.join(models)} for {config.dataset}")
+  need(config.optimizer in optimizers, "optimizer", f"one of {', '.join(optimizers)}")
+  for name in ("outer_epochs", "learning_rate", "langevin_lr", "gamma0", "lr_decay"):
+    need(math.isfinite(getattr(config, name)) and getattr(config, name) > 0, name, "> 0")
+  for name in ("batch_size", "langevin_steps", "num_seeds", "steps_per_call",
+               "eval_batch_size"):
+    need(getattr(config, name) >= 1, name, ">= 1")
+  for name in ("num_train", "num_test", "checkpoint_every_evals"):
+    need(getattr(config, name) >= 0, name, ">= 0")
+  for name in ("weight_decay", "noise", "gamma1", "eval_every_effective_epochs"):
+    need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
+  for name in ("momentum", "langevin_momentum", "b1", "b2"):
+    need(0 <= getattr(config, name) < 1, name, "in [0, 1)")
+  need(0 < config.alpha <= 1, "alpha", "in (0, 1]")
+  for name in ("dropout", "input_dropout"):
+    value = getattr(config, name)
+    need(value is None or 0 <= value < 1, name, "in [0, 1) or None")
+  epochs = config.lr_decay_outer_epochs
+  need(all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
+       "lr_decay_outer_epochs", "increasing positive outer epochs")
+  if not optimizers[config.optimizer].local_entropy and config.langevin_steps != 1:
+    raise ConfigError(
+        f"--{prefix}langevin-steps {config.langevin_steps} needs a local-entropy optimizer; "
+        f"--{prefix}optimizer {config.optimizer} takes --{prefix}langevin-steps 1.")
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a run is carried out, without changing its results."""
+
+  workdir: str | None = None
+  """the run directory (default: runs/<dataset>-<model>-<optimizer>[-synthetic])"""
+  resume: bool = False
+  """continue the run in --workdir from its last good checkpoint, with its saved configuration
+  (a finished run is only reported)"""
+  overwrite: bool = False
+  """delete the run in --workdir and start afresh (a directory holding no run is never
+  deleted)"""
+  progress: bool = True
+  """show a progress bar"""
+  data_dir: str | None = None
+  """tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"""
+  download: bool = True
+  """let tfds download and prepare an absent data set"""
+
+  def replace(self, **changes: Any) -> RunOptions:
+    return dataclasses.replace(self, **changes)

@@ -1,0 +1,180 @@
+"""Results of runs: summaries, tables, plots, and the one table of display names.
+
+``summarize`` turns a run's metrics records into its ``results.json``; ``format_result`` is
+the line a script prints; ``comparison_table`` is the MNIST-1D job's table; ``table1`` pairs
+finished runs like the paper's Table 1; ``plot_error`` draws test error against effective
+epochs (the paper's Figs. 4-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+NAMES = {
+    "allcnn_bn": "All-CNN-BN", "mnistfc": "mnistfc", "lenet_bn": "LeNet-BN", "mlp1d": "MLP",
+    "cnn1d": "CNN", "cifar10": "CIFAR-10", "mnist": "MNIST", "mnist1d": "MNIST-1D",
+    "sgd": "SGD", "adam": "Adam", "entropy-sgd": "Entropy-SGD", "entropy-adam": "Entropy-Adam",
+}
+# The baselines the paper compared Entropy-SGD with, and each family's own.
+PAPER_BASELINE = {"mnist": "adam", "cifar10": "sgd"}
+FAMILY_BASELINE = {"entropy-sgd": "sgd", "entropy-adam": "adam"}
+
+
+def name(key: str) -> str:
+  """The display name of a model, data set or optimizer (the key itself if unnamed)."""
+  return NAMES.get(key, key)
+
+
+def summarize(records: Sequence[Mapping[str, Any]], *, dataset: str, model: str,
+              optimizer: str, langevin_steps: int, num_params: int, num_train: int,
+              num_test: int, paper: str | None) -> dict[str, Any]:
+  """The results of a finished run from all its metrics records (resumed or not).
+
+  Errors are in %, on the test split. ``test_error_std`` is the sample standard deviation over
+  seeds (0 for one seed). ``time_per_effective_epoch_s`` leaves out the first call
+  (compilation) when there are later ones.
+  """
+  seeds = sorted({r["seed"] for r in records})
+  final = [max((r for r in records if r["seed"] == s), key=lambda r: r["step"]) for s in seeds]
+  errors = [100 * r["val_error"] for r in final]
+  best = [100 * min(r["val_error"] for r in records if r["seed"] == s and "val_error" in r)
+          for s in seeds]
+  timeline = sorted({(r["step"], r["wall_time"], r["effective_epochs"]) for r in records})
+  steps, wall, effective = timeline[-1]
+  first = timeline[0]
+  per_step = (wall - first[1]) / (steps - first[0]) if len(timeline) > 1 else wall / steps
+  return {
+      "dataset": dataset, "model": model, "optimizer": optimizer, "num_params": num_params,
+      "num_train": num_train, "num_test": num_test, "seeds": seeds, "test_error": errors,
+      "test_error_mean": float(np.mean(errors)),
+      "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0,
+      "best_test_error_mean": float(np.mean(best)),
+      "final_train_loss": [r["train_loss"] for r in final],
+      "outer_epochs": final[0]["epoch"], "effective_epochs": effective, "outer_steps": steps,
+      "langevin_steps": langevin_steps, "wall_time_s": wall, "time_per_step_s": per_step,
+      "time_per_effective_epoch_s": per_step * steps / effective, "paper": paper,
+  }
+
+
+def format_result(results: Mapping[str, Any]) -> str:
+  """One line: test error mean ± std over seeds, effective epochs, wall time, speed."""
+  n = len(results["seeds"])
+  paper = f"; paper: {results['paper']}" if results.get("paper") else ""
+  return (f"test error {results['test_error_mean']:.2f} ± {results['test_error_std']:.2f}% "
+          f"({n} seed{'s' if n > 1 else ''}) after {results['effective_epochs']:g} effective "
+          f"epochs, {results['wall_time_s']:.1f} s, "
+          f"{results['time_per_effective_epoch_s']:.3g} s per effective epoch{paper}")
+
+
+def comparison_table(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> str:
+  """Test accuracy, effective epochs and wall time of {(model, optimizer): results}."""
+  lines = ["| model | optimizer | test accuracy (%) | best during run (%) | effective epochs "
+           "| updates | seeds | wall time (s) | published (%) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for (model, optimizer), r in results.items():
+    published = ""
+    if r.get("paper") and "acc." in r["paper"]:  # the benchmark's published accuracy
+      published = f"{100 - float(r['paper'].split()[0]):.1f}"
+    lines.append(
+        f"| {name(model)} | {name(optimizer)} | {100 - r['test_error_mean']:.1f} ± "
+        f"{r['test_error_std']:.1f} | {100 - r['best_test_error_mean']:.1f} | "
+        f"{r['effective_epochs']:g} | {r['outer_steps']} | {len(r['seeds'])} | "
+        f"{r['wall_time_s']:.0f} | {published} |")
+  return "\n".join(lines)
+
+
+def _pair(runs: list[dict[str, Any]], dataset: str) -> list[tuple[dict | None, dict | None]]:
+  """Pairs each local-entropy run with a baseline run of the same model and data."""
+  entropy = [r for r in runs if r["optimizer"] in FAMILY_BASELINE]
+  baselines = [r for r in runs if r["optimizer"] not in FAMILY_BASELINE]
+  rows = []
+  for run in entropy:
+    preferred = [PAPER_BASELINE.get(dataset), FAMILY_BASELINE[run["optimizer"]]]
+    match = next((b for n in preferred for b in baselines if b["optimizer"] == n), None)
+    if match is None and baselines:
+      match = baselines[0]
+    if match is not None:
+      baselines.remove(match)
+    rows.append((run, match))
+  rows.extend((None, b) for b in baselines)
+  return rows
+
+
+def _cells(run: dict[str, Any] | None, synthetic: bool) -> list[str]:
+  if run is None:
+    return ["", "", "", ""]
+  error = f"{run['test_error_mean']:.2f} ± {run['test_error_std']:.2f} ({len(run['seeds'])})"
+  paper = "" if synthetic else (run.get("paper") or "")
+  return [name(run["optimizer"]), error, f"{run['effective_epochs']:g}", paper]
+
+
+TABLE1_NOTE = (
+    "Test error in %: mean ± standard deviation over seeds (number of seeds). Epochs are "
+    "effective epochs (L x outer epochs for Entropy-*). Paper: Chaudhari et al. (2017), "
+    "Table 1, error ± std (effective epochs); MNIST-1D: the benchmark's published test "
+    "accuracy (Greydanus 2020).")
+
+
+def table1(runs: list[dict[str, Any]]) -> str:
+  """Finished runs (results.json contents with their ``path``) paired like the paper's Table 1:
+  per model and data set within a directory, each Entropy-* run beside its baseline."""
+  groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+  for run in runs:
+    key = (str(pathlib.Path(run["path"]).parent), run["dataset"], run["model"])
+    groups.setdefault(key, []).append(run)
+  lines = [
+      "| Model | Data | Entropy-* | error (%) | eff. epochs | paper | SGD / Adam | error (%) "
+      "| epochs | paper |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+  for (_, dataset, model), group in groups.items():
+    synthetic = dataset.startswith("synthetic:")
+    base = dataset.removeprefix("synthetic:")
+    data = name(base) + (" (synthetic)" if synthetic else "")
+    for entropy, baseline in _pair(group, base):
+      cells = [name(model), data, *_cells(entropy, synthetic), *_cells(baseline, synthetic)]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def error_curves(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+  """Effective epochs (k,) and test error % (seeds, k) of the evaluated records."""
+  evaluated = [r for r in records if "val_error" in r]
+  seeds = sorted({r["seed"] for r in evaluated})
+  x = np.array(sorted({r["effective_epochs"] for r in evaluated}))
+  y = np.full((len(seeds), len(x)), np.nan)
+  for r in evaluated:
+    y[seeds.index(r["seed"]), np.searchsorted(x, r["effective_epochs"])] = 100 * r["val_error"]
+  return x, y
+
+
+def plot_error(panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+               path: str | os.PathLike, *, title: str | None = None) -> None:
+  """Test error (%) against effective epochs: one panel per entry of ``panels`` ({panel
+  title: {line label: metrics records}}), each line the mean over seeds, their range shaded."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+  for ax, (panel, runs) in zip(axes[0], panels.items()):
+    for label, records in runs.items():
+      x, y = error_curves(records)
+      if not len(x):
+        continue
+      line, = ax.plot(x, np.nanmean(y, axis=0), marker=".", label=label)
+      if len(y) > 1:
+        ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), alpha=0.2,
+                        color=line.get_color())
+    ax.set(title=panel, xlabel="effective epochs", ylabel="test error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
