@@ -17,7 +17,12 @@ from entropy_optax._utils import to_chain
 _GRAD_FN_HELP = (
     "local_entropy needs grad_fn, a function grad_fn(params, k) returning the loss gradient "
     "for Langevin step k, passed as a keyword: "
-    "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k]))."
+    "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k])). "
+    "With Flax: Linen's flax.training.train_state.TrainState.apply_gradients drops grad_fn, "
+    "so build the state from entropy_optax.flax.TrainState (subclass it instead of flax's for "
+    "extra fields) and call state.apply_gradients(grads=grads, "
+    "grad_fn=entropy_optax.flax.make_grad_fn(...)); NNX: optimizer.update(model, grads, "
+    "grad_fn=entropy_optax.flax.nnx_grad_fn(...))."
 )
 
 
