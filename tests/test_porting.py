@@ -267,3 +267,141 @@ def test_linen_example_port_trains_compiles_once_and_restores_exactly(mnist, tmp
   assert loss_a == loss_b
   jax.tree.map(np.testing.assert_array_equal, (a.params, a.batch_stats, a.opt_state),
                (b.params, b.batch_stats, b.opt_state))
+
+
+# ---- The errors of a half-done port, and the shared loop with a plain optimizer --------------
+
+class Tiny(nnx.Module):
+  """Linear + call-time dropout: the smallest model with flax's call-time rngs style."""
+
+  def __init__(self, rngs):
+    self.linear = nnx.Linear(3, 2, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5)
+
+  def __call__(self, x, rngs=None):
+    return self.dropout(self.linear(x), rngs=rngs)
+
+
+def _tiny_loss(model, batch, rngs=None):
+  return jnp.mean((model(batch[0], rngs) - batch[1]) ** 2)
+
+
+def _tiny_batches(num_batches, batch_size=4):
+  xs = jax.random.normal(jax.random.key(0), (num_batches, batch_size, 3))
+  return xs, xs[..., :2] * 2.0
+
+
+def test_call_time_rngs_closed_over_says_pass_rngs():
+  model, rngs = Tiny(nnx.Rngs(0)), nnx.Rngs(1)
+  optimizer = nnx.Optimizer(model, entropy_optax.entropy_sgd(0.1, num_langevin_steps=3),
+                            wrt=nnx.Param)
+  batches = _tiny_batches(3)
+
+  @nnx.jit
+  def step(model, optimizer, batches, rngs):
+    grads = nnx.grad(_tiny_loss)(model, take_batch(batches, 0), rngs)
+    closure = lambda m, b: _tiny_loss(m, b, rngs)  # rngs mutated from inside the chain
+    optimizer.update(model, grads, grad_fn=nnx_grad_fn(model, closure, batches))
+
+  with pytest.raises(ValueError, match=r"nnx_grad_fn\(model, loss_fn, batches, rngs=rngs\)"):
+    step(model, optimizer, batches, rngs)
+
+
+def test_call_time_rngs_fresh_masks_per_step_and_rngs_untouched():
+  model, rngs = Tiny(nnx.Rngs(0)), nnx.Rngs(1)
+  count = int(rngs.default.count[...])
+  params = nnx.as_pure(nnx.state(model, nnx.Param))
+  grad_fn = nnx_grad_fn(model, _tiny_loss, _tiny_batches(3, 64), rngs=rngs)
+  grads = [np.asarray(grad_fn(params, jnp.int32(k))["linear"]["bias"]) for k in (1, 2)]
+  # Dropout zeroes whole output units per example: the two steps' masks differ, so do the grads.
+  assert not np.allclose(grads[0], grads[1])
+  np.testing.assert_array_equal(grads[1], grad_fn(params, jnp.int32(2))["linear"]["bias"])
+  assert int(rngs.default.count[...]) == count  # never mutated by the Langevin steps
+
+
+def test_loss_with_aux_without_has_aux_says_so():
+  loss_with_logits = lambda model, batch: (_tiny_loss(model, batch), model(batch[0]))
+  model = Tiny(nnx.Rngs(0))
+  model.set_attributes(deterministic=True)
+  params = nnx.as_pure(nnx.state(model, nnx.Param))
+  with pytest.raises(TypeError, match="pass has_aux=True"):
+    nnx_grad_fn(model, loss_with_logits, _tiny_batches(2))(params, 1)
+  with pytest.raises(TypeError, match="pass has_aux=True"):
+    entropy_optax.flax.make_grad_fn(lambda p, b: (jnp.sum(p), p), jnp.ones((2, 3)))(jnp.ones(3), 1)
+  with pytest.raises(TypeError, match="drop has_aux"):
+    entropy_optax.flax.make_grad_fn(lambda p, b: jnp.sum(p), jnp.ones((2, 3)),
+                                    has_aux=True)(jnp.ones(3), 1)
+
+
+def test_flax_train_state_subclass_error_names_ours():
+  params = {"w": jnp.ones(3)}
+  state = train_state.TrainState.create(
+      apply_fn=None, params=params, tx=entropy_optax.entropy_sgd(0.1, num_langevin_steps=2))
+  with pytest.raises(TypeError, match=r"entropy_optax\.flax\.TrainState \(subclass it"):
+    state.apply_gradients(grads=params)
+
+
+def test_stacking_errors_say_stack_l_minibatches():
+  unstacked = _tiny_batches(1)[0][0], _tiny_batches(1)[1][0]  # one batch of 4, not stacked
+  grad_fn = entropy_optax.flax.make_grad_fn(lambda p, b: jnp.sum(p), unstacked)
+  assert grad_fn.num_batches == 4  # its batch size: what L it is checked against
+  with pytest.raises(ValueError, match="stack L mini-batches on axis 0"):
+    entropy_optax.flax.check_num_batches(grad_fn.num_batches, 5)
+  with pytest.raises(ValueError, match="stack L mini-batches on axis 0"):
+    entropy_optax.flax.check_num_batches(3, 5)  # 3 stacked batches, L = 5
+  entropy_optax.flax.check_num_batches(None, 5)  # shared_batch: any L
+  with pytest.raises(ValueError, match="stack L mini-batches on axis 0"):
+    nnx_grad_fn(Tiny(nnx.Rngs(0)), _tiny_loss, (jnp.ones((3, 4, 3)), jnp.ones((2, 4, 2))))
+  with pytest.raises(ValueError, match="same shape"):
+    list(stack_batches([np.ones((4, 3)), np.ones((4, 3)), np.ones((2, 3))], 3))
+  with pytest.raises(TypeError, match="array of batch indices"):
+    stack_batches({"image": np.ones((8, 3))}, 2)
+
+
+def test_stack_batches_from_each_source(mnist):
+  batches = list(make_batches(mnist, BATCH))  # 4 batches of 8
+  expected = [jax.tree.map(lambda *b: np.stack(b), *batches[i:i + L]) for i in (0, L)]
+  sources = {
+      "generator": make_batches(mnist, BATCH),
+      "tf.data": _tf_dataset(mnist, BATCH),
+      "jax arrays": [jax.tree.map(jnp.asarray, b) for b in batches],
+  }
+  for name, source in sources.items():
+    stacked = list(stack_batches(source, L))
+    assert len(stacked) == 2, name
+    for got, want in zip(stacked, expected):
+      jax.tree.map(np.testing.assert_array_equal, got, want)
+  indices = stack_batches(np.arange(40).reshape(5, 8), L)  # 5 index batches: the 5th is dropped
+  assert indices.shape == (2, L, 8)
+  np.testing.assert_array_equal(mnist["image"][indices[1]][0], mnist["image"][16:24])
+
+
+def test_one_loop_plain_optimizer_takes_one_update_per_minibatch():
+  """With optax.sgd the ported step equals per-mini-batch SGD (flax's original loop)."""
+  xs, ys = _tiny_batches(3)
+  model = Tiny(nnx.Rngs(0))
+  model.set_attributes(deterministic=True)
+  twin = nnx.clone(model)
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+  twin_optimizer = nnx.Optimizer(twin, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+  grads = nnx.grad(_tiny_loss)(model, (xs[0], ys[0]))
+  nnx_update(optimizer, model, grads, grad_fn=nnx_grad_fn(model, _tiny_loss, (xs, ys)))
+  for k in range(3):
+    twin_optimizer.update(twin, nnx.grad(_tiny_loss)(twin, (xs[k], ys[k])))
+  assert int(optimizer.step[...]) == 3
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6),
+               nnx.state(model, nnx.Param), nnx.state(twin, nnx.Param))
+
+  # Linen: TrainState.apply_gradients, under jit.
+  loss = lambda params, batch: jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
+  state = entropy_optax.flax.TrainState.create(
+      apply_fn=None, params={"w": jnp.zeros((3, 2))}, tx=optax.sgd(0.1, momentum=0.9))
+  reference = state
+  step = jax.jit(lambda s: s.apply_gradients(
+      grads=jax.grad(loss)(s.params, (xs[0], ys[0])),
+      grad_fn=entropy_optax.flax.make_grad_fn(loss, (xs, ys))))
+  state = step(state)
+  for k in range(3):
+    reference = reference.apply_gradients(grads=jax.grad(loss)(reference.params, (xs[k], ys[k])))
+  assert int(state.step) == 3
+  np.testing.assert_allclose(state.params["w"], reference.params["w"], rtol=1e-6)
