@@ -27,8 +27,9 @@ BatchNorm and dropout during the Langevin steps (the library's choice):
   at every inner pass, lets leak into evaluation); and the model state after a step is a
   deterministic function of x and batch 0, whatever L is.
 * Dropout draws a fresh mask at every Langevin step: step k uses the key
-  ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model is folded
-  with k), so masks differ between Langevin steps and from step 0.
+  ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model, and of the
+  call-time ``rngs`` given to ``nnx_grad_fn``, is folded with k), so masks differ between
+  Langevin steps and from step 0.
 """
 
 from __future__ import annotations
