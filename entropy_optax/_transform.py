@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax import _batches
 from entropy_optax import _langevin
 from entropy_optax import _masking
 from entropy_optax import _noise
@@ -20,7 +21,12 @@ from entropy_optax._utils import to_chain
 _GRAD_FN_HELP = (
     "local_entropy needs grad_fn, a function grad_fn(params, k) returning the loss gradient "
     "for Langevin step k, passed as a keyword: "
-    "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k]))."
+    "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k])). "
+    "With Flax: Linen's flax.training.train_state.TrainState.apply_gradients drops grad_fn, "
+    "so build the state from entropy_optax.flax.TrainState (subclass it instead of flax's for "
+    "extra fields) and call state.apply_gradients(grads=grads, "
+    "grad_fn=entropy_optax.flax.make_grad_fn(...)); NNX: optimizer.update(model, grads, "
+    "grad_fn=entropy_optax.flax.nnx_grad_fn(...))."
 )
 
 
@@ -241,6 +247,8 @@ def local_entropy(
       raise TypeError(_GRAD_FN_HELP)
     if params is None:
       raise TypeError("local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...).")
+    # Builders in entropy_optax.flax record how many mini-batches grad_fn holds (static).
+    _batches.check_num_batches(getattr(grad_fn, "num_batches", None), num_langevin_steps)
     _masking.reject_masked_nodes(params)
     if run_langevin is None or run_langevin is True:
       return step(updates, state, params, grad_fn)

@@ -9,7 +9,11 @@ flax). Two things stand between a Flax training loop and ``local_entropy``:
 * ``grad_fn(params, k)`` must evaluate the model at the Langevin iterate x' on mini-batch k.
   ``make_grad_fn`` builds it from a functional loss (Linen or plain JAX); ``nnx_grad_fn``
   builds it from an ``nnx.Module`` by splitting and merging, for ``nnx.Optimizer.update(model,
-  grads, grad_fn=...)``, which forwards keyword arguments to ``tx.update``.
+  grads, grad_fn=...)``, which forwards keyword arguments to ``tx.update``. Both take the L
+  mini-batches stacked on axis 0 (``stack_batches`` makes them from a data pipeline) and
+  record their number as ``grad_fn.num_batches``.
+* One training step serves plain optimizers too: ``TrainState.apply_gradients`` and
+  ``nnx_update`` give a plain optax optimizer one update per stacked mini-batch.
 
 BatchNorm and dropout during the Langevin steps (the library's choice):
 
@@ -23,8 +27,9 @@ BatchNorm and dropout during the Langevin steps (the library's choice):
   at every inner pass, lets leak into evaluation); and the model state after a step is a
   deterministic function of x and batch 0, whatever L is.
 * Dropout draws a fresh mask at every Langevin step: step k uses the key
-  ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model is folded
-  with k), so masks differ between Langevin steps and from step 0.
+  ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model, and of the
+  call-time ``rngs`` given to ``nnx_grad_fn``, is folded with k), so masks differ between
+  Langevin steps and from step 0.
 """
 
 from __future__ import annotations
@@ -32,38 +37,38 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flax import nnx
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax import _unroll
+from entropy_optax._batches import check_num_batches
+from entropy_optax._batches import checked_loss
+from entropy_optax._batches import langevin_key
+from entropy_optax._batches import num_stacked
+from entropy_optax._batches import stack_batches
+from entropy_optax._batches import take_batch
+from entropy_optax._flax_nnx import GradFn
+from entropy_optax._flax_nnx import langevin_stats
+from entropy_optax._flax_nnx import nnx_grad_fn
+from entropy_optax._flax_nnx import nnx_update
+from entropy_optax._flax_nnx import uses_local_entropy
 from entropy_optax._utils import canonical_key
 
 __all__ = (
     "TrainState",
+    "check_num_batches",
     "langevin_key",
+    "langevin_stats",
     "make_grad_fn",
     "nnx_grad_fn",
+    "nnx_update",
+    "num_stacked",
+    "stack_batches",
     "take_batch",
+    "uses_local_entropy",
 )
-
-GradFn = Callable[[Any, jax.Array], Any]
-
-
-def langevin_key(key: jax.Array, k: jax.Array | int) -> jax.Array:
-  """The PRNG key of Langevin step ``k`` derived from a step's ``key``: ``fold_in(key, k)``."""
-  return jax.random.fold_in(key, k)
-
-
-def take_batch(batches: Any, k: jax.Array | int) -> Any:
-  """Mini-batch ``k`` of ``batches`` (every leaf stacked on a leading axis of length L).
-
-  ``k`` may be traced. An out-of-range ``k`` gives NaN inputs (integer leaves: their minimum
-  value) rather than silently repeating the last batch, so a ``tx`` taking more Langevin
-  steps than there are mini-batches shows up as a NaN loss.
-  """
-  return jax.tree.map(lambda b: jnp.take(b, k, axis=0, mode="fill"), batches)
 
 
 def make_grad_fn(
@@ -92,17 +97,19 @@ def make_grad_fn(
 
   Returns:
     ``grad_fn(params, k)``, to pass as ``tx.update(..., grad_fn=grad_fn)`` or
-    ``state.apply_gradients(..., grad_fn=grad_fn)``.
+    ``state.apply_gradients(..., grad_fn=grad_fn)``; its ``num_batches`` attribute is the
+    number of stacked mini-batches (None with ``shared_batch``).
 
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from entropy_optax.flax import make_grad_fn
     >>> loss_fn = lambda w, batch: jnp.sum((w - batch) ** 2)
     >>> grad_fn = make_grad_fn(loss_fn, jnp.arange(3.0)[:, None])
-    >>> print(grad_fn(jnp.zeros(1), 2))
-    [-4.]
+    >>> print(grad_fn(jnp.zeros(1), 2), grad_fn.num_batches)
+    [-4.] 3
   """
-  grad = jax.grad(loss_fn, has_aux=has_aux)
+  num_batches = None if shared_batch else num_stacked(batches)
+  grad = jax.grad(checked_loss(loss_fn, has_aux), has_aux=has_aux)
 
   def grad_fn(params, k):
     batch = batches if shared_batch else take_batch(batches, k)
@@ -110,15 +117,17 @@ def make_grad_fn(
     out = grad(*args)
     return out[0] if has_aux else out
 
+  grad_fn.num_batches = num_batches
   return grad_fn
 
 
 class TrainState(train_state.TrainState):
   """A Linen ``TrainState`` whose ``apply_gradients`` forwards ``grad_fn`` to ``tx.update``.
 
-  A drop-in for ``flax.training.train_state.TrainState``: with a plain optax optimizer it
-  behaves the same (``grad_fn``, if given, is ignored), so one training loop serves SGD, Adam
-  and Entropy-SGD.
+  A drop-in for ``flax.training.train_state.TrainState`` (subclass it for more fields, as
+  with flax's): with a plain optax optimizer and no ``grad_fn`` it behaves the same, and
+  with a ``grad_fn`` over L stacked mini-batches it takes one update per mini-batch, so one
+  training step serves SGD, Adam and Entropy-SGD.
 
   Attributes:
     batch_stats: the model's ``batch_stats`` collection, or None for a model without BatchNorm.
@@ -149,36 +158,8 @@ class TrainState(train_state.TrainState):
       raise ValueError("This TrainState has no key: TrainState.create(..., key=seed).")
     return jax.random.fold_in(self.key, self.step)
 
-  def apply_gradients(
-      self,
-      *,
-      grads: Any,
-      grad_fn: GradFn | None = None,
-      extra_args: Mapping[str, Any] | None = None,
-      **kwargs,
-  ) -> TrainState:
-    """One optimizer step: ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
-
-    Args:
-      grads: the gradient at ``params`` (for ``local_entropy``: on mini-batch 0, from the
-        caller's training forward pass; it is Langevin step 0).
-      grad_fn: ``grad_fn(params, k)`` for Langevin steps k >= 1 (see ``make_grad_fn``);
-        required by ``local_entropy``, ignored by plain optax optimizers.
-      extra_args: further keyword arguments for ``tx.update``.
-      **kwargs: fields to replace, as in the base class (e.g. ``batch_stats=...``).
-
-    Returns:
-      The new state, ``step`` incremented.
-    """
-    unknown = set(kwargs) - set(self.__dataclass_fields__)
-    if unknown:
-      raise TypeError(
-          f"apply_gradients got {sorted(unknown)}, which are not TrainState fields "
-          f"({sorted(self.__dataclass_fields__)}); pass arguments for tx.update as "
-          "grad_fn=... or extra_args={...}.")
-    tx_kwargs = dict(extra_args or {})
-    if grad_fn is not None:
-      tx_kwargs["grad_fn"] = grad_fn
+  def _update(self, grads: Any, tx_kwargs: Mapping[str, Any]) -> TrainState:
+    """One ``tx.update`` and ``step + 1`` (flax's ``apply_gradients``, with ``tx_kwargs``)."""
     tx = optax.with_extra_args_support(self.tx)
     owg = train_state.OVERWRITE_WITH_GRADIENT
     if isinstance(grads, Mapping) and owg in grads:
@@ -189,65 +170,52 @@ class TrainState(train_state.TrainState):
     new_params = optax.apply_updates(params_with_opt, updates)
     if isinstance(grads, Mapping) and owg in grads:
       new_params = {"params": new_params, owg: grads[owg]}
-    return self.replace(step=self.step + 1, params=new_params, opt_state=new_opt_state, **kwargs)
+    return self.replace(step=self.step + 1, params=new_params, opt_state=new_opt_state)
 
+  def apply_gradients(
+      self,
+      *,
+      grads: Any,
+      grad_fn: GradFn | None = None,
+      extra_args: Mapping[str, Any] | None = None,
+      **kwargs,
+  ) -> TrainState:
+    """One training step: ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
 
-def nnx_grad_fn(
-    model: nnx.Module,
-    loss_fn: Callable[..., Any],
-    batches: Any,
-    *,
-    wrt: Any = nnx.Param,
-    has_aux: bool = False,
-    shared_batch: bool = False,
-) -> GradFn:
-  """Builds ``grad_fn(params, k)`` from an ``nnx.Module`` and ``loss_fn(model, batch)``.
+    With a plain optax optimizer (no ``local_entropy`` in ``tx``) and a ``grad_fn`` over L
+    stacked mini-batches, it takes L updates: ``grads`` (mini-batch 0), then
+    ``grad_fn(params, k)`` at the new params for k = 1..L-1, so no mini-batch is wasted and an
+    epoch has as many updates as with unstacked batches. ``batch_stats`` and other fields
+    passed here are set once (those of the caller's pass on mini-batch 0).
 
-  For ``nnx.Optimizer(model, tx, wrt=wrt).update(model, grads, grad_fn=grad_fn)``: ``params``
-  is then the pure ``nnx.State`` of the ``wrt`` variables. Step k evaluates ``loss_fn`` on a
-  copy of ``model`` (``nnx.merge`` of the graph, ``params`` and the model's other state as it is
-  when ``nnx_grad_fn`` is called) on mini-batch k, with every ``RngKey`` of the copy folded
-  with k, so dropout draws a fresh mask at each step. The copy's mutations (BatchNorm running
-  statistics, RNG counts) are discarded: the model itself is changed only by the caller's own
-  forward pass at x, see the module docstring. The model's mode (``model.train()``) applies.
+    Args:
+      grads: the gradient at ``params`` (for ``local_entropy``: on mini-batch 0, from the
+        caller's training forward pass; it is Langevin step 0).
+      grad_fn: ``grad_fn(params, k)`` for Langevin steps k >= 1 (see ``make_grad_fn``);
+        required by ``local_entropy``.
+      extra_args: further keyword arguments for ``tx.update``.
+      **kwargs: fields to replace, as in the base class (e.g. ``batch_stats=...``).
 
-  Args:
-    model: the model (its current state is captured here; call inside ``nnx.jit``).
-    loss_fn: ``loss_fn(model, batch)`` returning the loss, or ``(loss, aux)`` with ``has_aux``.
-    batches: a pytree stacking the L mini-batches on axis 0, or one batch with
-      ``shared_batch``.
-    wrt: the filter of the differentiated variables; must match ``nnx.Optimizer``'s ``wrt``.
-    has_aux: whether ``loss_fn`` returns ``(loss, aux)`` (aux is discarded).
-    shared_batch: use the same mini-batch at every Langevin step.
-
-  Returns:
-    ``grad_fn(params, k)`` returning an ``nnx.State`` of gradients shaped like ``params``.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax
-    >>> from flax import nnx
-    >>> import entropy_optax
-    >>> from entropy_optax.flax import nnx_grad_fn
-    >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-    >>> optimizer = nnx.Optimizer(model, entropy_optax.entropy_sgd(0.1, num_langevin_steps=3),
-    ...     wrt=nnx.Param)
-    >>> loss_fn = lambda model, batch: jnp.mean((model(batch[0]) - batch[1]) ** 2)
-    >>> xs, ys = jnp.ones((3, 4, 2)), jnp.zeros((3, 4, 1))
-    >>> grads = nnx.grad(loss_fn)(model, (xs[0], ys[0]))
-    >>> _ = optimizer.update(model, grads, grad_fn=nnx_grad_fn(model, loss_fn, (xs, ys)))
-  """
-  # Pure arrays: every nnx.merge below builds fresh Variables, so the copies' mutations never
-  # reach ``model``.
-  graphdef, _, keys, rest = nnx.as_pure(nnx.split(model, wrt, nnx.RngKey, ...))
-
-  def grad_fn(params, k):
-    batch = batches if shared_batch else take_batch(batches, k)
-    keys_k = jax.tree.map(lambda key: langevin_key(key, k), keys)
-
-    def pure_loss(p):
-      return loss_fn(nnx.merge(graphdef, p, keys_k, rest), batch)
-
-    out = jax.grad(pure_loss, has_aux=has_aux)(nnx.as_pure(params))
-    return out[0] if has_aux else out
-
-  return grad_fn
+    Returns:
+      The new state, ``step`` incremented by the number of updates.
+    """
+    unknown = set(kwargs) - set(self.__dataclass_fields__)
+    if unknown:
+      raise TypeError(
+          f"apply_gradients got {sorted(unknown)}, which are not TrainState fields "
+          f"({sorted(self.__dataclass_fields__)}); pass arguments for tx.update as "
+          "grad_fn=... or extra_args={...}.")
+    tx_kwargs = dict(extra_args or {})
+    num_batches = getattr(grad_fn, "num_batches", None) or 1
+    if grad_fn is None or uses_local_entropy(self.opt_state):
+      if grad_fn is not None:
+        tx_kwargs["grad_fn"] = grad_fn
+      return self._update(grads, tx_kwargs).replace(**kwargs)
+    state = self._update(grads, tx_kwargs)
+    if num_batches > 1:
+      # Unrolled where the chain would be (conv nets on XLA:CPU), rolled elsewhere.
+      unroll = _unroll.default_unroll(num_batches - 1, lambda: grad_fn(state.params, 1))
+      state = jax.lax.fori_loop(
+          1, num_batches, lambda k, s: s._update(grad_fn(s.params, k), tx_kwargs), state,
+          unroll=unroll)
+    return state.replace(**kwargs)

@@ -271,6 +271,7 @@ def test_nnx_plain_optax_through_the_same_path():
 def test_readme_section_examples_run(index):
   """The code blocks of the README's "Using with Flax" run as they are and reduce the loss."""
   section = README.read_text().split("## Using with Flax")[1].split("\n## ")[0]
+  section = section.split("### Porting an existing Flax loop")[0]  # run by tests/test_porting.py
   blocks = re.findall(r"```python\n(.*?)```", section, re.S)
   assert len(blocks) == 2
   namespace = {}
