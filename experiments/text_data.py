@@ -74,7 +74,7 @@ class TextCorpus:
 
 
 def _read_words(path: pathlib.Path) -> list[str]:
-  """The words of a PTB file, ``<eos>`` after every line; a CorpusError if missing or empty."""
+  """The words of a PTB file, ``<eos>`` after every non-blank line (PTB has no blank lines)."""
   if not path.is_file():
     raise CorpusError(
         f"{path} not found. Penn Treebank is not downloaded automatically: get {PTB_SOURCE} "
