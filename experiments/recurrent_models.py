@@ -1,7 +1,8 @@
 """LSTM language models of the recurrent experiments (Flax Linen), with the state as data.
 
-``LSTMLanguageModel`` is called as ``model.apply(variables, tokens, state, train=...)`` and
-returns ``(logits, new_state)``: the LSTM state is an explicit input and output (a tuple with one
+``LSTMLanguageModel`` is called as ``model.apply(variables, tokens, carry, train=...)`` (or
+``carry=`` by keyword) and returns ``(logits, new_carry)``: the LSTM state is an explicit input
+and output (a tuple with one
 ``(c, h)`` pair of (batch, hidden) arrays per layer, ``zero_state``), so a training loop carries
 it from one segment of a text stream to the next (stateful truncated BPTT). ``train=True``
 applies dropout on the non-recurrent connections (Zaremba et al. 2014: the embedding output,
@@ -76,17 +77,17 @@ class LSTMLanguageModel(nn.Module):
     return nn.Dropout(self.dropout_rate, deterministic=False)(x)
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, state: LSTMState, *, train: bool
+  def __call__(self, tokens: jax.Array, carry: LSTMState, *, train: bool
                ) -> tuple[jax.Array, LSTMState]:
     """Logits (batch, time, vocab_size) of the next token, and the state after the last step.
 
     Args:
       tokens: int token ids, (batch, time).
-      state: the state before the first step (``zero_state`` at the start of a stream).
+      carry: the LSTM state before the first step (``zero_state`` at the start of a stream).
       train: apply dropout (rng stream ``'dropout'``).
     """
-    if len(state) != self.num_layers:
-      raise ValueError(f"state has {len(state)} layers, the model {self.num_layers}.")
+    if len(carry) != self.num_layers:
+      raise ValueError(f"carry has {len(carry)} layers, the model {self.num_layers}.")
     weight_init = self._init(nn.initializers.lecun_normal())
     four_h = 4 * self.hidden_size
     if self.embed_size is None:  # one-hot input: row lookup in the input matrix
@@ -110,7 +111,7 @@ class LSTMLanguageModel(nn.Module):
                              (self.hidden_size, four_h), self.param_dtype)
       bias = self.param(f"layer{layer}_bias", self._bias_init, (four_h,), self.param_dtype)
       hidden, final = _lstm_scan(projected + bias.astype(self.dtype),
-                                 recurrent.astype(self.dtype), state[layer])
+                                 recurrent.astype(self.dtype), carry[layer])
       new_state.append(final)
       outputs = self._dropout(hidden, train)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
