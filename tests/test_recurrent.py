@@ -1,5 +1,6 @@
 """LSTM language models and the stateful-BPTT step: counts, state carry, Entropy-SGD policy."""
 
+import dataclasses
 import math
 
 import jax
@@ -218,3 +219,40 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
   assert step_norm > 1.5 * clip  # x - mu itself is not clipped
   unclipped = expected_params(lambda g: g)  # clipping matters here
   assert float(optax.tree.norm(optax.tree.sub(unclipped, mu))) > 0.1 * step_norm
+
+
+# ---------------------------------------------------------------------------
+# Recipes and the main job.
+# ---------------------------------------------------------------------------
+
+from experiments import recurrent_recipes as rr  # noqa: E402
+
+
+@pytest.mark.parametrize("name,epoch_lrs", [
+    ("ptb-sgd", [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15 ** -3)]),
+    ("ptb-entropy-sgd", [(0, 1.0), (2.9, 1.0), (3, 0.1), (4, 0.01)]),
+    ("charlstm-adam", [(0, 2e-3), (4.9, 2e-3), (5, 1e-3), (49, 2e-3 / 2 ** 9)]),
+    ("charlstm-entropy-adam", [(0, 2e-3), (1, 1e-3), (4.5, 2e-3 / 16)]),
+])
+def test_recipe_learning_rates_follow_the_paper(name, epoch_lrs):
+  schedule = rr.RECIPES[name].learning_rate_schedule(steps_per_outer_epoch=10)
+  for epoch, lr in epoch_lrs:
+    np.testing.assert_allclose(schedule(jnp.int32(round(epoch * 10))), lr, rtol=1e-6)
+
+
+def test_recipes_budgets_and_validation():
+  assert [rr.RECIPES[n].effective_epochs for n in rr.RECIPES] == [55, 25, 50, 25]
+  with pytest.raises(ValueError, match="L > 1"):
+    rr.LMRecipe(target="", model="char-lstm", optimizer="entropy_adam", outer_epochs=1,
+                batch_size=1, num_steps=1, clip_norm=1.0, learning_rate=1.0)
+  # Entropy-SGD's outer Nesterov momentum 0.5 acts: two identical outer gradients g (no noise,
+  # same x, constant loss gradient) give updates 1.5 g and g + 0.5 (g + 0.5 g) = 1.75 g.
+  recipe = dataclasses.replace(rr.RECIPES["ptb-entropy-sgd"], noise=0.0)
+  tx = recipe.make_tx(10)(jax.random.PRNGKey(0))
+  grad_fn = lambda p, k: jnp.ones_like(p)
+  params, opt_state = jnp.ones(2), tx.init(jnp.ones(2))
+  updates = []
+  for _ in range(2):
+    u, opt_state = tx.update(jnp.ones(2), opt_state, params, grad_fn=grad_fn)
+    updates.append(float(u[0]))
+  assert updates[0] != 0 and updates[1] / updates[0] == pytest.approx(1.75 / 1.5, rel=1e-5)
