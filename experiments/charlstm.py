@@ -4,10 +4,12 @@
     python -m experiments.charlstm --text 2600-0.txt  # War and Peace (Project Gutenberg)
 
 Trains the char-LSTM (2 x 128, 50 steps, batch 50) with the paper's two char-LSTM recipes
-(``experiments.recurrent_recipes``: ``charlstm-adam`` and ``charlstm-entropy-adam``), both
-compressed to the same budget of ``--effective-epochs``: Adam's learning rate is halved ten times
-over its run (as 2e-3 halved every 5 of 50 epochs), Entropy-Adam's (L = 5, gamma = 0.01,
-b1 = 0.5) five times over its run (halved each of 5 epochs). ``--seeds`` seeds train at once
+(``experiments.recurrent_recipes``: ``charlstm-adam``, lr 2e-3, b1 0.9; ``charlstm-entropy-adam``,
+lr 1e-2, L = 5, gamma = 0.01, b1 = 0.5, Langevin lr 0.1, noise 1e-4) for the same budget of
+``--effective-epochs``. A budget of minutes is far shorter than the paper's 25-50 epochs, and its
+schedules (halving every 5 epochs, or every epoch) would there only decide how soon the rate
+vanishes; so both keep their initial rate and halve it at 1/2 and 3/4 of the run (the
+full-length recipes are in ``experiments.recurrent_recipes``). ``--seeds`` seeds train at once
 (vmap). Prints validation and test cross-entropy per character (nats and bits, mean +- std over
 seeds), effective epochs and wall time, and saves ``results.json`` and a plot of validation
 cross-entropy against effective epochs (the shape of the paper's Fig. 6b) in ``--workdir``.
@@ -35,13 +37,12 @@ from experiments import text_data
 PAPER_NATS = {"adam": 1.226, "entropy_adam": 1.217}  # Table 1, War and Peace, test
 
 
-def compressed(recipe: recurrent_recipes.LMRecipe, effective_epochs: float, num_decays: int
-               ) -> recurrent_recipes.LMRecipe:
-  """``recipe`` over ``effective_epochs``, its learning rate decayed ``num_decays`` times evenly."""
+def shortened(recipe: recurrent_recipes.LMRecipe, effective_epochs: float
+              ) -> recurrent_recipes.LMRecipe:
+  """``recipe`` over ``effective_epochs``, its learning rate halved at 1/2 and 3/4 of the run."""
   outer_epochs = effective_epochs / recipe.langevin_steps
-  every = outer_epochs / (num_decays + 1)
-  return dataclasses.replace(recipe, outer_epochs=outer_epochs, lr_decay_start=every,
-                             lr_decay_every=every)
+  return dataclasses.replace(recipe, outer_epochs=outer_epochs, lr_decay=0.5,
+                             lr_decay_start=outer_epochs / 2, lr_decay_every=outer_epochs / 4)
 
 
 def train_and_evaluate(recipe: recurrent_recipes.LMRecipe, corpus: text_data.TextCorpus,
@@ -130,9 +131,9 @@ def main(argv=None) -> None:
   print(f"{corpus.name}: {len(corpus.train)} / {len(corpus.valid)} / {len(corpus.test)} "
         f"characters, vocabulary {corpus.vocab_size}; {args.seeds} seeds")
   recipes = {
-      "adam": compressed(recurrent_recipes.RECIPES["charlstm-adam"], args.effective_epochs, 9),
-      "entropy_adam": compressed(recurrent_recipes.RECIPES["charlstm-entropy-adam"],
-                                 args.effective_epochs, 4),
+      "adam": shortened(recurrent_recipes.RECIPES["charlstm-adam"], args.effective_epochs),
+      "entropy_adam": shortened(recurrent_recipes.RECIPES["charlstm-entropy-adam"],
+                                args.effective_epochs),
   }
   seeds = list(range(args.seeds))
   results = {name: train_and_evaluate(r, corpus, seeds, args.evals)

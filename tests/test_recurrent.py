@@ -232,7 +232,7 @@ from experiments import recurrent_recipes as rr  # noqa: E402
     ("ptb-sgd", [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15 ** -3)]),
     ("ptb-entropy-sgd", [(0, 1.0), (2.9, 1.0), (3, 0.1), (4, 0.01)]),
     ("charlstm-adam", [(0, 2e-3), (4.9, 2e-3), (5, 1e-3), (49, 2e-3 / 2 ** 9)]),
-    ("charlstm-entropy-adam", [(0, 2e-3), (1, 1e-3), (4.5, 2e-3 / 16)]),
+    ("charlstm-entropy-adam", [(0, 1e-2), (1, 5e-3), (4.5, 1e-2 / 16)]),
 ])
 def test_recipe_learning_rates_follow_the_paper(name, epoch_lrs):
   schedule = rr.RECIPES[name].learning_rate_schedule(steps_per_outer_epoch=10)

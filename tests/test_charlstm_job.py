@@ -1,0 +1,39 @@
+"""The char-LSTM main job end to end on a small text file (one outer step per optimizer)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import charlstm
+from experiments import text_data
+
+
+def test_charlstm_job_trains_both_optimizers_at_equal_effective_epochs(tmp_path, capsys):
+  text = "".join(text_data.pydoc_corpus().decode(text_data.pydoc_corpus().train[:20_000]))
+  path = tmp_path / "book.txt"
+  path.write_text(text, encoding="utf-8")
+  # 16,000 training characters: 50 streams of 320, 6 segments of 50 a pass; 5/6 of an
+  # effective epoch is 5 Adam steps and 1 Entropy-Adam step (L = 5).
+  charlstm.main(["--text", str(path), "--effective-epochs", str(5 / 6), "--seeds", "2",
+                 "--evals", "1", "--workdir", str(tmp_path / "run")])
+  out = capsys.readouterr().out
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert (tmp_path / "run" / "valid_cross_entropy.png").stat().st_size > 1000
+  for name in ("adam", "entropy_adam"):
+    result = results[name]
+    assert result["effective_epochs"] == pytest.approx(5 / 6)
+    nats, bits = np.array(result["test"]["nats"]), np.array(result["test"]["bits"])
+    assert nats.shape == (2,) and np.all(nats < math.log(len(set(text))) + 0.5)
+    np.testing.assert_allclose(bits, nats / math.log(2), rtol=1e-6)
+    assert f"{name:13s}   0.83" in out
+  # Seeds differ (their own init, dropout and Langevin noise keys).
+  assert results["entropy_adam"]["test"]["nats"][0] != results["entropy_adam"]["test"]["nats"][1]
+
+
+def test_charlstm_job_missing_text_is_a_one_line_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    charlstm.main(["--text", str(tmp_path / "missing.txt")])
+  assert exit_info.value.code == 2
+  assert "missing.txt not found" in capsys.readouterr().err
