@@ -23,13 +23,10 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from experiments import bptt
+from experiments import lm_training
 from experiments import recurrent_models
 from experiments import recurrent_recipes
 from experiments import text_data
@@ -43,40 +40,6 @@ def shortened(recipe: recurrent_recipes.LMRecipe, effective_epochs: float
   outer_epochs = effective_epochs / recipe.langevin_steps
   return dataclasses.replace(recipe, outer_epochs=outer_epochs, lr_decay=0.5,
                              lr_decay_start=outer_epochs / 2, lr_decay_every=outer_epochs / 4)
-
-
-def train_and_evaluate(recipe: recurrent_recipes.LMRecipe, corpus: text_data.TextCorpus,
-                       seeds: list[int], num_evals: int) -> dict:
-  """Trains ``len(seeds)`` seeds at once; returns the validation curve and final metrics."""
-  model = recurrent_models.char_lstm(corpus.vocab_size)
-  streams = jnp.asarray(text_data.bptt_streams(corpus.train, recipe.batch_size))
-  num_segments = text_data.num_segments(streams, recipe.num_steps)
-  total_steps = max(num_evals, round(recipe.outer_epochs * num_segments))
-  make_tx = recipe.make_tx(steps_per_outer_epoch=num_segments)
-  states = jax.vmap(lambda s: bptt.create_state(model, make_tx, s, recipe.batch_size))(
-      jnp.asarray(seeds))
-  step = bptt.make_train_step(model, num_steps=recipe.num_steps,
-                              langevin_steps=recipe.langevin_steps, clip_norm=recipe.clip_norm)
-  chunk = total_steps // num_evals
-  run = jax.jit(jax.vmap(bptt.make_train_steps(step, chunk), in_axes=(0, None)))
-  evaluate = jax.jit(jax.vmap(lambda p, x, y: bptt.evaluate(model, p, x, y),
-                              in_axes=(0, None, None)))
-  valid = tuple(map(jnp.asarray, text_data.eval_streams(corpus.valid, 50, recipe.num_steps)))
-  test = tuple(map(jnp.asarray, text_data.eval_streams(corpus.test, 50, recipe.num_steps)))
-  curve, start = [], time.perf_counter()
-  for i in range(num_evals):
-    states, train_loss = run(states, streams)
-    nats = np.asarray(evaluate(states.params, *valid)["nats"])
-    steps = (i + 1) * chunk
-    curve.append({"effective_epochs": steps * recipe.langevin_steps / num_segments,
-                  "train_nats": np.asarray(train_loss).tolist(), "valid_nats": nats.tolist()})
-    print(f"  {recipe.optimizer:12s} {curve[-1]['effective_epochs']:6.2f} eff. epochs  "
-          f"valid {nats.mean():.4f} nats  ({time.perf_counter() - start:.0f} s)", flush=True)
-  final = {split: {k: np.asarray(v).tolist() for k, v in evaluate(states.params, *data).items()}
-           for split, data in (("valid", valid), ("test", test))}
-  return {"recipe": dataclasses.asdict(recipe), "seeds": seeds, "curve": curve, **final,
-          "effective_epochs": curve[-1]["effective_epochs"],
-          "wall_s": time.perf_counter() - start}
 
 
 def _summary_row(name: str, result: dict) -> str:
@@ -136,7 +99,8 @@ def main(argv=None) -> None:
                                 args.effective_epochs),
   }
   seeds = list(range(args.seeds))
-  results = {name: train_and_evaluate(r, corpus, seeds, args.evals)
+  model = recurrent_models.char_lstm(corpus.vocab_size)
+  results = {name: lm_training.train_and_evaluate(r, model, corpus, seeds, args.evals)
              for name, r in recipes.items()}
   print("\noptimizer     eff.ep  valid nats         test nats          test bits  wall s    "
         "paper (W&P, nats)")

@@ -1,4 +1,4 @@
-"""The char-LSTM main job end to end on a small text file (one outer step per optimizer)."""
+"""The text jobs end to end on small files: the char-LSTM main job and the PTB recipes."""
 
 import json
 import math
@@ -37,3 +37,32 @@ def test_charlstm_job_missing_text_is_a_one_line_error(tmp_path, capsys):
     charlstm.main(["--text", str(tmp_path / "missing.txt")])
   assert exit_info.value.code == 2
   assert "missing.txt not found" in capsys.readouterr().err
+
+
+def test_ptb_job_on_written_files(tmp_path, capsys):
+  from experiments import ptb
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(30)] + ["<unk>"]
+  for split, lines in (("train", 400), ("valid", 20), ("test", 20)):
+    text = "\n".join(" " + " ".join(rng.choice(words, 8)) for _ in range(lines))
+    (tmp_path / f"ptb.{split}.txt").write_text(text + "\n")
+  # 3,600 training words: 20 streams of 180, 5 segments of 35; L = 5 takes one outer step.
+  ptb.main(["--data-dir", str(tmp_path), "--size", "small", "--presets", "ptb-entropy-sgd",
+            "--outer-epochs", "0.2", "--evals", "1", "--workdir", str(tmp_path / "run")])
+  out = capsys.readouterr().out
+  result = json.loads((tmp_path / "run" / "results.json").read_text())["ptb-entropy-sgd"]
+  assert result["effective_epochs"] == pytest.approx(1.0)
+  ppl = result["test"]["perplexity"][0]
+  assert 1 < ppl < 2 * 32  # about uniform over 32 words after one step
+  assert "ptb-entropy-sgd     1.00" in out and "77.656" in out
+
+
+def test_ptb_job_without_data_says_where_to_get_it(tmp_path, capsys):
+  from experiments import ptb
+  with pytest.raises(SystemExit) as exit_info:
+    ptb.main(["--data-dir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert "simple-examples.tgz" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    ptb.main(["--help"])
+  assert "simple-examples.tgz" in capsys.readouterr().out
