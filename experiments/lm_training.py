@@ -52,9 +52,9 @@ def train_and_evaluate(recipe: recurrent_recipes.LMRecipe,
   run = jax.jit(jax.vmap(bptt.make_train_steps(step, chunk), in_axes=(0, None)))
   evaluate = jax.jit(jax.vmap(lambda p, x, y: bptt.evaluate(model, p, x, y),
                               in_axes=(0, None, None)))
-  valid = tuple(map(jnp.asarray, text_data.eval_streams(corpus.valid, eval_batch_size,
-                                                                 recipe.num_steps)))
-  test = tuple(map(jnp.asarray, text_data.eval_streams(corpus.test, eval_batch_size,
+  valid, test = _same_shape(
+      text_data.eval_streams(corpus.valid, eval_batch_size, recipe.num_steps),
+      text_data.eval_streams(corpus.test, eval_batch_size, recipe.num_steps))
                                                                 recipe.num_steps)))
   curve, start = [], time.perf_counter()
   for i in range(num_evals):
@@ -71,3 +71,12 @@ def train_and_evaluate(recipe: recurrent_recipes.LMRecipe,
   return {"recipe": dataclasses.asdict(recipe), "seeds": seeds, "curve": curve, **final,
           "effective_epochs": curve[-1]["effective_epochs"],
           "wall_s": time.perf_counter() - start}
+
+
+def _same_shape(*splits):
+  """Evaluation streams padded with unscored segments to one shape: one compilation for all."""
+  length = max(inputs.shape[0] for inputs, _ in splits)
+  pad = lambda a, value: np.concatenate(
+      [a, np.full((length - a.shape[0], *a.shape[1:]), value, a.dtype)])
+  return [(jnp.asarray(pad(inputs, 0)), jnp.asarray(pad(targets, -1)))
+          for inputs, targets in splits]

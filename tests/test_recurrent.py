@@ -12,6 +12,7 @@ import pytest
 import entropy_optax
 from experiments import bptt
 from experiments import recurrent_models as rm
+from experiments import recurrent_recipes as rr
 from experiments import text_data
 
 
@@ -203,29 +204,28 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), final
 
   (_, after_x), g0 = jax.value_and_grad(loss, has_aux=True)(x, 0, zero)
-  clipped = lambda g: jax.tree.map(lambda a: a * jnp.minimum(1.0, clip / optax.tree.norm(g)), g)
 
-  def expected_params(clip_fn):
+  @jax.jit
+  def expected_params(clip_value):  # clip_value = inf: no clipping
+    clip_fn = lambda g: jax.tree.map(
+        lambda a: a * jnp.minimum(1.0, clip_value / optax.tree.norm(g)), g)
     grad_fn = lambda p, k: clip_fn(jax.grad(lambda q: loss(q, k, after_x)[0])(p))
     mu, _ = entropy_optax.langevin_mean(grad_fn, x, jax.random.key(0), gamma=0.1, num_steps=L,
                                         langevin_lr=lr, noise=0.0, alpha=0.75,
                                         grad_at_params=clip_fn(g0))
     return mu
 
-  expected_params = jax.jit(expected_params, static_argnums=0)
-  mu = expected_params(clipped)
+  mu = expected_params(clip)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new_state.params, mu)
   step_norm = float(optax.tree.norm(optax.tree.sub(new_state.params, x)))
   assert step_norm > 1.5 * clip  # x - mu itself is not clipped
-  unclipped = expected_params(lambda g: g)  # clipping matters here
+  unclipped = expected_params(jnp.inf)  # clipping matters here
   assert float(optax.tree.norm(optax.tree.sub(unclipped, mu))) > 0.1 * step_norm
 
 
 # ---------------------------------------------------------------------------
-# Recipes and the main job.
+# Recipes.
 # ---------------------------------------------------------------------------
-
-from experiments import recurrent_recipes as rr  # noqa: E402
 
 
 @pytest.mark.parametrize("name,epoch_lrs", [
