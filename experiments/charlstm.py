@@ -71,7 +71,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+  """The command line (every option with its --help)."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +84,11 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", type=int, default=3, help="seeds trained at once (vmap)")
   parser.add_argument("--evals", type=int, default=8, help="validation points per run")
   parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/charlstm"))
+  return parser
+
+
+def main(argv=None) -> None:
+  parser = build_parser()
   args = parser.parse_args(argv)
   if args.effective_epochs <= 0 or args.seeds < 1 or args.evals < 1:
     parser.error("--effective-epochs must be > 0, --seeds and --evals >= 1.")

@@ -31,7 +31,8 @@ PAPER_TEST_PERPLEXITY = {"ptb-sgd": "78.6 +- 0.26 (55 epochs)",
                          "ptb-entropy-sgd": "77.656 +- 0.171 (25 effective epochs)"}
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+  """The command line (every option with its --help)."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split("\n\n", 2)[2] + "\nPenn Treebank: " + text_data.PTB_SOURCE + ".")
@@ -44,6 +45,11 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", type=int, default=1, help="seeds trained at once (vmap)")
   parser.add_argument("--evals", type=int, default=10, help="validation points per run")
   parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/ptb"))
+  return parser
+
+
+def main(argv=None) -> None:
+  parser = build_parser()
   args = parser.parse_args(argv)
   if args.seeds < 1 or args.evals < 1 or (args.outer_epochs is not None
                                           and args.outer_epochs <= 0):

@@ -66,3 +66,18 @@ def test_ptb_job_without_data_says_where_to_get_it(tmp_path, capsys):
   with pytest.raises(SystemExit):
     ptb.main(["--help"])
   assert "simple-examples.tgz" in capsys.readouterr().out
+
+
+def test_readme_commands_of_the_recurrent_section_parse():
+  import pathlib
+  import re
+  from experiments import ptb
+  readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+  section = readme.split("## Recurrent experiments")[1].split("\n## ")[0]
+  commands = [line.split("#")[0].split() for block in re.findall(r"```bash\n(.*?)```", section,
+                                                                 re.S)
+              for line in block.splitlines() if line.startswith("python -m experiments.")]
+  parsers = {"experiments.charlstm": charlstm.build_parser, "experiments.ptb": ptb.build_parser}
+  assert sorted({argv[2] for argv in commands}) == sorted(parsers)
+  for argv in commands:
+    parsers[argv[2]]().parse_args(argv[3:])
