@@ -26,6 +26,7 @@ import pathlib
 
 import numpy as np
 
+from experiments import checkpoints as ckpt_lib
 from experiments import lm_training
 from experiments import recurrent_models
 from experiments import recurrent_recipes
@@ -83,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="budget of both optimizers, in effective epochs")
   parser.add_argument("--seeds", type=int, default=3, help="seeds trained at once (vmap)")
   parser.add_argument("--evals", type=int, default=8, help="validation points per run")
-  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/charlstm"))
+  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/charlstm"),
+                      help="results, plot, and one checkpointed run directory per recipe")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue the runs in --workdir from their last good checkpoints")
   return parser
 
 
@@ -106,8 +110,12 @@ def main(argv=None) -> None:
   }
   seeds = list(range(args.seeds))
   model = recurrent_models.char_lstm(corpus.vocab_size)
-  results = {name: lm_training.train_and_evaluate(r, model, corpus, seeds, args.evals)
-             for name, r in recipes.items()}
+  try:
+    results = {name: lm_training.train_and_evaluate(
+        r, model, corpus, seeds, args.evals, workdir=args.workdir / name, resume=args.resume)
+               for name, r in recipes.items()}
+  except ckpt_lib.CheckpointError as error:
+    parser.error(str(error))
   print("\noptimizer     eff.ep  valid nats         test nats          test bits  wall s    "
         "paper (W&P, nats)")
   for name, result in results.items():

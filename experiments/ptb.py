@@ -21,6 +21,7 @@ import pathlib
 
 import numpy as np
 
+from experiments import checkpoints as ckpt_lib
 from experiments import lm_training
 from experiments import recurrent_models
 from experiments import recurrent_recipes
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override the presets' length (outer epochs; x L effective epochs)")
   parser.add_argument("--seeds", type=int, default=1, help="seeds trained at once (vmap)")
   parser.add_argument("--evals", type=int, default=10, help="validation points per run")
-  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/ptb"))
+  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/ptb"),
+                      help="results, plot, and one checkpointed run directory per recipe")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue the runs in --workdir from their last good checkpoints")
   return parser
 
 
@@ -69,9 +73,12 @@ def main(argv=None) -> None:
       recipe = dataclasses.replace(recipe, outer_epochs=args.outer_epochs)
     if args.size != "large":  # Zaremba: clip 10 for the large model, 5 for the others
       recipe = dataclasses.replace(recipe, clip_norm=5.0)
-    results[name] = lm_training.train_and_evaluate(recipe, model, corpus,
-                                                   list(range(args.seeds)), args.evals,
-                                                   eval_batch_size=10)
+    try:
+      results[name] = lm_training.train_and_evaluate(
+          recipe, model, corpus, list(range(args.seeds)), args.evals, eval_batch_size=10,
+          workdir=args.workdir / name, resume=args.resume)
+    except ckpt_lib.CheckpointError as error:
+      parser.error(str(error))
   print("\npreset            eff.ep  valid ppl          test ppl           wall s   paper (test)")
   for name, result in results.items():
     v, t = (np.asarray(result[s]["perplexity"]) for s in ("valid", "test"))

@@ -81,3 +81,28 @@ def test_readme_commands_of_the_recurrent_section_parse():
   assert sorted({argv[2] for argv in commands}) == sorted(parsers)
   for argv in commands:
     parsers[argv[2]]().parse_args(argv[3:])
+
+
+def test_charlstm_run_interrupted_and_resumed_equals_the_uninterrupted_run(tmp_path):
+  import dataclasses
+  import jax
+  from experiments import checkpoints as ckpt_lib
+  from experiments import lm_training, recurrent_models, recurrent_recipes
+  corpus = text_data.char_corpus("".join(text_data.pydoc_corpus().decode(
+      text_data.pydoc_corpus().train[:6000])))
+  model = recurrent_models.char_lstm(corpus.vocab_size, hidden_size=16)
+  # Entropy-Adam: Adam's moments, the Langevin noise key, dropout key and LSTM carry all resume.
+  recipe = dataclasses.replace(recurrent_recipes.RECIPES["charlstm-entropy-adam"], batch_size=4,
+                               num_steps=10, outer_epochs=0.3)  # 120 segments: 36 outer steps
+  run = lambda workdir, **kw: lm_training.train_and_evaluate(
+      recipe, model, corpus, [0, 1], num_evals=3, workdir=workdir, **kw)
+  whole = run(tmp_path / "whole")
+  assert run(tmp_path / "cut", stop_after_calls=1) is None  # "killed" after its first checkpoint
+  with pytest.raises(ckpt_lib.CheckpointError, match="--resume"):
+    run(tmp_path / "cut")
+  resumed = run(tmp_path / "cut", resume=True)
+  assert resumed["curve"] == whole["curve"] and resumed["test"] == whole["test"]
+  final = [ckpt_lib.Checkpoints(tmp_path / d).restore(36, None) for d in ("whole", "cut")]
+  jax.tree.map(np.testing.assert_array_equal, *final)
+  with pytest.raises(ckpt_lib.CheckpointError, match="nothing to resume"):
+    run(tmp_path / "empty", resume=True)
