@@ -12,7 +12,8 @@ vanishes; so both keep their initial rate and halve it at 1/2 and 3/4 of the run
 full-length recipes are in ``experiments.recurrent_recipes``). ``--seeds`` seeds train at once
 (vmap). Prints validation and test cross-entropy per character (nats and bits, mean +- std over
 seeds), effective epochs and wall time, and saves ``results.json`` and a plot of validation
-cross-entropy against effective epochs (the shape of the paper's Fig. 6b) in ``--workdir``.
+cross-entropy against effective epochs (the shape of the paper's Fig. 6b) in ``--workdir``,
+beside one checkpointed run directory per optimizer (``--resume`` continues them).
 The paper's Table 1 figures for War and Peace (1.226 Adam, 1.217 Entropy-Adam) are
 cross-entropies in nats, beside which the nats column stands.
 """
