@@ -2,6 +2,7 @@
 
 from entropy_optax import flatness
 from entropy_optax._accumulation import MultiSteps
+from entropy_optax._authors import authors_entropy_sgd
 from entropy_optax._alias import entropy_adam
 from entropy_optax._alias import entropy_sgd
 from entropy_optax._langevin import LangevinStats
@@ -19,6 +20,7 @@ __all__ = (
     "LangevinStats",
     "LocalEntropyState",
     "MultiSteps",
+    "authors_entropy_sgd",
     "bounded_exponential_scoping",
     "entropy_adam",
     "entropy_sgd",

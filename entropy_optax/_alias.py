@@ -24,7 +24,8 @@ def _outer(mask: Any | None, *transforms: optax.GradientTransformation
 
 
 def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
-  # The authors' code adds wd x to the outer gradient x - mu, before the outer momentum.
+  # The authors' PyTorch port adds wd x to the outer gradient x - mu, before the outer momentum
+  # (their Lua code, which ran the paper, has no outer weight decay).
   # A traced weight_decay (optax.inject_hyperparams) keeps the term.
   if is_static_zero(weight_decay):
     return optax.identity()
@@ -58,9 +59,11 @@ def entropy_sgd(
   ``optax.chain(local_entropy(...), add_decayed_weights(weight_decay), sgd(...))``: the outer
   step is x <- x - learning_rate (x - mu + weight_decay x) through the momentum, Alg. 1 line 7
   with the factor gamma dropped as in the paper's practice (``scale_by_gamma`` keeps it).
-  ``weight_decay`` applies inside the Langevin chain and to the outer gradient, as the
-  authors' code does. See ``local_entropy`` for the other arguments and for how ``update``
-  takes ``grad_fn``.
+  ``weight_decay`` applies inside the Langevin chain (to the raw gradient) and to the outer
+  gradient, as the authors' PyTorch port does; their Lua code, which produced the paper's
+  numbers, has neither outer momentum nor outer weight decay (``authors_entropy_sgd`` runs either
+  code exactly). See ``local_entropy`` for the other arguments and for how ``update`` takes
+  ``grad_fn``.
 
   Args:
     learning_rate: the outer step size eta, a float or an optax schedule.

@@ -113,6 +113,15 @@ def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler) 
         f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}.")
 
 
+WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
+
+
+def check_weight_decay_at(weight_decay_at) -> None:
+  """A ValueError naming the two places the chain can add its weight decay."""
+  if weight_decay_at not in WEIGHT_DECAY_AT:
+    raise ValueError(f"weight_decay_at must be one of {WEIGHT_DECAY_AT}, got {weight_decay_at!r}.")
+
+
 def _check_gradient_tree(grads: Any, reference: Any) -> None:
   """Raise a ValueError naming the mismatch when grad_fn returns a tree unlike params."""
   ref_struct, got_struct = jax.tree.structure(reference), jax.tree.structure(grads)
@@ -142,6 +151,7 @@ def langevin_mean(
     langevin_momentum: float = 0.0,
     nesterov: bool = True,
     weight_decay: float | jax.Array = 0.0,
+    weight_decay_at: str = "before_momentum",
     grad_at_params: Any | None = None,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
@@ -155,6 +165,9 @@ def langevin_mean(
     g   = grad f(x'; k) + weight_decay x'
     g   = Nesterov/heavy-ball momentum on g   (only if langevin_momentum > 0; buffer starts at 0)
     x' <- x' - langevin_lr (g - gamma (x - x')) + sqrt(langevin_lr) noise N(0, I)
+
+  (``weight_decay_at="after_momentum"`` adds weight_decay x' after the momentum instead, with
+  the coupling, as the authors' Lua code does.)
     mu <- (1 - alpha) mu + alpha x'
 
   With this noise convention the chain samples the Gibbs measure at temperature
@@ -170,10 +183,13 @@ def langevin_mean(
     langevin_lr: the SGLD step size eta'.
     noise: the thermal noise epsilon (0 for a deterministic chain).
     alpha: the weight of the newest sample in the running average mu.
-    langevin_momentum: momentum on the raw gradient inside the chain, as the authors' code
-      (0.9 there); the coupling and the noise are added after the momentum.
-    nesterov: Nesterov form of that momentum.
-    weight_decay: L2 coefficient added to the gradient inside the chain.
+    langevin_momentum: momentum on the raw gradient inside the chain, as both of the authors'
+      codes (0.9 there); the coupling and the noise are added after the momentum.
+    nesterov: Nesterov form of that momentum (heavy-ball if False: the buffer is the step;
+      the authors' codes instead alias it and accumulate the coupling and noise in it).
+    weight_decay: L2 coefficient weight_decay x' added inside the chain.
+    weight_decay_at: "before_momentum" (added to the raw gradient: this library, the authors'
+      PyTorch port) or "after_momentum" (added with the coupling: the authors' Lua code).
     grad_at_params: grad f(x), if the caller already has it: then step 0 (taken at x' = x)
       uses it and ``grad_fn`` is called only for k = 1..L-1, saving one gradient evaluation.
     noise_sampler: "irwin_hall" (default: a cheap exact-variance approximation of a Gaussian,
@@ -198,15 +214,17 @@ def langevin_mean(
     (https://arxiv.org/abs/1611.01838), Alg. 1.
   """
   check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler)
+  check_weight_decay_at(weight_decay_at)
   return run_chain(
       grad_fn, params, key, gamma=gamma, num_steps=num_steps, langevin_lr=langevin_lr,
       noise=noise, alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
-      weight_decay=weight_decay, grad_at_params=grad_at_params, noise_sampler=noise_sampler,
+      weight_decay=weight_decay, weight_decay_at=weight_decay_at, grad_at_params=grad_at_params, noise_sampler=noise_sampler,
       unroll=unroll)
 
 
 def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alpha,
-              langevin_momentum, nesterov, weight_decay, grad_at_params, noise_sampler, unroll):
+              langevin_momentum, nesterov, weight_decay, grad_at_params, noise_sampler, unroll,
+              weight_decay_at="before_momentum"):
   """``langevin_mean`` on arguments already checked by ``check_arguments``."""
   use_momentum = not is_static_zero(langevin_momentum)
   use_noise = not is_static_zero(noise)
@@ -226,13 +244,16 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
     k, step_key, grads = inputs
     if grads is None:
       grads = gradient(x_prime, k)
-    g = jax.tree.map(lambda g, xp: g + weight_decay * xp, grads, x_prime)
+    add_weight_decay = lambda g: jax.tree.map(lambda g, xp: g + weight_decay * xp, g, x_prime)
+    g = add_weight_decay(grads) if weight_decay_at == "before_momentum" else grads
     if use_momentum:
       momentum_buffer = jax.tree.map(lambda b, g: langevin_momentum * b + g, momentum_buffer, g)
       if nesterov:
         g = jax.tree.map(lambda g, b: g + langevin_momentum * b, g, momentum_buffer)
       else:
         g = momentum_buffer
+    if weight_decay_at == "after_momentum":
+      g = add_weight_decay(g)
     gap = jax.tree.map(lambda a, b: a - b, x, x_prime)  # x - x'
     x_prime = jax.tree.map(lambda xp, g, d: xp - langevin_lr * (g - gamma * d), x_prime, g, gap)
     if use_noise:

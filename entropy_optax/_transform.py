@@ -71,6 +71,7 @@ def local_entropy(
     langevin_momentum: float = 0.0,
     nesterov: bool = True,
     weight_decay: float = 0.0,
+    weight_decay_at: str = "before_momentum",
     scale_by_gamma: bool = False,
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
@@ -120,13 +121,18 @@ def local_entropy(
       update), e.g. ``exponential_scoping``.
     langevin_lr: eta' > 0, the SGLD step size.
     noise: epsilon >= 0, the thermal noise; the step adds sqrt(langevin_lr) noise N(0, I), the
-      paper's text. The authors' code adds sqrt(2 langevin_lr) noise: pass noise * sqrt(2).
+      paper's text. Both of the authors' codes add sqrt(2 langevin_lr) noise: pass
+      noise * sqrt(2).
     alpha: in (0, 1], the weight of the newest sample in mu <- (1 - alpha) mu + alpha x'. The
-      paper's text says 0.75; the authors' code (that ran the experiments) uses 0.25.
-    langevin_momentum: momentum on the raw gradient inside the chain (the authors' code: 0.9,
-      buffer zeroed at every update); the coupling and noise are added after it.
+      paper's text says 0.75; both of the authors' codes (the Lua one ran the experiments) use
+      0.25.
+    langevin_momentum: momentum on the raw gradient inside the chain (both of the authors'
+      codes: 0.9 Nesterov, buffer zeroed at every update); the coupling and noise are added
+      after it.
     nesterov: Nesterov form of ``langevin_momentum``.
-    weight_decay: L2 added to the gradient inside the chain (wd x').
+    weight_decay: L2 added inside the chain (wd x').
+    weight_decay_at: "before_momentum" (wd x' joins the raw gradient, as the authors' PyTorch
+      port) or "after_momentum" (it joins the coupling, as the authors' Lua code).
     scale_by_gamma: return gamma (x - mu), the exact gradient of -F, instead of x - mu.
     key: PRNG key or seed of the Langevin noise.
     noise_sampler: "irwin_hall" (cheap, exact mean and variance) or "gaussian".
@@ -170,6 +176,7 @@ def local_entropy(
   _langevin.check_arguments(
       num_langevin_steps, 1.0 if callable(gamma) else gamma, langevin_lr, noise, alpha,
       noise_sampler)
+  _langevin.check_weight_decay_at(weight_decay_at)
 
   def init_fn(params):
     _masking.reject_masked_nodes(params)
@@ -212,7 +219,7 @@ def local_entropy(
         gamma=gamma_t, num_steps=num_langevin_steps, langevin_lr=langevin_lr, noise=noise,
         alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
         weight_decay=weight_decay, grad_at_params=chain_grads, noise_sampler=noise_sampler,
-        unroll=unroll)
+        unroll=unroll, weight_decay_at=weight_decay_at)
     factor = stats.langevin_gamma if scale_by_gamma else 1.0
     new_updates = emitted(updates, chain_params, mu, factor, flags)
     # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as
