@@ -88,6 +88,30 @@ def _entropy_sgd(config, lr, key):
                                    **_langevin(config, key))
 
 
+def _entropy_sgd_lua(config, lr, key):
+  """The authors' Lua code, which ran the paper: ``authors_entropy_sgd(code="lua")``.
+
+  Its outer step is lr (x - mu) with no momentum and no weight decay; --langevin-momentum is the
+  Nesterov momentum of the Langevin loop (0.9), --weight-decay the code's --L2 (inside the loop,
+  after the momentum), --noise the code's epsilon (adds sqrt(2 langevin_lr) noise), --gamma0 and
+  --gamma1 its --gamma and --scoping (t counted from 1); alpha is the code's 0.25 and --momentum
+  is unused.
+  """
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+  if config.scoping not in ("exponential", "none") or config.scale_by_gamma:
+    raise ConfigError("--optimizer entropy-sgd-lua takes --scoping exponential or none and no "
+                      "--scale-by-gamma: the Lua code scopes gamma (1 + gamma1)^t and steps "
+                      "by x - mu.")
+  if not config.nesterov or not config.langevin_momentum:
+    raise ConfigError("--optimizer entropy-sgd-lua needs --nesterov and --langevin-momentum > 0, "
+                      "as the Lua code runs (see entropy_optax.authors_entropy_sgd).")
+  return entropy_optax.authors_entropy_sgd(
+      lr, code="lua", num_langevin_steps=config.langevin_steps, gamma=config.gamma0,
+      scoping=config.gamma1 if config.scoping == "exponential" else 0.0, noise=config.noise,
+      langevin_lr=config.langevin_lr, momentum=config.langevin_momentum, nesterov=True,
+      weight_decay=config.weight_decay, key=key)
+
+
 def _entropy_adam(config, lr, key):
   import entropy_optax  # pylint: disable=g-import-not-at-top
   return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
@@ -104,7 +128,18 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
     "adam": OptimizerEntry(_adam, False),
     "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
     "entropy-adam": OptimizerEntry(_entropy_adam, True),
+    "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
 }
+
+
+def make_task(config: RunConfig, model) -> Any:
+  """The loop's ``steps.Task`` of ``config``: its mini-batch sampling and the BatchNorm
+  re-estimation before every evaluation (``--sampling``, ``--bn-reestimate``)."""
+  from experiments import batchnorm, steps  # pylint: disable=g-import-not-at-top
+  return steps.Task(
+      batch_indices=(steps.replacement_batch_indices if config.sampling == "replacement"
+                     else steps.shuffled_batch_indices),
+      before_eval=batchnorm.BatchNormReestimation(model) if config.bn_reestimate else None)
 
 
 def validate(config: RunConfig, prefix: str = "") -> RunConfig:

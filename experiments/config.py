@@ -67,13 +67,14 @@ class RunConfig:
   """Adam's and Entropy-Adam's b2"""
   weight_decay: float = 0.0
   """L2 coefficient added to the gradient (local-entropy optimizers add it inside the Langevin
-  loop too, as the authors' code)"""
+  loop too, as the authors' PyTorch port; entropy-sgd-lua: the Lua code's --L2, inside only)"""
   langevin_steps: int = 1
   """L: Langevin steps = gradient evaluations (fresh mini-batches) per update; 1 for sgd/adam"""
   langevin_lr: float = 0.1
   """Langevin step size eta'"""
   noise: float = 1e-4
-  """thermal noise epsilon: each Langevin step adds sqrt(langevin_lr) * noise * N(0, I)"""
+  """thermal noise epsilon: each Langevin step adds sqrt(langevin_lr) * noise * N(0, I)
+  (entropy-sgd-lua: the Lua code's epsilon, sqrt(2 langevin_lr) * noise * N(0, I))"""
   alpha: float = 0.75
   """weight of the newest Langevin sample in the running mean mu"""
   gamma0: float = 0.03
@@ -83,9 +84,15 @@ class RunConfig:
   scoping: Literal["exponential", "linear", "quadratic", "none"] = "exponential"
   """how gamma grows with the update count t"""
   langevin_momentum: float = 0.0
-  """(Nesterov) momentum inside the Langevin loop, zeroed every update (authors' code: 0.9)"""
+  """(Nesterov) momentum inside the Langevin loop, zeroed every update (authors' codes: 0.9)"""
   scale_by_gamma: bool = False
   """outer gradient gamma (x - mu) (Alg. 1 line 7) instead of x - mu (the paper's practice)"""
+  sampling: Literal["shuffle", "replacement"] = "shuffle"
+  """mini-batches: shuffle (each data pass a fresh permutation) or replacement (each mini-batch
+  drawn with replacement, as the authors' codes)"""
+  bn_reestimate: bool = False
+  """before every evaluation, re-estimate the BatchNorm running statistics at the weights on the
+  training set (batches of 1024, dropout off), as the authors' codes (experiments/batchnorm.py)"""
   dropout: float | None = None
   """dropout rate of the hidden layers (None: the model's)"""
   input_dropout: float | None = None

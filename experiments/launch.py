@@ -126,7 +126,8 @@ def run_experiment(config: RunConfig, options: RunOptions, *,
       f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
       f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
       f"{config.num_seeds} seed(s)")
-  result = training.train(tcfg, model, make_tx, ds, workdir, resume=None if resuming else False,
+  result = training.train(tcfg, model, make_tx, ds, workdir, task=build.make_task(config, model),
+                          resume=None if resuming else False,
                           metadata={"experiment": dataclasses.asdict(config)}, log=log)
   all_records = records.read(workdir)
   import jax  # pylint: disable=g-import-not-at-top

@@ -2,6 +2,7 @@
 
     python -m experiments.mnist entropy-sgd --model lenet_bn
     python -m experiments.mnist adam --model mnistfc
+    python -m experiments.mnist entropy-sgd-lua --model lenet_bn   # as the Lua code ran it
 
 MNIST from tensorflow-datasets, pixels scaled to [0, 1]. The presets are in
 experiments/configs/mnist.py; any field is an option (PRESET --help).

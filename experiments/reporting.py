@@ -19,10 +19,11 @@ NAMES = {
     "allcnn_bn": "All-CNN-BN", "mnistfc": "mnistfc", "lenet_bn": "LeNet-BN", "mlp1d": "MLP",
     "cnn1d": "CNN", "cifar10": "CIFAR-10", "mnist": "MNIST", "mnist1d": "MNIST-1D",
     "sgd": "SGD", "adam": "Adam", "entropy-sgd": "Entropy-SGD", "entropy-adam": "Entropy-Adam",
+    "entropy-sgd-lua": "Entropy-SGD (Lua)",
 }
 # The baselines the paper compared Entropy-SGD with, and each family's own.
 PAPER_BASELINE = {"mnist": "adam", "cifar10": "sgd"}
-FAMILY_BASELINE = {"entropy-sgd": "sgd", "entropy-adam": "adam"}
+FAMILY_BASELINE = {"entropy-sgd": "sgd", "entropy-adam": "adam", "entropy-sgd-lua": "sgd"}
 
 
 def name(key: str) -> str:

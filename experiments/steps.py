@@ -58,6 +58,21 @@ def shuffled_batch_indices(data_key: jax.Array, first_batch: jax.Array, num_batc
   return perms[b // per_pass - first_pass, b % per_pass].astype(jnp.int32)
 
 
+def replacement_batch_indices(data_key: jax.Array, first_batch: jax.Array, num_batches: int,
+                              num_examples: int, batch_size: int) -> jax.Array:
+  """Example indices of mini-batches ``first_batch ..``, each drawn uniformly with replacement.
+
+  As the authors' codes draw them (Lua ``torch.Tensor(bs):random(1, N)``, the port's
+  ``sampler_t``); mini-batch b depends only on (data_key, b), so a resumed run draws the same.
+
+  Returns:
+    int32 array (num_batches, batch_size).
+  """
+  b = first_batch + jnp.arange(num_batches)
+  return jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(data_key, i), (batch_size,),
+                                               0, num_examples, jnp.int32))(b)
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """The loss and the extension points of the loop (see the module docstring)."""

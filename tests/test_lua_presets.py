@@ -1,0 +1,131 @@
+"""The Table-1 presets in their two forms (the paper's text, the authors' Lua code): labels,
+the Lua code's learning-rate regimes, its optimizer, its mini-batch sampling, and a run whose
+evaluation uses BatchNorm statistics re-estimated on the training set."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import entropy_optax
+from experiments import batchnorm, build, configs, launch, mnist, models, records, rundir, steps
+
+# train.lua's learning_rate_schedule: (first epoch, last epoch, lr) rows, and its max_epochs.
+LUA_REGIMES = {
+    ("mnist", "entropy-sgd-lua"): ([(1, 2, 1.0), (3, 15, 0.1)], 5),  # mnistfc (LeNet: 3-7, 8-15)
+    ("mnist", "sgd-lua"): ([(1, 30, 0.1), (30, 60, 0.02), (60, 150, 0.004)], 100),
+    ("cifar10", "entropy-sgd-lua"): ([(1, 3, 1.0), (4, 6, 0.2), (7, 12, 0.04)], 10),
+    ("cifar10", "sgd-lua"): ([(1, 60, 0.1), (60, 120, 0.02), (120, 180, 0.004),
+                              (180, 250, 0.0008)], 200),
+}
+
+
+def lua_lr(regimes, epoch):
+  """The first row whose [first, last] holds epoch, as train.lua's loop picks it."""
+  return next(lr for first, last, lr in regimes if first <= epoch <= last)
+
+
+@pytest.mark.parametrize("experiment", ["mnist", "cifar10"])
+def test_every_table1_preset_says_which_form_and_figure(experiment):
+  figure = {"mnist": "Fig. 4", "cifar10": "Fig. 5"}[experiment]
+  for name, preset in getattr(configs, experiment).PRESETS.items():
+    lua = name.endswith("-lua")
+    assert preset.description.startswith("Lua code" if lua else "paper's text"), name
+    assert figure in preset.description, name
+    assert preset.config.bn_reestimate == lua and (preset.config.sampling == "replacement") == lua
+
+
+@pytest.mark.parametrize("experiment,name", sorted(LUA_REGIMES))
+def test_lua_presets_follow_train_lua_regimes(experiment, name):
+  config = getattr(configs, experiment).PRESETS[name].config
+  regimes, max_epochs = LUA_REGIMES[experiment, name]
+  assert config.outer_epochs == max_epochs and config.batch_size == 128
+  num_train = 50_000 if experiment == "cifar10" else 60_000
+  per_epoch = build.steps_per_epoch(num_train, config.batch_size)
+  schedule = build.learning_rate(config, num_train)
+  for epoch in range(1, max_epochs + 1):  # the first and the last step of every epoch
+    for step in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):
+      np.testing.assert_allclose(schedule(step), lua_lr(regimes, epoch), rtol=1e-6)
+  lua = config.optimizer == "entropy-sgd-lua"
+  assert config.langevin_steps == (20 if lua else 1)
+  if experiment == "cifar10":
+    assert config.weight_decay == 1e-3 and (not lua or config.gamma0 == 0.03)
+  elif lua:
+    assert (config.gamma0, config.gamma1, config.noise) == (1e-4, 1e-3, 1e-4)
+
+
+def test_lua_optimizer_entry_is_authors_entropy_sgd_lua():
+  config = configs.cifar10.PRESETS["entropy-sgd-lua"].config.replace(langevin_steps=3,
+                                                                    noise=0.0)
+  tx = build.OPTIMIZERS["entropy-sgd-lua"].make(config, 0.5, 7)
+  want = entropy_optax.authors_entropy_sgd(
+      0.5, code="lua", num_langevin_steps=3, gamma=0.03, scoping=1e-3, noise=0.0,
+      langevin_lr=0.1, momentum=0.9, weight_decay=1e-3, key=7)
+  grad_fn = lambda p, k: jnp.sin(p) * (k + 1.0)
+  params = jnp.linspace(-1.0, 1.0, 5)
+  got = [t.update(grad_fn(params, 0), t.init(params), params, grad_fn=grad_fn)[0]
+         for t in (tx, want)]
+  np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
+  with pytest.raises(build.ConfigError, match="nesterov"):
+    build.OPTIMIZERS["entropy-sgd-lua"].make(config.replace(nesterov=False), 0.5, 7)
+
+
+def test_replacement_sampling_draws_like_the_codes():
+  key = jax.random.key_data(jax.random.PRNGKey(3))
+  n, batch, num_batches = 100, 50, 400
+  idx = np.asarray(steps.replacement_batch_indices(key, jnp.int32(0), num_batches, n, batch))
+  assert idx.shape == (num_batches, batch) and idx.min() == 0 and idx.max() == n - 1
+  # A batch depends only on its number: a resumed run draws the same ones.
+  later = steps.replacement_batch_indices(key, jnp.int32(10), 5, n, batch)
+  np.testing.assert_array_equal(later, idx[10:15])
+  # With replacement: a batch of 50 out of 100 holds on average 100 (1 - 0.99^50) = 39.5
+  # distinct examples (a permutation's slice holds 50), and the counts are uniform.
+  distinct = np.mean([len(set(row)) for row in idx])
+  assert abs(distinct - 100 * (1 - 0.99**50)) < 0.5
+  counts = np.bincount(idx.ravel(), minlength=n)
+  assert abs(counts.mean() - 200) < 1e-9 and counts.std() < 1.3 * np.sqrt(200)
+
+
+class NarrowLeNet(models.LeNetBN):
+  features: tuple[int, int] = (4, 8)
+  hidden: int = 16
+
+
+def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_set(
+    monkeypatch, capsys, tmp_path):
+  """A one-epoch run of the Lua MNIST preset (mock data, narrow LeNet, L = 2): its final test
+  loss is the one of the saved weights with BatchNorm statistics re-estimated on the training
+  set, not the one of the statistics the training steps left."""
+  from experiments import data
+
+  monkeypatch.setitem(models.MODELS, "lenet_bn", NarrowLeNet)
+  tfds = data._import_tfds()
+  workdir = tmp_path / "lua"
+  argv = ["entropy-sgd-lua", "--model", "lenet_bn", "--outer-epochs", 1, "--batch-size", 8,
+          "--langevin-steps", 2, "--eval-every-effective-epochs", 2, "--workdir", workdir,
+          "--no-progress"]
+  with tfds.testing.mock_data(num_examples=32):
+    code = mnist.main([str(a) for a in argv])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    config = launch.saved_config(workdir, {})
+    ds = build.load_data(config)
+  assert config.sampling == "replacement" and config.bn_reestimate
+  res = rundir.read_json(workdir / rundir.RESULTS_FILE)
+  assert res["optimizer"] == "entropy-sgd-lua" and res["paper"] == "0.50 ± 0.01 (80)"
+  variables = launch.load_final_variables(workdir)
+  model = build.make_model(config)
+
+  def test_loss(batch_stats):
+    logits = model.apply({"params": variables["params"], "batch_stats": batch_stats},
+                         jnp.asarray(ds.test_x), train=False)
+    return float(steps.cross_entropy(logits, jnp.asarray(ds.test_y)))
+
+  stats = batchnorm.reestimate_batch_stats(
+      batchnorm.without_dropout(model).apply, variables["params"], variables["batch_stats"],
+      jnp.asarray(ds.train_x))
+  logged = [r["val_loss"] for r in records.read(workdir) if "val_loss" in r][-1]
+  assert logged == pytest.approx(test_loss(stats), rel=1e-5)
+  assert abs(logged - test_loss(variables["batch_stats"])) > 1e-3 * logged
