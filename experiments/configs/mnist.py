@@ -47,9 +47,9 @@ PRESETS = {
             langevin_momentum=0.9, eval_every_effective_epochs=20.0, **_LUA),
         paper={"mnistfc": "1.37 ± 0.03 (120)", "lenet_bn": "0.50 ± 0.01 (80)"}),
     "sgd-lua": Preset(
-        "Lua code's baseline (L=0; Fig. 4 shows Adam): Nesterov 0.9, lr 0.1 x0.2 after epochs "
-        "30 and 60, 100 epochs, mini-batches with replacement, BatchNorm re-estimated before "
-        "each evaluation",
+        "Lua code's baseline (L=0), Fig. 4 (which shows Adam): Nesterov 0.9, lr 0.1 x0.2 after "
+        "epochs 30 and 60, 100 epochs, mini-batches with replacement, BatchNorm re-estimated "
+        "before each evaluation",
         BASE.replace(
             optimizer="sgd", outer_epochs=100, learning_rate=0.1, lr_decay=0.2,
             lr_decay_outer_epochs=(30.0, 60.0), eval_every_effective_epochs=5.0, **_LUA)),
