@@ -41,7 +41,7 @@ def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
 
 DATASETS: dict[str, DatasetEntry] = {
     "cifar10": DatasetEntry(lambda c, d, dl: data_lib.load_cifar10(d, download=dl),
-                            ("allcnn_bn",), (50_000, 10_000)),
+                            ("allcnn_bn", "allcnn_bn_authors"), (50_000, 10_000)),
     "mnist": DatasetEntry(lambda c, d, dl: data_lib.load_mnist(d, download=dl),
                           ("mnistfc", "lenet_bn"), (60_000, 10_000)),
     "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),

@@ -267,8 +267,15 @@ class CNN1D(_Common):
     return self._dense(self.num_classes)(x)
 
 
+class AllCNNBNAuthors(AllCNNBN):
+  """``AllCNNBN(authors_code=True)``: the layout both of the authors' codes ran (Lua presets)."""
+
+  authors_code: bool = True
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "allcnn_bn": AllCNNBN,
+    "allcnn_bn_authors": AllCNNBNAuthors,
     "mnistfc": MnistFC,
     "lenet_bn": LeNetBN,
     "mlp1d": MLP1D,

@@ -19,7 +19,7 @@ NAMES = {
     "allcnn_bn": "All-CNN-BN", "mnistfc": "mnistfc", "lenet_bn": "LeNet-BN", "mlp1d": "MLP",
     "cnn1d": "CNN", "cifar10": "CIFAR-10", "mnist": "MNIST", "mnist1d": "MNIST-1D",
     "sgd": "SGD", "adam": "Adam", "entropy-sgd": "Entropy-SGD", "entropy-adam": "Entropy-Adam",
-    "entropy-sgd-lua": "Entropy-SGD (Lua)",
+    "entropy-sgd-lua": "Entropy-SGD (Lua)", "allcnn_bn_authors": "All-CNN-BN (authors' layout)",
 }
 # The baselines the paper compared Entropy-SGD with, and each family's own.
 PAPER_BASELINE = {"mnist": "adam", "cifar10": "sgd"}

@@ -39,7 +39,7 @@ def test_every_table1_preset_says_which_form_and_figure(experiment):
 
 @pytest.mark.parametrize("experiment,name", sorted(LUA_REGIMES))
 def test_lua_presets_follow_train_lua_regimes(experiment, name):
-  config = getattr(configs, experiment).PRESETS[name].config
+  config = build.validate(getattr(configs, experiment).PRESETS[name].config)
   regimes, max_epochs = LUA_REGIMES[experiment, name]
   assert config.outer_epochs == max_epochs and config.batch_size == 128
   num_train = 50_000 if experiment == "cifar10" else 60_000
@@ -52,6 +52,7 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
   assert config.langevin_steps == (20 if lua else 1)
   if experiment == "cifar10":
     assert config.weight_decay == 1e-3 and (not lua or config.gamma0 == 0.03)
+    assert build.make_model(config).authors_code  # the layout both codes ran
   elif lua:
     assert (config.gamma0, config.gamma1, config.noise) == (1e-4, 1e-3, 1e-4)
 
