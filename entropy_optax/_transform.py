@@ -83,7 +83,7 @@ def local_entropy(
   The negative local entropy -F(x, gamma) = -log ∫ exp(-f(x') - gamma/2 |x - x'|^2) dx' is a
   smoothed loss whose minima lie in wide valleys of f; its gradient is gamma (x - <x'>), with
   <x'> the mean of the local Gibbs measure, estimated by L Langevin steps started at x (see
-  ``langevin_mean`` for the exact step). The update returned is x - mu (the authors' code and
+  ``langevin_mean`` for the exact step). The update returned is x - mu (both authors' codes and
   the paper's practice drop the factor gamma, Sec. 4.3), or gamma (x - mu) with
   ``scale_by_gamma``. Follow it with any optimizer in an ``optax.chain``: SGD gives
   Entropy-SGD, Adam gives Entropy-Adam.

@@ -23,9 +23,9 @@ BatchNorm and dropout during the Langevin steps (the library's choice):
 * Langevin steps k = 1..L-1 run the model in training mode (BatchNorm normalises with the
   statistics of mini-batch k, dropout is on), but their running-statistics updates are
   discarded. Reasons: no extra forward pass is needed; the statistics describe the weights x
-  that the optimizer keeps, not the Langevin samples x' (which the authors' code, updating them
-  at every inner pass, lets leak into evaluation); and the model state after a step is a
-  deterministic function of x and batch 0, whatever L is.
+  that the optimizer keeps, not the Langevin samples x' (both of the authors' codes update them
+  at every inner pass, and so re-estimate them at x before every evaluation); and the model
+  state after a step is a deterministic function of x and batch 0, whatever L is.
 * Dropout draws a fresh mask at every Langevin step: step k uses the key
   ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model, and of the
   call-time ``rngs`` given to ``nnx_grad_fn``, is folded with k), so masks differ between

@@ -81,7 +81,7 @@ class AllCNNBN(_Common):
   3x3 convs of 192 (third stride 2); dropout 0.5; a 3x3 conv of 192 (unpadded:
   8x8 -> 6x6 as in All-CNN-C), a 1x1 conv of 192, a 1x1 conv to the classes;
   global average pooling. Each conv is followed by BatchNorm then ReLU, the last
-  one included, as in All-CNN-C and the authors' code.
+  one included, as in All-CNN-C and both of the authors' codes.
 
   ``authors_code=True`` builds the net the paper's experiments actually ran
   (ucla-vision/entropy-sgd, Lua and PyTorch): the 7th conv is padded and the
@@ -149,7 +149,9 @@ class MnistFC(_Common):
 class LeNetBN(_Common):
   """LeNet with BatchNorm, the paper's MNIST conv net (Sec. 5.2).
 
-  As in the authors' code: conv 20 5x5 -> BN -> ReLU -> max-pool 3 (stride 3)
+  As in the authors' PyTorch port (their Lua code, which ran the paper, puts each
+  conv's BN after the pooling and has none on the dense layer):
+  conv 20 5x5 -> BN -> ReLU -> max-pool 3 (stride 3)
   -> dropout; conv 50 5x5 -> BN -> ReLU -> max-pool 2 -> dropout; dense 500 ->
   BN -> ReLU -> dropout; dense 10. The 3x3 first pool leaves 50x2x2 features;
   ``pool_sizes=(2, 2)`` gives the classic Caffe LeNet (50x4x4).

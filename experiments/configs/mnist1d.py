@@ -2,7 +2,7 @@
 
 Adam's recipe is the benchmark's (lr 1e-2, batch 100). The local-entropy ones use L = 5 so that
 a short budget still makes hundreds of updates, the paper's Langevin settings (step 0.1, noise
-1e-4, alpha 0.75, Nesterov 0.9 inside as the authors' code), and a scope that starts at 0.03
+1e-4, alpha 0.75, Nesterov 0.9 inside as both authors' codes), and a scope that starts at 0.03
 and grows 1.001x per update. Their outer learning rates were picked from three values each
 (Entropy-SGD 0.1, 0.3, 1; Entropy-Adam 3e-3, 1e-2, 3e-2) on 50-effective-epoch runs of both
 models; the benchmark has no validation split, so this looked at test accuracy, as the
