@@ -218,8 +218,8 @@ def langevin_mean(
   return run_chain(
       grad_fn, params, key, gamma=gamma, num_steps=num_steps, langevin_lr=langevin_lr,
       noise=noise, alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
-      weight_decay=weight_decay, weight_decay_at=weight_decay_at, grad_at_params=grad_at_params, noise_sampler=noise_sampler,
-      unroll=unroll)
+      weight_decay=weight_decay, weight_decay_at=weight_decay_at, grad_at_params=grad_at_params,
+      noise_sampler=noise_sampler, unroll=unroll)
 
 
 def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alpha,

@@ -17,7 +17,8 @@ _LUA = dict(model="allcnn_bn_authors", sampling="replacement", bn_reestimate=Tru
 
 PRESETS = {
     "entropy-sgd": Preset(
-        "paper's text (Alg. 1), Fig. 5: L=20, 10 epochs (200 effective), lr 1 ÷5 every 4 epochs, Langevin lr 0.1, noise 1e-4, "
+        "paper's text (Alg. 1), Fig. 5: L=20, 10 epochs (200 effective), lr 1 ÷5 every 4 "
+        "epochs, Langevin lr 0.1, noise 1e-4, "
         "gamma 0.03 x 1.001 per update, Nesterov 0.9 in both loops, L2 1e-3",
         BASE.replace(
             optimizer="entropy-sgd", outer_epochs=10, langevin_steps=20, learning_rate=1.0,

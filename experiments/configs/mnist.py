@@ -21,7 +21,8 @@ _LUA = dict(sampling="replacement", bn_reestimate=True, momentum=0.9, nesterov=T
 
 PRESETS = {
     "entropy-sgd": Preset(
-        "paper's text (Alg. 1), Fig. 4: L=20, 5 epochs (100 effective), lr 1 ÷10 after epoch 2, Langevin lr 0.1, noise 1e-3, "
+        "paper's text (Alg. 1), Fig. 4: L=20, 5 epochs (100 effective), lr 1 ÷10 after epoch "
+        "2, Langevin lr 0.1, noise 1e-3, "
         "gamma 1e-4 x 1.001 per update, Nesterov 0.9 in both loops",
         BASE.replace(
             optimizer="entropy-sgd", outer_epochs=5, langevin_steps=20, learning_rate=1.0,
