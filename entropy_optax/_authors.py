@@ -33,13 +33,14 @@ class PortMomentumState(NamedTuple):
   """State of the PyTorch port's outer momentum around its local-entropy chain.
 
   Attributes:
-    count: outer updates done so far (int32).
+    port_count: outer updates done so far (int32; named so that ``optax.tree.get(state,
+      "count")`` finds no second ``count`` beside Adam's or SGD's).
     inner_state: the state of the wrapped chain (``local_entropy`` and the outer weight decay).
     momentum_buffer: the port's ``state['mdw']``: a copy of the first gradient, then
       momentum * buffer + (x - mu + weight_decay x) at every update.
   """
 
-  count: jax.Array
+  port_count: jax.Array
   inner_state: optax.OptState
   momentum_buffer: optax.Updates
 
@@ -54,11 +55,11 @@ def _port_outer_momentum(inner: optax.GradientTransformationExtraArgs, momentum:
   """
 
   def init_fn(params):
-    return PortMomentumState(count=jnp.zeros([], jnp.int32), inner_state=inner.init(params),
+    return PortMomentumState(port_count=jnp.zeros([], jnp.int32), inner_state=inner.init(params),
                              momentum_buffer=optax.tree.zeros_like(params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    first = state.count == 0
+    first = state.port_count == 0
     buffer = optax.tree.where(
         first, jax.tree.map(lambda g, b: g.astype(b.dtype), updates, state.momentum_buffer),
         state.momentum_buffer)
@@ -68,7 +69,7 @@ def _port_outer_momentum(inner: optax.GradientTransformationExtraArgs, momentum:
       direction = jax.tree.map(lambda d, b: (d + momentum * b).astype(d.dtype), direction, buffer)
     else:
       direction = buffer
-    return direction, PortMomentumState(optax.safe_increment(state.count), inner_state, buffer)
+    return direction, PortMomentumState(optax.safe_increment(state.port_count), inner_state, buffer)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -285,4 +285,4 @@ def test_gamma_of_each_update_uses_the_codes_counter(code, gammas):
   state = tx.init(params)
   for want in gammas:
     _, state = update(params, state, params)
-    np.testing.assert_allclose(optax.tree.get(state, "langevin_stats").gamma, want, rtol=1e-6)
+    np.testing.assert_allclose(optax.tree.get(state, "langevin_stats").langevin_gamma, want, rtol=1e-6)
