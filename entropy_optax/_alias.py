@@ -6,6 +6,7 @@ import jax
 import optax
 
 from entropy_optax import _noise
+from entropy_optax import _sghmc
 from entropy_optax._transform import local_entropy
 from entropy_optax._utils import is_static_zero
 
@@ -34,6 +35,8 @@ def entropy_sgd(
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: the local-entropy gradient followed by SGD with (Nesterov) momentum.
 
@@ -41,8 +44,8 @@ def entropy_sgd(
   step is x <- x - learning_rate (x - mu + weight_decay x) through the momentum, Alg. 1 line 7
   with the factor gamma dropped as in the paper's practice (``scale_by_gamma`` keeps it).
   ``weight_decay`` applies inside the Langevin chain and to the outer gradient, as the
-  authors' code does. See ``local_entropy`` for the other arguments and for how ``update``
-  takes ``grad_fn``.
+  authors' code does. See ``local_entropy`` for the other arguments (``sampler="sghmc"`` and
+  ``friction`` pick the SGHMC chain) and for how ``update`` takes ``grad_fn``.
 
   Args:
     learning_rate: the outer step size eta, a float or an optax schedule.
@@ -71,7 +74,8 @@ def entropy_sgd(
       local_entropy(
           num_langevin_steps, gamma, langevin_lr, noise, alpha,
           langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
-          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
+          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
+          sampler=sampler, friction=friction),
       _outer_weight_decay(weight_decay),
       optax.sgd(learning_rate, momentum=None if is_static_zero(momentum) else momentum,
                 nesterov=nesterov),
@@ -96,6 +100,8 @@ def entropy_adam(
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-Adam: the local-entropy gradient followed by Adam.
 
@@ -116,7 +122,8 @@ def entropy_adam(
           num_langevin_steps, gamma, langevin_lr, noise, alpha,
           langevin_momentum=langevin_momentum, nesterov=langevin_nesterov,
           weight_decay=weight_decay,
-          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll),
+          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
+          sampler=sampler, friction=friction),
       _outer_weight_decay(weight_decay),
       optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
   )

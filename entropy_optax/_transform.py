@@ -11,6 +11,7 @@ import optax
 
 from entropy_optax import _langevin
 from entropy_optax import _noise
+from entropy_optax import _sghmc
 from entropy_optax._utils import canonical_key
 from entropy_optax._utils import to_chain
 
@@ -51,6 +52,8 @@ def local_entropy(
     key: jax.Array | int = 0,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
 
@@ -95,6 +98,9 @@ def local_entropy(
     key: PRNG key or seed of the Langevin noise.
     noise_sampler: "irwin_hall" (cheap, exact mean and variance) or "gaussian".
     unroll: ``lax.scan`` unrolling of the chain; None: full on CPU, rolled elsewhere.
+    sampler: "sgld" (the paper's chain) or "sghmc" (underdamped Langevin with ``friction``, same
+      temperature noise^2 / 2 and cost; see ``langevin_mean``).
+    friction: SGHMC's friction in (0, 1] (None: 0.1); only with ``sampler="sghmc"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -117,7 +123,7 @@ def local_entropy(
   # Checked once here; a schedule's values are not (they may be traced).
   _langevin.check_arguments(
       num_langevin_steps, 1.0 if callable(gamma) else gamma, langevin_lr, noise, alpha,
-      noise_sampler)
+      noise_sampler, sampler=sampler, friction=friction, langevin_momentum=langevin_momentum)
 
   def init_fn(params):
     return LocalEntropyState(
@@ -140,7 +146,7 @@ def local_entropy(
         gamma=gamma_t, num_steps=num_langevin_steps, langevin_lr=langevin_lr, noise=noise,
         alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
         weight_decay=weight_decay, grad_at_params=updates, noise_sampler=noise_sampler,
-        unroll=unroll)
+        unroll=unroll, sampler=sampler, friction=friction)
     factor = stats.gamma if scale_by_gamma else 1.0
     new_updates = jax.tree.map(
         lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype), params, mu)
