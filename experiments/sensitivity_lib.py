@@ -35,9 +35,11 @@ import optax
 
 import entropy_optax
 from experiments import models
+from experiments import sgld_baseline
 
 ENTROPY_KEYS = ("gamma", "langevin_lr", "noise", "learning_rate")
 SGD_KEYS = ("learning_rate",)
+SGLD_KEYS = ("learning_rate", "decay_power", "temperature")
 
 
 class Data(tuple):
@@ -71,7 +73,10 @@ def _optimizer(name: str, hparams: Mapping[str, Any], num_langevin_steps: int, s
         gamma=entropy_optax.exponential_scoping(hparams["gamma"], 1e-3),
         langevin_lr=hparams["langevin_lr"], noise=hparams["noise"], alpha=0.25, momentum=0.0,
         langevin_momentum=0.9, key=seed)
-  raise ValueError(f"optimizer must be 'sgd' or 'entropy_sgd', got {name!r}.")
+  if name == "sgld":
+    return sgld_baseline.sgld(hparams["learning_rate"], hparams["decay_power"],
+                              hparams["temperature"], key=seed)
+  raise ValueError(f"optimizer must be 'sgd', 'sgld' or 'entropy_sgd', got {name!r}.")
 
 
 def _build_run(model_name: str, data: Data, optimizer: str, num_langevin_steps: int,
@@ -117,7 +122,7 @@ def _build_run(model_name: str, data: Data, optimizer: str, num_langevin_steps: 
 
 
 def _grid_arrays(optimizer: str, grid: Mapping[str, Any]) -> dict[str, jax.Array]:
-  keys = ENTROPY_KEYS if optimizer == "entropy_sgd" else SGD_KEYS
+  keys = {"entropy_sgd": ENTROPY_KEYS, "sgld": SGLD_KEYS}.get(optimizer, SGD_KEYS)
   missing = [k for k in keys if k not in grid]
   if missing:
     raise ValueError(f"grid for {optimizer} needs {missing}; got {sorted(grid)}.")
@@ -135,8 +140,9 @@ def train_grid(model_name: str, data: Data, optimizer: str, grid: Mapping[str, A
   Args:
     model_name: "mlp1d" or "cnn1d" (``experiments.models``).
     data: ``(train_x, train_y, test_x, test_y)``.
-    optimizer: "entropy_sgd" (grid keys gamma, langevin_lr, noise, learning_rate) or "sgd"
-      (learning_rate): one value per grid point in each entry (a flattened grid).
+    optimizer: "entropy_sgd" (grid keys gamma, langevin_lr, noise, learning_rate), "sgd"
+      (learning_rate) or "sgld" (learning_rate, decay_power, temperature: the paper's App. C.1
+      baseline, ``sgld_baseline``): one value per grid point in each entry (a flattened grid).
     seeds: seeds per grid point (0..seeds-1: initialisation, batches, Langevin noise).
     num_langevin_steps: L; SGD ignores it.
     effective_epochs: training length in gradient evaluations / training-set size.
