@@ -9,8 +9,8 @@ two at the warm temperature). Printed per variant: the relative RMS error
 sqrt(E |g - g_ref|^2) / |g_ref| over the repeats, its bias part |E g - g_ref| / |g_ref|, and for
 SGHMC the ratio of SGLD's error to its own at the same L (> 1: SGHMC better per evaluation).
 
-    python -m benchmarks.chain_quality                 # the default table (~minutes on 2 CPUs)
-    python -m benchmarks.chain_quality --repeats 8 --reference-steps 400   # a smoke run
+    python -m benchmarks.chain_quality      # gamma 0.03 and 1: ~1 h on the shared 2-core CPU
+    python -m benchmarks.chain_quality --gammas 1.0 --repeats 32 --reference-steps 600  # 11 min
 
 Temperatures: the paper's cold one (noise 1e-4, T = 5e-9 in this library's convention) and a
 warmer one (``--warm-noise``). gamma: 0.03 (the paper's CIFAR-10 gamma0; its MNIST gamma0 = 1e-4

@@ -87,11 +87,13 @@ def main(argv=None):
   parser.add_argument("--outer-steps", type=int, default=400)
   parser.add_argument("--seeds", type=int, default=4)
   parser.add_argument("--starts", type=int, default=33)
+  parser.add_argument("--settings", type=int, default=5, help="the first N (T, sigma) settings")
   args = parser.parse_args(argv)
   start_time = time.perf_counter()
   starts = np.linspace(-4, 4, args.starts)
   rows = []
-  for temperature, sigma in [(1.0, 0.7), (1.0, 1.0), (1.0, 1.41), (0.05, 1.0), (0.05, 1.41)]:
+  settings = [(1.0, 0.7), (1.0, 1.0), (1.0, 1.41), (0.05, 1.0), (0.05, 1.41)]
+  for temperature, sigma in settings[:args.settings]:
     gamma = temperature / sigma**2
     ideal_entropy = ideal_ends(lambda x: local_entropy_grad(x, gamma, temperature), starts)
     ideal_smooth = ideal_ends(lambda x: smoothed_grad(x, sigma), starts)
