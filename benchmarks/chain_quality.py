@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 import entropy_optax
+from entropy_optax._noise import tree_noise  # the library's own noise sampler
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_NOISE = 1e-4
@@ -97,7 +98,7 @@ def reference_gradient(params, train_x, train_y, *, gamma, lr, noise, steps, cha
       g = full_grad(xp, k)
       xp = jax.tree.map(lambda a, gg, c: a - lr * (gg - gamma * (c - a)), xp, g, x)
       if noise:
-        eps = entropy_optax._noise.tree_noise(jax.random.fold_in(key, k), xp)  # pylint: disable=protected-access
+        eps = tree_noise(jax.random.fold_in(key, k), xp)
         xp = jax.tree.map(lambda a, e: a + np.sqrt(lr) * noise * e, xp, eps)
       return (xp, jax.tree.map(jnp.add, total, xp)), None
 

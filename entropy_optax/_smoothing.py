@@ -1,4 +1,4 @@
-"""``gaussian_smoothing``: the gradient of E f(x + sigma eps), the baseline that smooths f itself."""
+"""``gaussian_smoothing``: the gradient of E f(x + sigma eps), the baseline smoothing f itself."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def gaussian_smoothing(
     Nesterov, Spokoiny, "Random Gradient-Free Minimization of Convex Functions", 2017
     (Gaussian smoothing); Chaudhari et al., "Entropy-SGD", ICLR 2017 (the comparison).
   """
-  if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples < 1:
+  if (not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool)
+      or num_samples < 1):
     raise ValueError(f"num_samples must be a Python int >= 1, got {num_samples!r}.")
   if is_concrete_number(sigma) and not sigma >= 0:
     raise ValueError(f"sigma must be >= 0 (or an optax schedule), got {sigma}.")

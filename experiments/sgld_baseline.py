@@ -43,15 +43,16 @@ def sgld(learning_rate: float, decay_power: float, temperature: float,
     An optax transformation (plain SGD, no momentum, plus the noise).
   """
   # Python numbers are checked; traced ones (a vmapped grid) pass.
-  for name, value, low in [("learning_rate", learning_rate, 0.0), ("decay_power", decay_power, None),
-                           ("temperature", temperature, None)]:
+  checks = [("learning_rate", learning_rate, 0.0), ("decay_power", decay_power, None),
+            ("temperature", temperature, None)]
+  for name, value, low in checks:
     if isinstance(value, (int, float)) and not (value > low if low is not None else value >= 0):
       raise ValueError(f"{name} must be {'> 0' if low is not None else '>= 0'}, got {value}.")
   return optax.noisy_sgd(sgld_learning_rate(learning_rate, decay_power),
                          eta=2.0 * temperature / learning_rate, gamma=-decay_power, key=key)
 
 
-def PAPER_RECIPE(num_train: int, learning_rate: float = 0.1) -> dict:  # pylint: disable=invalid-name
+def PAPER_RECIPE(num_train: int, learning_rate: float = 0.1) -> dict:  # pylint: disable=C0103
   """The preset: the paper's App. C.1 form; its eta and b came from a search it does not give.
 
   b = 0.55 (Welling & Teh's choice) and T = 1 / num_train (the posterior of the mean loss);

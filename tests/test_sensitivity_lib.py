@@ -1,4 +1,4 @@
-"""The sensitivity study's library on a tiny grid: one vmapped program equals the runs one by one."""
+"""The sensitivity library on a tiny grid: one vmapped program equals the runs one by one."""
 
 import numpy as np
 import pytest

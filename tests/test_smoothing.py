@@ -42,7 +42,7 @@ def estimates(tx, params, grad_fn, keys):
 
 @pytest.mark.parametrize("sampler", ["gaussian", "irwin_hall"])
 def test_quadratic_mean_and_variance_are_the_closed_form(sampler):
-  """f = 1/2 x^T A x: each sample is A (x + sigma eps), so the mean is A x, variance sigma^2 A^2/L."""
+  """f = 1/2 x^T A x: each sample is A (x + sigma eps): mean A x, variance sigma^2 A^2 / L."""
   sigma, num_samples, repeats = 0.3, 8, 20_000
   tx = eo.gaussian_smoothing(num_samples, sigma, noise_sampler=sampler)
   keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(repeats))
