@@ -11,12 +11,15 @@ from entropy_optax._scoping import bounded_exponential_scoping
 from entropy_optax._scoping import exponential_scoping
 from entropy_optax._scoping import linear_scoping
 from entropy_optax._scoping import quadratic_scoping
+from entropy_optax._smoothing import GaussianSmoothingState
+from entropy_optax._smoothing import gaussian_smoothing
 from entropy_optax._transform import LocalEntropyState
 from entropy_optax._transform import local_entropy
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "GaussianSmoothingState",
     "LangevinStats",
     "LocalEntropyState",
     "MultiSteps",
@@ -26,6 +29,7 @@ __all__ = (
     "entropy_sgd",
     "exponential_scoping",
     "flatness",
+    "gaussian_smoothing",
     "langevin_mean",
     "linear_scoping",
     "local_entropy",

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from entropy_optax import _noise
+from entropy_optax import _sghmc
 from entropy_optax._transform import local_entropy
 from entropy_optax._utils import is_concrete_number
 from entropy_optax._utils import is_static_zero
@@ -53,6 +54,8 @@ def entropy_sgd(
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
     mask: Any | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: the local-entropy gradient followed by SGD with (Nesterov) momentum.
 
@@ -62,8 +65,8 @@ def entropy_sgd(
   ``weight_decay`` applies inside the Langevin chain (to the raw gradient) and to the outer
   gradient, as the authors' PyTorch port does; their Lua code, which produced the paper's
   numbers, has neither outer momentum nor outer weight decay (``authors_entropy_sgd`` runs either
-  code exactly). See ``local_entropy`` for the other arguments and for how ``update`` takes
-  ``grad_fn``.
+  code exactly). See ``local_entropy`` for the other arguments (``sampler="sghmc"`` and
+  ``friction`` pick the SGHMC chain) and for how ``update`` takes ``grad_fn``.
 
   Args:
     learning_rate: the outer step size eta, a float or an optax schedule.
@@ -96,7 +99,7 @@ def entropy_sgd(
           num_langevin_steps, gamma, langevin_lr, noise, alpha,
           langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
           scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
-          mask=mask),
+          mask=mask, sampler=sampler, friction=friction),
       _outer(mask, _outer_weight_decay(weight_decay),
              optax.sgd(learning_rate, momentum=None if is_static_zero(momentum) else momentum,
                        nesterov=nesterov)),
@@ -122,6 +125,8 @@ def entropy_adam(
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
     mask: Any | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-Adam: the local-entropy gradient followed by Adam.
 
@@ -143,7 +148,7 @@ def entropy_adam(
           langevin_momentum=langevin_momentum, nesterov=langevin_nesterov,
           weight_decay=weight_decay,
           scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
-          mask=mask),
+          mask=mask, sampler=sampler, friction=friction),
       _outer(mask, _outer_weight_decay(weight_decay),
              optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)),
   )

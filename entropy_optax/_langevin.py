@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_optax import _noise
+from entropy_optax import _sghmc
 from entropy_optax import _unroll
 from entropy_optax._utils import is_concrete_number
 from entropy_optax._utils import is_static_zero
@@ -87,7 +88,8 @@ def _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> Langevin
   )
 
 
-def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler) -> None:
+def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler, *,
+                    sampler="sgld", friction=None, langevin_momentum=0.0) -> None:
   """Errors naming the argument and the fix; traced values (inject_hyperparams) pass unchecked.
 
   The one check of the chain's hyper-parameters: ``langevin_mean`` runs it on every call,
@@ -111,6 +113,7 @@ def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler) 
   if noise_sampler not in _noise.NOISE_SAMPLERS:
     raise ValueError(
         f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}.")
+  _sghmc.check_arguments(sampler, friction, langevin_momentum)
 
 
 WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
@@ -155,6 +158,8 @@ def langevin_mean(
     grad_at_params: Any | None = None,
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | jax.Array | None = None,
 ) -> tuple[Any, LangevinStats]:
   r"""Estimates the mean <x'> of the local Gibbs measure around ``params`` by SGLD.
 
@@ -195,6 +200,12 @@ def langevin_mean(
     noise_sampler: "irwin_hall" (default: a cheap exact-variance approximation of a Gaussian,
       see ``_noise.irwin_hall_normal``) or "gaussian" (``jax.random.normal``).
     unroll: ``lax.scan`` unrolling; None picks ``_unroll.default_unroll``.
+    sampler: "sgld" (the steps above, the paper's) or "sghmc": underdamped Langevin with a
+      velocity, x' <- x' + v, v <- (1 - friction) v - langevin_lr (g - gamma (x - x')) +
+      sqrt(friction langevin_lr) noise N(0, I), at the same temperature T = noise^2 / 2 and the
+      same L gradient evaluations (see ``_sghmc``). Not combined with ``langevin_momentum``.
+    friction: SGHMC's friction in (0, 1], the fraction of the velocity lost per step (1 is
+      SGLD); None: 0.1. Only with ``sampler="sghmc"``.
 
   Returns:
     ``(mu, stats)``: mu in the chain dtype (at least float32, see ``chain_dtype``) and a
@@ -213,25 +224,30 @@ def langevin_mean(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017
     (https://arxiv.org/abs/1611.01838), Alg. 1.
   """
-  check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler)
+  check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler, sampler=sampler,
+                  friction=friction, langevin_momentum=langevin_momentum)
   check_weight_decay_at(weight_decay_at)
   return run_chain(
       grad_fn, params, key, gamma=gamma, num_steps=num_steps, langevin_lr=langevin_lr,
       noise=noise, alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
       weight_decay=weight_decay, weight_decay_at=weight_decay_at, grad_at_params=grad_at_params,
-      noise_sampler=noise_sampler, unroll=unroll)
+      noise_sampler=noise_sampler, unroll=unroll, sampler=sampler, friction=friction)
 
 
 def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alpha,
               langevin_momentum, nesterov, weight_decay, grad_at_params, noise_sampler, unroll,
-              weight_decay_at="before_momentum"):
+              weight_decay_at="before_momentum", sampler="sgld", friction=None):
   """``langevin_mean`` on arguments already checked by ``check_arguments``."""
-  use_momentum = not is_static_zero(langevin_momentum)
+  friction = _sghmc.resolved_friction(sampler, friction)
+  # SGHMC's velocity rides in the momentum buffer's slot of the carry (the two never combine).
+  use_momentum = friction is not None or not is_static_zero(langevin_momentum)
   use_noise = not is_static_zero(noise)
 
   x = to_chain(params)
   gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay = map(
       _chain_scalar, (gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay))
+  if friction is not None:
+    friction = _chain_scalar(friction)
   sqrt_lr = jnp.sqrt(jnp.asarray(langevin_lr, jnp.float32))
 
   def gradient(x_prime, k):
@@ -246,20 +262,27 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
       grads = gradient(x_prime, k)
     add_weight_decay = lambda g: jax.tree.map(lambda g, xp: g + weight_decay * xp, g, x_prime)
     g = add_weight_decay(grads) if weight_decay_at == "before_momentum" else grads
-    if use_momentum:
-      momentum_buffer = jax.tree.map(lambda b, g: langevin_momentum * b + g, momentum_buffer, g)
-      if nesterov:
-        g = jax.tree.map(lambda g, b: g + langevin_momentum * b, g, momentum_buffer)
-      else:
-        g = momentum_buffer
-    if weight_decay_at == "after_momentum":
-      g = add_weight_decay(g)
-    gap = jax.tree.map(lambda a, b: a - b, x, x_prime)  # x - x'
-    x_prime = jax.tree.map(lambda xp, g, d: xp - langevin_lr * (g - gamma * d), x_prime, g, gap)
-    if use_noise:
-      scale = sqrt_lr * noise
-      x_prime = jax.tree.map(
-          lambda xp, n: xp + scale * n, x_prime, _noise.tree_noise(step_key, x_prime, noise_sampler))
+    if friction is not None:
+      force = jax.tree.map(lambda g, a, b: g - gamma * (a - b), g, x, x_prime)
+      noise_tree = _noise.tree_noise(step_key, x_prime, noise_sampler) if use_noise else None
+      x_prime, momentum_buffer = _sghmc.sghmc_step(
+          x_prime, momentum_buffer, force, noise_tree, langevin_lr=langevin_lr,
+          friction=friction, noise=noise)
+    else:
+      if use_momentum:
+        momentum_buffer = jax.tree.map(lambda b, g: langevin_momentum * b + g, momentum_buffer, g)
+        if nesterov:
+          g = jax.tree.map(lambda g, b: g + langevin_momentum * b, g, momentum_buffer)
+        else:
+          g = momentum_buffer
+      if weight_decay_at == "after_momentum":
+        g = add_weight_decay(g)
+      gap = jax.tree.map(lambda a, b: a - b, x, x_prime)  # x - x'
+      x_prime = jax.tree.map(lambda xp, g, d: xp - langevin_lr * (g - gamma * d), x_prime, g, gap)
+      if use_noise:
+        scale = sqrt_lr * noise
+        x_prime = jax.tree.map(lambda xp, n: xp + scale * n, x_prime,
+                               _noise.tree_noise(step_key, x_prime, noise_sampler))
     mu = jax.tree.map(lambda m, xp: (1 - alpha) * m + alpha * xp, mu, x_prime)
     distance_sum = distance_sum + _tree_norm(jax.tree.map(lambda a, b: a - b, x, x_prime))
     return (x_prime, mu, momentum_buffer, distance_sum), None

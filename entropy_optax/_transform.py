@@ -14,6 +14,7 @@ from entropy_optax import _batches
 from entropy_optax import _langevin
 from entropy_optax import _masking
 from entropy_optax import _noise
+from entropy_optax import _sghmc
 from entropy_optax._utils import canonical_key
 from entropy_optax._utils import chain_dtype
 from entropy_optax._utils import to_chain
@@ -77,6 +78,8 @@ def local_entropy(
     noise_sampler: _noise.NoiseSampler = "irwin_hall",
     unroll: int | bool | None = None,
     mask: Any | Callable[[Any], Any] | None = None,
+    sampler: _sghmc.Sampler = "sgld",
+    friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
 
@@ -139,6 +142,9 @@ def local_entropy(
     unroll: ``lax.scan`` unrolling of the chain; None: full on CPU, rolled elsewhere.
     mask: which leaves the chain moves (None: all): Python bools in a tree like params (or a
       prefix of it), or a function of params returning one, as ``optax.masked`` takes.
+    sampler: "sgld" (the paper's chain) or "sghmc" (underdamped Langevin with ``friction``, same
+      temperature noise^2 / 2 and cost; see ``langevin_mean``).
+    friction: SGHMC's friction in (0, 1] (None: 0.1); only with ``sampler="sghmc"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -175,7 +181,7 @@ def local_entropy(
   # Checked once here; a schedule's values are not (they may be traced).
   _langevin.check_arguments(
       num_langevin_steps, 1.0 if callable(gamma) else gamma, langevin_lr, noise, alpha,
-      noise_sampler)
+      noise_sampler, sampler=sampler, friction=friction, langevin_momentum=langevin_momentum)
   _langevin.check_weight_decay_at(weight_decay_at)
 
   def init_fn(params):
@@ -219,7 +225,7 @@ def local_entropy(
         gamma=gamma_t, num_steps=num_langevin_steps, langevin_lr=langevin_lr, noise=noise,
         alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
         weight_decay=weight_decay, grad_at_params=chain_grads, noise_sampler=noise_sampler,
-        unroll=unroll, weight_decay_at=weight_decay_at)
+        unroll=unroll, weight_decay_at=weight_decay_at, sampler=sampler, friction=friction)
     factor = stats.langevin_gamma if scale_by_gamma else 1.0
     new_updates = emitted(updates, chain_params, mu, factor, flags)
     # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as

@@ -1,0 +1,46 @@
+"""The SGLD baseline: optax.noisy_sgd with the Langevin noise scale sqrt(2 lr_t T)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import sensitivity_lib as sl
+from experiments import sgld_baseline
+
+
+@pytest.mark.parametrize("step", [0, 99])
+def test_step_has_langevin_mean_and_noise_scale(step):
+  eta, b, temperature, grad, size = 0.1, 0.55, 0.02, 0.5, 200_000
+  tx = sgld_baseline.sgld(eta, b, temperature, key=3)
+  params = jnp.zeros(size)
+  state = tx.init(params)
+  for _ in range(step):  # advance the counters (noise state's and schedule's)
+    _, state = tx.update(jnp.zeros(size), state, params)
+  updates, _ = tx.update(jnp.full(size, grad), state, params)
+  lr = eta / (1 + step) ** b
+  std_expected = np.sqrt(2 * lr * temperature)
+  np.testing.assert_allclose(updates.mean(), -lr * grad, atol=5 * std_expected / np.sqrt(size))
+  np.testing.assert_allclose(updates.std(), std_expected, rtol=5 * np.sqrt(2 / size))
+
+
+def test_optax_noisy_sgd_default_decay_is_not_the_langevin_scale():
+  """With its default gamma = 0.55, noisy_sgd's weight noise at t = 99 is ~3.5x too small."""
+  eta, b, temperature = 0.1, 0.55, 0.02
+  lr = eta / 100**b
+  default = lr * np.sqrt(2 * temperature / eta / 100**0.55)  # lr sqrt(eta_n / (1 + t)^0.55)
+  assert np.sqrt(2 * lr * temperature) / default > 3
+
+
+def test_bad_arguments_name_them():
+  with pytest.raises(ValueError, match="temperature"):
+    sgld_baseline.sgld(0.1, 0.55, -1.0)
+
+
+def test_runs_in_the_vmapped_grid():
+  data = sl.synthetic_data(num_train=128, num_test=64)
+  curves = sl.train_grid("mlp1d", data, "sgld",
+                         {"learning_rate": [0.05], "decay_power": [0.55], "temperature": [1e-4]},
+                         seeds=2, effective_epochs=8, batch_size=16, num_evals=2)
+  assert curves.shape == (1, 2, 2) and curves[0, :, -1].min() > 0.8
