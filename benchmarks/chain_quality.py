@@ -43,6 +43,7 @@ def load_data(num_train: int):
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from experiments import data  # pylint: disable=import-outside-toplevel
+
   dataset = data.load_mnist1d(num_train=num_train)
   return jnp.asarray(dataset.train_x), jnp.asarray(dataset.train_y)
 
@@ -50,8 +51,9 @@ def load_data(num_train: int):
 def init_mlp(key, sizes=(40, 100, 10)):
   params = []
   for fan_in, fan_out, k in zip(sizes[:-1], sizes[1:], jax.random.split(key, len(sizes) - 1)):
-    params.append({"w": jax.random.normal(k, (fan_in, fan_out)) * np.sqrt(2 / fan_in),
-                   "b": jnp.zeros(fan_out)})
+    params.append(
+      {"w": jax.random.normal(k, (fan_in, fan_out)) * np.sqrt(2 / fan_in), "b": jnp.zeros(fan_out)}
+    )
   return params
 
 
@@ -88,8 +90,8 @@ def reference_gradient(params, train_x, train_y, *, gamma, lr, noise, steps, cha
     # alpha = 1/(k - burn_in + 1) after burn-in is a running mean; langevin_mean's alpha is one
     # number, so run the burn-in and then average the samples of a second run by hand.
     x_start, _ = entropy_optax.langevin_mean(
-        full_grad, params, key, gamma=gamma, num_steps=burn_in, langevin_lr=lr, noise=noise,
-        alpha=1.0)
+      full_grad, params, key, gamma=gamma, num_steps=burn_in, langevin_lr=lr, noise=noise, alpha=1.0
+    )
     # Continue the chain from x_start, still coupled to the fixed x = params.
     x = jax.tree.map(jnp.asarray, params)
 
@@ -107,24 +109,38 @@ def reference_gradient(params, train_x, train_y, *, gamma, lr, noise, steps, cha
     return jax.tree.map(lambda t: t / (steps - burn_in), total)
 
   mus = jax.jit(jax.vmap(one_chain, (0, None, None, None)))(
-      jax.random.split(jax.random.key(7), chains), params, train_x, train_y)
+    jax.random.split(jax.random.key(7), chains), params, train_x, train_y
+  )
   mu = jax.tree.map(lambda m: m.mean(0), mus)
   return optax.tree.scale(gamma, optax.tree.sub(params, mu))
 
 
-def estimates(params, train_x, train_y, *, sampler, friction, num_steps, gamma, lr, noise,
-              alpha, batch, repeats):
+def estimates(
+  params, train_x, train_y, *, sampler, friction, num_steps, gamma, lr, noise, alpha, batch, repeats
+):
   """``repeats`` estimates gamma (x - mu), each with its own key and mini-batches: (repeats, n)."""
+
   def one(key, params, train_x, train_y):
     noise_key, batch_key = jax.random.split(key)
     idx = jax.random.randint(batch_key, (num_steps, batch), 0, train_x.shape[0])
     grad_fn = lambda p, k: jax.grad(loss)(p, train_x[idx[k]], train_y[idx[k]])
     mu, _ = entropy_optax.langevin_mean(
-        grad_fn, params, noise_key, gamma=gamma, num_steps=num_steps, langevin_lr=lr,
-        noise=noise, alpha=alpha, sampler=sampler, friction=friction)
+      grad_fn,
+      params,
+      noise_key,
+      gamma=gamma,
+      num_steps=num_steps,
+      langevin_lr=lr,
+      noise=noise,
+      alpha=alpha,
+      sampler=sampler,
+      friction=friction,
+    )
     return jax.flatten_util.ravel_pytree(optax.tree.scale(gamma, optax.tree.sub(params, mu)))[0]
+
   return jax.jit(jax.vmap(one, (0, None, None, None)))(
-      jax.random.split(jax.random.key(11), repeats), params, train_x, train_y)
+    jax.random.split(jax.random.key(11), repeats), params, train_x, train_y
+  )
 
 
 def main(argv=None):
@@ -148,39 +164,79 @@ def main(argv=None):
   train_x, train_y = load_data(args.num_train)
   params = fixed_point(train_x, train_y, args.train_steps, args.batch)
   flat = lambda t: jax.flatten_util.ravel_pytree(t)[0]
-  print(f"MLP 40-100-10 on MNIST-1D ({args.num_train} train), x after {args.train_steps} SGD "
-        f"steps: loss {float(loss(params, train_x, train_y)):.3f}; "
-        f"langevin_lr {args.langevin_lr}, alpha {args.alpha}, batch {args.batch}, "
-        f"{args.repeats} repeats")
+  print(
+    f"MLP 40-100-10 on MNIST-1D ({args.num_train} train), x after {args.train_steps} SGD "
+    f"steps: loss {float(loss(params, train_x, train_y)):.3f}; "
+    f"langevin_lr {args.langevin_lr}, alpha {args.alpha}, batch {args.batch}, "
+    f"{args.repeats} repeats"
+  )
   rows = []
   for gamma, noise in [(g, n) for g in args.gammas for n in (PAPER_NOISE, args.warm_noise)]:
-    ref = flat(reference_gradient(
-        params, train_x, train_y, gamma=gamma, lr=args.langevin_lr, noise=noise,
-        steps=args.reference_steps, chains=1 if noise == PAPER_NOISE else 2))
+    ref = flat(
+      reference_gradient(
+        params,
+        train_x,
+        train_y,
+        gamma=gamma,
+        lr=args.langevin_lr,
+        noise=noise,
+        steps=args.reference_steps,
+        chains=1 if noise == PAPER_NOISE else 2,
+      )
+    )
     ref_norm = float(jnp.linalg.norm(ref))
     errors = {}  # (sampler, L) -> error, at this gamma and temperature
     for num_steps in args.steps:
       for sampler, friction in [("sgld", None)] + [("sghmc", f) for f in args.frictions]:
-        got = estimates(params, train_x, train_y, sampler=sampler, friction=friction,
-                        num_steps=num_steps, gamma=gamma, lr=args.langevin_lr, noise=noise,
-                        alpha=args.alpha, batch=args.batch, repeats=args.repeats)
+        got = estimates(
+          params,
+          train_x,
+          train_y,
+          sampler=sampler,
+          friction=friction,
+          num_steps=num_steps,
+          gamma=gamma,
+          lr=args.langevin_lr,
+          noise=noise,
+          alpha=args.alpha,
+          batch=args.batch,
+          repeats=args.repeats,
+        )
         rms = float(jnp.sqrt(jnp.mean(jnp.sum((got - ref) ** 2, axis=1)))) / ref_norm
         bias = float(jnp.linalg.norm(got.mean(0) - ref)) / ref_norm
         name = sampler if friction is None else f"sghmc(friction={friction})"
         errors[(name, num_steps)] = rms
-        rows.append({"gamma": gamma, "T": noise**2 / 2, "L": num_steps, "sampler": name,
-                     "rel_rms_error": rms,
-                     "rel_bias": bias,
-                     "sgld_error/this": errors[("sgld", num_steps)] / rms,
-                     "|g_ref|": ref_norm})
-        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in rows[-1].items()), flush=True)
+        rows.append(
+          {
+            "gamma": gamma,
+            "T": noise**2 / 2,
+            "L": num_steps,
+            "sampler": name,
+            "rel_rms_error": rms,
+            "rel_bias": bias,
+            "sgld_error/this": errors[("sgld", num_steps)] / rms,
+            "|g_ref|": ref_norm,
+          }
+        )
+        print(
+          "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()
+          ),
+          flush=True,
+        )
   print(f"total {time.perf_counter() - start:.0f} s")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"command": "python -m benchmarks.chain_quality " + " ".join(argv or sys.argv[1:]),
-                 "jax": jax.__version__, "load_average_end": os.getloadavg(), "rows": rows}, f,
-                indent=1)
+      json.dump(
+        {
+          "command": "python -m benchmarks.chain_quality " + " ".join(argv or sys.argv[1:]),
+          "jax": jax.__version__,
+          "load_average_end": os.getloadavg(),
+          "rows": rows,
+        },
+        f,
+        indent=1,
+      )
   return rows
 
 

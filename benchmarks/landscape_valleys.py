@@ -75,10 +75,12 @@ def stochastic_ends(tx_for_seed, starts, seeds, steps, lr):
       x, state = carry
       updates, state = tx.update(landscape_grad(x), state, x, grad_fn=grad_fn)
       return (optax.apply_updates(x, updates), state), None
+
     return jax.lax.scan(body, (x0, tx.init(x0)), None, length=steps)[0][0]
 
   return jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))(
-      jnp.asarray(starts, jnp.float32), jnp.arange(seeds))
+    jnp.asarray(starts, jnp.float32), jnp.arange(seeds)
+  )
 
 
 def main(argv=None):
@@ -93,7 +95,7 @@ def main(argv=None):
   starts = np.linspace(-4, 4, args.starts)
   rows = []
   settings = [(1.0, 0.7), (1.0, 1.0), (1.0, 1.41), (0.05, 1.0), (0.05, 1.41)]
-  for temperature, sigma in settings[:args.settings]:
+  for temperature, sigma in settings[: args.settings]:
     gamma = temperature / sigma**2
     ideal_entropy = ideal_ends(lambda x: local_entropy_grad(x, gamma, temperature), starts)
     ideal_smooth = ideal_ends(lambda x: smoothed_grad(x, sigma), starts)
@@ -101,28 +103,62 @@ def main(argv=None):
     # Outer lr: Entropy-SGD's update is x - mu (gamma dropped, as the paper); scale it back so
     # both methods take steps lr * (a gradient).
     entropy = stochastic_ends(
-        lambda seed: entropy_optax.local_entropy(
-            L, gamma, 0.02, float(np.sqrt(2 * temperature)), 0.25, key=seed,
-            scale_by_gamma=True),
-        starts, args.seeds, args.outer_steps, 0.5)
+      lambda seed: entropy_optax.local_entropy(
+        L, gamma, 0.02, float(np.sqrt(2 * temperature)), 0.25, key=seed, scale_by_gamma=True
+      ),
+      starts,
+      args.seeds,
+      args.outer_steps,
+      0.5,
+    )
     entropy_sghmc = stochastic_ends(
-        lambda seed: entropy_optax.local_entropy(
-            L, gamma, 0.02, float(np.sqrt(2 * temperature)), 0.25, key=seed,
-            scale_by_gamma=True, sampler="sghmc", friction=0.1),
-        starts, args.seeds, args.outer_steps, 0.5)
+      lambda seed: entropy_optax.local_entropy(
+        L,
+        gamma,
+        0.02,
+        float(np.sqrt(2 * temperature)),
+        0.25,
+        key=seed,
+        scale_by_gamma=True,
+        sampler="sghmc",
+        friction=0.1,
+      ),
+      starts,
+      args.seeds,
+      args.outer_steps,
+      0.5,
+    )
     smooth = stochastic_ends(
-        lambda seed: entropy_optax.gaussian_smoothing(L, sigma, key=seed),
-        starts, args.seeds, args.outer_steps, 0.5)
+      lambda seed: entropy_optax.gaussian_smoothing(L, sigma, key=seed),
+      starts,
+      args.seeds,
+      args.outer_steps,
+      0.5,
+    )
     wide = lambda ends: float(np.mean(np.asarray(ends) < 0))
-    rows.append({"T": temperature, "sigma": sigma, "gamma": round(gamma, 3),
-                 "ideal_entropy_wide": wide(ideal_entropy), "ideal_smooth_wide": wide(ideal_smooth),
-                 "entropy_sgd_wide": wide(entropy), "entropy_sghmc_wide": wide(entropy_sghmc),
-                 "smooth_sgd_wide": wide(smooth)})
-    print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in rows[-1].items()), flush=True)
-  print(f"starts {starts[0]}..{starts[-1]} ({args.starts}), L = {args.num_steps}, "
-        f"{args.outer_steps} outer steps, {args.seeds} seeds; total "
-        f"{time.perf_counter() - start_time:.0f} s")
+    rows.append(
+      {
+        "T": temperature,
+        "sigma": sigma,
+        "gamma": round(gamma, 3),
+        "ideal_entropy_wide": wide(ideal_entropy),
+        "ideal_smooth_wide": wide(ideal_smooth),
+        "entropy_sgd_wide": wide(entropy),
+        "entropy_sghmc_wide": wide(entropy_sghmc),
+        "smooth_sgd_wide": wide(smooth),
+      }
+    )
+    print(
+      "  ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()
+      ),
+      flush=True,
+    )
+  print(
+    f"starts {starts[0]}..{starts[-1]} ({args.starts}), L = {args.num_steps}, "
+    f"{args.outer_steps} outer steps, {args.seeds} seeds; total "
+    f"{time.perf_counter() - start_time:.0f} s"
+  )
   return rows
 
 

@@ -1,6 +1,6 @@
 """Outer steps inside the training loop vs the same steps as a standalone jitted step.
 
-    python -m benchmarks.loop_speed                      # LeNet-BN b32, All-CNN-BN b8; SGD, Entropy-SGD
+    python -m benchmarks.loop_speed                  # LeNet-BN b32, All-CNN-BN b8; SGD, Entropy-SGD
     python -m benchmarks.loop_speed --scan               # also the lax.scan runner for every model
 
 For each model and optimizer it times, interleaved in one process, k outer steps:
@@ -24,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import entropy_optax
 from experiments import compiled, data, models, steps
@@ -36,8 +35,15 @@ def _tx(optimizer: str, langevin_steps: int):
   def make(key):
     if optimizer == "sgd":
       return optax.sgd(0.05, momentum=0.9, nesterov=True)
-    return entropy_optax.entropy_sgd(0.5, num_langevin_steps=langevin_steps, gamma=0.03,
-                                     langevin_lr=0.1, langevin_momentum=0.9, key=key)
+    return entropy_optax.entropy_sgd(
+      0.5,
+      num_langevin_steps=langevin_steps,
+      gamma=0.03,
+      langevin_lr=0.1,
+      langevin_momentum=0.9,
+      key=key,
+    )
+
   return make
 
 
@@ -47,8 +53,15 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
-def measure(model_name: str, batch: int, optimizer: str, langevin_steps: int, num_steps: int,
-            repeats: int, with_scan: bool) -> dict[str, float]:
+def measure(
+  model_name: str,
+  batch: int,
+  optimizer: str,
+  langevin_steps: int,
+  num_steps: int,
+  repeats: int,
+  with_scan: bool,
+) -> dict[str, float]:
   """Median seconds of ``num_steps`` outer steps per variant."""
   dataset = {"lenet_bn": "mnist", "allcnn_bn": "cifar10"}[model_name]
   ds = data.synthetic_like(dataset, 8 * batch * langevin_steps, 16)
@@ -58,9 +71,12 @@ def measure(model_name: str, batch: int, optimizer: str, langevin_steps: int, nu
   train = (jax.device_put(ds.train_x), jax.device_put(ds.train_y))
   runner = compiled.choose_runner("auto", model, train[0][:1])
   variants = {"loop": runner} | ({"scan": "scan"} if with_scan and runner != "scan" else {})
-  fns = {name: compiled.compiled_functions(model, make_tx, steps.Task(), None, False, batch, L,
-                                           True, len(ds.train_x), 16, r)
-         for name, r in variants.items()}
+  fns = {
+    name: compiled.compiled_functions(
+      model, make_tx, steps.Task(), None, False, batch, L, True, len(ds.train_x), 16, r
+    )
+    for name, r in variants.items()
+  }
   init = fns["loop"].init
   states = {name: init(jnp.uint32(0), train[0][:1]) for name in list(variants) + ["standalone"]}
   step = jax.jit(steps.train_step, donate_argnums=0)
@@ -90,31 +106,40 @@ def measure(model_name: str, batch: int, optimizer: str, langevin_steps: int, nu
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.loop_speed",
-                                   description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.loop_speed", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--models", nargs="+", default=["lenet_bn", "allcnn_bn"])
-  parser.add_argument("--batch", nargs="+", type=int, default=[32, 8],
-                      help="batch size per model (default: 32 8)")
+  parser.add_argument(
+    "--batch", nargs="+", type=int, default=[32, 8], help="batch size per model (default: 32 8)"
+  )
   parser.add_argument("--optimizers", nargs="+", default=["sgd", "entropy-sgd"])
   parser.add_argument("--langevin-steps", type=int, default=5)
   parser.add_argument("--steps", type=int, default=5, help="outer steps per timing")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--scan", action="store_true", help="time the scan runner for every model")
   args = parser.parse_args(argv)
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}; {args.steps} outer steps per "
-        f"timing, median of {args.repeats}, L = {args.langevin_steps} for Entropy-SGD")
-  print("| model | batch | optimizer | runner | loop (s) | standalone (s) | loop / standalone "
-        "| scan (s) | scan / standalone |")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].platform}; {args.steps} outer steps per "
+    f"timing, median of {args.repeats}, L = {args.langevin_steps} for Entropy-SGD"
+  )
+  print(
+    "| model | batch | optimizer | runner | loop (s) | standalone (s) | loop / standalone "
+    "| scan (s) | scan / standalone |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for model_name, batch in zip(args.models, args.batch):
     for optimizer in args.optimizers:
       with_scan = args.scan or model_name == "lenet_bn"
-      t = measure(model_name, batch, optimizer, args.langevin_steps, args.steps, args.repeats,
-                  with_scan)
-      scan = (f"{t['scan']:.3f} | {t['scan'] / t['standalone']:.2f}" if "scan" in t
-              else "not run | ")
-      print(f"| {model_name} | {batch} | {optimizer} | {t['runner']} | {t['loop']:.3f} | "
-            f"{t['standalone']:.3f} | {t['loop'] / t['standalone']:.2f} | {scan} |", flush=True)
+      t = measure(
+        model_name, batch, optimizer, args.langevin_steps, args.steps, args.repeats, with_scan
+      )
+      scan = f"{t['scan']:.3f} | {t['scan'] / t['standalone']:.2f}" if "scan" in t else "not run | "
+      print(
+        f"| {model_name} | {batch} | {optimizer} | {t['runner']} | {t['loop']:.3f} | "
+        f"{t['standalone']:.3f} | {t['loop'] / t['standalone']:.2f} | {scan} |",
+        flush=True,
+      )
   return 0
 
 

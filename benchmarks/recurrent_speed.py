@@ -25,16 +25,14 @@ import optax
 
 import entropy_optax
 from benchmarks import common
-from experiments import bptt
-from experiments import recurrent_models
-from experiments import text_data
+from experiments import bptt, recurrent_models, text_data
 
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
 WORKLOADS = {
-    "char-lstm": (lambda v: recurrent_models.char_lstm(v), 103, 50, 50, 5.0),
-    "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
-    "ptb-medium": (lambda v: recurrent_models.ptb_lstm("medium", v), 10_000, 20, 35, 5.0),
-    "ptb-large": (lambda v: recurrent_models.ptb_lstm("large", v), 10_000, 20, 35, 10.0),
+  "char-lstm": (lambda v: recurrent_models.char_lstm(v), 103, 50, 50, 5.0),
+  "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
+  "ptb-medium": (lambda v: recurrent_models.ptb_lstm("medium", v), 10_000, 20, 35, 5.0),
+  "ptb-large": (lambda v: recurrent_models.ptb_lstm("large", v), 10_000, 20, 35, 10.0),
 }
 
 
@@ -47,18 +45,28 @@ def _programs(name: str, langevin_steps: int):
   tokens = rng.integers(0, vocab, batch * (num_steps * langevin_steps * 3 + 1))
   streams = jnp.asarray(text_data.bptt_streams(tokens, batch))
   entropy_tx = lambda key: entropy_optax.entropy_sgd(
-      1.0, num_langevin_steps=langevin_steps, gamma=1e-3, langevin_lr=1.0, noise=1e-4,
-      momentum=0.5, key=key)
+    1.0,
+    num_langevin_steps=langevin_steps,
+    gamma=1e-3,
+    langevin_lr=1.0,
+    noise=1e-4,
+    momentum=0.5,
+    key=key,
+  )
   sgd_tx = lambda key: optax.sgd(1.0)
   entropy_state = bptt.create_state(model, entropy_tx, 0, batch)
   sgd_state = bptt.create_state(model, sgd_tx, 0, batch)
-  entropy_step = jax.jit(bptt.make_train_step(model, num_steps=num_steps,
-                                              langevin_steps=langevin_steps, clip_norm=clip))
-  sgd_steps = jax.jit(bptt.make_train_steps(
-      bptt.make_train_step(model, num_steps=num_steps, clip_norm=clip), langevin_steps))
+  entropy_step = jax.jit(
+    bptt.make_train_step(model, num_steps=num_steps, langevin_steps=langevin_steps, clip_norm=clip)
+  )
+  sgd_steps = jax.jit(
+    bptt.make_train_steps(
+      bptt.make_train_step(model, num_steps=num_steps, clip_norm=clip), langevin_steps
+    )
+  )
   fns = {
-      "entropy_sgd": lambda: jax.block_until_ready(entropy_step(entropy_state, streams)),
-      f"{langevin_steps}x_sgd": lambda: jax.block_until_ready(sgd_steps(sgd_state, streams)),
+    "entropy_sgd": lambda: jax.block_until_ready(entropy_step(entropy_state, streams)),
+    f"{langevin_steps}x_sgd": lambda: jax.block_until_ready(sgd_steps(sgd_state, streams)),
   }
   return fns, langevin_steps * batch * num_steps, recurrent_models.count_params(model)
 
@@ -89,44 +97,62 @@ def _cell_programs(batch: int = 50, num_steps: int = 50, vocab: int = 103, hidde
     return bptt.token_nll(theirs.apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])[0]
 
   ours_grad, theirs_grad = jax.jit(jax.grad(ours_loss)), jax.jit(jax.grad(theirs_loss))
-  return {"fused_scan": lambda: jax.block_until_ready(ours_grad(ours_params)),
-          "flax_OptimizedLSTMCell": lambda: jax.block_until_ready(theirs_grad(theirs_params))}
+  return {
+    "fused_scan": lambda: jax.block_until_ready(ours_grad(ours_params)),
+    "flax_OptimizedLSTMCell": lambda: jax.block_until_ready(theirs_grad(theirs_params)),
+  }
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--models", nargs="+", default=["char-lstm", "ptb-small"],
-                      choices=sorted(WORKLOADS))
+  parser.add_argument(
+    "--models", nargs="+", default=["char-lstm", "ptb-small"], choices=sorted(WORKLOADS)
+  )
   parser.add_argument("--langevin-steps", type=int, default=5, help="L (the paper's: 5).")
   parser.add_argument("--repeats", type=int, default=7, help="timed rounds (medians reported).")
-  parser.add_argument("--cells", action="store_true",
-                      help="also compare the LSTM layer with Flax's OptimizedLSTMCell.")
+  parser.add_argument(
+    "--cells",
+    action="store_true",
+    help="also compare the LSTM layer with Flax's OptimizedLSTMCell.",
+  )
   args = parser.parse_args(argv)
-  print(f"backend {jax.default_backend()}, load average {common.load_average()} "
-        "(a shared machine: compare ratios, not absolute times)")
+  print(
+    f"backend {jax.default_backend()}, load average {common.load_average()} "
+    "(a shared machine: compare ratios, not absolute times)"
+  )
   rows = []
   for name in args.models:
     start = time.perf_counter()
     fns, tokens, params = _programs(name, args.langevin_steps)
     times = common.time_interleaved(fns, args.repeats)
     sgd_name = f"{args.langevin_steps}x_sgd"
-    rows.append({
-        "model": name, "params": params, "tokens/step": tokens,
+    rows.append(
+      {
+        "model": name,
+        "params": params,
+        "tokens/step": tokens,
         "entropy_sgd s": round(common.median(times["entropy_sgd"]), 4),
         f"{sgd_name} s": round(common.median(times[sgd_name]), 4),
         "entropy tok/s": round(tokens / common.median(times["entropy_sgd"])),
         "sgd tok/s": round(tokens / common.median(times[sgd_name])),
         "ratio": round(common.paired_ratio(times, "entropy_sgd", sgd_name), 3),
         "setup s": round(time.perf_counter() - start, 1),
-    })
+      }
+    )
   common.print_table(rows)
   if args.cells:
     times = common.time_interleaved(_cell_programs(), args.repeats)
-    common.print_table([{"layer": k, "grad s (median)": round(common.median(v), 4)}
-                        for k, v in times.items()]
-                       + [{"layer": "ratio flax/fused",
-                           "grad s (median)": round(common.paired_ratio(
-                               times, "flax_OptimizedLSTMCell", "fused_scan"), 3)}])
+    common.print_table(
+      [{"layer": k, "grad s (median)": round(common.median(v), 4)} for k, v in times.items()]
+      + [
+        {
+          "layer": "ratio flax/fused",
+          "grad s (median)": round(
+            common.paired_ratio(times, "flax_OptimizedLSTMCell", "fused_scan"), 3
+          ),
+        }
+      ]
+    )
 
 
 if __name__ == "__main__":

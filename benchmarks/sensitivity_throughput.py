@@ -20,18 +20,32 @@ from experiments import sensitivity_lib as sl
 def main():
   data = sl.mnist1d_data()
   points = list(itertools.product([0.01, 0.03, 0.1], [0.03, 0.1, 0.3]))
-  grid = {"gamma": np.array([p[0] for p in points]),
-          "langevin_lr": np.array([p[1] for p in points]),
-          "noise": np.full(len(points), 1e-4), "learning_rate": np.full(len(points), 0.3)}
+  grid = {
+    "gamma": np.array([p[0] for p in points]),
+    "langevin_lr": np.array([p[1] for p in points]),
+    "noise": np.full(len(points), 1e-4),
+    "learning_rate": np.full(len(points), 0.3),
+  }
   common = dict(seeds=3, num_langevin_steps=5, effective_epochs=10, batch_size=100, num_evals=5)
   for name, fn in [("vmapped", sl.train_grid), ("sequential", sl.train_sequential)]:
     start = time.perf_counter()
     curves = fn("mlp1d", data, "entropy_sgd", grid, **common)
     seconds = time.perf_counter() - start
-    print(f"{name}: {seconds:.1f} s for {len(points)} x 3 runs; final test accuracy per grid "
-          f"point (gamma0, langevin_lr) {points}: {curves[..., -1].mean(1).round(3)}", flush=True)
-  sgd = sl.train_grid("mlp1d", data, "sgd", {"learning_rate": [0.01, 0.03, 0.1, 0.3]}, seeds=3,
-                      effective_epochs=10, batch_size=100, num_evals=5)
+    print(
+      f"{name}: {seconds:.1f} s for {len(points)} x 3 runs; final test accuracy per grid "
+      f"point (gamma0, langevin_lr) {points}: {curves[..., -1].mean(1).round(3)}",
+      flush=True,
+    )
+  sgd = sl.train_grid(
+    "mlp1d",
+    data,
+    "sgd",
+    {"learning_rate": [0.01, 0.03, 0.1, 0.3]},
+    seeds=3,
+    effective_epochs=10,
+    batch_size=100,
+    num_evals=5,
+  )
   print("SGD final test accuracy per lr [0.01, 0.03, 0.1, 0.3]:", sgd[..., -1].mean(1).round(3))
   print(sl.summarise(curves[..., -1], sgd[..., -1]))
 

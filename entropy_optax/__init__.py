@@ -2,36 +2,34 @@
 
 from entropy_optax import flatness
 from entropy_optax._accumulation import MultiSteps
+from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
-from entropy_optax._alias import entropy_adam
-from entropy_optax._alias import entropy_sgd
-from entropy_optax._langevin import LangevinStats
-from entropy_optax._langevin import langevin_mean
-from entropy_optax._scoping import bounded_exponential_scoping
-from entropy_optax._scoping import exponential_scoping
-from entropy_optax._scoping import linear_scoping
-from entropy_optax._scoping import quadratic_scoping
-from entropy_optax._smoothing import GaussianSmoothingState
-from entropy_optax._smoothing import gaussian_smoothing
-from entropy_optax._transform import LocalEntropyState
-from entropy_optax._transform import local_entropy
+from entropy_optax._langevin import LangevinStats, langevin_mean
+from entropy_optax._scoping import (
+  bounded_exponential_scoping,
+  exponential_scoping,
+  linear_scoping,
+  quadratic_scoping,
+)
+from entropy_optax._smoothing import GaussianSmoothingState, gaussian_smoothing
+from entropy_optax._transform import LocalEntropyState, local_entropy
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "GaussianSmoothingState",
-    "LangevinStats",
-    "LocalEntropyState",
-    "MultiSteps",
-    "authors_entropy_sgd",
-    "bounded_exponential_scoping",
-    "entropy_adam",
-    "entropy_sgd",
-    "exponential_scoping",
-    "flatness",
-    "gaussian_smoothing",
-    "langevin_mean",
-    "linear_scoping",
-    "local_entropy",
-    "quadratic_scoping",
+  "GaussianSmoothingState",
+  "LangevinStats",
+  "LocalEntropyState",
+  "MultiSteps",
+  "authors_entropy_sgd",
+  "bounded_exponential_scoping",
+  "entropy_adam",
+  "entropy_sgd",
+  "exponential_scoping",
+  "flatness",
+  "gaussian_smoothing",
+  "langevin_mean",
+  "linear_scoping",
+  "local_entropy",
+  "quadratic_scoping",
 )

@@ -32,16 +32,21 @@ class MultiSteps(optax.MultiSteps):
     True True
   """
 
-  def __init__(self, opt: optax.GradientTransformation,
-               every_k_schedule: int | optax.Schedule, **kwargs: Any):
+  def __init__(
+    self, opt: optax.GradientTransformation, every_k_schedule: int | optax.Schedule, **kwargs: Any
+  ):
     super().__init__(opt, every_k_schedule, **kwargs)
     self._langevin_k_schedule = (
-        every_k_schedule if callable(every_k_schedule) else lambda step: every_k_schedule)
+      every_k_schedule if callable(every_k_schedule) else lambda step: every_k_schedule
+    )
 
-  def update(self, updates: optax.Updates, state: optax.MultiStepsState,
-             params: optax.Params | None = None, **extra_args: Any
-             ) -> tuple[optax.Updates, optax.MultiStepsState]:
+  def update(
+    self,
+    updates: optax.Updates,
+    state: optax.MultiStepsState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.MultiStepsState]:
     """``optax.MultiSteps.update``, telling the inner update whether this micro-step emits."""
     emits = state.mini_step == self._langevin_k_schedule(state.gradient_step) - 1
-    return super().update(updates, state, params, run_langevin=jnp.asarray(emits),
-                          **extra_args)
+    return super().update(updates, state, params, run_langevin=jnp.asarray(emits), **extra_args)

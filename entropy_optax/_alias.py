@@ -9,15 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _noise
-from entropy_optax import _sghmc
+from entropy_optax import _noise, _sghmc
 from entropy_optax._transform import local_entropy
-from entropy_optax._utils import is_concrete_number
-from entropy_optax._utils import is_static_zero
+from entropy_optax._utils import is_concrete_number, is_static_zero
 
 
-def _outer(mask: Any | None, *transforms: optax.GradientTransformation
-           ) -> optax.GradientTransformation:
+def _outer(
+  mask: Any | None, *transforms: optax.GradientTransformation
+) -> optax.GradientTransformation:
   # With a mask, the outer optimizer too acts on the selected leaves only; the others'
   # gradients pass through unchanged, as optax.masked passes them.
   outer = optax.chain(*transforms)
@@ -38,24 +37,24 @@ def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
 
 
 def entropy_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    num_langevin_steps: int = 20,
-    gamma: optax.ScalarOrSchedule = 0.03,
-    langevin_lr: float = 0.1,
-    noise: float = 1e-4,
-    alpha: float = 0.75,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    langevin_momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    scale_by_gamma: bool = False,
-    key: jax.Array | int = 0,
-    noise_sampler: _noise.NoiseSampler = "irwin_hall",
-    unroll: int | bool | None = None,
-    mask: Any | None = None,
-    sampler: _sghmc.Sampler = "sgld",
-    friction: float | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  num_langevin_steps: int = 20,
+  gamma: optax.ScalarOrSchedule = 0.03,
+  langevin_lr: float = 0.1,
+  noise: float = 1e-4,
+  alpha: float = 0.75,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  langevin_momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  scale_by_gamma: bool = False,
+  key: jax.Array | int = 0,
+  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  unroll: int | bool | None = None,
+  mask: Any | None = None,
+  sampler: _sghmc.Sampler = "sgld",
+  friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-SGD: the local-entropy gradient followed by SGD with (Nesterov) momentum.
 
@@ -95,38 +94,54 @@ def entropy_sgd(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017.
   """
   return optax.chain(
-      local_entropy(
-          num_langevin_steps, gamma, langevin_lr, noise, alpha,
-          langevin_momentum=langevin_momentum, nesterov=nesterov, weight_decay=weight_decay,
-          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
-          mask=mask, sampler=sampler, friction=friction),
-      _outer(mask, _outer_weight_decay(weight_decay),
-             optax.sgd(learning_rate, momentum=None if is_static_zero(momentum) else momentum,
-                       nesterov=nesterov)),
+    local_entropy(
+      num_langevin_steps,
+      gamma,
+      langevin_lr,
+      noise,
+      alpha,
+      langevin_momentum=langevin_momentum,
+      nesterov=nesterov,
+      weight_decay=weight_decay,
+      scale_by_gamma=scale_by_gamma,
+      key=key,
+      noise_sampler=noise_sampler,
+      unroll=unroll,
+      mask=mask,
+      sampler=sampler,
+      friction=friction,
+    ),
+    _outer(
+      mask,
+      _outer_weight_decay(weight_decay),
+      optax.sgd(
+        learning_rate, momentum=None if is_static_zero(momentum) else momentum, nesterov=nesterov
+      ),
+    ),
   )
 
 
 def entropy_adam(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    num_langevin_steps: int = 20,
-    gamma: optax.ScalarOrSchedule = 0.03,
-    langevin_lr: float = 0.1,
-    noise: float = 1e-4,
-    alpha: float = 0.75,
-    langevin_nesterov: bool = True,
-    langevin_momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    scale_by_gamma: bool = False,
-    key: jax.Array | int = 0,
-    noise_sampler: _noise.NoiseSampler = "irwin_hall",
-    unroll: int | bool | None = None,
-    mask: Any | None = None,
-    sampler: _sghmc.Sampler = "sgld",
-    friction: float | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  num_langevin_steps: int = 20,
+  gamma: optax.ScalarOrSchedule = 0.03,
+  langevin_lr: float = 0.1,
+  noise: float = 1e-4,
+  alpha: float = 0.75,
+  langevin_nesterov: bool = True,
+  langevin_momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  scale_by_gamma: bool = False,
+  key: jax.Array | int = 0,
+  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  unroll: int | bool | None = None,
+  mask: Any | None = None,
+  sampler: _sghmc.Sampler = "sgld",
+  friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-Adam: the local-entropy gradient followed by Adam.
 
@@ -143,12 +158,24 @@ def entropy_adam(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017.
   """
   return optax.chain(
-      local_entropy(
-          num_langevin_steps, gamma, langevin_lr, noise, alpha,
-          langevin_momentum=langevin_momentum, nesterov=langevin_nesterov,
-          weight_decay=weight_decay,
-          scale_by_gamma=scale_by_gamma, key=key, noise_sampler=noise_sampler, unroll=unroll,
-          mask=mask, sampler=sampler, friction=friction),
-      _outer(mask, _outer_weight_decay(weight_decay),
-             optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)),
+    local_entropy(
+      num_langevin_steps,
+      gamma,
+      langevin_lr,
+      noise,
+      alpha,
+      langevin_momentum=langevin_momentum,
+      nesterov=langevin_nesterov,
+      weight_decay=weight_decay,
+      scale_by_gamma=scale_by_gamma,
+      key=key,
+      noise_sampler=noise_sampler,
+      unroll=unroll,
+      mask=mask,
+      sampler=sampler,
+      friction=friction,
+    ),
+    _outer(
+      mask, _outer_weight_decay(weight_decay), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    ),
   )

@@ -45,8 +45,9 @@ class PortMomentumState(NamedTuple):
   momentum_buffer: optax.Updates
 
 
-def _port_outer_momentum(inner: optax.GradientTransformationExtraArgs, momentum: float,
-                         nesterov: bool) -> optax.GradientTransformationExtraArgs:
+def _port_outer_momentum(
+  inner: optax.GradientTransformationExtraArgs, momentum: float, nesterov: bool
+) -> optax.GradientTransformationExtraArgs:
   """``inner`` followed by the port's outer momentum, whose buffer starts as the first gradient.
 
   The port fills ``state['mdw']`` with ``deepcopy(w.grad)`` of the first closure at x and never
@@ -55,14 +56,19 @@ def _port_outer_momentum(inner: optax.GradientTransformationExtraArgs, momentum:
   """
 
   def init_fn(params):
-    return PortMomentumState(port_count=jnp.zeros([], jnp.int32), inner_state=inner.init(params),
-                             momentum_buffer=optax.tree.zeros_like(params))
+    return PortMomentumState(
+      port_count=jnp.zeros([], jnp.int32),
+      inner_state=inner.init(params),
+      momentum_buffer=optax.tree.zeros_like(params),
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     first = state.port_count == 0
     buffer = optax.tree.where(
-        first, jax.tree.map(lambda g, b: g.astype(b.dtype), updates, state.momentum_buffer),
-        state.momentum_buffer)
+      first,
+      jax.tree.map(lambda g, b: g.astype(b.dtype), updates, state.momentum_buffer),
+      state.momentum_buffer,
+    )
     direction, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     buffer = jax.tree.map(lambda b, d: (momentum * b + d).astype(b.dtype), buffer, direction)
     if nesterov:
@@ -77,44 +83,52 @@ def _port_outer_momentum(inner: optax.GradientTransformationExtraArgs, momentum:
 def _check(code, num_langevin_steps, momentum, nesterov, weight_decay, scoping) -> None:
   """ValueErrors for settings each code would run differently from what this factory builds."""
   if code not in CODES:
-    raise ValueError(f"code must be 'lua' (the code that ran the paper) or 'pytorch' (the "
-                     f"port), got {code!r}.")
-  if isinstance(num_langevin_steps, (int,)) and not isinstance(num_langevin_steps, bool) and (
-      num_langevin_steps < 1):
-    lua_sgd = ("the Lua code's L = 0 is plain SGD, exactly optax.chain(optax.add_decayed_weights("
-               "weight_decay), optax.sgd(lr, momentum, nesterov=True))")
+    raise ValueError(
+      f"code must be 'lua' (the code that ran the paper) or 'pytorch' (the port), got {code!r}."
+    )
+  if (
+    isinstance(num_langevin_steps, (int,))
+    and not isinstance(num_langevin_steps, bool)
+    and (num_langevin_steps < 1)
+  ):
+    lua_sgd = (
+      "the Lua code's L = 0 is plain SGD, exactly optax.chain(optax.add_decayed_weights("
+      "weight_decay), optax.sgd(lr, momentum, nesterov=True))"
+    )
     raise ValueError(f"num_langevin_steps must be >= 1, got {num_langevin_steps}; {lua_sgd}.")
-  for name, value in (("momentum", momentum), ("weight_decay", weight_decay),
-                      ("scoping", scoping)):
+  for name, value in (("momentum", momentum), ("weight_decay", weight_decay), ("scoping", scoping)):
     if not is_concrete_number(value):
       raise TypeError(f"{name} must be a Python float for authors_entropy_sgd, got {value!r}.")
     if value < 0:
       raise ValueError(f"{name} must be >= 0, got {value} (the codes skip a negative {name}).")
   if code == "lua" and nesterov and momentum == 0:
-    raise ValueError("the Lua code asserts that Nesterov momentum has momentum > 0: pass "
-                     "momentum > 0 or nesterov=False.")
+    raise ValueError(
+      "the Lua code asserts that Nesterov momentum has momentum > 0: pass "
+      "momentum > 0 or nesterov=False."
+    )
   if not nesterov and (code == "lua" or momentum > 0):
     raise ValueError(
-        "nesterov=False is not reproduced: both codes then set the Langevin step to the "
-        "momentum buffer itself (dw = mdw) and add the coupling and the noise to it in place, so "
-        "they accumulate in the buffer (heavy-ball on the whole drift; with momentum 0 the Lua "
-        "code even drops the gradient). Their scripts always use nesterov=True; "
-        "entropy_sgd(..., langevin_momentum=m, nesterov=False) is the library's heavy-ball.")
+      "nesterov=False is not reproduced: both codes then set the Langevin step to the "
+      "momentum buffer itself (dw = mdw) and add the coupling and the noise to it in place, so "
+      "they accumulate in the buffer (heavy-ball on the whole drift; with momentum 0 the Lua "
+      "code even drops the gradient). Their scripts always use nesterov=True; "
+      "entropy_sgd(..., langevin_momentum=m, nesterov=False) is the library's heavy-ball."
+    )
 
 
 def authors_entropy_sgd(
-    learning_rate: float | optax.Schedule,
-    *,
-    code: Code,
-    num_langevin_steps: int = 20,
-    gamma: float = 1e-4,
-    scoping: float = 1e-3,
-    noise: float = 1e-4,
-    langevin_lr: float = 0.1,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 0.0,
-    key: jax.Array | int = 0,
+  learning_rate: float | optax.Schedule,
+  *,
+  code: Code,
+  num_langevin_steps: int = 20,
+  gamma: float = 1e-4,
+  scoping: float = 1e-3,
+  noise: float = 1e-4,
+  langevin_lr: float = 0.1,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  weight_decay: float = 0.0,
+  key: jax.Array | int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD exactly as the authors' Lua code (``code="lua"``) or PyTorch port ("pytorch").
 
@@ -194,10 +208,18 @@ def authors_entropy_sgd(
   else:
     gamma_t = gamma  # the port's state['t'] stays 0: gamma (1 + scoping)^0
   langevin = local_entropy(
-      num_langevin_steps, gamma_t, langevin_lr, noise * AUTHORS_NOISE_FACTOR, AUTHORS_ALPHA,
-      langevin_momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-      weight_decay_at="after_momentum" if code == "lua" else "before_momentum",
-      key=key, noise_sampler="gaussian")
+    num_langevin_steps,
+    gamma_t,
+    langevin_lr,
+    noise * AUTHORS_NOISE_FACTOR,
+    AUTHORS_ALPHA,
+    langevin_momentum=momentum,
+    nesterov=nesterov,
+    weight_decay=weight_decay,
+    weight_decay_at="after_momentum" if code == "lua" else "before_momentum",
+    key=key,
+    noise_sampler="gaussian",
+  )
   if code == "lua":
     return optax.chain(langevin, optax.scale_by_learning_rate(learning_rate))
   outer = optax.chain(langevin, optax.add_decayed_weights(weight_decay))

@@ -6,8 +6,8 @@ Flax-free (numpy and jax only), so that the core can check a ``grad_fn``'s batch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
 import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 STACK_HELP = (
-    "stack L mini-batches on axis 0 (L = num_langevin_steps): "
-    "entropy_optax.flax.stack_batches(batches, L) turns an iterator of batches, a tf.data "
-    "dataset, a grain loader or an array of batch indices into stacked batches")
+  "stack L mini-batches on axis 0 (L = num_langevin_steps): "
+  "entropy_optax.flax.stack_batches(batches, L) turns an iterator of batches, a tf.data "
+  "dataset, a grain loader or an array of batch indices into stacked batches"
+)
 
 
 def take_batch(batches: Any, k: jax.Array | int) -> Any:
@@ -55,13 +56,15 @@ def num_stacked(batches: Any) -> int:
     shape = np.shape(leaf)
     if not shape:
       raise ValueError(
-          f"batches{jax.tree_util.keystr(path)} is a scalar, not mini-batches stacked on axis 0: "
-          f"{STACK_HELP}.")
+        f"batches{jax.tree_util.keystr(path)} is a scalar, not mini-batches stacked on axis 0: "
+        f"{STACK_HELP}."
+      )
     sizes[jax.tree_util.keystr(path) or "<root>"] = shape[0]
   if len(set(sizes.values())) > 1:
     raise ValueError(
-        f"the leaves of batches stack different numbers of mini-batches on axis 0 ({sizes}): "
-        f"{STACK_HELP}.")
+      f"the leaves of batches stack different numbers of mini-batches on axis 0 ({sizes}): "
+      f"{STACK_HELP}."
+    )
   return next(iter(sizes.values()))
 
 
@@ -77,10 +80,11 @@ def check_num_batches(num_batches: int | None, num_langevin_steps: int) -> None:
   if num_batches is None or num_batches == num_langevin_steps:
     return
   raise ValueError(
-      f"grad_fn holds {num_batches} stacked mini-batches but num_langevin_steps = "
-      f"{num_langevin_steps}: {STACK_HELP}, or build grad_fn with shared_batch=True to use one "
-      "mini-batch at every step. (An unstacked batch shows up here with its batch size as the "
-      "number of mini-batches.)")
+    f"grad_fn holds {num_batches} stacked mini-batches but num_langevin_steps = "
+    f"{num_langevin_steps}: {STACK_HELP}, or build grad_fn with shared_batch=True to use one "
+    "mini-batch at every step. (An unstacked batch shows up here with its batch size as the "
+    "number of mini-batches.)"
+  )
 
 
 def _stack(group: list[Any], first_index: int) -> Any:
@@ -89,17 +93,19 @@ def _stack(group: list[Any], first_index: int) -> Any:
   for offset, batch in enumerate(group[1:], 1):
     if jax.tree.structure(batch) != treedef:
       raise ValueError(
-          f"mini-batch {first_index + offset} has structure {jax.tree.structure(batch)}, "
-          f"mini-batch {first_index} has {treedef}: every mini-batch must have the same keys.")
+        f"mini-batch {first_index + offset} has structure {jax.tree.structure(batch)}, "
+        f"mini-batch {first_index} has {treedef}: every mini-batch must have the same keys."
+      )
   leaves = [jax.tree.leaves(batch) for batch in group]
   stacked = []
   for column in zip(*leaves):
     shapes = [np.shape(leaf) for leaf in column]
     if len(set(shapes)) > 1:
       raise ValueError(
-          f"mini-batches {first_index}..{first_index + len(group) - 1} have shapes {shapes}: "
-          "every mini-batch must have the same shape (drop the incomplete last batch, e.g. "
-          "tf.data's .batch(B, drop_remainder=True)).")
+        f"mini-batches {first_index}..{first_index + len(group) - 1} have shapes {shapes}: "
+        "every mini-batch must have the same shape (drop the incomplete last batch, e.g. "
+        "tf.data's .batch(B, drop_remainder=True))."
+      )
     stack = jnp.stack if any(isinstance(leaf, jax.Array) for leaf in column) else np.stack
     stacked.append(stack(column))
   return jax.tree.unflatten(treedef, stacked)
@@ -144,8 +150,11 @@ def stack_batches(source: Any, num_batches: int) -> Any:
     >>> stack_batches(np.arange(12).reshape(6, 2), 3).shape  # batch indices
     (2, 3, 2)
   """
-  if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) \
-      or num_batches < 1:
+  if (
+    isinstance(num_batches, bool)
+    or not isinstance(num_batches, (int, np.integer))
+    or num_batches < 1
+  ):
     raise ValueError(f"num_batches must be a positive int (L), got {num_batches!r}.")
   if isinstance(source, (np.ndarray, jax.Array)):
     if source.ndim < 1:
@@ -154,14 +163,16 @@ def stack_batches(source: Any, num_batches: int) -> Any:
     return source[:usable].reshape(-1, num_batches, *source.shape[1:])
   if isinstance(source, Mapping):
     raise TypeError(
-        "stack_batches got a mapping (a whole data set?): pass an iterator of mini-batches, a "
-        "tf.data dataset or an array of batch indices (then index the data with each row).")
+      "stack_batches got a mapping (a whole data set?): pass an iterator of mini-batches, a "
+      "tf.data dataset or an array of batch indices (then index the data with each row)."
+    )
   if hasattr(source, "as_numpy_iterator"):  # tf.data.Dataset, without importing tensorflow.
     source = source.as_numpy_iterator()
   if not isinstance(source, Iterable):
     raise TypeError(
-        f"stack_batches needs an iterable of mini-batches, a tf.data dataset or an array of "
-        f"batch indices, got {type(source).__name__}.")
+      f"stack_batches needs an iterable of mini-batches, a tf.data dataset or an array of "
+      f"batch indices, got {type(source).__name__}."
+    )
   return _stack_iterator(source, num_batches)
 
 
@@ -177,12 +188,14 @@ def checked_loss(loss_fn: Any, has_aux: bool) -> Any:
     out = loss_fn(*args)
     if not has_aux and isinstance(out, (tuple, list)):
       raise TypeError(
-          f"loss_fn returns a {type(out).__name__} of {len(out)} (e.g. (loss, logits)), not a "
-          "scalar loss: pass has_aux=True to the grad_fn builder (as to jax.value_and_grad).")
+        f"loss_fn returns a {type(out).__name__} of {len(out)} (e.g. (loss, logits)), not a "
+        "scalar loss: pass has_aux=True to the grad_fn builder (as to jax.value_and_grad)."
+      )
     if has_aux and not (isinstance(out, (tuple, list)) and len(out) == 2):
       raise TypeError(
-          "has_aux=True but loss_fn does not return a pair (loss, aux): drop has_aux, or "
-          "return (loss, aux).")
+        "has_aux=True but loss_fn does not return a pair (loss, aux): drop has_aux, or "
+        "return (loss, aux)."
+      )
     return out
 
   return loss

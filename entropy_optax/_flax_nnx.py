@@ -6,24 +6,22 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.errors
-from flax import nnx
 import jax
 import optax
+from flax import nnx
 
-from entropy_optax._batches import checked_loss
-from entropy_optax._batches import langevin_key
-from entropy_optax._batches import num_stacked
-from entropy_optax._batches import take_batch
+from entropy_optax._batches import checked_loss, langevin_key, num_stacked, take_batch
 
 GradFn = Callable[[Any, jax.Array], Any]
 
 _TRACE_HELP = (
-    "loss_fn changed an NNX object that lives outside the Langevin step (the chain runs inside "
-    "a jax.lax.scan, a deeper trace level): an nnx.Rngs passed at call time, e.g. "
-    "self.dropout(x, rngs=rngs), or a module other than `model` that loss_fn closes over. "
-    "Pass call-time RNGs to the builder, nnx_grad_fn(model, loss_fn, batches, rngs=rngs), with "
-    "loss_fn(model, batch, rngs): each step then gets its own copy, keys folded with k. Any "
-    "other module loss_fn uses must be an attribute of `model`.")
+  "loss_fn changed an NNX object that lives outside the Langevin step (the chain runs inside "
+  "a jax.lax.scan, a deeper trace level): an nnx.Rngs passed at call time, e.g. "
+  "self.dropout(x, rngs=rngs), or a module other than `model` that loss_fn closes over. "
+  "Pass call-time RNGs to the builder, nnx_grad_fn(model, loss_fn, batches, rngs=rngs), with "
+  "loss_fn(model, batch, rngs): each step then gets its own copy, keys folded with k. Any "
+  "other module loss_fn uses must be an attribute of `model`."
+)
 
 
 def _pure_state(opt_state: Any) -> Any:
@@ -58,20 +56,21 @@ def langevin_stats(opt_state: Any) -> Any:
   stats = optax.tree.get(_pure_state(opt_state), "langevin_stats")
   if stats is None:
     raise ValueError(
-        "this optimizer state holds no local_entropy state (a plain optax optimizer?): "
-        "diagnostics exist for entropy_sgd, entropy_adam and chains starting with local_entropy.")
+      "this optimizer state holds no local_entropy state (a plain optax optimizer?): "
+      "diagnostics exist for entropy_sgd, entropy_adam and chains starting with local_entropy."
+    )
   return stats
 
 
 def nnx_grad_fn(
-    model: nnx.Module,
-    loss_fn: Callable[..., Any],
-    batches: Any,
-    *,
-    rngs: nnx.Rngs | None = None,
-    wrt: Any = nnx.Param,
-    has_aux: bool = False,
-    shared_batch: bool = False,
+  model: nnx.Module,
+  loss_fn: Callable[..., Any],
+  batches: Any,
+  *,
+  rngs: nnx.Rngs | None = None,
+  wrt: Any = nnx.Param,
+  has_aux: bool = False,
+  shared_batch: bool = False,
 ) -> GradFn:
   """Builds ``grad_fn(params, k)`` from an ``nnx.Module`` and ``loss_fn(model, batch[, rngs])``.
 
@@ -142,8 +141,14 @@ def nnx_grad_fn(
   return grad_fn
 
 
-def nnx_update(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any, *,
-               grad_fn: GradFn | None = None, **kwargs) -> None:
+def nnx_update(
+  optimizer: nnx.Optimizer,
+  model: nnx.Module,
+  grads: Any,
+  *,
+  grad_fn: GradFn | None = None,
+  **kwargs,
+) -> None:
   """``optimizer.update`` for one training step that serves SGD, Adam and Entropy-SGD alike.
 
   With a ``local_entropy`` optimizer (``entropy_sgd``, ``entropy_adam``...): one update,
@@ -183,6 +188,7 @@ def nnx_update(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any, *,
     params = nnx.state(model, optimizer.wrt)
     pure_grads = grad_fn(nnx.as_pure(params), k)
     # optimizer.update filters grads by variable type: give the arrays their Variable types.
-    typed = jax.tree.map(lambda v, g: v.replace(g), params, pure_grads,
-                         is_leaf=lambda x: isinstance(x, nnx.Variable))
+    typed = jax.tree.map(
+      lambda v, g: v.replace(g), params, pure_grads, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
     optimizer.update(model, typed, **kwargs)

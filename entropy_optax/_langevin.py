@@ -9,12 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from entropy_optax import _noise
-from entropy_optax import _sghmc
-from entropy_optax import _unroll
-from entropy_optax._utils import is_concrete_number
-from entropy_optax._utils import is_static_zero
-from entropy_optax._utils import to_chain
+from entropy_optax import _noise, _sghmc, _unroll
+from entropy_optax._utils import is_concrete_number, is_static_zero, to_chain
 
 
 class LangevinStats(NamedTuple):
@@ -80,16 +76,26 @@ def _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> Langevin
   grad_norm = _tree_norm(grad_at_x)
   tiny = jnp.finfo(jnp.float32).tiny
   return LangevinStats(
-      langevin_gamma=gamma,
-      grad_norm=grad_norm,
-      entropy_grad_norm=gamma * direction_norm,
-      cosine=_tree_real_dot(grad_at_x, direction) / jnp.maximum(grad_norm * direction_norm, tiny),
-      mean_distance=distance_sum / num_steps,
+    langevin_gamma=gamma,
+    grad_norm=grad_norm,
+    entropy_grad_norm=gamma * direction_norm,
+    cosine=_tree_real_dot(grad_at_x, direction) / jnp.maximum(grad_norm * direction_norm, tiny),
+    mean_distance=distance_sum / num_steps,
   )
 
 
-def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler, *,
-                    sampler="sgld", friction=None, langevin_momentum=0.0) -> None:
+def check_arguments(
+  num_steps,
+  gamma,
+  langevin_lr,
+  noise,
+  alpha,
+  noise_sampler,
+  *,
+  sampler="sgld",
+  friction=None,
+  langevin_momentum=0.0,
+) -> None:
   """Errors naming the argument and the fix; traced values (inject_hyperparams) pass unchecked.
 
   The one check of the chain's hyper-parameters: ``langevin_mean`` runs it on every call,
@@ -97,8 +103,8 @@ def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler, 
   """
   if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
     raise TypeError(
-        f"num_langevin_steps must be a Python int (it is the scan length), got {num_steps!r}; "
-        "with optax.inject_hyperparams pass static_args=('num_langevin_steps',)."
+      f"num_langevin_steps must be a Python int (it is the scan length), got {num_steps!r}; "
+      "with optax.inject_hyperparams pass static_args=('num_langevin_steps',)."
     )
   if num_steps < 1:
     raise ValueError(f"num_langevin_steps must be >= 1, got {num_steps}.")
@@ -112,7 +118,8 @@ def check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler, 
     raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
   if noise_sampler not in _noise.NOISE_SAMPLERS:
     raise ValueError(
-        f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}.")
+      f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}."
+    )
   _sghmc.check_arguments(sampler, friction, langevin_momentum)
 
 
@@ -130,36 +137,38 @@ def _check_gradient_tree(grads: Any, reference: Any) -> None:
   ref_struct, got_struct = jax.tree.structure(reference), jax.tree.structure(grads)
   if ref_struct != got_struct:
     raise ValueError(
-        "grad_fn must return gradients with the same tree structure as params; got "
-        f"{got_struct}, expected {ref_struct}."
+      "grad_fn must return gradients with the same tree structure as params; got "
+      f"{got_struct}, expected {ref_struct}."
     )
-  for (path, ref), got in zip(jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(grads)):
+  for (path, ref), got in zip(
+    jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(grads)
+  ):
     if jnp.shape(got) != jnp.shape(ref):
       raise ValueError(
-          f"grad_fn returned shape {jnp.shape(got)} for params{jax.tree_util.keystr(path)}, "
-          f"whose shape is {jnp.shape(ref)}."
+        f"grad_fn returned shape {jnp.shape(got)} for params{jax.tree_util.keystr(path)}, "
+        f"whose shape is {jnp.shape(ref)}."
       )
 
 
 def langevin_mean(
-    grad_fn: Callable[[Any, jax.Array], Any],
-    params: Any,
-    key: jax.Array,
-    *,
-    gamma: float | jax.Array,
-    num_steps: int,
-    langevin_lr: float | jax.Array,
-    noise: float | jax.Array,
-    alpha: float | jax.Array,
-    langevin_momentum: float = 0.0,
-    nesterov: bool = True,
-    weight_decay: float | jax.Array = 0.0,
-    weight_decay_at: str = "before_momentum",
-    grad_at_params: Any | None = None,
-    noise_sampler: _noise.NoiseSampler = "irwin_hall",
-    unroll: int | bool | None = None,
-    sampler: _sghmc.Sampler = "sgld",
-    friction: float | jax.Array | None = None,
+  grad_fn: Callable[[Any, jax.Array], Any],
+  params: Any,
+  key: jax.Array,
+  *,
+  gamma: float | jax.Array,
+  num_steps: int,
+  langevin_lr: float | jax.Array,
+  noise: float | jax.Array,
+  alpha: float | jax.Array,
+  langevin_momentum: float = 0.0,
+  nesterov: bool = True,
+  weight_decay: float | jax.Array = 0.0,
+  weight_decay_at: str = "before_momentum",
+  grad_at_params: Any | None = None,
+  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  unroll: int | bool | None = None,
+  sampler: _sghmc.Sampler = "sgld",
+  friction: float | jax.Array | None = None,
 ) -> tuple[Any, LangevinStats]:
   r"""Estimates the mean <x'> of the local Gibbs measure around ``params`` by SGLD.
 
@@ -224,19 +233,59 @@ def langevin_mean(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017
     (https://arxiv.org/abs/1611.01838), Alg. 1.
   """
-  check_arguments(num_steps, gamma, langevin_lr, noise, alpha, noise_sampler, sampler=sampler,
-                  friction=friction, langevin_momentum=langevin_momentum)
+  check_arguments(
+    num_steps,
+    gamma,
+    langevin_lr,
+    noise,
+    alpha,
+    noise_sampler,
+    sampler=sampler,
+    friction=friction,
+    langevin_momentum=langevin_momentum,
+  )
   check_weight_decay_at(weight_decay_at)
   return run_chain(
-      grad_fn, params, key, gamma=gamma, num_steps=num_steps, langevin_lr=langevin_lr,
-      noise=noise, alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
-      weight_decay=weight_decay, weight_decay_at=weight_decay_at, grad_at_params=grad_at_params,
-      noise_sampler=noise_sampler, unroll=unroll, sampler=sampler, friction=friction)
+    grad_fn,
+    params,
+    key,
+    gamma=gamma,
+    num_steps=num_steps,
+    langevin_lr=langevin_lr,
+    noise=noise,
+    alpha=alpha,
+    langevin_momentum=langevin_momentum,
+    nesterov=nesterov,
+    weight_decay=weight_decay,
+    weight_decay_at=weight_decay_at,
+    grad_at_params=grad_at_params,
+    noise_sampler=noise_sampler,
+    unroll=unroll,
+    sampler=sampler,
+    friction=friction,
+  )
 
 
-def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alpha,
-              langevin_momentum, nesterov, weight_decay, grad_at_params, noise_sampler, unroll,
-              weight_decay_at="before_momentum", sampler="sgld", friction=None):
+def run_chain(
+  grad_fn,
+  params,
+  key,
+  *,
+  gamma,
+  num_steps,
+  langevin_lr,
+  noise,
+  alpha,
+  langevin_momentum,
+  nesterov,
+  weight_decay,
+  grad_at_params,
+  noise_sampler,
+  unroll,
+  weight_decay_at="before_momentum",
+  sampler="sgld",
+  friction=None,
+):
   """``langevin_mean`` on arguments already checked by ``check_arguments``."""
   friction = _sghmc.resolved_friction(sampler, friction)
   # SGHMC's velocity rides in the momentum buffer's slot of the carry (the two never combine).
@@ -245,7 +294,8 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
 
   x = to_chain(params)
   gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay = map(
-      _chain_scalar, (gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay))
+    _chain_scalar, (gamma, langevin_lr, noise, alpha, langevin_momentum, weight_decay)
+  )
   if friction is not None:
     friction = _chain_scalar(friction)
   sqrt_lr = jnp.sqrt(jnp.asarray(langevin_lr, jnp.float32))
@@ -266,8 +316,14 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
       force = jax.tree.map(lambda g, a, b: g - gamma * (a - b), g, x, x_prime)
       noise_tree = _noise.tree_noise(step_key, x_prime, noise_sampler) if use_noise else None
       x_prime, momentum_buffer = _sghmc.sghmc_step(
-          x_prime, momentum_buffer, force, noise_tree, langevin_lr=langevin_lr,
-          friction=friction, noise=noise)
+        x_prime,
+        momentum_buffer,
+        force,
+        noise_tree,
+        langevin_lr=langevin_lr,
+        friction=friction,
+        noise=noise,
+      )
     else:
       if use_momentum:
         momentum_buffer = jax.tree.map(lambda b, g: langevin_momentum * b + g, momentum_buffer, g)
@@ -281,8 +337,9 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
       x_prime = jax.tree.map(lambda xp, g, d: xp - langevin_lr * (g - gamma * d), x_prime, g, gap)
       if use_noise:
         scale = sqrt_lr * noise
-        x_prime = jax.tree.map(lambda xp, n: xp + scale * n, x_prime,
-                               _noise.tree_noise(step_key, x_prime, noise_sampler))
+        x_prime = jax.tree.map(
+          lambda xp, n: xp + scale * n, x_prime, _noise.tree_noise(step_key, x_prime, noise_sampler)
+        )
     mu = jax.tree.map(lambda m, xp: (1 - alpha) * m + alpha * xp, mu, x_prime)
     distance_sum = distance_sum + _tree_norm(jax.tree.map(lambda a, b: a - b, x, x_prime))
     return (x_prime, mu, momentum_buffer, distance_sum), None
@@ -301,8 +358,11 @@ def run_chain(grad_fn, params, key, *, gamma, num_steps, langevin_lr, noise, alp
   carry, _ = langevin_step(carry, (jnp.int32(0), step_keys[0], grad_at_x))
   if num_steps > 1:
     carry, _ = jax.lax.scan(
-        langevin_step, carry, (jnp.arange(1, num_steps, dtype=jnp.int32), step_keys[1:], None),
-        unroll=unroll)
+      langevin_step,
+      carry,
+      (jnp.arange(1, num_steps, dtype=jnp.int32), step_keys[1:], None),
+      unroll=unroll,
+    )
   _, mu, _, distance_sum = carry
 
   direction = jax.tree.map(lambda a, b: a - b, x, mu)  # x - mu

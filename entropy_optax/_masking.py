@@ -20,11 +20,11 @@ def reject_masked_nodes(params: Any) -> None:
   is_masked = lambda leaf: isinstance(leaf, optax.MaskedNode)
   if any(is_masked(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_masked)):
     raise ValueError(
-        "local_entropy got params with optax.MaskedNode leaves: it is inside optax.masked or "
-        "optax.partition, where grad_fn would see a model with holes. Put it outside, on the "
-        "whole model, and select the leaves the chain moves with its mask argument: "
-        "optax.chain(local_entropy(..., mask=is_selected), optax.partition(...)) "
-        "(entropy_sgd and entropy_adam take mask= too)."
+      "local_entropy got params with optax.MaskedNode leaves: it is inside optax.masked or "
+      "optax.partition, where grad_fn would see a model with holes. Put it outside, on the "
+      "whole model, and select the leaves the chain moves with its mask argument: "
+      "optax.chain(local_entropy(..., mask=is_selected), optax.partition(...)) "
+      "(entropy_sgd and entropy_adam take mask= too)."
     )
 
 
@@ -39,15 +39,16 @@ def leaf_flags(mask: Mask | Callable[[Any], Mask], params: Any) -> list[bool]:
     full = jax.tree.map(lambda m, p: jax.tree.map(lambda _: m, p), mask_tree, params)
   except ValueError as error:
     raise ValueError(
-        "local_entropy's mask must have the tree structure of params (or a prefix of it), "
-        f"one bool per leaf; got {jax.tree.structure(mask_tree)} for params "
-        f"{jax.tree.structure(params)}.") from error
+      "local_entropy's mask must have the tree structure of params (or a prefix of it), "
+      f"one bool per leaf; got {jax.tree.structure(mask_tree)} for params "
+      f"{jax.tree.structure(params)}."
+    ) from error
   flags = jax.tree.leaves(full)
   for flag in flags:
     if not isinstance(flag, bool):
       raise TypeError(
-          f"local_entropy's mask leaves must be Python bools (the selection is static), got "
-          f"{flag!r}.")
+        f"local_entropy's mask leaves must be Python bools (the selection is static), got {flag!r}."
+      )
   return flags
 
 
@@ -61,7 +62,8 @@ def merge(full: Any, selected: list[Any], flags: list[bool]) -> Any:
   leaves, treedef = jax.tree.flatten(full)
   chosen = iter(selected)
   return jax.tree.unflatten(
-      treedef, [next(chosen) if flag else leaf for leaf, flag in zip(leaves, flags)])
+    treedef, [next(chosen) if flag else leaf for leaf, flag in zip(leaves, flags)]
+  )
 
 
 def expand(selected: list[Any], flags: list[bool], like: Any) -> Any:
@@ -69,4 +71,5 @@ def expand(selected: list[Any], flags: list[bool], like: Any) -> Any:
   treedef = jax.tree.structure(like)
   chosen = iter(selected)
   return jax.tree.unflatten(
-      treedef, [next(chosen) if flag else optax.MaskedNode() for flag in flags])
+    treedef, [next(chosen) if flag else optax.MaskedNode() for flag in flags]
+  )

@@ -85,16 +85,22 @@ def tree_noise(key: jax.Array, tree: Any, sampler: NoiseSampler = "irwin_hall") 
   sizes = [math.prod(shape) for shape in shapes]
   starts = np.cumsum([0] + sizes[:-1])
   if sampler == "irwin_hall":
-    draws = [irwin_hall_normal(key, shape, dtype, int(start))
-             for shape, dtype, start in zip(shapes, real_dtypes, starts)]
+    draws = [
+      irwin_hall_normal(key, shape, dtype, int(start))
+      for shape, dtype, start in zip(shapes, real_dtypes, starts)
+    ]
   else:
     # Long draws come in rows of 128: XLA:CPU ran a 1-D threefry draw of 12k words, or of an
     # odd size, several times slower.
     total = sum(sizes)
     rows = (-(-total // 128), 128) if total >= 1024 else (total,)
     flat = jax.random.normal(key, rows, jnp.float32).reshape(-1)
-    draws = [flat[start:start + size].reshape(shape).astype(dtype)
-             for shape, dtype, start, size in zip(shapes, real_dtypes, starts, sizes)]
-  noise = [jax.lax.complex(draw[0], draw[1]) if jnp.iscomplexobj(leaf) else draw
-           for leaf, draw in zip(leaves, draws)]
+    draws = [
+      flat[start : start + size].reshape(shape).astype(dtype)
+      for shape, dtype, start, size in zip(shapes, real_dtypes, starts, sizes)
+    ]
+  noise = [
+    jax.lax.complex(draw[0], draw[1]) if jnp.iscomplexobj(leaf) else draw
+    for leaf, draw in zip(leaves, draws)
+  ]
   return jax.tree.unflatten(treedef, noise)

@@ -64,5 +64,6 @@ def bounded_exponential_scoping(gamma0: float, gamma_max: float, tau: float) -> 
   _check(gamma0, tau=tau)
   if is_concrete_number(gamma_max) and is_concrete_number(gamma0) and not gamma_max >= gamma0:
     raise ValueError(f"gamma_max must be >= gamma0 = {gamma0}, got {gamma_max}.")
-  return lambda count: gamma0 + (gamma_max - gamma0) * (
-      1.0 - jnp.exp(-tau * jnp.asarray(count, jnp.float32)))
+  return lambda count: (
+    gamma0 + (gamma_max - gamma0) * (1.0 - jnp.exp(-tau * jnp.asarray(count, jnp.float32)))
+  )

@@ -43,8 +43,9 @@ def check_arguments(sampler: Any, friction: Any, langevin_momentum: Any) -> None
   if sampler == "sgld":
     if friction is not None:
       raise ValueError(
-          f"friction={friction!r} is an argument of sampler='sghmc'; the SGLD chain has no "
-          "velocity. Pass sampler='sghmc' or drop friction.")
+        f"friction={friction!r} is an argument of sampler='sghmc'; the SGLD chain has no "
+        "velocity. Pass sampler='sghmc' or drop friction."
+      )
     return
   if is_concrete_number(friction) and not 0 < friction <= 1:
     raise ValueError(f"friction must be in (0, 1] (1 is SGLD), got {friction}.")
@@ -52,8 +53,9 @@ def check_arguments(sampler: Any, friction: Any, langevin_momentum: Any) -> None
   # the SGHMC chain does not read it.
   if is_concrete_number(langevin_momentum) and langevin_momentum != 0:
     raise ValueError(
-        f"langevin_momentum={langevin_momentum!r} cannot be combined with sampler='sghmc', whose "
-        "velocity is already a momentum (1 - friction); pass langevin_momentum=0.")
+      f"langevin_momentum={langevin_momentum!r} cannot be combined with sampler='sghmc', whose "
+      "velocity is already a momentum (1 - friction); pass langevin_momentum=0."
+    )
 
 
 def resolved_friction(sampler: Sampler, friction: float | jax.Array | None):
@@ -63,8 +65,9 @@ def resolved_friction(sampler: Sampler, friction: float | jax.Array | None):
   return DEFAULT_FRICTION if friction is None else friction
 
 
-def sghmc_step(x_prime: Any, velocity: Any, force: Any, noise_tree: Any | None, *,
-               langevin_lr, friction, noise) -> tuple[Any, Any]:
+def sghmc_step(
+  x_prime: Any, velocity: Any, force: Any, noise_tree: Any | None, *, langevin_lr, friction, noise
+) -> tuple[Any, Any]:
   """One SGHMC step: the new ``(x_prime, velocity)``.
 
   Args:

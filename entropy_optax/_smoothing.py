@@ -10,17 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from entropy_optax import _langevin
-from entropy_optax import _noise
-from entropy_optax import _unroll
-from entropy_optax._utils import canonical_key
-from entropy_optax._utils import is_concrete_number
-from entropy_optax._utils import to_chain
+from entropy_optax import _langevin, _noise, _unroll
+from entropy_optax._utils import canonical_key, is_concrete_number, to_chain
 
 _GRAD_FN_HELP = (
-    "gaussian_smoothing needs grad_fn, a function grad_fn(params, k) returning the loss "
-    "gradient for sample k, passed as a keyword: "
-    "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k]))."
+  "gaussian_smoothing needs grad_fn, a function grad_fn(params, k) returning the loss "
+  "gradient for sample k, passed as a keyword: "
+  "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k]))."
 )
 
 
@@ -37,12 +33,12 @@ class GaussianSmoothingState(NamedTuple):
 
 
 def gaussian_smoothing(
-    num_samples: int = 20,
-    sigma: float | optax.Schedule = 0.01,
-    *,
-    key: jax.Array | int = 0,
-    noise_sampler: _noise.NoiseSampler = "gaussian",
-    unroll: int | bool | None = None,
+  num_samples: int = 20,
+  sigma: float | optax.Schedule = 0.01,
+  *,
+  key: jax.Array | int = 0,
+  noise_sampler: _noise.NoiseSampler = "gaussian",
+  unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the average of L gradients at x + sigma N(0, I).
 
@@ -85,18 +81,24 @@ def gaussian_smoothing(
     Nesterov, Spokoiny, "Random Gradient-Free Minimization of Convex Functions", 2017
     (Gaussian smoothing); Chaudhari et al., "Entropy-SGD", ICLR 2017 (the comparison).
   """
-  if (not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool)
-      or num_samples < 1):
+  if (
+    not isinstance(num_samples, (int, np.integer))
+    or isinstance(num_samples, bool)
+    or num_samples < 1
+  ):
     raise ValueError(f"num_samples must be a Python int >= 1, got {num_samples!r}.")
   if is_concrete_number(sigma) and not sigma >= 0:
     raise ValueError(f"sigma must be >= 0 (or an optax schedule), got {sigma}.")
   if noise_sampler not in _noise.NOISE_SAMPLERS:
     raise ValueError(
-        f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}.")
+      f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}."
+    )
 
   def init_fn(params):
     del params
-    return GaussianSmoothingState(smoothing_count=jnp.zeros([], jnp.int32), smoothing_key=canonical_key(key))
+    return GaussianSmoothingState(
+      smoothing_count=jnp.zeros([], jnp.int32), smoothing_key=canonical_key(key)
+    )
 
   def update_fn(updates, state, params=None, *, grad_fn: Callable | None = None, **extra_args):
     del updates, extra_args  # The gradient at x is no sample; the extras are for the chain.
@@ -104,7 +106,8 @@ def gaussian_smoothing(
       raise TypeError(_GRAD_FN_HELP)
     if params is None:
       raise TypeError(
-          "gaussian_smoothing needs params: tx.update(grads, opt_state, params, grad_fn=...).")
+        "gaussian_smoothing needs params: tx.update(grads, opt_state, params, grad_fn=...)."
+      )
     sigma_t = jnp.asarray(sigma(state.smoothing_count) if callable(sigma) else sigma, jnp.float32)
     next_key, samples_key = jax.random.split(state.smoothing_key)
     x = to_chain(params)
@@ -122,16 +125,21 @@ def gaussian_smoothing(
       step = _unroll.default_unroll(num_samples, lambda: grad_fn(params, jnp.int32(0)))
     zeros = jax.tree.map(jnp.zeros_like, x)
     total, _ = jax.lax.scan(
-        sample_gradient, zeros,
-        (jnp.arange(num_samples, dtype=jnp.int32), jax.random.split(samples_key, num_samples)),
-        unroll=step)
+      sample_gradient,
+      zeros,
+      (jnp.arange(num_samples, dtype=jnp.int32), jax.random.split(samples_key, num_samples)),
+      unroll=step,
+    )
     new_updates = jax.tree.map(lambda t, p: (t / num_samples).astype(p.dtype), total, params)
     # As local_entropy: a non-finite estimate is passed on, count and key stay, so that an
     # optax.apply_if_finite after this transformation skips the step.
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(t)) for t in jax.tree.leaves(total)]))
     new_state = GaussianSmoothingState(
-        smoothing_count=jnp.where(finite, optax.safe_increment(state.smoothing_count), state.smoothing_count),
-        smoothing_key=jnp.where(finite, next_key, state.smoothing_key))
+      smoothing_count=jnp.where(
+        finite, optax.safe_increment(state.smoothing_count), state.smoothing_count
+      ),
+      smoothing_key=jnp.where(finite, next_key, state.smoothing_key),
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

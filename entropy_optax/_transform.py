@@ -10,24 +10,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _batches
-from entropy_optax import _langevin
-from entropy_optax import _masking
-from entropy_optax import _noise
-from entropy_optax import _sghmc
-from entropy_optax._utils import canonical_key
-from entropy_optax._utils import chain_dtype
-from entropy_optax._utils import to_chain
+from entropy_optax import _batches, _langevin, _masking, _noise, _sghmc
+from entropy_optax._utils import canonical_key, chain_dtype, to_chain
 
 _GRAD_FN_HELP = (
-    "local_entropy needs grad_fn, a function grad_fn(params, k) returning the loss gradient "
-    "for Langevin step k, passed as a keyword: "
-    "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k])). "
-    "With Flax: Linen's flax.training.train_state.TrainState.apply_gradients drops grad_fn, "
-    "so build the state from entropy_optax.flax.TrainState (subclass it instead of flax's for "
-    "extra fields) and call state.apply_gradients(grads=grads, "
-    "grad_fn=entropy_optax.flax.make_grad_fn(...)); NNX: optimizer.update(model, grads, "
-    "grad_fn=entropy_optax.flax.nnx_grad_fn(...))."
+  "local_entropy needs grad_fn, a function grad_fn(params, k) returning the loss gradient "
+  "for Langevin step k, passed as a keyword: "
+  "tx.update(grads, opt_state, params, grad_fn=lambda p, k: jax.grad(loss)(p, batches[k])). "
+  "With Flax: Linen's flax.training.train_state.TrainState.apply_gradients drops grad_fn, "
+  "so build the state from entropy_optax.flax.TrainState (subclass it instead of flax's for "
+  "extra fields) and call state.apply_gradients(grads=grads, "
+  "grad_fn=entropy_optax.flax.make_grad_fn(...)); NNX: optimizer.update(model, grads, "
+  "grad_fn=entropy_optax.flax.nnx_grad_fn(...))."
 )
 
 
@@ -55,31 +49,33 @@ class LocalEntropyState(NamedTuple):
 
 def _initial_mean(params: Any) -> Any:
   """x in the chain dtype; zeros of that dtype (and sharding) for shape-only leaves."""
+
   def leaf(p):
     if isinstance(p, jax.ShapeDtypeStruct):
       return jnp.zeros_like(p, dtype=chain_dtype(p.dtype))
     return to_chain(p)
+
   return jax.tree.map(leaf, params)
 
 
 def local_entropy(
-    num_langevin_steps: int = 20,
-    gamma: optax.ScalarOrSchedule = 0.03,
-    langevin_lr: float = 0.1,
-    noise: float = 1e-4,
-    alpha: float = 0.75,
-    *,
-    langevin_momentum: float = 0.0,
-    nesterov: bool = True,
-    weight_decay: float = 0.0,
-    weight_decay_at: str = "before_momentum",
-    scale_by_gamma: bool = False,
-    key: jax.Array | int = 0,
-    noise_sampler: _noise.NoiseSampler = "irwin_hall",
-    unroll: int | bool | None = None,
-    mask: Any | Callable[[Any], Any] | None = None,
-    sampler: _sghmc.Sampler = "sgld",
-    friction: float | None = None,
+  num_langevin_steps: int = 20,
+  gamma: optax.ScalarOrSchedule = 0.03,
+  langevin_lr: float = 0.1,
+  noise: float = 1e-4,
+  alpha: float = 0.75,
+  *,
+  langevin_momentum: float = 0.0,
+  nesterov: bool = True,
+  weight_decay: float = 0.0,
+  weight_decay_at: str = "before_momentum",
+  scale_by_gamma: bool = False,
+  key: jax.Array | int = 0,
+  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  unroll: int | bool | None = None,
+  mask: Any | Callable[[Any], Any] | None = None,
+  sampler: _sghmc.Sampler = "sgld",
+  friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
 
@@ -180,8 +176,16 @@ def local_entropy(
   """
   # Checked once here; a schedule's values are not (they may be traced).
   _langevin.check_arguments(
-      num_langevin_steps, 1.0 if callable(gamma) else gamma, langevin_lr, noise, alpha,
-      noise_sampler, sampler=sampler, friction=friction, langevin_momentum=langevin_momentum)
+    num_langevin_steps,
+    1.0 if callable(gamma) else gamma,
+    langevin_lr,
+    noise,
+    alpha,
+    noise_sampler,
+    sampler=sampler,
+    friction=friction,
+    langevin_momentum=langevin_momentum,
+  )
   _langevin.check_weight_decay_at(weight_decay_at)
 
   def init_fn(params):
@@ -192,16 +196,17 @@ def local_entropy(
       flags = _masking.leaf_flags(mask, params)
       mu = _masking.expand(_initial_mean(_masking.select(params, flags)), flags, params)
     return LocalEntropyState(
-        langevin_count=jnp.zeros([], jnp.int32),
-        langevin_key=canonical_key(key),
-        langevin_mu=mu,
-        langevin_stats=_langevin.empty_stats(),
+      langevin_count=jnp.zeros([], jnp.int32),
+      langevin_key=canonical_key(key),
+      langevin_mu=mu,
+      langevin_stats=_langevin.empty_stats(),
     )
 
   def emitted(updates, chain_params, mu, factor, flags):
     """The update: factor (x - mu) at the chain's leaves, the incoming one at the others."""
-    moved = jax.tree.map(lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype),
-                         chain_params, mu)
+    moved = jax.tree.map(
+      lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype), chain_params, mu
+    )
     return moved if flags is None else _masking.merge(updates, moved, flags)
 
   def step(updates, state, params, grad_fn):
@@ -221,11 +226,24 @@ def local_entropy(
     gamma_t = gamma(state.langevin_count) if callable(gamma) else gamma
     next_key, chain_key = jax.random.split(state.langevin_key)
     mu, stats = _langevin.run_chain(
-        chain_grad_fn, chain_params, chain_key,
-        gamma=gamma_t, num_steps=num_langevin_steps, langevin_lr=langevin_lr, noise=noise,
-        alpha=alpha, langevin_momentum=langevin_momentum, nesterov=nesterov,
-        weight_decay=weight_decay, grad_at_params=chain_grads, noise_sampler=noise_sampler,
-        unroll=unroll, weight_decay_at=weight_decay_at, sampler=sampler, friction=friction)
+      chain_grad_fn,
+      chain_params,
+      chain_key,
+      gamma=gamma_t,
+      num_steps=num_langevin_steps,
+      langevin_lr=langevin_lr,
+      noise=noise,
+      alpha=alpha,
+      langevin_momentum=langevin_momentum,
+      nesterov=nesterov,
+      weight_decay=weight_decay,
+      grad_at_params=chain_grads,
+      noise_sampler=noise_sampler,
+      unroll=unroll,
+      weight_decay_at=weight_decay_at,
+      sampler=sampler,
+      friction=friction,
+    )
     factor = stats.langevin_gamma if scale_by_gamma else 1.0
     new_updates = emitted(updates, chain_params, mu, factor, flags)
     # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as
@@ -237,11 +255,10 @@ def local_entropy(
     if_finite = lambda new, old: optax.tree.where(finite, new, old)
     mu = if_finite(mu, to_chain(chain_params))
     new_state = LocalEntropyState(
-        langevin_count=if_finite(optax.safe_increment(state.langevin_count),
-                                 state.langevin_count),
-        langevin_key=if_finite(next_key, state.langevin_key),
-        langevin_mu=mu if flags is None else _masking.expand(mu, flags, params),
-        langevin_stats=if_finite(stats, state.langevin_stats),
+      langevin_count=if_finite(optax.safe_increment(state.langevin_count), state.langevin_count),
+      langevin_key=if_finite(next_key, state.langevin_key),
+      langevin_mu=mu if flags is None else _masking.expand(mu, flags, params),
+      langevin_stats=if_finite(stats, state.langevin_stats),
     )
     return new_updates, new_state
 
@@ -253,13 +270,22 @@ def local_entropy(
     zeros = [jnp.zeros_like(p) for p in _masking.select(params, flags)]
     return _masking.merge(updates, zeros, flags), state
 
-  def update_fn(updates, state, params=None, *, grad_fn: Callable | None = None,
-                run_langevin: bool | jax.Array | None = None, **extra_args):
+  def update_fn(
+    updates,
+    state,
+    params=None,
+    *,
+    grad_fn: Callable | None = None,
+    run_langevin: bool | jax.Array | None = None,
+    **extra_args,
+  ):
     del extra_args  # Meant for the other members of a chain.
     if grad_fn is None:
       raise TypeError(_GRAD_FN_HELP)
     if params is None:
-      raise TypeError("local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...).")
+      raise TypeError(
+        "local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...)."
+      )
     # Builders in entropy_optax.flax record how many mini-batches grad_fn holds (static).
     _batches.check_num_batches(getattr(grad_fn, "num_batches", None), num_langevin_steps)
     _masking.reject_masked_nodes(params)

@@ -37,47 +37,50 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flax.training import train_state
 import jax
-import jax.numpy as jnp
 import optax
+from flax.training import train_state
 
 from entropy_optax import _unroll
-from entropy_optax._batches import check_num_batches
-from entropy_optax._batches import checked_loss
-from entropy_optax._batches import langevin_key
-from entropy_optax._batches import num_stacked
-from entropy_optax._batches import stack_batches
-from entropy_optax._batches import take_batch
-from entropy_optax._flax_nnx import GradFn
-from entropy_optax._flax_nnx import langevin_stats
-from entropy_optax._flax_nnx import nnx_grad_fn
-from entropy_optax._flax_nnx import nnx_update
-from entropy_optax._flax_nnx import uses_local_entropy
+from entropy_optax._batches import (
+  check_num_batches,
+  checked_loss,
+  langevin_key,
+  num_stacked,
+  stack_batches,
+  take_batch,
+)
+from entropy_optax._flax_nnx import (
+  GradFn,
+  langevin_stats,
+  nnx_grad_fn,
+  nnx_update,
+  uses_local_entropy,
+)
 from entropy_optax._utils import canonical_key
 
 __all__ = (
-    "TrainState",
-    "check_num_batches",
-    "langevin_key",
-    "langevin_stats",
-    "make_grad_fn",
-    "nnx_grad_fn",
-    "nnx_update",
-    "num_stacked",
-    "stack_batches",
-    "take_batch",
-    "uses_local_entropy",
+  "TrainState",
+  "check_num_batches",
+  "langevin_key",
+  "langevin_stats",
+  "make_grad_fn",
+  "nnx_grad_fn",
+  "nnx_update",
+  "num_stacked",
+  "stack_batches",
+  "take_batch",
+  "uses_local_entropy",
 )
 
 
 def make_grad_fn(
-    loss_fn: Callable[..., Any],
-    batches: Any,
-    *,
-    key: jax.Array | None = None,
-    has_aux: bool = False,
-    shared_batch: bool = False,
+  loss_fn: Callable[..., Any],
+  batches: Any,
+  *,
+  key: jax.Array | None = None,
+  has_aux: bool = False,
+  shared_batch: bool = False,
 ) -> GradFn:
   """Builds ``grad_fn(params, k)`` for ``local_entropy`` from a functional loss.
 
@@ -142,8 +145,13 @@ class TrainState(train_state.TrainState):
   def create(cls, *, apply_fn, params, tx, batch_stats=None, key=None, **kwargs):
     """Creates a state with ``step=0`` and ``tx.init(params)``; ``key`` may be an int seed."""
     return super().create(
-        apply_fn=apply_fn, params=params, tx=tx, batch_stats=batch_stats,
-        key=None if key is None else canonical_key(key), **kwargs)
+      apply_fn=apply_fn,
+      params=params,
+      tx=tx,
+      batch_stats=batch_stats,
+      key=None if key is None else canonical_key(key),
+      **kwargs,
+    )
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -173,12 +181,12 @@ class TrainState(train_state.TrainState):
     return self.replace(step=self.step + 1, params=new_params, opt_state=new_opt_state)
 
   def apply_gradients(
-      self,
-      *,
-      grads: Any,
-      grad_fn: GradFn | None = None,
-      extra_args: Mapping[str, Any] | None = None,
-      **kwargs,
+    self,
+    *,
+    grads: Any,
+    grad_fn: GradFn | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    **kwargs,
   ) -> TrainState:
     """One training step: ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
 
@@ -202,9 +210,10 @@ class TrainState(train_state.TrainState):
     unknown = set(kwargs) - set(self.__dataclass_fields__)
     if unknown:
       raise TypeError(
-          f"apply_gradients got {sorted(unknown)}, which are not TrainState fields "
-          f"({sorted(self.__dataclass_fields__)}); pass arguments for tx.update as "
-          "grad_fn=... or extra_args={...}.")
+        f"apply_gradients got {sorted(unknown)}, which are not TrainState fields "
+        f"({sorted(self.__dataclass_fields__)}); pass arguments for tx.update as "
+        "grad_fn=... or extra_args={...}."
+      )
     tx_kwargs = dict(extra_args or {})
     num_batches = getattr(grad_fn, "num_batches", None) or 1
     if grad_fn is None or uses_local_entropy(self.opt_state):
@@ -216,6 +225,10 @@ class TrainState(train_state.TrainState):
       # Unrolled where the chain would be (conv nets on XLA:CPU), rolled elsewhere.
       unroll = _unroll.default_unroll(num_batches - 1, lambda: grad_fn(state.params, 1))
       state = jax.lax.fori_loop(
-          1, num_batches, lambda k, s: s._update(grad_fn(s.params, k), tx_kwargs), state,
-          unroll=unroll)
+        1,
+        num_batches,
+        lambda k, s: s._update(grad_fn(s.params, k), tx_kwargs),
+        state,
+        unroll=unroll,
+      )
     return state.replace(**kwargs)

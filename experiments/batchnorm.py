@@ -14,8 +14,8 @@ batches, instead of the codes' running average over the batches, which weights t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -42,8 +42,14 @@ def _map_bn(fn: Callable[..., dict], *trees):
   return mapped if type(trees[0]) is dict else type(trees[0])(mapped)  # e.g. a FrozenDict
 
 
-def reestimate_batch_stats(apply_fn: Callable[..., Any], params: Any, batch_stats: Any,
-                           x: jax.Array, *, batch_size: int = 1024) -> Any:
+def reestimate_batch_stats(
+  apply_fn: Callable[..., Any],
+  params: Any,
+  batch_stats: Any,
+  x: jax.Array,
+  *,
+  batch_size: int = 1024,
+) -> Any:
   """Running statistics of every BatchNorm set to the mean and variance of its inputs over ``x``.
 
   ``x`` is fed through the model in training mode in consecutive batches of ``batch_size`` (the
@@ -73,8 +79,9 @@ def reestimate_batch_stats(apply_fn: Callable[..., Any], params: Any, batch_stat
   ones = jax.tree.map(jnp.ones_like, batch_stats)
 
   def updated(stats, xb):
-    _, new = apply_fn({"params": params, "batch_stats": stats}, xb, train=True,
-                      mutable=["batch_stats"])
+    _, new = apply_fn(
+      {"params": params, "batch_stats": stats}, xb, train=True, mutable=["batch_stats"]
+    )
     return new["batch_stats"]
 
   # new = momentum old + (1 - momentum) batch: from old = 1 and old = 0 on one example.
@@ -90,7 +97,7 @@ def reestimate_batch_stats(apply_fn: Callable[..., Any], params: Any, batch_stat
   moments = jax.lax.map(batch_moments, full)  # leading axis: batches
   weights = jnp.full([num_full], batch_size, jnp.float32)
   if rest:
-    last = batch_moments(x[num_full * batch_size:])
+    last = batch_moments(x[num_full * batch_size :])
     moments = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), moments, last)
     weights = jnp.concatenate([weights, jnp.full([1], rest, jnp.float32)])
   weights = weights / num
@@ -116,7 +123,13 @@ class BatchNormReestimation:
     del train_y
     if state.batch_stats is None:
       return state
-    stats = reestimate_batch_stats(without_dropout(self.model).apply, state.params,
-                                   state.batch_stats, train_x, batch_size=self.batch_size)
-    return state.replace(batch_stats=jax.tree.map(lambda n, o: n.astype(o.dtype), stats,
-                                                  state.batch_stats))
+    stats = reestimate_batch_stats(
+      without_dropout(self.model).apply,
+      state.params,
+      state.batch_stats,
+      train_x,
+      batch_size=self.batch_size,
+    )
+    return state.replace(
+      batch_stats=jax.tree.map(lambda n, o: n.astype(o.dtype), stats, state.batch_stats)
+    )

@@ -32,8 +32,8 @@ and clipping it too would change the method's update rather than guard it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from entropy_optax import flax as eflax
-from experiments import recurrent_models
-from experiments import text_data
+from experiments import recurrent_models, text_data
 
 
 class RecurrentTrainState(eflax.TrainState):
@@ -72,9 +71,12 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Arr
   return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
 
 
-def create_state(model: recurrent_models.LSTMLanguageModel,
-                 make_tx: Callable[[jax.Array], optax.GradientTransformation],
-                 seed: int | jax.Array, batch_size: int) -> RecurrentTrainState:
+def create_state(
+  model: recurrent_models.LSTMLanguageModel,
+  make_tx: Callable[[jax.Array], optax.GradientTransformation],
+  seed: int | jax.Array,
+  batch_size: int,
+) -> RecurrentTrainState:
   """A fresh state: parameters, dropout key and optimizer noise key all derived from ``seed``.
 
   Args:
@@ -92,15 +94,24 @@ def create_state(model: recurrent_models.LSTMLanguageModel,
   opt_state = make_tx(noise_key).init(params)
   # The kept tx differs from make_tx(noise_key) only in the key its init would use.
   return RecurrentTrainState(
-      step=jnp.zeros([], jnp.int32), apply_fn=model.apply, params=params,
-      tx=make_tx(jax.random.PRNGKey(0)), opt_state=opt_state, batch_stats=None,
-      key=dropout_key, lstm_state=state0)
+    step=jnp.zeros([], jnp.int32),
+    apply_fn=model.apply,
+    params=params,
+    tx=make_tx(jax.random.PRNGKey(0)),
+    opt_state=opt_state,
+    batch_stats=None,
+    key=dropout_key,
+    lstm_state=state0,
+  )
 
 
-def make_train_step(model: recurrent_models.LSTMLanguageModel, *, num_steps: int,
-                    langevin_steps: int = 1, clip_norm: float | None = None
-                    ) -> Callable[[RecurrentTrainState, jax.Array],
-                                  tuple[RecurrentTrainState, dict[str, jax.Array]]]:
+def make_train_step(
+  model: recurrent_models.LSTMLanguageModel,
+  *,
+  num_steps: int,
+  langevin_steps: int = 1,
+  clip_norm: float | None = None,
+) -> Callable[[RecurrentTrainState, jax.Array], tuple[RecurrentTrainState, dict[str, jax.Array]]]:
   """The outer training step ``step(state, streams) -> (state, metrics)`` (see the module doc).
 
   Args:
@@ -117,8 +128,9 @@ def make_train_step(model: recurrent_models.LSTMLanguageModel, *, num_steps: int
     raise ValueError(f"langevin_steps must be >= 1, got {langevin_steps}.")
 
   def loss_fn(params, inputs, targets, lstm_state, key):
-    logits, final = model.apply({"params": params}, inputs, lstm_state, train=True,
-                                rngs={"dropout": key})
+    logits, final = model.apply(
+      {"params": params}, inputs, lstm_state, train=True, rngs={"dropout": key}
+    )
     nll_sum, count = token_nll(logits, targets)
     return nll_sum / count, final
 
@@ -126,16 +138,18 @@ def make_train_step(model: recurrent_models.LSTMLanguageModel, *, num_steps: int
     steps_per_pass = text_data.num_segments(streams, num_steps) // langevin_steps
     if steps_per_pass < 1:
       raise ValueError(
-          f"The streams hold {text_data.num_segments(streams, num_steps)} segments of "
-          f"{num_steps} tokens, fewer than the {langevin_steps} an outer step needs.")
+        f"The streams hold {text_data.num_segments(streams, num_steps)} segments of "
+        f"{num_steps} tokens, fewer than the {langevin_steps} an outer step needs."
+      )
     t = state.step % steps_per_pass
     carried = jax.tree.map(lambda s: jnp.where(t == 0, jnp.zeros_like(s), s), state.lstm_state)
     inputs, targets = jax.vmap(
-        lambda k: text_data.segment(streams, t * langevin_steps + k, num_steps))(
-            jnp.arange(langevin_steps))
+      lambda k: text_data.segment(streams, t * langevin_steps + k, num_steps)
+    )(jnp.arange(langevin_steps))
     key = state.step_key()
     (loss, state_after_x), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, inputs[0], targets[0], carried, eflax.langevin_key(key, 0))
+      state.params, inputs[0], targets[0], carried, eflax.langevin_key(key, 0)
+    )
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     grads = clip_by_global_norm(grads, clip_norm)
     if langevin_steps == 1:
@@ -144,8 +158,11 @@ def make_train_step(model: recurrent_models.LSTMLanguageModel, *, num_steps: int
     def grad_fn(params, k):
       # Langevin step k: its own segment, from the state the pass at x left (see module doc).
       batch_inputs, batch_targets = eflax.take_batch((inputs, targets), k)
-      g = jax.grad(lambda p: loss_fn(p, batch_inputs, batch_targets, state_after_x,
-                                     eflax.langevin_key(key, k))[0])(params)
+      g = jax.grad(
+        lambda p: loss_fn(
+          p, batch_inputs, batch_targets, state_after_x, eflax.langevin_key(key, k)
+        )[0]
+      )(params)
       return clip_by_global_norm(g, clip_norm)
 
     new_state = state.apply_gradients(grads=grads, grad_fn=grad_fn, lstm_state=state_after_x)
@@ -159,15 +176,19 @@ def make_train_steps(step, num_outer_steps: int):
 
   The returned loss is the mean of the steps' ``loss``.
   """
+
   def run(state, streams):
-    state, metrics = jax.lax.scan(lambda s, _: step(s, streams), state, None,
-                                  length=num_outer_steps)
+    state, metrics = jax.lax.scan(
+      lambda s, _: step(s, streams), state, None, length=num_outer_steps
+    )
     return state, jnp.mean(metrics["loss"])
+
   return run
 
 
-def evaluate(model: recurrent_models.LSTMLanguageModel, params: Any, inputs: jax.Array,
-             targets: jax.Array) -> dict[str, jax.Array]:
+def evaluate(
+  model: recurrent_models.LSTMLanguageModel, params: Any, inputs: jax.Array, targets: jax.Array
+) -> dict[str, jax.Array]:
   """Mean cross-entropy per token of a split, the state carried across its segments.
 
   Args:
@@ -198,8 +219,11 @@ def evaluate(model: recurrent_models.LSTMLanguageModel, params: Any, inputs: jax
     seg_nll, seg_count = token_nll(logits, segment[1])
     return (lstm_state, nll_sum + seg_nll, count + seg_count), None
 
-  init = (recurrent_models.zero_state(model, batch), jnp.zeros([], jnp.float32),
-          jnp.zeros([], jnp.int32))
+  init = (
+    recurrent_models.zero_state(model, batch),
+    jnp.zeros([], jnp.float32),
+    jnp.zeros([], jnp.int32),
+  )
   (_, nll_sum, count), _ = jax.lax.scan(body, init, (inputs, targets))
   nats = nll_sum / count
   return {"nats": nats, "bits": nats / math.log(2.0), "perplexity": jnp.exp(nats)}

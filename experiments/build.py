@@ -17,8 +17,8 @@ jax, optax and the data libraries are imported inside the functions: ``--help`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from experiments import config as config_lib
@@ -35,21 +35,27 @@ class DatasetEntry:
 
 def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
   del data_dir, download  # generated offline
-  return data_lib.load_mnist1d(config.num_train or 4000, config.num_test or 1000,
-                               seed=config.data_seed)
+  return data_lib.load_mnist1d(
+    config.num_train or 4000, config.num_test or 1000, seed=config.data_seed
+  )
 
 
 DATASETS: dict[str, DatasetEntry] = {
-    "cifar10": DatasetEntry(lambda c, d, dl: data_lib.load_cifar10(d, download=dl),
-                            ("allcnn_bn", "allcnn_bn_authors"), (50_000, 10_000)),
-    "mnist": DatasetEntry(lambda c, d, dl: data_lib.load_mnist(d, download=dl),
-                          ("mnistfc", "lenet_bn"), (60_000, 10_000)),
-    "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),
+  "cifar10": DatasetEntry(
+    lambda c, d, dl: data_lib.load_cifar10(d, download=dl),
+    ("allcnn_bn", "allcnn_bn_authors"),
+    (50_000, 10_000),
+  ),
+  "mnist": DatasetEntry(
+    lambda c, d, dl: data_lib.load_mnist(d, download=dl), ("mnistfc", "lenet_bn"), (60_000, 10_000)
+  ),
+  "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),
 }
 
 
 def _plain(config: RunConfig, base):
   import optax  # pylint: disable=g-import-not-at-top
+
   if config.weight_decay:
     return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
   return base
@@ -57,6 +63,7 @@ def _plain(config: RunConfig, base):
 
 def _gamma(config: RunConfig):
   import entropy_optax  # pylint: disable=g-import-not-at-top
+
   if config.scoping == "none":
     return config.gamma0
   scope = getattr(entropy_optax, f"{config.scoping}_scoping")
@@ -64,28 +71,39 @@ def _gamma(config: RunConfig):
 
 
 def _langevin(config: RunConfig, key) -> dict[str, Any]:
-  return dict(num_langevin_steps=config.langevin_steps, gamma=_gamma(config),
-              langevin_lr=config.langevin_lr, noise=config.noise, alpha=config.alpha,
-              langevin_momentum=config.langevin_momentum, weight_decay=config.weight_decay,
-              scale_by_gamma=config.scale_by_gamma, key=key)
+  return dict(
+    num_langevin_steps=config.langevin_steps,
+    gamma=_gamma(config),
+    langevin_lr=config.langevin_lr,
+    noise=config.noise,
+    alpha=config.alpha,
+    langevin_momentum=config.langevin_momentum,
+    weight_decay=config.weight_decay,
+    scale_by_gamma=config.scale_by_gamma,
+    key=key,
+  )
 
 
 def _sgd(config, lr, key):
   import optax  # pylint: disable=g-import-not-at-top
+
   del key
   return _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
 
 
 def _adam(config, lr, key):
   import optax  # pylint: disable=g-import-not-at-top
+
   del key
   return _plain(config, optax.adam(lr, config.b1, config.b2))
 
 
 def _entropy_sgd(config, lr, key):
   import entropy_optax  # pylint: disable=g-import-not-at-top
-  return entropy_optax.entropy_sgd(lr, momentum=config.momentum, nesterov=config.nesterov,
-                                   **_langevin(config, key))
+
+  return entropy_optax.entropy_sgd(
+    lr, momentum=config.momentum, nesterov=config.nesterov, **_langevin(config, key)
+  )
 
 
 def _entropy_sgd_lua(config, lr, key):
@@ -98,22 +116,36 @@ def _entropy_sgd_lua(config, lr, key):
   is unused.
   """
   import entropy_optax  # pylint: disable=g-import-not-at-top
+
   if config.scoping not in ("exponential", "none") or config.scale_by_gamma:
-    raise ConfigError("--optimizer entropy-sgd-lua takes --scoping exponential or none and no "
-                      "--scale-by-gamma: the Lua code scopes gamma (1 + gamma1)^t and steps "
-                      "by x - mu.")
+    raise ConfigError(
+      "--optimizer entropy-sgd-lua takes --scoping exponential or none and no "
+      "--scale-by-gamma: the Lua code scopes gamma (1 + gamma1)^t and steps "
+      "by x - mu."
+    )
   if not config.nesterov or not config.langevin_momentum:
-    raise ConfigError("--optimizer entropy-sgd-lua needs --nesterov and --langevin-momentum > 0, "
-                      "as the Lua code runs (see entropy_optax.authors_entropy_sgd).")
+    raise ConfigError(
+      "--optimizer entropy-sgd-lua needs --nesterov and --langevin-momentum > 0, "
+      "as the Lua code runs (see entropy_optax.authors_entropy_sgd)."
+    )
   return entropy_optax.authors_entropy_sgd(
-      lr, code="lua", num_langevin_steps=config.langevin_steps, gamma=config.gamma0,
-      scoping=config.gamma1 if config.scoping == "exponential" else 0.0, noise=config.noise,
-      langevin_lr=config.langevin_lr, momentum=config.langevin_momentum, nesterov=True,
-      weight_decay=config.weight_decay, key=key)
+    lr,
+    code="lua",
+    num_langevin_steps=config.langevin_steps,
+    gamma=config.gamma0,
+    scoping=config.gamma1 if config.scoping == "exponential" else 0.0,
+    noise=config.noise,
+    langevin_lr=config.langevin_lr,
+    momentum=config.langevin_momentum,
+    nesterov=True,
+    weight_decay=config.weight_decay,
+    key=key,
+  )
 
 
 def _entropy_adam(config, lr, key):
   import entropy_optax  # pylint: disable=g-import-not-at-top
+
   return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
 
 
@@ -124,11 +156,11 @@ class OptimizerEntry:
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
-    "sgd": OptimizerEntry(_sgd, False),
-    "adam": OptimizerEntry(_adam, False),
-    "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
-    "entropy-adam": OptimizerEntry(_entropy_adam, True),
-    "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
+  "sgd": OptimizerEntry(_sgd, False),
+  "adam": OptimizerEntry(_adam, False),
+  "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
+  "entropy-adam": OptimizerEntry(_entropy_adam, True),
+  "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
 }
 
 
@@ -136,10 +168,15 @@ def make_task(config: RunConfig, model) -> Any:
   """The loop's ``steps.Task`` of ``config``: its mini-batch sampling and the BatchNorm
   re-estimation before every evaluation (``--sampling``, ``--bn-reestimate``)."""
   from experiments import batchnorm, steps  # pylint: disable=g-import-not-at-top
+
   return steps.Task(
-      batch_indices=(steps.replacement_batch_indices if config.sampling == "replacement"
-                     else steps.shuffled_batch_indices),
-      before_eval=batchnorm.BatchNormReestimation(model) if config.bn_reestimate else None)
+    batch_indices=(
+      steps.replacement_batch_indices
+      if config.sampling == "replacement"
+      else steps.shuffled_batch_indices
+    ),
+    before_eval=batchnorm.BatchNormReestimation(model) if config.bn_reestimate else None,
+  )
 
 
 def validate(config: RunConfig, prefix: str = "") -> RunConfig:
@@ -159,37 +196,55 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 _DATA_CACHE: dict[tuple[Any, ...], data_lib.Dataset] = {}
 
 
-def load_data(config: RunConfig, data_dir: str | None = None,
-              download: bool = True) -> data_lib.Dataset:
+def load_data(
+  config: RunConfig, data_dir: str | None = None, download: bool = True
+) -> data_lib.Dataset:
   """The data of ``config``: real or synthetic, cut to num_train / num_test.
 
   The last data set is cached in the process: the runs of a grid share their data.
   """
-  key = (config.dataset, config.synthetic, config.num_train, config.num_test,
-         config.data_seed, data_dir)
+  key = (
+    config.dataset,
+    config.synthetic,
+    config.num_train,
+    config.num_test,
+    config.data_seed,
+    data_dir,
+  )
   if key not in _DATA_CACHE:
     _DATA_CACHE.clear()
     entry = DATASETS[config.dataset]
     if config.synthetic:
-      ds = data_lib.synthetic_like(config.dataset, config.num_train or entry.sizes[0],
-                                   config.num_test or entry.sizes[1], seed=config.data_seed)
+      ds = data_lib.synthetic_like(
+        config.dataset,
+        config.num_train or entry.sizes[0],
+        config.num_test or entry.sizes[1],
+        seed=config.data_seed,
+      )
     else:
       ds = entry.load(config, data_dir, download)
     cut = lambda a, n: a[:n] if n else a
     _DATA_CACHE[key] = data_lib.Dataset(
-        cut(ds.train_x, config.num_train), cut(ds.train_y, config.num_train),
-        cut(ds.test_x, config.num_test), cut(ds.test_y, config.num_test),
-        num_classes=ds.num_classes, name=ds.name)
+      cut(ds.train_x, config.num_train),
+      cut(ds.train_y, config.num_train),
+      cut(ds.test_x, config.num_test),
+      cut(ds.test_y, config.num_test),
+      num_classes=ds.num_classes,
+      name=ds.name,
+    )
   ds = _DATA_CACHE[key]
   if len(ds.train_x) < config.batch_size:
-    raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(ds.train_x)} "
-                      "training examples: lower it or use more data.")
+    raise ConfigError(
+      f"--batch-size {config.batch_size} exceeds the {len(ds.train_x)} "
+      "training examples: lower it or use more data."
+    )
   return ds
 
 
 def make_model(config: RunConfig):
   """The Linen model of ``config``, with its dropout and dtype overrides."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from experiments import models  # pylint: disable=g-import-not-at-top
 
   overrides: dict[str, Any] = {"dtype": getattr(jnp, config.dtype)}
@@ -198,8 +253,7 @@ def make_model(config: RunConfig):
     value = getattr(config, name)
     if value is not None:
       if name not in fields:
-        raise ConfigError(f"model {config.model} has no {name}; drop "
-                          f"{config_lib.option(name)}.")
+        raise ConfigError(f"model {config.model} has no {name}; drop {config_lib.option(name)}.")
       overrides[name] = value
   return models.create_model(config.model, **overrides)
 

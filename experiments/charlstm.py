@@ -28,33 +28,39 @@ import pathlib
 import numpy as np
 
 from experiments import checkpoints as ckpt_lib
-from experiments import lm_training
-from experiments import recurrent_models
-from experiments import recurrent_recipes
-from experiments import text_data
+from experiments import lm_training, recurrent_models, recurrent_recipes, text_data
 
 PAPER_NATS = {"adam": 1.226, "entropy_adam": 1.217}  # Table 1, War and Peace, test
 
 
-def shortened(recipe: recurrent_recipes.LMRecipe, effective_epochs: float
-              ) -> recurrent_recipes.LMRecipe:
+def shortened(
+  recipe: recurrent_recipes.LMRecipe, effective_epochs: float
+) -> recurrent_recipes.LMRecipe:
   """``recipe`` over ``effective_epochs``, its learning rate halved at 1/2 and 3/4 of the run."""
   outer_epochs = effective_epochs / recipe.langevin_steps
-  return dataclasses.replace(recipe, outer_epochs=outer_epochs, lr_decay=0.5,
-                             lr_decay_start=outer_epochs / 2, lr_decay_every=outer_epochs / 4)
+  return dataclasses.replace(
+    recipe,
+    outer_epochs=outer_epochs,
+    lr_decay=0.5,
+    lr_decay_start=outer_epochs / 2,
+    lr_decay_every=outer_epochs / 4,
+  )
 
 
 def _summary_row(name: str, result: dict) -> str:
   v, t = np.asarray(result["valid"]["nats"]), np.asarray(result["test"]["nats"])
   bits = np.asarray(result["test"]["bits"])
-  return (f"{name:13s} {result['effective_epochs']:6.2f}  {v.mean():.4f} +- {v.std():.4f}  "
-          f"{t.mean():.4f} +- {t.std():.4f}  {bits.mean():.4f}  {result['wall_s']:7.1f}   "
-          f"{PAPER_NATS[name]:.3f}")
+  return (
+    f"{name:13s} {result['effective_epochs']:6.2f}  {v.mean():.4f} +- {v.std():.4f}  "
+    f"{t.mean():.4f} +- {t.std():.4f}  {bits.mean():.4f}  {result['wall_s']:7.1f}   "
+    f"{PAPER_NATS[name]:.3f}"
+  )
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
   """Validation cross-entropy (nats) against effective epochs, mean and seeds' range."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -76,19 +82,36 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
   """The command line (every option with its --help)."""
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--text", type=pathlib.Path, default=None,
-                      help="a UTF-8 text file, split 80/10/10 in order (default: the offline "
-                      "pydoc_data.topics that ships with CPython)")
-  parser.add_argument("--effective-epochs", type=float, default=2.0,
-                      help="budget of both optimizers, in effective epochs")
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 2)[2],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--text",
+    type=pathlib.Path,
+    default=None,
+    help="a UTF-8 text file, split 80/10/10 in order (default: the offline "
+    "pydoc_data.topics that ships with CPython)",
+  )
+  parser.add_argument(
+    "--effective-epochs",
+    type=float,
+    default=2.0,
+    help="budget of both optimizers, in effective epochs",
+  )
   parser.add_argument("--seeds", type=int, default=3, help="seeds trained at once (vmap)")
   parser.add_argument("--evals", type=int, default=8, help="validation points per run")
-  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/charlstm"),
-                      help="results, plot, and one checkpointed run directory per recipe")
-  parser.add_argument("--resume", action="store_true",
-                      help="continue the runs in --workdir from their last good checkpoints")
+  parser.add_argument(
+    "--workdir",
+    type=pathlib.Path,
+    default=pathlib.Path("runs/charlstm"),
+    help="results, plot, and one checkpointed run directory per recipe",
+  )
+  parser.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue the runs in --workdir from their last good checkpoints",
+  )
   return parser
 
 
@@ -98,32 +121,42 @@ def main(argv=None) -> None:
   if args.effective_epochs <= 0 or args.seeds < 1 or args.evals < 1:
     parser.error("--effective-epochs must be > 0, --seeds and --evals >= 1.")
   try:
-    corpus = (text_data.pydoc_corpus() if args.text is None
-              else text_data.read_char_corpus(args.text))
+    corpus = (
+      text_data.pydoc_corpus() if args.text is None else text_data.read_char_corpus(args.text)
+    )
   except text_data.CorpusError as error:
     parser.error(str(error))
-  print(f"{corpus.name}: {len(corpus.train)} / {len(corpus.valid)} / {len(corpus.test)} "
-        f"characters, vocabulary {corpus.vocab_size}; {args.seeds} seeds")
+  print(
+    f"{corpus.name}: {len(corpus.train)} / {len(corpus.valid)} / {len(corpus.test)} "
+    f"characters, vocabulary {corpus.vocab_size}; {args.seeds} seeds"
+  )
   recipes = {
-      "adam": shortened(recurrent_recipes.RECIPES["charlstm-adam"], args.effective_epochs),
-      "entropy_adam": shortened(recurrent_recipes.RECIPES["charlstm-entropy-adam"],
-                                args.effective_epochs),
+    "adam": shortened(recurrent_recipes.RECIPES["charlstm-adam"], args.effective_epochs),
+    "entropy_adam": shortened(
+      recurrent_recipes.RECIPES["charlstm-entropy-adam"], args.effective_epochs
+    ),
   }
   seeds = list(range(args.seeds))
   model = recurrent_models.char_lstm(corpus.vocab_size)
   try:
-    results = {name: lm_training.train_and_evaluate(
-        r, model, corpus, seeds, args.evals, workdir=args.workdir / name, resume=args.resume)
-               for name, r in recipes.items()}
+    results = {
+      name: lm_training.train_and_evaluate(
+        r, model, corpus, seeds, args.evals, workdir=args.workdir / name, resume=args.resume
+      )
+      for name, r in recipes.items()
+    }
   except ckpt_lib.CheckpointError as error:
     parser.error(str(error))
-  print("\noptimizer     eff.ep  valid nats         test nats          test bits  wall s    "
-        "paper (W&P, nats)")
+  print(
+    "\noptimizer     eff.ep  valid nats         test nats          test bits  wall s    "
+    "paper (W&P, nats)"
+  )
   for name, result in results.items():
     print(_summary_row(name, result))
   args.workdir.mkdir(parents=True, exist_ok=True)
-  (args.workdir / "results.json").write_text(json.dumps(
-      {"corpus": corpus.name, **results}, indent=1))
+  (args.workdir / "results.json").write_text(
+    json.dumps({"corpus": corpus.name, **results}, indent=1)
+  )
   plot(results, args.workdir / "valid_cross_entropy.png")
   print(f"saved {args.workdir / 'results.json'} and {args.workdir / 'valid_cross_entropy.png'}")
 

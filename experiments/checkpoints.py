@@ -11,13 +11,13 @@ newest step that verifies and sets the bad ones aside.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import hashlib
 import json
 import os
 import pathlib
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -66,7 +66,8 @@ class Checkpoints:
   def _manager(self) -> ocp.CheckpointManager:
     # Synchronous saves: the state buffers are donated to the next jitted call.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
+      max_to_keep=self.keep, create=True, enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
@@ -105,13 +106,16 @@ class Checkpoints:
       if problem is None:
         self.set_aside_after(step)
         return step
-      log(f"checkpoint {self.directory / str(step)} is unusable: {problem}; falling back to "
-          "an older one.")
+      log(
+        f"checkpoint {self.directory / str(step)} is unusable: {problem}; falling back to "
+        "an older one."
+      )
     if steps:
       raise CheckpointError(
-          f"every checkpoint in {self.directory} is unusable (corrupt or unfinished: steps "
-          f"{steps}); nothing to resume from: start afresh with --overwrite (which deletes "
-          "this run) or another --workdir.")
+        f"every checkpoint in {self.directory} is unusable (corrupt or unfinished: steps "
+        f"{steps}); nothing to resume from: start afresh with --overwrite (which deletes "
+        "this run) or another --workdir."
+      )
     return None
 
   def restore(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +123,9 @@ class Checkpoints:
     shardings (arrays or ``jax.ShapeDtypeStruct``), or None for the saved arrays as numpy."""
     problem = self.problem(step) if step in self.steps() else "it does not exist"
     if problem is not None:
-      raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be restored: "
-                            f"{problem}.")
+      raise CheckpointError(
+        f"checkpoint {self.directory / str(step)} cannot be restored: {problem}."
+      )
     try:
       if target is None:
         restored = self.manager.restore(step)
@@ -129,13 +134,15 @@ class Checkpoints:
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for files that do not fit this run
       raise CheckpointError(
-          f"checkpoint {self.directory / str(step)} does not fit this run "
-          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); resume it with the "
-          "options it was started with, or start afresh with --overwrite.") from None
+        f"checkpoint {self.directory / str(step)} does not fit this run "
+        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); resume it with the "
+        "options it was started with, or start afresh with --overwrite."
+      ) from None
     restored = restored.get("default", restored) if isinstance(restored, dict) else restored
     if int(np.max(np.asarray(restored["step"]))) != step:
-      raise CheckpointError(f"checkpoint {self.directory / str(step)} holds step "
-                            f"{restored['step']}, not {step}.")
+      raise CheckpointError(
+        f"checkpoint {self.directory / str(step)} holds step {restored['step']}, not {step}."
+      )
     return restored
 
   def set_aside_after(self, step: int) -> None:

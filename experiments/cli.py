@@ -14,12 +14,12 @@ line ``error: ...`` and exit 1 (2 for a command line that does not parse), never
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import contextlib
 import dataclasses
 import io
 import re
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 import tyro
@@ -80,8 +80,9 @@ class Args:
   run: Annotated[RunOptions, tyro.conf.OmitArgPrefixes] = RunOptions()
 
 
-def parse_preset(prog: str, description: str, presets: Mapping[str, Preset],
-                 argv: Sequence[str] | None) -> tuple[RunConfig, RunOptions, dict[str, Any]]:
+def parse_preset(
+  prog: str, description: str, presets: Mapping[str, Preset], argv: Sequence[str] | None
+) -> tuple[RunConfig, RunOptions, dict[str, Any]]:
   """``PRESET [--FIELD VALUE ...]``: the preset's config with the options given.
 
   Returns:
@@ -92,23 +93,31 @@ def parse_preset(prog: str, description: str, presets: Mapping[str, Preset],
 
   def describe(preset: Preset) -> str:
     paper = "; ".join(f"{m} {r}" for m, r in preset.paper.items())
-    return preset.description + (f". Paper (test error %, eff. epochs): {paper}" if paper
-                                 else "")
+    return preset.description + (f". Paper (test error %, eff. epochs): {paper}" if paper else "")
 
   choices = {n: (describe(p), Args(p.config)) for n, p in presets.items()}
-  args = parse(lambda: tyro.extras.overridable_config_cli(
-      choices, prog=prog, description=description, args=argv), prog)
+  args = parse(
+    lambda: tyro.extras.overridable_config_cli(
+      choices, prog=prog, description=description, args=argv
+    ),
+    prog,
+  )
   name = next(a for a in argv if a in presets)
   base = presets[name].config
-  explicit = {k: v for k, v in dataclasses.asdict(args.config).items()
-              if v != getattr(base, k)}
+  explicit = {k: v for k, v in dataclasses.asdict(args.config).items() if v != getattr(base, k)}
   return args.config, args.run, explicit
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
   from experiments import checkpoints  # pylint: disable=g-import-not-at-top
-  return (ConfigError, rundir.RunExistsError, rundir.WorkdirError,
-          data_lib.DatasetUnavailableError, checkpoints.CheckpointError)
+
+  return (
+    ConfigError,
+    rundir.RunExistsError,
+    rundir.WorkdirError,
+    data_lib.DatasetUnavailableError,
+    checkpoints.CheckpointError,
+  )
 
 
 def main(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[..., int]:

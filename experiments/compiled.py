@@ -15,14 +15,14 @@ Both give the same trajectory up to float rounding, and each is deterministic, s
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from experiments import steps
 
@@ -32,8 +32,9 @@ RUNNERS = ("auto", "scan", "dispatch")
 
 def uses_convolutions(model, example_x, task: steps.Task = steps.Task()) -> bool:
   """Whether the model's forward pass has a convolution (traced, not run)."""
-  jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.PRNGKey(0), x, train=False,
-                                              **steps.carry_kwargs(task, x)))(example_x)
+  jaxpr = jax.make_jaxpr(
+    lambda x: model.init(jax.random.PRNGKey(0), x, train=False, **steps.carry_kwargs(task, x))
+  )(example_x)
   return "conv_general_dilated" in str(jaxpr)
 
 
@@ -63,9 +64,19 @@ class Functions:
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_functions(model, make_tx, task: steps.Task, mesh, batched: bool, batch_size: int,
-                       langevin_steps: int, fresh_batches: bool, num_examples: int,
-                       eval_batch_size: int, runner: str) -> Functions:
+def compiled_functions(
+  model,
+  make_tx,
+  task: steps.Task,
+  mesh,
+  batched: bool,
+  batch_size: int,
+  langevin_steps: int,
+  fresh_batches: bool,
+  num_examples: int,
+  eval_batch_size: int,
+  runner: str,
+) -> Functions:
   """The jitted functions of a run, shared by runs with the same arguments (e.g. a resume)."""
   batches_per_step = langevin_steps if fresh_batches else 1
   replicated = NamedSharding(mesh, P()) if mesh is not None else None
@@ -81,8 +92,13 @@ def compiled_functions(model, make_tx, task: steps.Task, mesh, batched: bool, ba
     return steps.init_state(model, make_tx, task, example_x, seed, batch_size)
 
   def indices(state, num_steps):
-    idx = task.batch_indices(state.data_key, state.step * batches_per_step,
-                             num_steps * batches_per_step, num_examples, batch_size)
+    idx = task.batch_indices(
+      state.data_key,
+      state.step * batches_per_step,
+      num_steps * batches_per_step,
+      num_examples,
+      batch_size,
+    )
     return idx.reshape(num_steps, batches_per_step, batch_size)
 
   def one_step(state, data, idx):
@@ -93,18 +109,20 @@ def compiled_functions(model, make_tx, task: steps.Task, mesh, batched: bool, ba
   def scan_steps(state, data, num_steps):
     return jax.lax.scan(lambda s, i: one_step(s, data, i), state, indices(state, num_steps))
 
-  @functools.lru_cache(maxsize=None)
+  @functools.cache
   def scan_call(num_steps):
     fn = functools.partial(scan_steps, num_steps=num_steps)
     return jax.jit(_vmap_if(batched, fn, (0, None)), donate_argnums=0)
 
-  @functools.lru_cache(maxsize=None)
+  @functools.cache
   def indices_call(num_steps):
     fn = functools.partial(indices, num_steps=num_steps)
     return jax.jit(_vmap_if(batched, fn, (0,)))
 
-  step_at = jax.jit(_vmap_if(batched, lambda s, d, idx, i: one_step(s, d, idx[i]),
-                             (0, None, 0, None)), donate_argnums=0)
+  step_at = jax.jit(
+    _vmap_if(batched, lambda s, d, idx, i: one_step(s, d, idx[i]), (0, None, 0, None)),
+    donate_argnums=0,
+  )
   stack_axis = 1 if batched else 0
 
   def call(state, data, num_steps):
@@ -118,17 +136,19 @@ def compiled_functions(model, make_tx, task: steps.Task, mesh, batched: bool, ba
     return state, jax.tree.map(lambda *a: jnp.stack(a, stack_axis), *metrics)
 
   def evaluate_one(state, data):
-    return steps.evaluate(state, *data, eval_batch_size, task,
-                          lambda a: constrain_batch(a, 0))
+    return steps.evaluate(state, *data, eval_batch_size, task, lambda a: constrain_batch(a, 0))
 
   def before_eval(state, data):
     return task.before_eval(state, *data) if task.before_eval else state
 
   return Functions(
-      init=jax.jit(_vmap_if(batched, init, (0, None)), out_shardings=replicated),
-      call=call,
-      evaluate=jax.jit(_vmap_if(batched, evaluate_one, (0, None))),
-      before_eval=(jax.jit(_vmap_if(batched, before_eval, (0, None))) if task.before_eval
-                   else (lambda state, data: state)),
-      scan_call=scan_call)
-
+    init=jax.jit(_vmap_if(batched, init, (0, None)), out_shardings=replicated),
+    call=call,
+    evaluate=jax.jit(_vmap_if(batched, evaluate_one, (0, None))),
+    before_eval=(
+      jax.jit(_vmap_if(batched, before_eval, (0, None)))
+      if task.before_eval
+      else (lambda state, data: state)
+    ),
+    scan_call=scan_call,
+  )

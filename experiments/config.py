@@ -157,8 +157,9 @@ def from_json(values: dict[str, Any]) -> RunConfig:
   return RunConfig(**values)
 
 
-def validate(config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[str, Any],
-             prefix: str = "") -> RunConfig:
+def validate(
+  config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[str, Any], prefix: str = ""
+) -> RunConfig:
   """Checks ``config``; raises ``ConfigError`` naming the option to fix.
 
   Args:
@@ -167,9 +168,11 @@ def validate(config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[st
     optimizers: the registry of optimizers (``experiments.build.OPTIMIZERS``).
     prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
   """
+
   def fail(name: str, what: str):
-    raise ConfigError(f"--{prefix}{option(name)[2:]} must be {what}, got "
-                      f"{getattr(config, name)!r}.")
+    raise ConfigError(
+      f"--{prefix}{option(name)[2:]} must be {what}, got {getattr(config, name)!r}."
+    )
 
   def need(ok: bool, name: str, what: str):
     if not ok:
@@ -181,8 +184,7 @@ def validate(config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[st
   need(config.optimizer in optimizers, "optimizer", f"one of {', '.join(optimizers)}")
   for name in ("outer_epochs", "learning_rate", "langevin_lr", "gamma0", "lr_decay"):
     need(math.isfinite(getattr(config, name)) and getattr(config, name) > 0, name, "> 0")
-  for name in ("batch_size", "langevin_steps", "num_seeds", "steps_per_call",
-               "eval_batch_size"):
+  for name in ("batch_size", "langevin_steps", "num_seeds", "steps_per_call", "eval_batch_size"):
     need(getattr(config, name) >= 1, name, ">= 1")
   for name in ("num_train", "num_test", "checkpoint_every_evals"):
     need(getattr(config, name) >= 0, name, ">= 0")
@@ -195,12 +197,16 @@ def validate(config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[st
     value = getattr(config, name)
     need(value is None or 0 <= value < 1, name, "in [0, 1) or None")
   epochs = config.lr_decay_outer_epochs
-  need(all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
-       "lr_decay_outer_epochs", "increasing positive outer epochs")
+  need(
+    all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
+    "lr_decay_outer_epochs",
+    "increasing positive outer epochs",
+  )
   if not optimizers[config.optimizer].local_entropy and config.langevin_steps != 1:
     raise ConfigError(
-        f"--{prefix}langevin-steps {config.langevin_steps} needs a local-entropy optimizer; "
-        f"--{prefix}optimizer {config.optimizer} takes --{prefix}langevin-steps 1.")
+      f"--{prefix}langevin-steps {config.langevin_steps} needs a local-entropy optimizer; "
+      f"--{prefix}optimizer {config.optimizer} takes --{prefix}langevin-steps 1."
+    )
   return config
 
 

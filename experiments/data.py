@@ -57,8 +57,7 @@ class Dataset:
 # ---------------------------------------------------------------------------
 
 
-def global_contrast_normalize(x: np.ndarray, scale: float = 55.0,
-                              eps: float = 1e-8) -> np.ndarray:
+def global_contrast_normalize(x: np.ndarray, scale: float = 55.0, eps: float = 1e-8) -> np.ndarray:
   """Per example: subtracts its mean, then scales it to Euclidean norm ``scale``.
 
   pylearn2's ``global_contrast_normalize(use_std=False)`` with ``scale=55``, the
@@ -82,8 +81,9 @@ def global_contrast_normalize(x: np.ndarray, scale: float = 55.0,
   return (flat / norms).astype(np.float32).reshape(x.shape)
 
 
-def zca_whitening_fit(x: np.ndarray, eps: float = 0.1,
-                      chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def zca_whitening_fit(
+  x: np.ndarray, eps: float = 0.1, chunk_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
   """Fits ZCA whitening: the mean and the matrix ``W = V diag(1/sqrt(λ + eps)) Vᵀ``.
 
   ``λ, V`` are the eigenvalues and eigenvectors of the covariance
@@ -114,7 +114,7 @@ def zca_whitening_fit(x: np.ndarray, eps: float = 0.1,
     return mean, _zca_matrix_from_gram(flat.astype(np.float64) - mean, eps)
   cov = np.zeros((flat.shape[1], flat.shape[1]), np.float64)
   for start in range(0, len(flat), chunk_size):
-    centred = flat[start:start + chunk_size].astype(np.float64) - mean
+    centred = flat[start : start + chunk_size].astype(np.float64) - mean
     cov += centred.T @ centred
   cov /= len(flat)
   eigenvalues, eigenvectors = np.linalg.eigh(cov)
@@ -127,8 +127,9 @@ def zca_whitening_fit(x: np.ndarray, eps: float = 0.1,
 def _zca_matrix_from_gram(centred: np.ndarray, eps: float) -> np.ndarray:
   """The ZCA matrix of n < d centred examples, from their n x n Gram matrix."""
   if eps <= 0:
-    raise ValueError("ZCA of fewer examples than dimensions needs eps > 0: "
-                     "the covariance is singular.")
+    raise ValueError(
+      "ZCA of fewer examples than dimensions needs eps > 0: the covariance is singular."
+    )
   n, d = centred.shape
   gram_eigenvalues, u = np.linalg.eigh(centred @ centred.T / n)
   # The eigenvalues are those of the covariance on the span of the data;
@@ -161,8 +162,8 @@ def zca_apply(x: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray
 # One file of each data set's download, to check quickly that it can be
 # fetched: tfds itself retries an unreachable host for ~3.5 minutes.
 _DOWNLOAD_URLS = {
-    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/train-labels-idx1-ubyte.gz",
+  "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+  "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/train-labels-idx1-ubyte.gz",
 }
 _HUMAN_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 
@@ -170,6 +171,7 @@ _HUMAN_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 def _import_tfds():
   """Imports ``tensorflow_datasets`` lazily: it pulls in TensorFlow, which takes seconds."""
   import tensorflow_datasets as tfds
+
   return tfds
 
 
@@ -187,11 +189,11 @@ def _download_error(url: str, timeout: float = 5.0) -> str | None:
 def _unavailable(name: str, data_dir: str | None, reason: str) -> DatasetUnavailableError:
   where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
   return DatasetUnavailableError(
-      f"{_HUMAN_NAMES[name]} is not prepared in {where} and could not be downloaded "
-      f"({reason}). Run once on a machine with internet access (tfds downloads and "
-      f"prepares it), or pass --data-dir to a directory where tfds has prepared "
-      f"'{name}' (copy ~/tensorflow_datasets/{name} from such a machine), or use "
-      f"--synthetic for random data of the same shape."
+    f"{_HUMAN_NAMES[name]} is not prepared in {where} and could not be downloaded "
+    f"({reason}). Run once on a machine with internet access (tfds downloads and "
+    f"prepares it), or pass --data-dir to a directory where tfds has prepared "
+    f"'{name}' (copy ~/tensorflow_datasets/{name} from such a machine), or use "
+    f"--synthetic for random data of the same shape."
   )
 
 
@@ -202,8 +204,14 @@ def _load_tfds(name: str, data_dir: str | None, download: bool):
   def load(download):
     # Batches of 10000, not batch_size=-1: tfds turns -1 into the split size
     # recorded in the metadata, which mock data (tests) lack.
-    return tfds.load(name, split=["train", "test"], data_dir=data_dir,
-                     batch_size=10_000, as_supervised=True, download=download)
+    return tfds.load(
+      name,
+      split=["train", "test"],
+      data_dir=data_dir,
+      batch_size=10_000,
+      as_supervised=True,
+      download=download,
+    )
 
   try:
     splits = load(download=False)
@@ -226,9 +234,14 @@ def _load_tfds(name: str, data_dir: str | None, download: bool):
   return train_x, train_y, test_x, test_y
 
 
-def load_cifar10(data_dir: str | None = None, *, download: bool = True,
-                 preprocess: bool = True, gcn_scale: float = 55.0,
-                 zca_eps: float = 0.1) -> Dataset:
+def load_cifar10(
+  data_dir: str | None = None,
+  *,
+  download: bool = True,
+  preprocess: bool = True,
+  gcn_scale: float = 55.0,
+  zca_eps: float = 0.1,
+) -> Dataset:
   """CIFAR-10 through tfds, preprocessed as in the paper (Sec. 5.3).
 
   With ``preprocess=True``: global contrast normalisation of every image, then
@@ -260,8 +273,9 @@ def load_cifar10(data_dir: str | None = None, *, download: bool = True,
   return Dataset(train_x, train_y, test_x, test_y, num_classes=10, name="cifar10")
 
 
-def load_mnist(data_dir: str | None = None, *, download: bool = True,
-               standardize: bool = False) -> Dataset:
+def load_mnist(
+  data_dir: str | None = None, *, download: bool = True, standardize: bool = False
+) -> Dataset:
   """MNIST through tfds, pixels scaled to [0, 1].
 
   Args:
@@ -322,8 +336,14 @@ def load_mnist1d(num_train: int = 4000, num_test: int = 1000, seed: int = 42) ->
     np.random.set_state(np_state)
     random.setstate(py_state)
   x, y = data["x"].astype(np.float32), data["y"].astype(np.int32)
-  return Dataset(x[:num_train], y[:num_train], x[num_train:total], y[num_train:total],
-                 num_classes=10, name="mnist1d")
+  return Dataset(
+    x[:num_train],
+    y[:num_train],
+    x[num_train:total],
+    y[num_train:total],
+    num_classes=10,
+    name="mnist1d",
+  )
 
 
 _SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "mnist1d": (40,)}

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import dataclasses
 from typing import Annotated
 
@@ -19,8 +18,16 @@ from experiments import build
 from experiments.config import ConfigError, RunConfig, RunOptions, option
 
 # The shared settings, each also a RunConfig field (but the budget and milestones).
-SHARED = ("num_seeds", "seed", "batch_size", "num_train", "num_test", "data_seed", "synthetic",
-          "eval_every_effective_epochs")
+SHARED = (
+  "num_seeds",
+  "seed",
+  "batch_size",
+  "num_train",
+  "num_test",
+  "data_seed",
+  "synthetic",
+  "eval_every_effective_epochs",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +76,9 @@ def expand(job: GridJob, default: GridJob) -> dict[tuple[str, str], RunConfig]:
     raise ConfigError("--models and --optimizers need at least one name each.")
   owned = [n for n in SHARED if getattr(job, n) is not None]
   if job.effective_epochs is not None:
-    owned += ["outer_epochs"] + (["lr_decay_outer_epochs"] if job.lr_decay_at_fractions
-                                 is not None else [])
+    owned += ["outer_epochs"] + (
+      ["lr_decay_outer_epochs"] if job.lr_decay_at_fractions is not None else []
+    )
   configs = {}
   for model in job.models:
     for name in job.optimizers:
@@ -78,14 +86,17 @@ def expand(job: GridJob, default: GridJob) -> dict[tuple[str, str], RunConfig]:
       before = default.recipe.get(name, recipe)
       for field in owned:
         if getattr(recipe, field) != getattr(before, field):
-          raise ConfigError(f"--{prefix}{option(field)[2:]}: the job sets {field} for every "
-                            f"run; use {option(field) if field in SHARED else '--effective-epochs'}.")
+          raise ConfigError(
+            f"--{prefix}{option(field)[2:]}: the job sets {field} for every "
+            f"run; use {option(field) if field in SHARED else '--effective-epochs'}."
+          )
       values = {n: getattr(job, n) for n in SHARED if getattr(job, n) is not None}
       if job.effective_epochs is not None:
         values["outer_epochs"] = job.effective_epochs / recipe.langevin_steps
         if job.lr_decay_at_fractions is not None:
           values["lr_decay_outer_epochs"] = tuple(
-              round(f * values["outer_epochs"], 6) for f in job.lr_decay_at_fractions)
+            round(f * values["outer_epochs"], 6) for f in job.lr_decay_at_fractions
+          )
       models = build.DATASETS[recipe.dataset].models if recipe.dataset in build.DATASETS else ()
       if model not in models:
         raise ConfigError(f"--models {model!r}: choose from {', '.join(models)}.")

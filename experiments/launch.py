@@ -13,16 +13,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import dataclasses
 import math
 import os
 import pathlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from experiments import build, config as config_lib, configs, records, reporting, rundir
+from experiments import build, configs, records, reporting, rundir
+from experiments import config as config_lib
 from experiments.config import ConfigError, RunConfig, RunOptions
 
 PLOT_FILE = "error.png"
@@ -57,21 +58,31 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
   per_epoch = build.steps_per_epoch(num_examples, config.batch_size)
   num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
   if config.eval_every_effective_epochs:
-    eval_steps = max(1, round(config.eval_every_effective_epochs / config.langevin_steps
-                              * per_epoch))
+    eval_steps = max(
+      1, round(config.eval_every_effective_epochs / config.langevin_steps * per_epoch)
+    )
   else:
     eval_steps = max(1, math.ceil(num_steps / 20))
   call = min(config.steps_per_call, eval_steps)
   eval_steps = max(1, round(eval_steps / call)) * call
   return training.TrainConfig(
-      batch_size=config.batch_size, num_steps=num_steps, langevin_steps=config.langevin_steps,
-      steps_per_call=call, eval_every_steps=eval_steps, eval_batch_size=config.eval_batch_size,
-      checkpoint_every_steps=eval_steps * config.checkpoint_every_evals, seed=config.seed,
-      num_seeds=config.num_seeds, step_runner=config.step_runner, progress=progress)
+    batch_size=config.batch_size,
+    num_steps=num_steps,
+    langevin_steps=config.langevin_steps,
+    steps_per_call=call,
+    eval_every_steps=eval_steps,
+    eval_batch_size=config.eval_batch_size,
+    checkpoint_every_steps=eval_steps * config.checkpoint_every_evals,
+    seed=config.seed,
+    num_seeds=config.num_seeds,
+    step_runner=config.step_runner,
+    progress=progress,
+  )
 
 
-def saved_config(workdir: pathlib.Path, explicit: Mapping[str, Any], prefix: str = ""
-                 ) -> RunConfig | None:
+def saved_config(
+  workdir: pathlib.Path, explicit: Mapping[str, Any], prefix: str = ""
+) -> RunConfig | None:
   """The config a run in ``workdir`` was started with (None if it never started).
 
   Raises:
@@ -82,21 +93,32 @@ def saved_config(workdir: pathlib.Path, explicit: Mapping[str, Any], prefix: str
     return None
   experiment = rundir.read_json(path).get("metadata", {}).get("experiment")
   if experiment is None:
-    raise ConfigError(f"{workdir} holds a run that these scripts did not start; choose "
-                      "another --workdir.")
+    raise ConfigError(
+      f"{workdir} holds a run that these scripts did not start; choose another --workdir."
+    )
   saved = config_lib.from_json(experiment)
-  differ = [f"--{prefix}{config_lib.option(k)[2:]} {v} (saved: {getattr(saved, k)})"
-            for k, v in dict(explicit).items() if getattr(saved, k) != v]
+  differ = [
+    f"--{prefix}{config_lib.option(k)[2:]} {v} (saved: {getattr(saved, k)})"
+    for k, v in dict(explicit).items()
+    if getattr(saved, k) != v
+  ]
   if differ:
-    raise ConfigError(f"{workdir} was started with another configuration: {'; '.join(differ)}. "
-                      "Drop these options to resume it, or start a new run (--overwrite or "
-                      "another --workdir).")
+    raise ConfigError(
+      f"{workdir} was started with another configuration: {'; '.join(differ)}. "
+      "Drop these options to resume it, or start a new run (--overwrite or "
+      "another --workdir)."
+    )
   return saved
 
 
-def run_experiment(config: RunConfig, options: RunOptions, *,
-                   explicit: Mapping[str, Any] = (), prefix: str = "",
-                   log: Callable[[str], None] = print) -> Run:
+def run_experiment(
+  config: RunConfig,
+  options: RunOptions,
+  *,
+  explicit: Mapping[str, Any] = (),
+  prefix: str = "",
+  log: Callable[[str], None] = print,
+) -> Run:
   """Trains ``config`` in ``options.workdir`` (or resumes it) and writes its results.
 
   Args:
@@ -116,68 +138,103 @@ def run_experiment(config: RunConfig, options: RunOptions, *,
     config = saved_config(workdir, explicit, prefix) or config
     if (workdir / rundir.RESULTS_FILE).exists():
       log(f"{workdir}: finished already; its results:")
-      return Run(config, rundir.read_json(workdir / rundir.RESULTS_FILE),
-                 records.read(workdir), None, workdir)
+      return Run(
+        config,
+        rundir.read_json(workdir / rundir.RESULTS_FILE),
+        records.read(workdir),
+        None,
+        workdir,
+      )
   ds = build.load_data(config, options.data_dir, options.download)
   model = build.make_model(config)
   make_tx = build.optimizer_factory(config, len(ds.train_x))
   tcfg = train_config(config, len(ds.train_x), options.progress)
-  log(f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
-      f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
-      f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
-      f"{config.num_seeds} seed(s)")
-  result = training.train(tcfg, model, make_tx, ds, workdir, task=build.make_task(config, model),
-                          resume=None if resuming else False,
-                          metadata={"experiment": dataclasses.asdict(config)}, log=log)
+  log(
+    f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
+    f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
+    f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
+    f"{config.num_seeds} seed(s)"
+  )
+  result = training.train(
+    tcfg,
+    model,
+    make_tx,
+    ds,
+    workdir,
+    task=build.make_task(config, model),
+    resume=None if resuming else False,
+    metadata={"experiment": dataclasses.asdict(config)},
+    log=log,
+  )
   all_records = records.read(workdir)
   import jax  # pylint: disable=g-import-not-at-top
+
   num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
   results = reporting.summarize(
-      all_records, dataset=ds.name, model=config.model, optimizer=config.optimizer,
-      langevin_steps=config.langevin_steps, num_params=num_params // config.num_seeds,
-      num_train=len(ds.train_x), num_test=len(ds.test_x),
-      paper=None if config.synthetic else configs.paper_result(
-          config.dataset, config.model, config.optimizer))
+    all_records,
+    dataset=ds.name,
+    model=config.model,
+    optimizer=config.optimizer,
+    langevin_steps=config.langevin_steps,
+    num_params=num_params // config.num_seeds,
+    num_train=len(ds.train_x),
+    num_test=len(ds.test_x),
+    paper=None
+    if config.synthetic
+    else configs.paper_result(config.dataset, config.model, config.optimizer),
+  )
   rundir.write_json(workdir / rundir.RESULTS_FILE, results)
-  reporting.plot_error({describe(config): {reporting.name(config.optimizer): all_records}},
-                       workdir / PLOT_FILE)
+  reporting.plot_error(
+    {describe(config): {reporting.name(config.optimizer): all_records}}, workdir / PLOT_FILE
+  )
   return Run(config, results, all_records, result.state, workdir)
 
 
 def describe(config: RunConfig) -> str:
-  return (f"{config.dataset}{' (synthetic)' if config.synthetic else ''} {config.model} "
-          f"{config.optimizer}")
+  return (
+    f"{config.dataset}{' (synthetic)' if config.synthetic else ''} {config.model} "
+    f"{config.optimizer}"
+  )
 
 
-def run_grid(named_configs: Mapping[str, RunConfig], options: RunOptions, *,
-             prefixes: Mapping[str, str] = (), log: Callable[[str], None] = print
-             ) -> dict[str, Run]:
+def run_grid(
+  named_configs: Mapping[str, RunConfig],
+  options: RunOptions,
+  *,
+  prefixes: Mapping[str, str] = (),
+  log: Callable[[str], None] = print,
+) -> dict[str, Run]:
   """Runs (or resumes) several configs, each in the subdirectory of ``options.workdir`` named
   by its key; ``grid.json`` lists them. With ``options.resume`` finished runs are kept and
   unfinished ones continue; a resumed run must have the config given here."""
   root = pathlib.Path(options.workdir)
   resuming = rundir.prepare(root, resume=options.resume, overwrite=options.overwrite)
   if not (root / rundir.GRID_FILE).exists():  # marks the directory as a run
-    rundir.write_json(root / rundir.GRID_FILE,
-                      {n: dataclasses.asdict(c) for n, c in named_configs.items()})
+    rundir.write_json(
+      root / rundir.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
+    )
   runs = {}
   for key, config in named_configs.items():
     sub = root / key
     started = sub.is_dir() and rundir.is_run_dir(sub)
-    sub_options = options.replace(workdir=str(sub), resume=resuming and started,
-                                  overwrite=False)
+    sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
     # Every field counts as given explicitly: a saved run with other values is an error.
-    runs[key] = run_experiment(config, sub_options, explicit=dataclasses.asdict(config),
-                               prefix=dict(prefixes).get(key, ""), log=log)
+    runs[key] = run_experiment(
+      config,
+      sub_options,
+      explicit=dataclasses.asdict(config),
+      prefix=dict(prefixes).get(key, ""),
+      log=log,
+    )
     log(f"  {key}: {reporting.format_result(runs[key].results)}")
   return runs
 
 
-def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None
-                     ) -> dict[str, Any]:
+def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
   """The newest good checkpoint of a run as a state dict (``steps.state_dict``), with the
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from experiments import checkpoints, steps  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
@@ -186,17 +243,20 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   ds = build.load_data(config, data_dir)
   make_tx = build.optimizer_factory(config, len(ds.train_x))
-  init = lambda seed: steps.state_dict(steps.init_state(
-      build.make_model(config), make_tx, steps.Task(), ds.train_x[:1], seed))
+  init = lambda seed: steps.state_dict(
+    steps.init_state(build.make_model(config), make_tx, steps.Task(), ds.train_x[:1], seed)
+  )
   seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
-  target = jax.eval_shape(jax.vmap(init) if config.num_seeds > 1 else init,
-                          seeds if config.num_seeds > 1 else seeds[0])
+  target = jax.eval_shape(
+    jax.vmap(init) if config.num_seeds > 1 else init, seeds if config.num_seeds > 1 else seeds[0]
+  )
   with checkpoints.Checkpoints(workdir) as ckpts:
     step = ckpts.latest_good()
     if step is None:
       raise checkpoints.CheckpointError(
-          f"{workdir} has no checkpoint to read the final state from; rerun it with "
-          "--checkpoint-every-evals > 0.")
+        f"{workdir} has no checkpoint to read the final state from; rerun it with "
+        "--checkpoint-every-evals > 0."
+      )
     return ckpts.restore(step, target)
 
 
@@ -209,8 +269,9 @@ def load_final_variables(workdir: str | os.PathLike) -> dict[str, Any]:
     step = ckpts.latest_good()
     if step is None:
       raise checkpoints.CheckpointError(
-          f"{workdir} has no checkpoint to read the final parameters from; rerun it with "
-          "--checkpoint-every-evals > 0.")
+        f"{workdir} has no checkpoint to read the final parameters from; rerun it with "
+        "--checkpoint-every-evals > 0."
+      )
     restored = ckpts.restore(step, None)
   variables = {"params": restored["params"]}
   if restored.get("batch_stats") is not None:

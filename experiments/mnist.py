@@ -19,8 +19,9 @@ from experiments.configs import mnist as configs
 @cli.main
 def main(argv: Sequence[str] | None = None) -> int:
   """Trains a MNIST model as the command line says; returns the exit code."""
-  config, options, explicit = cli.parse_preset("python -m experiments.mnist", __doc__,
-                                               configs.PRESETS, argv)
+  config, options, explicit = cli.parse_preset(
+    "python -m experiments.mnist", __doc__, configs.PRESETS, argv
+  )
   options = options.replace(workdir=options.workdir or launch.default_workdir(config))
   run = launch.run_experiment(config, options, explicit=explicit)
   print(reporting.format_result(run.results))

@@ -13,19 +13,21 @@ runs/mnist1d). --resume continues a killed job (finished runs are kept).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import pathlib
 import time
+from collections.abc import Sequence
 
 from experiments import cli, grid, launch, reporting, rundir
 from experiments.configs import mnist1d as configs
 
 DEFAULT = grid.GridJob(
-    models=("mlp1d", "cnn1d"), optimizers=tuple(configs.PRESETS),
-    recipe={name: p.config for name, p in configs.PRESETS.items()},
-    effective_epochs=configs.EFFECTIVE_EPOCHS,
-    lr_decay_at_fractions=configs.LR_DECAY_AT_FRACTIONS,
-    eval_every_effective_epochs=configs.EVAL_EVERY_EFFECTIVE_EPOCHS)
+  models=("mlp1d", "cnn1d"),
+  optimizers=tuple(configs.PRESETS),
+  recipe={name: p.config for name, p in configs.PRESETS.items()},
+  effective_epochs=configs.EFFECTIVE_EPOCHS,
+  lr_decay_at_fractions=configs.LR_DECAY_AT_FRACTIONS,
+  eval_every_effective_epochs=configs.EVAL_EVERY_EFFECTIVE_EPOCHS,
+)
 PROG = "python -m experiments.mnist1d"
 
 
@@ -33,29 +35,41 @@ PROG = "python -m experiments.mnist1d"
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the MNIST-1D comparison as the command line says; returns the exit code."""
   start = time.perf_counter()
-  job = cli.parse(lambda: cli.tyro.cli(grid.GridJob, prog=PROG, description=__doc__,
-                                       args=argv, default=DEFAULT), PROG)
+  job = cli.parse(
+    lambda: cli.tyro.cli(grid.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT),
+    PROG,
+  )
   configs_ = grid.expand(job, DEFAULT)
   options = job.run.replace(workdir=job.run.workdir or "runs/mnist1d")
-  runs = launch.run_grid({f"{m}-{o}": c for (m, o), c in configs_.items()}, options,
-                         prefixes={f"{m}-{o}": f"recipe.{o}." for m, o in configs_})
+  runs = launch.run_grid(
+    {f"{m}-{o}": c for (m, o), c in configs_.items()},
+    options,
+    prefixes={f"{m}-{o}": f"recipe.{o}." for m, o in configs_},
+  )
   runs = {key: runs[f"{key[0]}-{key[1]}"] for key in configs_}
   root = pathlib.Path(options.workdir)
   table = reporting.comparison_table({key: run.results for key, run in runs.items()})
   first = next(iter(configs_.values()))
   budget = f"{job.effective_epochs:g}" if job.effective_epochs else "the recipes'"
-  header = (f"MNIST-1D, {first.num_train or 4000} train / {first.num_test or 1000} test "
-            f"examples, {first.num_seeds} seeds, {budget} effective epochs per run; published "
-            "test accuracy: MLP 68%, CNN 94%.")
+  header = (
+    f"MNIST-1D, {first.num_train or 4000} train / {first.num_test or 1000} test "
+    f"examples, {first.num_seeds} seeds, {budget} effective epochs per run; published "
+    "test accuracy: MLP 68%, CNN 94%."
+  )
   (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-  rundir.write_json(root / rundir.RESULTS_FILE,
-                    {f"{m}-{o}": run.results for (m, o), run in runs.items()})
-  panels = {reporting.name(m): {reporting.name(o): runs[m, o].records for o in job.optimizers}
-            for m in job.models}
+  rundir.write_json(
+    root / rundir.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
+  )
+  panels = {
+    reporting.name(m): {reporting.name(o): runs[m, o].records for o in job.optimizers}
+    for m in job.models
+  }
   reporting.plot_error(panels, root / "test_error.png", title="MNIST-1D")
   print(f"\n{header}\n\n{table}\n")
-  print(f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "
-        f"plot: {root / 'test_error.png'}")
+  print(
+    f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "
+    f"plot: {root / 'test_error.png'}"
+  )
   return 0
 
 

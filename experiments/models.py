@@ -23,7 +23,8 @@ PyTorch/Lua originals, which keep those biases.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -46,30 +47,29 @@ class _Common(nn.Module):
 
   def _bn(self, train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=1e-5,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        axis_name=self.axis_name,
-        name=name,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      axis_name=self.axis_name,
+      name=name,
     )
 
   def _dense(self, features: int, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(
-        features, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype
-    )
+    return nn.Dense(features, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
 
-  def _conv(self, features: int, kernel, strides=1, padding: Any = "SAME",
-            use_bias: bool = False) -> nn.Conv:
+  def _conv(
+    self, features: int, kernel, strides=1, padding: Any = "SAME", use_bias: bool = False
+  ) -> nn.Conv:
     return nn.Conv(
-        features,
-        kernel_size=kernel,
-        strides=strides,
-        padding=padding,
-        use_bias=use_bias,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
+      features,
+      kernel_size=kernel,
+      strides=strides,
+      padding=padding,
+      use_bias=use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
     )
 
 
@@ -227,8 +227,9 @@ class _PatchConv1D(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (k, x.shape[-1], self.features), self.param_dtype)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (k, x.shape[-1], self.features), self.param_dtype
+    )
     x = jnp.pad(x, ((0, 0), self.padding, (0, 0)))
     length = (x.shape[1] - k) // self.strides + 1
     index = self.strides * jnp.arange(length)[:, None] + jnp.arange(k)
@@ -260,8 +261,16 @@ class CNN1D(_Common):
   def __call__(self, x, *, train: bool):
     x = x.reshape((x.shape[0], -1, 1))  # (batch, length, 1 channel)
     for i, kernel in enumerate(self.kernels):
-      x = _PatchConv1D(self.channels, kernel, 2, (1, 1), use_bias=not self.use_bn,
-                       dtype=self.dtype, param_dtype=self.param_dtype, name=f"Conv_{i}")(x)
+      x = _PatchConv1D(
+        self.channels,
+        kernel,
+        2,
+        (1, 1),
+        use_bias=not self.use_bn,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"Conv_{i}",
+      )(x)
       if self.use_bn:
         x = self._bn(train)(x)
       x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
@@ -276,12 +285,12 @@ class AllCNNBNAuthors(AllCNNBN):
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "allcnn_bn": AllCNNBN,
-    "allcnn_bn_authors": AllCNNBNAuthors,
-    "mnistfc": MnistFC,
-    "lenet_bn": LeNetBN,
-    "mlp1d": MLP1D,
-    "cnn1d": CNN1D,
+  "allcnn_bn": AllCNNBN,
+  "allcnn_bn_authors": AllCNNBNAuthors,
+  "mnistfc": MnistFC,
+  "lenet_bn": LeNetBN,
+  "mlp1d": MLP1D,
+  "cnn1d": CNN1D,
 }
 
 
@@ -292,7 +301,5 @@ def create_model(name: str, **overrides) -> nn.Module:
     ValueError: for an unknown name (the message lists the valid ones).
   """
   if name not in MODELS:
-    raise ValueError(
-        f'Unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}.'
-    )
+    raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}.")
   return MODELS[name](**overrides)

@@ -12,10 +12,10 @@ local-entropy optimizer (``gamma``: the last; the others: means), and after an e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 import json
 import os
 import pathlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -68,16 +68,29 @@ def _json_value(value: Any) -> Any:
   return value.item() if value.ndim == 0 else value.tolist()
 
 
-def make(*, step: int, seeds: Iterable[int], steps_per_epoch: int, langevin_steps: int,
-         wall_time: float, metrics: Mapping[str, np.ndarray],
-         evaluated: Mapping[str, np.ndarray] | None, batched: bool) -> list[dict[str, Any]]:
+def make(
+  *,
+  step: int,
+  seeds: Iterable[int],
+  steps_per_epoch: int,
+  langevin_steps: int,
+  wall_time: float,
+  metrics: Mapping[str, np.ndarray],
+  evaluated: Mapping[str, np.ndarray] | None,
+  batched: bool,
+) -> list[dict[str, Any]]:
   """One record per seed from a call's metrics (a trailing steps axis) and evaluation."""
   epoch = step / steps_per_epoch
   out = []
   for s, seed in enumerate(seeds):
     pick = (lambda a: a[s]) if batched else (lambda a: a)
-    record = {"step": step, "seed": seed, "epoch": epoch,
-              "effective_epochs": langevin_steps * epoch, "wall_time": wall_time}
+    record = {
+      "step": step,
+      "seed": seed,
+      "epoch": epoch,
+      "effective_epochs": langevin_steps * epoch,
+      "wall_time": wall_time,
+    }
     for name, values in metrics.items():
       values = pick(np.asarray(values))  # (steps,)
       record[name] = _json_value(values[-1] if name == "langevin_gamma" else values.mean())

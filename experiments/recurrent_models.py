@@ -33,8 +33,10 @@ Dtype = Any
 
 def _uniform(scale: float):
   """Initialiser uniform in [-scale, scale] (Zaremba et al., char-rnn)."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -scale, scale)
+
   return init
 
 
@@ -69,7 +71,7 @@ class LSTMLanguageModel(nn.Module):
 
   def _bias_init(self, key, shape, dtype=jnp.float32):
     bias = self._init(nn.initializers.zeros)(key, shape, dtype)
-    return bias.at[self.hidden_size: 2 * self.hidden_size].add(self.forget_bias)
+    return bias.at[self.hidden_size : 2 * self.hidden_size].add(self.forget_bias)
 
   def _dropout(self, x, train: bool):
     if self.dropout_rate == 0.0 or not train:
@@ -77,8 +79,9 @@ class LSTMLanguageModel(nn.Module):
     return nn.Dropout(self.dropout_rate, deterministic=False)(x)
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, carry: LSTMState, *, train: bool
-               ) -> tuple[jax.Array, LSTMState]:
+  def __call__(
+    self, tokens: jax.Array, carry: LSTMState, *, train: bool
+  ) -> tuple[jax.Array, LSTMState]:
     """Logits (batch, time, vocab_size) of the next token, and the state after the last step.
 
     Args:
@@ -91,37 +94,52 @@ class LSTMLanguageModel(nn.Module):
     weight_init = self._init(nn.initializers.lecun_normal())
     four_h = 4 * self.hidden_size
     if self.embed_size is None:  # one-hot input: row lookup in the input matrix
-      table = self.param("layer0_input_kernel", weight_init, (self.vocab_size, four_h),
-                         self.param_dtype)
+      table = self.param(
+        "layer0_input_kernel", weight_init, (self.vocab_size, four_h), self.param_dtype
+      )
       projected = jnp.take(table, tokens, axis=0).astype(self.dtype)
     else:
-      embedding = self.param("embedding", self._init(nn.initializers.normal(1.0)),
-                             (self.vocab_size, self.embed_size), self.param_dtype)
+      embedding = self.param(
+        "embedding",
+        self._init(nn.initializers.normal(1.0)),
+        (self.vocab_size, self.embed_size),
+        self.param_dtype,
+      )
       inputs = self._dropout(jnp.take(embedding, tokens, axis=0).astype(self.dtype), train)
-      kernel = self.param("layer0_input_kernel", weight_init, (self.embed_size, four_h),
-                          self.param_dtype)
+      kernel = self.param(
+        "layer0_input_kernel", weight_init, (self.embed_size, four_h), self.param_dtype
+      )
       projected = inputs @ kernel.astype(self.dtype)
     new_state = []
     for layer in range(self.num_layers):
       if layer > 0:
-        kernel = self.param(f"layer{layer}_input_kernel", weight_init,
-                            (self.hidden_size, four_h), self.param_dtype)
-        projected = outputs @ kernel.astype(self.dtype)
-      recurrent = self.param(f"layer{layer}_recurrent_kernel", weight_init,
-                             (self.hidden_size, four_h), self.param_dtype)
+        kernel = self.param(
+          f"layer{layer}_input_kernel", weight_init, (self.hidden_size, four_h), self.param_dtype
+        )
+        projected = outputs @ kernel.astype(self.dtype)  # noqa: F821 (set by layer - 1)
+      recurrent = self.param(
+        f"layer{layer}_recurrent_kernel", weight_init, (self.hidden_size, four_h), self.param_dtype
+      )
       bias = self.param(f"layer{layer}_bias", self._bias_init, (four_h,), self.param_dtype)
-      hidden, final = _lstm_scan(projected + bias.astype(self.dtype),
-                                 recurrent.astype(self.dtype), carry[layer])
+      hidden, final = _lstm_scan(
+        projected + bias.astype(self.dtype), recurrent.astype(self.dtype), carry[layer]
+      )
       new_state.append(final)
       outputs = self._dropout(hidden, train)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=weight_init, bias_init=self._init(nn.initializers.zeros),
-                      name="softmax")(outputs)
+    logits = nn.Dense(
+      self.vocab_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=weight_init,
+      bias_init=self._init(nn.initializers.zeros),
+      name="softmax",
+    )(outputs)
     return logits.astype(jnp.float32), tuple(new_state)
 
 
-def _lstm_scan(projected: jax.Array, recurrent: jax.Array, state: tuple[jax.Array, jax.Array]
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def _lstm_scan(
+  projected: jax.Array, recurrent: jax.Array, state: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   """One LSTM layer over time: gates i, f, g, o = projected_t + h_{t-1} @ recurrent.
 
   Args:
@@ -132,6 +150,7 @@ def _lstm_scan(projected: jax.Array, recurrent: jax.Array, state: tuple[jax.Arra
   Returns:
     The hidden outputs (batch, time, hidden) and the final (c, h).
   """
+
   def step(carry, gates_in):
     c, h = carry
     gates = gates_in + h @ recurrent
@@ -156,15 +175,16 @@ def count_params(model: LSTMLanguageModel) -> int:
   """Number of parameters, from shapes only (``jax.eval_shape``: nothing is allocated)."""
   tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   shapes = jax.eval_shape(
-      lambda t: model.init(jax.random.key(0), t, zero_state(model, 1), train=False), tokens)
+    lambda t: model.init(jax.random.key(0), t, zero_state(model, 1), train=False), tokens
+  )
   return sum(leaf.size for leaf in jax.tree.leaves(shapes))
 
 
 # Zaremba et al. (2014), Sec. 4: hidden units, dropout and init scale of the three PTB models.
 PTB_SIZES = {
-    "large": dict(hidden_size=1500, dropout_rate=0.65, init_scale=0.04),
-    "medium": dict(hidden_size=650, dropout_rate=0.5, init_scale=0.05),
-    "small": dict(hidden_size=200, dropout_rate=0.0, init_scale=0.1),
+  "large": dict(hidden_size=1500, dropout_rate=0.65, init_scale=0.04),
+  "medium": dict(hidden_size=650, dropout_rate=0.5, init_scale=0.05),
+  "small": dict(hidden_size=200, dropout_rate=0.0, init_scale=0.1),
 }
 
 
@@ -187,14 +207,22 @@ def ptb_lstm(size: str = "large", vocab_size: int = 10_000, **overrides) -> LSTM
   return LSTMLanguageModel(**{**spec, **overrides})
 
 
-def char_lstm(vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
-              **overrides) -> LSTMLanguageModel:
+def char_lstm(
+  vocab_size: int, hidden_size: int = 128, num_layers: int = 2, **overrides
+) -> LSTMLanguageModel:
   """char-LSTM (Karpathy et al. 2015, char-rnn): one-hot characters, 2 x 128 LSTM.
 
   char-rnn's initialisation: uniform in [-0.08, 0.08], forget-gate biases +1; no dropout.
   """
-  spec = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
-              embed_size=None, init_scale=0.08, forget_bias=1.0, dropout_rate=0.0)
+  spec = dict(
+    vocab_size=vocab_size,
+    hidden_size=hidden_size,
+    num_layers=num_layers,
+    embed_size=None,
+    init_scale=0.08,
+    forget_bias=1.0,
+    dropout_rate=0.0,
+  )
   return LSTMLanguageModel(**{**spec, **overrides})
 
 

@@ -85,8 +85,9 @@ class LMRecipe:
       raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
     if self.optimizer.startswith("entropy") != (self.langevin_steps > 1):
       raise ValueError(
-          f"{self.optimizer} with langevin_steps={self.langevin_steps}: local-entropy "
-          "optimizers take L > 1 Langevin steps, SGD and Adam L = 1.")
+        f"{self.optimizer} with langevin_steps={self.langevin_steps}: local-entropy "
+        "optimizers take L > 1 Langevin steps, SGD and Adam L = 1."
+      )
 
   @property
   def effective_epochs(self) -> float:
@@ -94,11 +95,16 @@ class LMRecipe:
 
   def learning_rate_schedule(self, steps_per_outer_epoch: int) -> optax.Schedule:
     """The learning rate of outer step ``count`` (see the module docstring)."""
+
     def schedule(count):
       epoch = count / steps_per_outer_epoch
-      decays = jnp.where(epoch < self.lr_decay_start, 0.0,
-                         jnp.floor((epoch - self.lr_decay_start) / self.lr_decay_every) + 1)
-      return self.learning_rate * self.lr_decay ** decays
+      decays = jnp.where(
+        epoch < self.lr_decay_start,
+        0.0,
+        jnp.floor((epoch - self.lr_decay_start) / self.lr_decay_every) + 1,
+      )
+      return self.learning_rate * self.lr_decay**decays
+
     return schedule
 
   def make_tx(self, steps_per_outer_epoch: int):
@@ -111,8 +117,13 @@ class LMRecipe:
         return optax.sgd(lr, momentum=momentum, nesterov=momentum is not None)
       if self.optimizer == "adam":
         return optax.adam(lr, b1=self.b1)
-      chain = dict(num_langevin_steps=self.langevin_steps, gamma=self.gamma,
-                   langevin_lr=self.langevin_lr, noise=self.noise, key=key)
+      chain = dict(
+        num_langevin_steps=self.langevin_steps,
+        gamma=self.gamma,
+        langevin_lr=self.langevin_lr,
+        noise=self.noise,
+        key=key,
+      )
       if self.optimizer == "entropy_sgd":
         return entropy_optax.entropy_sgd(lr, momentum=self.momentum, **chain)
       return entropy_optax.entropy_adam(lr, b1=self.b1, **chain)
@@ -121,26 +132,67 @@ class LMRecipe:
 
 
 RECIPES = {
-    "ptb-sgd": LMRecipe(
-        target="Table 1 / Fig. 6a: PTB-LSTM SGD baseline, test ppl 78.6 +- 0.26 in 55 epochs "
-        "(Zaremba et al.'s large model)",
-        model="ptb-large", optimizer="sgd", outer_epochs=55, batch_size=20, num_steps=35,
-        clip_norm=10.0, learning_rate=1.0, lr_decay=1 / 1.15, lr_decay_start=14),
-    "ptb-entropy-sgd": LMRecipe(
-        target="Table 1 / Fig. 6a: PTB-LSTM Entropy-SGD, test ppl 77.656 +- 0.171 in 25 "
-        "effective epochs",
-        model="ptb-large", optimizer="entropy_sgd", outer_epochs=5, batch_size=20,
-        num_steps=35, clip_norm=10.0, learning_rate=1.0, lr_decay=0.1, lr_decay_start=3,
-        momentum=0.5, langevin_steps=5, gamma=1e-3, langevin_lr=1.0, noise=1e-4),
-    "charlstm-adam": LMRecipe(
-        target="Table 1 / Fig. 6b: char-LSTM Adam baseline, test cross-entropy 1.226 +- 0.01 "
-        "in 40 epochs (Sec. 5.4.2 says 50)",
-        model="char-lstm", optimizer="adam", outer_epochs=50, batch_size=50, num_steps=50,
-        clip_norm=5.0, learning_rate=2e-3, lr_decay=0.5, lr_decay_start=5, lr_decay_every=5),
-    "charlstm-entropy-adam": LMRecipe(
-        target="Table 1 / Fig. 6b: char-LSTM Entropy-Adam, test cross-entropy 1.217 +- 0.005 "
-        "in 25 effective epochs",
-        model="char-lstm", optimizer="entropy_adam", outer_epochs=5, batch_size=50,
-        num_steps=50, clip_norm=5.0, learning_rate=1e-2, lr_decay=0.5, lr_decay_start=1,
-        b1=0.5, langevin_steps=5, gamma=0.01, langevin_lr=0.1, noise=1e-4),
+  "ptb-sgd": LMRecipe(
+    target="Table 1 / Fig. 6a: PTB-LSTM SGD baseline, test ppl 78.6 +- 0.26 in 55 epochs "
+    "(Zaremba et al.'s large model)",
+    model="ptb-large",
+    optimizer="sgd",
+    outer_epochs=55,
+    batch_size=20,
+    num_steps=35,
+    clip_norm=10.0,
+    learning_rate=1.0,
+    lr_decay=1 / 1.15,
+    lr_decay_start=14,
+  ),
+  "ptb-entropy-sgd": LMRecipe(
+    target="Table 1 / Fig. 6a: PTB-LSTM Entropy-SGD, test ppl 77.656 +- 0.171 in 25 "
+    "effective epochs",
+    model="ptb-large",
+    optimizer="entropy_sgd",
+    outer_epochs=5,
+    batch_size=20,
+    num_steps=35,
+    clip_norm=10.0,
+    learning_rate=1.0,
+    lr_decay=0.1,
+    lr_decay_start=3,
+    momentum=0.5,
+    langevin_steps=5,
+    gamma=1e-3,
+    langevin_lr=1.0,
+    noise=1e-4,
+  ),
+  "charlstm-adam": LMRecipe(
+    target="Table 1 / Fig. 6b: char-LSTM Adam baseline, test cross-entropy 1.226 +- 0.01 "
+    "in 40 epochs (Sec. 5.4.2 says 50)",
+    model="char-lstm",
+    optimizer="adam",
+    outer_epochs=50,
+    batch_size=50,
+    num_steps=50,
+    clip_norm=5.0,
+    learning_rate=2e-3,
+    lr_decay=0.5,
+    lr_decay_start=5,
+    lr_decay_every=5,
+  ),
+  "charlstm-entropy-adam": LMRecipe(
+    target="Table 1 / Fig. 6b: char-LSTM Entropy-Adam, test cross-entropy 1.217 +- 0.005 "
+    "in 25 effective epochs",
+    model="char-lstm",
+    optimizer="entropy_adam",
+    outer_epochs=5,
+    batch_size=50,
+    num_steps=50,
+    clip_norm=5.0,
+    learning_rate=1e-2,
+    lr_decay=0.5,
+    lr_decay_start=1,
+    b1=0.5,
+    langevin_steps=5,
+    gamma=0.01,
+    langevin_lr=0.1,
+    noise=1e-4,
+  ),
 }

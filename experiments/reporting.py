@@ -8,18 +8,28 @@ epochs (the paper's Figs. 4-5).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import os
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 NAMES = {
-    "allcnn_bn": "All-CNN-BN", "mnistfc": "mnistfc", "lenet_bn": "LeNet-BN", "mlp1d": "MLP",
-    "cnn1d": "CNN", "cifar10": "CIFAR-10", "mnist": "MNIST", "mnist1d": "MNIST-1D",
-    "sgd": "SGD", "adam": "Adam", "entropy-sgd": "Entropy-SGD", "entropy-adam": "Entropy-Adam",
-    "entropy-sgd-lua": "Entropy-SGD (Lua)", "allcnn_bn_authors": "All-CNN-BN (authors' layout)",
+  "allcnn_bn": "All-CNN-BN",
+  "mnistfc": "mnistfc",
+  "lenet_bn": "LeNet-BN",
+  "mlp1d": "MLP",
+  "cnn1d": "CNN",
+  "cifar10": "CIFAR-10",
+  "mnist": "MNIST",
+  "mnist1d": "MNIST-1D",
+  "sgd": "SGD",
+  "adam": "Adam",
+  "entropy-sgd": "Entropy-SGD",
+  "entropy-adam": "Entropy-Adam",
+  "entropy-sgd-lua": "Entropy-SGD (Lua)",
+  "allcnn_bn_authors": "All-CNN-BN (authors' layout)",
 }
 # The baselines the paper compared Entropy-SGD with, and each family's own.
 PAPER_BASELINE = {"mnist": "adam", "cifar10": "sgd"}
@@ -31,9 +41,18 @@ def name(key: str) -> str:
   return NAMES.get(key, key)
 
 
-def summarize(records: Sequence[Mapping[str, Any]], *, dataset: str, model: str,
-              optimizer: str, langevin_steps: int, num_params: int, num_train: int,
-              num_test: int, paper: str | None) -> dict[str, Any]:
+def summarize(
+  records: Sequence[Mapping[str, Any]],
+  *,
+  dataset: str,
+  model: str,
+  optimizer: str,
+  langevin_steps: int,
+  num_params: int,
+  num_train: int,
+  num_test: int,
+  paper: str | None,
+) -> dict[str, Any]:
   """The results of a finished run from all its metrics records (resumed or not).
 
   Errors are in %, on the test split. ``test_error_std`` is the sample standard deviation over
@@ -43,22 +62,34 @@ def summarize(records: Sequence[Mapping[str, Any]], *, dataset: str, model: str,
   seeds = sorted({r["seed"] for r in records})
   final = [max((r for r in records if r["seed"] == s), key=lambda r: r["step"]) for s in seeds]
   errors = [100 * r["val_error"] for r in final]
-  best = [100 * min(r["val_error"] for r in records if r["seed"] == s and "val_error" in r)
-          for s in seeds]
+  best = [
+    100 * min(r["val_error"] for r in records if r["seed"] == s and "val_error" in r) for s in seeds
+  ]
   timeline = sorted({(r["step"], r["wall_time"], r["effective_epochs"]) for r in records})
   steps, wall, effective = timeline[-1]
   first = timeline[0]
   per_step = (wall - first[1]) / (steps - first[0]) if len(timeline) > 1 else wall / steps
   return {
-      "dataset": dataset, "model": model, "optimizer": optimizer, "num_params": num_params,
-      "num_train": num_train, "num_test": num_test, "seeds": seeds, "test_error": errors,
-      "test_error_mean": float(np.mean(errors)),
-      "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0,
-      "best_test_error_mean": float(np.mean(best)),
-      "final_train_loss": [r["train_loss"] for r in final],
-      "outer_epochs": final[0]["epoch"], "effective_epochs": effective, "outer_steps": steps,
-      "langevin_steps": langevin_steps, "wall_time_s": wall, "time_per_step_s": per_step,
-      "time_per_effective_epoch_s": per_step * steps / effective, "paper": paper,
+    "dataset": dataset,
+    "model": model,
+    "optimizer": optimizer,
+    "num_params": num_params,
+    "num_train": num_train,
+    "num_test": num_test,
+    "seeds": seeds,
+    "test_error": errors,
+    "test_error_mean": float(np.mean(errors)),
+    "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0,
+    "best_test_error_mean": float(np.mean(best)),
+    "final_train_loss": [r["train_loss"] for r in final],
+    "outer_epochs": final[0]["epoch"],
+    "effective_epochs": effective,
+    "outer_steps": steps,
+    "langevin_steps": langevin_steps,
+    "wall_time_s": wall,
+    "time_per_step_s": per_step,
+    "time_per_effective_epoch_s": per_step * steps / effective,
+    "paper": paper,
   }
 
 
@@ -66,26 +97,31 @@ def format_result(results: Mapping[str, Any]) -> str:
   """One line: test error mean ± std over seeds, effective epochs, wall time, speed."""
   n = len(results["seeds"])
   paper = f"; paper: {results['paper']}" if results.get("paper") else ""
-  return (f"test error {results['test_error_mean']:.2f} ± {results['test_error_std']:.2f}% "
-          f"({n} seed{'s' if n > 1 else ''}) after {results['effective_epochs']:g} effective "
-          f"epochs, {results['wall_time_s']:.1f} s, "
-          f"{results['time_per_effective_epoch_s']:.3g} s per effective epoch{paper}")
+  return (
+    f"test error {results['test_error_mean']:.2f} ± {results['test_error_std']:.2f}% "
+    f"({n} seed{'s' if n > 1 else ''}) after {results['effective_epochs']:g} effective "
+    f"epochs, {results['wall_time_s']:.1f} s, "
+    f"{results['time_per_effective_epoch_s']:.3g} s per effective epoch{paper}"
+  )
 
 
 def comparison_table(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> str:
   """Test accuracy, effective epochs and wall time of {(model, optimizer): results}."""
-  lines = ["| model | optimizer | test accuracy (%) | best during run (%) | effective epochs "
-           "| updates | seeds | wall time (s) | published (%) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| model | optimizer | test accuracy (%) | best during run (%) | effective epochs "
+    "| updates | seeds | wall time (s) | published (%) |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for (model, optimizer), r in results.items():
     published = ""
     if r.get("paper") and "acc." in r["paper"]:  # the benchmark's published accuracy
       published = f"{100 - float(r['paper'].split()[0]):.1f}"
     lines.append(
-        f"| {name(model)} | {name(optimizer)} | {100 - r['test_error_mean']:.1f} ± "
-        f"{r['test_error_std']:.1f} | {100 - r['best_test_error_mean']:.1f} | "
-        f"{r['effective_epochs']:g} | {r['outer_steps']} | {len(r['seeds'])} | "
-        f"{r['wall_time_s']:.0f} | {published} |")
+      f"| {name(model)} | {name(optimizer)} | {100 - r['test_error_mean']:.1f} ± "
+      f"{r['test_error_std']:.1f} | {100 - r['best_test_error_mean']:.1f} | "
+      f"{r['effective_epochs']:g} | {r['outer_steps']} | {len(r['seeds'])} | "
+      f"{r['wall_time_s']:.0f} | {published} |"
+    )
   return "\n".join(lines)
 
 
@@ -115,10 +151,11 @@ def _cells(run: dict[str, Any] | None, synthetic: bool) -> list[str]:
 
 
 TABLE1_NOTE = (
-    "Test error in %: mean ± standard deviation over seeds (number of seeds). Epochs are "
-    "effective epochs (L x outer epochs for Entropy-*). Paper: Chaudhari et al. (2017), "
-    "Table 1, error ± std (effective epochs); MNIST-1D: the benchmark's published test "
-    "accuracy (Greydanus 2020).")
+  "Test error in %: mean ± standard deviation over seeds (number of seeds). Epochs are "
+  "effective epochs (L x outer epochs for Entropy-*). Paper: Chaudhari et al. (2017), "
+  "Table 1, error ± std (effective epochs); MNIST-1D: the benchmark's published test "
+  "accuracy (Greydanus 2020)."
+)
 
 
 def table1(runs: list[dict[str, Any]]) -> str:
@@ -129,9 +166,10 @@ def table1(runs: list[dict[str, Any]]) -> str:
     key = (str(pathlib.Path(run["path"]).parent), run["dataset"], run["model"])
     groups.setdefault(key, []).append(run)
   lines = [
-      "| Model | Data | Entropy-* | error (%) | eff. epochs | paper | SGD / Adam | error (%) "
-      "| epochs | paper |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+    "| Model | Data | Entropy-* | error (%) | eff. epochs | paper | SGD / Adam | error (%) "
+    "| epochs | paper |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for (_, dataset, model), group in groups.items():
     synthetic = dataset.startswith("synthetic:")
     base = dataset.removeprefix("synthetic:")
@@ -153,11 +191,16 @@ def error_curves(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.n
   return x, y
 
 
-def plot_error(panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
-               path: str | os.PathLike, *, title: str | None = None) -> None:
+def plot_error(
+  panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+  path: str | os.PathLike,
+  *,
+  title: str | None = None,
+) -> None:
   """Test error (%) against effective epochs: one panel per entry of ``panels`` ({panel
   title: {line label: metrics records}}), each line the mean over seeds, their range shaded."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -167,10 +210,11 @@ def plot_error(panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
       x, y = error_curves(records)
       if not len(x):
         continue
-      line, = ax.plot(x, np.nanmean(y, axis=0), marker=".", label=label)
+      (line,) = ax.plot(x, np.nanmean(y, axis=0), marker=".", label=label)
       if len(y) > 1:
-        ax.fill_between(x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), alpha=0.2,
-                        color=line.get_color())
+        ax.fill_between(
+          x, np.nanmin(y, axis=0), np.nanmax(y, axis=0), alpha=0.2, color=line.get_color()
+        )
     ax.set(title=panel, xlabel="effective epochs", ylabel="test error (%)")
     ax.grid(alpha=0.3)
     ax.legend()

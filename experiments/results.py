@@ -12,9 +12,9 @@ epochs, and the paper's figure where the paper has one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
 import pathlib
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import tyro
@@ -41,15 +41,18 @@ def find_runs(directories: Sequence[str]) -> list[dict[str, Any]]:
   for directory in directories:
     root = pathlib.Path(directory)
     if not root.is_dir():
-      raise ConfigError(f"{root} is not a directory: pass the directory the runs were written "
-                        "to (default: runs).")
+      raise ConfigError(
+        f"{root} is not a directory: pass the directory the runs were written to (default: runs)."
+      )
     for path in sorted(root.rglob(rundir.RESULTS_FILE)):
       results = rundir.read_json(path)
       if "optimizer" in results:  # a grid's results.json gathers its runs: skip it
         runs.append(dict(results, path=str(path.parent)))
   if not runs:
-    raise ConfigError(f"no finished run (results.json) under {', '.join(directories)}; run an "
-                      "experiment script first.")
+    raise ConfigError(
+      f"no finished run (results.json) under {', '.join(directories)}; run an "
+      "experiment script first."
+    )
   return runs
 
 
@@ -60,14 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.directories:
     raise cli.UsageError(f"give at least one RUNS_DIR (see {PROG} --help)")
   runs = find_runs(args.directories)
-  text = (f"{reporting.table1(runs)}\n\n{reporting.TABLE1_NOTE}\n\nRuns: "
-          + ", ".join(r["path"] for r in runs) + "\n")
+  text = (
+    f"{reporting.table1(runs)}\n\n{reporting.TABLE1_NOTE}\n\nRuns: "
+    + ", ".join(r["path"] for r in runs)
+    + "\n"
+  )
   if args.output:
     try:
       pathlib.Path(args.output).write_text(text)
     except OSError as e:
-      raise rundir.WorkdirError(f"cannot write {args.output} ({e.strerror or e}); pass "
-                                "--output a writable path.") from e
+      raise rundir.WorkdirError(
+        f"cannot write {args.output} ({e.strerror or e}); pass --output a writable path."
+      ) from e
   print(text, end="")
   return 0
 

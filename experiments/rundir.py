@@ -48,16 +48,22 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
   existing = path.is_dir() and any(path.iterdir())
   if resume:
     if not (existing and is_run_dir(path)):
-      raise WorkdirError(f"{path} holds no run: there is nothing to resume; drop --resume to "
-                         "start the run there, or pass the --workdir of the run to resume.")
+      raise WorkdirError(
+        f"{path} holds no run: there is nothing to resume; drop --resume to "
+        "start the run there, or pass the --workdir of the run to resume."
+      )
     return True
   if existing:
     if not is_run_dir(path):
-      raise WorkdirError(f"{path} is a non-empty directory that holds no run; choose another "
-                         "--workdir (nothing was deleted).")
+      raise WorkdirError(
+        f"{path} is a non-empty directory that holds no run; choose another "
+        "--workdir (nothing was deleted)."
+      )
     if not overwrite:
-      raise RunExistsError(f"{path} already holds a run; pass --resume to continue it, "
-                           "--overwrite to replace it, or choose another --workdir.")
+      raise RunExistsError(
+        f"{path} already holds a run; pass --resume to continue it, "
+        "--overwrite to replace it, or choose another --workdir."
+      )
     shutil.rmtree(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
@@ -65,8 +71,10 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
     probe.write_text("")
     probe.unlink()
   except OSError as e:
-    raise WorkdirError(f"cannot write the run directory {path} ({e.strerror or e}); pass "
-                       "--workdir a writable directory.") from e
+    raise WorkdirError(
+      f"cannot write the run directory {path} ({e.strerror or e}); pass "
+      "--workdir a writable directory."
+    ) from e
   return False
 
 

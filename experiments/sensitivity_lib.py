@@ -34,8 +34,7 @@ import numpy as np
 import optax
 
 import entropy_optax
-from experiments import models
-from experiments import sgld_baseline
+from experiments import models, sgld_baseline
 
 ENTROPY_KEYS = ("gamma", "langevin_lr", "noise", "learning_rate")
 SGD_KEYS = ("learning_rate",)
@@ -50,14 +49,17 @@ def synthetic_data(num_train: int = 256, num_test: int = 128, seed: int = 0) -> 
   """A learnable 10-class problem shaped like MNIST-1D (40 features), for tests."""
   rng = np.random.default_rng(seed)
   centres = rng.normal(size=(10, 40)).astype(np.float32)
+
   def split(n):
     y = rng.integers(0, 10, n).astype(np.int32)
     return centres[y] + 0.5 * rng.normal(size=(n, 40)).astype(np.float32), y
+
   return Data(jnp.asarray(a) for a in (*split(num_train), *split(num_test)))
 
 
 def mnist1d_data() -> Data:
   from experiments import data  # pylint: disable=import-outside-toplevel
+
   d = data.load_mnist1d()
   return Data(jnp.asarray(a) for a in (d.train_x, d.train_y, d.test_x, d.test_y))
 
@@ -69,18 +71,32 @@ def _optimizer(name: str, hparams: Mapping[str, Any], num_langevin_steps: int, s
     # The paper's MNIST practice: Nesterov inside the chain, none outside (the authors' Lua code),
     # alpha = 0.25, gamma growing by 1.001 per update.
     return entropy_optax.entropy_sgd(
-        hparams["learning_rate"], num_langevin_steps=num_langevin_steps,
-        gamma=entropy_optax.exponential_scoping(hparams["gamma"], 1e-3),
-        langevin_lr=hparams["langevin_lr"], noise=hparams["noise"], alpha=0.25, momentum=0.0,
-        langevin_momentum=0.9, key=seed)
+      hparams["learning_rate"],
+      num_langevin_steps=num_langevin_steps,
+      gamma=entropy_optax.exponential_scoping(hparams["gamma"], 1e-3),
+      langevin_lr=hparams["langevin_lr"],
+      noise=hparams["noise"],
+      alpha=0.25,
+      momentum=0.0,
+      langevin_momentum=0.9,
+      key=seed,
+    )
   if name == "sgld":
-    return sgld_baseline.sgld(hparams["learning_rate"], hparams["decay_power"],
-                              hparams["temperature"], key=seed)
+    return sgld_baseline.sgld(
+      hparams["learning_rate"], hparams["decay_power"], hparams["temperature"], key=seed
+    )
   raise ValueError(f"optimizer must be 'sgd', 'sgld' or 'entropy_sgd', got {name!r}.")
 
 
-def _build_run(model_name: str, data: Data, optimizer: str, num_langevin_steps: int,
-               effective_epochs: float, batch_size: int, num_evals: int):
+def _build_run(
+  model_name: str,
+  data: Data,
+  optimizer: str,
+  num_langevin_steps: int,
+  effective_epochs: float,
+  batch_size: int,
+  num_evals: int,
+):
   """run(hparams, seed) -> test accuracy at ``num_evals`` evenly spaced points (pure)."""
   model = models.create_model(model_name)
   train_x, train_y, test_x, test_y = data
@@ -132,9 +148,18 @@ def _grid_arrays(optimizer: str, grid: Mapping[str, Any]) -> dict[str, jax.Array
   return arrays
 
 
-def train_grid(model_name: str, data: Data, optimizer: str, grid: Mapping[str, Any], *,
-               seeds: int, num_langevin_steps: int = 5, effective_epochs: float = 20,
-               batch_size: int = 128, num_evals: int = 10) -> np.ndarray:
+def train_grid(
+  model_name: str,
+  data: Data,
+  optimizer: str,
+  grid: Mapping[str, Any],
+  *,
+  seeds: int,
+  num_langevin_steps: int = 5,
+  effective_epochs: float = 20,
+  batch_size: int = 128,
+  num_evals: int = 10,
+) -> np.ndarray:
   """Every grid point and seed in one jitted, vmapped program: test accuracy curves.
 
   Args:
@@ -153,23 +178,44 @@ def train_grid(model_name: str, data: Data, optimizer: str, grid: Mapping[str, A
     (grid points, seeds, num_evals) float array of test accuracies.
   """
   arrays = _grid_arrays(optimizer, grid)
-  run = _build_run(model_name, data, optimizer, num_langevin_steps, effective_epochs,
-                   batch_size, num_evals)
+  run = _build_run(
+    model_name, data, optimizer, num_langevin_steps, effective_epochs, batch_size, num_evals
+  )
   program = jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))
   return np.asarray(program(arrays, jnp.arange(seeds)))
 
 
-def train_sequential(model_name: str, data: Data, optimizer: str, grid: Mapping[str, Any], *,
-                     seeds: int, num_langevin_steps: int = 5, effective_epochs: float = 20,
-                     batch_size: int = 128, num_evals: int = 10) -> np.ndarray:
+def train_sequential(
+  model_name: str,
+  data: Data,
+  optimizer: str,
+  grid: Mapping[str, Any],
+  *,
+  seeds: int,
+  num_langevin_steps: int = 5,
+  effective_epochs: float = 20,
+  batch_size: int = 128,
+  num_evals: int = 10,
+) -> np.ndarray:
   """``train_grid``'s runs one after another (one compilation, hyper-parameters as arguments)."""
   arrays = _grid_arrays(optimizer, grid)
-  program = jax.jit(_build_run(model_name, data, optimizer, num_langevin_steps,
-                               effective_epochs, batch_size, num_evals))
+  program = jax.jit(
+    _build_run(
+      model_name, data, optimizer, num_langevin_steps, effective_epochs, batch_size, num_evals
+    )
+  )
   points = len(next(iter(arrays.values())))
-  return np.stack([np.stack([
-      np.asarray(program({k: v[g] for k, v in arrays.items()}, jnp.int32(s)))
-      for s in range(seeds)]) for g in range(points)])
+  return np.stack(
+    [
+      np.stack(
+        [
+          np.asarray(program({k: v[g] for k, v in arrays.items()}, jnp.int32(s)))
+          for s in range(seeds)
+        ]
+      )
+      for g in range(points)
+    ]
+  )
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -206,6 +252,10 @@ def summarise(entropy_final: np.ndarray, sgd_final: np.ndarray, tolerance: float
   mean = entropy_final.mean(1)
   se = entropy_final.std(1, ddof=1) / np.sqrt(entropy_final.shape[1])
   beats = np.nonzero(mean - sgd_mean[best] > 2 * np.sqrt(se**2 + sgd_se**2))[0]
-  return {"best_sgd": float(sgd_mean[best]), "best_sgd_index": best,
-          "best_entropy": float(mean.max()), "beats_best_sgd": beats.tolist(),
-          "flat_fraction": float(np.mean(mean >= mean.max() - tolerance))}
+  return {
+    "best_sgd": float(sgd_mean[best]),
+    "best_sgd_index": best,
+    "best_entropy": float(mean.max()),
+    "beats_best_sgd": beats.tolist(),
+    "flat_fraction": float(np.mean(mean >= mean.max() - tolerance)),
+  }

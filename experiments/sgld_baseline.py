@@ -29,8 +29,9 @@ def sgld_learning_rate(learning_rate: float, decay_power: float) -> optax.Schedu
   return lambda count: learning_rate / (1.0 + count) ** decay_power
 
 
-def sgld(learning_rate: float, decay_power: float, temperature: float,
-         key: jax.Array | int = 0) -> optax.GradientTransformation:
+def sgld(
+  learning_rate: float, decay_power: float, temperature: float, key: jax.Array | int = 0
+) -> optax.GradientTransformation:
   """SGLD at temperature T with lr eta / (1 + t)^b, as ``optax.noisy_sgd``.
 
   Args:
@@ -43,13 +44,20 @@ def sgld(learning_rate: float, decay_power: float, temperature: float,
     An optax transformation (plain SGD, no momentum, plus the noise).
   """
   # Python numbers are checked; traced ones (a vmapped grid) pass.
-  checks = [("learning_rate", learning_rate, 0.0), ("decay_power", decay_power, None),
-            ("temperature", temperature, None)]
+  checks = [
+    ("learning_rate", learning_rate, 0.0),
+    ("decay_power", decay_power, None),
+    ("temperature", temperature, None),
+  ]
   for name, value, low in checks:
     if isinstance(value, (int, float)) and not (value > low if low is not None else value >= 0):
       raise ValueError(f"{name} must be {'> 0' if low is not None else '>= 0'}, got {value}.")
-  return optax.noisy_sgd(sgld_learning_rate(learning_rate, decay_power),
-                         eta=2.0 * temperature / learning_rate, gamma=-decay_power, key=key)
+  return optax.noisy_sgd(
+    sgld_learning_rate(learning_rate, decay_power),
+    eta=2.0 * temperature / learning_rate,
+    gamma=-decay_power,
+    key=key,
+  )
 
 
 def PAPER_RECIPE(num_train: int, learning_rate: float = 0.1) -> dict:  # pylint: disable=C0103

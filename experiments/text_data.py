@@ -30,8 +30,9 @@ import numpy as np
 
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
 PTB_SOURCE = (
-    "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz (its data/ folder holds "
-    "ptb.train.txt, ptb.valid.txt and ptb.test.txt)")
+  "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz (its data/ folder holds "
+  "ptb.train.txt, ptb.valid.txt and ptb.test.txt)"
+)
 END_OF_SENTENCE = "<eos>"
 UNKNOWN = "<unk>"
 CHAR_SPLIT = (0.8, 0.1, 0.1)
@@ -77,8 +78,9 @@ def _read_words(path: pathlib.Path) -> list[str]:
   """The words of a PTB file, ``<eos>`` after every non-blank line (PTB has no blank lines)."""
   if not path.is_file():
     raise CorpusError(
-        f"{path} not found. Penn Treebank is not downloaded automatically: get {PTB_SOURCE} "
-        "and pass the folder holding the three files.")
+      f"{path} not found. Penn Treebank is not downloaded automatically: get {PTB_SOURCE} "
+      "and pass the folder holding the three files."
+    )
   lines = path.read_text(encoding="utf-8").splitlines()
   words = []
   for line in lines:
@@ -125,9 +127,10 @@ def read_ptb(directory: str | pathlib.Path) -> TextCorpus:
     unknown = [w for w in split_words if w not in ids]
     if unknown:
       raise CorpusError(
-          f"{directory / PTB_FILES[split]} has {len(unknown)} words that "
-          f"{PTB_FILES['train']} does not (first: {unknown[0]!r}); in PTB every rare word is "
-          f"already {UNKNOWN}: use the files of {PTB_SOURCE}.")
+        f"{directory / PTB_FILES[split]} has {len(unknown)} words that "
+        f"{PTB_FILES['train']} does not (first: {unknown[0]!r}); in PTB every rare word is "
+        f"already {UNKNOWN}: use the files of {PTB_SOURCE}."
+      )
     splits[split] = np.array([ids[w] for w in split_words], np.int32)
   return TextCorpus(**splits, vocabulary=vocabulary, name="ptb")
 
@@ -158,15 +161,17 @@ def char_corpus(text: str, name: str = "chars") -> TextCorpus:
   """
   if len(text) < 20:
     raise CorpusError(
-        f"A character corpus needs at least 20 characters (2 per 10% split); got {len(text)}.")
+      f"A character corpus needs at least 20 characters (2 per 10% split); got {len(text)}."
+    )
   vocabulary = tuple(sorted(set(text)))
   lookup = np.zeros(max(map(ord, vocabulary)) + 1, np.int32)
   lookup[[ord(c) for c in vocabulary]] = np.arange(len(vocabulary), dtype=np.int32)
   ids = lookup[np.frombuffer(text.encode("utf-32-le"), np.uint32)]
   train_end = int(len(ids) * CHAR_SPLIT[0])
   valid_end = int(len(ids) * (CHAR_SPLIT[0] + CHAR_SPLIT[1]))
-  return TextCorpus(ids[:train_end], ids[train_end:valid_end], ids[valid_end:],
-                    vocabulary=vocabulary, name=name)
+  return TextCorpus(
+    ids[:train_end], ids[train_end:valid_end], ids[valid_end:], vocabulary=vocabulary, name=name
+  )
 
 
 def read_char_corpus(path: str | pathlib.Path) -> TextCorpus:
@@ -222,8 +227,9 @@ def bptt_streams(tokens: np.ndarray, batch_size: int) -> np.ndarray:
   stream_length = len(tokens) // batch_size
   if stream_length < 2:
     raise CorpusError(
-        f"{len(tokens)} tokens cannot make {batch_size} streams of at least 2 tokens: use a "
-        "smaller batch size or a longer text.")
+      f"{len(tokens)} tokens cannot make {batch_size} streams of at least 2 tokens: use a "
+      "smaller batch size or a longer text."
+    )
   return np.asarray(tokens[: batch_size * stream_length], np.int32).reshape(batch_size, -1)
 
 
@@ -243,8 +249,9 @@ def segment(streams, index, num_steps: int):
   return inputs, targets
 
 
-def eval_streams(tokens: np.ndarray, batch_size: int, num_steps: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def eval_streams(
+  tokens: np.ndarray, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Streams that score every next-token prediction of ``tokens`` exactly once.
 
   The len(tokens) - 1 (input, target) pairs are cut into ``batch_size`` consecutive streams, each
@@ -273,7 +280,7 @@ def eval_streams(tokens: np.ndarray, batch_size: int, num_steps: int
   for b in range(batch_size):
     lo, hi = b * m, min((b + 1) * m, pairs)
     if lo < hi:
-      inputs[b * per_stream: b * per_stream + hi - lo] = tokens[lo:hi]
-      targets[b * per_stream: b * per_stream + hi - lo] = tokens[lo + 1: hi + 1]
+      inputs[b * per_stream : b * per_stream + hi - lo] = tokens[lo:hi]
+      targets[b * per_stream : b * per_stream + hi - lo] = tokens[lo + 1 : hi + 1]
   shape = (batch_size, per_stream // num_steps, num_steps)
   return (inputs.reshape(shape).transpose(1, 0, 2), targets.reshape(shape).transpose(1, 0, 2))

@@ -22,20 +22,21 @@ the device, with any optax optimizer or a local-entropy one:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
 import dataclasses
 import json
 import os
 import pathlib
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 import entropy_optax
@@ -49,11 +50,25 @@ from experiments.steps import LoopState, Task, cross_entropy
 
 CONFIG_FILE = "config.json"
 # Config fields that change the trajectory: a resumed run must use the values it was saved with.
-_TRAJECTORY_FIELDS = ("batch_size", "langevin_steps", "fresh_batches", "seed", "num_seeds",
-                      "step_runner")
+_TRAJECTORY_FIELDS = (
+  "batch_size",
+  "langevin_steps",
+  "fresh_batches",
+  "seed",
+  "num_seeds",
+  "step_runner",
+)
 
-__all__ = ["TrainConfig", "TrainResult", "train", "CheckpointError", "LoopState", "Task",
-           "cross_entropy", "BATCH_AXIS"]
+__all__ = [
+  "TrainConfig",
+  "TrainResult",
+  "train",
+  "CheckpointError",
+  "LoopState",
+  "Task",
+  "cross_entropy",
+  "BATCH_AXIS",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,19 +110,26 @@ class TrainConfig:
   progress: bool = True
 
   def __post_init__(self):
-    for name in ("batch_size", "num_steps", "langevin_steps", "steps_per_call",
-                 "eval_batch_size", "keep_checkpoints", "num_seeds"):
+    for name in (
+      "batch_size",
+      "num_steps",
+      "langevin_steps",
+      "steps_per_call",
+      "eval_batch_size",
+      "keep_checkpoints",
+      "num_seeds",
+    ):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
     for name in ("eval_every_steps", "checkpoint_every_steps"):
       value = getattr(self, name)
       if value < 0 or value % self.steps_per_call:
         raise ValueError(
-            f"{name} must be 0 or a multiple of steps_per_call={self.steps_per_call}, got "
-            f"{value}: evaluations and checkpoints happen between calls.")
+          f"{name} must be 0 or a multiple of steps_per_call={self.steps_per_call}, got "
+          f"{value}: evaluations and checkpoints happen between calls."
+        )
     if self.step_runner not in compiled.RUNNERS:
-      raise ValueError(f"step_runner must be one of {compiled.RUNNERS}, got "
-                       f"{self.step_runner!r}.")
+      raise ValueError(f"step_runner must be one of {compiled.RUNNERS}, got {self.step_runner!r}.")
 
   @property
   def seeds(self) -> list[int]:
@@ -123,12 +145,20 @@ class TrainResult:
   records: list[dict[str, Any]]
 
 
-def train(config: TrainConfig, model, make_tx: optax.GradientTransformation | Callable,
-          data: Iterable[Any], workdir: str | os.PathLike | None = None, *,
-          task: Task = Task(), mesh: jax.sharding.Mesh | None = None,
-          resume: bool | None = None, metadata: Mapping[str, Any] | None = None,
-          callback: Callable[[list[dict[str, Any]], LoopState], None] | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+def train(
+  config: TrainConfig,
+  model,
+  make_tx: optax.GradientTransformation | Callable,
+  data: Iterable[Any],
+  workdir: str | os.PathLike | None = None,
+  *,
+  task: Task = Task(),
+  mesh: jax.sharding.Mesh | None = None,
+  resume: bool | None = None,
+  metadata: Mapping[str, Any] | None = None,
+  callback: Callable[[list[dict[str, Any]], LoopState], None] | None = None,
+  log: Callable[[str], None] = print,
+) -> TrainResult:
   """Trains ``model`` on ``data``; see the module docstring.
 
   Args:
@@ -157,15 +187,32 @@ def train(config: TrainConfig, model, make_tx: optax.GradientTransformation | Ca
   batched = config.num_seeds > 1
   runner = compiled.choose_runner(config.step_runner, model, train_data[0][:1], task)
   fns = compiled.compiled_functions(
-      model, make_tx, task, mesh, batched, config.batch_size, config.langevin_steps,
-      config.fresh_batches, num_examples, _eval_batch(config, num_val, mesh), runner)
+    model,
+    make_tx,
+    task,
+    mesh,
+    batched,
+    config.batch_size,
+    config.langevin_steps,
+    config.fresh_batches,
+    num_examples,
+    _eval_batch(config, num_val, mesh),
+    runner,
+  )
   seeds = jnp.asarray(config.seeds, jnp.uint32)
   state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
   if config.langevin_steps > 1 and not steps_lib.has_langevin_stats(state.opt_state):
-    raise ValueError(f"langevin_steps={config.langevin_steps} but the optimizer has no "
-                     "local_entropy: plain optimizers take langevin_steps=1.")
-  run_info = {"config": dataclasses.asdict(config), "metadata": dict(metadata or {}),
-              "num_examples": num_examples, "num_val": num_val, "step_runner_used": runner}
+    raise ValueError(
+      f"langevin_steps={config.langevin_steps} but the optimizer has no "
+      "local_entropy: plain optimizers take langevin_steps=1."
+    )
+  run_info = {
+    "config": dataclasses.asdict(config),
+    "metadata": dict(metadata or {}),
+    "num_examples": num_examples,
+    "num_val": num_val,
+    "step_runner_used": runner,
+  }
   run = _RunFiles(workdir, config, run_info, log) if workdir is not None else None
   previous: list[dict[str, Any]] = []
   if run is not None:
@@ -173,13 +220,17 @@ def train(config: TrainConfig, model, make_tx: optax.GradientTransformation | Ca
   step = int(np.max(np.asarray(state.step)))
   wall_offset = previous[-1]["wall_time"] if previous else 0.0
   new_records: list[dict[str, Any]] = []
-  bar = tqdm(total=config.num_steps, initial=step, disable=not config.progress, unit="step",
-             dynamic_ncols=True)
+  bar = tqdm(
+    total=config.num_steps,
+    initial=step,
+    disable=not config.progress,
+    unit="step",
+    dynamic_ncols=True,
+  )
   start = time.perf_counter()
   try:
     while step < config.num_steps:
-      num_steps = min(config.steps_per_call - step % config.steps_per_call,
-                      config.num_steps - step)
+      num_steps = min(config.steps_per_call - step % config.steps_per_call, config.num_steps - step)
       state, metrics = fns.call(state, train_data, num_steps)
       step += num_steps
       done = step == config.num_steps
@@ -188,16 +239,26 @@ def train(config: TrainConfig, model, make_tx: optax.GradientTransformation | Ca
         evaluated = fns.evaluate(fns.before_eval(state, train_data), val_data)
       metrics, evaluated = jax.device_get((metrics, evaluated))  # the call's one host sync
       made = records_lib.make(
-          step=step, seeds=config.seeds, steps_per_epoch=per_epoch,
-          langevin_steps=config.langevin_steps, metrics=metrics, evaluated=evaluated,
-          wall_time=wall_offset + time.perf_counter() - start, batched=batched)
+        step=step,
+        seeds=config.seeds,
+        steps_per_epoch=per_epoch,
+        langevin_steps=config.langevin_steps,
+        metrics=metrics,
+        evaluated=evaluated,
+        wall_time=wall_offset + time.perf_counter() - start,
+        batched=batched,
+      )
       new_records += made
       if run is not None:
-        run.write(step, state, made, checkpoint=done or (
-            config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0))
+        run.write(
+          step,
+          state,
+          made,
+          checkpoint=done
+          or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0),
+        )
       bar.update(num_steps)
-      bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error")
-                       if k in made[0]})
+      bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
         callback(made, state)
   finally:
@@ -234,29 +295,45 @@ def _put_data(data, config: TrainConfig, mesh):
   """Train and padded validation data on the device (replicated over a mesh)."""
   train_x, train_y, val_x, val_y = (np.asarray(a) for a in data)
   if len(train_x) < config.batch_size:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {len(train_x)} training "
-                     "examples.")
+    raise ValueError(
+      f"batch_size={config.batch_size} exceeds the {len(train_x)} training examples."
+    )
   if mesh is not None:
     if BATCH_AXIS not in mesh.axis_names:
       raise ValueError(f"The mesh needs an axis named {BATCH_AXIS!r}; it has {mesh.axis_names}.")
     if config.batch_size % mesh.shape[BATCH_AXIS]:
-      raise ValueError(f"batch_size={config.batch_size} must be divisible by the "
-                       f"{mesh.shape[BATCH_AXIS]} devices of the mesh axis {BATCH_AXIS!r}.")
+      raise ValueError(
+        f"batch_size={config.batch_size} must be divisible by the "
+        f"{mesh.shape[BATCH_AXIS]} devices of the mesh axis {BATCH_AXIS!r}."
+      )
   eval_bs = _eval_batch(config, len(val_x), mesh)
   val_w = _pad(np.ones(len(val_x), np.float32), eval_bs)
   val_x, val_y = _pad(val_x, eval_bs), _pad(val_y, eval_bs)
   # Data enter the jitted functions as arguments: closed-over arrays would become constants.
-  put = ((lambda a: jax.device_put(a, NamedSharding(mesh, P()))) if mesh is not None
-         else jax.device_put)
-  return (tuple(map(put, (train_x, train_y))), tuple(map(put, (val_x, val_y, val_w))),
-          len(train_x), len(val_y) - (len(val_w) - int(val_w.sum())))
+  put = (
+    (lambda a: jax.device_put(a, NamedSharding(mesh, P()))) if mesh is not None else jax.device_put
+  )
+  return (
+    tuple(map(put, (train_x, train_y))),
+    tuple(map(put, (val_x, val_y, val_w))),
+    len(train_x),
+    len(val_y) - (len(val_w) - int(val_w.sum())),
+  )
 
 
 def _code_version() -> str | None:
   try:
-    return subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=pathlib.Path(__file__).parent,
-        capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    return (
+      subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=pathlib.Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+      ).stdout.strip()
+      or None
+    )
   except (OSError, subprocess.SubprocessError):
     return None
 
@@ -270,29 +347,41 @@ class _RunFiles:
     self.config, self.run_info, self.log = config, run_info, log
     self.config_path = self.workdir / CONFIG_FILE
     self.records_path = self.workdir / records_lib.METRICS_FILE
-    self.checkpoints = (ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
-                        if config.checkpoint_every_steps else None)
+    self.checkpoints = (
+      ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
+      if config.checkpoint_every_steps
+      else None
+    )
 
   def open(self, state: LoopState, resume: bool | None):
     """Restores the newest good checkpoint (as ``resume`` says); writes config.json."""
     available = self.checkpoints.steps() if self.checkpoints is not None else []
     if resume is False and available:
-      raise CheckpointError(f"{self.workdir} has checkpoints {available}: resume the run "
-                            "with --resume, or start afresh with --overwrite.")
+      raise CheckpointError(
+        f"{self.workdir} has checkpoints {available}: resume the run "
+        "with --resume, or start afresh with --overwrite."
+      )
     previous: list[dict[str, Any]] = []
     step = None
     if resume is not False and available:
       _check_resumable(self.config_path, self.run_info)
       step = self.checkpoints.latest_good(self.log)
     if resume is True and step is None:
-      raise CheckpointError(f"{self.workdir} has no checkpoint: there is nothing to resume; "
-                            "drop --resume to start the run.")
+      raise CheckpointError(
+        f"{self.workdir} has no checkpoint: there is nothing to resume; "
+        "drop --resume to start the run."
+      )
     if step is not None:
       restored = self.checkpoints.restore(step, steps_lib.state_dict(state))
       state = state.replace(**restored)
       previous = [r for r in records_lib.read(self.records_path) if r["step"] <= step]
-    info = dict(self.run_info, code_version=_code_version(), jax=jax.__version__,
-                entropy_optax=entropy_optax.__version__, devices=str(jax.devices()))
+    info = dict(
+      self.run_info,
+      code_version=_code_version(),
+      jax=jax.__version__,
+      entropy_optax=entropy_optax.__version__,
+      devices=str(jax.devices()),
+    )
     ckpt_lib._atomic_write(self.config_path, json.dumps(info, indent=1, default=str) + "\n")
     records_lib.rewrite(self.records_path, previous)
     return state, previous
@@ -309,13 +398,21 @@ class _RunFiles:
 
 def _check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None:
   if not config_path.exists():
-    raise CheckpointError(f"{config_path} is missing: the checkpoints beside it cannot be "
-                          "checked against this run; start afresh with --overwrite.")
+    raise CheckpointError(
+      f"{config_path} is missing: the checkpoints beside it cannot be "
+      "checked against this run; start afresh with --overwrite."
+    )
   saved = json.loads(config_path.read_text())
-  diffs = [f"{name}: saved {saved['config'].get(name)!r}, now {run_info['config'][name]!r}"
-           for name in _TRAJECTORY_FIELDS if saved["config"].get(name) != run_info["config"][name]]
+  diffs = [
+    f"{name}: saved {saved['config'].get(name)!r}, now {run_info['config'][name]!r}"
+    for name in _TRAJECTORY_FIELDS
+    if saved["config"].get(name) != run_info["config"][name]
+  ]
   if saved.get("metadata", {}) != json.loads(json.dumps(run_info["metadata"], default=str)):
     diffs.append("the run's configuration differs")
   if diffs:
-    raise CheckpointError("the checkpoints in this run directory are from another run ("
-                          + "; ".join(diffs) + "): use another --workdir.")
+    raise CheckpointError(
+      "the checkpoints in this run directory are from another run ("
+      + "; ".join(diffs)
+      + "): use another --workdir."
+    )

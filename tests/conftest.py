@@ -40,13 +40,20 @@ def cifar_dir(tmp_path_factory):
   rng = np.random.default_rng(0)
   train_labels, train_images = _cifar_records(rng, 5 * _PER_TRAIN_FILE)
   test_labels, test_images = _cifar_records(rng, _NUM_TEST)
-  files = {f"data_batch_{i + 1}.bin": _cifar_bin(
-      train_labels[i * _PER_TRAIN_FILE:(i + 1) * _PER_TRAIN_FILE],
-      train_images[i * _PER_TRAIN_FILE:(i + 1) * _PER_TRAIN_FILE]) for i in range(5)}
+  files = {
+    f"data_batch_{i + 1}.bin": _cifar_bin(
+      train_labels[i * _PER_TRAIN_FILE : (i + 1) * _PER_TRAIN_FILE],
+      train_images[i * _PER_TRAIN_FILE : (i + 1) * _PER_TRAIN_FILE],
+    )
+    for i in range(5)
+  }
   files["test_batch.bin"] = _cifar_bin(test_labels, test_images)
-  files["batches.meta.txt"] = "\n".join(
-      ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-       "truck"]).encode() + b"\n\n"
+  files["batches.meta.txt"] = (
+    "\n".join(
+      ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    ).encode()
+    + b"\n\n"
+  )
   archive = tmp / "cifar-10-binary.tar.gz"
   with tarfile.open(archive, "w:gz") as tar:
     for name, content in files.items():
@@ -62,9 +69,12 @@ def cifar_dir(tmp_path_factory):
     return self.extract(archive)
 
   data_dir = str(tmp / "tfds")
-  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                         fake_download_and_extract), \
-       mock.patch.object(data, "_download_error", return_value=None):
+  with (
+    mock.patch.object(
+      tfds.download.DownloadManager, "download_and_extract", fake_download_and_extract
+    ),
+    mock.patch.object(data, "_download_error", return_value=None),
+  ):
     data.load_cifar10(data_dir=data_dir, preprocess=False)
   assert urls == [_CIFAR_URL]
   return data_dir, (train_labels, train_images, test_labels, test_images)

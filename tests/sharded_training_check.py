@@ -11,8 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from tests import test_training as t
 from experiments import compiled, steps, training
+from tests import test_training as t
 
 
 def main():
@@ -21,24 +21,42 @@ def main():
   single = training.train(cfg, t.MODEL, t.TX, t.tiny_data())
   mesh = Mesh(np.array(devices), (training.BATCH_AXIS,))
   sharded = training.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
-  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                       steps.state_dict(single.state), steps.state_dict(sharded.state))
+  diffs = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+    steps.state_dict(single.state),
+    steps.state_dict(sharded.state),
+  )
   kernel = sharded.state.params["Dense_0"]["kernel"]
   # The compiled step is data parallel: XLA reduces gradients and BatchNorm moments across devices.
-  fns = compiled.compiled_functions(t.MODEL, t.TX, steps.Task(), mesh, False, cfg.batch_size,
-                                    cfg.langevin_steps, True, 384, 128, "scan")
+  fns = compiled.compiled_functions(
+    t.MODEL,
+    t.TX,
+    steps.Task(),
+    mesh,
+    False,
+    cfg.batch_size,
+    cfg.langevin_steps,
+    True,
+    384,
+    128,
+    "scan",
+  )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   x, y, _, _ = (jax.device_put(a, replicated) for a in t.tiny_data())
   hlo = fns.scan_call(10).lower(sharded.state, (x, y)).compile().as_text()
-  print(json.dumps({
-      "devices": len(devices),
-      "max_param_diff": max(jax.tree.leaves(diffs)),
-      "val_error_single": single.records[-1]["val_error"],
-      "val_error_mesh": sharded.records[-1]["val_error"],
-      "all_reduces": hlo.count("all-reduce-start") + hlo.count("all-reduce("),
-      "param_sharding_replicated": bool(kernel.sharding.is_fully_replicated)
-      and len(kernel.sharding.device_set) == len(devices),
-  }))
+  print(
+    json.dumps(
+      {
+        "devices": len(devices),
+        "max_param_diff": max(jax.tree.leaves(diffs)),
+        "val_error_single": single.records[-1]["val_error"],
+        "val_error_mesh": sharded.records[-1]["val_error"],
+        "all_reduces": hlo.count("all-reduce-start") + hlo.count("all-reduce("),
+        "param_sharding_replicated": bool(kernel.sharding.is_fully_replicated)
+        and len(kernel.sharding.device_set) == len(devices),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,21 @@ def initial_params(seed=1):
 
 # ---------------------------------------------------------------------------------------------
 # The references: one call per outer step, as each code's step function.
-def lua_reference(x0, closure, num_outer, *, lr_at, num_langevin_steps, gamma, scoping,
-                  langevin_lr, momentum, weight_decay, counter_from=1, decay_before_momentum=False):
+def lua_reference(
+  x0,
+  closure,
+  num_outer,
+  *,
+  lr_at,
+  num_langevin_steps,
+  gamma,
+  scoping,
+  langevin_lr,
+  momentum,
+  weight_decay,
+  counter_from=1,
+  decay_before_momentum=False,
+):
   """``optim.entropysgd`` with ``train.lua``'s config (Nesterov, dampening 0), noise 0.
 
   ``closure(x, outer_step, k)`` is the gradient on mini-batch k of that outer step; k = None is
@@ -75,10 +88,10 @@ def lua_reference(x0, closure, num_outer, *, lr_at, num_langevin_steps, gamma, s
   x, t, outer_buffer, trajectory = x0.copy(), 0, None, []
   for step in range(num_outer):
     xc = x.copy()
-    dfdx = closure(x, step, None)          # (1) f(x), df/dx
-    t += 1                                 # state.t advanced here, before gamma uses it
-    dfdx = dfdx + weight_decay * x         # (2) weight decay
-    if outer_buffer is None:               # (3) momentum: first call copies the gradient
+    dfdx = closure(x, step, None)  # (1) f(x), df/dx
+    t += 1  # state.t advanced here, before gamma uses it
+    dfdx = dfdx + weight_decay * x  # (2) weight decay
+    if outer_buffer is None:  # (3) momentum: first call copies the gradient
       outer_buffer = dfdx.copy()
     else:
       outer_buffer = momentum * outer_buffer + dfdx
@@ -97,32 +110,44 @@ def lua_reference(x0, closure, num_outer, *, lr_at, num_langevin_steps, gamma, s
         lx = lx - langevin_lr * ldfdx
         lmx = 0.75 * lmx + 0.25 * lx
       w = xc - lmx
-      dfdx = 0 * dfdx                      # "kill the original gradient"
+      dfdx = 0 * dfdx  # "kill the original gradient"
     x = xc - lr * (dfdx + w)
     trajectory.append(x.copy())
   return np.array(trajectory)
 
 
-def port_reference(x0, closure, num_outer, *, lr_at, num_langevin_steps, gamma, scoping,
-                   langevin_lr, momentum, weight_decay, seed_buffer=True):
+def port_reference(
+  x0,
+  closure,
+  num_outer,
+  *,
+  lr_at,
+  num_langevin_steps,
+  gamma,
+  scoping,
+  langevin_lr,
+  momentum,
+  weight_decay,
+  seed_buffer=True,
+):
   """``EntropySGD.step`` with ``train.py``'s config (Nesterov, damp 0), noise 0.
 
   ``seed_buffer=False`` (a zeroed outer buffer) exists only for the test that catches it.
   """
   x, t, outer_buffer, trajectory = x0.copy(), 0, None, []
   for step in range(num_outer):
-    grad_at_x = closure(x, step, None)     # mf, merr = closure()
-    if outer_buffer is None:               # state['mdw'] = deepcopy(w.grad), never zeroed
+    grad_at_x = closure(x, step, None)  # mf, merr = closure()
+    if outer_buffer is None:  # state['mdw'] = deepcopy(w.grad), never zeroed
       outer_buffer = grad_at_x.copy() if seed_buffer else np.zeros_like(x)
     wc, mw, w = x.copy(), x.copy(), x.copy()
     inner_buffer = np.zeros_like(x)
-    g = gamma * (1 + scoping) ** t         # state['t'] is never advanced
+    g = gamma * (1 + scoping) ** t  # state['t'] is never advanced
     for k in range(num_langevin_steps):
       dw = closure(w, step, k)
       dw = dw + weight_decay * w
       inner_buffer = momentum * inner_buffer + dw
       dw = dw + momentum * inner_buffer
-      dw = dw - g * (wc - w)               # + noise, 0 here
+      dw = dw - g * (wc - w)  # + noise, 0 here
       w = w - langevin_lr * dw
       mw = 0.75 * mw + 0.25 * w
     w = wc.copy()
@@ -136,8 +161,9 @@ def port_reference(x0, closure, num_outer, *, lr_at, num_langevin_steps, gamma, 
 
 
 # ---------------------------------------------------------------------------------------------
-SETTINGS = dict(num_langevin_steps=4, gamma=0.3, scoping=0.1, langevin_lr=0.1, momentum=0.9,
-                weight_decay=0.05)
+SETTINGS = dict(
+  num_langevin_steps=4, gamma=0.3, scoping=0.1, langevin_lr=0.1, momentum=0.9, weight_decay=0.05
+)
 NUM_OUTER = 6
 LR_BOUNDARY, LR0, LR1 = 3, 0.5, 0.2
 
@@ -146,7 +172,7 @@ def lr_at(step):
   return LR0 if step < LR_BOUNDARY else LR1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def factory_trajectory(code, num_outer=NUM_OUTER):
   """The factory's iterates, float32, with noise 0 and a piecewise-constant learning rate."""
   settings = SETTINGS
@@ -187,11 +213,14 @@ def test_noise_free_trajectory_matches_the_code(code):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("code,wrong", [
-    ("lua", dict(counter_from=0)),       # scoping counter advanced after use
+@pytest.mark.parametrize(
+  "code,wrong",
+  [
+    ("lua", dict(counter_from=0)),  # scoping counter advanced after use
     ("lua", dict(decay_before_momentum=True)),  # the port's place for the inside weight decay
     ("pytorch", dict(seed_buffer=False)),  # outer buffer starting at zero
-])
+  ],
+)
 def test_the_trajectory_test_sees_each_convention(code, wrong):
   """The reference with one convention changed is far from the factory: the test has power."""
   settings = dict(SETTINGS)
@@ -199,8 +228,9 @@ def test_the_trajectory_test_sees_each_convention(code, wrong):
   xs, ys = make_batches(NUM_OUTER * L)
   closure = lambda x, step, k: numpy_grad(x, (xs[step * L + (k or 0)], ys[step * L + (k or 0)]))
   reference = lua_reference if code == "lua" else port_reference
-  changed = reference(flatten(initial_params()), closure, NUM_OUTER, lr_at=lr_at, **settings,
-                      **wrong)
+  changed = reference(
+    flatten(initial_params()), closure, NUM_OUTER, lr_at=lr_at, **settings, **wrong
+  )
   assert np.abs(factory_trajectory(code) - changed).max() > 1e-4
 
 
@@ -210,13 +240,24 @@ def test_lua_without_langevin_steps_is_optax_nesterov_sgd():
   xs, ys = make_batches(num_outer)
   closure = lambda x, step, k: numpy_grad(x, (xs[step], ys[step]))
   slow = lambda step: 0.2 * lr_at(step)  # SGD at lr 0.5 diverges on this MLP
-  want = lua_reference(flatten(initial_params()), closure, num_outer, lr_at=slow,
-                       num_langevin_steps=0, gamma=0.0, scoping=0.0, langevin_lr=0.1,
-                       momentum=momentum, weight_decay=weight_decay)
+  want = lua_reference(
+    flatten(initial_params()),
+    closure,
+    num_outer,
+    lr_at=slow,
+    num_langevin_steps=0,
+    gamma=0.0,
+    scoping=0.0,
+    langevin_lr=0.1,
+    momentum=momentum,
+    weight_decay=weight_decay,
+  )
   schedule = optax.piecewise_constant_schedule(0.2 * LR0, {LR_BOUNDARY: LR1 / LR0})
-  tx = optax.chain(optax.add_decayed_weights(weight_decay),
-                   optax.sgd(schedule, momentum, nesterov=True))
+  tx = optax.chain(
+    optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum, nesterov=True)
+  )
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), initial_params())
+
   @jax.jit
   def step(params, state, x, y):
     updates, state = tx.update(jax.grad(jax_loss)(params, x, y), state, params)
@@ -240,12 +281,22 @@ def test_noise_per_step_has_the_codes_std(code):
   0.75 x'_2 + x'_3 - ...) so x - mu = -s (c1 N1 + c2 N2 + c3 N3) with the c's below.
   """
   noise, langevin_lr, lr, momentum, size = 0.01, 0.1, 0.5, 0.9, 200_000
-  tx = eo.authors_entropy_sgd(lr, code=code, num_langevin_steps=3, gamma=1e-9, scoping=0.0,
-                              noise=noise, langevin_lr=langevin_lr, momentum=momentum, key=3)
+  tx = eo.authors_entropy_sgd(
+    lr,
+    code=code,
+    num_langevin_steps=3,
+    gamma=1e-9,
+    scoping=0.0,
+    noise=noise,
+    langevin_lr=langevin_lr,
+    momentum=momentum,
+    key=3,
+  )
   params = jnp.zeros(size, jnp.float32)
   zero_grad = lambda p, k: jnp.zeros_like(p)
   updates, _ = jax.jit(functools.partial(tx.update, grad_fn=zero_grad))(
-      jnp.zeros_like(params), tx.init(params), params)
+    jnp.zeros_like(params), tx.init(params), params
+  )
   # Lua: x <- x - lr (x - mu). Port, first step with grad 0 and wd 0: x - lr (1 + momentum)(x - mu).
   outer_factor = lr * (1 + momentum if code == "pytorch" else 1.0)
   x_minus_mu = -np.asarray(updates, np.float64) / outer_factor
@@ -274,15 +325,19 @@ def test_bad_arguments_say_what_to_fix():
   eo.authors_entropy_sgd(0.1, code="pytorch", momentum=0.0, nesterov=False)
 
 
-@pytest.mark.parametrize("code,gammas", [("lua", [0.01 * 1.5, 0.01 * 1.5**2]),
-                                         ("pytorch", [0.01, 0.01])])
+@pytest.mark.parametrize(
+  "code,gammas", [("lua", [0.01 * 1.5, 0.01 * 1.5**2]), ("pytorch", [0.01, 0.01])]
+)
 def test_gamma_of_each_update_uses_the_codes_counter(code, gammas):
   """Lua advances state.t before gamma (1 + scoping)^t; the port never advances its t."""
-  tx = eo.authors_entropy_sgd(1.0, code=code, num_langevin_steps=2, gamma=0.01, scoping=0.5,
-                              noise=0.0)
+  tx = eo.authors_entropy_sgd(
+    1.0, code=code, num_langevin_steps=2, gamma=0.01, scoping=0.5, noise=0.0
+  )
   params = jnp.ones(3)
   update = jax.jit(functools.partial(tx.update, grad_fn=lambda p, k: p))
   state = tx.init(params)
   for want in gammas:
     _, state = update(params, state, params)
-    np.testing.assert_allclose(optax.tree.get(state, "langevin_stats").langevin_gamma, want, rtol=1e-6)
+    np.testing.assert_allclose(
+      optax.tree.get(state, "langevin_stats").langevin_gamma, want, rtol=1e-6
+    )

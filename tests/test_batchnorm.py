@@ -23,8 +23,9 @@ class TwoBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                   epsilon=EPS, name=name)
+    bn = lambda name: nn.BatchNorm(
+      use_running_average=not train, momentum=self.bn_momentum, epsilon=EPS, name=name
+    )
     x = nn.relu(bn("bn1")(nn.Dense(5, use_bias=False, name="d1")(x)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = bn("bn2")(nn.Dense(4, name="d2")(x))
@@ -37,7 +38,7 @@ def by_hand(params, x, batch_size):
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   h1s, h2s = [], []
   for start in range(0, len(x), batch_size):
-    xb = np.asarray(x[start:start + batch_size], np.float64)
+    xb = np.asarray(x[start : start + batch_size], np.float64)
     h1 = xb @ p["d1"]["kernel"]
     z = (h1 - h1.mean(0)) / np.sqrt(h1.var(0) + EPS) * p["bn1"]["scale"] + p["bn1"]["bias"]
     h2 = np.maximum(z, 0) @ p["d2"]["kernel"] + p["d2"]["bias"]
@@ -60,10 +61,14 @@ def test_running_stats_become_the_sets_activation_moments(bn_momentum):
   params = variables["params"]
   # Scale/bias away from 1/0 and stale running statistics, so that nothing holds by accident.
   params = jax.tree_util.tree_map_with_path(
-      lambda path, a: a + 0.3 if "bn" in jax.tree_util.keystr(path) else a, params)
+    lambda path, a: a + 0.3 if "bn" in jax.tree_util.keystr(path) else a, params
+  )
   stale = jax.tree.map(lambda a: a + 7.0, variables["batch_stats"])
-  stats = jax.jit(lambda p, s, x: batchnorm.reestimate_batch_stats(
-      batchnorm.without_dropout(model).apply, p, s, x, batch_size=64))(params, stale, x)
+  stats = jax.jit(
+    lambda p, s, x: batchnorm.reestimate_batch_stats(
+      batchnorm.without_dropout(model).apply, p, s, x, batch_size=64
+    )
+  )(params, stale, x)
   want = by_hand(params, np.asarray(x), 64)
   for layer, (mean, var) in want.items():
     np.testing.assert_allclose(stats[layer]["mean"], mean, rtol=2e-5, atol=2e-6)
@@ -78,17 +83,14 @@ def test_running_stats_become_the_sets_activation_moments(bn_momentum):
 def test_the_loop_hook_sets_the_state_statistics_and_keeps_the_rest():
   model = TwoBN()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(130, 3)), jnp.float32)
-  state = steps.init_state(model, lambda key: optax.sgd(0.1), steps.Task(), x[:1],
-                           jnp.uint32(0))
+  state = steps.init_state(model, lambda key: optax.sgd(0.1), steps.Task(), x[:1], jnp.uint32(0))
   state = state.replace(batch_stats=jax.tree.map(lambda a: a - 3.0, state.batch_stats))
   hook = batchnorm.BatchNormReestimation(model, batch_size=32)
   new = jax.jit(hook)(state, x, jnp.zeros(130, jnp.int32))
   want = by_hand(state.params, np.asarray(x), 32)
   np.testing.assert_allclose(new.batch_stats["bn2"]["var"], want["bn2"][1], rtol=2e-5)
-  np.testing.assert_allclose(new.batch_stats["bn1"]["mean"], want["bn1"][0], rtol=2e-5,
-                             atol=2e-6)
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new.params,
-                                   state.params))
+  np.testing.assert_allclose(new.batch_stats["bn1"]["mean"], want["bn1"][0], rtol=2e-5, atol=2e-6)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new.params, state.params))
   assert int(new.step) == int(state.step)
 
 
@@ -102,6 +104,7 @@ class NoBN(nn.Module):
 def test_without_dropout_and_models_without_batchnorm():
   assert batchnorm.without_dropout(TwoBN(dropout=0.5)).dropout == 0.0
   assert batchnorm.without_dropout(NoBN()) == NoBN()
-  state = steps.init_state(NoBN(), lambda key: optax.sgd(0.1), steps.Task(), jnp.ones((1, 3)),
-                           jnp.uint32(0))
+  state = steps.init_state(
+    NoBN(), lambda key: optax.sgd(0.1), steps.Task(), jnp.ones((1, 3)), jnp.uint32(0)
+  )
   assert batchnorm.BatchNormReestimation(NoBN())(state, jnp.ones((4, 3)), None) is state

@@ -15,6 +15,7 @@ def jit_update(tx, grads, state, params, grad_fn):
   """tx.update under jit: compiling once is several times faster than running op by op."""
   return jax.jit(functools.partial(tx.update, grad_fn=grad_fn))(grads, state, params)
 
+
 # ---------------------------------------------------------------------------------------------
 # A quadratic f = 1/2 x^T A x with spread curvatures: everything has a closed form.
 CURVATURES = np.array([0.1, 0.5, 1.0, 2.0, 5.0], np.float32)
@@ -31,7 +32,8 @@ def test_noise_free_quadratic_gives_closed_form():
   tx = eo.local_entropy(300, gamma, 0.1, 0.0, 1.0, unroll=10)
   x = jnp.asarray(X0)
   updates, _ = jax.jit(functools.partial(tx.update, grad_fn=quadratic_grad))(
-      quadratic_grad(x, 0), tx.init(x), x)
+    quadratic_grad(x, 0), tx.init(x), x
+  )
   expected = CURVATURES / (CURVATURES + gamma) * X0  # A (A + gamma I)^-1 x
   np.testing.assert_allclose(updates, expected, rtol=1e-5, atol=1e-6)
 
@@ -42,8 +44,17 @@ def test_noisy_quadratic_samples_the_gibbs_measure(sampler):
   gamma, lr, noise, steps, chains = 0.5, 0.05, 0.3, 400, 20_000
   x = jnp.asarray(X0)
   run = lambda key: eo.langevin_mean(
-      quadratic_grad, x, key, gamma=gamma, num_steps=steps, langevin_lr=lr, noise=noise,
-      alpha=1.0, noise_sampler=sampler, unroll=8)[0]
+    quadratic_grad,
+    x,
+    key,
+    gamma=gamma,
+    num_steps=steps,
+    langevin_lr=lr,
+    noise=noise,
+    alpha=1.0,
+    noise_sampler=sampler,
+    unroll=8,
+  )[0]
   samples = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), chains))
   c = CURVATURES + gamma
   mean = gamma * X0 / c  # Gibbs mean (A + gamma)^-1 gamma x
@@ -84,8 +95,17 @@ def test_langevin_estimate_matches_quadrature():
 
   def estimate(x, key):
     mu, _ = eo.langevin_mean(
-        lambda p, k: landscape_grad(p), x, key, gamma=gamma, num_steps=3000, langevin_lr=0.01,
-        noise=NOISE, alpha=0.002, noise_sampler="gaussian", unroll=8)
+      lambda p, k: landscape_grad(p),
+      x,
+      key,
+      gamma=gamma,
+      num_steps=3000,
+      langevin_lr=0.01,
+      noise=NOISE,
+      alpha=0.002,
+      noise_sampler="gaussian",
+      unroll=8,
+    )
     return mu
 
   keys = jax.random.split(jax.random.key(1), chains)
@@ -111,14 +131,24 @@ def test_entropy_sgd_ends_in_the_wide_valley_and_sgd_in_the_sharp_one():
       grads = landscape_grad(x)
       updates, state = tx.update(grads, state, x, grad_fn=lambda p, k: landscape_grad(p))
       return (optax.apply_updates(x, updates), state), None
+
     return jax.lax.scan(body, (x, tx.init(x)), None, length=steps)[0][0]
 
   sgd_end = jax.jit(lambda x: run(optax.sgd(0.01), 3000, x))(x0)
   assert abs(sgd_end - SHARP[1]) < 0.05
 
   def entropy_sgd_end(seed):
-    tx = eo.entropy_sgd(0.2, num_langevin_steps=1500, gamma=gamma, langevin_lr=0.02,
-                        noise=NOISE, alpha=2 / 1500, momentum=0.0, key=seed, unroll=8)
+    tx = eo.entropy_sgd(
+      0.2,
+      num_langevin_steps=1500,
+      gamma=gamma,
+      langevin_lr=0.02,
+      noise=NOISE,
+      alpha=2 / 1500,
+      momentum=0.0,
+      key=seed,
+      unroll=8,
+    )
     return run(tx, 300, x0)
 
   ends = jax.jit(jax.vmap(entropy_sgd_end))(jax.vmap(jax.random.PRNGKey)(jnp.arange(8)))
@@ -135,15 +165,30 @@ def mlp_loss(params, batch):
 
 def make_mlp_problem(num_steps):
   k1, k2, k3, k4 = jax.random.split(jax.random.key(3), 4)
-  params = {"w1": jax.random.normal(k1, (4, 8)) * 0.5, "b1": jnp.zeros(8),
-            "w2": jax.random.normal(k2, (8, 2)) * 0.5}
+  params = {
+    "w1": jax.random.normal(k1, (4, 8)) * 0.5,
+    "b1": jnp.zeros(8),
+    "w2": jax.random.normal(k2, (8, 2)) * 0.5,
+  }
   xs = jax.random.normal(k3, (num_steps, 16, 4))
   ys = jax.random.normal(k4, (num_steps, 16, 2))
   return params, (xs, ys)
 
 
-def reference_entropy_sgd(params, batches, outer_steps, *, L, lr, gamma_fn, langevin_lr, alpha,
-                          momentum, langevin_momentum, wd):
+def reference_entropy_sgd(
+  params,
+  batches,
+  outer_steps,
+  *,
+  L,
+  lr,
+  gamma_fn,
+  langevin_lr,
+  alpha,
+  momentum,
+  langevin_momentum,
+  wd,
+):
   """The core issue's semantics, leaf by leaf in float64 numpy, noise 0."""
   grad = jax.grad(mlp_loss)
   x = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -175,23 +220,29 @@ def test_entropy_sgd_matches_plain_python_loop():
   L, outer_steps = 4, 5
   params, batches = make_mlp_problem(outer_steps * L)
   gamma_fn = eo.exponential_scoping(0.3, 0.5)
-  settings = dict(lr=0.3, langevin_lr=0.2, alpha=0.25, momentum=0.9, langevin_momentum=0.9,
-                  wd=1e-2)
-  tx = eo.entropy_sgd(settings["lr"], num_langevin_steps=L, gamma=gamma_fn,
-                      langevin_lr=settings["langevin_lr"], noise=0.0, alpha=settings["alpha"],
-                      momentum=settings["momentum"], langevin_momentum=settings["langevin_momentum"],
-                      weight_decay=settings["wd"])
+  settings = dict(lr=0.3, langevin_lr=0.2, alpha=0.25, momentum=0.9, langevin_momentum=0.9, wd=1e-2)
+  tx = eo.entropy_sgd(
+    settings["lr"],
+    num_langevin_steps=L,
+    gamma=gamma_fn,
+    langevin_lr=settings["langevin_lr"],
+    noise=0.0,
+    alpha=settings["alpha"],
+    momentum=settings["momentum"],
+    langevin_momentum=settings["langevin_momentum"],
+    weight_decay=settings["wd"],
+  )
 
   @jax.jit
   def step(params, state, t):
     batch = lambda k: jax.tree.map(lambda b: b[t * L + k], batches)
     grads = jax.grad(mlp_loss)(params, batch(0))
-    updates, state = tx.update(grads, state, params,
-                               grad_fn=lambda p, k: jax.grad(mlp_loss)(p, batch(k)))
+    updates, state = tx.update(
+      grads, state, params, grad_fn=lambda p, k: jax.grad(mlp_loss)(p, batch(k))
+    )
     return optax.apply_updates(params, updates), state
 
-  expected = reference_entropy_sgd(params, batches, outer_steps, L=L, gamma_fn=gamma_fn,
-                                   **settings)
+  expected = reference_entropy_sgd(params, batches, outer_steps, L=L, gamma_fn=gamma_fn, **settings)
   state = tx.init(params)
   for t in range(outer_steps):
     params, state = step(params, state, t)
@@ -210,8 +261,9 @@ def test_update_uses_incoming_gradient_as_first_step():
   state = tx.init(params)
   updates, new_state = jit_update(tx, grad_fn(params, 0), state, params, grad_fn)
   _, chain_key = jax.random.split(state.langevin_key)
-  mu, stats = eo.langevin_mean(grad_fn, params, chain_key, gamma=0.5, num_steps=L,
-                               langevin_lr=0.1, noise=1e-2, alpha=0.75)
+  mu, stats = eo.langevin_mean(
+    grad_fn, params, chain_key, gamma=0.5, num_steps=L, langevin_lr=0.1, noise=1e-2, alpha=0.75
+  )
   for name in params:
     np.testing.assert_allclose(updates[name], params[name] - mu[name], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(stats.grad_norm, optax.tree.norm(grad_fn(params, 0)), rtol=1e-6)
@@ -224,15 +276,25 @@ def test_update_uses_incoming_gradient_as_first_step():
 def test_diagnostics():
   x = jnp.asarray(X0)
   gamma = 0.7
-  mu, stats = eo.langevin_mean(quadratic_grad, x, jax.random.key(0), gamma=gamma,
-                               num_steps=300, langevin_lr=0.1, noise=0.0, alpha=1.0, unroll=10)
+  mu, stats = eo.langevin_mean(
+    quadratic_grad,
+    x,
+    jax.random.key(0),
+    gamma=gamma,
+    num_steps=300,
+    langevin_lr=0.1,
+    noise=0.0,
+    alpha=1.0,
+    unroll=10,
+  )
   direction = CURVATURES / (CURVATURES + gamma) * X0
   grad = CURVATURES * X0
   np.testing.assert_allclose(stats.langevin_gamma, gamma)
   np.testing.assert_allclose(stats.grad_norm, np.linalg.norm(grad), rtol=1e-6)
   np.testing.assert_allclose(stats.entropy_grad_norm, gamma * np.linalg.norm(direction), rtol=1e-5)
   np.testing.assert_allclose(
-      stats.cosine, grad @ direction / np.linalg.norm(grad) / np.linalg.norm(direction), rtol=1e-5)
+    stats.cosine, grad @ direction / np.linalg.norm(grad) / np.linalg.norm(direction), rtol=1e-5
+  )
   # The chain converges geometrically, so the mean distance is slightly below the final one.
   assert 0.9 * np.linalg.norm(direction) < stats.mean_distance < np.linalg.norm(direction)
 
@@ -240,17 +302,19 @@ def test_diagnostics():
 # ---------------------------------------------------------------------------------------------
 # Contract tests every optimizer passes.
 OPTIMIZERS = {
-    "local_entropy": lambda: eo.local_entropy(3, 0.1, 0.1, 1e-3, 0.75),
-    "entropy_sgd": lambda: eo.entropy_sgd(0.1, num_langevin_steps=3, weight_decay=1e-3),
-    "entropy_adam": lambda: eo.entropy_adam(1e-3, num_langevin_steps=3, langevin_momentum=0.9),
+  "local_entropy": lambda: eo.local_entropy(3, 0.1, 0.1, 1e-3, 0.75),
+  "entropy_sgd": lambda: eo.entropy_sgd(0.1, num_langevin_steps=3, weight_decay=1e-3),
+  "entropy_adam": lambda: eo.entropy_adam(1e-3, num_langevin_steps=3, langevin_momentum=0.9),
 }
 
 
 def _problem(dtype=jnp.float32):
   params, batches = make_mlp_problem(3)
   params = jax.tree.map(lambda p: p.astype(dtype), params)
+
   def grad_fn(p, k):
     return jax.grad(mlp_loss)(p, jax.tree.map(lambda b: b[k].astype(dtype), batches))
+
   return params, grad_fn
 
 
@@ -331,9 +395,17 @@ def test_vmap_over_independent_runs(name):
 def test_vmap_langevin_mean_over_gamma():
   x = jnp.asarray(X0)
   gammas = jnp.array([0.1, 1.0, 10.0])
-  run = lambda g: eo.langevin_mean(quadratic_grad, x, jax.random.key(0), gamma=g,
-                                   num_steps=600, langevin_lr=0.1, noise=0.0, alpha=1.0,
-                                   unroll=10)[0]
+  run = lambda g: eo.langevin_mean(
+    quadratic_grad,
+    x,
+    jax.random.key(0),
+    gamma=g,
+    num_steps=600,
+    langevin_lr=0.1,
+    noise=0.0,
+    alpha=1.0,
+    unroll=10,
+  )[0]
   mus = jax.vmap(run)(gammas)
   for g, mu in zip(gammas, mus):
     np.testing.assert_allclose(mu, g * X0 / (CURVATURES + g), rtol=1e-4, atol=1e-5)
@@ -353,7 +425,8 @@ def test_same_key_same_result_other_key_other_noise():
 def test_inject_hyperparams():
   params, grad_fn = _problem()
   tx = optax.inject_hyperparams(eo.entropy_sgd, static_args=("num_langevin_steps",))(
-      learning_rate=0.1, num_langevin_steps=3, gamma=0.2)
+    learning_rate=0.1, num_langevin_steps=3, gamma=0.2
+  )
   state = tx.init(params)
   step = jax.jit(lambda s: tx.update(grad_fn(params, 0), s, params, grad_fn=grad_fn))
   updates, state = step(state)
@@ -361,8 +434,7 @@ def test_inject_hyperparams():
   _, state = step(state)
   assert float(optax.tree.get(state, "langevin_stats").langevin_gamma) == pytest.approx(0.4)
   reference = eo.entropy_sgd(0.1, num_langevin_steps=3, gamma=0.2)
-  expected, _ = jit_update(reference, grad_fn(params, 0), reference.init(params), params,
-                           grad_fn)
+  expected, _ = jit_update(reference, grad_fn(params, 0), reference.init(params), params, grad_fn)
   # x - mu cancels leading digits: compare with an absolute tolerance near float32's epsilon.
   np.testing.assert_allclose(updates["w1"], expected["w1"], rtol=1e-4, atol=1e-7)
 
@@ -376,8 +448,11 @@ def test_inject_hyperparams_without_static_steps_says_what_to_do():
 
 def test_chain_with_any_optimizer():
   params, grad_fn = _problem()
-  tx = optax.chain(eo.local_entropy(3, 0.1, 0.1, 0.0, 0.75), optax.clip_by_global_norm(1.0),
-                   optax.lion(1e-3, weight_decay=0.0))
+  tx = optax.chain(
+    eo.local_entropy(3, 0.1, 0.1, 0.0, 0.75),
+    optax.clip_by_global_norm(1.0),
+    optax.lion(1e-3, weight_decay=0.0),
+  )
   state = tx.init(params)
   updates, state = jit_update(tx, grad_fn(params, 0), state, params, grad_fn)
   plain = eo.local_entropy(3, 0.1, 0.1, 0.0, 0.75)
@@ -388,7 +463,9 @@ def test_chain_with_any_optimizer():
 
 # ---------------------------------------------------------------------------------------------
 # Bad input.
-@pytest.mark.parametrize("kwargs, name", [
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
     (dict(num_langevin_steps=0), "num_langevin_steps"),
     (dict(gamma=0.0), "gamma"),
     (dict(gamma=-1.0), "gamma"),
@@ -396,7 +473,8 @@ def test_chain_with_any_optimizer():
     (dict(noise=-1e-4), "noise"),
     (dict(alpha=0.0), "alpha"),
     (dict(alpha=1.5), "alpha"),
-])
+  ],
+)
 def test_bad_hyperparameters_name_the_argument(kwargs, name):
   args = dict(num_langevin_steps=3, gamma=0.1, langevin_lr=0.1, noise=1e-4, alpha=0.75) | kwargs
   with pytest.raises(ValueError, match=name):
@@ -431,8 +509,10 @@ def test_grad_fn_returning_another_structure_names_the_mismatch():
 
 def _nan_at(step):
   params, grad_fn = _problem()
+
   def bad_grad_fn(p, k):
     return jax.tree.map(lambda g: g * jnp.where(k == step, jnp.nan, 1.0), grad_fn(p, k))
+
   return params, bad_grad_fn
 
 
@@ -454,11 +534,12 @@ def test_apply_if_finite_skips_a_non_finite_gradient_at_x():
 def test_apply_if_finite_after_local_entropy_skips_a_diverged_chain():
   params, bad_grad_fn = _nan_at(2)
   _, grad_fn = _problem()
-  tx = optax.chain(eo.local_entropy(3, 0.1, 0.1, 1e-3, 0.75),
-                   optax.apply_if_finite(optax.sgd(0.1, momentum=0.9), max_consecutive_errors=5))
+  tx = optax.chain(
+    eo.local_entropy(3, 0.1, 0.1, 1e-3, 0.75),
+    optax.apply_if_finite(optax.sgd(0.1, momentum=0.9), max_consecutive_errors=5),
+  )
   state = tx.init(params)
-  step = jax.jit(lambda s, g: tx.update(grad_fn(params, 0), s, params, grad_fn=g),
-                 static_argnums=1)
+  step = jax.jit(lambda s, g: tx.update(grad_fn(params, 0), s, params, grad_fn=g), static_argnums=1)
   updates, new_state = step(state, bad_grad_fn)
   _assert_same_tree(updates, optax.tree.zeros_like(params))  # params stay as they are
   # The step did not happen: count, key and stats as they were; mu back at the chain's start x.
@@ -488,8 +569,17 @@ def test_rolled_chain_keeps_one_parameter_sized_temporary():
   params = {"w": jnp.ones((512, 256)), "b": jnp.ones((256,))}
   double = lambda x, k: jax.tree.map(lambda a: 2.0 * a, x)
   chain = lambda p, key: eo.langevin_mean(
-      double, p, key, gamma=0.1, num_steps=8, langevin_lr=0.1, noise=1e-3, alpha=0.75,
-      grad_at_params=p, unroll=1)
+    double,
+    p,
+    key,
+    gamma=0.1,
+    num_steps=8,
+    langevin_lr=0.1,
+    noise=1e-3,
+    alpha=0.75,
+    grad_at_params=p,
+    unroll=1,
+  )
   memory = jax.jit(chain).lower(params, jax.random.key(0)).compile().memory_analysis()
   param_bytes = sum(a.nbytes for a in jax.tree.leaves(params))
   assert memory.temp_size_in_bytes <= 1.1 * param_bytes, memory.temp_size_in_bytes / param_bytes
@@ -501,8 +591,9 @@ def test_scoping_schedules():
   t = np.arange(0, 5000, 500)
   np.testing.assert_allclose(eo.exponential_scoping(0.03, 1e-3)(t), 0.03 * 1.001**t, rtol=1e-5)
   np.testing.assert_allclose(eo.linear_scoping(0.03, 1e-3)(t), 0.03 * (1 + 1e-3 * t), rtol=1e-6)
-  np.testing.assert_allclose(eo.quadratic_scoping(0.03, 1e-3)(t), 0.03 * (1 + 1e-3 * t) ** 2,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    eo.quadratic_scoping(0.03, 1e-3)(t), 0.03 * (1 + 1e-3 * t) ** 2, rtol=1e-6
+  )
   bounded = eo.bounded_exponential_scoping(0.03, 1.0, 1e-3)
   np.testing.assert_allclose(bounded(t), 0.03 + 0.97 * (1 - np.exp(-1e-3 * t)), rtol=1e-6)
   assert float(bounded(0)) == pytest.approx(0.03) and float(bounded(10**6)) == pytest.approx(1.0)
@@ -525,6 +616,7 @@ def test_scoping_drives_gamma_by_update_count():
 
 def test_irwin_hall_noise_moments():
   from entropy_optax._noise import tree_noise
+
   z = np.asarray(tree_noise(jax.random.key(0), jnp.zeros((1001, 999))), np.float64).ravel()
   assert abs(z.mean()) < 5 / np.sqrt(z.size)
   assert abs(z.var() - 1) < 5 * np.sqrt(2 / z.size)
@@ -535,6 +627,7 @@ def test_irwin_hall_noise_moments():
 def test_irwin_hall_noise_is_uncorrelated():
   """Neighbouring elements, leaves and keys (Langevin steps) give uncorrelated noise."""
   from entropy_optax._noise import tree_noise
+
   tree = {"a": jnp.zeros((500, 400)), "b": jnp.zeros(200_000)}
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
   first, second = (tree_noise(k, tree) for k in keys)
@@ -546,29 +639,34 @@ def test_irwin_hall_noise_is_uncorrelated():
   assert not np.array_equal(first["a"], second["a"])
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The unroll rule, the one argument check, the defaults.
 def test_convolutions_are_found_in_nested_jaxprs_without_running_fn():
   from entropy_optax import _unroll
+
   kernel = jnp.ones((1, 1, 3))  # (out, in, width): the output keeps the input's shape
   conv = lambda x: jax.lax.conv_general_dilated(x, kernel, (1,), "SAME")
   x = jnp.ones((1, 1, 8))
   assert _unroll.has_convolution(lambda: conv(x))
   assert _unroll.has_convolution(lambda: jax.jit(conv)(x))  # inside a pjit
   assert _unroll.has_convolution(  # inside a scan inside a jit
-      lambda: jax.jit(lambda y: jax.lax.scan(lambda c, _: (conv(c), None), y, None, 2)[0])(x))
+    lambda: jax.jit(lambda y: jax.lax.scan(lambda c, _: (conv(c), None), y, None, 2)[0])(x)
+  )
   assert not _unroll.has_convolution(lambda: jnp.dot(jnp.ones(3), jnp.ones(3)))
 
 
 def test_default_unroll_traces_the_model_only_on_cpu(monkeypatch):
   from entropy_optax import _unroll
+
   def must_not_trace():
     raise AssertionError("traced")
+
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert _unroll.default_unroll(20, must_not_trace) == 1
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-  conv = lambda: jax.lax.conv_general_dilated(jnp.ones((1, 1, 8)), jnp.ones((1, 1, 3)), (1,), "SAME")
+  conv = lambda: jax.lax.conv_general_dilated(
+    jnp.ones((1, 1, 8)), jnp.ones((1, 1, 3)), (1,), "SAME"
+  )
   assert _unroll.default_unroll(40, conv) == _unroll.MAX_CPU_UNROLL
   assert _unroll.default_unroll(5, conv) == 5
 
@@ -582,6 +680,7 @@ def test_missing_params_is_a_type_error_like_missing_grad_fn():
 
 def test_local_entropy_defaults_are_entropy_sgds():
   import inspect
+
   le = inspect.signature(eo.local_entropy).parameters
   sgd = inspect.signature(eo.entropy_sgd).parameters
   for name in ("num_langevin_steps", "gamma", "langevin_lr", "noise", "alpha"):
@@ -590,10 +689,12 @@ def test_local_entropy_defaults_are_entropy_sgds():
 
 def test_entropy_adam_langevin_nesterov_switches_the_langevin_momentum_form():
   params, grad_fn = _problem()
+
   def first_update(**kwargs):
     tx = eo.entropy_adam(1e-3, num_langevin_steps=3, noise=0.0, **kwargs)
     state = jit_update(tx, grad_fn(params, 0), tx.init(params), params, grad_fn)[1]
     return state[0].langevin_mu["w1"]
+
   nesterov = first_update(langevin_momentum=0.9)
   heavy_ball = first_update(langevin_momentum=0.9, langevin_nesterov=False)
   assert np.abs(nesterov - heavy_ball).max() > 1e-6

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import data
 
+
 def _as_multiset(labels, images):
   return sorted(zip(labels.tolist(), [im.tobytes() for im in images]))
 
@@ -21,8 +22,10 @@ def test_cifar10_raw_roundtrip(cifar_dir):
   assert ds.train_x.shape == (15, 32, 32, 3) and ds.test_x.shape == (4, 32, 32, 3)
   assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int32
   # tfds shuffles examples when it prepares them: compare as multisets.
-  for x, y, labels, images in [(ds.train_x, ds.train_y, train_labels, train_images),
-                               (ds.test_x, ds.test_y, test_labels, test_images)]:
+  for x, y, labels, images in [
+    (ds.train_x, ds.train_y, train_labels, train_images),
+    (ds.test_x, ds.test_y, test_labels, test_images),
+  ]:
     pixels = np.round(x * 255).astype(np.uint8)
     np.testing.assert_allclose(pixels / np.float32(255), x, atol=1e-7)
     assert _as_multiset(y, pixels) == _as_multiset(labels, images)
@@ -141,8 +144,10 @@ def test_download_failure_inside_tfds(tmp_path):
   def fail(self, url):
     raise ConnectionError(f"cannot reach {url}")
 
-  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", fail), \
-       mock.patch.object(data, "_download_error", return_value=None):
+  with (
+    mock.patch.object(tfds.download.DownloadManager, "download_and_extract", fail),
+    mock.patch.object(data, "_download_error", return_value=None),
+  ):
     with pytest.raises(data.DatasetUnavailableError, match="cannot reach") as info:
       data.load_cifar10(data_dir=str(tmp_path))
   assert isinstance(info.value.__cause__, ConnectionError)
@@ -188,8 +193,9 @@ def test_mnist1d_deterministic_and_leaves_global_rng_alone():
   assert not np.allclose(a.train_x, c.train_x)
 
 
-@pytest.mark.parametrize("name, shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1)),
-                                         ("mnist1d", (40,))])
+@pytest.mark.parametrize(
+  "name, shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1)), ("mnist1d", (40,))]
+)
 def test_synthetic_like(name, shape):
   ds = data.synthetic_like(name, num_train=300, num_test=20, seed=3)
   train_x, train_y, test_x, test_y = ds
@@ -210,8 +216,15 @@ def test_import_is_light():
   import subprocess
   import sys
 
-  code = ("import sys, experiments.data; "
-          "print(any(m in sys.modules for m in ('tensorflow', 'tensorflow_datasets', 'mnist1d')))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True, cwd=pathlib.Path(__file__).parents[1])
+  code = (
+    "import sys, experiments.data; "
+    "print(any(m in sys.modules for m in ('tensorflow', 'tensorflow_datasets', 'mnist1d')))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=pathlib.Path(__file__).parents[1],
+  )
   assert out.stdout.strip() == "False"

@@ -18,17 +18,34 @@ import sys
 import time
 
 import jax
-from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
-from experiments import build, cifar10, flatness, launch, mnist, mnist1d, models, records
-from experiments import configs, results, rundir, steps
+from experiments import (
+  build,
+  cifar10,
+  configs,
+  flatness,
+  launch,
+  mnist,
+  mnist1d,
+  models,
+  records,
+  results,
+  rundir,
+  steps,
+)
 from experiments.config import RunConfig, RunOptions
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SCRIPTS = {"cifar10": cifar10, "mnist": mnist, "mnist1d": mnist1d, "flatness": flatness,
-           "results": results}
+SCRIPTS = {
+  "cifar10": cifar10,
+  "mnist": mnist,
+  "mnist1d": mnist1d,
+  "flatness": flatness,
+  "results": results,
+}
 QUIET = ["--no-progress"]
 
 
@@ -49,8 +66,7 @@ class NarrowCNN1D(models.CNN1D):
 @pytest.fixture
 def narrow_models(monkeypatch):
   """The conv nets at a fraction of their width (XLA:CPU convs are slow in loops)."""
-  for name, cls in [("allcnn_bn", NarrowAllCNN), ("lenet_bn", NarrowLeNet),
-                    ("cnn1d", NarrowCNN1D)]:
+  for name, cls in [("allcnn_bn", NarrowAllCNN), ("lenet_bn", NarrowLeNet), ("cnn1d", NarrowCNN1D)]:
     monkeypatch.setitem(models.MODELS, name, cls)
 
 
@@ -66,16 +82,36 @@ read_json = rundir.read_json
 
 
 def tiny_mnist1d(workdir, *extra):
-  return ["--num-train", 200, "--num-test", 100, "--batch-size", 50, "--workdir", workdir,
-          *QUIET, *extra]
+  return [
+    "--num-train",
+    200,
+    "--num-test",
+    100,
+    "--batch-size",
+    50,
+    "--workdir",
+    workdir,
+    *QUIET,
+    *extra,
+  ]
 
 
 def test_error_evaluation_of_the_test_split(tmp_path):
   """results.json's test error is the model's error on the test split: recomputed here from
   the last checkpoint, independently of the training loop."""
-  config = RunConfig(dataset="mnist1d", model="mlp1d", optimizer="entropy-sgd",
-                     outer_epochs=2, langevin_steps=3, batch_size=50, learning_rate=0.3,
-                     num_train=200, num_test=100, num_seeds=2, eval_every_effective_epochs=3)
+  config = RunConfig(
+    dataset="mnist1d",
+    model="mlp1d",
+    optimizer="entropy-sgd",
+    outer_epochs=2,
+    langevin_steps=3,
+    batch_size=50,
+    learning_rate=0.3,
+    num_train=200,
+    num_test=100,
+    num_seeds=2,
+    eval_every_effective_epochs=3,
+  )
   options = RunOptions(workdir=str(tmp_path / "run"), progress=False)
   run = launch.run_experiment(config, options, log=lambda _: None)
   res = read_json(tmp_path / "run" / rundir.RESULTS_FILE)
@@ -106,8 +142,14 @@ def test_learning_rate_milestones_and_scoping():
   import optax
 
   ones = {"w": np.ones(3, np.float32)}
-  sgd = RunConfig(optimizer="sgd", momentum=0.0, learning_rate=1.0, lr_decay=0.2,
-                  lr_decay_outer_epochs=(4, 8), batch_size=128)
+  sgd = RunConfig(
+    optimizer="sgd",
+    momentum=0.0,
+    learning_rate=1.0,
+    lr_decay=0.2,
+    lr_decay_outer_epochs=(4, 8),
+    batch_size=128,
+  )
   tx = build.optimizer_factory(sgd, num_examples=1300)(0)  # 1300 // 128 = 10 steps per epoch
   state = tx.init(ones)
   for t in range(85):
@@ -119,8 +161,9 @@ def test_learning_rate_milestones_and_scoping():
   state = tx.init(ones)
   for t in range(5):
     _, state = tx.update(ones, state, ones, grad_fn=lambda p, k: ones)
-    np.testing.assert_allclose(optax.tree.get(state, "langevin_stats").langevin_gamma,
-                               0.03 * 1.001**t, rtol=1e-6)
+    np.testing.assert_allclose(
+      optax.tree.get(state, "langevin_stats").langevin_gamma, 0.03 * 1.001**t, rtol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -130,10 +173,23 @@ def test_learning_rate_milestones_and_scoping():
 
 # Adam: 5 epochs of 4 updates; Entropy-SGD (L = 5): 1 epoch of 4 updates. Evaluations and
 # checkpoints every 2.5 effective epochs.
-GRID = ["--models", "mlp1d", "--optimizers", "adam", "entropy-sgd", "--effective-epochs", 5,
-        "--num-seeds", 2, "--eval-every-effective-epochs", 2.5,
-        "--recipe.adam.checkpoint-every-evals", 1,
-        "--recipe.entropy-sgd.checkpoint-every-evals", 1]
+GRID = [
+  "--models",
+  "mlp1d",
+  "--optimizers",
+  "adam",
+  "entropy-sgd",
+  "--effective-epochs",
+  5,
+  "--num-seeds",
+  2,
+  "--eval-every-effective-epochs",
+  2.5,
+  "--recipe.adam.checkpoint-every-evals",
+  1,
+  "--recipe.entropy-sgd.checkpoint-every-evals",
+  1,
+]
 
 
 @pytest.fixture(scope="module")
@@ -171,17 +227,26 @@ def test_results_table_from_finished_runs(mnist1d_grid, capsys, tmp_path):
   assert code == 0 and output.read_text() == out
   adam = read_json(mnist1d_grid / "mlp1d-adam" / rundir.RESULTS_FILE)
   esgd = read_json(mnist1d_grid / "mlp1d-entropy-sgd" / rundir.RESULTS_FILE)
-  row = (f"| MLP | MNIST-1D | Entropy-SGD | {esgd['test_error_mean']:.2f} ± "
-         f"{esgd['test_error_std']:.2f} (2) | 5 |  | Adam | {adam['test_error_mean']:.2f} ± "
-         f"{adam['test_error_std']:.2f} (2) | 5 | 32 (benchmark: 68% acc.) |")
+  row = (
+    f"| MLP | MNIST-1D | Entropy-SGD | {esgd['test_error_mean']:.2f} ± "
+    f"{esgd['test_error_std']:.2f} (2) | 5 |  | Adam | {adam['test_error_mean']:.2f} ± "
+    f"{adam['test_error_std']:.2f} (2) | 5 | 32 (benchmark: 68% acc.) |"
+  )
   assert row in out.splitlines()
   # Table 1's rows: the paper's figure beside each run (taken from the presets' data).
   fake = tmp_path / "fake"
   for optimizer in ("sgd", "entropy-sgd"):
     (fake / optimizer).mkdir(parents=True)
-    rundir.write_json(fake / optimizer / rundir.RESULTS_FILE, dict(
-        adam, dataset="cifar10", model="allcnn_bn", optimizer=optimizer,
-        paper=configs.paper_result("cifar10", "allcnn_bn", optimizer)))
+    rundir.write_json(
+      fake / optimizer / rundir.RESULTS_FILE,
+      dict(
+        adam,
+        dataset="cifar10",
+        model="allcnn_bn",
+        optimizer=optimizer,
+        paper=configs.paper_result("cifar10", "allcnn_bn", optimizer),
+      ),
+    )
   code, out, _ = run_main(results, [fake], capsys)
   assert "| All-CNN-BN | CIFAR-10 | Entropy-SGD |" in out
   assert "| 7.81 ± 0.09 (160) | SGD |" in out and "| 7.71 ± 0.19 (180) |" in out
@@ -208,9 +273,13 @@ def test_never_overwrite_and_overwrite(mnist1d_grid, capsys, tmp_path):
   # --overwrite replaces a run.
   copy = tmp_path / "copy"
   shutil.copytree(mnist1d_grid, copy)
-  code, out, _ = run_main(mnist1d, tiny_mnist1d(
-      copy, "--overwrite", "--models", "mlp1d", "--optimizers", "sgd",
-      "--effective-epochs", 1), capsys)
+  code, out, _ = run_main(
+    mnist1d,
+    tiny_mnist1d(
+      copy, "--overwrite", "--models", "mlp1d", "--optimizers", "sgd", "--effective-epochs", 1
+    ),
+    capsys,
+  )
   assert code == 0 and sorted(p.name for p in copy.iterdir() if p.is_dir()) == ["mlp1d-sgd"]
 
 
@@ -222,11 +291,11 @@ def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
   """A real kill (SIGKILL of the process) once the Adam run has checkpointed, then --resume:
   the records and results are those of the uninterrupted job, bit for bit on CPU."""
   workdir = tmp_path / "killed"
-  argv = [sys.executable, "-m", "experiments.mnist1d",
-          *map(str, tiny_mnist1d(workdir, *GRID))]
+  argv = [sys.executable, "-m", "experiments.mnist1d", *map(str, tiny_mnist1d(workdir, *GRID))]
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   checksum = workdir / "mlp1d-adam" / "checkpoints.sha256" / "10.json"
   deadline = time.monotonic() + 300
   while not checksum.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -234,14 +303,16 @@ def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
   proc.kill()
   proc.wait()
   assert checksum.exists() and not (workdir / "mlp1d-adam" / rundir.RESULTS_FILE).exists()
-  out = subprocess.run(argv + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(
+    argv + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   for run in ("mlp1d-adam", "mlp1d-entropy-sgd"):
-    assert _drop_time(read_records(workdir / run)) == _drop_time(
-        read_records(mnist1d_grid / run))
-    assert (read_json(workdir / run / rundir.RESULTS_FILE)["test_error"]
-            == read_json(mnist1d_grid / run / rundir.RESULTS_FILE)["test_error"])
+    assert _drop_time(read_records(workdir / run)) == _drop_time(read_records(mnist1d_grid / run))
+    assert (
+      read_json(workdir / run / rundir.RESULTS_FILE)["test_error"]
+      == read_json(mnist1d_grid / run / rundir.RESULTS_FILE)["test_error"]
+    )
 
 
 def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
@@ -259,8 +330,10 @@ def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
   assert "checkpoints/20 is unusable: its files do not match their checksums" in out
   reference = mnist1d_grid / "mlp1d-adam"
   assert _drop_time(read_records(run)) == _drop_time(read_records(reference))
-  assert (read_json(run / rundir.RESULTS_FILE)["test_error"]
-          == read_json(reference / rundir.RESULTS_FILE)["test_error"])
+  assert (
+    read_json(run / rundir.RESULTS_FILE)["test_error"]
+    == read_json(reference / rundir.RESULTS_FILE)["test_error"]
+  )
   # An emptied manifest in every checkpoint: one line, no traceback, nothing deleted.
   (run / rundir.RESULTS_FILE).unlink()
   for manifest in (run / "checkpoints").rglob("manifest.ocdbt"):
@@ -274,8 +347,9 @@ def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
 def test_resume_with_another_configuration_is_refused(mnist1d_grid, capsys, tmp_path):
   copy = tmp_path / "copy"
   shutil.copytree(mnist1d_grid, copy)
-  code, _, err = run_main(mnist1d, [*tiny_mnist1d(copy, *GRID), "--eval-every-effective-epochs",
-                                    1, "--resume"], capsys)
+  code, _, err = run_main(
+    mnist1d, [*tiny_mnist1d(copy, *GRID), "--eval-every-effective-epochs", 1, "--resume"], capsys
+  )
   assert code == 1 and "another configuration" in err
   assert "--recipe.adam.eval-every-effective-epochs 1" in err
 
@@ -289,9 +363,25 @@ def test_cifar10_through_tfds_preparation(cifar_dir, narrow_models, capsys, tmp_
   """The script on the tiny CIFAR-10 archive that tfds prepared (conftest.py)."""
   data_dir, _ = cifar_dir
   workdir = tmp_path / "cifar"
-  code, out, err = run_main(cifar10, [
-      "entropy-sgd", "--data-dir", data_dir, "--no-download", "--outer-epochs", 1,
-      "--batch-size", 5, "--langevin-steps", 2, "--workdir", workdir, *QUIET], capsys)
+  code, out, err = run_main(
+    cifar10,
+    [
+      "entropy-sgd",
+      "--data-dir",
+      data_dir,
+      "--no-download",
+      "--outer-epochs",
+      1,
+      "--batch-size",
+      5,
+      "--langevin-steps",
+      2,
+      "--workdir",
+      workdir,
+      *QUIET,
+    ],
+    capsys,
+  )
   assert code == 0, err
   res = read_json(workdir / rundir.RESULTS_FILE)
   assert res["dataset"] == "cifar10" and res["num_train"] == 15 and res["num_test"] == 4
@@ -308,9 +398,25 @@ def test_cifar10_through_tfds_preparation(cifar_dir, narrow_models, capsys, tmp_
 
 def test_cifar10_synthetic(narrow_models, capsys, tmp_path):
   workdir = tmp_path / "synthetic"
-  code, out, err = run_main(cifar10, [
-      "sgd", "--synthetic", "--num-train", 16, "--num-test", 8, "--outer-epochs", 1,
-      "--batch-size", 8, "--workdir", workdir, *QUIET], capsys)
+  code, out, err = run_main(
+    cifar10,
+    [
+      "sgd",
+      "--synthetic",
+      "--num-train",
+      16,
+      "--num-test",
+      8,
+      "--outer-epochs",
+      1,
+      "--batch-size",
+      8,
+      "--workdir",
+      workdir,
+      *QUIET,
+    ],
+    capsys,
+  )
   assert code == 0, err
   res = read_json(workdir / rundir.RESULTS_FILE)
   assert res["dataset"] == "synthetic:cifar10" and res["outer_steps"] == 2
@@ -323,8 +429,18 @@ def test_mnist_through_mock_data(model, preset, narrow_models, capsys, tmp_path)
 
   tfds = data._import_tfds()
   workdir = tmp_path / "mnist"
-  argv = [preset, "--model", model, "--outer-epochs", 1, "--batch-size", 8,
-          "--workdir", workdir, *QUIET]
+  argv = [
+    preset,
+    "--model",
+    model,
+    "--outer-epochs",
+    1,
+    "--batch-size",
+    8,
+    "--workdir",
+    workdir,
+    *QUIET,
+  ]
   if preset == "entropy-sgd":
     argv += ["--langevin-steps", 2]
   with tfds.testing.mock_data(num_examples=16):
@@ -340,9 +456,23 @@ def test_mnist_through_mock_data(model, preset, narrow_models, capsys, tmp_path)
 # ---------------------------------------------------------------------------
 
 
-FLAT = ["mnist1d", "--num-train", 100, "--num-test", 50, "--effective-epochs", 5,
-        "--hessian-examples", 60, "--hessian-batch", 30, "--batch-size", 25,
-        "--eval-every-effective-epochs", 5]
+FLAT = [
+  "mnist1d",
+  "--num-train",
+  100,
+  "--num-test",
+  50,
+  "--effective-epochs",
+  5,
+  "--hessian-examples",
+  60,
+  "--hessian-batch",
+  30,
+  "--batch-size",
+  25,
+  "--eval-every-effective-epochs",
+  5,
+]
 
 
 def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
@@ -366,27 +496,45 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
     expected = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
     assert eigenvalues.shape == expected.shape == (stats[label]["count"],)
     np.testing.assert_allclose(eigenvalues, expected, atol=2e-4 * abs(expected).max())
-    np.testing.assert_allclose(stats[label]["frac_abs_below_1e-02"],
-                               np.mean(np.abs(expected) < 1e-2), atol=0.02)
+    np.testing.assert_allclose(
+      stats[label]["frac_abs_below_1e-02"], np.mean(np.abs(expected) < 1e-2), atol=0.02
+    )
     test_error = read_json(workdir / optimizer / rundir.RESULTS_FILE)["test_error"][0]
     assert stats[label]["test_error"] == test_error
   assert "| fraction \\|λ\\| < 1e-04 |" in out and "| largest λ |" in out
   assert (workdir / "spectrum.png").stat().st_size > 0
   # The paper's Fisher proxy on the same (finished, reused) Adam run: Adam's bias-corrected
   # second moment, read from the run's last checkpoint.
-  code, out, err = run_main(flatness, [*FLAT, "--optimizers", "adam", "--workdir", workdir,
-                                       "--resume", "--method", "adam-fisher", *QUIET], capsys)
+  code, out, err = run_main(
+    flatness,
+    [
+      *FLAT,
+      "--optimizers",
+      "adam",
+      "--workdir",
+      workdir,
+      "--resume",
+      "--method",
+      "adam-fisher",
+      *QUIET,
+    ],
+    capsys,
+  )
   assert code == 0, err
   assert "Adam's second moment along the trajectory" in out
   state = launch.load_final_state(workdir / "adam")
-  adam_state = next(s for s in jax.tree.leaves(state["opt_state"],
-                                               is_leaf=lambda x: hasattr(x, "nu"))
-                    if hasattr(s, "nu"))
+  adam_state = next(
+    s
+    for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "nu"))
+    if hasattr(s, "nu")
+  )
   expected = ravel_pytree(adam_state.nu)[0] / (1 - 0.999 ** int(adam_state.count))
-  np.testing.assert_allclose(np.load(workdir / "eigenvalues-adam-seed0.npy"), expected,
-                             rtol=1e-4)  # the bias correction in float32 vs float64
-  code, _, err = run_main(flatness, [*FLAT, "--workdir", workdir, "--resume", "--method",
-                                     "adam-fisher", *QUIET], capsys)
+  np.testing.assert_allclose(
+    np.load(workdir / "eigenvalues-adam-seed0.npy"), expected, rtol=1e-4
+  )  # the bias correction in float32 vs float64
+  code, _, err = run_main(
+    flatness, [*FLAT, "--workdir", workdir, "--resume", "--method", "adam-fisher", *QUIET], capsys
+  )
   assert code == 1 and "adam-fisher" in err and "entropy-sgd" in err
 
 
@@ -411,25 +559,49 @@ def test_help_documents_every_option_and_preset(name, capsys):
   text = " ".join(help_text(SCRIPTS[name], [next(iter(module.PRESETS))], capsys).split())
   for field in dataclasses.fields(RunConfig):
     assert re.search(f"--{field.name.replace('_', '-')}[ ,]", text), field.name
-  for option in ("--workdir", "--resume", "--overwrite", "--data-dir", "--no-download",
-                 "--synthetic", "--progress"):
+  for option in (
+    "--workdir",
+    "--resume",
+    "--overwrite",
+    "--data-dir",
+    "--no-download",
+    "--synthetic",
+    "--progress",
+  ):
     assert option in text
 
 
 def test_help_of_the_other_scripts(capsys):
   grid_help = " ".join(help_text(mnist1d, [], capsys).split())
-  for option in ("--models", "--optimizers", "--effective-epochs", "--num-seeds",
-                 "--workdir", "--resume", "--overwrite", "--recipe.entropy-sgd.gamma0"):
+  for option in (
+    "--models",
+    "--optimizers",
+    "--effective-epochs",
+    "--num-seeds",
+    "--workdir",
+    "--resume",
+    "--overwrite",
+    "--recipe.entropy-sgd.gamma0",
+  ):
     assert option in grid_help
   assert "%%" not in grid_help
   flat = " ".join(help_text(flatness, ["mnist1d"], capsys).split())
-  for option in ("--method", "--hessian-examples", "--lanczos-iters", "--max-exact-params",
-                 "--resume", "adam-fisher", "per-example empirical Fisher"):
+  for option in (
+    "--method",
+    "--hessian-examples",
+    "--lanczos-iters",
+    "--max-exact-params",
+    "--resume",
+    "adam-fisher",
+    "per-example empirical Fisher",
+  ):
     assert option in flat
   assert "--output" in help_text(results, [], capsys)
 
 
-@pytest.mark.parametrize("script, argv, code, message", [
+@pytest.mark.parametrize(
+  "script, argv, code, message",
+  [
     ("cifar10", ["adamw"], 2, "adamw"),
     ("cifar10", ["sgd", "--learning-rate", "fast"], 2, "could not convert string to float"),
     ("cifar10", ["sgd", "--learning-rate", "-1"], 1, "--learning-rate must be > 0"),
@@ -437,13 +609,18 @@ def test_help_of_the_other_scripts(capsys):
     ("mnist", ["adam", "--langevin-steps", "5"], 1, "needs a local-entropy optimizer"),
     ("mnist", ["adam", "--lr-decay-outer-epochs", "3", "2"], 1, "increasing positive"),
     ("mnist1d", ["--recipe.entropy-sgd.gama0", "1"], 2, "Unrecognized options"),
-    ("mnist1d", ["--batch-size", "50", "--recipe.adam.batch-size", "7"], 1,
-     "the job sets batch_size"),
+    (
+      "mnist1d",
+      ["--batch-size", "50", "--recipe.adam.batch-size", "7"],
+      1,
+      "the job sets batch_size",
+    ),
     ("mnist1d", ["--models", "resnet"], 1, "choose from mlp1d, cnn1d"),
     ("mnist1d", ["--effective-epochs", "0"], 1, "--effective-epochs must be > 0"),
     ("flatness", ["mnist", "--models", "cnn1d"], 1, "choose from mnistfc, lenet_bn"),
     ("results", [], 2, "RUNS_DIR"),
-])
+  ],
+)
 def test_bad_command_lines_give_one_line(script, argv, code, message, capsys, tmp_path):
   workdir = ["--workdir", tmp_path / "w"] if script != "results" else []
   got, _, err = run_main(SCRIPTS[script], argv + workdir, capsys)
@@ -465,8 +642,19 @@ def test_unwritable_workdir(capsys, tmp_path):
 
 
 def test_absent_dataset(capsys, tmp_path):
-  code, _, err = run_main(cifar10, ["sgd", "--data-dir", tmp_path / "empty", "--no-download",
-                                    "--workdir", tmp_path / "run", *QUIET], capsys)
+  code, _, err = run_main(
+    cifar10,
+    [
+      "sgd",
+      "--data-dir",
+      tmp_path / "empty",
+      "--no-download",
+      "--workdir",
+      tmp_path / "run",
+      *QUIET,
+    ],
+    capsys,
+  )
   assert code == 1 and len(err.strip().splitlines()) == 1
   assert "CIFAR-10 is not prepared" in err and "--synthetic" in err and "--data-dir" in err
 
@@ -474,10 +662,18 @@ def test_absent_dataset(capsys, tmp_path):
 def test_entry_point_exit_codes_without_traceback(tmp_path):
   """The real ``python -m`` entry points: non-zero exits, one line, no traceback."""
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  for argv, code in [(["experiments.cifar10", "nope"], 2),
-                     (["experiments.mnist1d", "--recipe.sgd.learning-rate", "0"], 1)]:
-    proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=120)
+  for argv, code in [
+    (["experiments.cifar10", "nope"], 2),
+    (["experiments.mnist1d", "--recipe.sgd.learning-rate", "0"], 1),
+  ]:
+    proc = subprocess.run(
+      [sys.executable, "-m", *argv],
+      capture_output=True,
+      text=True,
+      cwd=tmp_path,
+      env=env,
+      timeout=120,
+    )
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: ")
@@ -487,8 +683,12 @@ def readme_commands():
   """Every ``python -m experiments.*`` command of the README's Experiments section."""
   text = (REPO / "README.md").read_text().split("## Experiments\n")[1].split("\n## ")[0]
   blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
-  return [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
-          if line.startswith("python -m experiments.")]
+  return [
+    line.split("#")[0].strip()
+    for block in blocks
+    for line in block.splitlines()
+    if line.startswith("python -m experiments.")
+  ]
 
 
 @pytest.mark.parametrize("command", readme_commands())

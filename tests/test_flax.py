@@ -1,16 +1,16 @@
-"""Tests of entropy_optax.flax: the Linen TrainState, make_grad_fn, nnx_grad_fn, the README section."""
+"""Tests of entropy_optax.flax: Linen TrainState, make_grad_fn, nnx_grad_fn, the README section."""
 
 import pathlib
 import re
 
 import flax.linen as nn
-from flax import nnx
-from flax.training import train_state as flax_train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
+from flax.training import train_state as flax_train_state
 
 import entropy_optax
 from entropy_optax import flax as eflax
@@ -24,7 +24,7 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 def _task(key, num_batches, batch=32, size=6):
   """A learnable image task: label = whether the top half is brighter than the bottom half."""
   x = jax.random.normal(key, (num_batches, batch, size, size, 1))
-  y = (x[:, :, : size // 2].mean((2, 3, 4)) > x[:, :, size // 2 :].mean((2, 3, 4)))
+  y = x[:, :, : size // 2].mean((2, 3, 4)) > x[:, :, size // 2 :].mean((2, 3, 4))
   return x, y.astype(jnp.int32)
 
 
@@ -41,8 +41,12 @@ class LinenCNN(nn.Module):
 
 def _linen_loss(state, params, batch, key):
   logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats}, batch[0], train=True,
-      rngs={"dropout": key}, mutable=["batch_stats"])
+    {"params": params, "batch_stats": state.batch_stats},
+    batch[0],
+    train=True,
+    rngs={"dropout": key},
+    mutable=["batch_stats"],
+  )
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean(), updates
 
 
@@ -50,7 +54,9 @@ def _linen_loss(state, params, batch, key):
 def _linen_step(state, xs, ys):
   loss_fn = lambda p, b, k: _linen_loss(state, p, b, k)
   key = state.step_key()
-  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, (xs[0], ys[0]), key)
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params, (xs[0], ys[0]), key
+  )
   grad_fn = eflax.make_grad_fn(loss_fn, (xs, ys), key=key, has_aux=True)
   state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=updates["batch_stats"])
   return state, loss, updates["batch_stats"]
@@ -59,8 +65,12 @@ def _linen_step(state, xs, ys):
 def _linen_state(tx, x):
   variables = LinenCNN().init(jax.random.key(0), x[0], train=False)
   return eflax.TrainState.create(
-      apply_fn=LinenCNN().apply, params=variables["params"], batch_stats=variables["batch_stats"],
-      tx=tx, key=1)
+    apply_fn=LinenCNN().apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=tx,
+    key=1,
+  )
 
 
 def _error(logits, y):
@@ -72,7 +82,7 @@ def test_linen_bn_dropout_cnn_trains_and_evaluates_with_running_stats():
   xs, ys = x.reshape(8, L, *x.shape[1:]), y.reshape(8, L, -1)
   state = _linen_state(TX, x)
   losses = []
-  for epoch in range(3):
+  for _epoch in range(3):
     for i in range(xs.shape[0]):
       state, loss, _ = _linen_step(state, xs[i], ys[i])
       losses.append(float(loss))
@@ -83,8 +93,12 @@ def test_linen_bn_dropout_cnn_trains_and_evaluates_with_running_stats():
   x_test, y_test = _task(jax.random.key(1), 1, batch=256)
   logits = LinenCNN().apply(state.variables, x_test[0], train=False)
   init_stats = LinenCNN().init(jax.random.key(0), x[0], train=False)["batch_stats"]
-  assert not np.allclose(state.batch_stats["BatchNorm_0"]["mean"], init_stats["BatchNorm_0"]["mean"])
-  stale = LinenCNN().apply({"params": state.params, "batch_stats": init_stats}, x_test[0], train=False)
+  assert not np.allclose(
+    state.batch_stats["BatchNorm_0"]["mean"], init_stats["BatchNorm_0"]["mean"]
+  )
+  stale = LinenCNN().apply(
+    {"params": state.params, "batch_stats": init_stats}, x_test[0], train=False
+  )
   assert not np.allclose(logits, stale)
   assert _error(logits, y_test[0]) < 0.25
 
@@ -99,13 +113,21 @@ def test_linen_batch_stats_are_those_of_the_step_at_x():
     _, expected = _linen_loss(state, state.params, (x[0], y[0]), state.step_key())
     new_state, _, _ = _linen_step(state, x[:num_steps], y[:num_steps])
     # Equal up to jit-versus-eager rounding.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.batch_stats,
-                 expected["batch_stats"])
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+      new_state.batch_stats,
+      expected["batch_stats"],
+    )
     results[num_steps] = new_state
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-               results[1].batch_stats, results[L].batch_stats)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+    results[1].batch_stats,
+    results[L].batch_stats,
+  )
   # The parameters did move differently: the Langevin steps ran.
-  assert not np.allclose(results[1].params["Dense_0"]["kernel"], results[L].params["Dense_0"]["kernel"])
+  assert not np.allclose(
+    results[1].params["Dense_0"]["kernel"], results[L].params["Dense_0"]["kernel"]
+  )
 
 
 def test_linen_plain_optax_matches_flax_train_state():
@@ -125,8 +147,9 @@ def test_linen_plain_optax_matches_flax_train_state():
 
 def test_linen_missing_grad_fn_and_bad_fields_fail_loudly():
   params = {"w": jnp.ones(3)}
-  state = eflax.TrainState.create(apply_fn=None, params=params,
-                                  tx=entropy_optax.entropy_sgd(0.1, num_langevin_steps=2))
+  state = eflax.TrainState.create(
+    apply_fn=None, params=params, tx=entropy_optax.entropy_sgd(0.1, num_langevin_steps=2)
+  )
   with pytest.raises(TypeError, match="grad_fn"):
     state.apply_gradients(grads=params)
   with pytest.raises(TypeError, match="batch_stat"):
@@ -136,8 +159,9 @@ def test_linen_missing_grad_fn_and_bad_fields_fail_loudly():
 
 
 def test_linen_train_state_key_is_raw_and_step_dependent():
-  state = eflax.TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=optax.sgd(0.1),
-                                  key=jax.random.key(5))
+  state = eflax.TrainState.create(
+    apply_fn=None, params={"w": jnp.ones(2)}, tx=optax.sgd(0.1), key=jax.random.key(5)
+  )
   assert state.key.dtype == jnp.uint32
   k0 = state.step_key()
   state = state.apply_gradients(grads={"w": jnp.ones(2)})
@@ -150,6 +174,7 @@ def _dropout_masks(grad_fn, params, steps):
 
 def test_make_grad_fn_dropout_masks_differ_across_langevin_steps():
   """A loss whose gradient is the dropout mask: every Langevin step has its own mask."""
+
   def loss_fn(w, batch, key):
     return jnp.sum(nn.Dropout(0.5, deterministic=False).apply({}, w * batch, rngs={"dropout": key}))
 
@@ -174,7 +199,6 @@ def test_make_grad_fn_batches_shared_batch_and_out_of_range():
 
 
 class NNXCNN(nnx.Module):
-
   def __init__(self, rngs, size=6):
     self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
     self.bn = nnx.BatchNorm(8, momentum=0.5, rngs=rngs)
@@ -203,7 +227,8 @@ def test_nnx_bn_dropout_cnn_trains_and_keeps_model_state_correct():
   xs, ys = x.reshape(8, L, *x.shape[1:]), y.reshape(8, L, -1)
   model = NNXCNN(nnx.Rngs(0))
   optimizer = nnx.Optimizer(
-      model, entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03), wrt=nnx.Param)
+    model, entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03), wrt=nnx.Param
+  )
   model.train()
   # One step by hand first: BatchStat = the forward pass at x on batch 0; RNG count + 1.
   reference = nnx.clone(model)
@@ -261,8 +286,11 @@ def test_nnx_plain_optax_through_the_same_path():
   xs, ys = jnp.ones((1, 4, 2)), jnp.zeros((1, 4, 1))
   opt = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
   opt_twin = nnx.Optimizer(twin, optax.adam(0.1), wrt=nnx.Param)
-  opt.update(model, nnx.grad(loss_fn)(model, (xs[0], ys[0])),
-             grad_fn=eflax.nnx_grad_fn(model, loss_fn, (xs, ys)))
+  opt.update(
+    model,
+    nnx.grad(loss_fn)(model, (xs[0], ys[0])),
+    grad_fn=eflax.nnx_grad_fn(model, loss_fn, (xs, ys)),
+  )
   opt_twin.update(twin, nnx.grad(loss_fn)(twin, (xs[0], ys[0])))
   np.testing.assert_array_equal(model.kernel[...], twin.kernel[...])
 

@@ -14,11 +14,13 @@ from experiments import batchnorm, build, configs, launch, mnist, models, record
 
 # train.lua's learning_rate_schedule: (first epoch, last epoch, lr) rows, and its max_epochs.
 LUA_REGIMES = {
-    ("mnist", "entropy-sgd-lua"): ([(1, 2, 1.0), (3, 15, 0.1)], 5),  # mnistfc (LeNet: 3-7, 8-15)
-    ("mnist", "sgd-lua"): ([(1, 30, 0.1), (30, 60, 0.02), (60, 150, 0.004)], 100),
-    ("cifar10", "entropy-sgd-lua"): ([(1, 3, 1.0), (4, 6, 0.2), (7, 12, 0.04)], 10),
-    ("cifar10", "sgd-lua"): ([(1, 60, 0.1), (60, 120, 0.02), (120, 180, 0.004),
-                              (180, 250, 0.0008)], 200),
+  ("mnist", "entropy-sgd-lua"): ([(1, 2, 1.0), (3, 15, 0.1)], 5),  # mnistfc (LeNet: 3-7, 8-15)
+  ("mnist", "sgd-lua"): ([(1, 30, 0.1), (30, 60, 0.02), (60, 150, 0.004)], 100),
+  ("cifar10", "entropy-sgd-lua"): ([(1, 3, 1.0), (4, 6, 0.2), (7, 12, 0.04)], 10),
+  ("cifar10", "sgd-lua"): (
+    [(1, 60, 0.1), (60, 120, 0.02), (120, 180, 0.004), (180, 250, 0.0008)],
+    200,
+  ),
 }
 
 
@@ -58,16 +60,25 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
 
 
 def test_lua_optimizer_entry_is_authors_entropy_sgd_lua():
-  config = configs.cifar10.PRESETS["entropy-sgd-lua"].config.replace(langevin_steps=3,
-                                                                    noise=0.0)
+  config = configs.cifar10.PRESETS["entropy-sgd-lua"].config.replace(langevin_steps=3, noise=0.0)
   tx = build.OPTIMIZERS["entropy-sgd-lua"].make(config, 0.5, 7)
   want = entropy_optax.authors_entropy_sgd(
-      0.5, code="lua", num_langevin_steps=3, gamma=0.03, scoping=1e-3, noise=0.0,
-      langevin_lr=0.1, momentum=0.9, weight_decay=1e-3, key=7)
+    0.5,
+    code="lua",
+    num_langevin_steps=3,
+    gamma=0.03,
+    scoping=1e-3,
+    noise=0.0,
+    langevin_lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-3,
+    key=7,
+  )
   grad_fn = lambda p, k: jnp.sin(p) * (k + 1.0)
   params = jnp.linspace(-1.0, 1.0, 5)
-  got = [t.update(grad_fn(params, 0), t.init(params), params, grad_fn=grad_fn)[0]
-         for t in (tx, want)]
+  got = [
+    t.update(grad_fn(params, 0), t.init(params), params, grad_fn=grad_fn)[0] for t in (tx, want)
+  ]
   np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
   with pytest.raises(build.ConfigError, match="nesterov"):
     build.OPTIMIZERS["entropy-sgd-lua"].make(config.replace(nesterov=False), 0.5, 7)
@@ -94,7 +105,8 @@ class NarrowFC(models.MnistFC):
 
 
 def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_set(
-    monkeypatch, capsys, tmp_path):
+  monkeypatch, capsys, tmp_path
+):
   """A one-epoch run of the Lua MNIST preset (mock data, narrow mnistfc, L = 2): its final test
   loss is the one of the saved weights with BatchNorm statistics re-estimated on the training
   set, not the one of the statistics the training steps left."""
@@ -103,9 +115,22 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
   monkeypatch.setitem(models.MODELS, "mnistfc", NarrowFC)
   tfds = data._import_tfds()
   workdir = tmp_path / "lua"
-  argv = ["entropy-sgd-lua", "--model", "mnistfc", "--outer-epochs", 1, "--batch-size", 8,
-          "--langevin-steps", 2, "--eval-every-effective-epochs", 2, "--workdir", workdir,
-          "--no-progress"]
+  argv = [
+    "entropy-sgd-lua",
+    "--model",
+    "mnistfc",
+    "--outer-epochs",
+    1,
+    "--batch-size",
+    8,
+    "--langevin-steps",
+    2,
+    "--eval-every-effective-epochs",
+    2,
+    "--workdir",
+    workdir,
+    "--no-progress",
+  ]
   with tfds.testing.mock_data(num_examples=32):
     code = mnist.main([str(a) for a in argv])
     _, err = capsys.readouterr()
@@ -120,14 +145,19 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
 
   @jax.jit
   def loss(batch_stats):
-    logits = model.apply({"params": variables["params"], "batch_stats": batch_stats},
-                         jnp.asarray(ds.test_x), train=False)
+    logits = model.apply(
+      {"params": variables["params"], "batch_stats": batch_stats},
+      jnp.asarray(ds.test_x),
+      train=False,
+    )
     return steps.cross_entropy(logits, jnp.asarray(ds.test_y))
 
   test_loss = lambda batch_stats: float(loss(batch_stats))
-  stats = jax.jit(lambda p, s, x: batchnorm.reestimate_batch_stats(
-      batchnorm.without_dropout(model).apply, p, s, x))(
-          variables["params"], variables["batch_stats"], jnp.asarray(ds.train_x))
+  stats = jax.jit(
+    lambda p, s, x: batchnorm.reestimate_batch_stats(
+      batchnorm.without_dropout(model).apply, p, s, x
+    )
+  )(variables["params"], variables["batch_stats"], jnp.asarray(ds.train_x))
   logged = [r["val_loss"] for r in records.read(workdir) if "val_loss" in r][-1]
   assert logged == pytest.approx(test_loss(stats), rel=1e-5)
   assert abs(logged - test_loss(variables["batch_stats"])) > 1e-3 * logged

@@ -13,8 +13,13 @@ import pytest
 
 from experiments import models
 
-_INPUTS = {"allcnn_bn": (32, 32, 3), "mnistfc": (28, 28, 1), "lenet_bn": (28, 28, 1),
-           "mlp1d": (40,), "cnn1d": (40,)}
+_INPUTS = {
+  "allcnn_bn": (32, 32, 3),
+  "mnistfc": (28, 28, 1),
+  "lenet_bn": (28, 28, 1),
+  "mlp1d": (40,),
+  "cnn1d": (40,),
+}
 
 
 def _conv(k, cin, cout, bias=False):
@@ -27,22 +32,28 @@ def _bn(*widths):
 
 # Counted by hand from the architectures; layers followed by BatchNorm have no bias.
 _EXPECTED_COUNTS = {
-    "allcnn_bn": (_conv(3, 3, 96) + 2 * _conv(3, 96, 96) + _conv(3, 96, 192)
-                  + 3 * _conv(3, 192, 192) + _conv(1, 192, 192) + _conv(1, 192, 10)
-                  + _bn(96, 96, 96, 192, 192, 192, 192, 192, 10)),
-    "mnistfc": 784 * 1024 + 1024 * 1024 + (1024 * 10 + 10) + _bn(1024, 1024),
-    "lenet_bn": (_conv(5, 1, 20) + _conv(5, 20, 50) + 50 * 2 * 2 * 500 + (500 * 10 + 10)
-                 + _bn(20, 50, 500)),
-    # The published MNIST-1D benchmark models (with biases, no BatchNorm).
-    "mlp1d": (40 * 100 + 100) + (100 * 100 + 100) + (100 * 10 + 10),
-    "cnn1d": (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + (5 * 25 * 10 + 10),
+  "allcnn_bn": (
+    _conv(3, 3, 96)
+    + 2 * _conv(3, 96, 96)
+    + _conv(3, 96, 192)
+    + 3 * _conv(3, 192, 192)
+    + _conv(1, 192, 192)
+    + _conv(1, 192, 10)
+    + _bn(96, 96, 96, 192, 192, 192, 192, 192, 10)
+  ),
+  "mnistfc": 784 * 1024 + 1024 * 1024 + (1024 * 10 + 10) + _bn(1024, 1024),
+  "lenet_bn": (
+    _conv(5, 1, 20) + _conv(5, 20, 50) + 50 * 2 * 2 * 500 + (500 * 10 + 10) + _bn(20, 50, 500)
+  ),
+  # The published MNIST-1D benchmark models (with biases, no BatchNorm).
+  "mlp1d": (40 * 100 + 100) + (100 * 100 + 100) + (100 * 10 + 10),
+  "cnn1d": (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + (5 * 25 * 10 + 10),
 }
 
 
 def _abstract_init(model, shape):
   """Variables' shapes and dtypes without running (or compiling) the model."""
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)),
-                                           train=False))
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
 
 
 def _random_variables(model, shape, seed=0):
@@ -56,8 +67,7 @@ def _random_variables(model, shape, seed=0):
   def draw(path, leaf):
     name = jax.tree_util.keystr(path[-1:])
     if "kernel" in name:  # scaled by 1/sqrt(fan_in) to keep activations O(1).
-      return rng.normal(size=leaf.shape).astype(leaf.dtype) / np.sqrt(
-          np.prod(leaf.shape[:-1]))
+      return rng.normal(size=leaf.shape).astype(leaf.dtype) / np.sqrt(np.prod(leaf.shape[:-1]))
     if "var" in name:
       return 1.0 + rng.uniform(size=leaf.shape).astype(leaf.dtype)
     if "scale" in name:
@@ -76,8 +86,9 @@ def test_parameter_count_and_output_shape(name):
   model = models.create_model(name)
   variables = _abstract_init(model, _INPUTS[name])
   assert _num_params(variables) == _EXPECTED_COUNTS[name]
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *_INPUTS[name])), train=False),
-                       variables)
+  out = jax.eval_shape(
+    lambda v: model.apply(v, jnp.zeros((2, *_INPUTS[name])), train=False), variables
+  )
   assert out.shape == (2, 10) and out.dtype == jnp.float32
 
 
@@ -86,7 +97,8 @@ def test_allcnn_counts():
   assert _EXPECTED_COUNTS["allcnn_bn"] == 1_370_996
   authors = _abstract_init(models.AllCNNBN(authors_code=True), (32, 32, 3))
   assert _num_params(authors) == _EXPECTED_COUNTS["allcnn_bn"] + _conv(3, 192, 192) - _conv(
-      1, 192, 192)
+    1, 192, 192
+  )
   assert _num_params(authors) == 1_665_908
 
 
@@ -112,10 +124,12 @@ def test_batchnorm_train_updates_running_stats_eval_uses_them():
   h = x.reshape(16, -1).astype(np.float64) @ params["Dense_0"]["kernel"]
   new = updated["batch_stats"]["BatchNorm_0"]
   momentum = model.bn_momentum
-  np.testing.assert_allclose(new["mean"], momentum * old["mean"] + (1 - momentum) * h.mean(0),
-                             rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(new["var"], momentum * old["var"] + (1 - momentum) * h.var(0),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    new["mean"], momentum * old["mean"] + (1 - momentum) * h.mean(0), rtol=1e-4, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    new["var"], momentum * old["var"] + (1 - momentum) * h.var(0), rtol=1e-4
+  )
 
   # Eval: normalised with the running averages, by hand.
   variables = {"params": params, "batch_stats": updated["batch_stats"]}
@@ -125,8 +139,9 @@ def test_batchnorm_train_updates_running_stats_eval_uses_them():
   logits = model.apply(variables, x, train=False)
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
   # Eval does not depend on the rest of the batch; train does.
-  np.testing.assert_allclose(model.apply(variables, x[:3], train=False), logits[:3],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply(variables, x[:3], train=False), logits[:3], rtol=1e-5, atol=1e-6
+  )
   train_logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
   train_few, _ = model.apply(variables, x[:3], train=True, mutable=["batch_stats"])
   assert not np.allclose(train_few, train_logits[:3], atol=1e-3)
@@ -140,8 +155,8 @@ def test_batchnorm_axis_name_averages_across_devices():
   split = _small_fc(input_dropout=0.0, dropout=0.0, axis_name="data")
   logits, stats = whole.apply(variables, x, train=True, mutable=["batch_stats"])
   logits_split, stats_split = jax.vmap(
-      lambda xs: split.apply(variables, xs, train=True, mutable=["batch_stats"]),
-      axis_name="data")(x.reshape(2, 4, 28, 28, 1))
+    lambda xs: split.apply(variables, xs, train=True, mutable=["batch_stats"]), axis_name="data"
+  )(x.reshape(2, 4, 28, 28, 1))
   np.testing.assert_allclose(logits_split.reshape(8, 10), logits, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_split)):
     np.testing.assert_allclose(b[0], a, rtol=1e-4, atol=1e-6)
@@ -156,13 +171,20 @@ def test_dropout_random_in_train_off_in_eval():
   @jax.jit  # One compilation instead of op-by-op dispatch.
   def run(variables, x):
     def train(m, seed):
-      out, _ = m.apply(variables, x, train=True, mutable=["batch_stats"],
-                       rngs={"dropout": jax.random.key(seed)})
+      out, _ = m.apply(
+        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}
+      )
       return out
 
-    return (train(model, 1), train(model, 1), train(model, 2), train(no_dropout, 1),
-            train(no_dropout, 2), model.apply(variables, x, train=False),
-            no_dropout.apply(variables, x, train=False))
+    return (
+      train(model, 1),
+      train(model, 1),
+      train(model, 2),
+      train(no_dropout, 1),
+      train(no_dropout, 2),
+      model.apply(variables, x, train=False),
+      no_dropout.apply(variables, x, train=False),
+    )
 
   a1, a1_again, a2, b1, b2, eval_a, eval_b = run(_random_variables(model, x.shape[1:]), x)
   np.testing.assert_array_equal(a1, a1_again)
@@ -179,21 +201,28 @@ def test_dropout_rate_on_mnistfc_input():
   model = models.MnistFC(hidden=8, num_layers=1, input_dropout=rate, dropout=0.0)
   x = jnp.ones((64, 28, 28, 1))
   variables = _random_variables(model, x.shape[1:])
-  _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                         rngs={"dropout": jax.random.key(5)},
-                         capture_intermediates=lambda m, _: isinstance(m, models.nn.Dropout))
+  _, state = model.apply(
+    variables,
+    x,
+    train=True,
+    mutable=["batch_stats", "intermediates"],
+    rngs={"dropout": jax.random.key(5)},
+    capture_intermediates=lambda m, _: isinstance(m, models.nn.Dropout),
+  )
   dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0])
   np.testing.assert_allclose(np.unique(dropped), [0.0, 1 / (1 - rate)], rtol=1e-6)
   assert abs((dropped == 0).mean() - rate) < 0.01
 
 
-@pytest.mark.parametrize("name, model, shape", [
+@pytest.mark.parametrize(
+  "name, model, shape",
+  [
     # Dropout off: its random bits take seconds to compile on CPU, and
     # dropout is tested above.
-    ("allcnn_bn", models.AllCNNBN(width1=4, width2=6, input_dropout=0.0, dropout=0.0),
-     (16, 16, 3)),
+    ("allcnn_bn", models.AllCNNBN(width1=4, width2=6, input_dropout=0.0, dropout=0.0), (16, 16, 3)),
     ("cnn1d", models.CNN1D(channels=6, use_bn=True), (40,)),
-])
+  ],
+)
 def test_bfloat16_compute_float32_params(name, model, shape):
   del name
   x = np.random.default_rng(4).normal(size=(4, *shape)).astype(np.float32)
@@ -204,8 +233,12 @@ def test_bfloat16_compute_float32_params(name, model, shape):
   @jax.jit
   def run(variables, x):
     logits, stats = bf16.apply(variables, x, train=True, mutable=["batch_stats"])
-    return (logits, stats, bf16.apply(variables, x, train=False),
-            model.apply(variables, x, train=False))
+    return (
+      logits,
+      stats,
+      bf16.apply(variables, x, train=False),
+      model.apply(variables, x, train=False),
+    )
 
   logits, stats, eval_bf16, eval_f32 = run(_random_variables(model, shape), x)
   assert logits.dtype == jnp.bfloat16
@@ -223,5 +256,4 @@ def test_mlp1d_is_the_benchmark_mlp():
   h1 = np.maximum(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0)
   h2 = h1 + np.maximum(h1 @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"], 0)
   expected = h2 @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
-  np.testing.assert_allclose(model.apply(variables, x, train=True), expected, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(model.apply(variables, x, train=True), expected, rtol=1e-5, atol=1e-5)

@@ -22,13 +22,16 @@ NAMES = ("scoping", "quickstart")
 TIMEOUT_S = 600  # per cell
 
 
-def _execute(name: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+def _execute(
+  name: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> nbformat.NotebookNode:
   copy = tmp_path / f"{name}.ipynb"
   shutil.copy(NOTEBOOKS / f"{name}.ipynb", copy)
   nb = nbformat.read(copy, as_version=4)
   monkeypatch.setenv("ENTROPY_OPTAX_FAST", "1")  # the kernel inherits the environment
   client = nbclient.NotebookClient(
-      nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()  # raises CellExecutionError on the first failing cell
   assert "FAST = True" in _text(nb), "the notebook did not pick up ENTROPY_OPTAX_FAST"
   return nb
@@ -46,10 +49,13 @@ def _text(nb: nbformat.NotebookNode) -> str:
 
 
 def _images(nb: nbformat.NotebookNode) -> list[bytes]:
-  return [base64.b64decode(out.data["image/png"])
-          for cell in nb.cells if cell.cell_type == "code"
-          for out in cell.get("outputs", [])
-          if out.output_type in ("display_data", "execute_result") and "image/png" in out.get("data", {})]
+  return [
+    base64.b64decode(out.data["image/png"])
+    for cell in nb.cells
+    if cell.cell_type == "code"
+    for out in cell.get("outputs", [])
+    if out.output_type in ("display_data", "execute_result") and "image/png" in out.get("data", {})
+  ]
 
 
 @pytest.mark.slow
@@ -70,7 +76,9 @@ def test_scoping_notebook_runs(tmp_path, monkeypatch):
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   nb = _execute("quickstart", tmp_path, monkeypatch)
   text = _text(nb)
-  errors = [float(e) for e in re.findall(r"test error after \d+ effective epochs: ([0-9.]+)%", text)]
+  errors = [
+    float(e) for e in re.findall(r"test error after \d+ effective epochs: ([0-9.]+)%", text)
+  ]
   assert len(errors) == 2, text
   assert all(e < 60.0 for e in errors), errors  # 10 classes: chance is 90%
   assert len(_images(nb)) >= 1
@@ -85,7 +93,9 @@ def test_committed_notebook_has_outputs(name):
   assert not any(o.output_type == "error" for c in code for o in c.get("outputs", [])), name
   images = _images(nb)
   assert images and all(img.startswith(b"\x89PNG") for img in images), name
-  assert "FAST = False" in _text(nb), f"{name}: the committed outputs must come from the full settings"
+  assert "FAST = False" in _text(nb), (
+    f"{name}: the committed outputs must come from the full settings"
+  )
   assert path.stat().st_size < 1_500_000, path.stat().st_size
   # The Colab cell installs only inside Colab.
   assert '"google.colab" in sys.modules' in "".join(code[0].source)

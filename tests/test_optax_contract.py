@@ -22,11 +22,13 @@ import entropy_optax as eo
 
 L = 3
 OPTIMIZERS = {
-    "entropy_sgd": lambda: eo.entropy_sgd(0.1, num_langevin_steps=L, momentum=0.9,
-                                          langevin_momentum=0.5, weight_decay=1e-3),
-    "entropy_adam": lambda: eo.entropy_adam(0.1, num_langevin_steps=L, gamma=0.5,
-                                            noise_sampler="gaussian"),
-    "local_entropy_sgd": lambda: optax.chain(eo.local_entropy(L, 0.1), optax.sgd(0.1)),
+  "entropy_sgd": lambda: eo.entropy_sgd(
+    0.1, num_langevin_steps=L, momentum=0.9, langevin_momentum=0.5, weight_decay=1e-3
+  ),
+  "entropy_adam": lambda: eo.entropy_adam(
+    0.1, num_langevin_steps=L, gamma=0.5, noise_sampler="gaussian"
+  ),
+  "local_entropy_sgd": lambda: optax.chain(eo.local_entropy(L, 0.1), optax.sgd(0.1)),
 }
 CURVATURES = np.array([0.5, 1.0, 2.0], np.float32)
 
@@ -57,10 +59,12 @@ def dtypes(tree):
 
 def scan_steps(tx, params, state, num_steps=3):
   """num_steps of training in a lax.scan, whose carry must keep its types."""
+
   def step(carry, _):
     p, s = carry
     u, s = tx.update(quadratic_grad(p, 0), s, p, grad_fn=quadratic_grad)
     return (optax.apply_updates(p, u), s), None
+
   return jax.jit(lambda c: jax.lax.scan(step, c, length=num_steps)[0])((params, state))
 
 
@@ -87,8 +91,9 @@ def test_x64_injected_float64_hyperparameters_keep_the_float32_state():
   hyper-parameters, so local_entropy is injected alone here.)
   """
   with jax.enable_x64(True):
-    inject = optax.inject_hyperparams(eo.local_entropy, static_args=("num_langevin_steps",),
-                                      hyperparam_dtype=jnp.float64)
+    inject = optax.inject_hyperparams(
+      eo.local_entropy, static_args=("num_langevin_steps",), hyperparam_dtype=jnp.float64
+    )
     tx = inject(L, langevin_momentum=0.5, weight_decay=1e-3, alpha=0.5, noise=1e-3)
     params = jnp.array([1.0, -2.0, 0.5], jnp.float32)
     state = tx.init(params)
@@ -106,8 +111,9 @@ def test_x64_float64_chain_reaches_the_closed_form_in_double_precision():
     updates, state = jit_update(tx, quadratic_grad(x, 0), tx.init(x), x)
     assert updates.dtype == jnp.float64 and state.langevin_mu.dtype == jnp.float64
     curvatures = CURVATURES.astype(np.float64)
-    np.testing.assert_allclose(updates, curvatures / (curvatures + gamma) * np.asarray(x),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+      updates, curvatures / (curvatures + gamma) * np.asarray(x), rtol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,11 +180,16 @@ SHARDING_CHECK = textwrap.dedent("""
 
 def test_explicit_sharding_state_types_match_and_survive_jit():
   """sharding_test.test_state_sharding_type_init_match_update and ..._preserved_with_jit."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run([sys.executable, "-c", SHARDING_CHECK], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", SHARDING_CHECK],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0 and "SHARDING OK" in result.stdout, result.stderr[-3000:]
 
 
@@ -212,7 +223,8 @@ def test_learning_rate_schedule_is_recognised_by_its_annotation(factory):
   assert signature.parameters["learning_rate"].annotation is optax.ScalarOrSchedule
   assert signature.parameters["gamma"].annotation is optax.ScalarOrSchedule
   assert inspect.signature(eo.local_entropy).parameters["gamma"].annotation is (
-      optax.ScalarOrSchedule)
+    optax.ScalarOrSchedule
+  )
   params = {"with_schedule": jnp.array([1.0, -2.0, 0.5]), "with_lr": jnp.array([1.0, -2.0, 0.5])}
   for name, lr in (("with_schedule", optax.constant_schedule(1e-2)), ("with_lr", 1e-2)):
     tx = factory(lr, num_langevin_steps=L)
@@ -231,9 +243,11 @@ def test_learning_rate_schedule_is_recognised_by_its_annotation(factory):
 
 def counting(grad_fn, calls):
   """grad_fn that counts its executions (a callback: a skipped lax.cond branch does not count)."""
+
   def counted(params, k):
     jax.debug.callback(lambda: calls.append(1))
     return grad_fn(params, k)
+
   return counted
 
 
@@ -245,8 +259,10 @@ def test_multisteps_runs_the_chain_once_per_emitted_update(name):
   params = jnp.array([1.0, -2.0, 0.5])
   micro_grads = [quadratic_grad(params, 0) + 0.1 * i for i in range(k_micro)]
   expected, _ = jit_update(inner, sum(micro_grads) / k_micro, inner.init(params), params)
-  for multi, calls_per_emit in ((eo.MultiSteps(inner, k_micro), L - 1),
-                                (optax.MultiSteps(inner, k_micro), k_micro * (L - 1))):
+  for multi, calls_per_emit in (
+    (eo.MultiSteps(inner, k_micro), L - 1),
+    (optax.MultiSteps(inner, k_micro), k_micro * (L - 1)),
+  ):
     calls = []
     grad_fn = counting(quadratic_grad, calls)
     state = multi.init(params)
@@ -265,9 +281,14 @@ def test_run_langevin_false_skips_the_chain_and_keeps_the_state():
   params = jnp.array([1.0, -2.0, 0.5])
   state = tx.init(params)
   calls = []
-  updates, new_state = jit_update(tx, quadratic_grad(params, 0), state, params,
-                                  grad_fn=counting(quadratic_grad, calls),
-                                  run_langevin=jnp.asarray(False))
+  updates, new_state = jit_update(
+    tx,
+    quadratic_grad(params, 0),
+    state,
+    params,
+    grad_fn=counting(quadratic_grad, calls),
+    run_langevin=jnp.asarray(False),
+  )
   jax.effects_barrier()
   assert not calls
   np.testing.assert_array_equal(updates, 0.0)
@@ -292,8 +313,9 @@ def test_partition_with_frozen_backbone_moves_only_the_head():
   """The chain moves the head; grad_fn sees whole params, the backbone held at x."""
   gamma, lr, noise, alpha = 0.5, 0.1, 1e-2, 0.75
   tx = optax.chain(
-      eo.local_entropy(5, gamma, lr, noise, alpha, mask=HEAD_ONLY, key=3),
-      optax.partition({"entropy": optax.sgd(1.0), "frozen": optax.set_to_zero()}, LABELS))
+    eo.local_entropy(5, gamma, lr, noise, alpha, mask=HEAD_ONLY, key=3),
+    optax.partition({"entropy": optax.sgd(1.0), "frozen": optax.set_to_zero()}, LABELS),
+  )
   state = tx.init(PARAMS)
   assert isinstance(state[0].langevin_mu["backbone"]["w"], optax.MaskedNode)
   updates, state = jit_update(tx, coupled_grad(PARAMS, 0), state, PARAMS, grad_fn=coupled_grad)
@@ -301,8 +323,16 @@ def test_partition_with_frozen_backbone_moves_only_the_head():
   # Independently: the chain on the head alone, the backbone a constant of its gradient.
   _, chain_key = jax.random.split(jax.random.PRNGKey(3))
   head_grad = lambda h, k: coupled_grad({"backbone": PARAMS["backbone"], "head": h}, k)["head"]
-  mu, _ = eo.langevin_mean(head_grad, PARAMS["head"], chain_key, gamma=gamma, num_steps=5,
-                           langevin_lr=lr, noise=noise, alpha=alpha)
+  mu, _ = eo.langevin_mean(
+    head_grad,
+    PARAMS["head"],
+    chain_key,
+    gamma=gamma,
+    num_steps=5,
+    langevin_lr=lr,
+    noise=noise,
+    alpha=alpha,
+  )
   np.testing.assert_allclose(updates["head"]["w"], -(PARAMS["head"]["w"] - mu["w"]), rtol=1e-6)
   np.testing.assert_allclose(state[0].langevin_mu["head"]["w"], mu["w"], rtol=1e-6)
 

@@ -11,20 +11,20 @@ and to checkpoint and restore exactly with orbax; each error of a half-done port
 """
 
 import collections
+import functools
 import pathlib
 import re
-import functools
 from typing import Any
 
-from flax import nnx
 import flax.linen as nn
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
+from flax.training import train_state
 
 import entropy_optax  # port
 from entropy_optax.flax import nnx_grad_fn, nnx_update, stack_batches, take_batch  # port
@@ -37,6 +37,7 @@ BATCH = 8
 def mnist():
   """Mock MNIST (tfds.testing.mock_data: random images), pixels in [0, 1], learnable labels."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   with tfds.testing.mock_data(num_examples=32):
     # batch_size=10_000, not -1: mock data have no split sizes in their metadata.
     train = next(iter(tfds.as_numpy(tfds.load("mnist", split="train", batch_size=10_000))))
@@ -50,10 +51,12 @@ def mnist():
 def _tf_dataset(data, batch_size):
   """flax's examples/mnist input pipeline (no shuffle: the tests compare runs)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return tf.data.Dataset.from_tensor_slices(data).batch(batch_size, drop_remainder=True)
 
 
 # ---- NNX, in the shape of flax's examples/mnist: call-time rngs, tf.data --------------------
+
 
 class CNN(nnx.Module):
   """A small CNN: conv, BatchNorm, call-time dropout, average pooling, two dense layers."""
@@ -80,7 +83,8 @@ class CNN(nnx.Module):
 def loss_fn(model: CNN, batch, rngs=None):
   logits = model(batch["image"], rngs)
   loss = optax.softmax_cross_entropy_with_integer_labels(
-      logits=logits, labels=batch["label"]).mean()
+    logits=logits, labels=batch["label"]
+  ).mean()
   return loss, logits
 
 
@@ -88,7 +92,9 @@ TRACES = collections.Counter()  # test instrumentation: how often each step is t
 
 
 @nnx.jit
-def train_step(model: CNN, optimizer: nnx.Optimizer, metrics: nnx.MultiMetric, batches, rngs):  # port
+def train_step(
+  model: CNN, optimizer: nnx.Optimizer, metrics: nnx.MultiMetric, batches, rngs
+):  # port
   """Train for a single step (L stacked mini-batches)."""
   TRACES["nnx_example"] += 1
   batch = take_batch(batches, 0)  # port
@@ -146,10 +152,11 @@ def test_nnx_example_port_trains_compiles_once_and_restores_exactly(mnist, tmp_p
 
 # ---- NNX, in the shape of flax's MNIST tutorial: optax.adamw, a generator of batches -----------
 
+
 def make_batches(data, batch_size):
   """Yield batches of (image, label) numpy arrays, dropping any incomplete final batch."""
   for i in range(0, len(data["label"]) - batch_size + 1, batch_size):
-    yield {"image": data["image"][i:i + batch_size], "label": data["label"][i:i + batch_size]}
+    yield {"image": data["image"][i : i + batch_size], "label": data["label"][i : i + batch_size]}
 
 
 @nnx.jit
@@ -159,15 +166,19 @@ def tutorial_train_step(model, optimizer, metrics, rngs, batches):  # port
   grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
   (loss, logits), grads = grad_fn(model, batch, rngs)
   metrics.update(loss=loss, logits=logits, labels=batch["label"])
-  optimizer.update(model, grads, grad_fn=nnx_grad_fn(model, loss_fn, batches, rngs=rngs, has_aux=True))  # port
+  optimizer.update(
+    model, grads, grad_fn=nnx_grad_fn(model, loss_fn, batches, rngs=rngs, has_aux=True)
+  )  # port
 
 
 def test_nnx_tutorial_port_with_adamw_trains_and_compiles_once(mnist):
   TRACES.clear()
   model = CNN(rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(
-      model, optax.chain(entropy_optax.local_entropy(L), optax.adamw(0.01, 0.9)),  # port
-      wrt=nnx.Param)
+    model,
+    optax.chain(entropy_optax.local_entropy(L), optax.adamw(0.01, 0.9)),  # port
+    wrt=nnx.Param,
+  )
   metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
   train_model = nnx.view(model, deterministic=False, use_running_average=False)
   rngs = nnx.Rngs(0)
@@ -184,6 +195,7 @@ def test_nnx_tutorial_port_with_adamw_trains_and_compiles_once(mnist):
 
 
 # ---- Linen, in the shape of flax's last Linen examples/mnist, with BatchNorm and dropout ------
+
 
 class LinenCNN(nn.Module):
   """The same small CNN in Linen."""
@@ -212,18 +224,26 @@ def apply_model(state, images, labels, dropout_key):
   def loss_fn(params, batch, key):  # port
     images, labels = batch  # port
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        rngs={"dropout": key}, mutable=["batch_stats"])  # port
+      {"params": params, "batch_stats": state.batch_stats},
+      images,
+      train=True,
+      rngs={"dropout": key},
+      mutable=["batch_stats"],
+    )  # port
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     return loss, (logits, updates)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, (logits, updates)), grads = grad_fn(state.params, (images[0], labels[0]), dropout_key)  # port
+  (loss, (logits, updates)), grads = grad_fn(
+    state.params, (images[0], labels[0]), dropout_key
+  )  # port
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[0])  # port
   langevin_grad_fn = entropy_optax.flax.make_grad_fn(  # port
-      loss_fn, (images, labels), key=dropout_key, has_aux=True)
+    loss_fn, (images, labels), key=dropout_key, has_aux=True
+  )
   state = state.apply_gradients(  # port
-      grads=grads, grad_fn=langevin_grad_fn, batch_stats=updates["batch_stats"])
+    grads=grads, grad_fn=langevin_grad_fn, batch_stats=updates["batch_stats"]
+  )
   return state, loss, accuracy  # port
 
 
@@ -236,15 +256,20 @@ def train_epoch(state, train_ds, batch_size, rng):
   for perm in stack_batches(perms, L):  # port
     rng, dropout_rng = jax.random.split(rng)
     state, loss, _ = apply_model(  # port
-        state, train_ds["image"][perm, ...], train_ds["label"][perm, ...], dropout_rng)
+      state, train_ds["image"][perm, ...], train_ds["label"][perm, ...], dropout_rng
+    )
     epoch_loss.append(loss)
   return state, float(np.mean(epoch_loss))
 
 
 def create_train_state(rng, tx):
   variables = LinenCNN().init(rng, jnp.ones([1, 28, 28, 1]), train=False)
-  return TrainState.create(apply_fn=LinenCNN().apply, params=variables["params"],
-                           batch_stats=variables["batch_stats"], tx=tx)
+  return TrainState.create(
+    apply_fn=LinenCNN().apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=tx,
+  )
 
 
 def test_linen_example_port_trains_compiles_once_and_restores_exactly(mnist, tmp_path):
@@ -267,11 +292,15 @@ def test_linen_example_port_trains_compiles_once_and_restores_exactly(mnist, tmp
   a, loss_a = train_epoch(state, data, BATCH, jax.random.key(9))
   b, loss_b = train_epoch(restored, data, BATCH, jax.random.key(9))
   assert loss_a == loss_b
-  jax.tree.map(np.testing.assert_array_equal, (a.params, a.batch_stats, a.opt_state),
-               (b.params, b.batch_stats, b.opt_state))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    (a.params, a.batch_stats, a.opt_state),
+    (b.params, b.batch_stats, b.opt_state),
+  )
 
 
 # ---- The errors of a half-done port, and the shared loop with a plain optimizer --------------
+
 
 class Tiny(nnx.Module):
   """Linear + call-time dropout: the smallest model with flax's call-time rngs style."""
@@ -295,8 +324,9 @@ def _tiny_batches(num_batches, batch_size=4):
 
 def test_call_time_rngs_closed_over_says_pass_rngs():
   model, rngs = Tiny(nnx.Rngs(0)), nnx.Rngs(1)
-  optimizer = nnx.Optimizer(model, entropy_optax.entropy_sgd(0.1, num_langevin_steps=3),
-                            wrt=nnx.Param)
+  optimizer = nnx.Optimizer(
+    model, entropy_optax.entropy_sgd(0.1, num_langevin_steps=3), wrt=nnx.Param
+  )
   batches = _tiny_batches(3)
 
   @nnx.jit
@@ -331,14 +361,16 @@ def test_loss_with_aux_without_has_aux_says_so():
   with pytest.raises(TypeError, match="pass has_aux=True"):
     entropy_optax.flax.make_grad_fn(lambda p, b: (jnp.sum(p), p), jnp.ones((2, 3)))(jnp.ones(3), 1)
   with pytest.raises(TypeError, match="drop has_aux"):
-    entropy_optax.flax.make_grad_fn(lambda p, b: jnp.sum(p), jnp.ones((2, 3)),
-                                    has_aux=True)(jnp.ones(3), 1)
+    entropy_optax.flax.make_grad_fn(lambda p, b: jnp.sum(p), jnp.ones((2, 3)), has_aux=True)(
+      jnp.ones(3), 1
+    )
 
 
 def test_flax_train_state_subclass_error_names_ours():
   params = {"w": jnp.ones(3)}
   state = train_state.TrainState.create(
-      apply_fn=None, params=params, tx=entropy_optax.entropy_sgd(0.1, num_langevin_steps=2))
+    apply_fn=None, params=params, tx=entropy_optax.entropy_sgd(0.1, num_langevin_steps=2)
+  )
   with pytest.raises(TypeError, match=r"entropy_optax\.flax\.TrainState \(subclass it"):
     state.apply_gradients(grads=params)
 
@@ -362,11 +394,11 @@ def test_stacking_errors_say_stack_l_minibatches():
 
 def test_stack_batches_from_each_source(mnist):
   batches = list(make_batches(mnist, BATCH))  # 4 batches of 8
-  expected = [jax.tree.map(lambda *b: np.stack(b), *batches[i:i + L]) for i in (0, L)]
+  expected = [jax.tree.map(lambda *b: np.stack(b), *batches[i : i + L]) for i in (0, L)]
   sources = {
-      "generator": make_batches(mnist, BATCH),
-      "tf.data": _tf_dataset(mnist, BATCH),
-      "jax arrays": [jax.tree.map(jnp.asarray, b) for b in batches],
+    "generator": make_batches(mnist, BATCH),
+    "tf.data": _tf_dataset(mnist, BATCH),
+    "jax arrays": [jax.tree.map(jnp.asarray, b) for b in batches],
   }
   for name, source in sources.items():
     stacked = list(stack_batches(source, L))
@@ -391,17 +423,24 @@ def test_one_loop_plain_optimizer_takes_one_update_per_minibatch():
   for k in range(3):
     twin_optimizer.update(twin, nnx.grad(_tiny_loss)(twin, (xs[k], ys[k])))
   assert int(optimizer.step[...]) == 3
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6),
-               nnx.state(model, nnx.Param), nnx.state(twin, nnx.Param))
+  jax.tree.map(
+    functools.partial(np.testing.assert_allclose, rtol=1e-6),
+    nnx.state(model, nnx.Param),
+    nnx.state(twin, nnx.Param),
+  )
 
   # Linen: TrainState.apply_gradients, under jit.
   loss = lambda params, batch: jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
   state = entropy_optax.flax.TrainState.create(
-      apply_fn=None, params={"w": jnp.zeros((3, 2))}, tx=optax.sgd(0.1, momentum=0.9))
+    apply_fn=None, params={"w": jnp.zeros((3, 2))}, tx=optax.sgd(0.1, momentum=0.9)
+  )
   reference = state
-  step = jax.jit(lambda s: s.apply_gradients(
+  step = jax.jit(
+    lambda s: s.apply_gradients(
       grads=jax.grad(loss)(s.params, (xs[0], ys[0])),
-      grad_fn=entropy_optax.flax.make_grad_fn(loss, (xs, ys))))
+      grad_fn=entropy_optax.flax.make_grad_fn(loss, (xs, ys)),
+    )
+  )
   state = step(state)
   for k in range(3):
     reference = reference.apply_gradients(grads=jax.grad(loss)(reference.params, (xs[k], ys[k])))
@@ -416,8 +455,11 @@ def test_readme_porting_section_runs():
   blocks = re.findall(r"```python\n(.*?)```", section, re.S)
   assert len(blocks) == 4
   code = "\n".join(blocks)
-  shorter = code.replace("train_batches(100)", "train_batches(20)").replace(
-      "range(3)", "range(1)").replace("L = 5", "L = 2")
+  shorter = (
+    code.replace("train_batches(100)", "train_batches(20)")
+    .replace("range(3)", "range(1)")
+    .replace("L = 5", "L = 2")
+  )
   assert shorter.count("train_batches(20)") == 1 and shorter.count("range(1)") == 1
   namespace = {}
   exec(compile(shorter, str(readme), "exec"), namespace)

@@ -10,10 +10,9 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments import bptt
+from experiments import bptt, text_data
 from experiments import recurrent_models as rm
 from experiments import recurrent_recipes as rr
-from experiments import text_data
 
 
 def _lstm_params(vocab, embed, hidden, layers):
@@ -52,11 +51,17 @@ def _numpy_lstm(params, tokens, embed):
   c = [np.zeros((batch, hidden)) for _ in range(layers)]
   logits = np.zeros((batch, steps, p["softmax"]["bias"].shape[0]))
   for t in range(steps):
-    x = p["embedding"][tokens[:, t]] if embed else np.eye(
-        p["layer0_input_kernel"].shape[0])[tokens[:, t]]
+    x = (
+      p["embedding"][tokens[:, t]]
+      if embed
+      else np.eye(p["layer0_input_kernel"].shape[0])[tokens[:, t]]
+    )
     for l in range(layers):
-      z = x @ p[f"layer{l}_input_kernel"] + h[l] @ p[f"layer{l}_recurrent_kernel"] + p[
-          f"layer{l}_bias"]
+      z = (
+        x @ p[f"layer{l}_input_kernel"]
+        + h[l] @ p[f"layer{l}_recurrent_kernel"]
+        + p[f"layer{l}_bias"]
+      )
       i, f, g, o = np.split(z, 4, axis=-1)
       c[l] = sigmoid(f) * c[l] + sigmoid(i) * np.tanh(g)
       h[l] = sigmoid(o) * np.tanh(c[l])
@@ -67,8 +72,9 @@ def _numpy_lstm(params, tokens, embed):
 
 @pytest.mark.parametrize("embed", [None, 6])
 def test_lstm_matches_an_independent_implementation(embed):
-  model = rm.LSTMLanguageModel(vocab_size=7, hidden_size=5, num_layers=2, embed_size=embed,
-                               init_scale=0.5, forget_bias=1.0)
+  model = rm.LSTMLanguageModel(
+    vocab_size=7, hidden_size=5, num_layers=2, embed_size=embed, init_scale=0.5, forget_bias=1.0
+  )
   tokens = np.random.default_rng(0).integers(0, 7, (3, 6)).astype(np.int32)
   params = model.init(jax.random.key(1), tokens, rm.zero_state(model, 3), train=False)["params"]
   logits, _ = model.apply({"params": params}, tokens, rm.zero_state(model, 3), train=False)
@@ -78,8 +84,13 @@ def test_lstm_matches_an_independent_implementation(embed):
   assert np.all(forget > 0.5) and np.all(np.abs(np.asarray(params["layer0_bias"][:5])) <= 0.5)
 
 
-@pytest.mark.parametrize("make", [lambda: rm.char_lstm(11, hidden_size=8),
-                                  lambda: rm.ptb_lstm("small", 11, hidden_size=8, embed_size=8)])
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: rm.char_lstm(11, hidden_size=8),
+    lambda: rm.ptb_lstm("small", 11, hidden_size=8, embed_size=8),
+  ],
+)
 def test_state_carried_over_two_segments_equals_the_concatenated_sequence(make):
   model = make()
   tokens = np.random.default_rng(2).integers(0, 11, (4, 10)).astype(np.int32)
@@ -91,11 +102,14 @@ def test_state_carried_over_two_segments_equals_the_concatenated_sequence(make):
   first_logits, state = apply(tokens[:, :4], zero)
   second_logits, state = apply(tokens[:, 4:], state)
   nll_whole = bptt.token_nll(whole_logits, targets)[0]
-  nll_parts = (bptt.token_nll(first_logits, targets[:, :4])[0]
-               + bptt.token_nll(second_logits, targets[:, 4:])[0])
+  nll_parts = (
+    bptt.token_nll(first_logits, targets[:, :4])[0]
+    + bptt.token_nll(second_logits, targets[:, 4:])[0]
+  )
   np.testing.assert_allclose(nll_parts, nll_whole, rtol=1e-6)
-  np.testing.assert_allclose(jnp.concatenate([first_logits, second_logits], 1), whole_logits,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    jnp.concatenate([first_logits, second_logits], 1), whole_logits, atol=1e-6
+  )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state, whole_state)
 
 
@@ -130,8 +144,12 @@ class _Recorder:
     return getattr(self.model, name)
 
   def apply(self, variables, tokens, state, **kwargs):
-    jax.debug.callback(lambda t, h: self.calls.append((np.asarray(t), float(h))),
-                       tokens[:, 0], sum(jnp.sum(h) for _, h in state), ordered=True)
+    jax.debug.callback(
+      lambda t, h: self.calls.append((np.asarray(t), float(h))),
+      tokens[:, 0],
+      sum(jnp.sum(h) for _, h in state),
+      ordered=True,
+    )
     return self.model.apply(variables, tokens, state, **kwargs)
 
 
@@ -139,12 +157,23 @@ def _ptb_small_run(langevin_steps, num_outer, clip_norm=5.0):
   model = rm.ptb_lstm("small", vocab_size=10_000)
   recorder = _Recorder(model)
   streams = jnp.asarray(text_data.bptt_streams(np.arange(2 * 60) % 10_000, 2))  # 60 a stream
-  make_tx = lambda key: entropy_optax.entropy_sgd(
-      1.0, num_langevin_steps=langevin_steps, gamma=1e-3, langevin_lr=1.0, noise=1e-4,
-      momentum=0.5, key=key) if langevin_steps > 1 else optax.sgd(1.0)
+  make_tx = lambda key: (
+    entropy_optax.entropy_sgd(
+      1.0,
+      num_langevin_steps=langevin_steps,
+      gamma=1e-3,
+      langevin_lr=1.0,
+      noise=1e-4,
+      momentum=0.5,
+      key=key,
+    )
+    if langevin_steps > 1
+    else optax.sgd(1.0)
+  )
   state = bptt.create_state(model, make_tx, 0, batch_size=2)
-  step = jax.jit(bptt.make_train_step(recorder, num_steps=5, langevin_steps=langevin_steps,
-                                      clip_norm=clip_norm))
+  step = jax.jit(
+    bptt.make_train_step(recorder, num_steps=5, langevin_steps=langevin_steps, clip_norm=clip_norm)
+  )
   states = [state]
   for _ in range(num_outer):
     states.append(step(states[-1], streams)[0])
@@ -161,7 +190,7 @@ def test_entropy_sgd_step_costs_L_gradient_evaluations_and_follows_the_state_pol
   expected = [5 * s for s in (0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7)]
   assert first_tokens == expected
   for outer in range(4):
-    h0, *h_langevin = [h for _, h in calls[outer * L:(outer + 1) * L]]
+    h0, *h_langevin = [h for _, h in calls[outer * L : (outer + 1) * L]]
     # The state carried out of the step is the pass at x on its first segment...
     _, carried_in = (None, states[outer].lstm_state)
     if outer % 2 == 0:
@@ -169,8 +198,11 @@ def test_entropy_sgd_step_costs_L_gradient_evaluations_and_follows_the_state_pol
       assert h0 == 0.0
     inputs, _ = text_data.segment(streams, (outer % 2) * L, 5)
     _, after_x = model.apply({"params": states[outer].params}, inputs, carried_in, train=False)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-                 states[outer + 1].lstm_state, after_x)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+      states[outer + 1].lstm_state,
+      after_x,
+    )
     # ...and every Langevin step k >= 1 starts from it.
     expected_h = float(sum(jnp.sum(h) for _, h in after_x))
     np.testing.assert_allclose(h_langevin, [expected_h] * (L - 1), rtol=1e-5)
@@ -188,10 +220,12 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
   streams = jnp.asarray(text_data.bptt_streams(np.arange(90) % 4, 3))
   L, clip, lr = 3, 0.05, 2.0
   make_tx = lambda key: entropy_optax.entropy_sgd(
-      1.0, num_langevin_steps=L, gamma=0.1, langevin_lr=lr, noise=0.0, momentum=0.0, key=key)
+    1.0, num_langevin_steps=L, gamma=0.1, langevin_lr=lr, noise=0.0, momentum=0.0, key=key
+  )
   state = bptt.create_state(model, make_tx, 0, batch_size=3)
-  new_state, _ = jax.jit(bptt.make_train_step(model, num_steps=4, langevin_steps=L,
-                                              clip_norm=clip))(state, streams)
+  new_state, _ = jax.jit(
+    bptt.make_train_step(model, num_steps=4, langevin_steps=L, clip_norm=clip)
+  )(state, streams)
   x = state.params
   # Independent: the chain of langevin_mean fed gradients clipped here, from the same states.
   zero = rm.zero_state(model, 3)
@@ -199,8 +233,13 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
 
   def loss(params, k, lstm_state):
     inputs, targets = text_data.segment(streams, k, 4)
-    logits, final = model.apply({"params": params}, inputs, lstm_state, train=True,
-                                rngs={"dropout": jax.random.fold_in(key, k)})
+    logits, final = model.apply(
+      {"params": params},
+      inputs,
+      lstm_state,
+      train=True,
+      rngs={"dropout": jax.random.fold_in(key, k)},
+    )
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), final
 
   (_, after_x), g0 = jax.value_and_grad(loss, has_aux=True)(x, 0, zero)
@@ -208,11 +247,20 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
   @jax.jit
   def expected_params(clip_value):  # clip_value = inf: no clipping
     clip_fn = lambda g: jax.tree.map(
-        lambda a: a * jnp.minimum(1.0, clip_value / optax.tree.norm(g)), g)
+      lambda a: a * jnp.minimum(1.0, clip_value / optax.tree.norm(g)), g
+    )
     grad_fn = lambda p, k: clip_fn(jax.grad(lambda q: loss(q, k, after_x)[0])(p))
-    mu, _ = entropy_optax.langevin_mean(grad_fn, x, jax.random.key(0), gamma=0.1, num_steps=L,
-                                        langevin_lr=lr, noise=0.0, alpha=0.75,
-                                        grad_at_params=clip_fn(g0))
+    mu, _ = entropy_optax.langevin_mean(
+      grad_fn,
+      x,
+      jax.random.key(0),
+      gamma=0.1,
+      num_steps=L,
+      langevin_lr=lr,
+      noise=0.0,
+      alpha=0.75,
+      grad_at_params=clip_fn(g0),
+    )
     return mu
 
   mu = expected_params(clip)
@@ -228,12 +276,15 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,epoch_lrs", [
-    ("ptb-sgd", [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15 ** -3)]),
+@pytest.mark.parametrize(
+  "name,epoch_lrs",
+  [
+    ("ptb-sgd", [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15**-3)]),
     ("ptb-entropy-sgd", [(0, 1.0), (2.9, 1.0), (3, 0.1), (4, 0.01)]),
-    ("charlstm-adam", [(0, 2e-3), (4.9, 2e-3), (5, 1e-3), (49, 2e-3 / 2 ** 9)]),
+    ("charlstm-adam", [(0, 2e-3), (4.9, 2e-3), (5, 1e-3), (49, 2e-3 / 2**9)]),
     ("charlstm-entropy-adam", [(0, 1e-2), (1, 5e-3), (4.5, 1e-2 / 16)]),
-])
+  ],
+)
 def test_recipe_learning_rates_follow_the_paper(name, epoch_lrs):
   schedule = rr.RECIPES[name].learning_rate_schedule(steps_per_outer_epoch=10)
   for epoch, lr in epoch_lrs:
@@ -243,8 +294,16 @@ def test_recipe_learning_rates_follow_the_paper(name, epoch_lrs):
 def test_recipes_budgets_and_validation():
   assert [rr.RECIPES[n].effective_epochs for n in rr.RECIPES] == [55, 25, 50, 25]
   with pytest.raises(ValueError, match="L > 1"):
-    rr.LMRecipe(target="", model="char-lstm", optimizer="entropy_adam", outer_epochs=1,
-                batch_size=1, num_steps=1, clip_norm=1.0, learning_rate=1.0)
+    rr.LMRecipe(
+      target="",
+      model="char-lstm",
+      optimizer="entropy_adam",
+      outer_epochs=1,
+      batch_size=1,
+      num_steps=1,
+      clip_norm=1.0,
+      learning_rate=1.0,
+    )
   # Entropy-SGD's outer Nesterov momentum 0.5 acts: two identical outer gradients g (no noise,
   # same x, constant loss gradient) give updates 1.5 g and g + 0.5 (g + 0.5 g) = 1.75 g.
   recipe = dataclasses.replace(rr.RECIPES["ptb-entropy-sgd"], noise=0.0)

@@ -6,8 +6,12 @@ import pytest
 from experiments import sensitivity_lib as sl
 
 DATA = sl.synthetic_data(num_train=128, num_test=64)
-GRID = {"gamma": np.array([0.03, 1.0]), "langevin_lr": np.array([0.1, 0.02]),
-        "noise": np.array([1e-4, 1e-3]), "learning_rate": np.array([1.0, 0.5])}
+GRID = {
+  "gamma": np.array([0.03, 1.0]),
+  "langevin_lr": np.array([0.1, 0.02]),
+  "noise": np.array([1e-4, 1e-3]),
+  "learning_rate": np.array([1.0, 0.5]),
+}
 COMMON = dict(seeds=2, num_langevin_steps=2, effective_epochs=4, batch_size=16, num_evals=2)
 
 
@@ -22,8 +26,16 @@ def test_vmapped_grid_equals_the_runs_one_after_another():
 
 
 def test_sgd_learns_the_synthetic_problem():
-  curves = sl.train_grid("mlp1d", DATA, "sgd", {"learning_rate": [0.0, 0.05]}, seeds=2,
-                         effective_epochs=8, batch_size=16, num_evals=2)
+  curves = sl.train_grid(
+    "mlp1d",
+    DATA,
+    "sgd",
+    {"learning_rate": [0.0, 0.05]},
+    seeds=2,
+    effective_epochs=8,
+    batch_size=16,
+    num_evals=2,
+  )
   # lr 0 keeps the initialisation (the same accuracy at both evaluations); lr 0.05 learns the
   # well-separated classes.
   np.testing.assert_array_equal(curves[0, :, 0], curves[0, :, 1])
@@ -32,8 +44,7 @@ def test_sgd_learns_the_synthetic_problem():
 
 def test_time_to_target_reads_the_first_evaluation_at_or_above_target():
   curves = np.array([[0.2, 0.5, 0.9, 0.95], [0.1, 0.2, 0.3, 0.4]])
-  np.testing.assert_array_equal(sl.time_to_target(curves, 0.9, effective_epochs=20),
-                                [15.0, np.nan])
+  np.testing.assert_array_equal(sl.time_to_target(curves, 0.9, effective_epochs=20), [15.0, np.nan])
 
 
 def test_summarise_finds_the_points_that_beat_the_best_sgd():
@@ -47,5 +58,6 @@ def test_summarise_finds_the_points_that_beat_the_best_sgd():
 
 def test_grid_missing_a_key_names_it():
   with pytest.raises(ValueError, match="noise"):
-    sl.train_grid("mlp1d", DATA, "entropy_sgd", {k: v for k, v in GRID.items() if k != "noise"},
-                  **COMMON)
+    sl.train_grid(
+      "mlp1d", DATA, "entropy_sgd", {k: v for k, v in GRID.items() if k != "noise"}, **COMMON
+    )

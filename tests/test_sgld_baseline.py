@@ -1,9 +1,7 @@
 """The SGLD baseline: optax.noisy_sgd with the Langevin noise scale sqrt(2 lr_t T)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from experiments import sensitivity_lib as sl
@@ -40,7 +38,14 @@ def test_bad_arguments_name_them():
 
 def test_runs_in_the_vmapped_grid():
   data = sl.synthetic_data(num_train=128, num_test=64)
-  curves = sl.train_grid("mlp1d", data, "sgld",
-                         {"learning_rate": [0.05], "decay_power": [0.55], "temperature": [1e-4]},
-                         seeds=2, effective_epochs=8, batch_size=16, num_evals=2)
+  curves = sl.train_grid(
+    "mlp1d",
+    data,
+    "sgld",
+    {"learning_rate": [0.05], "decay_power": [0.55], "temperature": [1e-4]},
+    seeds=2,
+    effective_epochs=8,
+    batch_size=16,
+    num_evals=2,
+  )
   assert curves.shape == (1, 2, 2) and curves[0, :, -1].min() > 0.8

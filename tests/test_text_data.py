@@ -19,10 +19,21 @@ def _write_ptb(folder, train=TRAIN, valid=VALID, test=TEST):
 def test_ptb_vocabulary_unk_and_end_of_sentence_tokens(tmp_path):
   corpus = text_data.read_ptb(_write_ptb(tmp_path))
   # Counts: <eos> 3, the 3, cat 2, then once each; ties alphabetical; blank lines carry no <eos>.
-  assert corpus.vocabulary == ("<eos>", "the", "cat", "<unk>", "a", "dog", "mat", "on", "ran",
-                               "sat")
+  assert corpus.vocabulary == (
+    "<eos>",
+    "the",
+    "cat",
+    "<unk>",
+    "a",
+    "dog",
+    "mat",
+    "on",
+    "ran",
+    "sat",
+  )
   assert corpus.decode(corpus.train) == (
-      "the cat sat on the mat <eos> the dog <unk> <eos> a cat ran <eos>".split())
+    "the cat sat on the mat <eos> the dog <unk> <eos> a cat ran <eos>".split()
+  )
   assert corpus.decode(corpus.valid) == "the cat <unk> <eos> a dog <eos>".split()
   assert corpus.decode(corpus.test) == ["the", "mat", "<eos>"]
   assert corpus.train.dtype == np.int32 and corpus.vocab_size == 10
@@ -32,8 +43,11 @@ def test_ptb_vocabulary_unk_and_end_of_sentence_tokens(tmp_path):
 def test_ptb_missing_file_says_where_to_get_it(tmp_path, missing):
   _write_ptb(tmp_path)
   (tmp_path / f"ptb.{missing}.txt").unlink()
-  with pytest.raises(text_data.CorpusError, match=rf"ptb\.{missing}\.txt not found.*"
-                     r"simple-examples\.tgz"):
+  with pytest.raises(
+    text_data.CorpusError,
+    match=rf"ptb\.{missing}\.txt not found.*"
+    r"simple-examples\.tgz",
+  ):
     text_data.read_ptb(tmp_path)
 
 
@@ -45,8 +59,9 @@ def test_ptb_empty_file_is_an_error(tmp_path):
 
 def test_ptb_word_outside_the_vocabulary_names_file_and_word(tmp_path):
   _write_ptb(tmp_path, valid="the cat\nthe zebra sat\n")
-  with pytest.raises(text_data.CorpusError,
-                     match=r"ptb\.valid\.txt has 1 words .* \(first: 'zebra'\).*<unk>"):
+  with pytest.raises(
+    text_data.CorpusError, match=r"ptb\.valid\.txt has 1 words .* \(first: 'zebra'\).*<unk>"
+  ):
     text_data.read_ptb(tmp_path)
 
 
@@ -68,17 +83,24 @@ def test_char_corpus_file_errors(tmp_path):
   with pytest.raises(text_data.CorpusError, match="not UTF-8"):
     text_data.read_char_corpus(tmp_path / "latin1.txt")
   (tmp_path / "ok.txt").write_text("Война и мир. " * 3, encoding="utf-8")
-  assert "".join(text_data.read_char_corpus(tmp_path / "ok.txt").decode(
-      text_data.read_char_corpus(tmp_path / "ok.txt").train))[:5] == "Война"
+  assert (
+    "".join(
+      text_data.read_char_corpus(tmp_path / "ok.txt").decode(
+        text_data.read_char_corpus(tmp_path / "ok.txt").train
+      )
+    )[:5]
+    == "Война"
+  )
 
 
 def test_pydoc_corpus_is_the_whole_topics_text():
   from pydoc_data import topics
+
   text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
   corpus = text_data.pydoc_corpus()
   total = len(corpus.train) + len(corpus.valid) + len(corpus.test)
   assert total == len(text) > 100_000
-  assert "".join(corpus.decode(corpus.valid[:200])) == text[len(corpus.train):][:200]
+  assert "".join(corpus.decode(corpus.valid[:200])) == text[len(corpus.train) :][:200]
 
 
 def test_bptt_segments_follow_each_other_in_every_stream():
@@ -87,12 +109,13 @@ def test_bptt_segments_follow_each_other_in_every_stream():
   num_steps = 6
   n = text_data.num_segments(streams, num_steps)
   assert n == 4
-  segments = [tuple(np.asarray(a) for a in text_data.segment(streams, s, num_steps))
-              for s in range(n)]
+  segments = [
+    tuple(np.asarray(a) for a in text_data.segment(streams, s, num_steps)) for s in range(n)
+  ]
   for b in range(4):
     inputs = np.concatenate([x[b] for x, _ in segments])
     targets = np.concatenate([y[b] for _, y in segments])
-    np.testing.assert_array_equal(inputs, tokens[25 * b: 25 * b + n * num_steps])
+    np.testing.assert_array_equal(inputs, tokens[25 * b : 25 * b + n * num_steps])
     np.testing.assert_array_equal(targets, inputs + 1)
 
 

@@ -44,16 +44,24 @@ def tiny_data(n_train=384, n_val=128, seed=0):
 # One model and one optimizer factory for all runs: train() reuses its compiled functions for
 # runs with the same (model, tx, shapes), as a resumed run in the same process would.
 MODEL = TinyNet()
+
+
 def TX(key):
   """The optimizer of a seed: each seed gets its noise key through the public ``key``."""
-  return entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03, langevin_lr=0.1,
-                                   key=key)
+  return entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03, langevin_lr=0.1, key=key)
 
 
 def config(**overrides):
-  defaults = dict(batch_size=32, num_steps=40, langevin_steps=L, steps_per_call=10,
-                  eval_every_steps=20, checkpoint_every_steps=10, keep_checkpoints=2,
-                  progress=False)
+  defaults = dict(
+    batch_size=32,
+    num_steps=40,
+    langevin_steps=L,
+    steps_per_call=10,
+    eval_every_steps=20,
+    checkpoint_every_steps=10,
+    keep_checkpoints=2,
+    progress=False,
+  )
   return training.TrainConfig(**{**defaults, **overrides})
 
 
@@ -76,7 +84,7 @@ def test_batch_indices_shuffle_every_pass_on_device():
   for p in passes:
     assert len(set(p)) == 9 and set(p) <= set(range(n))
   assert not np.array_equal(passes[0], passes[1])
-  # Any window of mini-batches is the same slice of the sequence: the order depends on the step only.
+  # Any window of mini-batches is the same slice of the sequence: the order depends on the step.
   np.testing.assert_array_equal(steps.shuffled_batch_indices(key, jnp.int32(4), 4, n, b), idx[4:8])
 
 
@@ -106,8 +114,10 @@ def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
 
 def garble(step_dir: pathlib.Path) -> pathlib.Path:
   """XORs 64 bytes inside the largest file of a checkpoint's ocdbt data, as a bad disk would."""
-  largest = max((p for p in step_dir.rglob("*") if p.is_file() and "ocdbt" in str(p)),
-                key=lambda p: p.stat().st_size)
+  largest = max(
+    (p for p in step_dir.rglob("*") if p.is_file() and "ocdbt" in str(p)),
+    key=lambda p: p.stat().st_size,
+  )
   data = bytearray(largest.read_bytes())
   middle = len(data) // 2
   for i in range(middle, min(middle + 64, len(data))):
@@ -200,8 +210,11 @@ def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
   result = training.train(cfg, MODEL, TX, tiny_data())
   assert result.state.params["Dense_0"]["kernel"].shape == (2, 8, 16)
   lane0 = jax.tree.map(lambda a: a[0], steps.state_dict(result.state))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               lane0, steps.state_dict(reference.state))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    lane0,
+    steps.state_dict(reference.state),
+  )
   k0, k1 = result.state.params["Dense_0"]["kernel"]
   assert not np.allclose(k0, k1)  # the seeds differ
   assert sorted({r["seed"] for r in result.records}) == [0, 1]
@@ -211,20 +224,27 @@ def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
 
 def test_plain_optax_and_one_batch_per_step():
   result = training.train(
-      config(langevin_steps=1, num_steps=20, eval_every_steps=0, checkpoint_every_steps=0),
-      MODEL, optax.sgd(0.1, momentum=0.9), tiny_data())
+    config(langevin_steps=1, num_steps=20, eval_every_steps=0, checkpoint_every_steps=0),
+    MODEL,
+    optax.sgd(0.1, momentum=0.9),
+    tiny_data(),
+  )
   last = result.records[-1]
   assert last["effective_epochs"] == last["epoch"] and "langevin_gamma" not in last
   assert last["val_error"] < 0.2
   with pytest.raises(ValueError, match="langevin_steps=1"):
-    training.train(config(eval_every_steps=0, checkpoint_every_steps=0), MODEL, optax.sgd(0.1), tiny_data())
+    training.train(
+      config(eval_every_steps=0, checkpoint_every_steps=0), MODEL, optax.sgd(0.1), tiny_data()
+    )
 
 
 def test_one_batch_per_step_reuses_it_for_every_langevin_step():
   """fresh_batches=False on batch b equals fresh batches (b, b): same data, same dropout keys."""
   x, y, _, _ = tiny_data()
   tx = entropy_optax.entropy_sgd(0.5, num_langevin_steps=2, noise=0.0)  # compiles faster
-  state = jax.jit(lambda s: steps.init_state(MODEL, lambda k: tx, steps.Task(), x[:1], s))(jnp.uint32(0))
+  state = jax.jit(lambda s: steps.init_state(MODEL, lambda k: tx, steps.Task(), x[:1], s))(
+    jnp.uint32(0)
+  )
   xs, ys = jnp.asarray(x[:32])[None], jnp.asarray(y[:32])[None]
   one = steps.train_step(state, xs, ys, fresh_batches=False)
   three = steps.train_step(state, jnp.repeat(xs, L, 0), jnp.repeat(ys, L, 0))
@@ -242,20 +262,34 @@ def test_dispatch_runner_matches_scan():
   """One jitted step per step (the CPU path for conv nets) = the scan, up to rounding."""
   cfg = config(num_steps=10, eval_every_steps=0, checkpoint_every_steps=0)
   scan = training.train(cfg, MODEL, TX, tiny_data())
-  dispatch = training.train(dataclasses.replace(cfg, step_runner="dispatch"), MODEL, TX,
-                            tiny_data())
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               steps.state_dict(scan.state), steps.state_dict(dispatch.state))
+  dispatch = training.train(
+    dataclasses.replace(cfg, step_runner="dispatch"), MODEL, TX, tiny_data()
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    steps.state_dict(scan.state),
+    steps.state_dict(dispatch.state),
+  )
   for a, b in zip(scan.records, dispatch.records):
     np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
 
 
 def test_sharded_over_eight_devices_matches_one_device():
   """The same run over a Mesh of 8 simulated CPU devices (in a fresh process)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  out = subprocess.run([sys.executable, str(REPO / "tests" / "sharded_training_check.py")],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+  )
+  out = subprocess.run(
+    [sys.executable, str(REPO / "tests" / "sharded_training_check.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report["devices"] == 8
@@ -278,9 +312,12 @@ def test_task_extensions_carry_and_before_eval():
   """A carried state (Task.init_carry) is threaded through the steps and kept in the state; a
   pre-evaluation hook (Task.before_eval) changes what is evaluated, not what is trained."""
   model, batch = CarryNet(), 32
-  task = steps.Task(init_carry=lambda n: jnp.zeros((n, 4)),
-                    before_eval=lambda state, x, y: state.replace(
-                        params=jax.tree.map(jnp.zeros_like, state.params)))
+  task = steps.Task(
+    init_carry=lambda n: jnp.zeros((n, 4)),
+    before_eval=lambda state, x, y: state.replace(
+      params=jax.tree.map(jnp.zeros_like, state.params)
+    ),
+  )
   sgd = optax.sgd(0.1)
   x, y, vx, vy = tiny_data()
   cfg = training.TrainConfig(batch_size=batch, num_steps=2, steps_per_call=2, progress=False)
@@ -294,9 +331,11 @@ def test_task_extensions_carry_and_before_eval():
   idx = np.asarray(steps.shuffled_batch_indices(state0.data_key, jnp.int32(0), 2, len(x), batch))
   params0 = state0.params
   h1 = jnp.tanh(x[idx[0]] @ params0["Dense_0"]["kernel"] + params0["Dense_0"]["bias"])
-  grads = jax.grad(lambda p: steps.cross_entropy(
-      model.apply({"params": p}, x[idx[0]], jnp.zeros((batch, 4)), train=True)[0],
-      y[idx[0]]))(params0)
+  grads = jax.grad(
+    lambda p: steps.cross_entropy(
+      model.apply({"params": p}, x[idx[0]], jnp.zeros((batch, 4)), train=True)[0], y[idx[0]]
+    )
+  )(params0)
   params1 = jax.tree.map(lambda p, g: p - 0.1 * g, params0, grads)
   h2 = jnp.tanh(x[idx[1]] @ params1["Dense_0"]["kernel"] + params1["Dense_0"]["bias"] + h1)
   np.testing.assert_allclose(result.state.carry, h2, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ def paper_result(dataset: str, model: str, optimizer: str) -> str | None:
   for module in EXPERIMENTS.values():
     for preset in module.PRESETS.values():
       if (preset.config.dataset, preset.config.optimizer) == (dataset, optimizer) and (
-          model in preset.paper):
+        model in preset.paper
+      ):
         return preset.paper[model]
   return None

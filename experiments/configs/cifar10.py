@@ -12,46 +12,93 @@ from experiments.config import Preset, RunConfig
 
 BASE = RunConfig(dataset="cifar10", model="allcnn_bn", batch_size=128)
 # The Lua presets also take the authors' All-CNN-BN layout (padded 7th conv, 3x3 8th conv).
-_LUA = dict(model="allcnn_bn_authors", sampling="replacement", bn_reestimate=True,
-            momentum=0.9, nesterov=True, weight_decay=1e-3)
+_LUA = dict(
+  model="allcnn_bn_authors",
+  sampling="replacement",
+  bn_reestimate=True,
+  momentum=0.9,
+  nesterov=True,
+  weight_decay=1e-3,
+)
 
 PRESETS = {
-    "entropy-sgd": Preset(
-        "paper's text (Alg. 1), Fig. 5: L=20, 10 epochs (200 effective), lr 1 ÷5 every 4 "
-        "epochs, Langevin lr 0.1, noise 1e-4, "
-        "gamma 0.03 x 1.001 per update, Nesterov 0.9 in both loops, L2 1e-3",
-        BASE.replace(
-            optimizer="entropy-sgd", outer_epochs=10, langevin_steps=20, learning_rate=1.0,
-            lr_decay=0.2, lr_decay_outer_epochs=(4.0, 8.0), momentum=0.9, nesterov=True,
-            langevin_lr=0.1, noise=1e-4, gamma0=0.03, gamma1=1e-3, scoping="exponential",
-            langevin_momentum=0.9, weight_decay=1e-3, eval_every_effective_epochs=10.0),
-        paper={"allcnn_bn": "7.81 ± 0.09 (160)"}),
-    "sgd": Preset(
-        "paper's text, Fig. 5: Nesterov 0.9, lr 0.1 ÷5 every 60 epochs, 200 epochs, L2 1e-3",
-        BASE.replace(
-            optimizer="sgd", outer_epochs=200, learning_rate=0.1, lr_decay=0.2,
-            lr_decay_outer_epochs=(60.0, 120.0, 180.0), momentum=0.9, nesterov=True,
-            weight_decay=1e-3, eval_every_effective_epochs=5.0),
-        paper={"allcnn_bn": "7.71 ± 0.19 (180)"}),
-    "entropy-sgd-lua": Preset(
-        "Lua code (ran the paper), Fig. 5: authors_entropy_sgd(code='lua'), L=20, 10 epochs "
-        "(200 effective), lr 1 (epochs 1-3), 0.2 (4-6), 0.04 (7-10), outer step x - mu without "
-        "momentum, Nesterov 0.9 inside, noise 1e-4 (the code's), gamma 0.03 x 1.001 per update, "
-        "L2 1e-3 inside only, the codes' All-CNN-BN layout, mini-batches with replacement, "
-        "BatchNorm re-estimated before each evaluation",
-        BASE.replace(
-            optimizer="entropy-sgd-lua", outer_epochs=10, langevin_steps=20, learning_rate=1.0,
-            lr_decay=0.2, lr_decay_outer_epochs=(3.0, 6.0), langevin_lr=0.1, noise=1e-4,
-            alpha=0.25, gamma0=0.03, gamma1=1e-3, scoping="exponential", langevin_momentum=0.9,
-            eval_every_effective_epochs=20.0, **_LUA),
-        paper={"allcnn_bn_authors": "7.81 ± 0.09 (160)"}),
-    "sgd-lua": Preset(
-        "Lua code's baseline (L=0), Fig. 5: Nesterov 0.9, lr 0.1 x0.2 after epochs 60, 120 and "
-        "180, 200 epochs, L2 1e-3, the codes' All-CNN-BN layout, mini-batches with replacement, "
-        "BatchNorm re-estimated before each evaluation",
-        BASE.replace(
-            optimizer="sgd", outer_epochs=200, learning_rate=0.1, lr_decay=0.2,
-            lr_decay_outer_epochs=(60.0, 120.0, 180.0), eval_every_effective_epochs=5.0,
-            **_LUA),
-        paper={"allcnn_bn_authors": "7.71 ± 0.19 (180)"}),
+  "entropy-sgd": Preset(
+    "paper's text (Alg. 1), Fig. 5: L=20, 10 epochs (200 effective), lr 1 ÷5 every 4 "
+    "epochs, Langevin lr 0.1, noise 1e-4, "
+    "gamma 0.03 x 1.001 per update, Nesterov 0.9 in both loops, L2 1e-3",
+    BASE.replace(
+      optimizer="entropy-sgd",
+      outer_epochs=10,
+      langevin_steps=20,
+      learning_rate=1.0,
+      lr_decay=0.2,
+      lr_decay_outer_epochs=(4.0, 8.0),
+      momentum=0.9,
+      nesterov=True,
+      langevin_lr=0.1,
+      noise=1e-4,
+      gamma0=0.03,
+      gamma1=1e-3,
+      scoping="exponential",
+      langevin_momentum=0.9,
+      weight_decay=1e-3,
+      eval_every_effective_epochs=10.0,
+    ),
+    paper={"allcnn_bn": "7.81 ± 0.09 (160)"},
+  ),
+  "sgd": Preset(
+    "paper's text, Fig. 5: Nesterov 0.9, lr 0.1 ÷5 every 60 epochs, 200 epochs, L2 1e-3",
+    BASE.replace(
+      optimizer="sgd",
+      outer_epochs=200,
+      learning_rate=0.1,
+      lr_decay=0.2,
+      lr_decay_outer_epochs=(60.0, 120.0, 180.0),
+      momentum=0.9,
+      nesterov=True,
+      weight_decay=1e-3,
+      eval_every_effective_epochs=5.0,
+    ),
+    paper={"allcnn_bn": "7.71 ± 0.19 (180)"},
+  ),
+  "entropy-sgd-lua": Preset(
+    "Lua code (ran the paper), Fig. 5: authors_entropy_sgd(code='lua'), L=20, 10 epochs "
+    "(200 effective), lr 1 (epochs 1-3), 0.2 (4-6), 0.04 (7-10), outer step x - mu without "
+    "momentum, Nesterov 0.9 inside, noise 1e-4 (the code's), gamma 0.03 x 1.001 per update, "
+    "L2 1e-3 inside only, the codes' All-CNN-BN layout, mini-batches with replacement, "
+    "BatchNorm re-estimated before each evaluation",
+    BASE.replace(
+      optimizer="entropy-sgd-lua",
+      outer_epochs=10,
+      langevin_steps=20,
+      learning_rate=1.0,
+      lr_decay=0.2,
+      lr_decay_outer_epochs=(3.0, 6.0),
+      langevin_lr=0.1,
+      noise=1e-4,
+      alpha=0.25,
+      gamma0=0.03,
+      gamma1=1e-3,
+      scoping="exponential",
+      langevin_momentum=0.9,
+      eval_every_effective_epochs=20.0,
+      **_LUA,
+    ),
+    paper={"allcnn_bn_authors": "7.81 ± 0.09 (160)"},
+  ),
+  "sgd-lua": Preset(
+    "Lua code's baseline (L=0), Fig. 5: Nesterov 0.9, lr 0.1 x0.2 after epochs 60, 120 and "
+    "180, 200 epochs, L2 1e-3, the codes' All-CNN-BN layout, mini-batches with replacement, "
+    "BatchNorm re-estimated before each evaluation",
+    BASE.replace(
+      optimizer="sgd",
+      outer_epochs=200,
+      learning_rate=0.1,
+      lr_decay=0.2,
+      lr_decay_outer_epochs=(60.0, 120.0, 180.0),
+      eval_every_effective_epochs=5.0,
+      **_LUA,
+    ),
+    paper={"allcnn_bn_authors": "7.71 ± 0.19 (180)"},
+  ),
 }

@@ -12,26 +12,41 @@ learning-rate drops and the shared fields of every run (``experiments.grid.GridJ
 
 from experiments.config import Preset, RunConfig
 
-BASE = RunConfig(dataset="mnist1d", model="mlp1d", batch_size=100, num_seeds=3, lr_decay=0.1,
-                 checkpoint_every_evals=4)
+BASE = RunConfig(
+  dataset="mnist1d",
+  model="mlp1d",
+  batch_size=100,
+  num_seeds=3,
+  lr_decay=0.1,
+  checkpoint_every_evals=4,
+)
 # Published test error % of the benchmark (Adam): MLP 68%, CNN 94% accuracy.
 _BENCHMARK = {"mlp1d": "32 (benchmark: 68% acc.)", "cnn1d": "6 (benchmark: 94% acc.)"}
-_LANGEVIN = dict(langevin_steps=5, langevin_lr=0.1, noise=1e-4, gamma0=0.03, gamma1=1e-3,
-                 langevin_momentum=0.9)
+_LANGEVIN = dict(
+  langevin_steps=5, langevin_lr=0.1, noise=1e-4, gamma0=0.03, gamma1=1e-3, langevin_momentum=0.9
+)
 
 PRESETS = {
-    "sgd": Preset("Nesterov 0.9, lr 0.1",
-                  BASE.replace(optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True)),
-    "adam": Preset("lr 1e-2 (the benchmark's)",
-                   BASE.replace(optimizer="adam", learning_rate=1e-2), paper=_BENCHMARK),
-    "entropy-sgd": Preset(
-        "L=5, lr 0.3, Nesterov 0.9; Langevin lr 0.1, noise 1e-4, momentum 0.9; gamma 0.03 x "
-        "1.001 per update",
-        BASE.replace(optimizer="entropy-sgd", learning_rate=0.3, momentum=0.9, nesterov=True,
-                     **_LANGEVIN)),
-    "entropy-adam": Preset(
-        "L=5, lr 3e-2; the same Langevin settings",
-        BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **_LANGEVIN)),
+  "sgd": Preset(
+    "Nesterov 0.9, lr 0.1",
+    BASE.replace(optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True),
+  ),
+  "adam": Preset(
+    "lr 1e-2 (the benchmark's)",
+    BASE.replace(optimizer="adam", learning_rate=1e-2),
+    paper=_BENCHMARK,
+  ),
+  "entropy-sgd": Preset(
+    "L=5, lr 0.3, Nesterov 0.9; Langevin lr 0.1, noise 1e-4, momentum 0.9; gamma 0.03 x "
+    "1.001 per update",
+    BASE.replace(
+      optimizer="entropy-sgd", learning_rate=0.3, momentum=0.9, nesterov=True, **_LANGEVIN
+    ),
+  ),
+  "entropy-adam": Preset(
+    "L=5, lr 3e-2; the same Langevin settings",
+    BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **_LANGEVIN),
+  ),
 }
 
 # The job's defaults: every run gets this budget, and its learning rate drops by BASE.lr_decay
