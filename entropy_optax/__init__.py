@@ -4,7 +4,7 @@ from entropy_optax import flatness
 from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
-from entropy_optax._langevin import LangevinStats, langevin_mean
+from entropy_optax._langevin import langevin_mean
 from entropy_optax._scoping import (
   bounded_exponential_scoping,
   exponential_scoping,
@@ -12,6 +12,7 @@ from entropy_optax._scoping import (
   quadratic_scoping,
 )
 from entropy_optax._smoothing import GaussianSmoothingState, gaussian_smoothing
+from entropy_optax._stats import LangevinStats
 from entropy_optax._transform import LocalEntropyState, local_entropy
 
 __version__ = "0.1.0"

@@ -3,62 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from entropy_optax import _noise, _sghmc, _unroll
+from entropy_optax._checks import check_arguments, check_gradient_tree, check_weight_decay_at
+from entropy_optax._stats import LangevinStats, run_stats, tree_norm
 from entropy_optax._utils import is_concrete_number, is_static_zero, to_chain
-
-
-class LangevinStats(NamedTuple):
-  """Diagnostics of one Langevin run, for the paper's gamma-tuning heuristic (Sec. 4.2).
-
-  All fields are float32 scalars. Norms and inner products are those of R^n (of R^2n for complex
-  parameters: the real part of the Hermitian inner product). The field names do not repeat
-  optax's hyper-parameter and state names (``gamma``, ``mu``, ``count``), so that
-  ``optax.tree.get(opt_state, name)`` finds one value.
-
-  Attributes:
-    langevin_gamma: the scope gamma used for this run (``gamma`` in entropy_optax 0.1.0).
-    grad_norm: |grad f(x)|, the plain SGD gradient at x (the first Langevin step is taken at
-      x' = x, so this costs no extra gradient evaluation).
-    entropy_grad_norm: |gamma (x - mu)|, the local-entropy gradient; the paper tunes gamma so
-      that it is comparable with ``grad_norm``.
-    cosine: cosine between grad f(x) and the local-entropy direction x - mu.
-    mean_distance: the Euclidean distance |x - x'| after each Langevin step, averaged over the
-      L steps: how far the chain explores around x.
-  """
-
-  langevin_gamma: jax.Array
-  grad_norm: jax.Array
-  entropy_grad_norm: jax.Array
-  cosine: jax.Array
-  mean_distance: jax.Array
-
-
-def empty_stats() -> LangevinStats:
-  """Zero-valued stats, so that an optimizer state has its final structure before any update."""
-  return LangevinStats(*(jnp.zeros([], jnp.float32) for _ in LangevinStats._fields))
-
-
-def _tree_real_dot(a: Any, b: Any) -> jax.Array:
-  """Re <a, b>, the inner product of R^n (R^2n for complex leaves), as a float32 scalar.
-
-  Leaf by leaf, each leaf summed where it lies: ``optax.tree.vdot`` ravels every leaf, a reshape
-  that explicitly sharded arrays refuse, and returns a Python 0 for an empty tree.
-  """
-  total = jnp.zeros([], jnp.float32)
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    total = total + jnp.sum(jnp.real(jnp.conj(u) * v)).astype(jnp.float32)
-  return total
-
-
-def _tree_norm(a: Any) -> jax.Array:
-  """|a|, the Euclidean norm of R^n (R^2n for complex leaves), as a float32 scalar."""
-  return jnp.sqrt(_tree_real_dot(a, a))
 
 
 def _chain_scalar(value: Any) -> Any:
@@ -67,87 +20,6 @@ def _chain_scalar(value: Any) -> Any:
   never promotes a float32 chain to float64.
   """
   return value if is_concrete_number(value) else jnp.asarray(value, jnp.float32)
-
-
-def _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> LangevinStats:
-  """``LangevinStats`` from grad f(x), the direction x - mu and the summed distances |x - x'|."""
-  gamma = jnp.asarray(gamma, jnp.float32)
-  direction_norm = _tree_norm(direction)
-  grad_norm = _tree_norm(grad_at_x)
-  tiny = jnp.finfo(jnp.float32).tiny
-  return LangevinStats(
-    langevin_gamma=gamma,
-    grad_norm=grad_norm,
-    entropy_grad_norm=gamma * direction_norm,
-    cosine=_tree_real_dot(grad_at_x, direction) / jnp.maximum(grad_norm * direction_norm, tiny),
-    mean_distance=distance_sum / num_steps,
-  )
-
-
-def check_arguments(
-  num_steps,
-  gamma,
-  langevin_lr,
-  noise,
-  alpha,
-  noise_sampler,
-  *,
-  sampler="sgld",
-  friction=None,
-  langevin_momentum=0.0,
-) -> None:
-  """Errors naming the argument and the fix; traced values (inject_hyperparams) pass unchecked.
-
-  The one check of the chain's hyper-parameters: ``langevin_mean`` runs it on every call,
-  ``local_entropy`` once, when it is built.
-  """
-  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
-    raise TypeError(
-      f"num_langevin_steps must be a Python int (it is the scan length), got {num_steps!r}; "
-      "with optax.inject_hyperparams pass static_args=('num_langevin_steps',)."
-    )
-  if num_steps < 1:
-    raise ValueError(f"num_langevin_steps must be >= 1, got {num_steps}.")
-  if is_concrete_number(gamma) and not gamma > 0:
-    raise ValueError(f"gamma must be > 0 (or an optax schedule), got {gamma}.")
-  if is_concrete_number(langevin_lr) and not langevin_lr > 0:
-    raise ValueError(f"langevin_lr must be > 0, got {langevin_lr}.")
-  if is_concrete_number(noise) and not noise >= 0:
-    raise ValueError(f"noise must be >= 0, got {noise}.")
-  if is_concrete_number(alpha) and not 0 < alpha <= 1:
-    raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
-  if noise_sampler not in _noise.NOISE_SAMPLERS:
-    raise ValueError(
-      f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}."
-    )
-  _sghmc.check_arguments(sampler, friction, langevin_momentum)
-
-
-WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
-
-
-def check_weight_decay_at(weight_decay_at) -> None:
-  """A ValueError naming the two places the chain can add its weight decay."""
-  if weight_decay_at not in WEIGHT_DECAY_AT:
-    raise ValueError(f"weight_decay_at must be one of {WEIGHT_DECAY_AT}, got {weight_decay_at!r}.")
-
-
-def _check_gradient_tree(grads: Any, reference: Any) -> None:
-  """Raise a ValueError naming the mismatch when grad_fn returns a tree unlike params."""
-  ref_struct, got_struct = jax.tree.structure(reference), jax.tree.structure(grads)
-  if ref_struct != got_struct:
-    raise ValueError(
-      "grad_fn must return gradients with the same tree structure as params; got "
-      f"{got_struct}, expected {ref_struct}."
-    )
-  for (path, ref), got in zip(
-    jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(grads)
-  ):
-    if jnp.shape(got) != jnp.shape(ref):
-      raise ValueError(
-        f"grad_fn returned shape {jnp.shape(got)} for params{jax.tree_util.keystr(path)}, "
-        f"whose shape is {jnp.shape(ref)}."
-      )
 
 
 def langevin_mean(
@@ -302,7 +174,7 @@ def run_chain(
 
   def gradient(x_prime, k):
     grads = grad_fn(jax.tree.map(lambda c, p: c.astype(p.dtype), x_prime, params), k)
-    _check_gradient_tree(grads, params)
+    check_gradient_tree(grads, params)
     return to_chain(grads)
 
   def langevin_step(carry, inputs):
@@ -341,7 +213,7 @@ def run_chain(
           lambda xp, n: xp + scale * n, x_prime, _noise.tree_noise(step_key, x_prime, noise_sampler)
         )
     mu = jax.tree.map(lambda m, xp: (1 - alpha) * m + alpha * xp, mu, x_prime)
-    distance_sum = distance_sum + _tree_norm(jax.tree.map(lambda a, b: a - b, x, x_prime))
+    distance_sum = distance_sum + tree_norm(jax.tree.map(lambda a, b: a - b, x, x_prime))
     return (x_prime, mu, momentum_buffer, distance_sum), None
 
   if unroll is None:
@@ -352,7 +224,7 @@ def run_chain(
   if grad_at_params is None:
     grad_at_x = gradient(x, jnp.int32(0))
   else:
-    _check_gradient_tree(grad_at_params, params)
+    check_gradient_tree(grad_at_params, params)
     grad_at_x = to_chain(grad_at_params)
   # Step 0 is peeled off the scan: its gradient (at x' = x) is known, and doubles as grad f(x).
   carry, _ = langevin_step(carry, (jnp.int32(0), step_keys[0], grad_at_x))
@@ -366,4 +238,4 @@ def run_chain(
   _, mu, _, distance_sum = carry
 
   direction = jax.tree.map(lambda a, b: a - b, x, mu)  # x - mu
-  return mu, _run_stats(gamma, grad_at_x, direction, distance_sum, num_steps)
+  return mu, run_stats(gamma, grad_at_x, direction, distance_sum, num_steps)

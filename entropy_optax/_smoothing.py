@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from entropy_optax import _langevin, _noise, _unroll
+from entropy_optax import _checks, _noise, _unroll
 from entropy_optax._utils import canonical_key, is_concrete_number, to_chain
 
 _GRAD_FN_HELP = (
@@ -117,7 +117,7 @@ def gaussian_smoothing(
       eps = _noise.tree_noise(sample_key, x, noise_sampler)
       point = jax.tree.map(lambda a, e, p: (a + sigma_t * e).astype(p.dtype), x, eps, params)
       grads = grad_fn(point, k)
-      _langevin._check_gradient_tree(grads, params)  # pylint: disable=protected-access
+      _checks.check_gradient_tree(grads, params)
       return jax.tree.map(lambda t, g: t + g.astype(t.dtype), total, grads), None
 
     step = unroll

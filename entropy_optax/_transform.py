@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _batches, _langevin, _masking, _noise, _sghmc
+from entropy_optax import _batches, _checks, _langevin, _masking, _noise, _sghmc, _stats
 from entropy_optax._utils import canonical_key, chain_dtype, to_chain
 
 _GRAD_FN_HELP = (
@@ -44,7 +44,7 @@ class LocalEntropyState(NamedTuple):
   langevin_count: jax.Array
   langevin_key: jax.Array
   langevin_mu: optax.Updates
-  langevin_stats: _langevin.LangevinStats
+  langevin_stats: _stats.LangevinStats
 
 
 def _initial_mean(params: Any) -> Any:
@@ -175,7 +175,7 @@ def local_entropy(
     (https://arxiv.org/abs/1611.01838).
   """
   # Checked once here; a schedule's values are not (they may be traced).
-  _langevin.check_arguments(
+  _checks.check_arguments(
     num_langevin_steps,
     1.0 if callable(gamma) else gamma,
     langevin_lr,
@@ -186,7 +186,7 @@ def local_entropy(
     friction=friction,
     langevin_momentum=langevin_momentum,
   )
-  _langevin.check_weight_decay_at(weight_decay_at)
+  _checks.check_weight_decay_at(weight_decay_at)
 
   def init_fn(params):
     _masking.reject_masked_nodes(params)
@@ -199,7 +199,7 @@ def local_entropy(
       langevin_count=jnp.zeros([], jnp.int32),
       langevin_key=canonical_key(key),
       langevin_mu=mu,
-      langevin_stats=_langevin.empty_stats(),
+      langevin_stats=_stats.empty_stats(),
     )
 
   def emitted(updates, chain_params, mu, factor, flags):
@@ -214,13 +214,13 @@ def local_entropy(
       flags, chain_params, chain_grads, chain_grad_fn = None, params, updates, grad_fn
     else:
       flags = _masking.leaf_flags(mask, params)
-      _langevin._check_gradient_tree(updates, params)  # with the paths of the whole tree
+      _checks.check_gradient_tree(updates, params)  # with the paths of the whole tree
       chain_params = _masking.select(params, flags)
       chain_grads = _masking.select(updates, flags)
 
       def chain_grad_fn(selected, k):
         grads = grad_fn(_masking.merge(params, selected, flags), k)
-        _langevin._check_gradient_tree(grads, params)
+        _checks.check_gradient_tree(grads, params)
         return _masking.select(grads, flags)
 
     gamma_t = gamma(state.langevin_count) if callable(gamma) else gamma
