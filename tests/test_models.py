@@ -15,6 +15,7 @@ from experiments import models
 
 _INPUTS = {
   "allcnn_bn": (32, 32, 3),
+  "allcnn_bn_authors": (32, 32, 3),
   "mnistfc": (28, 28, 1),
   "lenet_bn": (28, 28, 1),
   "mlp1d": (40,),
@@ -38,6 +39,15 @@ _EXPECTED_COUNTS = {
     + _conv(3, 96, 192)
     + 3 * _conv(3, 192, 192)
     + _conv(1, 192, 192)
+    + _conv(1, 192, 10)
+    + _bn(96, 96, 96, 192, 192, 192, 192, 192, 10)
+  ),
+  # The authors' codes' layout: the 8th conv is 3x3 (the paper's ~1.67M).
+  "allcnn_bn_authors": (
+    _conv(3, 3, 96)
+    + 2 * _conv(3, 96, 96)
+    + _conv(3, 96, 192)
+    + 4 * _conv(3, 192, 192)
     + _conv(1, 192, 10)
     + _bn(96, 96, 96, 192, 192, 192, 192, 192, 10)
   ),
@@ -99,11 +109,12 @@ def test_allcnn_counts():
   assert _num_params(authors) == _EXPECTED_COUNTS["allcnn_bn"] + _conv(3, 192, 192) - _conv(
     1, 192, 192
   )
-  assert _num_params(authors) == 1_665_908
+  assert _num_params(authors) == 1_665_908 == _EXPECTED_COUNTS["allcnn_bn_authors"]
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(ValueError, match="allcnn_bn, cnn1d, lenet_bn, mlp1d, mnistfc"):
+  names = "allcnn_bn, allcnn_bn_authors, cnn1d, lenet_bn, mlp1d, mnistfc"
+  with pytest.raises(ValueError, match=names):
     models.create_model("resnet")
   assert models.create_model("allcnn_bn", dropout=0.3).dropout == 0.3
 

@@ -191,7 +191,7 @@ def test_nnx_tutorial_port_with_adamw_trains_and_compiles_once(mnist):
   assert losses[-1] < 0.7 * losses[0], losses
   assert TRACES["nnx_tutorial"] == 1
   stats = entropy_optax.flax.langevin_stats(optimizer.opt_state)
-  assert float(stats.entropy_grad_norm) > 0 and float(stats.gamma) == pytest.approx(0.03)
+  assert float(stats.entropy_grad_norm) > 0 and float(stats.langevin_gamma) == pytest.approx(0.03)
 
 
 # ---- Linen, in the shape of flax's last Linen examples/mnist, with BatchNorm and dropout ------
@@ -464,7 +464,7 @@ def test_readme_porting_section_runs():
   namespace = {}
   exec(compile(shorter, str(readme), "exec"), namespace)
   assert int(namespace["optimizer"].step[...]) == 10  # 20 batches, 2 per step, restored
-  assert float(namespace["stats"].gamma) == pytest.approx(0.03)
+  assert float(namespace["stats"].langevin_gamma) == pytest.approx(0.03)
   assert np.isfinite(float(namespace["loss"])) and int(namespace["state"].step) == 4
   # 10-way outputs start near 10% accuracy; on these two-class labels training lifts it past 50%.
   assert float(namespace["metrics"].compute()["accuracy"]) > 0.5

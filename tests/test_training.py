@@ -241,14 +241,15 @@ def test_plain_optax_and_one_batch_per_step():
 def test_one_batch_per_step_reuses_it_for_every_langevin_step():
   """fresh_batches=False on batch b equals fresh batches (b, b): same data, same dropout keys."""
   x, y, _, _ = tiny_data()
-  tx = entropy_optax.entropy_sgd(0.5, num_langevin_steps=2, noise=0.0)  # compiles faster
+  num_steps = 2  # L of this tx (compiles faster than the module's L)
+  tx = entropy_optax.entropy_sgd(0.5, num_langevin_steps=num_steps, noise=0.0)
   state = jax.jit(lambda s: steps.init_state(MODEL, lambda k: tx, steps.Task(), x[:1], s))(
     jnp.uint32(0)
   )
   xs, ys = jnp.asarray(x[:32])[None], jnp.asarray(y[:32])[None]
   one = steps.train_step(state, xs, ys, fresh_batches=False)
-  three = steps.train_step(state, jnp.repeat(xs, L, 0), jnp.repeat(ys, L, 0))
-  jax.tree.map(np.testing.assert_array_equal, one, three)
+  fresh = steps.train_step(state, jnp.repeat(xs, num_steps, 0), jnp.repeat(ys, num_steps, 0))
+  jax.tree.map(np.testing.assert_array_equal, one, fresh)
 
 
 def test_config_validation():
