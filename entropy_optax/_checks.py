@@ -11,6 +11,8 @@ import numpy as np
 from entropy_optax import _noise, _sghmc
 from entropy_optax._utils import is_concrete_number
 
+WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
+
 
 def check_arguments(
   num_steps,
@@ -23,6 +25,7 @@ def check_arguments(
   sampler="sgld",
   friction=None,
   langevin_momentum=0.0,
+  weight_decay_at="before_momentum",
 ) -> None:
   """Errors naming the argument and the fix; traced values (inject_hyperparams) pass unchecked.
 
@@ -49,13 +52,6 @@ def check_arguments(
       f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}."
     )
   _sghmc.check_arguments(sampler, friction, langevin_momentum)
-
-
-WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
-
-
-def check_weight_decay_at(weight_decay_at) -> None:
-  """A ValueError naming the two places the chain can add its weight decay."""
   if weight_decay_at not in WEIGHT_DECAY_AT:
     raise ValueError(f"weight_decay_at must be one of {WEIGHT_DECAY_AT}, got {weight_decay_at!r}.")
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from entropy_optax import _noise, _sghmc, _unroll
-from entropy_optax._checks import check_arguments, check_gradient_tree, check_weight_decay_at
+from entropy_optax._checks import check_arguments, check_gradient_tree
 from entropy_optax._stats import LangevinStats, run_stats, tree_norm
 from entropy_optax._utils import is_concrete_number, is_static_zero, to_chain
 
@@ -115,8 +115,8 @@ def langevin_mean(
     sampler=sampler,
     friction=friction,
     langevin_momentum=langevin_momentum,
+    weight_decay_at=weight_decay_at,
   )
-  check_weight_decay_at(weight_decay_at)
   return run_chain(
     grad_fn,
     params,

@@ -185,8 +185,8 @@ def local_entropy(
     sampler=sampler,
     friction=friction,
     langevin_momentum=langevin_momentum,
+    weight_decay_at=weight_decay_at,
   )
-  _checks.check_weight_decay_at(weight_decay_at)
 
   def init_fn(params):
     _masking.reject_masked_nodes(params)
