@@ -702,3 +702,22 @@ def test_entropy_adam_langevin_nesterov_switches_the_langevin_momentum_form():
   np.testing.assert_array_equal(first_update(), first_update(langevin_nesterov=False))
   with pytest.raises(TypeError, match="nesterov"):
     eo.entropy_adam(1e-3, nesterov=False)
+
+
+def test_bad_weight_decay_at_names_the_two_places():
+  for build in (
+    lambda: eo.local_entropy(weight_decay_at="inside"),
+    lambda: eo.langevin_mean(
+      lambda x, k: x,
+      jnp.ones(2),
+      jax.random.key(0),
+      gamma=1.0,
+      num_steps=2,
+      langevin_lr=0.1,
+      noise=0.0,
+      alpha=1.0,
+      weight_decay_at="inside",
+    ),
+  ):
+    with pytest.raises(ValueError, match="weight_decay_at must be one of"):
+      build()
