@@ -32,8 +32,10 @@ def _pure_state(opt_state: Any) -> Any:
 
 
 def uses_local_entropy(opt_state: Any) -> bool:
-  """Whether an optimizer state (optax, Linen or NNX) holds a ``local_entropy`` state."""
-  return optax.tree.get(_pure_state(opt_state), "langevin_stats") is not None
+  """Whether an optimizer state (optax, Linen or NNX) holds a ``local_entropy`` state, or a
+  ``gaussian_smoothing`` one: both take ``grad_fn`` and make one update per L mini-batches."""
+  pure = _pure_state(opt_state)
+  return any(optax.tree.get(pure, f) is not None for f in ("langevin_stats", "smoothing_key"))
 
 
 def langevin_stats(opt_state: Any) -> Any:

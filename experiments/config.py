@@ -122,6 +122,14 @@ class RunConfig:
   sync), auto (dispatch for conv nets on CPU, where XLA runs convolutions slowly in a scan)"""
   eval_batch_size: int = 1000
   """examples per evaluation batch"""
+  sgld_decay_power: float = 0.55
+  """sgld: step size learning_rate / (1 + t)^sgld_decay_power, t the update count (App. C.1;
+  --lr-decay and --lr-decay-outer-epochs are not used)"""
+  sgld_temperature: float = 0.0
+  """sgld: temperature T; each step adds sqrt(2 lr_t T) N(0, I) to the weights (1/num_train:
+  the posterior of the mean loss; 0: no noise)"""
+  smoothing_sigma: float = 0.01
+  """smoothing-sgd: width sigma of the L - 1 Gaussian perturbations x + sigma eps per update"""
 
   @property
   def effective_epochs(self) -> float:
@@ -188,7 +196,15 @@ def validate(
     need(getattr(config, name) >= 1, name, ">= 1")
   for name in ("num_train", "num_test", "checkpoint_every_evals"):
     need(getattr(config, name) >= 0, name, ">= 0")
-  for name in ("weight_decay", "noise", "gamma1", "eval_every_effective_epochs"):
+  for name in (
+    "weight_decay",
+    "noise",
+    "gamma1",
+    "eval_every_effective_epochs",
+    "sgld_decay_power",
+    "sgld_temperature",
+    "smoothing_sigma",
+  ):
     need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
   for name in ("momentum", "langevin_momentum", "b1", "b2"):
     need(0 <= getattr(config, name) < 1, name, "in [0, 1)")

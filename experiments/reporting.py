@@ -30,6 +30,8 @@ NAMES = {
   "entropy-adam": "Entropy-Adam",
   "entropy-sgd-lua": "Entropy-SGD (Lua)",
   "allcnn_bn_authors": "All-CNN-BN (authors' layout)",
+  "sgld": "SGLD",
+  "smoothing-sgd": "Smoothing-SGD",
 }
 # The baselines the paper compared Entropy-SGD with, and each family's own.
 PAPER_BASELINE = {"mnist": "adam", "cifar10": "sgd"}
@@ -105,12 +107,25 @@ def format_result(results: Mapping[str, Any]) -> str:
   )
 
 
-def comparison_table(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> str:
-  """Test accuracy, effective epochs and wall time of {(model, optimizer): results}."""
+def _format_time(time: Mapping[str, float] | None) -> str:
+  if time is None:
+    return ""
+  if np.isnan(time["effective_epochs"]):
+    return "not reached"
+  return f"{time['effective_epochs']:g} / {time['seconds']:.0f}"
+
+
+def comparison_table(
+  results: Mapping[tuple[str, str], Mapping[str, Any]],
+  times_to_target: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
+) -> str:
+  """Test accuracy, effective epochs and wall time of {(model, optimizer): results}, and with
+  ``times_to_target`` (``comparison_times_to_target``) the time to the model's target."""
+  time_header = " time to target (eff. epochs / s) |" if times_to_target is not None else ""
   lines = [
     "| model | optimizer | test accuracy (%) | best during run (%) | effective epochs "
-    "| updates | seeds | wall time (s) | published (%) |",
-    "|---|---|---|---|---|---|---|---|---|",
+    f"| updates | seeds | wall time (s) | published (%) |{time_header}",
+    "|---|---|---|---|---|---|---|---|---|" + ("---|" if times_to_target is not None else ""),
   ]
   for (model, optimizer), r in results.items():
     published = ""
@@ -121,6 +136,11 @@ def comparison_table(results: Mapping[tuple[str, str], Mapping[str, Any]]) -> st
       f"{r['test_error_std']:.1f} | {100 - r['best_test_error_mean']:.1f} | "
       f"{r['effective_epochs']:g} | {r['outer_steps']} | {len(r['seeds'])} | "
       f"{r['wall_time_s']:.0f} | {published} |"
+      + (
+        f" {_format_time(times_to_target.get((model, optimizer)))} |"
+        if times_to_target is not None
+        else ""
+      )
     )
   return "\n".join(lines)
 

@@ -4,11 +4,11 @@ A grid of Entropy-SGD hyper-parameters (gamma, the Langevin step size, the noise
 learning rate) and of seeds is trained in a single ``jax.jit(jax.vmap(jax.vmap(run)))``: the
 hyper-parameters are traced values (the core's argument checks let traced values through), so the
 whole grid of one L is one compilation and one program, and the runs share every matrix multiply
-(batched). ``train_grid`` returns the test-accuracy curves; ``time_to_target`` and ``summarise``
-turn them into the study's table (where Entropy-SGD beats the best SGD, how flat the region is);
-``train_sequential`` runs the same runs one after another, for the throughput comparison.
-
-Library only (no command line yet): see the README section "Sensitivity study".
+(batched). ``train_grid`` returns the test-accuracy curves and ``summarise`` turns them into the
+study's verdict (where Entropy-SGD beats the best SGD, how flat the region is);
+``train_sequential`` runs the same runs one after another, for the throughput comparison. Both
+time compilation and running apart (``timings=``). The command: ``python -m
+experiments.sensitivity`` (``experiments/sensitivity_study.py``).
 
 Examples:
   >>> import numpy as np
@@ -39,6 +39,15 @@ from experiments import models, sgld_baseline
 ENTROPY_KEYS = ("gamma", "langevin_lr", "noise", "learning_rate")
 SGD_KEYS = ("learning_rate",)
 SGLD_KEYS = ("learning_rate", "decay_power", "temperature")
+SMOOTHING_KEYS = ("sigma", "learning_rate")
+GRID_KEYS = {
+  "entropy_sgd": ENTROPY_KEYS,
+  "sgd": SGD_KEYS,
+  "sgld": SGLD_KEYS,
+  "smoothing_sgd": SMOOTHING_KEYS,
+}
+# Optimizers whose update costs L gradient evaluations (on L fresh mini-batches).
+L_COST = ("entropy_sgd", "smoothing_sgd")
 
 
 class Data(tuple):
@@ -57,19 +66,38 @@ def synthetic_data(num_train: int = 256, num_test: int = 128, seed: int = 0) -> 
   return Data(jnp.asarray(a) for a in (*split(num_train), *split(num_test)))
 
 
-def mnist1d_data() -> Data:
+def mnist1d_data(num_train: int = 0, num_test: int = 0) -> Data:
+  """MNIST-1D, generated offline: num_train / num_test examples (0: 4000 / 1000)."""
   from experiments import data  # pylint: disable=import-outside-toplevel
 
-  d = data.load_mnist1d()
+  d = data.load_mnist1d(num_train or 4000, num_test or 1000)
   return Data(jnp.asarray(a) for a in (d.train_x, d.train_y, d.test_x, d.test_y))
 
 
-def _optimizer(name: str, hparams: Mapping[str, Any], num_langevin_steps: int, seed):
+def _shift_batches(tx):
+  """``tx`` with its ``grad_fn`` sample k on mini-batch k + 1 (0 served the gradient at x)."""
+
+  def update(updates, state, params=None, *, grad_fn, **extra):
+    del extra
+    return tx.update(updates, state, params, grad_fn=lambda p, k: grad_fn(p, k + 1))
+
+  return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
+def _optimizer(
+  name: str, hparams: Mapping[str, Any], num_langevin_steps: int, seed, outer_momentum: float
+):
   if name == "sgd":
     return optax.sgd(hparams["learning_rate"], momentum=0.9, nesterov=True)
+  if name == "smoothing_sgd":
+    # Equal cost with Entropy-SGD(L): the gradient at x (computed anyway) + L - 1 samples.
+    smoothing = entropy_optax.gaussian_smoothing(num_langevin_steps - 1, hparams["sigma"], key=seed)
+    return optax.chain(
+      _shift_batches(smoothing), optax.sgd(hparams["learning_rate"], 0.9, nesterov=True)
+    )
   if name == "entropy_sgd":
-    # The paper's MNIST practice: Nesterov inside the chain, none outside (the authors' Lua code),
-    # alpha = 0.25, gamma growing by 1.001 per update.
+    # The paper's MNIST practice: Nesterov inside the chain, alpha = 0.25, gamma growing by
+    # 1.001 per update; outside, the Lua code's plain step (outer_momentum 0) or Nesterov.
     return entropy_optax.entropy_sgd(
       hparams["learning_rate"],
       num_langevin_steps=num_langevin_steps,
@@ -77,7 +105,8 @@ def _optimizer(name: str, hparams: Mapping[str, Any], num_langevin_steps: int, s
       langevin_lr=hparams["langevin_lr"],
       noise=hparams["noise"],
       alpha=0.25,
-      momentum=0.0,
+      momentum=outer_momentum,
+      nesterov=outer_momentum > 0,
       langevin_momentum=0.9,
       key=seed,
     )
@@ -85,7 +114,7 @@ def _optimizer(name: str, hparams: Mapping[str, Any], num_langevin_steps: int, s
     return sgld_baseline.sgld(
       hparams["learning_rate"], hparams["decay_power"], hparams["temperature"], key=seed
     )
-  raise ValueError(f"optimizer must be 'sgd', 'sgld' or 'entropy_sgd', got {name!r}.")
+  raise ValueError(f"optimizer must be one of {', '.join(GRID_KEYS)}, got {name!r}.")
 
 
 def _build_run(
@@ -96,39 +125,45 @@ def _build_run(
   effective_epochs: float,
   batch_size: int,
   num_evals: int,
+  outer_momentum: float,
 ):
-  """run(hparams, seed) -> test accuracy at ``num_evals`` evenly spaced points (pure)."""
+  """run(hparams, seed, data) -> test accuracy at ``num_evals`` evenly spaced points (pure).
+
+  The data is an argument, not a closed-over constant: XLA would otherwise fold it into the
+  program, which made compiling several times slower.
+  """
   model = models.create_model(model_name)
-  train_x, train_y, test_x, test_y = data
-  evals_per_update = num_langevin_steps if optimizer == "entropy_sgd" else 1
-  total_updates = int(effective_epochs * train_x.shape[0] / (batch_size * evals_per_update))
+  num_train = data[0].shape[0]
+  evals_per_update = num_langevin_steps if optimizer in L_COST else 1
+  total_updates = int(effective_epochs * num_train / (batch_size * evals_per_update))
   updates_per_eval = max(total_updates // num_evals, 1)
 
   def loss(params, x, y):
     logits = model.apply({"params": params}, x, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def accuracy(params):
+  def accuracy(params, test_x, test_y):
     logits = model.apply({"params": params}, test_x, train=False)
     return jnp.mean(jnp.argmax(logits, -1) == test_y)
 
-  def run(hparams, seed):
+  def run(hparams, seed, data):
+    train_x, train_y, test_x, test_y = data
     init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(init_key, train_x[:1], train=False)["params"]
-    tx = _optimizer(optimizer, hparams, num_langevin_steps, seed)
+    tx = _optimizer(optimizer, hparams, num_langevin_steps, seed, outer_momentum)
 
     def update(carry, key):
       params, state = carry
       idx = jax.random.randint(key, (evals_per_update, batch_size), 0, train_x.shape[0])
       grad_fn = lambda p, k: jax.grad(loss)(p, train_x[idx[k]], train_y[idx[k]])
       grads = grad_fn(params, 0)
-      extra = {"grad_fn": grad_fn} if optimizer == "entropy_sgd" else {}
+      extra = {"grad_fn": grad_fn} if optimizer in L_COST else {}
       updates, state = tx.update(grads, state, params, **extra)
       return (optax.apply_updates(params, updates), state), None
 
     def segment(carry, key):
       carry, _ = jax.lax.scan(update, carry, jax.random.split(key, updates_per_eval))
-      return carry, accuracy(carry[0])
+      return carry, accuracy(carry[0], test_x, test_y)
 
     keys = jax.random.split(data_key, num_evals)
     _, accuracies = jax.lax.scan(segment, (params, tx.init(params)), keys)
@@ -138,7 +173,9 @@ def _build_run(
 
 
 def _grid_arrays(optimizer: str, grid: Mapping[str, Any]) -> dict[str, jax.Array]:
-  keys = {"entropy_sgd": ENTROPY_KEYS, "sgld": SGLD_KEYS}.get(optimizer, SGD_KEYS)
+  if optimizer not in GRID_KEYS:
+    raise ValueError(f"optimizer must be one of {', '.join(GRID_KEYS)}, got {optimizer!r}.")
+  keys = GRID_KEYS[optimizer]
   missing = [k for k in keys if k not in grid]
   if missing:
     raise ValueError(f"grid for {optimizer} needs {missing}; got {sorted(grid)}.")
@@ -159,6 +196,9 @@ def train_grid(
   effective_epochs: float = 20,
   batch_size: int = 128,
   num_evals: int = 10,
+  outer_momentum: float = 0.0,
+  fast_compile: bool = False,
+  timings: dict[str, float] | None = None,
 ) -> np.ndarray:
   """Every grid point and seed in one jitted, vmapped program: test accuracy curves.
 
@@ -166,23 +206,44 @@ def train_grid(
     model_name: "mlp1d" or "cnn1d" (``experiments.models``).
     data: ``(train_x, train_y, test_x, test_y)``.
     optimizer: "entropy_sgd" (grid keys gamma, langevin_lr, noise, learning_rate), "sgd"
-      (learning_rate) or "sgld" (learning_rate, decay_power, temperature: the paper's App. C.1
-      baseline, ``sgld_baseline``): one value per grid point in each entry (a flattened grid).
+      (learning_rate), "sgld" (learning_rate, decay_power, temperature: the paper's App. C.1
+      baseline, ``sgld_baseline``) or "smoothing_sgd" (sigma, learning_rate: SGD on the
+      Gaussian-smoothed loss, L - 1 samples besides the gradient at x): one value per grid point
+      in each entry (a flattened grid).
     seeds: seeds per grid point (0..seeds-1: initialisation, batches, Langevin noise).
-    num_langevin_steps: L; SGD ignores it.
+    num_langevin_steps: L, gradient evaluations per update of entropy_sgd and smoothing_sgd.
     effective_epochs: training length in gradient evaluations / training-set size.
     batch_size: mini-batch size of every gradient evaluation.
     num_evals: test-accuracy evaluations, evenly spaced.
+    outer_momentum: Entropy-SGD's outer (Nesterov) momentum; 0 is the Lua code's plain step.
+    fast_compile: compile with XLA's backend optimisation level 0: on this 2-core CPU a small
+      program then compiles ~3x faster and runs up to ~2x slower (the study's short runs are
+      dominated by compilation).
+    timings: if given, gets "compile_s" and "run_s" (the run's result on the host).
 
   Returns:
     (grid points, seeds, num_evals) float array of test accuracies.
   """
   arrays = _grid_arrays(optimizer, grid)
   run = _build_run(
-    model_name, data, optimizer, num_langevin_steps, effective_epochs, batch_size, num_evals
+    model_name,
+    data,
+    optimizer,
+    num_langevin_steps,
+    effective_epochs,
+    batch_size,
+    num_evals,
+    outer_momentum,
   )
-  program = jax.jit(jax.vmap(jax.vmap(run, (None, 0)), (0, None)))
-  return np.asarray(program(arrays, jnp.arange(seeds)))
+  args = (arrays, jnp.arange(seeds), tuple(data))
+  program, compile_s = timed(
+    jax.jit(jax.vmap(jax.vmap(run, (None, 0, None)), (0, None, None))).lower(*args).compile,
+    _compiler_options(fast_compile),
+  )
+  curves, run_s = timed(lambda: np.asarray(program(*args)))
+  if timings is not None:
+    timings.update(compile_s=compile_s, run_s=run_s)
+  return curves
 
 
 def train_sequential(
@@ -196,26 +257,42 @@ def train_sequential(
   effective_epochs: float = 20,
   batch_size: int = 128,
   num_evals: int = 10,
+  outer_momentum: float = 0.0,
+  fast_compile: bool = False,
+  timings: dict[str, float] | None = None,
 ) -> np.ndarray:
   """``train_grid``'s runs one after another (one compilation, hyper-parameters as arguments)."""
   arrays = _grid_arrays(optimizer, grid)
-  program = jax.jit(
-    _build_run(
-      model_name, data, optimizer, num_langevin_steps, effective_epochs, batch_size, num_evals
-    )
+  run = _build_run(
+    model_name,
+    data,
+    optimizer,
+    num_langevin_steps,
+    effective_epochs,
+    batch_size,
+    num_evals,
+    outer_momentum,
+  )
+  point = lambda g: {k: v[g] for k, v in arrays.items()}
+  program, compile_s = timed(
+    jax.jit(run).lower(point(0), jnp.int32(0), tuple(data)).compile, _compiler_options(fast_compile)
   )
   points = len(next(iter(arrays.values())))
-  return np.stack(
-    [
-      np.stack(
-        [
-          np.asarray(program({k: v[g] for k, v in arrays.items()}, jnp.int32(s)))
-          for s in range(seeds)
-        ]
-      )
-      for g in range(points)
-    ]
+  curves, run_s = timed(
+    lambda: np.stack(
+      [
+        np.stack([np.asarray(program(point(g), jnp.int32(s), tuple(data))) for s in range(seeds)])
+        for g in range(points)
+      ]
+    )
   )
+  if timings is not None:
+    timings.update(compile_s=compile_s, run_s=run_s)
+  return curves
+
+
+def _compiler_options(fast_compile: bool) -> dict[str, Any] | None:
+  return {"xla_backend_optimization_level": 0} if fast_compile else None
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -223,15 +300,6 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
   start = time.perf_counter()
   result = fn(*args, **kwargs)
   return result, time.perf_counter() - start
-
-
-def time_to_target(curves: np.ndarray, target: float, effective_epochs: float) -> np.ndarray:
-  """Effective epochs at which each curve first reaches ``target`` (nan if never)."""
-  num_evals = curves.shape[-1]
-  reached = curves >= target
-  first = np.where(reached.any(-1), reached.argmax(-1), -1)
-  epochs = (first + 1) * effective_epochs / num_evals
-  return np.where(first >= 0, epochs, np.nan)
 
 
 def summarise(entropy_final: np.ndarray, sgd_final: np.ndarray, tolerance: float = 0.01):

@@ -38,7 +38,7 @@ def sgld(
     learning_rate: eta, the initial step size.
     decay_power: b >= 0 (Welling & Teh: 0.55; 0 keeps the step size fixed).
     temperature: T >= 0; the weights get sqrt(2 lr_t T) N(0, I) per step.
-    key: PRNG key or seed of the noise.
+    key: PRNG key (typed, or raw uint32[2] as ``jax.random.PRNGKey`` makes) or seed of the noise.
 
   Returns:
     An optax transformation (plain SGD, no momentum, plus the noise).
@@ -52,6 +52,8 @@ def sgld(
   for name, value, low in checks:
     if isinstance(value, (int, float)) and not (value > low if low is not None else value >= 0):
       raise ValueError(f"{name} must be {'> 0' if low is not None else '>= 0'}, got {value}.")
+  if not isinstance(key, int) and jax.numpy.shape(key) == (2,):
+    key = jax.random.wrap_key_data(key)  # a raw key: optax takes typed keys or seeds only
   return optax.noisy_sgd(
     sgld_learning_rate(learning_rate, decay_power),
     eta=2.0 * temperature / learning_rate,

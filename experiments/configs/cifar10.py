@@ -101,4 +101,19 @@ PRESETS = {
     ),
     paper={"allcnn_bn_authors": "7.71 ± 0.19 (180)"},
   ),
+  "sgld": Preset(
+    "paper's App. C.1 (no figure): plain SGLD, step 0.1 / (1 + t)^0.55, noise sqrt(2 lr_t T) "
+    "with T = 1/50000, no momentum, L2 1e-3, 500 epochs (the paper searched eta and b; values "
+    "not given)",
+    BASE.replace(
+      optimizer="sgld",
+      outer_epochs=500,
+      learning_rate=0.1,
+      sgld_decay_power=0.55,
+      sgld_temperature=1 / 50_000,
+      weight_decay=1e-3,
+      eval_every_effective_epochs=10.0,
+    ),
+    paper={"allcnn_bn": "9.89 ± 0.11 (500)"},
+  ),
 }

@@ -93,4 +93,17 @@ PRESETS = {
       **_LUA,
     ),
   ),
+  "sgld": Preset(
+    "paper's App. C.1 (no figure): plain SGLD, step 0.1 / (1 + t)^0.55, noise sqrt(2 lr_t T) "
+    "with T = 1/60000, no momentum, 300 epochs (the paper searched eta and b; values not given)",
+    BASE.replace(
+      optimizer="sgld",
+      outer_epochs=300,
+      learning_rate=0.1,
+      sgld_decay_power=0.55,
+      sgld_temperature=1 / 60_000,
+      eval_every_effective_epochs=10.0,
+    ),
+    paper={"lenet_bn": "0.63 ± 0.1 (300)"},
+  ),
 }

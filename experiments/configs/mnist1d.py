@@ -47,7 +47,29 @@ PRESETS = {
     "L=5, lr 3e-2; the same Langevin settings",
     BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **_LANGEVIN),
   ),
+  "sgld": Preset(
+    "the paper's SGLD baseline (App. C.1): step 1 / (1 + t)^0.55, noise sqrt(2 lr_t T), "
+    "T = 1/4000, no momentum; ignores the job's learning-rate drops",
+    BASE.replace(
+      optimizer="sgld", learning_rate=1.0, sgld_decay_power=0.55, sgld_temperature=1 / 4000
+    ),
+  ),
+  "smoothing-sgd": Preset(
+    "SGD (Nesterov 0.9, lr 0.1) on the Gaussian-smoothed loss, sigma 0.03: L=5, the gradient "
+    "at x + 4 perturbed ones per update, Entropy-SGD's cost",
+    BASE.replace(
+      optimizer="smoothing-sgd",
+      learning_rate=0.1,
+      momentum=0.9,
+      nesterov=True,
+      langevin_steps=5,
+      smoothing_sigma=0.03,
+    ),
+  ),
 }
+# The recipes the main job (python -m experiments.mnist1d) trains by default; the others run
+# with --optimizers (smoothing-sgd is in the sensitivity study: python -m experiments.sensitivity).
+MAIN_JOB = ("sgd", "adam", "entropy-sgd", "entropy-adam", "sgld")
 
 # The job's defaults: every run gets this budget, and its learning rate drops by BASE.lr_decay
 # at these fractions of the run.

@@ -1,0 +1,91 @@
+"""Sensitivity of Entropy-SGD on MNIST-1D to gamma0, the Langevin step and the noise, per L.
+
+    python -m experiments.sensitivity                 # the default grid: < 10 min on 2 CPU cores
+    python -m experiments.sensitivity --grid large    # for an accelerator
+
+For each model and each L, every grid point and seed of Entropy-SGD is one jitted vmapped
+program (hyper-parameters traced); SGD over learning rates, the paper's SGLD (App. C.1) and SGD
+on the Gaussian-smoothed loss (equal cost) run at the same effective epochs. Grids:
+experiments/configs/sensitivity.py. Prints a table (best setting per optimizer, the grid's
+range, the fraction within 1 point of the best, time to target), where Entropy-SGD beats the
+best SGD, and the throughput of the vmapped grid against the same runs one after another;
+saves results.json, summary.md and heatmaps.png in --workdir (default runs/sensitivity-GRID).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+
+from experiments import cli, models, rundir, sensitivity_lib, sensitivity_study
+from experiments.config import ConfigError
+from experiments.configs.sensitivity import GRIDS
+
+PROG = "python -m experiments.sensitivity"
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  """The study's command line."""
+
+  grid: str = "default"
+  """the grid: default, large or tiny (experiments/configs/sensitivity.py)"""
+  models: tuple[str, ...] = ()
+  """train only these models (default: the grid's)"""
+  throughput_check: bool | None = None
+  """also run the first Entropy-SGD block one run after another (default: the grid's)"""
+  workdir: str | None = None
+  """where results.json, summary.md and heatmaps.png go (default: runs/sensitivity-GRID)"""
+  overwrite: bool = False
+  """replace the results of an earlier study in --workdir"""
+
+
+def _grid(args: Args):
+  if args.grid not in GRIDS:
+    raise ConfigError(f"--grid must be one of {', '.join(GRIDS)}, got {args.grid!r}.")
+  grid = GRIDS[args.grid]
+  for model in args.models:
+    if model not in ("mlp1d", "cnn1d") or model not in models.MODELS:
+      raise ConfigError(f"--models must name mlp1d or cnn1d, got {model!r}.")
+  changes = {"models": args.models} if args.models else {}
+  if args.throughput_check is not None:
+    changes["throughput_check"] = args.throughput_check
+  return dataclasses.replace(grid, **changes)
+
+
+def _prepare(workdir: pathlib.Path, overwrite: bool) -> None:
+  if (workdir / rundir.RESULTS_FILE).exists() and not overwrite:
+    raise rundir.RunExistsError(
+      f"{workdir} already holds a sensitivity study's results; pass --overwrite to replace "
+      "them or choose another --workdir."
+    )
+  rundir.prepare(workdir, resume=False, overwrite=overwrite)
+
+
+@cli.main
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the study as the command line says; returns the exit code."""
+  args = cli.parse(lambda: cli.tyro.cli(Args, prog=PROG, description=__doc__, args=argv), PROG)
+  grid = _grid(args)
+  workdir = pathlib.Path(args.workdir or f"runs/sensitivity-{args.grid}")
+  _prepare(workdir, args.overwrite)
+  data = sensitivity_lib.mnist1d_data(grid.num_train, grid.num_test)
+  print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
+  results = sensitivity_study.run_study(grid, data, log=lambda line: print(line, flush=True))
+  lines = sensitivity_study.summary_lines(results)
+  header = (
+    f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
+    f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
+    f"wall time {results['wall_s']:.0f} s."
+  )
+  rundir.write_json(workdir / rundir.RESULTS_FILE, results)
+  (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
+  sensitivity_study.plot_heatmaps(results, workdir / "heatmaps.png")
+  print("\n".join(["", header, "", *lines, ""]))
+  print(f"table: {workdir / 'summary.md'}; heatmaps: {workdir / 'heatmaps.png'}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
