@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from experiments import sensitivity_lib as sl
+from experiments import sensitivity_study
 
 
 def main():
@@ -47,7 +48,7 @@ def main():
     num_evals=5,
   )
   print("SGD final test accuracy per lr [0.01, 0.03, 0.1, 0.3]:", sgd[..., -1].mean(1).round(3))
-  print(sl.summarise(curves[..., -1], sgd[..., -1]))
+  print(sensitivity_study.summarise(curves[..., -1], sgd[..., -1]))
 
 
 if __name__ == "__main__":

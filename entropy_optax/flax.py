@@ -190,7 +190,8 @@ class TrainState(train_state.TrainState):
   ) -> TrainState:
     """One training step: ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
 
-    With a plain optax optimizer (no ``local_entropy`` in ``tx``) and a ``grad_fn`` over L
+    With a plain optax optimizer (no ``local_entropy`` or ``gaussian_smoothing`` in ``tx``:
+    those get ``grad_fn`` and make one update) and a ``grad_fn`` over L
     stacked mini-batches, it takes L updates: ``grads`` (mini-batch 0), then
     ``grad_fn(params, k)`` at the new params for k = 1..L-1, so no mini-batch is wasted and an
     epoch has as many updates as with unstacked batches. ``batch_stats`` and other fields

@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from experiments import baselines
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments.config import ConfigError, RunConfig
@@ -149,57 +150,6 @@ def _entropy_adam(config, lr, key):
   return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
 
 
-def _sgld(config, lr, key):
-  """The paper's App. C.1 SGLD baseline (``experiments.sgld_baseline``): step size
-  learning_rate / (1 + t)^sgld_decay_power and noise sqrt(2 lr_t T) N(0, I), no momentum.
-
-  The learning-rate drops (--lr-decay, --lr-decay-outer-epochs) are not used: the step size
-  follows App. C.1's own decay, so that a job setting drops for every run can include it.
-  """
-  from experiments import sgld_baseline  # pylint: disable=g-import-not-at-top
-
-  del lr
-  return _plain(
-    config,
-    sgld_baseline.sgld(
-      config.learning_rate, config.sgld_decay_power, config.sgld_temperature, key=key
-    ),
-  )
-
-
-def _smoothing_sgd(config, lr, key):
-  """SGD (momentum, Nesterov) on the gradient of the Gaussian-smoothed loss E f(x + sigma eps).
-
-  Equal cost with Entropy-SGD(L): the loop evaluates the gradient at x on mini-batch 0 anyway
-  (Langevin step 0, the train loss); ``gaussian_smoothing`` averages L - 1 gradients at
-  x + sigma eps_k on mini-batches 1..L-1 and does not use the one at x (no sample of the
-  smoothed gradient): L gradient evaluations per update, as Entropy-SGD(L).
-  """
-  import optax  # pylint: disable=g-import-not-at-top
-
-  import entropy_optax  # pylint: disable=g-import-not-at-top
-
-  if config.langevin_steps < 2:
-    raise ConfigError(
-      f"--optimizer smoothing-sgd needs --langevin-steps >= 2 (L - 1 perturbed gradients "
-      f"per update), got {config.langevin_steps}."
-    )
-  smoothing = entropy_optax.gaussian_smoothing(
-    config.langevin_steps - 1, config.smoothing_sigma, key=key
-  )
-
-  def update(updates, state, params=None, *, grad_fn, **extra_args):
-    del extra_args
-    # Sample k on mini-batch k + 1: mini-batch 0 already served the gradient at x.
-    shifted = lambda p, k: grad_fn(p, k + 1)
-    return smoothing.update(updates, state, params, grad_fn=shifted)
-
-  smoothed = optax.GradientTransformationExtraArgs(smoothing.init, update)
-  return optax.chain(
-    smoothed, _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
-  )
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerEntry:
   make: Callable[[RunConfig, Any, Any], Any]
@@ -212,9 +162,9 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
   "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
   "entropy-adam": OptimizerEntry(_entropy_adam, True),
   "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
-  "sgld": OptimizerEntry(_sgld, False),
+  "sgld": OptimizerEntry(baselines.sgld, False),
   # Not local entropy, but like it: L gradient evaluations (fresh mini-batches) per update.
-  "smoothing-sgd": OptimizerEntry(_smoothing_sgd, True),
+  "smoothing-sgd": OptimizerEntry(baselines.smoothing_sgd, True),
 }
 
 

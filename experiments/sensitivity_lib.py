@@ -4,11 +4,9 @@ A grid of Entropy-SGD hyper-parameters (gamma, the Langevin step size, the noise
 learning rate) and of seeds is trained in a single ``jax.jit(jax.vmap(jax.vmap(run)))``: the
 hyper-parameters are traced values (the core's argument checks let traced values through), so the
 whole grid of one L is one compilation and one program, and the runs share every matrix multiply
-(batched). ``train_grid`` returns the test-accuracy curves and ``summarise`` turns them into the
-study's verdict (where Entropy-SGD beats the best SGD, how flat the region is);
-``train_sequential`` runs the same runs one after another, for the throughput comparison. Both
-time compilation and running apart (``timings=``). The command: ``python -m
-experiments.sensitivity`` (``experiments/sensitivity_study.py``).
+(batched). ``train_grid`` returns the test-accuracy curves; ``train_sequential`` runs the same
+runs one after another, for the throughput comparison. Both time compilation and running apart
+(``timings=``). The command: ``python -m experiments.sensitivity`` (``sensitivity_study.py``).
 
 Examples:
   >>> import numpy as np
@@ -300,30 +298,3 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
   start = time.perf_counter()
   result = fn(*args, **kwargs)
   return result, time.perf_counter() - start
-
-
-def summarise(entropy_final: np.ndarray, sgd_final: np.ndarray, tolerance: float = 0.01):
-  """Where Entropy-SGD beats the best SGD, and how flat its grid is.
-
-  Args:
-    entropy_final: (grid points, seeds) final test accuracy of Entropy-SGD.
-    sgd_final: (learning rates, seeds) of SGD.
-    tolerance: "flat" counts grid points within this accuracy of Entropy-SGD's best mean.
-
-  Returns:
-    dict: best SGD mean, Entropy-SGD best mean, indices of grid points whose mean beats the best
-    SGD by more than two standard errors of the difference, and the flat fraction.
-  """
-  sgd_mean = sgd_final.mean(1)
-  best = int(np.argmax(sgd_mean))
-  sgd_se = sgd_final[best].std(ddof=1) / np.sqrt(sgd_final.shape[1])
-  mean = entropy_final.mean(1)
-  se = entropy_final.std(1, ddof=1) / np.sqrt(entropy_final.shape[1])
-  beats = np.nonzero(mean - sgd_mean[best] > 2 * np.sqrt(se**2 + sgd_se**2))[0]
-  return {
-    "best_sgd": float(sgd_mean[best]),
-    "best_sgd_index": best,
-    "best_entropy": float(mean.max()),
-    "beats_best_sgd": beats.tolist(),
-    "flat_fraction": float(np.mean(mean >= mean.max() - tolerance)),
-  }
