@@ -36,9 +36,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from entropy_optax.flax import uses_local_entropy
 from experiments import compiled, run_files
 from experiments import records as records_lib
-from experiments import steps as steps_lib
 from experiments.checkpoints import CheckpointError
 from experiments.compiled import BATCH_AXIS
 from experiments.steps import LoopState, Task, cross_entropy
@@ -185,7 +185,8 @@ def train(
   )
   seeds = jnp.asarray(config.seeds, jnp.uint32)
   state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
-  if config.langevin_steps > 1 and not steps_lib.has_langevin_stats(state.opt_state):
+  # local_entropy and gaussian_smoothing take grad_fn over the L mini-batches.
+  if config.langevin_steps > 1 and not uses_local_entropy(state.opt_state):
     raise ValueError(
       f"langevin_steps={config.langevin_steps} but the optimizer has no "
       "local_entropy: plain optimizers take langevin_steps=1."

@@ -85,3 +85,29 @@ def test_sgld_presets_carry_the_papers_app_c1_results():
   assert (mnist.config.outer_epochs, cifar.config.outer_epochs) == (300, 500)
   assert mnist.config.sgld_temperature == pytest.approx(1 / 60_000)
   assert "App. C.1" in mnist.description and "App. C.1" in cifar.description
+
+
+@pytest.mark.parametrize(
+  ("optimizer", "langevin_steps", "outer_steps"), [("smoothing-sgd", 3, 4), ("sgld", 1, 12)]
+)
+def test_runs_through_the_harness_at_equal_effective_epochs(
+  tmp_path, optimizer, langevin_steps, outer_steps
+):
+  from experiments import launch  # pylint: disable=import-outside-toplevel
+  from experiments.config import RunOptions  # pylint: disable=import-outside-toplevel
+
+  config = configs.mnist1d.PRESETS[optimizer].config.replace(
+    langevin_steps=langevin_steps,
+    outer_epochs=3 / langevin_steps,
+    batch_size=50,
+    num_train=200,
+    num_test=100,
+    num_seeds=1,
+    checkpoint_every_evals=0,
+  )
+  run = launch.run_experiment(
+    config, RunOptions(workdir=str(tmp_path / "run"), progress=False), log=lambda _: None
+  )
+  # 3 effective epochs of 4 mini-batches each: 12 gradient evaluations, L per update.
+  assert run.results["effective_epochs"] == 3 and run.results["outer_steps"] == outer_steps
+  assert np.isfinite(run.results["test_error_mean"])
