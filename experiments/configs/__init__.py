@@ -1,6 +1,7 @@
 """One module per experiment: ``BASE`` (a ``RunConfig``) and ``PRESETS`` (name -> ``Preset``:
 a one-line description, the run, the paper's result it targets). Add an experiment by adding a
-module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.cli``."""
+module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.cli``.
+``sensitivity`` is not one of them: it holds the sensitivity study's grids (``GRIDS``)."""
 
 from experiments.configs import cifar10, mnist, mnist1d
 
