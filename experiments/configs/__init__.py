@@ -2,9 +2,15 @@
 a one-line description, the run, the paper's result it targets). Add an experiment by adding a
 module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.cli``."""
 
-from experiments.configs import cifar10, mnist, mnist1d
+from experiments.configs import charlstm, cifar10, mnist, mnist1d, ptb
 
-EXPERIMENTS = {"cifar10": cifar10, "mnist": mnist, "mnist1d": mnist1d}
+EXPERIMENTS = {
+  "cifar10": cifar10,
+  "mnist": mnist,
+  "mnist1d": mnist1d,
+  "ptb": ptb,
+  "charlstm": charlstm,
+}
 
 
 def paper_result(dataset: str, model: str, optimizer: str) -> str | None:
