@@ -6,8 +6,10 @@ For each model, one outer Entropy-SGD step (L Langevin steps on L consecutive se
 L plain SGD steps, both through the harness's jitted call (``experiments.compiled``: the step
 of ``experiments.steps`` with the text's ``Task`` of ``experiments.bptt``, clipping included):
 both cost L gradient evaluations on the same L B T tokens, so their time ratio is the cost of
-the Langevin chain (target <= 1.1). Calls are interleaved round
-robin and the ratio is the median of per-round ratios (the machine may be shared and noisy).
+the Langevin chain (target <= 1.1). ``ratio unrolled`` is the same with the chain's loop
+unrolled (``entropy_sgd(unroll=True)``; the default rolls it for models without
+convolutions). Calls are interleaved round robin and the ratio is the median of per-round
+ratios (the machine may be shared and noisy).
 ``--cells`` also times one gradient of the char-LSTM loss with this project's layer (input
 projection for all steps, then a scan of the fused recurrent product) against Flax's
 ``nn.RNN(nn.OptimizedLSTMCell)``.
@@ -16,6 +18,7 @@ projection for all steps, then a scan of the fused recurrent product) against Fl
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import flax.linen as nn
@@ -31,7 +34,8 @@ from experiments import bptt, compiled, recurrent_models, steps
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
 WORKLOADS = {
   "char-lstm": (lambda v: recurrent_models.char_lstm(v), 103, 50, 50, 5.0),
-  "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
+  "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 35, 5.0),
+  "ptb-small-t20": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
   "ptb-medium": (lambda v: recurrent_models.ptb_lstm("medium", v), 10_000, 20, 35, 5.0),
   "ptb-large": (lambda v: recurrent_models.ptb_lstm("large", v), 10_000, 20, 35, 10.0),
 }
@@ -46,19 +50,25 @@ def _programs(name: str, langevin_steps: int):
   tokens = rng.integers(0, vocab, batch * (num_steps * langevin_steps * 3 + 1))
   x, y = bptt.train_examples(tokens, batch, num_steps)
   data = (jnp.asarray(x), jnp.asarray(y))
-  entropy_tx = lambda key: entropy_optax.entropy_sgd(
-    1.0,
-    num_langevin_steps=langevin_steps,
-    gamma=1e-3,
-    langevin_lr=1.0,
-    noise=1e-4,
-    momentum=0.5,
-    key=key,
-  )
+
+  def entropy_tx(key, unroll=None):
+    return entropy_optax.entropy_sgd(
+      1.0,
+      num_langevin_steps=langevin_steps,
+      gamma=1e-3,
+      langevin_lr=1.0,
+      noise=1e-4,
+      momentum=0.5,
+      key=key,
+      unroll=unroll,
+    )
+
+  unrolled_tx = functools.partial(entropy_tx, unroll=True)
   sgd_tx = lambda key: optax.sgd(1.0)
   fns = {}
   for label, make_tx, steps_l, calls in (
     ("entropy_sgd", entropy_tx, langevin_steps, 1),
+    ("entropy_unrolled", unrolled_tx, langevin_steps, 1),
     (f"{langevin_steps}x_sgd", sgd_tx, 1, langevin_steps),
   ):
     order = bptt.SegmentOrder(steps_l)
@@ -122,7 +132,10 @@ def _cell_programs(batch: int = 50, num_steps: int = 50, vocab: int = 103, hidde
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument(
-    "--models", nargs="+", default=["char-lstm", "ptb-small"], choices=sorted(WORKLOADS)
+    "--models",
+    nargs="+",
+    default=["char-lstm", "ptb-small", "ptb-small-t20"],
+    choices=sorted(WORKLOADS),
   )
   parser.add_argument("--langevin-steps", type=int, default=5, help="L (the paper's: 5).")
   parser.add_argument("--repeats", type=int, default=7, help="timed rounds (medians reported).")
@@ -152,6 +165,7 @@ def main(argv=None) -> None:
         "entropy tok/s": round(tokens / common.median(times["entropy_sgd"])),
         "sgd tok/s": round(tokens / common.median(times[sgd_name])),
         "ratio": round(common.paired_ratio(times, "entropy_sgd", sgd_name), 3),
+        "ratio unrolled": round(common.paired_ratio(times, "entropy_unrolled", sgd_name), 3),
         "setup s": round(time.perf_counter() - start, 1),
       }
     )

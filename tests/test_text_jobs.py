@@ -35,6 +35,8 @@ def test_charlstm_job_trains_both_optimizers_at_equal_effective_epochs(tmp_path,
   # epoch is 5 Adam steps and 1 Entropy-Adam step (L = 5).
   code = charlstm.main(
     [
+      "--batch-size",
+      "50",
       "--num-train",
       "12550",
       "--num-test",
