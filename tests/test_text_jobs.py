@@ -247,3 +247,30 @@ def test_readme_commands_of_the_recurrent_section_parse(monkeypatch):
   for argv in commands:
     with pytest.raises(Parsed):
       scripts[argv[2]].main(argv[3:])
+
+
+def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
+  from experiments import build, flatness
+
+  workdir = tmp_path / "flat"
+  argv = ["charlstm", "--effective-epochs", "1", "--num-train", "20000", "--num-test", "3000"]
+  argv += ["--lanczos-iters", "4", "--slq-samples", "1", "--hessian-examples", "64"]
+  assert flatness.main(argv + ["--hessian-batch", "32", "--workdir", str(workdir), *QUIET]) == 0
+  columns = json.loads((workdir / "flatness.json").read_text())
+  vocab = text_data.pydoc_corpus().vocab_size
+  assert set(columns) == {"Adam", "Entropy-Adam"}
+  # The training loss of the first 64 segments of 32 characters, each from the zero state,
+  # recomputed here from the final parameters.
+  config = flatness.JOBS["charlstm"][1].recipe["adam"]
+  config = config.replace(model="small_char_lstm", num_train=20000, num_test=3000)
+  x, y = bptt.text_split(config, None, "train")
+  model = rm.small_char_lstm(vocab)
+  params = launch.load_final_variables(workdir / "adam")["params"]
+  logits, _ = model.apply({"params": params}, x[:64], rm.zero_state(model, 64), train=False)
+  expected = float(
+    np.mean(-jax.nn.log_softmax(logits)[np.arange(64)[:, None], np.arange(32), y[:64]])
+  )
+  np.testing.assert_allclose(columns["Adam"]["loss"], expected, rtol=1e-5)
+  assert build.make_model(config, vocab) == model
+  assert columns["Adam"]["num_params"] == rm.count_params(model) == 32_544 + 241 * (vocab - 96)
+  assert columns["Adam"]["method"] == "lanczos" and columns["Adam"]["examples"] == 64
