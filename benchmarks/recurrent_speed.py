@@ -2,11 +2,14 @@
 
     python -m benchmarks.recurrent_speed [--models char-lstm ptb-small] [--repeats 7]
 
-For each model, one outer Entropy-SGD step (L Langevin steps on L consecutive segments, the
-training step of ``experiments.bptt``) against L plain SGD steps of the same step function with
-L = 1 in one jitted ``lax.scan``: both cost L gradient evaluations on the same L B T tokens, so
-their time ratio is the cost of the Langevin chain (target <= 1.1). Calls are interleaved round
-robin and the ratio is the median of per-round ratios (the machine may be shared and noisy).
+For each model, one outer Entropy-SGD step (L Langevin steps on L consecutive segments) against
+L plain SGD steps, both through the harness's jitted call (``experiments.compiled``: the step
+of ``experiments.steps`` with the text's ``Task`` of ``experiments.bptt``, clipping included):
+both cost L gradient evaluations on the same L B T tokens, so their time ratio is the cost of
+the Langevin chain (target <= 1.1). ``ratio unrolled`` is the same with the chain's loop
+unrolled (``entropy_sgd(unroll=True)``; the default rolls it for models without
+convolutions). Calls are interleaved round robin and the ratio is the median of per-round
+ratios (the machine may be shared and noisy).
 ``--cells`` also times one gradient of the char-LSTM loss with this project's layer (input
 projection for all steps, then a scan of the fused recurrent product) against Flax's
 ``nn.RNN(nn.OptimizedLSTMCell)``.
@@ -15,6 +18,7 @@ projection for all steps, then a scan of the fused recurrent product) against Fl
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import flax.linen as nn
@@ -25,50 +29,72 @@ import optax
 
 import entropy_optax
 from benchmarks import common
-from experiments import bptt, recurrent_models, text_data
+from experiments import bptt, compiled, recurrent_models, steps
 
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
 WORKLOADS = {
   "char-lstm": (lambda v: recurrent_models.char_lstm(v), 103, 50, 50, 5.0),
-  "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
+  "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 35, 5.0),
+  "ptb-small-t20": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
   "ptb-medium": (lambda v: recurrent_models.ptb_lstm("medium", v), 10_000, 20, 35, 5.0),
   "ptb-large": (lambda v: recurrent_models.ptb_lstm("large", v), 10_000, 20, 35, 10.0),
 }
 
 
 def _programs(name: str, langevin_steps: int):
-  """The jitted Entropy-SGD step and L SGD steps of a workload, their state and streams."""
+  """The harness's jitted Entropy-SGD step and L SGD steps of a workload."""
   make_model, vocab, batch, num_steps, clip = WORKLOADS[name]
   model = make_model(vocab)
   rng = np.random.default_rng(0)
   # Enough tokens for a few outer steps; random tokens cost what text costs.
   tokens = rng.integers(0, vocab, batch * (num_steps * langevin_steps * 3 + 1))
-  streams = jnp.asarray(text_data.bptt_streams(tokens, batch))
-  entropy_tx = lambda key: entropy_optax.entropy_sgd(
-    1.0,
-    num_langevin_steps=langevin_steps,
-    gamma=1e-3,
-    langevin_lr=1.0,
-    noise=1e-4,
-    momentum=0.5,
-    key=key,
-  )
-  sgd_tx = lambda key: optax.sgd(1.0)
-  entropy_state = bptt.create_state(model, entropy_tx, 0, batch)
-  sgd_state = bptt.create_state(model, sgd_tx, 0, batch)
-  entropy_step = jax.jit(
-    bptt.make_train_step(model, num_steps=num_steps, langevin_steps=langevin_steps, clip_norm=clip)
-  )
-  sgd_steps = jax.jit(
-    bptt.make_train_steps(
-      bptt.make_train_step(model, num_steps=num_steps, clip_norm=clip), langevin_steps
+  x, y = bptt.train_examples(tokens, batch, num_steps)
+  data = (jnp.asarray(x), jnp.asarray(y))
+
+  def entropy_tx(key, unroll=None):
+    return entropy_optax.entropy_sgd(
+      1.0,
+      num_langevin_steps=langevin_steps,
+      gamma=1e-3,
+      langevin_lr=1.0,
+      noise=1e-4,
+      momentum=0.5,
+      key=key,
+      unroll=unroll,
     )
-  )
-  fns = {
-    "entropy_sgd": lambda: jax.block_until_ready(entropy_step(entropy_state, streams)),
-    f"{langevin_steps}x_sgd": lambda: jax.block_until_ready(sgd_steps(sgd_state, streams)),
-  }
+
+  unrolled_tx = functools.partial(entropy_tx, unroll=True)
+  sgd_tx = lambda key: optax.sgd(1.0)
+  fns = {}
+  for label, make_tx, steps_l, calls in (
+    ("entropy_sgd", entropy_tx, langevin_steps, 1),
+    ("entropy_unrolled", unrolled_tx, langevin_steps, 1),
+    (f"{langevin_steps}x_sgd", sgd_tx, 1, langevin_steps),
+  ):
+    order = bptt.SegmentOrder(steps_l)
+    task = steps.Task(
+      batch_indices=order,
+      carry_reset=order.starts_pass,
+      init_carry=bptt.ZeroCarry(model),
+      clip_norm=clip,
+    )
+    program = compiled.compiled_functions(
+      model, make_tx, task, None, False, batch, steps_l, True, len(x), batch, "scan"
+    )
+    state = program.init(jnp.uint32(0), data[0][:1])
+    state, _ = jax.block_until_ready(program.call(state, data, calls))  # compile
+    holder = [state]
+
+    def run(program=program, holder=holder, calls=calls):
+      holder[0], metrics = program.call(holder[0], data, calls)
+      jax.block_until_ready(metrics)
+
+    fns[label] = run
   return fns, langevin_steps * batch * num_steps, recurrent_models.count_params(model)
+
+
+def _nll(logits, targets):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
 
 
 def _cell_programs(batch: int = 50, num_steps: int = 50, vocab: int = 103, hidden: int = 128):
@@ -91,10 +117,10 @@ def _cell_programs(batch: int = 50, num_steps: int = 50, vocab: int = 103, hidde
 
   def ours_loss(p):
     logits, _ = ours.apply({"params": p}, tokens[:, :-1], carry, train=False)
-    return bptt.token_nll(logits, tokens[:, 1:])[0]
+    return _nll(logits, tokens[:, 1:])
 
   def theirs_loss(p):
-    return bptt.token_nll(theirs.apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])[0]
+    return _nll(theirs.apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])
 
   ours_grad, theirs_grad = jax.jit(jax.grad(ours_loss)), jax.jit(jax.grad(theirs_loss))
   return {
@@ -106,7 +132,10 @@ def _cell_programs(batch: int = 50, num_steps: int = 50, vocab: int = 103, hidde
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument(
-    "--models", nargs="+", default=["char-lstm", "ptb-small"], choices=sorted(WORKLOADS)
+    "--models",
+    nargs="+",
+    default=["char-lstm", "ptb-small", "ptb-small-t20"],
+    choices=sorted(WORKLOADS),
   )
   parser.add_argument("--langevin-steps", type=int, default=5, help="L (the paper's: 5).")
   parser.add_argument("--repeats", type=int, default=7, help="timed rounds (medians reported).")
@@ -136,6 +165,7 @@ def main(argv=None) -> None:
         "entropy tok/s": round(tokens / common.median(times["entropy_sgd"])),
         "sgd tok/s": round(tokens / common.median(times[sgd_name])),
         "ratio": round(common.paired_ratio(times, "entropy_sgd", sgd_name), 3),
+        "ratio unrolled": round(common.paired_ratio(times, "entropy_unrolled", sgd_name), 3),
         "setup s": round(time.perf_counter() - start, 1),
       }
     )

@@ -1,11 +1,17 @@
-"""Stateful truncated BPTT for the LSTM language models: the training step and the evaluation.
+"""Stateful truncated BPTT on the experiments harness: a text's examples, their order, the carry.
 
-The training data is ``bptt_streams``' (batch, length) array of parallel text streams, on the
-device. An outer step takes L consecutive segments of every stream (L = 1 for SGD and Adam,
-L = ``num_langevin_steps`` for Entropy-SGD / Entropy-Adam): outer step t of a data pass uses
-segments t L .. t L + L - 1, so every gradient evaluation sees fresh text, as the paper's fresh
-mini-batch per Langevin step, and one data pass is ``num_segments // L`` outer steps. The LSTM
-state is reset to zero at the start of each pass.
+A text enters the loop (``experiments.training``) as examples that are (stream, segment) pairs:
+``train_examples`` cuts the tokens into ``batch_size`` parallel streams (``text_data``) and
+example ``s B + b`` is segment s of stream b (T tokens, targets one token later), so mini-batch
+s of the loop's index-based batching, indices ``s B .. s B + B - 1``, is segment s of every
+stream. ``SegmentOrder`` is the loop's ``Task.batch_indices``: an outer step takes L consecutive
+segments (L = 1 for SGD and Adam, L = ``num_langevin_steps`` for Entropy-SGD / Entropy-Adam):
+outer step t of a data pass uses segments t L .. t L + L - 1, so every gradient evaluation sees
+fresh text, as the paper's fresh mini-batch per Langevin step, and one data pass is
+``num_segments // L`` outer steps (the last ``num_segments mod L`` segments of a pass are not
+used). ``SegmentOrder.starts_pass`` is ``Task.carry_reset``: the LSTM state is reset to zero
+(``ZeroCarry``, ``Task.init_carry``) at the start of each pass. ``eval_examples`` lays out a
+split for ``steps.evaluate``, which carries the state through consecutive evaluation batches.
 
 The LSTM state during an Entropy-SGD step (the policy, beside the BatchNorm one of
 ``entropy_optax.flax``):
@@ -32,198 +38,150 @@ and clipping it too would change the method's update rather than guard it.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import dataclasses
+import functools
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
-from entropy_optax import flax as eflax
-from experiments import recurrent_models, text_data
-
-
-class RecurrentTrainState(eflax.TrainState):
-  """``entropy_optax.flax.TrainState`` plus the LSTM state carried between outer steps.
-
-  Attributes:
-    lstm_state: the state after the last segment of step 0 of the previous outer step,
-      computed with the kept weights; reset to zero at the start of every data pass.
-  """
-
-  lstm_state: Any = None
+from experiments import data as data_lib
+from experiments import recurrent_models, steps, text_data
+from experiments.config import ConfigError, RunConfig
 
 
-def clip_by_global_norm(grads: Any, max_norm: float | None) -> Any:
-  """``grads`` scaled by min(1, max_norm / |grads|) (unchanged when max_norm is None)."""
-  if max_norm is None:
-    return grads
-  norm = optax.tree.norm(grads)
-  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
-  return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Sum of -log p(target) over the tokens whose target is >= 0, and how many there are."""
-  mask = targets >= 0
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(targets, 0))
-  return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
-
-
-def create_state(
-  model: recurrent_models.LSTMLanguageModel,
-  make_tx: Callable[[jax.Array], optax.GradientTransformation],
-  seed: int | jax.Array,
-  batch_size: int,
-) -> RecurrentTrainState:
-  """A fresh state: parameters, dropout key and optimizer noise key all derived from ``seed``.
-
-  Args:
-    model: the language model.
-    make_tx: ``make_tx(key)`` builds the optimizer with its noise key (``entropy_sgd(...,
-      key=key)``; plain optax optimizers ignore it). ``seed`` may be traced (``jax.vmap`` over
-      seeds): each seed then gets its own Langevin noise through the optimizer's own argument.
-    seed: an integer seed.
-    batch_size: the number of streams (the shape of the carried LSTM state).
-  """
-  init_key, dropout_key, noise_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-  tokens = jnp.zeros((batch_size, 1), jnp.int32)
-  state0 = recurrent_models.zero_state(model, batch_size)
-  params = model.init(init_key, tokens, state0, train=False)["params"]
-  opt_state = make_tx(noise_key).init(params)
-  # The kept tx differs from make_tx(noise_key) only in the key its init would use.
-  return RecurrentTrainState(
-    step=jnp.zeros([], jnp.int32),
-    apply_fn=model.apply,
-    params=params,
-    tx=make_tx(jax.random.PRNGKey(0)),
-    opt_state=opt_state,
-    batch_stats=None,
-    key=dropout_key,
-    lstm_state=state0,
-  )
-
-
-def make_train_step(
-  model: recurrent_models.LSTMLanguageModel,
-  *,
-  num_steps: int,
-  langevin_steps: int = 1,
-  clip_norm: float | None = None,
-) -> Callable[[RecurrentTrainState, jax.Array], tuple[RecurrentTrainState, dict[str, jax.Array]]]:
-  """The outer training step ``step(state, streams) -> (state, metrics)`` (see the module doc).
-
-  Args:
-    model: the language model (``model.apply`` is called; dropout on the ``'dropout'`` stream).
-    num_steps: T, tokens per segment (BPTT length).
-    langevin_steps: L; must equal the optimizer's ``num_langevin_steps`` (1 for plain optax).
-    clip_norm: global-norm clipping of every gradient evaluation, or None.
+def train_examples(
+  tokens: np.ndarray, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The training examples of a text: example ``s B + b`` is segment s of stream b.
 
   Returns:
-    A jittable ``step``; ``metrics`` has ``loss`` (mean nats per token of step 0's segment, at
-    x) and ``grad_norm`` (of step 0's gradient before clipping).
-  """
-  if langevin_steps < 1:
-    raise ValueError(f"langevin_steps must be >= 1, got {langevin_steps}.")
-
-  def loss_fn(params, inputs, targets, lstm_state, key):
-    logits, final = model.apply(
-      {"params": params}, inputs, lstm_state, train=True, rngs={"dropout": key}
-    )
-    nll_sum, count = token_nll(logits, targets)
-    return nll_sum / count, final
-
-  def step(state: RecurrentTrainState, streams: jax.Array):
-    steps_per_pass = text_data.num_segments(streams, num_steps) // langevin_steps
-    if steps_per_pass < 1:
-      raise ValueError(
-        f"The streams hold {text_data.num_segments(streams, num_steps)} segments of "
-        f"{num_steps} tokens, fewer than the {langevin_steps} an outer step needs."
-      )
-    t = state.step % steps_per_pass
-    carried = jax.tree.map(lambda s: jnp.where(t == 0, jnp.zeros_like(s), s), state.lstm_state)
-    inputs, targets = jax.vmap(
-      lambda k: text_data.segment(streams, t * langevin_steps + k, num_steps)
-    )(jnp.arange(langevin_steps))
-    key = state.step_key()
-    (loss, state_after_x), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, inputs[0], targets[0], carried, eflax.langevin_key(key, 0)
-    )
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    grads = clip_by_global_norm(grads, clip_norm)
-    if langevin_steps == 1:
-      return state.apply_gradients(grads=grads, lstm_state=state_after_x), metrics
-
-    def grad_fn(params, k):
-      # Langevin step k: its own segment, from the state the pass at x left (see module doc).
-      batch_inputs, batch_targets = eflax.take_batch((inputs, targets), k)
-      g = jax.grad(
-        lambda p: loss_fn(
-          p, batch_inputs, batch_targets, state_after_x, eflax.langevin_key(key, k)
-        )[0]
-      )(params)
-      return clip_by_global_norm(g, clip_norm)
-
-    new_state = state.apply_gradients(grads=grads, grad_fn=grad_fn, lstm_state=state_after_x)
-    return new_state, metrics
-
-  return step
-
-
-def make_train_steps(step, num_outer_steps: int):
-  """``num_outer_steps`` of ``step`` in one ``lax.scan``: ``(state, streams) -> (state, loss)``.
-
-  The returned loss is the mean of the steps' ``loss``.
-  """
-
-  def run(state, streams):
-    state, metrics = jax.lax.scan(
-      lambda s, _: step(s, streams), state, None, length=num_outer_steps
-    )
-    return state, jnp.mean(metrics["loss"])
-
-  return run
-
-
-def evaluate(
-  model: recurrent_models.LSTMLanguageModel, params: Any, inputs: jax.Array, targets: jax.Array
-) -> dict[str, jax.Array]:
-  """Mean cross-entropy per token of a split, the state carried across its segments.
-
-  Args:
-    model: the language model (run with ``train=False``: no dropout).
-    params: its parameters.
-    inputs, targets: ``text_data.eval_streams`` of the split, (segments, batch, T); targets < 0
-      are padding and not scored.
-
-  Returns:
-    ``nats`` (mean negative log-likelihood per token), ``bits`` (the same in log base 2) and
-    ``perplexity`` = exp(nats) (word perplexity for words).
+    ``(inputs, targets)``, int32 (num_segments * batch_size, num_steps), targets one token
+    later than inputs.
 
   Examples:
-    >>> import jax, numpy as np, optax
-    >>> from experiments import bptt, recurrent_models, text_data
-    >>> model = recurrent_models.char_lstm(5, hidden_size=4)
-    >>> state = bptt.create_state(model, lambda key: optax.sgd(1.0), 0, batch_size=2)
-    >>> params = jax.tree.map(np.zeros_like, state.params)  # all 0: the uniform distribution
-    >>> metrics = bptt.evaluate(model, params, *text_data.eval_streams(np.arange(20) % 5, 2, 3))
-    >>> print(f"{float(metrics['perplexity']):.4f}")
-    5.0000
+    >>> import numpy as np
+    >>> from experiments.bptt import train_examples
+    >>> inputs, targets = train_examples(np.arange(10), 2, 2)  # streams 0-4 and 5-9
+    >>> inputs.tolist(), targets.tolist()
+    ([[0, 1], [5, 6], [2, 3], [7, 8]], [[1, 2], [6, 7], [3, 4], [8, 9]])
   """
-  batch = inputs.shape[1]
+  streams = text_data.bptt_streams(tokens, batch_size)
+  count = text_data.num_segments(streams, num_steps) * num_steps
+  if count == 0:
+    raise text_data.CorpusError(
+      f"{len(tokens)} tokens in {batch_size} streams hold no segment of {num_steps} tokens: "
+      "use a longer text, a smaller batch size or fewer BPTT steps."
+    )
 
-  def body(carry, segment):
-    lstm_state, nll_sum, count = carry
-    logits, lstm_state = model.apply({"params": params}, segment[0], lstm_state, train=False)
-    seg_nll, seg_count = token_nll(logits, segment[1])
-    return (lstm_state, nll_sum + seg_nll, count + seg_count), None
+  def cut(a):
+    return a.reshape(batch_size, -1, num_steps).transpose(1, 0, 2).reshape(-1, num_steps)
 
-  init = (
-    recurrent_models.zero_state(model, batch),
-    jnp.zeros([], jnp.float32),
-    jnp.zeros([], jnp.int32),
+  return cut(streams[:, :count]), cut(streams[:, 1 : count + 1])
+
+
+def eval_examples(
+  tokens: np.ndarray, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """``text_data.eval_streams`` as examples (segment-major, padding targets -1): evaluation
+  batches of ``batch_size`` are consecutive segments of every stream, each token scored once."""
+  inputs, targets = text_data.eval_streams(tokens, batch_size, num_steps)
+  return inputs.reshape(-1, num_steps), targets.reshape(-1, num_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentOrder:
+  """The loop's ``Task.batch_indices`` and ``Task.carry_reset`` for ``train_examples``.
+
+  Attributes:
+    langevin_steps: L, the mini-batches (segments) of one outer step.
+  """
+
+  langevin_steps: int = 1
+
+  def steps_per_pass(self, num_examples: int, batch_size: int) -> int:
+    """Outer steps of one pass over the streams."""
+    num = (num_examples // batch_size) // self.langevin_steps
+    if num < 1:
+      raise ConfigError(
+        f"the text holds {num_examples // batch_size} segments, fewer than the "
+        f"{self.langevin_steps} an outer step needs: use more text or a smaller --batch-size "
+        "or --bptt-steps."
+      )
+    return num
+
+  def __call__(self, data_key, first_batch, num_batches: int, num_examples: int, batch_size: int):
+    """Example indices (num_batches, batch_size) of mini-batches ``first_batch ..``."""
+    del data_key  # the order is the text's
+    b = first_batch + jnp.arange(num_batches)
+    step, k = b // self.langevin_steps, b % self.langevin_steps
+    segment = (step % self.steps_per_pass(num_examples, batch_size)) * self.langevin_steps + k
+    return (segment[:, None] * batch_size + jnp.arange(batch_size)).astype(jnp.int32)
+
+  def starts_pass(self, step, num_examples: int, batch_size: int):
+    """Whether outer step ``step`` is the first of a pass (its carry restarts at zero)."""
+    return step % self.steps_per_pass(num_examples, batch_size) == 0
+
+
+def make_task(config: RunConfig, model) -> steps.Task:
+  """The loop's ``Task`` of a text run: segments in order, the LSTM state carried and reset at
+  each pass, every gradient evaluation clipped to ``config.clip_norm``."""
+  order = SegmentOrder(config.langevin_steps)
+  return steps.Task(
+    batch_indices=order,
+    carry_reset=order.starts_pass,
+    init_carry=ZeroCarry(model),
+    clip_norm=config.clip_norm,
   )
-  (_, nll_sum, count), _ = jax.lax.scan(body, init, (inputs, targets))
-  nats = nll_sum / count
-  return {"nats": nats, "bits": nats / math.log(2.0), "perplexity": jnp.exp(nats)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroCarry:
+  """``Task.init_carry`` of an LSTM language model: the zero state of ``batch_size`` streams."""
+
+  model: Any
+
+  def __call__(self, batch_size: int):
+    return recurrent_models.zero_state(self.model, batch_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _corpus(dataset: str, text_file: str | None, data_dir: str | None):
+  try:
+    if dataset == "ptb":
+      if data_dir is None:
+        raise text_data.CorpusError(
+          f"PTB is read from a folder: pass it as --data-dir (get {text_data.PTB_SOURCE})."
+        )
+      return text_data.read_ptb(data_dir)
+    if text_file is None:
+      return text_data.pydoc_corpus()
+    return text_data.read_char_corpus(text_file)
+  except text_data.CorpusError as e:
+    raise ConfigError(f"{'--data-dir' if dataset == 'ptb' else '--text-file'}: {e}") from None
+
+
+def text_split(config: RunConfig, data_dir: str | None, split: str):
+  """``(inputs, targets)`` of split ``train``, ``valid`` or ``test`` of ``config``'s text, cut to
+  its first num_train (training) or num_test tokens."""
+  corpus = _corpus(config.dataset, config.text_file, data_dir)
+  tokens = getattr(corpus, split)
+  limit = config.num_train if split == "train" else config.num_test
+  tokens = tokens[:limit] if limit else tokens
+  try:
+    if split == "train":
+      return train_examples(tokens, config.batch_size, config.bptt_steps)
+    return eval_examples(tokens, config.eval_batch_size, config.bptt_steps)
+  except text_data.CorpusError as e:
+    raise ConfigError(f"{split} split: {e}") from None
+
+
+def load_text(config: RunConfig, data_dir: str | None) -> data_lib.Dataset:
+  """The ``Dataset`` of a text data set (``experiments.build.DATASETS``): training examples,
+  and the validation split as the loop's evaluation data; ``num_classes`` is the vocabulary."""
+  corpus = _corpus(config.dataset, config.text_file, data_dir)
+  train_x, train_y = text_split(config, data_dir, "train")
+  valid_x, valid_y = text_split(config, data_dir, "valid")
+  return data_lib.Dataset(
+    train_x, train_y, valid_x, valid_y, num_classes=corpus.vocab_size, name=corpus.name
+  )

@@ -29,9 +29,15 @@ from experiments.config import ConfigError, RunConfig
 
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
+  """``heldout(config, data_dir)``: the (x, y) of a split evaluated once at the end of a run
+  (a text's test split: the loop evaluates its validation split); ``sequence``: examples are
+  segments of text streams (``experiments/bptt.py``), num_train/num_test count tokens."""
+
   load: Callable[[RunConfig, str | None, bool], data_lib.Dataset]
   models: tuple[str, ...]
   sizes: tuple[int, int]
+  heldout: Callable[[RunConfig, str | None], tuple[Any, Any]] | None = None
+  sequence: bool = False
 
 
 def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
@@ -39,6 +45,19 @@ def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
   return data_lib.load_mnist1d(
     config.num_train or 4000, config.num_test or 1000, seed=config.data_seed
   )
+
+
+def _text(config: RunConfig, data_dir, download) -> data_lib.Dataset:
+  from experiments import bptt  # pylint: disable=g-import-not-at-top
+
+  del download  # a text is read from a file (or ships with CPython)
+  return bptt.load_text(config, data_dir)
+
+
+def _text_test(config: RunConfig, data_dir):
+  from experiments import bptt  # pylint: disable=g-import-not-at-top
+
+  return bptt.text_split(config, data_dir, "test")
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -51,6 +70,11 @@ DATASETS: dict[str, DatasetEntry] = {
     lambda c, d, dl: data_lib.load_mnist(d, download=dl), ("mnistfc", "lenet_bn"), (60_000, 10_000)
   ),
   "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),
+  # Texts (experiments/text_data.py): PTB from --data-dir, characters from --text-file.
+  "ptb": DatasetEntry(
+    _text, ("ptb_large", "ptb_medium", "ptb_small"), (0, 0), _text_test, sequence=True
+  ),
+  "chars": DatasetEntry(_text, ("char_lstm", "small_char_lstm"), (0, 0), _text_test, sequence=True),
 }
 
 
@@ -173,6 +197,10 @@ def make_task(config: RunConfig, model) -> Any:
   re-estimation before every evaluation (``--sampling``, ``--bn-reestimate``)."""
   from experiments import batchnorm, steps  # pylint: disable=g-import-not-at-top
 
+  if DATASETS[config.dataset].sequence:  # stateful truncated BPTT
+    from experiments import bptt  # pylint: disable=g-import-not-at-top
+
+    return bptt.make_task(config, model)
   return steps.Task(
     batch_indices=(
       steps.replacement_batch_indices
@@ -180,6 +208,7 @@ def make_task(config: RunConfig, model) -> Any:
       else steps.shuffled_batch_indices
     ),
     before_eval=batchnorm.BatchNormReestimation(model) if config.bn_reestimate else None,
+    clip_norm=config.clip_norm,
   )
 
 
@@ -207,6 +236,7 @@ def load_data(
 
   The last data set is cached in the process: the runs of a grid share their data.
   """
+  entry = DATASETS[config.dataset]
   key = (
     config.dataset,
     config.synthetic,
@@ -215,9 +245,14 @@ def load_data(
     config.data_seed,
     data_dir,
   )
+  if entry.sequence:  # the examples are cut from the text for the batch and BPTT length
+    if config.synthetic:
+      raise ConfigError(
+        f"--synthetic has no text data set: drop it for --dataset {config.dataset}."
+      )
+    key += (config.text_file, config.batch_size, config.bptt_steps, config.eval_batch_size)
   if key not in _DATA_CACHE:
     _DATA_CACHE.clear()
-    entry = DATASETS[config.dataset]
     if config.synthetic:
       ds = data_lib.synthetic_like(
         config.dataset,
@@ -227,7 +262,7 @@ def load_data(
       )
     else:
       ds = entry.load(config, data_dir, download)
-    cut = lambda a, n: a[:n] if n else a
+    cut = lambda a, n: a[:n] if n and not entry.sequence else a  # a text is cut in tokens
     _DATA_CACHE[key] = data_lib.Dataset(
       cut(ds.train_x, config.num_train),
       cut(ds.train_y, config.num_train),
@@ -245,13 +280,22 @@ def load_data(
   return ds
 
 
-def make_model(config: RunConfig):
-  """The Linen model of ``config``, with its dropout and dtype overrides."""
+def make_model(config: RunConfig, num_classes: int | None = None):
+  """The Linen model of ``config``, with its dropout and dtype overrides; a language model
+  (``experiments.recurrent_models.MODELS``) needs ``num_classes``, its vocabulary size."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from experiments import models  # pylint: disable=g-import-not-at-top
+  from experiments import models, recurrent_models  # pylint: disable=g-import-not-at-top
 
   overrides: dict[str, Any] = {"dtype": getattr(jnp, config.dtype)}
+  if config.model in recurrent_models.MODELS:
+    if num_classes is None:
+      raise ValueError(f"model {config.model} needs num_classes (its vocabulary size).")
+    if config.input_dropout is not None:
+      raise ConfigError(f"model {config.model} has no input_dropout; drop --input-dropout.")
+    if config.dropout is not None:
+      overrides["dropout_rate"] = config.dropout
+    return recurrent_models.MODELS[config.model](num_classes, **overrides)
   fields = {f.name for f in dataclasses.fields(models.MODELS[config.model])}
   for name in ("dropout", "input_dropout"):
     value = getattr(config, name)

@@ -104,7 +104,10 @@ def compiled_functions(
   def one_step(state, data, idx):
     train_x, train_y = data
     xs, ys = constrain_batch(train_x[idx], 1), constrain_batch(train_y[idx], 1)
-    return steps.train_step(state, xs, ys, task=task, fresh_batches=fresh_batches)
+    reset = task.carry_reset(state.step, num_examples, batch_size) if task.carry_reset else False
+    return steps.train_step(
+      state, xs, ys, task=task, fresh_batches=fresh_batches, reset_carry=reset
+    )
 
   def scan_steps(state, data, num_steps):
     return jax.lax.scan(lambda s, i: one_step(s, data, i), state, indices(state, num_steps))

@@ -121,7 +121,7 @@ class RunConfig:
   """how a call runs its steps: scan (one lax.scan), dispatch (one jitted step each, no host
   sync), auto (dispatch for conv nets on CPU, where XLA runs convolutions slowly in a scan)"""
   eval_batch_size: int = 1000
-  """examples per evaluation batch"""
+  """examples per evaluation batch (text data sets: parallel evaluation streams)"""
   sgld_decay_power: float = 0.55
   """sgld: step size learning_rate / (1 + t)^sgld_decay_power, t the update count (App. C.1;
   --lr-decay and --lr-decay-outer-epochs are not used)"""
@@ -130,6 +130,14 @@ class RunConfig:
   the posterior of the mean loss; 0: no noise)"""
   smoothing_sigma: float = 0.01
   """smoothing-sgd: width sigma of the L - 1 Gaussian perturbations x + sigma eps per update"""
+  clip_norm: float = 0.0
+  """clip every gradient evaluation (the one at x and each Langevin step's) to this global
+  norm; 0: no clipping (the recurrent recipes: 5 or 10)"""
+  bptt_steps: int = 35
+  """text data sets: tokens per segment of truncated backpropagation through time"""
+  text_file: str | None = None
+  """chars data set: a UTF-8 text file, split 80/10/10 in order (None: the offline
+  pydoc_data.topics that ships with CPython)"""
 
   @property
   def effective_epochs(self) -> float:
@@ -192,7 +200,14 @@ def validate(
   need(config.optimizer in optimizers, "optimizer", f"one of {', '.join(optimizers)}")
   for name in ("outer_epochs", "learning_rate", "langevin_lr", "gamma0", "lr_decay"):
     need(math.isfinite(getattr(config, name)) and getattr(config, name) > 0, name, "> 0")
-  for name in ("batch_size", "langevin_steps", "num_seeds", "steps_per_call", "eval_batch_size"):
+  for name in (
+    "batch_size",
+    "langevin_steps",
+    "num_seeds",
+    "steps_per_call",
+    "eval_batch_size",
+    "bptt_steps",
+  ):
     need(getattr(config, name) >= 1, name, ">= 1")
   for name in ("num_train", "num_test", "checkpoint_every_evals"):
     need(getattr(config, name) >= 0, name, ">= 0")
@@ -204,6 +219,7 @@ def validate(
     "sgld_decay_power",
     "sgld_temperature",
     "smoothing_sigma",
+    "clip_norm",
   ):
     need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
   for name in ("momentum", "langevin_momentum", "b1", "b2"):

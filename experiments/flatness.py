@@ -4,6 +4,7 @@
     python -m experiments.flatness mnist1d --models mlp1d   # 15k weights: exact, slower
     python -m experiments.flatness mnist --method lanczos
     python -m experiments.flatness cifar10 --method fisher
+    python -m experiments.flatness charlstm                 # Sec. 5.1's small char-LSTM
 
 Trains one run per recipe (MNIST-1D: the main job's, at --effective-epochs; MNIST and
 CIFAR-10: the presets of experiments/configs), then characterises the training loss at each
@@ -94,11 +95,35 @@ JOBS = {
     "All-CNN-BN on CIFAR-10, SGD vs Entropy-SGD, the paper's presets",
     _job("cifar10", "allcnn_bn", ("sgd", "entropy-sgd")),
   ),
+  "charlstm": (
+    "the Sec. 5.1 small char-LSTM (48 units, 32,544 weights) on pydoc_data.topics, Adam vs "
+    "Entropy-Adam with the char-LSTM recipes on segments of 32 characters; Lanczos and SLQ on "
+    "256 segments (the paper: 256 lines of 32)",
+    dataclasses.replace(
+      _job(
+        "charlstm",
+        "small_char_lstm",
+        ("adam", "entropy-adam"),
+        effective_epochs=5.0,
+        lr_decay_at_fractions=(0.5, 0.75),
+        eval_every_effective_epochs=1.0,
+        num_train=50_000,
+        num_test=20_000,
+        method="lanczos",
+        hessian_examples=256,
+        hessian_batch=256,
+      ),
+      recipe={
+        n: p.config.replace(bptt_steps=32) for n, p in EXPERIMENTS["charlstm"].PRESETS.items()
+      },
+    ),
+  ),
 }
 
 
 class EvalLoss:
-  """``loss(params, (x, y))``: mean cross entropy of ``model`` in evaluation mode.
+  """``loss(params, (x, y))``: mean cross entropy of ``model`` in evaluation mode (a language
+  model: per token, every segment from the zero state, as the paper's independent lines).
 
   Two of them are equal when their models are and neither has BatchNorm statistics: the
   ``entropy_optax.flatness`` functions take the loss as a static argument of their jitted
@@ -114,7 +139,13 @@ class EvalLoss:
     variables = {"params": params}
     if self.batch_stats is not None:
       variables["batch_stats"] = self.batch_stats
-    logits = self.model.apply(variables, batch[0], train=False)
+    from experiments import recurrent_models  # pylint: disable=g-import-not-at-top
+
+    if isinstance(self.model, recurrent_models.LSTMLanguageModel):
+      zero = recurrent_models.zero_state(self.model, batch[0].shape[0])
+      logits, _ = self.model.apply(variables, batch[0], zero, train=False)
+    else:
+      logits = self.model.apply(variables, batch[0], train=False)
     return steps.cross_entropy(logits, batch[1])
 
   def _key(self):
@@ -143,7 +174,7 @@ def _batches(ds, args: FlatnessJob):
   n = num_batches * batch
   return (
     jnp.asarray(ds.train_x[:n]).reshape(num_batches, batch, *ds.input_shape),
-    jnp.asarray(ds.train_y[:n]).reshape(num_batches, batch),
+    jnp.asarray(ds.train_y[:n]).reshape(num_batches, batch, *ds.train_y.shape[1:]),
   ), n
 
 
@@ -170,7 +201,7 @@ def analyse(
   state = _seed_variables(jax.device_get(state), seed_index, config.num_seeds)
   params = state["params"]
   batches, n = _batches(ds, args)
-  loss_fn = EvalLoss(build.make_model(config), state.get("batch_stats"))
+  loss_fn = EvalLoss(build.make_model(config, ds.num_classes), state.get("batch_stats"))
   num_params = run.results["num_params"]
   start = time.perf_counter()
   stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}

@@ -27,6 +27,7 @@ SHARED = (
   "data_seed",
   "synthetic",
   "eval_every_effective_epochs",
+  "text_file",
 )
 
 
@@ -59,6 +60,8 @@ class GridJob:
   """seed of generated data (None: each recipe's)"""
   synthetic: bool | None = None
   """random data of the data set's shape (None: each recipe's)"""
+  text_file: str | None = None
+  """a character data set's UTF-8 text file (None: each recipe's)"""
   recipe: dict[str, RunConfig] = dataclasses.field(default_factory=dict)
   """the recipes (any field: --recipe.NAME.FIELD VALUE)"""
   run: Annotated[RunOptions, tyro.conf.OmitArgPrefixes] = RunOptions()

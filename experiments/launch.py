@@ -146,7 +146,7 @@ def run_experiment(
         workdir,
       )
   ds = build.load_data(config, options.data_dir, options.download)
-  model = build.make_model(config)
+  model = build.make_model(config, ds.num_classes)
   make_tx = build.optimizer_factory(config, len(ds.train_x))
   tcfg = train_config(config, len(ds.train_x), options.progress)
   log(
@@ -155,13 +155,14 @@ def run_experiment(
     f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
     f"{config.num_seeds} seed(s)"
   )
+  task = build.make_task(config, model)
   result = training.train(
     tcfg,
     model,
     make_tx,
     ds,
     workdir,
-    task=build.make_task(config, model),
+    task=task,
     resume=None if resuming else False,
     metadata={"experiment": dataclasses.asdict(config)},
     log=log,
@@ -170,6 +171,9 @@ def run_experiment(
   import jax  # pylint: disable=g-import-not-at-top
 
   num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
+  heldout = build.DATASETS[config.dataset].heldout
+  if heldout is not None:  # a split evaluated once, at the end (a text's test split)
+    heldout = training.evaluate(tcfg, result.state, heldout(config, options.data_dir), task=task)
   results = reporting.summarize(
     all_records,
     dataset=ds.name,
@@ -182,6 +186,7 @@ def run_experiment(
     paper=None
     if config.synthetic
     else configs.paper_result(config.dataset, config.model, config.optimizer),
+    heldout=heldout,
   )
   rundir.write_json(workdir / rundir.RESULTS_FILE, results)
   reporting.plot_error(
@@ -243,8 +248,10 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   ds = build.load_data(config, data_dir)
   make_tx = build.optimizer_factory(config, len(ds.train_x))
+  model = build.make_model(config, ds.num_classes)
+  task = build.make_task(config, model)
   init = lambda seed: steps.state_dict(
-    steps.init_state(build.make_model(config), make_tx, steps.Task(), ds.train_x[:1], seed)
+    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size)
   )
   seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
   target = jax.eval_shape(

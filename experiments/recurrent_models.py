@@ -21,6 +21,7 @@ fewer parameters per layer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -238,3 +239,13 @@ def small_char_lstm(vocab_size: int = 96, **overrides) -> LSTMLanguageModel:
     32544
   """
   return char_lstm(vocab_size, hidden_size=48, num_layers=1, **overrides)
+
+
+# The registry of ``experiments.build``: name -> factory(vocab_size, **overrides).
+MODELS = {
+  "ptb_large": functools.partial(ptb_lstm, "large"),
+  "ptb_medium": functools.partial(ptb_lstm, "medium"),
+  "ptb_small": functools.partial(ptb_lstm, "small"),
+  "char_lstm": char_lstm,
+  "small_char_lstm": small_char_lstm,
+}

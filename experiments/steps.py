@@ -10,16 +10,26 @@
   for stateful truncated BPTT), kept in ``LoopState.carry``, vmapped over seeds and
   checkpointed.
   The model is then called as ``model.apply(variables, x, carry=carry, train=...)`` and returns
-  ``(logits, new_carry)``; the carry of Langevin step 0 (at x) is kept, as its BatchNorm
-  statistics are. Evaluation starts from ``init_carry`` and carries it through the test batches
-  in order.
+  ``(logits, new_carry)``. Step 0 (at x) starts from the carried state and its final state is
+  carried, as its BatchNorm statistics are kept; Langevin steps k >= 1 start from that final
+  state (the one that describes x) and their final states are discarded
+  (``experiments/bptt.py`` states the policy). Evaluation starts from ``init_carry`` and
+  carries it through the test batches in order.
+* ``carry_reset(step, num_examples, batch_size)``: whether outer step ``step`` starts from
+  ``init_carry`` instead of the carried state (the first step of each pass over a text).
+* ``clip_norm``: clip every gradient evaluation (step 0's and each Langevin step's) to this
+  global norm before the optimizer sees it; 0: none.
 * ``before_eval(state, train_x, train_y)``: runs (jitted) before every evaluation and returns
   the state to evaluate, e.g. BatchNorm statistics re-estimated at the final weights.
+
+Logits with a time axis, (batch, time, classes) against labels (batch, time), are scored per
+token by ``evaluate``: targets < 0 are padding, and the loss is in nats per scored token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +96,24 @@ class Task:
   batch_indices: Callable[..., jax.Array] = shuffled_batch_indices
   init_carry: Callable[[int], Any] | None = None
   before_eval: Callable[..., Any] | None = None
+  carry_reset: Callable[[jax.Array, int, int], jax.Array] | None = None
+  clip_norm: float = 0.0
+
+
+def clip_by_global_norm(grads: Any, max_norm: float) -> Any:
+  """``grads`` scaled by min(1, max_norm / |grads|) (unchanged when max_norm is 0).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from experiments.steps import clip_by_global_norm
+    >>> clip_by_global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, 1.0)["b"].tolist()
+    [0.8...]
+  """
+  if not max_norm:
+    return grads
+  norm = optax.tree.norm(grads)
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
+  return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
 
 
 class LoopState(eflax.TrainState):
@@ -173,35 +201,64 @@ def has_langevin_stats(opt_state: Any) -> bool:
 
 
 def train_step(
-  state: LoopState, xs: jax.Array, ys: jax.Array, *, task: Task = Task(), fresh_batches: bool = True
+  state: LoopState,
+  xs: jax.Array,
+  ys: jax.Array,
+  *,
+  task: Task = Task(),
+  fresh_batches: bool = True,
+  reset_carry: jax.Array | bool = False,
 ) -> tuple[LoopState, dict[str, jax.Array]]:
   """One outer step on the mini-batches ``xs[k], ys[k]`` (leading axis: L, or 1).
 
   The gradient at x on mini-batch 0 (the training forward pass, whose BatchNorm statistics and
-  carry are kept) is Langevin step 0; ``grad_fn`` serves steps 1..L-1 (``entropy_optax.flax``).
+  final carry are kept) is Langevin step 0; ``grad_fn`` serves steps 1..L-1
+  (``entropy_optax.flax``) and starts them from the carry step 0 ends with. With
+  ``reset_carry`` step 0 starts from ``task.init_carry`` instead of ``state.carry``. Every
+  gradient evaluation is clipped to ``task.clip_norm``.
 
   Returns:
     ``(state, metrics)``: metrics has the train loss at x and, for a local-entropy optimizer,
     the fields of ``LangevinStats``.
   """
   key = state.step_key()
+  carry = state.carry
+  if carry is not None and task.init_carry is not None:
+    fresh = task.init_carry(xs.shape[1])
+    carry = jax.tree.map(lambda c, z: jnp.where(reset_carry, z.astype(c.dtype), c), carry, fresh)
 
-  def loss(params, batch, k):
-    logits, batch_stats, carry = _forward(state, params, batch[0], k, True, state.carry)
-    return task.loss_fn(logits, batch[1]), (batch_stats, carry)
+  def loss(params, batch, k, start):
+    logits, batch_stats, final = _forward(state, params, batch[0], k, True, start)
+    return task.loss_fn(logits, batch[1]), (batch_stats, final)
 
   (value, (batch_stats, carry)), grads = jax.value_and_grad(loss, has_aux=True)(
-    state.params, (xs[0], ys[0]), key
+    state.params, (xs[0], ys[0]), key, carry
   )
+  grads = clip_by_global_norm(grads, task.clip_norm)
+  langevin_loss = lambda params, batch, k: loss(params, batch, k, carry)  # noqa: E731
   if fresh_batches:
-    grad_fn = eflax.make_grad_fn(loss, (xs, ys), key=key, has_aux=True)
+    grad_fn = eflax.make_grad_fn(langevin_loss, (xs, ys), key=key, has_aux=True)
   else:
-    grad_fn = eflax.make_grad_fn(loss, (xs[0], ys[0]), key=key, has_aux=True, shared_batch=True)
+    grad_fn = eflax.make_grad_fn(
+      langevin_loss, (xs[0], ys[0]), key=key, has_aux=True, shared_batch=True
+    )
+  if task.clip_norm:
+    grad_fn = _clipped(grad_fn, task.clip_norm)
   state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=batch_stats, carry=carry)
   metrics = {"train_loss": value.astype(jnp.float32)}
   if has_langevin_stats(state.opt_state):
     metrics.update(optax.tree.get(state.opt_state, "langevin_stats")._asdict())
   return state, metrics
+
+
+def _clipped(grad_fn, max_norm: float):
+  """``grad_fn`` whose every gradient is clipped to ``max_norm`` (keeps ``num_batches``)."""
+
+  def clipped(params, k):
+    return clip_by_global_norm(grad_fn(params, k), max_norm)
+
+  clipped.num_batches = grad_fn.num_batches
+  return clipped
 
 
 def evaluate(
@@ -216,10 +273,23 @@ def evaluate(
   """Loss and error of the model in evaluation mode (running statistics, no dropout).
 
   ``x``, ``y`` are padded to a multiple of ``batch_size``; ``weights`` is 1 on real examples;
-  ``shard`` places each input batch (data parallelism).
+  ``shard`` places each input batch (data parallelism). For a language model (``y`` of shape
+  (examples, time)) the loss and error are per scored token (targets >= 0), and ``val_bits``
+  and ``val_perplexity`` = exp(``val_loss``) come with them.
   """
   num_batches = x.shape[0] // batch_size
   carry0 = task.init_carry(batch_size) if task.init_carry else None
+
+  def scores(logits, yb, wb):
+    """Sums of loss and error, and the number of scored examples (or tokens)."""
+    if logits.ndim == 3:  # (batch, time, classes): per token, targets < 0 not scored
+      mask = (yb >= 0) & (wb[:, None] > 0)
+      nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(yb, 0))
+      wrong = jnp.argmax(logits, -1) != yb
+      return (jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask & wrong), jnp.sum(mask))
+    losses = jax.vmap(task.loss_fn)(logits[:, None], yb[:, None])
+    errors = (jnp.argmax(logits, -1) != yb).astype(jnp.float32)
+    return jnp.sum(wb * losses), jnp.sum(wb * errors), jnp.sum(wb)
 
   def body(carry, i):
     sums, model_carry = carry
@@ -227,14 +297,15 @@ def evaluate(
       jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size) for a in (x, y, weights)
     )
     logits, _, model_carry = _forward(state, state.params, shard(xb), None, False, model_carry)
-    logits = logits.astype(jnp.float32)
-    losses = jax.vmap(task.loss_fn)(logits[:, None], yb[:, None])
-    errors = (jnp.argmax(logits, -1) != yb).astype(jnp.float32)
-    return ((sums[0] + jnp.sum(wb * losses), sums[1] + jnp.sum(wb * errors)), model_carry), None
+    new = scores(logits.astype(jnp.float32), yb, wb)
+    return (tuple(a + b.astype(jnp.float32) for a, b in zip(sums, new)), model_carry), None
 
   zero = jnp.zeros([], jnp.float32)
-  ((loss_sum, error_sum), _), _ = jax.lax.scan(
-    body, ((zero, zero), carry0), jnp.arange(num_batches)
+  ((loss_sum, error_sum, total), _), _ = jax.lax.scan(
+    body, ((zero, zero, zero), carry0), jnp.arange(num_batches)
   )
-  total = jnp.sum(weights)
-  return {"val_loss": loss_sum / total, "val_error": error_sum / total}
+  metrics = {"val_loss": loss_sum / total, "val_error": error_sum / total}
+  if y.ndim == 2:  # a language model: the loss is nats per token
+    metrics["val_bits"] = metrics["val_loss"] / math.log(2.0)
+    metrics["val_perplexity"] = jnp.exp(metrics["val_loss"])
+  return metrics

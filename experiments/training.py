@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from entropy_optax.flax import uses_local_entropy
 from experiments import compiled, run_files
 from experiments import records as records_lib
+from experiments import steps as steps_lib
 from experiments.checkpoints import CheckpointError
 from experiments.compiled import BATCH_AXIS
 from experiments.steps import LoopState, Task, cross_entropy
@@ -46,6 +47,7 @@ from experiments.steps import LoopState, Task, cross_entropy
 __all__ = [
   "TrainConfig",
   "TrainResult",
+  "evaluate",
   "train",
   "CheckpointError",
   "LoopState",
@@ -251,6 +253,20 @@ def train(
     if run is not None:
       run.close()
   return TrainResult(state=state, records=new_records)
+
+
+def evaluate(
+  config: TrainConfig, state: LoopState, data, *, task: Task = Task(), mesh=None
+) -> dict[str, np.ndarray]:
+  """Metrics of a trained ``state`` (a leading seed axis when num_seeds > 1) on ``data`` =
+  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split)."""
+  x, y = (np.asarray(a) for a in data)
+  size = _eval_batch(config, len(x), mesh)
+  w = _pad(np.ones(len(x), np.float32), size)
+  fn = lambda s, x, y, w: steps_lib.evaluate(s, x, y, w, size, task)  # noqa: E731
+  if config.num_seeds > 1:
+    fn = jax.vmap(fn, in_axes=(0, None, None, None))
+  return jax.device_get(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
 
 
 @dataclasses.dataclass(frozen=True)

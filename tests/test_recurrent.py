@@ -1,6 +1,6 @@
-"""LSTM language models and the stateful-BPTT step: counts, state carry, Entropy-SGD policy."""
+"""LSTM language models and stateful truncated BPTT through the harness's step: parameter
+counts, state carry, the Entropy-SGD state policy, clipping, evaluation per token."""
 
-import dataclasses
 import math
 
 import jax
@@ -10,9 +10,8 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments import bptt, text_data
+from experiments import bptt, compiled, steps
 from experiments import recurrent_models as rm
-from experiments import recurrent_recipes as rr
 
 
 def _lstm_params(vocab, embed, hidden, layers):
@@ -84,6 +83,10 @@ def test_lstm_matches_an_independent_implementation(embed):
   assert np.all(forget > 0.5) and np.all(np.abs(np.asarray(params["layer0_bias"][:5])) <= 0.5)
 
 
+def _nll(logits, targets):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+
 @pytest.mark.parametrize(
   "make",
   [
@@ -101,41 +104,76 @@ def test_state_carried_over_two_segments_equals_the_concatenated_sequence(make):
   whole_logits, whole_state = apply(tokens, zero)
   first_logits, state = apply(tokens[:, :4], zero)
   second_logits, state = apply(tokens[:, 4:], state)
-  nll_whole = bptt.token_nll(whole_logits, targets)[0]
-  nll_parts = (
-    bptt.token_nll(first_logits, targets[:, :4])[0]
-    + bptt.token_nll(second_logits, targets[:, 4:])[0]
-  )
-  np.testing.assert_allclose(nll_parts, nll_whole, rtol=1e-6)
+  nll_parts = _nll(first_logits, targets[:, :4]) + _nll(second_logits, targets[:, 4:])
+  np.testing.assert_allclose(nll_parts, _nll(whole_logits, targets), rtol=1e-6)
   np.testing.assert_allclose(
     jnp.concatenate([first_logits, second_logits], 1), whole_logits, atol=1e-6
   )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state, whole_state)
 
 
+def _task(model, langevin_steps=1, clip_norm=0.0):
+  order = bptt.SegmentOrder(langevin_steps)
+  return steps.Task(
+    batch_indices=order,
+    carry_reset=order.starts_pass,
+    init_carry=bptt.ZeroCarry(model),
+    clip_norm=clip_norm,
+  )
+
+
+def _evaluate(model, params, tokens, batch, num_steps):
+  """The harness's evaluation of ``params`` on ``tokens`` laid out by ``bptt.eval_examples``."""
+  x, y = bptt.eval_examples(tokens, batch, num_steps)
+  task = _task(model)
+  state = steps.init_state(model, lambda k: optax.sgd(1.0), task, x[:1], 0, batch)
+  return steps.evaluate(state.replace(params=params), x, y, np.ones(len(x)), batch, task)
+
+
 def test_uniform_predictor_perplexity_is_the_vocabulary_size():
   model = rm.ptb_lstm("small", vocab_size=37, hidden_size=4)
   tokens = np.random.default_rng(0).integers(0, 37, 200).astype(np.int32)
-  state = bptt.create_state(model, lambda key: optax.sgd(1.0), 0, batch_size=3)
-  params = dict(state.params, softmax=jax.tree.map(jnp.zeros_like, state.params["softmax"]))
-  metrics = bptt.evaluate(model, params, *text_data.eval_streams(tokens, 3, 7))
-  np.testing.assert_allclose(metrics["perplexity"], 37.0, rtol=1e-5)
-  np.testing.assert_allclose(metrics["bits"], math.log2(37), rtol=1e-5)
+  params = model.init(jax.random.key(0), tokens[None, :3], rm.zero_state(model, 1), train=False)
+  params = dict(params["params"])
+  params["softmax"] = jax.tree.map(jnp.zeros_like, params["softmax"])
+  metrics = _evaluate(model, params, tokens, 3, 7)
+  np.testing.assert_allclose(metrics["val_perplexity"], 37.0, rtol=1e-5)
+  np.testing.assert_allclose(metrics["val_bits"], math.log2(37), rtol=1e-5)
+  np.testing.assert_allclose(metrics["val_loss"], math.log(37), rtol=1e-5)
 
 
 def test_evaluate_scores_each_token_once_with_the_state_carried():
   model = rm.char_lstm(9, hidden_size=6)
   tokens = np.random.default_rng(1).integers(0, 9, 41).astype(np.int32)
-  params = bptt.create_state(model, lambda key: optax.sgd(1.0), 0, batch_size=1).params
-  got = bptt.evaluate(model, params, *text_data.eval_streams(tokens, 1, 4))["nats"]
+  params = model.init(jax.random.key(3), tokens[None, :3], rm.zero_state(model, 1), train=False)
+  params = params["params"]
+  got = _evaluate(model, params, tokens, 1, 4)
   # One pass over the whole sequence from the zero state, in float64 (independent).
   logits = _numpy_lstm(params, tokens[None, :-1], None)[0]
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  np.testing.assert_allclose(got, -log_p[np.arange(40), tokens[1:]].mean(), rtol=1e-5)
+  np.testing.assert_allclose(got["val_loss"], -log_p[np.arange(40), tokens[1:]].mean(), rtol=1e-5)
+  wrong = np.mean(np.argmax(logits, -1) != tokens[1:])
+  np.testing.assert_allclose(got["val_error"], wrong, rtol=1e-6)
+
+
+def test_train_examples_walk_the_streams_segment_by_segment():
+  x, y = bptt.train_examples(np.arange(2 * 60), 2, 5)  # streams 0-59 and 60-119: 11 segments
+  assert x.shape == (22, 5) and x[3].tolist() == [65, 66, 67, 68, 69]
+  np.testing.assert_array_equal(y, x + 1)
+  order = bptt.SegmentOrder(4)  # 2 outer steps a pass (8 of 11 segments), then the pass restarts
+  idx = np.asarray(order(None, jnp.int32(4), 8, len(x), 2))
+  assert x[idx][:, 0, 0].tolist() == [20, 25, 30, 35, 0, 5, 10, 15]
+  assert [bool(order.starts_pass(jnp.int32(t), len(x), 2)) for t in range(5)] == [
+    True,
+    False,
+    True,
+    False,
+    True,
+  ]
 
 
 class _Recorder:
-  """A model whose forward passes record (first input token of each stream, initial h sum)."""
+  """A model whose forward passes record (first input token of stream 0, initial h sum)."""
 
   def __init__(self, model):
     self.model, self.calls = model, []
@@ -143,20 +181,21 @@ class _Recorder:
   def __getattr__(self, name):
     return getattr(self.model, name)
 
-  def apply(self, variables, tokens, state, **kwargs):
+  def apply(self, variables, tokens, carry, **kwargs):
     jax.debug.callback(
-      lambda t, h: self.calls.append((np.asarray(t), float(h))),
-      tokens[:, 0],
-      sum(jnp.sum(h) for _, h in state),
+      lambda t, h: self.calls.append((int(t), float(h))),
+      tokens[0, 0],
+      sum(jnp.sum(h) for _, h in carry),
       ordered=True,
     )
-    return self.model.apply(variables, tokens, state, **kwargs)
+    return self.model.apply(variables, tokens, carry, **kwargs)
 
 
 def _ptb_small_run(langevin_steps, num_outer, clip_norm=5.0):
+  """PTB-small through the harness's jitted steps, one outer step per call."""
   model = rm.ptb_lstm("small", vocab_size=10_000)
   recorder = _Recorder(model)
-  streams = jnp.asarray(text_data.bptt_streams(np.arange(2 * 60) % 10_000, 2))  # 60 a stream
+  x, y = bptt.train_examples(np.arange(2 * 60) % 10_000, 2, 5)  # 11 segments of 5 tokens
   make_tx = lambda key: (
     entropy_optax.entropy_sgd(
       1.0,
@@ -170,77 +209,68 @@ def _ptb_small_run(langevin_steps, num_outer, clip_norm=5.0):
     if langevin_steps > 1
     else optax.sgd(1.0)
   )
-  state = bptt.create_state(model, make_tx, 0, batch_size=2)
-  step = jax.jit(
-    bptt.make_train_step(recorder, num_steps=5, langevin_steps=langevin_steps, clip_norm=clip_norm)
+  task = _task(model, langevin_steps, clip_norm)
+  fns = compiled.compiled_functions(
+    recorder, make_tx, task, None, False, 2, langevin_steps, True, len(x), 2, "scan"
   )
-  states = [state]
+  data = (jnp.asarray(x), jnp.asarray(y))
+  states = [fns.init(jnp.uint32(0), data[0][:1])]
   for _ in range(num_outer):
-    states.append(step(states[-1], streams)[0])
+    states.append(fns.call(jax.tree.map(jnp.copy, states[-1]), data, 1)[0])  # donated
   jax.effects_barrier()
-  return model, streams, states, recorder.calls
+  return model, x, states, recorder.calls
 
 
 def test_entropy_sgd_step_costs_L_gradient_evaluations_and_follows_the_state_policy():
   L = 4
-  model, streams, states, calls = _ptb_small_run(L, num_outer=4)  # 11 segments: 2 steps a pass
+  model, x, states, calls = _ptb_small_run(L, num_outer=4)  # 11 segments: 2 steps a pass
   assert len(calls) == 4 * L  # forward passes (each one gradient evaluation), nothing else
-  first_tokens = [int(t[0]) for t, _ in calls]
   # Outer step t of a pass uses segments t L .. t L + L - 1 (5 tokens each); the pass restarts.
-  expected = [5 * s for s in (0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7)]
-  assert first_tokens == expected
+  assert [t for t, _ in calls] == [5 * s for s in (0, 1, 2, 3, 4, 5, 6, 7) * 2]
   for outer in range(4):
     h0, *h_langevin = [h for _, h in calls[outer * L : (outer + 1) * L]]
-    # The state carried out of the step is the pass at x on its first segment...
-    _, carried_in = (None, states[outer].lstm_state)
-    if outer % 2 == 0:
+    carried_in = states[outer].carry
+    if outer % 2 == 0:  # the first step of a pass starts from the zero state
       carried_in = rm.zero_state(model, 2)
       assert h0 == 0.0
-    inputs, _ = text_data.segment(streams, (outer % 2) * L, 5)
+      assert outer == 0 or float(sum(jnp.sum(h) for _, h in states[outer].carry)) != 0.0
+    inputs = x[2 * (outer % 2) * L : 2 * (outer % 2) * L + 2]
     _, after_x = model.apply({"params": states[outer].params}, inputs, carried_in, train=False)
+    # The carry kept is the final state of step 0's pass at x (PTB-small has no dropout) ...
     jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-      states[outer + 1].lstm_state,
-      after_x,
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), states[outer + 1].carry, after_x
     )
-    # ...and every Langevin step k >= 1 starts from it.
+    # ... and every Langevin step k >= 1 starts from it, not from the carry step 0 started
+    # from (the harness's behaviour before: it would fail here).
     expected_h = float(sum(jnp.sum(h) for _, h in after_x))
+    assert abs(expected_h - h0) > 1e-3
     np.testing.assert_allclose(h_langevin, [expected_h] * (L - 1), rtol=1e-5)
 
 
 def test_sgd_step_costs_one_gradient_evaluation():
   _, _, _, calls = _ptb_small_run(1, num_outer=3)
-  assert [int(t[0]) for t, _ in calls] == [0, 5, 10]
+  assert [t for t, _ in calls] == [0, 5, 10]
 
 
-def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
+def test_clipping_acts_on_every_gradient_evaluation_and_not_on_x_minus_mu():
   model = rm.char_lstm(6, hidden_size=4)
   # Every segment of a stream holds the same 4 tokens: the clipped Langevin steps line up, and
   # x - mu grows past the clipping norm.
-  streams = jnp.asarray(text_data.bptt_streams(np.arange(90) % 4, 3))
+  x_all, y_all = bptt.train_examples(np.arange(90) % 4, 3, 4)
   L, clip, lr = 3, 0.05, 2.0
   make_tx = lambda key: entropy_optax.entropy_sgd(
     1.0, num_langevin_steps=L, gamma=0.1, langevin_lr=lr, noise=0.0, momentum=0.0, key=key
   )
-  state = bptt.create_state(model, make_tx, 0, batch_size=3)
-  new_state, _ = jax.jit(
-    bptt.make_train_step(model, num_steps=4, langevin_steps=L, clip_norm=clip)
-  )(state, streams)
+  task = _task(model, L, clip)
+  state = steps.init_state(model, make_tx, task, x_all[:1], 0, 3)
+  xs, ys = jnp.asarray(x_all[:9].reshape(L, 3, 4)), jnp.asarray(y_all[:9].reshape(L, 3, 4))
+  new_state, _ = jax.jit(lambda s: steps.train_step(s, xs, ys, task=task, reset_carry=True))(state)
   x = state.params
-  # Independent: the chain of langevin_mean fed gradients clipped here, from the same states.
   zero = rm.zero_state(model, 3)
-  key = state.step_key()
 
-  def loss(params, k, lstm_state):
-    inputs, targets = text_data.segment(streams, k, 4)
-    logits, final = model.apply(
-      {"params": params},
-      inputs,
-      lstm_state,
-      train=True,
-      rngs={"dropout": jax.random.fold_in(key, k)},
-    )
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), final
+  def loss(params, k, carry):
+    logits, final = model.apply({"params": params}, xs[k], carry, train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, ys[k]).mean(), final
 
   (_, after_x), g0 = jax.value_and_grad(loss, has_aux=True)(x, 0, zero)
 
@@ -269,49 +299,11 @@ def test_clipping_acts_on_every_langevin_gradient_and_not_on_x_minus_mu():
   assert step_norm > 1.5 * clip  # x - mu itself is not clipped
   unclipped = expected_params(jnp.inf)  # clipping matters here
   assert float(optax.tree.norm(optax.tree.sub(unclipped, mu))) > 0.1 * step_norm
-
-
-# ---------------------------------------------------------------------------
-# Recipes.
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-  "name,epoch_lrs",
-  [
-    ("ptb-sgd", [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15**-3)]),
-    ("ptb-entropy-sgd", [(0, 1.0), (2.9, 1.0), (3, 0.1), (4, 0.01)]),
-    ("charlstm-adam", [(0, 2e-3), (4.9, 2e-3), (5, 1e-3), (49, 2e-3 / 2**9)]),
-    ("charlstm-entropy-adam", [(0, 1e-2), (1, 5e-3), (4.5, 1e-2 / 16)]),
-  ],
-)
-def test_recipe_learning_rates_follow_the_paper(name, epoch_lrs):
-  schedule = rr.RECIPES[name].learning_rate_schedule(steps_per_outer_epoch=10)
-  for epoch, lr in epoch_lrs:
-    np.testing.assert_allclose(schedule(jnp.int32(round(epoch * 10))), lr, rtol=1e-6)
-
-
-def test_recipes_budgets_and_validation():
-  assert [rr.RECIPES[n].effective_epochs for n in rr.RECIPES] == [55, 25, 50, 25]
-  with pytest.raises(ValueError, match="L > 1"):
-    rr.LMRecipe(
-      target="",
-      model="char-lstm",
-      optimizer="entropy_adam",
-      outer_epochs=1,
-      batch_size=1,
-      num_steps=1,
-      clip_norm=1.0,
-      learning_rate=1.0,
-    )
-  # Entropy-SGD's outer Nesterov momentum 0.5 acts: two identical outer gradients g (no noise,
-  # same x, constant loss gradient) give updates 1.5 g and g + 0.5 (g + 0.5 g) = 1.75 g.
-  recipe = dataclasses.replace(rr.RECIPES["ptb-entropy-sgd"], noise=0.0)
-  tx = recipe.make_tx(10)(jax.random.PRNGKey(0))
-  grad_fn = lambda p, k: jnp.ones_like(p)
-  params, opt_state = jnp.ones(2), tx.init(jnp.ones(2))
-  updates = []
-  for _ in range(2):
-    u, opt_state = tx.update(jnp.ones(2), opt_state, params, grad_fn=grad_fn)
-    updates.append(float(u[0]))
-  assert updates[0] != 0 and updates[1] / updates[0] == pytest.approx(1.75 / 1.5, rel=1e-5)
+  # A plain optimizer's one gradient is clipped too: SGD with lr 1 moves by at most clip.
+  sgd_task = _task(model, 1, clip)
+  sgd_state = steps.init_state(model, lambda k: optax.sgd(1.0), sgd_task, x_all[:1], 0, 3)
+  moved, _ = jax.jit(
+    lambda s: steps.train_step(s, xs[:1], ys[:1], task=sgd_task, reset_carry=True)
+  )(sgd_state)
+  norm = float(optax.tree.norm(optax.tree.sub(moved.params, sgd_state.params)))
+  assert float(optax.tree.norm(g0)) > 2 * clip and norm == pytest.approx(clip, rel=1e-5)

@@ -1,107 +1,240 @@
-"""The text jobs end to end on small files: the char-LSTM main job and the PTB recipes."""
+"""The text jobs end to end on small inputs, through the harness: the char-LSTM main job, the
+PTB presets on written files, kill + resume bit for bit, the Table-1 rows."""
 
 import json
 import math
+import pathlib
+import re
 
+import jax
 import numpy as np
 import pytest
 
-from experiments import charlstm, text_data
+import entropy_optax
+from experiments import (
+  bptt,
+  charlstm,
+  checkpoints,
+  launch,
+  ptb,
+  records,
+  reporting,
+  steps,
+  text_data,
+  training,
+)
+from experiments import recurrent_models as rm
+from experiments.configs import charlstm as charlstm_configs
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+QUIET = ["--no-progress"]
 
 
 def test_charlstm_job_trains_both_optimizers_at_equal_effective_epochs(tmp_path, capsys):
-  text = "".join(text_data.pydoc_corpus().decode(text_data.pydoc_corpus().train[:20_000]))
-  path = tmp_path / "book.txt"
-  path.write_text(text, encoding="utf-8")
-  # 16,000 training characters: 50 streams of 320, 6 segments of 50 a pass; 5/6 of an
-  # effective epoch is 5 Adam steps and 1 Entropy-Adam step (L = 5).
-  charlstm.main(
+  # 12,550 training characters: 50 streams of 251, 5 segments of 50 a pass; one effective
+  # epoch is 5 Adam steps and 1 Entropy-Adam step (L = 5).
+  code = charlstm.main(
     [
-      "--text",
-      str(path),
+      "--batch-size",
+      "50",
+      "--num-train",
+      "12550",
+      "--num-test",
+      "2600",
       "--effective-epochs",
-      str(5 / 6),
-      "--seeds",
+      "1",
+      "--num-seeds",
       "2",
-      "--evals",
+      "--eval-every-effective-epochs",
       "1",
       "--workdir",
       str(tmp_path / "run"),
+      *QUIET,
     ]
   )
+  assert code == 0
   out = capsys.readouterr().out
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert (tmp_path / "run" / "valid_cross_entropy.png").stat().st_size > 1000
-  for name in ("adam", "entropy_adam"):
-    result = results[name]
-    assert result["effective_epochs"] == pytest.approx(5 / 6)
-    nats, bits = np.array(result["test"]["nats"]), np.array(result["test"]["bits"])
-    assert nats.shape == (2,) and np.all(nats < math.log(len(set(text))) + 0.5)
-    np.testing.assert_allclose(bits, nats / math.log(2), rtol=1e-6)
-    assert f"{name:13s}   0.83" in out
-  # Seeds differ (their own init, dropout and Langevin noise keys).
-  assert results["entropy_adam"]["test"]["nats"][0] != results["entropy_adam"]["test"]["nats"][1]
+  vocab = text_data.pydoc_corpus().vocab_size
+  for name, updates in (("adam", 5), ("entropy-adam", 1)):
+    result = results[f"char_lstm-{name}"]
+    assert result["effective_epochs"] == 1 and result["outer_steps"] == updates
+    valid, test = np.array(result["val_loss"]), np.array(result["heldout_loss"])
+    assert valid.shape == test.shape == (2,) and np.all(test < math.log(vocab) + 0.5)
+    assert valid[0] != valid[1]  # seeds differ (init, Langevin noise)
+    # The validation loss is the last evaluated record's.
+    last = [r for r in records.read(tmp_path / "run" / f"char_lstm-{name}") if "val_loss" in r]
+    np.testing.assert_allclose(valid, [r["val_loss"] for r in last[-2:]], rtol=1e-6)
+    np.testing.assert_allclose(last[-1]["val_bits"], last[-1]["val_loss"] / math.log(2))
+  assert "| char-LSTM | Entropy-Adam |" in out and "War and Peace: 1.217 ± 0.005 nats" in out
+  assert "bits" in out and "| 1 | 5 | 2 |" in out and "| 1 | 1 | 2 |" in out
 
 
 def test_charlstm_job_missing_text_is_a_one_line_error(tmp_path, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    charlstm.main(["--text", str(tmp_path / "missing.txt")])
-  assert exit_info.value.code == 2
-  assert "missing.txt not found" in capsys.readouterr().err
+  code = charlstm.main(["--text-file", str(tmp_path / "missing.txt"), "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 1 and "--text-file" in err and "missing.txt not found" in err
+  assert len(err.strip().splitlines()) == 1
 
 
-def test_ptb_job_on_written_files(tmp_path, capsys):
-  from experiments import ptb
-
-  rng = np.random.default_rng(0)
+def _write_ptb(folder, rng):
   words = [f"w{i}" for i in range(30)] + ["<unk>"]
   for split, lines in (("train", 400), ("valid", 20), ("test", 20)):
     text = "\n".join(" " + " ".join(rng.choice(words, 8)) for _ in range(lines))
-    (tmp_path / f"ptb.{split}.txt").write_text(text + "\n")
-  # 3,600 training words: 20 streams of 180, 5 segments of 35; L = 5 takes one outer step.
-  ptb.main(
-    [
-      "--data-dir",
-      str(tmp_path),
-      "--size",
-      "small",
-      "--presets",
-      "ptb-entropy-sgd",
-      "--outer-epochs",
-      "0.2",
-      "--evals",
-      "1",
-      "--workdir",
-      str(tmp_path / "run"),
-    ]
-  )
+    (folder / f"ptb.{split}.txt").write_text(text + "\n")
+  return folder
+
+
+def test_ptb_preset_on_written_files(tmp_path, capsys):
+  data = _write_ptb(tmp_path, np.random.default_rng(0))
+  # 3,600 training words: 20 streams of 180, 5 segments of 35; L = 5: one outer step a pass.
+  argv = ["entropy-sgd", "--data-dir", str(data), "--model", "ptb_small", "--clip-norm", "5"]
+  code = ptb.main(argv + ["--outer-epochs", "0.2", "--workdir", str(tmp_path / "run"), *QUIET])
+  assert code == 0
   out = capsys.readouterr().out
-  result = json.loads((tmp_path / "run" / "results.json").read_text())["ptb-entropy-sgd"]
-  assert result["effective_epochs"] == pytest.approx(1.0)
-  ppl = result["test"]["perplexity"][0]
+  result = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert result["effective_epochs"] == pytest.approx(1.0) and result["outer_steps"] == 1
+  ppl = math.exp(result["heldout_loss"][0])
   assert 1 < ppl < 2 * 32  # about uniform over 32 words after one step
-  assert "ptb-entropy-sgd     1.00" in out and "77.656" in out
+  assert "test ppl" in out and "paper: 77.656" not in out  # the paper's is for ptb_large
+  assert "effective epochs" in out
 
 
-def test_ptb_job_without_data_says_where_to_get_it(tmp_path, capsys):
-  from experiments import ptb
-
-  with pytest.raises(SystemExit) as exit_info:
-    ptb.main(["--data-dir", str(tmp_path)])
-  assert exit_info.value.code == 2
-  assert "simple-examples.tgz" in capsys.readouterr().err
+def test_ptb_without_data_says_where_to_get_it(tmp_path, capsys):
+  code = ptb.main(["sgd", "--data-dir", str(tmp_path), "--workdir", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  assert code == 1 and "simple-examples.tgz" in err and len(err.strip().splitlines()) == 1
+  code = ptb.main(["sgd", "--workdir", str(tmp_path / "run")])
+  assert code == 1 and "--data-dir" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     ptb.main(["--help"])
   assert "simple-examples.tgz" in capsys.readouterr().out
 
 
-def test_readme_commands_of_the_recurrent_section_parse():
-  import pathlib
-  import re
+def test_presets_say_which_figure_and_follow_the_paper():
+  from experiments.configs import ptb as ptb_configs
 
-  from experiments import ptb
+  for module, figure in ((ptb_configs, "Fig. 6a"), (charlstm_configs, "Fig. 6b")):
+    for preset in module.PRESETS.values():
+      assert preset.description.startswith(f"Table 1 / {figure}")
+  sgd, esgd = ptb_configs.PRESETS["sgd"].config, ptb_configs.PRESETS["entropy-sgd"].config
+  adam, eadam = (charlstm_configs.PRESETS[n].config for n in ("adam", "entropy-adam"))
+  assert [c.effective_epochs for c in (sgd, esgd, adam, eadam)] == [55, 25, 50, 25]
+  from experiments import build
 
-  readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+  # Learning rates per outer epoch: (epoch, lr) pairs from the paper's text.
+  expected = {
+    sgd: [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15**-3), (54.9, 1.15**-41)],
+    esgd: [(0, 1.0), (2.9, 1.0), (3, 0.1), (4, 0.01)],
+    adam: [(0, 2e-3), (4.9, 2e-3), (5, 1e-3), (49, 2e-3 / 2**9)],
+    eadam: [(0, 1e-2), (1, 5e-3), (4.5, 1e-2 / 16)],
+  }
+  for config, pairs in expected.items():
+    schedule = build.learning_rate(config, 10 * config.batch_size)  # 10 steps an outer epoch
+    for epoch, lr in pairs:
+      np.testing.assert_allclose(schedule(round(epoch * 10)), lr, rtol=1e-5)
+  assert (esgd.momentum, esgd.nesterov, esgd.scoping, esgd.gamma0) == (0.5, True, "none", 1e-3)
+  assert (eadam.b1, eadam.gamma0, eadam.scoping) == (0.5, 0.01, "none")
+
+
+def test_table1_rows_of_the_language_models():
+  def run(dataset, model, optimizer, nats, paper):
+    return {
+      "path": "runs/x/" + optimizer,
+      "dataset": dataset,
+      "model": model,
+      "optimizer": optimizer,
+      "seeds": [0, 1],
+      "test_error_mean": 50.0,
+      "test_error_std": 1.0,
+      "heldout_loss": nats,
+      "effective_epochs": 25,
+      "paper": paper,
+    }
+
+  table = reporting.table1(
+    [
+      run("ptb", "ptb_large", "sgd", [math.log(80), math.log(82)], "78.6 ± 0.26 (55)"),
+      run("ptb", "ptb_large", "entropy-sgd", [math.log(77)] * 2, "77.656 ± 0.171 (25)"),
+      run("chars:2600-0.txt", "char_lstm", "adam", [1.2, 1.3], "1.226"),
+      run("chars:2600-0.txt", "char_lstm", "entropy-adam", [1.25, 1.25], "1.217"),
+    ]
+  )
+  rows = table.splitlines()[2:]
+  assert rows[0].startswith("| PTB-LSTM | PTB | Entropy-SGD | ppl 77.00 ± 0.00 (2) | 25 |")
+  assert f"| SGD | ppl 81.00 ± {np.std([80, 82], ddof=1):.2f} (2) |" in rows[0]
+  assert "77.656 ± 0.171 (25)" in rows[0] and "78.6 ± 0.26 (55)" in rows[0]
+  bits = 1.25 / math.log(2)
+  assert rows[1].startswith(
+    f"| char-LSTM | War and Peace | Entropy-Adam | 1.250 ± 0.000 nats, {bits:.3f} bits (2) |"
+  )
+  assert "| Adam | 1.250 ± 0.071 nats" in rows[1]
+
+
+def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
+  corpus = text_data.pydoc_corpus()
+  model = rm.char_lstm(corpus.vocab_size, hidden_size=16)
+  data = (
+    *bptt.train_examples(corpus.train[:6000], 4, 10),  # 149 segments: 29 outer steps a pass
+    *bptt.eval_examples(corpus.valid[:400], 4, 10),
+  )
+  # Entropy-Adam: Adam's moments, the Langevin noise key, dropout key and LSTM carry all
+  # resume; 36 steps cross the pass boundary at 29 (the carry restarts there).
+  make_tx = lambda key: entropy_optax.entropy_adam(
+    1e-2, b1=0.5, num_langevin_steps=5, gamma=0.01, langevin_lr=0.1, noise=1e-4, key=key
+  )
+  order = bptt.SegmentOrder(5)
+  task = steps.Task(
+    batch_indices=order,
+    carry_reset=order.starts_pass,
+    init_carry=bptt.ZeroCarry(model),
+    clip_norm=5.0,
+  )
+  config = training.TrainConfig(
+    batch_size=4,
+    num_steps=36,
+    langevin_steps=5,
+    steps_per_call=12,
+    eval_every_steps=12,
+    eval_batch_size=4,
+    checkpoint_every_steps=12,
+    num_seeds=2,
+    progress=False,
+  )
+  run = lambda workdir, **kw: training.train(config, model, make_tx, data, workdir, task=task, **kw)
+  whole = run(tmp_path / "whole")
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_24(made, state):
+    if made[0]["step"] == 24:
+      raise Killed
+
+  with pytest.raises(Killed):
+    run(tmp_path / "cut", callback=kill_at_24)
+  resumed = run(tmp_path / "cut")
+  assert [r["step"] for r in resumed.records] == [36, 36]
+  jax.tree.map(
+    np.testing.assert_array_equal, steps.state_dict(resumed.state), steps.state_dict(whole.state)
+  )
+  drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
+  assert drop_time(records.read(tmp_path / "cut")) == drop_time(records.read(tmp_path / "whole"))
+  with checkpoints.Checkpoints(tmp_path / "cut") as ckpts:
+    assert ckpts.steps() == [24, 36]
+
+
+def test_readme_commands_of_the_recurrent_section_parse(monkeypatch):
+  class Parsed(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Parsed
+
+  monkeypatch.setattr(launch, "run_experiment", stop)
+  monkeypatch.setattr(launch, "run_grid", stop)
+  readme = (REPO / "README.md").read_text()
   section = readme.split("## Recurrent experiments")[1].split("\n## ")[0]
   commands = [
     line.split("#")[0].split()
@@ -109,38 +242,35 @@ def test_readme_commands_of_the_recurrent_section_parse():
     for line in block.splitlines()
     if line.startswith("python -m experiments.")
   ]
-  parsers = {"experiments.charlstm": charlstm.build_parser, "experiments.ptb": ptb.build_parser}
-  assert sorted({argv[2] for argv in commands}) == sorted(parsers)
+  scripts = {"experiments.charlstm": charlstm, "experiments.ptb": ptb}
+  assert sorted({argv[2] for argv in commands}) == sorted(scripts)
   for argv in commands:
-    parsers[argv[2]]().parse_args(argv[3:])
+    with pytest.raises(Parsed):
+      scripts[argv[2]].main(argv[3:])
 
 
-def test_charlstm_run_interrupted_and_resumed_equals_the_uninterrupted_run(tmp_path):
-  import dataclasses
+def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
+  from experiments import build, flatness
 
-  import jax
-
-  from experiments import checkpoints as ckpt_lib
-  from experiments import lm_training, recurrent_models, recurrent_recipes
-
-  corpus = text_data.char_corpus(
-    "".join(text_data.pydoc_corpus().decode(text_data.pydoc_corpus().train[:6000]))
+  workdir = tmp_path / "flat"
+  argv = ["charlstm", "--effective-epochs", "1", "--num-train", "20000", "--num-test", "3000"]
+  argv += ["--lanczos-iters", "4", "--slq-samples", "1", "--hessian-examples", "64"]
+  assert flatness.main(argv + ["--hessian-batch", "32", "--workdir", str(workdir), *QUIET]) == 0
+  columns = json.loads((workdir / "flatness.json").read_text())
+  vocab = text_data.pydoc_corpus().vocab_size
+  assert set(columns) == {"Adam", "Entropy-Adam"}
+  # The training loss of the first 64 segments of 32 characters, each from the zero state,
+  # recomputed here from the final parameters.
+  config = flatness.JOBS["charlstm"][1].recipe["adam"]
+  config = config.replace(model="small_char_lstm", num_train=20000, num_test=3000)
+  x, y = bptt.text_split(config, None, "train")
+  model = rm.small_char_lstm(vocab)
+  params = launch.load_final_variables(workdir / "adam")["params"]
+  logits, _ = model.apply({"params": params}, x[:64], rm.zero_state(model, 64), train=False)
+  expected = float(
+    np.mean(-jax.nn.log_softmax(logits)[np.arange(64)[:, None], np.arange(32), y[:64]])
   )
-  model = recurrent_models.char_lstm(corpus.vocab_size, hidden_size=16)
-  # Entropy-Adam: Adam's moments, the Langevin noise key, dropout key and LSTM carry all resume.
-  recipe = dataclasses.replace(
-    recurrent_recipes.RECIPES["charlstm-entropy-adam"], batch_size=4, num_steps=10, outer_epochs=0.3
-  )  # 120 segments: 36 outer steps
-  run = lambda workdir, **kw: lm_training.train_and_evaluate(
-    recipe, model, corpus, [0, 1], num_evals=3, workdir=workdir, **kw
-  )
-  whole = run(tmp_path / "whole")
-  assert run(tmp_path / "cut", stop_after_calls=1) is None  # "killed" after its first checkpoint
-  with pytest.raises(ckpt_lib.CheckpointError, match="--resume"):
-    run(tmp_path / "cut")
-  resumed = run(tmp_path / "cut", resume=True)
-  assert resumed["curve"] == whole["curve"] and resumed["test"] == whole["test"]
-  final = [ckpt_lib.Checkpoints(tmp_path / d).restore(36, None) for d in ("whole", "cut")]
-  jax.tree.map(np.testing.assert_array_equal, *final)
-  with pytest.raises(ckpt_lib.CheckpointError, match="nothing to resume"):
-    run(tmp_path / "empty", resume=True)
+  np.testing.assert_allclose(columns["Adam"]["loss"], expected, rtol=1e-5)
+  assert build.make_model(config, vocab) == model
+  assert columns["Adam"]["num_params"] == rm.count_params(model) == 32_544 + 241 * (vocab - 96)
+  assert columns["Adam"]["method"] == "lanczos" and columns["Adam"]["examples"] == 64

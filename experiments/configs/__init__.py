@@ -3,9 +3,15 @@ a one-line description, the run, the paper's result it targets). Add an experime
 module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.cli``.
 ``sensitivity`` is not one of them: it holds the sensitivity study's grids (``GRIDS``)."""
 
-from experiments.configs import cifar10, mnist, mnist1d
+from experiments.configs import charlstm, cifar10, mnist, mnist1d, ptb
 
-EXPERIMENTS = {"cifar10": cifar10, "mnist": mnist, "mnist1d": mnist1d}
+EXPERIMENTS = {
+  "cifar10": cifar10,
+  "mnist": mnist,
+  "mnist1d": mnist1d,
+  "ptb": ptb,
+  "charlstm": charlstm,
+}
 
 
 def paper_result(dataset: str, model: str, optimizer: str) -> str | None:
