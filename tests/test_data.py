@@ -1,5 +1,4 @@
-"""Tests of experiments/data.py and preprocessing.py: offline tfds preparation, GCN/ZCA, MNIST-1D
-"""
+"""Tests of data.py and preprocessing.py: offline tfds preparation, GCN/ZCA, MNIST-1D."""
 
 from __future__ import annotations
 
