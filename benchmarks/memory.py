@@ -30,9 +30,7 @@ import jax.numpy as jnp
 from benchmarks import harness, programs, workloads
 
 
-def step_programs(model: str, batch: int, steps: int, unroll: str, dtype):
-  """``(spec, params, {"sgd": Runner, "entropy_sgd": Runner})``, not compiled yet: one SGD step
-  on one mini-batch and one Entropy-SGD step with ``steps`` Langevin steps."""
+def _programs(model: str, batch: int, steps: int, unroll: str, dtype):
   spec = workloads.make_model(model, dtype)
   params, batch_stats = workloads.init_model(spec, param_dtype=dtype)
   loss_fn = workloads.make_loss(spec)
@@ -96,7 +94,7 @@ def live_peak(model, batch, steps, unroll, dtype_name, variant) -> int | None:
 
 def child_peak(variant: str, model: str, batch: str, steps: str, unroll: str, dtype: str) -> None:
   """Runs 3 steps of ``variant`` and prints this process's peak device memory as JSON."""
-  _, _, runners = step_programs(model, int(batch), int(steps), unroll, jnp.dtype(dtype))
+  _, _, runners = _programs(model, int(batch), int(steps), unroll, jnp.dtype(dtype))
   runner = runners[variant]
   for _ in range(3):
     runner()
@@ -114,7 +112,7 @@ def compiler_options(scheduler: str) -> dict | None:
 
 def run_model(model: str, args) -> dict:
   dtype = jnp.dtype(args.dtype)
-  spec, params, runners = step_programs(model, args.batch, args.steps, args.unroll, dtype)
+  spec, params, runners = _programs(model, args.batch, args.steps, args.unroll, dtype)
   param_bytes = workloads.tree_bytes(params)
   print(
     f"\n== {model} ({spec.source}): {workloads.num_params(params):,} parameters "
