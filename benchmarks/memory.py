@@ -27,41 +27,41 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common
+from benchmarks import harness, programs, workloads
 
 
 def _programs(model: str, batch: int, steps: int, unroll: str, dtype):
-  spec = common.make_model(model, dtype)
-  params, batch_stats = common.init_model(spec, param_dtype=dtype)
-  loss_fn = common.make_loss(spec)
-  batches = common.make_batches(spec, steps, batch)
+  spec = workloads.make_model(model, dtype)
+  params, batch_stats = workloads.init_model(spec, param_dtype=dtype)
+  loss_fn = workloads.make_loss(spec)
+  batches = workloads.make_batches(spec, steps, batch)
   one_batch = jax.tree.map(lambda b: b[:1], batches)
-  sgd = common.sgd_tx()
-  ent = common.entropy_tx(steps, unroll=common.resolve_unroll(unroll, steps))
+  sgd = programs.sgd_tx()
+  ent = programs.entropy_tx(steps, unroll=programs.resolve_unroll(unroll, steps))
   return (
     spec,
     params,
     {
       # One SGD step is the scan of length 1 over a single mini-batch.
-      "sgd": common.Runner(
-        common.build_sgd_steps(loss_fn, sgd, unroll=1),
+      "sgd": programs.Runner(
+        programs.build_sgd_steps(loss_fn, sgd, unroll=1),
         params,
         batch_stats,
         sgd.init(params),
         one_batch,
       ),
-      "entropy_sgd": common.Runner(
-        common.build_entropy_step(loss_fn, ent), params, batch_stats, ent.init(params), batches
+      "entropy_sgd": programs.Runner(
+        programs.build_entropy_step(loss_fn, ent), params, batch_stats, ent.init(params), batches
       ),
     },
   )
 
 
-def compiled_memory(runner: common.Runner, compiler_options: dict | None = None) -> dict:
+def compiled_memory(runner: programs.Runner, compiler_options: dict | None = None) -> dict:
   if runner.compiled is None:
     runner.compile(compiler_options)
   stats = runner.compiled.memory_analysis()
-  batch_bytes = common.tree_bytes(runner.batches)
+  batch_bytes = workloads.tree_bytes(runner.batches)
   peak = (
     stats.argument_size_in_bytes
     + stats.output_size_in_bytes
@@ -87,7 +87,7 @@ def live_peak(model, batch, steps, unroll, dtype_name, variant) -> int | None:
     capture_output=True,
     text=True,
     check=True,
-    cwd=common.REPO_ROOT,
+    cwd=harness.REPO_ROOT,
   )
   return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
 
@@ -107,15 +107,15 @@ def compiler_options(scheduler: str) -> dict | None:
     return None
   if jax.default_backend() != "cpu":
     raise SystemExit("--scheduler memory is an XLA:CPU option; leave it out on GPU/TPU.")
-  return common.CPU_MEMORY_SCHEDULER
+  return programs.CPU_MEMORY_SCHEDULER
 
 
 def run_model(model: str, args) -> dict:
   dtype = jnp.dtype(args.dtype)
   spec, params, runners = _programs(model, args.batch, args.steps, args.unroll, dtype)
-  param_bytes = common.tree_bytes(params)
+  param_bytes = workloads.tree_bytes(params)
   print(
-    f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters "
+    f"\n== {model} ({spec.source}): {workloads.num_params(params):,} parameters "
     f"({param_bytes / 2**20:.2f} MiB, {args.dtype}), batch {args.batch}, L = {args.steps}"
   )
   rows = []
@@ -142,7 +142,7 @@ def run_model(model: str, args) -> dict:
       live_target_met=live_extra <= 3 * param_bytes,
     )
   mib = lambda b: b / 2**20
-  common.print_table(
+  harness.print_table(
     [
       {
         "step": r["step"],
@@ -161,11 +161,11 @@ def run_model(model: str, args) -> dict:
       f"live peak: Entropy-SGD - SGD = {summary['live_extra_in_param_bytes']:.2f}x "
       "parameter bytes (includes the L mini-batches)"
     )
-  return common.model_record(
+  return harness.model_record(
     model,
     spec,
     args,
-    num_params=common.num_params(params),
+    num_params=workloads.num_params(params),
     dtype=args.dtype,
     scheduler=args.scheduler,
     rows=rows,
@@ -174,13 +174,13 @@ def run_model(model: str, args) -> dict:
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-  common.add_unroll_arg(parser)
+  harness.add_unroll_arg(parser)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument(
     "--scheduler",
     default="default",
     choices=["default", "memory"],
-    help="XLA:CPU scheduler: 'memory' compiles with common.CPU_MEMORY_SCHEDULER",
+    help="XLA:CPU scheduler: 'memory' compiles with programs.CPU_MEMORY_SCHEDULER",
   )
   parser.add_argument(
     "--no-live",
@@ -191,7 +191,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None):
-  return common.benchmark_main(
+  return harness.benchmark_main(
     "benchmarks.memory",
     __doc__,
     add_args,

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common
+from benchmarks import harness, programs, workloads
 
 
 def _stack(trees):
@@ -86,10 +86,10 @@ def multi_run_steps(single: Callable, runs: int) -> dict[str, Callable]:
 
 
 def run_model(model: str, runs: int, args) -> dict:
-  spec = common.make_model(model)
-  batches = common.make_batches(spec, args.steps, args.batch)
-  inits = [common.init_model(spec, seed=i) for i in range(runs)]
-  txs = [common.entropy_tx(args.steps, key=i) for i in range(runs)]  # per-run noise keys
+  spec = workloads.make_model(model)
+  batches = workloads.make_batches(spec, args.steps, args.batch)
+  inits = [workloads.init_model(spec, seed=i) for i in range(runs)]
+  txs = [programs.entropy_tx(args.steps, key=i) for i in range(runs)]  # per-run noise keys
   states = [
     (p, bs, tx.init(p), jax.random.key(i)) for i, ((p, bs), tx) in enumerate(zip(inits, txs))
   ]
@@ -98,15 +98,15 @@ def run_model(model: str, runs: int, args) -> dict:
   tx = txs[0]  # the update does not depend on the init key
   is_conv = model != "mlp"
   print(
-    f"\n== {model} ({spec.source}): {runs} runs of {common.num_params(inits[0][0]):,} "
+    f"\n== {model} ({spec.source}): {runs} runs of {workloads.num_params(inits[0][0]):,} "
     f"parameters, batch {args.batch}, L = {args.steps}",
     flush=True,
   )
 
   fns = {}
-  single = common.build_entropy_step(common.make_loss(spec), tx, jit=False)
+  single = programs.build_entropy_step(workloads.make_loss(spec), tx, jit=False)
   seq_runners = [
-    common.Runner(jax.jit(single, donate_argnums=(0, 1, 2, 3)), *s[:3], batches, key=s[3])
+    programs.Runner(jax.jit(single, donate_argnums=(0, 1, 2, 3)), *s[:3], batches, key=s[3])
     for s in states
   ]
   compiled = None
@@ -124,39 +124,39 @@ def run_model(model: str, runs: int, args) -> dict:
   compile_times = {"sequential": compile_s}
   variants = multi_run_steps(single, runs)
   if is_conv:
-    im2col = common.build_entropy_step(common.make_loss(spec, "im2col"), tx, jit=False)
+    im2col = programs.build_entropy_step(workloads.make_loss(spec, "im2col"), tx, jit=False)
     variants["vmap+im2col"] = multi_run_steps(im2col, runs)["vmap"]
   for name, fn in variants.items():
     if args.variants and name not in args.variants:
       continue
-    runner = common.Runner(jax.jit(fn, donate_argnums=(0, 1, 2, 3)), *stacked, batches, key=keys)
+    runner = programs.Runner(jax.jit(fn, donate_argnums=(0, 1, 2, 3)), *stacked, batches, key=keys)
     print(f"compiling {name} ...", end=" ", flush=True)
     print(f"{runner.compile():.1f} s", flush=True)
     fns[name], compile_times[name] = runner, runner.compile_s
 
   start = time.perf_counter()
-  times = common.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+  times = harness.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
   print(
     f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
     f"speedup = median(sequential) / median(variant), {runs} runs per call"
   )
   rows = [
     {
-      **common.timing_row(name, t),
+      **harness.timing_row(name, t),
       "runs": runs,
       "compile_s": compile_times[name],
-      "ms_per_run": 1e3 * common.median(t) / runs,
-      "speedup": common.median(times["sequential"]) / common.median(t),
-      "paired_speedup": 1 / common.paired_ratio(times, name, "sequential"),
+      "ms_per_run": 1e3 * harness.median(t) / runs,
+      "speedup": harness.median(times["sequential"]) / harness.median(t),
+      "paired_speedup": 1 / harness.paired_ratio(times, name, "sequential"),
     }
     for name, t in times.items()
   ]
-  common.print_table(
+  harness.print_table(
     rows, ["variant", "runs", "compile_s", "median_ms", "ms_per_run", "speedup", "paired_speedup"]
   )
   # How much arithmetic throughput the sequential runs leave unused: the ceiling for batching.
-  step_flops = args.steps * gradient_flops(common.make_loss(spec), *inits[0], batches)
-  sequential_gflops = runs * step_flops / common.median(times["sequential"]) / 1e9
+  step_flops = args.steps * gradient_flops(workloads.make_loss(spec), *inits[0], batches)
+  sequential_gflops = runs * step_flops / harness.median(times["sequential"]) / 1e9
   gemm_gflops = matmul_gflops()
   bound = {
     "step_gflop": step_flops / 1e9,
@@ -170,7 +170,7 @@ def run_model(model: str, runs: int, args) -> dict:
     f"float32 GEMM throughput ({gemm_gflops:.1f} GFLOP/s): no formulation of the {runs} runs "
     f"can beat sequential by more than {bound['max_speedup']:.2f}x"
   )
-  return common.model_record(model, spec, args, runs=runs, rows=rows, compute_bound=bound)
+  return harness.model_record(model, spec, args, runs=runs, rows=rows, compute_bound=bound)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -181,11 +181,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     default=None,
     help="subset of vmap, lax.map, unrolled, vmap+im2col (default: all)",
   )
-  common.add_timing_args(parser)
+  harness.add_timing_args(parser)
 
 
 def main(argv=None):
-  return common.benchmark_main(
+  return harness.benchmark_main(
     "benchmarks.multi_run",
     __doc__,
     add_args,

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 import entropy_optax
-from benchmarks import common
+from benchmarks import harness
 from experiments import bptt, compiled, recurrent_models, steps
 
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
@@ -146,39 +146,39 @@ def main(argv=None) -> None:
   )
   args = parser.parse_args(argv)
   print(
-    f"backend {jax.default_backend()}, load average {common.load_average()} "
+    f"backend {jax.default_backend()}, load average {harness.load_average()} "
     "(a shared machine: compare ratios, not absolute times)"
   )
   rows = []
   for name in args.models:
     start = time.perf_counter()
     fns, tokens, params = _programs(name, args.langevin_steps)
-    times = common.time_interleaved(fns, args.repeats)
+    times = harness.time_interleaved(fns, args.repeats)
     sgd_name = f"{args.langevin_steps}x_sgd"
     rows.append(
       {
         "model": name,
         "params": params,
         "tokens/step": tokens,
-        "entropy_sgd s": round(common.median(times["entropy_sgd"]), 4),
-        f"{sgd_name} s": round(common.median(times[sgd_name]), 4),
-        "entropy tok/s": round(tokens / common.median(times["entropy_sgd"])),
-        "sgd tok/s": round(tokens / common.median(times[sgd_name])),
-        "ratio": round(common.paired_ratio(times, "entropy_sgd", sgd_name), 3),
-        "ratio unrolled": round(common.paired_ratio(times, "entropy_unrolled", sgd_name), 3),
+        "entropy_sgd s": round(harness.median(times["entropy_sgd"]), 4),
+        f"{sgd_name} s": round(harness.median(times[sgd_name]), 4),
+        "entropy tok/s": round(tokens / harness.median(times["entropy_sgd"])),
+        "sgd tok/s": round(tokens / harness.median(times[sgd_name])),
+        "ratio": round(harness.paired_ratio(times, "entropy_sgd", sgd_name), 3),
+        "ratio unrolled": round(harness.paired_ratio(times, "entropy_unrolled", sgd_name), 3),
         "setup s": round(time.perf_counter() - start, 1),
       }
     )
-  common.print_table(rows)
+  harness.print_table(rows)
   if args.cells:
-    times = common.time_interleaved(_cell_programs(), args.repeats)
-    common.print_table(
-      [{"layer": k, "grad s (median)": round(common.median(v), 4)} for k, v in times.items()]
+    times = harness.time_interleaved(_cell_programs(), args.repeats)
+    harness.print_table(
+      [{"layer": k, "grad s (median)": round(harness.median(v), 4)} for k, v in times.items()]
       + [
         {
           "layer": "ratio flax/fused",
           "grad s (median)": round(
-            common.paired_ratio(times, "flax_OptimizedLSTMCell", "fused_scan"), 3
+            harness.paired_ratio(times, "flax_OptimizedLSTMCell", "fused_scan"), 3
           ),
         }
       ]

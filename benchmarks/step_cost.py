@@ -3,7 +3,7 @@
 Targets: an Entropy-SGD step costs <= 1.5x L SGD steps for the 666k-parameter MLP and <= 1.15x
 for a conv net on CPU, and <= 1.03x for All-CNN-BN at batch 128, L = 20 on an H100.
 
-Both programs evaluate L gradients (see ``common.py``), so the ratio is the cost of the Langevin
+Both programs evaluate L gradients (see ``programs.py``), so the ratio is the cost of the Langevin
 chain itself: the noise draw, the element-wise chain updates and the diagnostics. Printed side by
 side in one run, calls interleaved:
 
@@ -31,7 +31,7 @@ import time
 import jax
 
 import entropy_optax
-from benchmarks import common
+from benchmarks import harness, programs, workloads
 
 # The values of the public ``noise_sampler`` argument of entropy_optax's optimizers.
 NOISE_SAMPLERS = ("irwin_hall", "gaussian")
@@ -61,44 +61,44 @@ def time_noise_draws(params, repeats: int) -> list[dict]:
     name: jax.jit(one_step, static_argnums=1).lower(key, name).compile() for name in NOISE_SAMPLERS
   }
   fns = {name: (lambda f=f: jax.block_until_ready(f(key))) for name, f in steps.items()}
-  times = common.time_interleaved(fns, repeats=max(repeats, 20), warmup=2)
-  base = common.median(times["gaussian"])
+  times = harness.time_interleaved(fns, repeats=max(repeats, 20), warmup=2)
+  base = harness.median(times["gaussian"])
   return [
-    {"sampler": name, "step_ms": 1e3 * common.median(t), "vs_gaussian": common.median(t) / base}
+    {"sampler": name, "step_ms": 1e3 * harness.median(t), "vs_gaussian": harness.median(t) / base}
     for name, t in times.items()
   ]
 
 
 def run_model(model: str, args) -> dict:
-  spec = common.make_model(model)
-  params, batch_stats = common.init_model(spec)
-  batches = common.make_batches(spec, args.steps, args.batch)
-  loss_fn = common.make_loss(spec)
+  spec = workloads.make_model(model)
+  params, batch_stats = workloads.init_model(spec)
+  batches = workloads.make_batches(spec, args.steps, args.batch)
+  loss_fn = workloads.make_loss(spec)
   print(
-    f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, "
+    f"\n== {model} ({spec.source}): {workloads.num_params(params):,} parameters, "
     f"batch {args.batch}, L = {args.steps}, backend {jax.default_backend()}",
     flush=True,
   )
 
   runners, meta = {}, {}
   for unroll_name in args.unroll:
-    unroll = common.resolve_unroll(unroll_name, args.steps)
-    sgd = common.sgd_tx()
+    unroll = programs.resolve_unroll(unroll_name, args.steps)
+    sgd = programs.sgd_tx()
     name = f"sgd x{args.steps} [{unroll_name}]"
-    sgd_steps = common.build_sgd_steps(
-      loss_fn, sgd, common.baseline_unroll(unroll_name, spec, args.steps)
+    sgd_steps = programs.build_sgd_steps(
+      loss_fn, sgd, programs.baseline_unroll(unroll_name, spec, args.steps)
     )
-    runners[name] = common.Runner(sgd_steps, params, batch_stats, sgd.init(params), batches)
+    runners[name] = programs.Runner(sgd_steps, params, batch_stats, sgd.init(params), batches)
     meta[name] = dict(
       kind="sgd", sampler="-", unroll=unroll_name, unroll_value=unroll, baseline=name
     )
     for sampler in args.samplers:
       noise = 0.0 if sampler == "none" else 1e-4
       noise_sampler = "gaussian" if sampler == "gaussian" else "irwin_hall"
-      tx = common.entropy_tx(args.steps, noise=noise, noise_sampler=noise_sampler, unroll=unroll)
+      tx = programs.entropy_tx(args.steps, noise=noise, noise_sampler=noise_sampler, unroll=unroll)
       ename = f"entropy [{sampler}, {unroll_name}]"
-      runners[ename] = common.Runner(
-        common.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
+      runners[ename] = programs.Runner(
+        programs.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
       )
       meta[ename] = dict(
         kind="entropy", sampler=sampler, unroll=unroll_name, unroll_value=unroll, baseline=name
@@ -108,7 +108,7 @@ def run_model(model: str, args) -> dict:
     print(f"compiling {name} ...", end=" ", flush=True)
     print(f"{runner.compile():.1f} s", flush=True)
   start = time.perf_counter()
-  times = common.time_interleaved(runners, repeats=args.repeats, warmup=args.warmup)
+  times = harness.time_interleaved(runners, repeats=args.repeats, warmup=args.warmup)
   rows = []
   for name, t in times.items():
     m = meta[name]
@@ -117,11 +117,11 @@ def run_model(model: str, args) -> dict:
         "variant": name,
         "unroll": m["unroll_value"],
         "compile_s": runners[name].compile_s,
-        "ratio": common.median(t) / common.median(times[m["baseline"]]),
-        "paired_ratio": common.paired_ratio(times, name, m["baseline"]),
+        "ratio": harness.median(t) / harness.median(times[m["baseline"]]),
+        "paired_ratio": harness.paired_ratio(times, name, m["baseline"]),
         "min_ratio": min(t) / min(times[m["baseline"]]),
         **{k: m[k] for k in ("kind", "sampler")},
-        **common.timing_row(name, t),
+        **harness.timing_row(name, t),
       }
     )
   print(
@@ -129,16 +129,16 @@ def run_model(model: str, args) -> dict:
     f"ratio = median(variant) / median(SGD x L, same unrolling); paired_ratio = median "
     "over rounds of the same-round ratio; min_ratio = fastest / fastest (least disturbed)"
   )
-  common.print_table(
+  harness.print_table(
     rows,
     ["variant", "unroll", "compile_s", "median_ms", "min_ms", "ratio", "paired_ratio", "min_ratio"],
   )
   draws = time_noise_draws(params, args.repeats) if args.draws else []
   if draws:
-    print(f"one zero-gradient Langevin step, {common.num_params(params):,} parameters:")
-    common.print_table(draws)
-  return common.model_record(
-    model, spec, args, num_params=common.num_params(params), rows=rows, noise_draws=draws
+    print(f"one zero-gradient Langevin step, {workloads.num_params(params):,} parameters:")
+    harness.print_table(draws)
+  return harness.model_record(
+    model, spec, args, num_params=workloads.num_params(params), rows=rows, noise_draws=draws
   )
 
 
@@ -151,15 +151,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     help="irwin_hall: the core's default (counter-hash Irwin-Hall); gaussian: "
     "jax.random.normal; none: noise = 0, the floor",
   )
-  common.add_unroll_arg(parser, several=True)
+  harness.add_unroll_arg(parser, several=True)
   parser.add_argument(
     "--no-draws", dest="draws", action="store_false", help="skip the noise-sampler micro-benchmark"
   )
-  common.add_timing_args(parser)
+  harness.add_timing_args(parser)
 
 
 def main(argv=None):
-  return common.benchmark_main(
+  return harness.benchmark_main(
     "benchmarks.step_cost",
     __doc__,
     add_args,

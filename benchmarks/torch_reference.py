@@ -32,91 +32,8 @@ import time
 
 import numpy as np
 
-from benchmarks import common
-
-# Idle OpenMP threads must sleep, not spin: torch and XLA share the cores in one process, and a
-# spinning torch thread pool slows the next JAX call (measured 2.4x on the 2-core machine).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-try:
-  import torch
-  from torch import nn as tnn
-except ImportError:  # torch is an optional, benchmark-only dependency
-  torch = None
-  tnn = None
-
-
-# ---------------------------------------------------------------------------------------------
-# The same models in PyTorch (NCHW), matching benchmarks/common.py layer for layer.
-
-
-def torch_model(name: str):
-  if name == "mlp":
-    return tnn.Sequential(
-      tnn.Flatten(),
-      tnn.Linear(784, 784),
-      tnn.ReLU(),
-      tnn.Linear(784, 64),
-      tnn.ReLU(),
-      tnn.Linear(64, 10),
-    )
-
-  def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models.py)
-    return (tnn.BatchNorm2d if dims == 2 else tnn.BatchNorm1d)(c, momentum=0.1)
-
-  if name == "lenet_bn":  # experiments.models.LeNetBN: pools 3 then 2, dropout 0.5
-    return tnn.Sequential(
-      tnn.Conv2d(1, 20, 5, bias=False),
-      bn(20),
-      tnn.ReLU(),
-      tnn.MaxPool2d(3),
-      tnn.Dropout(0.5),
-      tnn.Conv2d(20, 50, 5, bias=False),
-      bn(50),
-      tnn.ReLU(),
-      tnn.MaxPool2d(2),
-      tnn.Dropout(0.5),
-      tnn.Flatten(),
-      tnn.Linear(200, 500, bias=False),
-      bn(500, 1),
-      tnn.ReLU(),
-      tnn.Dropout(0.5),
-      tnn.Linear(500, 10),
-    )
-  if name == "allcnn_bn":  # experiments.models.AllCNNBN (All-CNN-C + BN, 1.37M weights)
-
-    def conv_bn(cin, cout, kernel, stride=1, padding=None):
-      padding = kernel // 2 if padding is None else padding
-      return [tnn.Conv2d(cin, cout, kernel, stride, padding, bias=False), bn(cout), tnn.ReLU()]
-
-    return tnn.Sequential(
-      tnn.Dropout(0.2),
-      *conv_bn(3, 96, 3),
-      *conv_bn(96, 96, 3),
-      *conv_bn(96, 96, 3, 2),
-      tnn.Dropout(0.5),
-      *conv_bn(96, 192, 3),
-      *conv_bn(192, 192, 3),
-      *conv_bn(192, 192, 3, 2),
-      tnn.Dropout(0.5),
-      *conv_bn(192, 192, 3, padding=0),
-      *conv_bn(192, 192, 1),
-      *conv_bn(192, 10, 1),
-      tnn.AdaptiveAvgPool2d(1),
-      tnn.Flatten(),
-    )
-  raise ValueError(name)
-
-
-def load_jax_mlp_params(model, params) -> None:
-  """Copies the JAX MLP's Dense kernels/biases into the torch MLP (for equivalence tests)."""
-  linears = [m for m in model if isinstance(m, tnn.Linear)]
-  layers = [params[f"Dense_{i}"] for i in range(len(linears))]
-  with torch.no_grad():
-    for linear, layer in zip(linears, layers):
-      linear.weight.copy_(torch.from_numpy(np.asarray(layer["kernel"]).T.copy()))
-      linear.bias.copy_(torch.from_numpy(np.asarray(layer["bias"]).copy()))
-
+from benchmarks import harness, programs, workloads
+from benchmarks.torch_models import tnn, torch, torch_model
 
 # ---------------------------------------------------------------------------------------------
 # The algorithm, eager.
@@ -271,24 +188,24 @@ class TorchRunner:
 
 
 def run_model(model: str, args) -> dict:
-  spec = common.make_model(model)
-  params, batch_stats = common.init_model(spec)
-  batches = common.make_batches(spec, args.steps, args.batch)
-  loss_fn = common.make_loss(spec)
-  tx = common.entropy_tx(args.steps, unroll=common.resolve_unroll(args.unroll, args.steps))
+  spec = workloads.make_model(model)
+  params, batch_stats = workloads.init_model(spec)
+  batches = workloads.make_batches(spec, args.steps, args.batch)
+  loss_fn = workloads.make_loss(spec)
+  tx = programs.entropy_tx(args.steps, unroll=programs.resolve_unroll(args.unroll, args.steps))
   print(
-    f"\n== {model} ({spec.source}): {common.num_params(params):,} parameters, batch "
+    f"\n== {model} ({spec.source}): {workloads.num_params(params):,} parameters, batch "
     f"{args.batch}, L = {args.steps}",
     flush=True,
   )
   fns = {
-    "jax entropy_sgd": common.Runner(
-      common.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
+    "jax entropy_sgd": programs.Runner(
+      programs.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches
     )
   }
-  sgd = common.sgd_tx()
-  fns["jax sgd xL"] = common.Runner(
-    common.build_sgd_steps(loss_fn, sgd, common.baseline_unroll(args.unroll, spec, args.steps)),
+  sgd = programs.sgd_tx()
+  fns["jax sgd xL"] = programs.Runner(
+    programs.build_sgd_steps(loss_fn, sgd, programs.baseline_unroll(args.unroll, spec, args.steps)),
     params,
     batch_stats,
     sgd.init(params),
@@ -318,31 +235,31 @@ def run_model(model: str, args) -> dict:
         model, images, labels, args.steps, method="sgd", threads=threads
       )
   start = time.perf_counter()
-  times = common.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+  times = harness.time_interleaved(fns, repeats=args.repeats, warmup=args.warmup)
   torch_rows = [n for n in times if n.startswith("torch entropy_sgd")]
-  ref = min(torch_rows, key=lambda n: common.median(times[n])) if torch_rows else None
+  ref = min(torch_rows, key=lambda n: harness.median(times[n])) if torch_rows else None
   print(
     f"timed {args.repeats} interleaved rounds in {time.perf_counter() - start:.0f} s; "
     f"speedup = median({ref}) / median(row)"
   )
   rows = [
     {
-      **common.timing_row(name, t),
-      "speedup_vs_torch": (common.median(times[ref]) / common.median(t)) if ref else None,
-      "paired_speedup_vs_torch": (1 / common.paired_ratio(times, name, ref)) if ref else None,
+      **harness.timing_row(name, t),
+      "speedup_vs_torch": (harness.median(times[ref]) / harness.median(t)) if ref else None,
+      "paired_speedup_vs_torch": (1 / harness.paired_ratio(times, name, ref)) if ref else None,
     }
     for name, t in times.items()
   ]
-  common.print_table(
+  harness.print_table(
     rows, ["variant", "median_ms", "min_ms", "speedup_vs_torch", "paired_speedup_vs_torch"]
   )
-  return common.model_record(
-    model, spec, args, num_params=common.num_params(params), rows=rows, torch_reference=ref
+  return harness.model_record(
+    model, spec, args, num_params=workloads.num_params(params), rows=rows, torch_reference=ref
   )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-  common.add_unroll_arg(parser)
+  harness.add_unroll_arg(parser)
   parser.add_argument(
     "--torch-threads",
     type=int,
@@ -350,11 +267,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     default=None,
     help="torch CPU thread counts to time (default: all cores)",
   )
-  common.add_timing_args(parser)
+  harness.add_timing_args(parser)
 
 
 def main(argv=None):
-  return common.benchmark_main(
+  return harness.benchmark_main(
     "benchmarks.torch_reference",
     __doc__,
     add_args,

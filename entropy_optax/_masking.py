@@ -32,7 +32,26 @@ def leaf_flags(mask: Mask | Callable[[Any], Mask], params: Any) -> list[bool]:
   """One Python bool per leaf of ``params``: whether the chain moves it.
 
   ``mask`` follows ``optax.masked``: a tree of bools with the structure of params, or a prefix
-  of it (a bool covers a whole subtree), or a function of params returning one.
+  of it (a bool covers a whole subtree), or a function of params returning one. It must select
+  at least one leaf. ``optax.inject_hyperparams`` calls every function argument as a schedule of
+  the step count, unless it is named in ``static_args``: a function ``mask`` must be, or it gets
+  the count instead of params (a mask selecting nothing then raises; one selecting everything
+  cannot be told apart from a true one).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import entropy_optax
+    >>> params = {"backbone": jnp.ones(2), "head": jnp.ones(3)}
+    >>> loss = lambda p: jnp.sum(p["backbone"] ** 2) * jnp.sum(p["head"] ** 2)
+    >>> grad_fn = lambda p, k: jax.grad(loss)(p)
+    >>> head = lambda p: jax.tree.map(lambda leaf: leaf.size > 2, p)  # leaves of > 2 values
+    >>> static = ("mask", "num_langevin_steps")
+    >>> tx = optax.inject_hyperparams(entropy_optax.local_entropy, static_args=static)(
+    ...     5, 0.1, mask=head)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grad_fn(params, 0), state, params, grad_fn=grad_fn)
+    >>> print(updates["backbone"], bool(jnp.all(updates["head"] < 3)))  # head: x - mu, not g = 4
+    [6. 6.] True
   """
   mask_tree = mask(params) if callable(mask) else mask
   try:
@@ -49,6 +68,16 @@ def leaf_flags(mask: Mask | Callable[[Any], Mask], params: Any) -> list[bool]:
       raise TypeError(
         f"local_entropy's mask leaves must be Python bools (the selection is static), got {flag!r}."
       )
+  if flags and not any(flags):
+    # Also what a mask function returns when optax.inject_hyperparams calls it as a schedule,
+    # with the step count instead of params (e.g. a predicate on each leaf's shape).
+    raise ValueError(
+      f"local_entropy's mask selects no leaf of params (it gave {mask_tree!r}): the Langevin "
+      "chain would move nothing. If mask is a function and the optimizer is built by "
+      "optax.inject_hyperparams, that wrapper calls it as a schedule of the step count, not "
+      "with params: pass static_args=('mask', 'num_langevin_steps') to inject_hyperparams. "
+      "Without the chain, use the outer optimizer alone."
+    )
   return flags
 
 

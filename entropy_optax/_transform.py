@@ -137,7 +137,9 @@ def local_entropy(
     noise_sampler: "irwin_hall" (cheap, exact mean and variance) or "gaussian".
     unroll: ``lax.scan`` unrolling of the chain; None: full on CPU, rolled elsewhere.
     mask: which leaves the chain moves (None: all): Python bools in a tree like params (or a
-      prefix of it), or a function of params returning one, as ``optax.masked`` takes.
+      prefix of it), or a function of params returning one, as ``optax.masked`` takes; at least
+      one leaf. Under ``optax.inject_hyperparams`` name a function ``mask`` in ``static_args``:
+      that wrapper calls other functions as schedules, with the step count instead of params.
     sampler: "sgld" (the paper's chain) or "sghmc" (underdamped Langevin with ``friction``, same
       temperature noise^2 / 2 and cost; see ``langevin_mean``).
     friction: SGHMC's friction in (0, 1] (None: 0.1); only with ``sampler="sghmc"``.

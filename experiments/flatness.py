@@ -215,14 +215,7 @@ def analyse(
     if method == "fisher":
       diagonal = flatness.fisher_diagonal(loss_fn, params, batches)
     else:
-      # Only Adam's own state: fisher_diagonal_from_adam looks up one ``count``, and a
-      # learning-rate schedule's state has another.
-      adam_states = [
-        s
-        for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "nu"))
-        if hasattr(s, "nu")
-      ]
-      diagonal = flatness.fisher_diagonal_from_adam(adam_states[0], b2=config.b2)
+      diagonal = flatness.fisher_diagonal_from_adam(state["opt_state"], b2=config.b2)
     values = np.asarray(ravel_pytree(diagonal)[0])
     stats.update(flatness.spectrum_summary(values, thresholds=THRESHOLDS))
     plotted = values

@@ -1,15 +1,44 @@
-"""Fixtures shared by the tests of the experiments (data and scripts)."""
+"""Fixtures shared by the tests of the experiments (data and scripts); one XLA cache per run."""
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
+import shutil
 import tarfile
+import tempfile
 from unittest import mock
 
 import numpy as np
 import pytest
 
 from experiments import data
+
+# One persistent XLA compilation cache for the whole test run: the pytest-xdist workers and the
+# subprocesses the tests start (a killed job and its resume, README commands, notebooks) inherit
+# this environment, so a program that another test or process compiled already is read back
+# instead of compiled again (compilation is most of the suite's CPU time). The directory is
+# fresh per run and removed by the process that made it; the programs run are the same.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _xla_cache = tempfile.mkdtemp(prefix="entropy-optax-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+  atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402  (after the environment above, which jax reads when imported)
+
+# In case a plugin imported jax before this file: the same settings, set directly.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+  "jax_persistent_cache_min_compile_time_secs",
+  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+jax.config.update(
+  "jax_persistent_cache_min_entry_size_bytes",
+  int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _PER_TRAIN_FILE, _NUM_TEST = 3, 4

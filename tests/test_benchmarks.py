@@ -17,7 +17,16 @@ import optax
 import pytest
 
 import entropy_optax
-from benchmarks import common, memory, multi_run, precision, step_cost, torch_reference
+from benchmarks import (
+  memory,
+  multi_run,
+  precision,
+  programs,
+  step_cost,
+  torch_models,
+  torch_reference,
+  workloads,
+)
 
 TINY = ["--batch", "4", "--steps", "2"]
 _NO_TORCH = "torch is not installed: `pip install -e '.[benchmarks]'` (part of '.[all]')"
@@ -135,13 +144,13 @@ def test_multi_run_smoke(tmp_path):
 
 
 def test_multi_run_forms_match_runs_one_after_another():
-  spec = common.make_model("mlp")
-  tx = common.entropy_tx(2)
-  single = common.build_entropy_step(common.make_loss(spec), tx, jit=False)
-  batches = common.make_batches(spec, 2, 4)
+  spec = workloads.make_model("mlp")
+  tx = programs.entropy_tx(2)
+  single = programs.build_entropy_step(workloads.make_loss(spec), tx, jit=False)
+  batches = workloads.make_batches(spec, 2, 4)
   states = []
   for seed in range(3):
-    params, batch_stats = common.init_model(spec, seed=seed)
+    params, batch_stats = workloads.init_model(spec, seed=seed)
     states.append((params, batch_stats, tx.init(params), jax.random.key(seed)))
   expected = [jax.jit(single)(*state, batches) for state in states]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
@@ -160,10 +169,10 @@ def test_multi_run_forms_match_runs_one_after_another():
 def test_gradient_flops_counts_forward_and_weight_gradients():
   # One gradient of a dense net = the forward matmuls + the weight-gradient matmuls (+ the input
   # gradients of every layer but the first): between 2x and 3x the forward FLOPs.
-  spec = common.make_model("mlp")
-  params, batch_stats = common.init_model(spec)
+  spec = workloads.make_model("mlp")
+  params, batch_stats = workloads.init_model(spec)
   flops = multi_run.gradient_flops(
-    common.make_loss(spec), params, batch_stats, common.make_batches(spec, 1, 16)
+    workloads.make_loss(spec), params, batch_stats, workloads.make_batches(spec, 1, 16)
   )
   forward = 2 * 16 * (784 * 784 + 784 * 64 + 64 * 10)
   assert 2 * forward <= flops <= 3 * forward
@@ -194,11 +203,11 @@ def test_torch_reference_smoke(tmp_path, capsys):
 
 def test_im2col_conv_matches_xla_conv():
   """multi_run's vmap+im2col variant computes the same loss and gradients as nn.Conv."""
-  spec = common.make_model("lenet_bn")
-  params, batch_stats = common.init_model(spec)
-  batch = jax.tree.map(lambda b: b[0], common.make_batches(spec, 1, 4))
+  spec = workloads.make_model("lenet_bn")
+  params, batch_stats = workloads.init_model(spec)
+  batch = jax.tree.map(lambda b: b[0], workloads.make_batches(spec, 1, 4))
   key = jax.random.key(0)
-  losses = [common.make_loss(spec, impl) for impl in ("xla", "im2col")]
+  losses = [workloads.make_loss(spec, impl) for impl in ("xla", "im2col")]
   (a, _), (b, _) = (loss(params, batch_stats, batch, key) for loss in losses)
   np.testing.assert_allclose(a, b, rtol=1e-5)
   ga, gb = (jax.grad(lambda p, f=f: f(p, batch_stats, batch, key)[0])(params) for f in losses)
@@ -210,10 +219,10 @@ def test_torch_reference_matches_core():
   """The eager PyTorch Entropy-SGD takes the same steps as entropy_optax (noise off, MLP)."""
   torch = pytest.importorskip("torch", reason=_NO_TORCH)
   steps, batch = 3, 8
-  spec = common.make_model("mlp")
-  params, _ = common.init_model(spec)
-  images, labels = common.make_batches(spec, steps, batch)
-  loss_fn = common.make_loss(spec)
+  spec = workloads.make_model("mlp")
+  params, _ = workloads.init_model(spec)
+  images, labels = workloads.make_batches(spec, steps, batch)
+  loss_fn = workloads.make_loss(spec)
   tx = optax.chain(
     # weight decay and Langevin momentum on, to cover their placement too
     entropy_optax.local_entropy(
@@ -228,7 +237,7 @@ def test_torch_reference_matches_core():
     optax.add_decayed_weights(1e-3),
     optax.sgd(1.0, momentum=0.9, nesterov=True),
   )
-  step = common.build_entropy_step(loss_fn, tx)
+  step = programs.build_entropy_step(loss_fn, tx)
   # Copies: the step donates its inputs, and an fp32 state's mu may alias params.
   jparams = jax.tree.map(jnp.copy, params)
   opt_state, key = jax.tree.map(jnp.copy, tx.init(params)), jax.random.key(0)
@@ -238,7 +247,7 @@ def test_torch_reference_matches_core():
   )
   runner.model.double()  # float64 reference: the comparison then measures only JAX's rounding
   runner.images = runner.images.double()
-  torch_reference.load_jax_mlp_params(runner.model, params)
+  torch_models.load_jax_mlp_params(runner.model, params)
   runner.opt = torch_reference.TorchEntropySGD(
     runner.model.parameters(),
     num_langevin_steps=steps,
@@ -249,7 +258,7 @@ def test_torch_reference_matches_core():
   for _ in range(2):  # two outer steps: the outer momentum and the gamma schedule advance
     jparams, _, opt_state, key, _ = step(jparams, {}, opt_state, key, (images, labels))
     runner()
-  linears = [m for m in runner.model if isinstance(m, torch_reference.tnn.Linear)]
+  linears = [m for m in runner.model if isinstance(m, torch_models.tnn.Linear)]
   for i, linear in enumerate(linears):
     np.testing.assert_allclose(
       np.asarray(jparams[f"Dense_{i}"]["kernel"]),
@@ -288,11 +297,11 @@ def test_scripts_run_as_modules_from_the_repository_root():
 def test_baseline_unroll_follows_the_core_rule():
   """'auto' gives the SGD baseline the core's documented default: full (<= 32) for conv nets
   on CPU, rolled otherwise; explicit settings pass through."""
-  mlp, lenet = common.make_model("mlp"), common.make_model("lenet_bn")
+  mlp, lenet = workloads.make_model("mlp"), workloads.make_model("lenet_bn")
   on_cpu = jax.default_backend() == "cpu"
-  assert common.baseline_unroll("auto", mlp, 20) == 1
-  assert common.baseline_unroll("auto", lenet, 20) == (20 if on_cpu else 1)
-  assert common.baseline_unroll("auto", lenet, 50) == (32 if on_cpu else 1)
-  assert common.baseline_unroll("rolled", lenet, 20) == 1
-  assert common.baseline_unroll("full", mlp, 20) == 20
-  assert common.baseline_unroll("7", mlp, 20) == 7
+  assert programs.baseline_unroll("auto", mlp, 20) == 1
+  assert programs.baseline_unroll("auto", lenet, 20) == (20 if on_cpu else 1)
+  assert programs.baseline_unroll("auto", lenet, 50) == (32 if on_cpu else 1)
+  assert programs.baseline_unroll("rolled", lenet, 20) == 1
+  assert programs.baseline_unroll("full", mlp, 20) == 20
+  assert programs.baseline_unroll("7", mlp, 20) == 7

@@ -1,4 +1,4 @@
-"""Tests of experiments/data.py: real tfds preparation offline, GCN/ZCA maths, MNIST-1D."""
+"""Tests of data.py and preprocessing.py: offline tfds preparation, GCN/ZCA, MNIST-1D."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments import data, preprocessing
 
 
 def _as_multiset(labels, images):
@@ -62,24 +62,24 @@ def test_cifar10_preprocessed_matches_independent_gcn_zca(cifar_dir):
 def test_global_contrast_normalize():
   x = np.random.default_rng(1).uniform(0, 255, (6, 4, 4, 3)).astype(np.float32)
   x[0] = 7.0  # A constant image: only centred, not divided by ~0.
-  out = data.global_contrast_normalize(x, scale=55.0)
+  out = preprocessing.global_contrast_normalize(x, scale=55.0)
   assert out.shape == x.shape and out.dtype == np.float32
   flat = out.reshape(6, -1).astype(np.float64)
   np.testing.assert_allclose(flat.mean(axis=1), 0.0, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(flat[1:], axis=1), 55.0, rtol=1e-5)
   np.testing.assert_array_equal(flat[0], 0.0)
   # Invariant to the brightness and contrast of each image.
-  np.testing.assert_allclose(data.global_contrast_normalize(3 * x + 10), out, atol=1e-4)
+  np.testing.assert_allclose(preprocessing.global_contrast_normalize(3 * x + 10), out, atol=1e-4)
 
 
 def test_zca_whitening_identity_covariance():
   rng = np.random.default_rng(2)
   mixing = rng.normal(size=(5, 5)) + 3 * np.eye(5)
   x = (rng.normal(size=(4000, 5)) @ mixing + 4.0).reshape(4000, 5, 1)
-  mean, matrix = data.zca_whitening_fit(x, eps=0.0, chunk_size=1000)  # chunks add up.
+  mean, matrix = preprocessing.zca_whitening_fit(x, eps=0.0, chunk_size=1000)  # chunks add up.
   np.testing.assert_allclose(mean, x.reshape(4000, 5).mean(axis=0), rtol=1e-12)
   np.testing.assert_allclose(matrix, matrix.T, atol=1e-12)  # zero-phase: symmetric.
-  white = data.zca_apply(x, mean, matrix)
+  white = preprocessing.zca_apply(x, mean, matrix)
   assert white.shape == x.shape and white.dtype == np.float32
   white = white.reshape(4000, 5).astype(np.float64)
   np.testing.assert_allclose(white.mean(axis=0), 0.0, atol=1e-5)
@@ -89,7 +89,7 @@ def test_zca_whitening_identity_covariance():
   np.testing.assert_allclose(np.linalg.inv(matrix @ matrix), cov, rtol=1e-8)
   # The regulariser shrinks the eigenvalues of W to 1/sqrt(λ + eps).
   eps = 0.5
-  _, reg = data.zca_whitening_fit(x, eps=eps)
+  _, reg = preprocessing.zca_whitening_fit(x, eps=eps)
   np.testing.assert_allclose(np.linalg.inv(reg @ reg), cov + eps * np.eye(5), rtol=1e-8)
 
 
@@ -98,13 +98,13 @@ def test_zca_fewer_examples_than_dimensions():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(20, 30)) @ rng.normal(size=(30, 30)) + 1.0
   eps = 0.05
-  mean, matrix = data.zca_whitening_fit(x, eps=eps)
+  mean, matrix = preprocessing.zca_whitening_fit(x, eps=eps)
   eigenvalues, v = np.linalg.eigh(np.cov(x.T, bias=True))
   expected = (v / np.sqrt(np.maximum(eigenvalues, 0) + eps)) @ v.T
   np.testing.assert_allclose(matrix, expected, atol=1e-9)
   np.testing.assert_allclose(matrix, matrix.T, atol=1e-12)
   with pytest.raises(ValueError, match="eps > 0"):
-    data.zca_whitening_fit(x, eps=0.0)
+    preprocessing.zca_whitening_fit(x, eps=0.0)
 
 
 def test_mnist_through_mock_data():

@@ -297,16 +297,56 @@ def test_fisher_diagonal_per_example_loss(per_example_grads):
   )
 
 
-def test_fisher_diagonal_from_adam_is_bias_corrected_ema():
+def _as_restored_dicts(state):
+  """The state as a checkpoint restored without a target gives it: dicts and lists."""
+  if hasattr(state, "_fields"):
+    return {name: _as_restored_dicts(getattr(state, name)) for name in state._fields}
+  if isinstance(state, dict):
+    return {k: _as_restored_dicts(v) for k, v in state.items()}
+  if isinstance(state, (list, tuple)):
+    return [_as_restored_dicts(v) for v in state]
+  return state
+
+
+def _shift_other_counts(state, shift=100):
+  """The state with every step count but Adam's moved by ``shift`` (a mix-up then shows)."""
+  if hasattr(state, "_fields"):
+    fields = {name: _shift_other_counts(getattr(state, name), shift) for name in state._fields}
+    if "count" in fields and not isinstance(state, optax.ScaleByAdamState):
+      fields["count"] = fields["count"] + shift
+    return type(state)(**fields)
+  if isinstance(state, dict):
+    return {k: _shift_other_counts(v, shift) for k, v in state.items()}
+  if isinstance(state, (list, tuple)):
+    return type(state)(_shift_other_counts(v, shift) for v in state)
+  return state
+
+
+# Each of these keeps a second step count beside Adam's (the schedule's or inject_hyperparams').
+_DECAY = optax.exponential_decay(0.1, transition_steps=2, decay_rate=0.5)
+_SCHEDULED_ADAMS = {
+  "inject_hyperparams": lambda b1, b2: optax.inject_hyperparams(optax.adam)(
+    learning_rate=0.1, b1=b1, b2=b2
+  ),
+  "adam(schedule)": lambda b1, b2: optax.adam(_DECAY, b1=b1, b2=b2),
+  "chain(scale_by_schedule)": lambda b1, b2: optax.chain(
+    optax.add_decayed_weights(1e-4), optax.scale_by_adam(b1, b2), optax.scale_by_schedule(_DECAY)
+  ),
+}
+
+
+@pytest.mark.parametrize("name", list(_SCHEDULED_ADAMS))
+@pytest.mark.parametrize("param_names", [("a", "b"), ("count", "nu")])
+def test_fisher_diagonal_from_adam_is_bias_corrected_ema(name, param_names):
   b1, b2 = 0.8, 0.95
-  # inject_hyperparams adds a second 'count': the right one must be used.
-  opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1, b1=b1, b2=b2)
-  params = {"a": jnp.zeros(3), "b": jnp.zeros((2,))}
+  opt = _SCHEDULED_ADAMS[name](b1, b2)
+  first, second = param_names  # parameters named like Adam's fields must not confuse it
+  params = {first: jnp.zeros(3), second: jnp.zeros((2,))}
   state = opt.init(params)
   rng = np.random.default_rng(0)
   grads = [rng.normal(size=5).astype(np.float32) for _ in range(3)]
   for g in grads:
-    _, state = opt.update({"a": jnp.asarray(g[:3]), "b": jnp.asarray(g[3:])}, state, params)
+    _, state = opt.update({first: jnp.asarray(g[:3]), second: jnp.asarray(g[3:])}, state, params)
   t = len(grads)
   nu = sum((1 - b2) * b2 ** (t - 1 - s) * g**2 for s, g in enumerate(grads))
   mu = sum((1 - b1) * b1 ** (t - 1 - s) * g for s, g in enumerate(grads))
@@ -322,12 +362,18 @@ def test_fisher_diagonal_from_adam_is_bias_corrected_ema():
     rtol=1e-4,
     atol=1e-6,
   )
+  for other in (_shift_other_counts(state), _as_restored_dicts(state)):
+    fisher = flatness.fisher_diagonal_from_adam(other, b2=b2)
+    np.testing.assert_allclose(ravel_pytree(fisher)[0], nu / (1 - b2**t), rtol=1e-5)
 
 
 def test_fisher_diagonal_from_non_adam_state_fails_loudly():
   state = optax.sgd(0.1, momentum=0.9).init(jnp.zeros(3))
-  with pytest.raises(ValueError, match="'nu'"):
+  with pytest.raises(ValueError, match="no Adam state .* it holds EmptyState, TraceState"):
     flatness.fisher_diagonal_from_adam(state)
+  two = optax.chain(optax.adam(0.1), optax.scale_by_adam()).init(jnp.zeros(3))
+  with pytest.raises(ValueError, match=r"2 Adam states \(at \[0\]\[0\], \[1\]\)"):
+    flatness.fisher_diagonal_from_adam(two)
 
 
 # ----------------------------------------------------------------- summary / plot

@@ -350,6 +350,27 @@ def test_entropy_sgd_mask_passes_the_other_gradients_through_like_optax_masked()
   assert np.all(np.sign(results[0]) == -np.sign(PARAMS["head"]["w"]))  # towards 0
 
 
+def test_function_mask_under_inject_hyperparams_needs_static_args():
+  """Named in static_args, a mask function gives the updates of the plain transformation; not
+  named, inject_hyperparams calls it with the step count: a mask selecting nothing raises."""
+  by_size = lambda params: jax.tree.map(lambda leaf: leaf.size > 2, params)  # the head
+  grads = coupled_grad(PARAMS, 0)
+  plain = eo.local_entropy(L, 0.5, mask=HEAD_ONLY, key=3)
+  expected, _ = jit_update(plain, grads, plain.init(PARAMS), PARAMS, grad_fn=coupled_grad)
+  static = ("mask", "num_langevin_steps")
+  injected = optax.inject_hyperparams(eo.local_entropy, static_args=static)(
+    L, 0.5, mask=by_size, key=3
+  )
+  updates, _ = jit_update(injected, grads, injected.init(PARAMS), PARAMS, grad_fn=coupled_grad)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, expected)
+  assert not np.allclose(updates["head"]["w"], grads["head"]["w"])  # the chain did move it
+  as_schedule = optax.inject_hyperparams(eo.local_entropy, static_args=("num_langevin_steps",))
+  with pytest.raises(ValueError, match=r"selects no leaf .* static_args=\('mask'"):
+    as_schedule(L, 0.5, mask=by_size).init(PARAMS)
+  with pytest.raises(ValueError, match="selects no leaf"):
+    eo.local_entropy(mask={"backbone": False, "head": False}).init(PARAMS)
+
+
 def test_local_entropy_inside_partition_says_to_use_mask():
   tx = optax.partition({"entropy": eo.entropy_sgd(0.1), "frozen": optax.set_to_zero()}, LABELS)
   with pytest.raises(ValueError, match="mask"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -125,12 +126,16 @@ def fisher_diagonal_from_adam(
   compares. Without ``b2`` (resp. ``b1``) no bias correction is applied,
   which matters only for the first ~``1/(1 - b2)`` steps.
 
-  The state is found with ``optax.tree.get(opt_state, 'nu')``, so it works
-  for ``optax.adam``/``adamw``/``nadam`` inside chains and
-  ``inject_hyperparams``, as long as exactly one ``nu`` exists.
+  The Adam state is the one node of ``opt_state`` that holds ``mu``, ``nu``
+  and ``count`` together (optax's ``ScaleByAdamState``, also used by
+  ``adamw``/``nadam``/``amsgrad``; or a dict with those keys, as a checkpoint
+  restored without a target gives), and the bias correction uses that node's
+  own ``count``: a learning-rate schedule, ``inject_hyperparams`` or any other
+  transformation of the chain may keep counts of its own, and parameters may
+  have any names.
 
   Args:
-    opt_state: an optax state containing one Adam-like state with ``nu``.
+    opt_state: an optax state containing exactly one Adam state.
     b2: Adam's ``b2``, for bias correction with that state's ``count``.
     centered: subtract the squared first moment ``mu``.
     b1: Adam's ``b1``, for bias correction of ``mu`` (with ``centered``).
@@ -139,8 +144,8 @@ def fisher_diagonal_from_adam(
     A pytree like the parameters with the diagonal estimate.
 
   Raises:
-    ValueError: if ``opt_state`` has no (or several) ``nu``, or ``centered``
-      is asked for and no ``mu`` sits next to ``nu``.
+    ValueError: if ``opt_state`` holds no Adam state (the message lists the
+      state types it found) or several (it lists where they are).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -154,38 +159,82 @@ def fisher_diagonal_from_adam(
     >>> fisher = flatness.fisher_diagonal_from_adam(state, b2=0.9)  # g^2
     >>> print(*(f"{v:.2f}" for v in fisher))
     1.00 9.00
+    >>> scheduled = optax.adam(optax.exponential_decay(1e-3, 10, 0.5), b2=0.9)
+    >>> state = scheduled.init(jnp.zeros(2))  # the schedule keeps a second count
+    >>> _, state = scheduled.update(jnp.array([1.0, 3.0]), state)
+    >>> print(*(f"{v:.2f}" for v in flatness.fisher_diagonal_from_adam(state, b2=0.9)))
+    1.00 9.00
 
   References:
     Chaudhari et al., 2017. Entropy-SGD, ICLR 2017, Sec. 5.1 (All-CNN-BN).
     Kingma & Ba, 2015. Adam: A Method for Stochastic Optimization. ICLR.
   """
-  found = optax.tree.get_all_with_path(opt_state, "nu")
-  if len(found) != 1:
-    raise ValueError(
-      f"Expected exactly one Adam second moment 'nu' in opt_state, found "
-      f"{len(found)}. Pass the state of an optax Adam-family optimizer "
-      "(adam, adamw, nadam, amsgrad, ...), or the sub-state of the one "
-      "you want."
-    )
-  ((nu_path, nu),) = found
-  parent = nu_path[:-1]
-
-  def sibling(name: str):
-    return optax.tree.get(opt_state, name, filtering=lambda path, _: tuple(path[:-1]) == parent)
+  adam = _the_adam_state(opt_state)
 
   def corrected(moment, decay):
     if decay is None:
       return moment
-    count = sibling("count")
-    if count is None:
-      raise ValueError("Bias correction needs the step 'count' next to 'nu'; none found.")
-    return optax.tree.bias_correction(moment, decay, count)
+    return optax.tree.bias_correction(moment, decay, adam["count"])
 
-  second = corrected(nu, b2)
+  second = corrected(adam["nu"], b2)
   if not centered:
     return second
-  mu = sibling("mu")
-  if mu is None:
-    raise ValueError("centered=True needs the first moment 'mu' next to 'nu'.")
-  first = corrected(mu, b1)
+  first = corrected(adam["mu"], b1)
   return jax.tree.map(lambda s, m: s - m**2, second, first)
+
+
+_ADAM_FIELDS = ("count", "mu", "nu")
+
+
+def _fields(node) -> dict | None:
+  """``{count, mu, nu}`` of an Adam-state node (a NamedTuple or a dict), else None."""
+  if isinstance(node, Mapping):
+    names = node.keys()
+    get = node.__getitem__
+  elif isinstance(node, tuple) and hasattr(node, "_fields"):
+    names = node._fields
+    get = functools.partial(getattr, node)
+  else:
+    return None
+  if not set(_ADAM_FIELDS) <= set(names):
+    return None
+  return {name: get(name) for name in _ADAM_FIELDS}
+
+
+def _the_adam_state(opt_state) -> dict:
+  """The moments and count of the one Adam state inside ``opt_state``.
+
+  Walks the state down to the first nodes that hold ``count``, ``mu`` and ``nu`` together, so
+  neither the counts of other transformations (schedules, ``inject_hyperparams``) nor
+  parameters named ``nu`` or ``count`` inside the moments can be mistaken for Adam's.
+  """
+  found = jax.tree_util.tree_flatten_with_path(
+    opt_state, is_leaf=lambda node: _fields(node) is not None
+  )[0]
+  adam = [(path, _fields(node)) for path, node in found if _fields(node) is not None]
+  if not adam:
+    kinds = ", ".join(sorted(_state_types(opt_state))) or "no NamedTuple state"
+    raise ValueError(
+      "opt_state holds no Adam state (a node with 'count', 'mu' and 'nu', such as optax's "
+      f"ScaleByAdamState); it holds {kinds}. Pass the "
+      "state of an optax Adam-family optimizer (adam, adamw, nadam, amsgrad, ...)."
+    )
+  if len(adam) > 1:
+    where = ", ".join(jax.tree_util.keystr(path) or "opt_state" for path, _ in adam)
+    raise ValueError(
+      f"opt_state holds {len(adam)} Adam states (at {where}): pass the sub-state of the one "
+      "you want."
+    )
+  return adam[0][1]
+
+
+def _state_types(node) -> set[str]:
+  """The names of the NamedTuple states inside an optax state, for error messages."""
+  if isinstance(node, Mapping):
+    children = node.values()
+  elif isinstance(node, (list, tuple)):
+    children = node
+  else:
+    return set()
+  names = {type(node).__name__} if hasattr(node, "_fields") else set()
+  return names.union(*(_state_types(child) for child in children))
