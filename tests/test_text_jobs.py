@@ -251,6 +251,7 @@ def test_readme_commands_of_the_recurrent_section_parse(monkeypatch):
 
 def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
   from experiments import build, flatness
+  from experiments.configs.flatness import JOBS
 
   workdir = tmp_path / "flat"
   argv = ["charlstm", "--effective-epochs", "1", "--num-train", "20000", "--num-test", "3000"]
@@ -261,7 +262,7 @@ def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
   assert set(columns) == {"Adam", "Entropy-Adam"}
   # The training loss of the first 64 segments of 32 characters, each from the zero state,
   # recomputed here from the final parameters.
-  config = flatness.JOBS["charlstm"][1].recipe["adam"]
+  config = JOBS["charlstm"][1].recipe["adam"]
   config = config.replace(model="small_char_lstm", num_train=20000, num_test=3000)
   x, y = bptt.text_split(config, None, "train")
   model = rm.small_char_lstm(vocab)

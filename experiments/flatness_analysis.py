@@ -1,0 +1,170 @@
+"""The flatness of one final point: the training loss's Hessian spectrum (exact, or Lanczos
+extremes and SLQ density) or a diagonal Fisher, in evaluation mode, and the paper's statistics.
+
+Used by ``python -m experiments.flatness``; ``entropy_optax.flatness`` does the numerics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from experiments import build, launch
+from experiments.config import ConfigError
+from experiments.configs.flatness import FlatnessJob
+
+THRESHOLDS = (1e-4, 1e-3, 1e-2)
+
+
+def choose_method(args: FlatnessJob, configs: dict, num_params: int) -> str:
+  """``args.method``, "auto" resolved by the model's size; a ``ConfigError`` for a method the
+  runs cannot take (too many weights for the exact spectrum, adam-fisher on non-Adam runs)."""
+  method = args.method
+  if method == "auto":
+    method = "exact" if num_params <= args.max_exact_params else "lanczos"
+  if method == "exact" and num_params > args.max_exact_params:
+    raise ConfigError(
+      f"the model has {num_params:,} weights, more than --max-exact-params "
+      f"{args.max_exact_params:,}: use --method lanczos (or fisher), or raise the limit if "
+      f"{num_params**2 * 4 / 1e9:.1f} GB fit in memory."
+    )
+  if method == "adam-fisher":
+    other = [c.optimizer for c in configs.values() if c.optimizer not in ("adam", "entropy-adam")]
+    if other:
+      raise ConfigError(
+        f"--method adam-fisher reads Adam's second moment: --optimizers may "
+        f"name adam and entropy-adam runs only, not {', '.join(other)}."
+      )
+  return method
+
+
+class EvalLoss:
+  """``loss(params, (x, y))``: mean cross entropy of ``model`` in evaluation mode (a language
+  model: per token, every segment from the zero state, as the paper's independent lines).
+
+  Two of them are equal when their models are and neither has BatchNorm statistics: the
+  ``entropy_optax.flatness`` functions take the loss as a static argument of their jitted
+  code, so the runs of one model share one compilation.
+  """
+
+  def __init__(self, model, batch_stats=None):
+    self.model, self.batch_stats = model, batch_stats
+
+  def __call__(self, params, batch):
+    from experiments import steps  # pylint: disable=g-import-not-at-top
+
+    variables = {"params": params}
+    if self.batch_stats is not None:
+      variables["batch_stats"] = self.batch_stats
+    from experiments import recurrent_models  # pylint: disable=g-import-not-at-top
+
+    if isinstance(self.model, recurrent_models.LSTMLanguageModel):
+      zero = recurrent_models.zero_state(self.model, batch[0].shape[0])
+      logits, _ = self.model.apply(variables, batch[0], zero, train=False)
+    else:
+      logits = self.model.apply(variables, batch[0], train=False)
+    return steps.cross_entropy(logits, batch[1])
+
+  def _key(self):
+    return (self.model,) if self.batch_stats is None else (self.model, id(self))
+
+  def __eq__(self, other):
+    return isinstance(other, EvalLoss) and self._key() == other._key()
+
+  def __hash__(self):
+    return hash(self._key())
+
+
+def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if num_seeds == 1:
+    return variables
+  return jax.tree.map(lambda a: a[seed_index], variables)
+
+
+def _batches(ds, args: FlatnessJob):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  batch = min(args.hessian_batch, args.hessian_examples, len(ds.train_x))
+  num_batches = max(1, min(args.hessian_examples, len(ds.train_x)) // batch)
+  n = num_batches * batch
+  return (
+    jnp.asarray(ds.train_x[:n]).reshape(num_batches, batch, *ds.input_shape),
+    jnp.asarray(ds.train_y[:n]).reshape(num_batches, batch, *ds.train_y.shape[1:]),
+  ), n
+
+
+def analyse(
+  run: launch.Run, ds, args: FlatnessJob, method: str, seed_index: int
+) -> tuple[dict[str, Any], Any, np.ndarray]:
+  """The statistics of one seed of a finished run, what to plot, and the values (eigenvalues,
+  Fisher diagonal, or SLQ nodes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
+
+  from entropy_optax import flatness  # pylint: disable=g-import-not-at-top
+
+  config = run.config
+  if run.state is not None:
+    state = {
+      "params": run.state.params,
+      "batch_stats": run.state.batch_stats,
+      "opt_state": run.state.opt_state,
+    }
+  else:
+    state = launch.load_final_state(run.workdir, args.run.data_dir)
+  state = _seed_variables(jax.device_get(state), seed_index, config.num_seeds)
+  params = state["params"]
+  batches, n = _batches(ds, args)
+  loss_fn = EvalLoss(build.make_model(config, ds.num_classes), state.get("batch_stats"))
+  num_params = run.results["num_params"]
+  start = time.perf_counter()
+  stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}
+  if method == "exact":
+    values = np.asarray(
+      flatness.hessian_eigenvalues(loss_fn, params, batches, max_params=args.max_exact_params)
+    )
+    stats.update(flatness.spectrum_summary(values, thresholds=THRESHOLDS))
+    plotted = values
+  elif method in ("fisher", "adam-fisher"):
+    if method == "fisher":
+      diagonal = flatness.fisher_diagonal(loss_fn, params, batches)
+    else:
+      diagonal = flatness.fisher_diagonal_from_adam(state["opt_state"], b2=config.b2)
+    values = np.asarray(ravel_pytree(diagonal)[0])
+    stats.update(flatness.spectrum_summary(values, thresholds=THRESHOLDS))
+    plotted = values
+  else:
+    extremes = flatness.lanczos_extremes(
+      loss_fn, params, batches, num_iters=args.lanczos_iters, key=seed_index
+    )
+    density = flatness.spectral_density(
+      loss_fn,
+      params,
+      batches,
+      num_iters=args.lanczos_iters,
+      num_samples=args.slq_samples,
+      key=seed_index + 1,
+    )
+    nodes, weights = np.asarray(density.nodes), np.asarray(density.weights)
+    stats.update(
+      {
+        "count": num_params,
+        "max_eigenvalue": float(extremes.largest),
+        "min_eigenvalue": float(extremes.smallest),
+        "frac_negative": float(np.mean(np.sum(weights * (nodes < 0), axis=1))),
+      }
+    )
+    for t in THRESHOLDS:
+      stats[f"frac_abs_below_{t:.0e}"] = float(
+        np.mean(np.sum(weights * (np.abs(nodes) < t), axis=1))
+      )
+    plotted, values = density, nodes
+  stats["loss"] = float(jnp.mean(jax.lax.map(jax.jit(lambda b: loss_fn(params, b)), batches)))
+  stats["seconds"] = time.perf_counter() - start
+  stats["test_error"] = run.results["test_error"][seed_index]
+  return stats, plotted, values
