@@ -45,7 +45,7 @@ class RunConfig:
   model: str = "mlp1d"
   """model (experiments/build.py: DATASETS[dataset].models)"""
   optimizer: str = "sgd"
-  """optimizer (experiments/build.py: OPTIMIZERS)"""
+  """optimizer (experiments/optimizers.py: OPTIMIZERS)"""
   outer_epochs: float = 10.0
   """training length in outer epochs (num_train // batch_size outer steps each); a local-entropy
   optimizer costs langevin_steps x outer_epochs effective epochs"""
@@ -181,7 +181,7 @@ def validate(
   Args:
     config: the run.
     datasets: the registry of data sets (``experiments.build.DATASETS``).
-    optimizers: the registry of optimizers (``experiments.build.OPTIMIZERS``).
+    optimizers: the registry of optimizers (``experiments.optimizers.OPTIMIZERS``).
     prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
   """
 
@@ -263,3 +263,8 @@ class RunOptions:
 
   def replace(self, **changes: Any) -> RunOptions:
     return dataclasses.replace(self, **changes)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Outer steps of one outer epoch: the full mini-batches of one pass over the data."""
+  return max(1, num_examples // batch_size)

@@ -4,7 +4,7 @@
 
     resuming = rundir.prepare(workdir)          # never overwrite, never delete a non-run
     data = build.load_data(config)              # registries: experiments/build.py
-    model, make_tx = build.make_model(config), build.optimizer_factory(config, len(data))
+    model, make_tx = build.make_model(config), optimizers.optimizer_factory(config, len(data))
     training.train(train_config(config, ...), model, make_tx, data, workdir)
     results.json, error.png                     # experiments/reporting.py
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import build, configs, records, reporting, rundir
+from experiments import build, configs, optimizers, records, reporting, rundir
 from experiments import config as config_lib
 from experiments.config import ConfigError, RunConfig, RunOptions
 
@@ -55,7 +55,7 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
   """
   from experiments import training  # pylint: disable=g-import-not-at-top
 
-  per_epoch = build.steps_per_epoch(num_examples, config.batch_size)
+  per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
   if config.eval_every_effective_epochs:
     eval_steps = max(
@@ -147,7 +147,7 @@ def run_experiment(
       )
   ds = build.load_data(config, options.data_dir, options.download)
   model = build.make_model(config, ds.num_classes)
-  make_tx = build.optimizer_factory(config, len(ds.train_x))
+  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
   tcfg = train_config(config, len(ds.train_x), options.progress)
   log(
     f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
@@ -247,7 +247,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   if config is None:
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   ds = build.load_data(config, data_dir)
-  make_tx = build.optimizer_factory(config, len(ds.train_x))
+  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
   model = build.make_model(config, ds.num_classes)
   task = build.make_task(config, model)
   init = lambda seed: steps.state_dict(

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import build, configs, steps
+from experiments import build, configs, optimizers, steps
 from experiments.config import ConfigError, RunConfig
 
 
@@ -16,7 +16,7 @@ def test_sgld_entry_steps_by_the_decayed_rate_with_langevin_noise():
     optimizer="sgld", learning_rate=eta, sgld_decay_power=b, sgld_temperature=temperature
   )
   # --lr-decay* are not used: the schedule handed in is ignored.
-  tx = build.OPTIMIZERS["sgld"].make(config, lambda count: 123.0, jax.random.PRNGKey(0))
+  tx = optimizers.OPTIMIZERS["sgld"].make(config, lambda count: 123.0, jax.random.PRNGKey(0))
   params = jnp.zeros(size)
   state = tx.init(params)
   for _ in range(t):
@@ -52,7 +52,7 @@ def test_one_outer_step_costs_exactly_l_gradient_evaluations(optimizer):
     return steps.cross_entropy(logits, labels)
 
   task = steps.Task(loss_fn=counting_loss)
-  make_tx = build.optimizer_factory(config, 100)
+  make_tx = optimizers.optimizer_factory(config, 100)
   xs = jnp.ones((num_langevin_steps, 5, 2))
   ys = jnp.broadcast_to(jnp.arange(num_langevin_steps)[:, None], (num_langevin_steps, 5))
   state = steps.init_state(_Linear(), make_tx, task, xs[0], jnp.uint32(0))
@@ -67,7 +67,7 @@ def test_one_outer_step_costs_exactly_l_gradient_evaluations(optimizer):
 def test_smoothing_sgd_needs_two_langevin_steps():
   config = RunConfig(optimizer="smoothing-sgd", langevin_steps=1)
   with pytest.raises(ConfigError, match="--langevin-steps >= 2"):
-    build.OPTIMIZERS["smoothing-sgd"].make(config, 0.1, jax.random.PRNGKey(0))
+    optimizers.OPTIMIZERS["smoothing-sgd"].make(config, 0.1, jax.random.PRNGKey(0))
 
 
 def test_sgld_takes_one_gradient_per_update():

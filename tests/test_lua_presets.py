@@ -10,7 +10,19 @@ import numpy as np
 import pytest
 
 import entropy_optax
-from experiments import batchnorm, build, configs, launch, mnist, models, records, rundir, steps
+from experiments import (
+  batchnorm,
+  build,
+  configs,
+  launch,
+  mnist,
+  models,
+  optimizers,
+  records,
+  rundir,
+  steps,
+)
+from experiments import config as config_lib
 
 # train.lua's learning_rate_schedule: (first epoch, last epoch, lr) rows, and its max_epochs.
 LUA_REGIMES = {
@@ -45,8 +57,8 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
   regimes, max_epochs = LUA_REGIMES[experiment, name]
   assert config.outer_epochs == max_epochs and config.batch_size == 128
   num_train = 50_000 if experiment == "cifar10" else 60_000
-  per_epoch = build.steps_per_epoch(num_train, config.batch_size)
-  schedule = build.learning_rate(config, num_train)
+  per_epoch = config_lib.steps_per_epoch(num_train, config.batch_size)
+  schedule = optimizers.learning_rate(config, num_train)
   for epoch in range(1, max_epochs + 1):  # the first and the last step of every epoch
     for step in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):
       np.testing.assert_allclose(schedule(step), lua_lr(regimes, epoch), rtol=1e-6)
@@ -61,7 +73,7 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
 
 def test_lua_optimizer_entry_is_authors_entropy_sgd_lua():
   config = configs.cifar10.PRESETS["entropy-sgd-lua"].config.replace(langevin_steps=3, noise=0.0)
-  tx = build.OPTIMIZERS["entropy-sgd-lua"].make(config, 0.5, 7)
+  tx = optimizers.OPTIMIZERS["entropy-sgd-lua"].make(config, 0.5, 7)
   want = entropy_optax.authors_entropy_sgd(
     0.5,
     code="lua",
@@ -81,7 +93,7 @@ def test_lua_optimizer_entry_is_authors_entropy_sgd_lua():
   ]
   np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
   with pytest.raises(build.ConfigError, match="nesterov"):
-    build.OPTIMIZERS["entropy-sgd-lua"].make(config.replace(nesterov=False), 0.5, 7)
+    optimizers.OPTIMIZERS["entropy-sgd-lua"].make(config.replace(nesterov=False), 0.5, 7)
 
 
 def test_replacement_sampling_draws_like_the_codes():

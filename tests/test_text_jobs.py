@@ -16,6 +16,7 @@ from experiments import (
   charlstm,
   checkpoints,
   launch,
+  optimizers,
   ptb,
   records,
   reporting,
@@ -121,8 +122,6 @@ def test_presets_say_which_figure_and_follow_the_paper():
   sgd, esgd = ptb_configs.PRESETS["sgd"].config, ptb_configs.PRESETS["entropy-sgd"].config
   adam, eadam = (charlstm_configs.PRESETS[n].config for n in ("adam", "entropy-adam"))
   assert [c.effective_epochs for c in (sgd, esgd, adam, eadam)] == [55, 25, 50, 25]
-  from experiments import build
-
   # Learning rates per outer epoch: (epoch, lr) pairs from the paper's text.
   expected = {
     sgd: [(0, 1.0), (13.9, 1.0), (14, 1 / 1.15), (16.5, 1.15**-3), (54.9, 1.15**-41)],
@@ -131,7 +130,7 @@ def test_presets_say_which_figure_and_follow_the_paper():
     eadam: [(0, 1e-2), (1, 5e-3), (4.5, 1e-2 / 16)],
   }
   for config, pairs in expected.items():
-    schedule = build.learning_rate(config, 10 * config.batch_size)  # 10 steps an outer epoch
+    schedule = optimizers.learning_rate(config, 10 * config.batch_size)  # 10 steps an outer epoch
     for epoch, lr in pairs:
       np.testing.assert_allclose(schedule(round(epoch * 10)), lr, rtol=1e-5)
   assert (esgd.momentum, esgd.nesterov, esgd.scoping, esgd.gamma0) == (0.5, True, "none", 1e-3)

@@ -1,0 +1,231 @@
+"""The optimizers of a ``RunConfig``: one registry, ``OPTIMIZERS``, and the learning rate.
+
+Adding an optimizer is one entry, ``OPTIMIZERS[name] = OptimizerEntry(make, local_entropy)``:
+``make(config, lr, key)`` returns the optax transformation, where ``lr`` is the learning-rate
+schedule (counting outer steps) and ``key`` the seed's PRNG key (the loop builds one optimizer
+per seed with its own key); ``local_entropy`` says whether it takes ``langevin_steps`` > 1 and
+a ``grad_fn``.
+
+Beside SGD, Adam, Entropy-SGD/Adam and the authors' Lua Entropy-SGD, the baselines beyond the
+paper's tables:
+
+* ``sgld``: the paper's App. C.1 plain SGLD (``experiments.sgld_baseline``).
+* ``smoothing-sgd``: SGD on the Gaussian-smoothed loss E f(x + sigma eps)
+  (``entropy_optax.gaussian_smoothing``) at Entropy-SGD's cost, L gradient evaluations per update.
+
+jax and optax are imported inside the functions: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from experiments import config as config_lib
+from experiments.config import ConfigError, RunConfig
+
+
+def _plain(config: RunConfig, base):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  if config.weight_decay:
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
+  return base
+
+
+def _gamma(config: RunConfig):
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+
+  if config.scoping == "none":
+    return config.gamma0
+  scope = getattr(entropy_optax, f"{config.scoping}_scoping")
+  return scope(config.gamma0, config.gamma1)
+
+
+def _langevin(config: RunConfig, key) -> dict[str, Any]:
+  return dict(
+    num_langevin_steps=config.langevin_steps,
+    gamma=_gamma(config),
+    langevin_lr=config.langevin_lr,
+    noise=config.noise,
+    alpha=config.alpha,
+    langevin_momentum=config.langevin_momentum,
+    weight_decay=config.weight_decay,
+    scale_by_gamma=config.scale_by_gamma,
+    key=key,
+  )
+
+
+def _sgd(config, lr, key):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  del key
+  return _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+
+
+def _adam(config, lr, key):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  del key
+  return _plain(config, optax.adam(lr, config.b1, config.b2))
+
+
+def _entropy_sgd(config, lr, key):
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+
+  return entropy_optax.entropy_sgd(
+    lr, momentum=config.momentum, nesterov=config.nesterov, **_langevin(config, key)
+  )
+
+
+def _entropy_sgd_lua(config, lr, key):
+  """The authors' Lua code, which ran the paper: ``authors_entropy_sgd(code="lua")``.
+
+  Its outer step is lr (x - mu) with no momentum and no weight decay; --langevin-momentum is the
+  Nesterov momentum of the Langevin loop (0.9), --weight-decay the code's --L2 (inside the loop,
+  after the momentum), --noise the code's epsilon (adds sqrt(2 langevin_lr) noise), --gamma0 and
+  --gamma1 its --gamma and --scoping (t counted from 1); alpha is the code's 0.25 and --momentum
+  is unused.
+  """
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+
+  if config.scoping not in ("exponential", "none") or config.scale_by_gamma:
+    raise ConfigError(
+      "--optimizer entropy-sgd-lua takes --scoping exponential or none and no "
+      "--scale-by-gamma: the Lua code scopes gamma (1 + gamma1)^t and steps "
+      "by x - mu."
+    )
+  if not config.nesterov or not config.langevin_momentum:
+    raise ConfigError(
+      "--optimizer entropy-sgd-lua needs --nesterov and --langevin-momentum > 0, "
+      "as the Lua code runs (see entropy_optax.authors_entropy_sgd)."
+    )
+  return entropy_optax.authors_entropy_sgd(
+    lr,
+    code="lua",
+    num_langevin_steps=config.langevin_steps,
+    gamma=config.gamma0,
+    scoping=config.gamma1 if config.scoping == "exponential" else 0.0,
+    noise=config.noise,
+    langevin_lr=config.langevin_lr,
+    momentum=config.langevin_momentum,
+    nesterov=True,
+    weight_decay=config.weight_decay,
+    key=key,
+  )
+
+
+def _entropy_adam(config, lr, key):
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+
+  return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
+
+
+def _sgld(config, lr, key):
+  """The paper's App. C.1 SGLD baseline (``experiments.sgld_baseline``): step size
+  learning_rate / (1 + t)^sgld_decay_power and noise sqrt(2 lr_t T) N(0, I), no momentum.
+
+  The learning-rate drops (--lr-decay, --lr-decay-outer-epochs) are not used: the step size
+  follows App. C.1's own decay, so that a job setting drops for every run can include it.
+  """
+  from experiments import sgld_baseline  # pylint: disable=g-import-not-at-top
+
+  del lr
+  return _plain(
+    config,
+    sgld_baseline.sgld(
+      config.learning_rate, config.sgld_decay_power, config.sgld_temperature, key=key
+    ),
+  )
+
+
+def _smoothing_sgd(config, lr, key):
+  """SGD (momentum, Nesterov) on the gradient of the Gaussian-smoothed loss E f(x + sigma eps).
+
+  Equal cost with Entropy-SGD(L): the loop evaluates the gradient at x on mini-batch 0 anyway
+  (Langevin step 0, the train loss); ``gaussian_smoothing`` averages L - 1 gradients at
+  x + sigma eps_k on mini-batches 1..L-1 and does not use the one at x (no sample of the
+  smoothed gradient): L gradient evaluations per update, as Entropy-SGD(L).
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+
+  import entropy_optax  # pylint: disable=g-import-not-at-top
+
+  if config.langevin_steps < 2:
+    raise ConfigError(
+      f"--optimizer smoothing-sgd needs --langevin-steps >= 2 (L - 1 perturbed gradients "
+      f"per update), got {config.langevin_steps}."
+    )
+  smoothing = entropy_optax.gaussian_smoothing(
+    config.langevin_steps - 1, config.smoothing_sigma, key=key
+  )
+
+  def update(updates, state, params=None, *, grad_fn, **extra_args):
+    del extra_args
+    # Sample k on mini-batch k + 1: mini-batch 0 already served the gradient at x.
+    shifted = lambda p, k: grad_fn(p, k + 1)
+    return smoothing.update(updates, state, params, grad_fn=shifted)
+
+  smoothed = optax.GradientTransformationExtraArgs(smoothing.init, update)
+  return optax.chain(
+    smoothed, _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerEntry:
+  make: Callable[[RunConfig, Any, Any], Any]
+  local_entropy: bool
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+  "sgd": OptimizerEntry(_sgd, False),
+  "adam": OptimizerEntry(_adam, False),
+  "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
+  "entropy-adam": OptimizerEntry(_entropy_adam, True),
+  "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
+  "sgld": OptimizerEntry(_sgld, False),
+  # Not local entropy, but like it: L gradient evaluations (fresh mini-batches) per update.
+  "smoothing-sgd": OptimizerEntry(_smoothing_sgd, True),
+}
+
+
+def is_local_entropy(config: RunConfig) -> bool:
+  return OPTIMIZERS[config.optimizer].local_entropy
+
+
+def learning_rate(config: RunConfig, num_examples: int):
+  """The learning rate: a constant, or piecewise constant in outer steps."""
+  import optax  # pylint: disable=g-import-not-at-top
+
+  per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
+  boundaries: dict[int, float] = {}
+  for epoch in config.lr_decay_outer_epochs:
+    step = max(1, round(epoch * per_epoch))
+    boundaries[step] = boundaries.get(step, 1.0) * config.lr_decay
+  if not boundaries:
+    return config.learning_rate
+  return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+
+
+def optimizer_factory(config: RunConfig, num_examples: int) -> Callable[[Any], Any]:
+  """``make(key)``: the optax optimizer of ``config`` with the Langevin noise key ``key``.
+
+  The factory is cached per (config, num_examples) so that equal runs share compilations.
+  """
+  return _factory(config, num_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Factory:
+  config: RunConfig
+  num_examples: int
+
+  def __call__(self, key):
+    lr = learning_rate(self.config, self.num_examples)
+    return OPTIMIZERS[self.config.optimizer].make(self.config, lr, key)
+
+
+def _factory(config: RunConfig, num_examples: int) -> _Factory:
+  return _Factory(config, num_examples)
