@@ -32,10 +32,30 @@ def _pure_state(opt_state: Any) -> Any:
 
 
 def uses_local_entropy(opt_state: Any) -> bool:
-  """Whether an optimizer state (optax, Linen or NNX) holds a ``local_entropy`` state, or a
-  ``gaussian_smoothing`` one: both take ``grad_fn`` and make one update per L mini-batches."""
+  """Whether an optimizer state (optax, Linen or NNX) holds a ``local_entropy`` state."""
+  return optax.tree.get(_pure_state(opt_state), "langevin_stats") is not None
+
+
+def takes_grad_fn(opt_state: Any) -> bool:
+  """Whether an optimizer state (optax, Linen or NNX) belongs to a transformation that takes
+  ``grad_fn`` and makes one update per L mini-batches: ``local_entropy`` (and so
+  ``entropy_sgd``/``entropy_adam``) or ``gaussian_smoothing``. A plain optimizer instead gets
+  one update per mini-batch from ``TrainState.apply_gradients`` and ``nnx_update``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, entropy_optax
+    >>> from entropy_optax.flax import takes_grad_fn
+    >>> params = jnp.ones(3)
+    >>> takes_grad_fn(entropy_optax.entropy_sgd(0.1, num_langevin_steps=2).init(params))
+    True
+    >>> takes_grad_fn(optax.chain(entropy_optax.gaussian_smoothing(2, 0.1), optax.sgd(0.1))
+    ...               .init(params))
+    True
+    >>> takes_grad_fn(optax.sgd(0.1).init(params))
+    False
+  """
   pure = _pure_state(opt_state)
-  return any(optax.tree.get(pure, f) is not None for f in ("langevin_stats", "smoothing_key"))
+  return uses_local_entropy(pure) or optax.tree.get(pure, "smoothing_key") is not None
 
 
 def langevin_stats(opt_state: Any) -> Any:
@@ -181,7 +201,7 @@ def nnx_update(
     >>> int(optimizer.step[...])  # three SGD updates, one per mini-batch
     3
   """
-  if grad_fn is None or uses_local_entropy(optimizer):
+  if grad_fn is None or takes_grad_fn(optimizer):
     extra = {} if grad_fn is None else {"grad_fn": grad_fn}
     optimizer.update(model, grads, **extra, **kwargs)
     return

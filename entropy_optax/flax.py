@@ -55,6 +55,7 @@ from entropy_optax._flax_nnx import (
   langevin_stats,
   nnx_grad_fn,
   nnx_update,
+  takes_grad_fn,
   uses_local_entropy,
 )
 from entropy_optax._utils import canonical_key
@@ -70,6 +71,7 @@ __all__ = (
   "num_stacked",
   "stack_batches",
   "take_batch",
+  "takes_grad_fn",
   "uses_local_entropy",
 )
 
@@ -217,7 +219,7 @@ class TrainState(train_state.TrainState):
       )
     tx_kwargs = dict(extra_args or {})
     num_batches = getattr(grad_fn, "num_batches", None) or 1
-    if grad_fn is None or uses_local_entropy(self.opt_state):
+    if grad_fn is None or takes_grad_fn(self.opt_state):
       if grad_fn is not None:
         tx_kwargs["grad_fn"] = grad_fn
       return self._update(grads, tx_kwargs).replace(**kwargs)

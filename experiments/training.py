@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from entropy_optax.flax import uses_local_entropy
+from entropy_optax.flax import takes_grad_fn
 from experiments import compiled, run_files
 from experiments import records as records_lib
 from experiments import steps as steps_lib
@@ -188,7 +188,7 @@ def train(
   seeds = jnp.asarray(config.seeds, jnp.uint32)
   state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
   # local_entropy and gaussian_smoothing take grad_fn over the L mini-batches.
-  if config.langevin_steps > 1 and not uses_local_entropy(state.opt_state):
+  if config.langevin_steps > 1 and not takes_grad_fn(state.opt_state):
     raise ValueError(
       f"langevin_steps={config.langevin_steps} but the optimizer has no "
       "local_entropy: plain optimizers take langevin_steps=1."
