@@ -191,10 +191,6 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 }
 
 
-def is_local_entropy(config: RunConfig) -> bool:
-  return OPTIMIZERS[config.optimizer].local_entropy
-
-
 def learning_rate(config: RunConfig, num_examples: int):
   """The learning rate: a constant, or piecewise constant in outer steps."""
   import optax  # pylint: disable=g-import-not-at-top
