@@ -24,7 +24,6 @@ runs/charlstm). --resume continues a killed job.
 
 from __future__ import annotations
 
-import pathlib
 import time
 from collections.abc import Sequence
 
@@ -48,18 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     lambda: cli.tyro.cli(grid.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT),
     PROG,
   )
-  configs_ = grid.expand(job, DEFAULT)
-  options = job.run.replace(workdir=job.run.workdir or "runs/charlstm")
-  runs = launch.run_grid(
-    {f"{m}-{o}": c for (m, o), c in configs_.items()},
-    options,
-    prefixes={f"{m}-{o}": f"recipe.{o}." for m, o in configs_},
-  )
-  runs = {key: runs[f"{key[0]}-{key[1]}"] for key in configs_}
-  root = pathlib.Path(options.workdir)
+  runs, root = launch.run_comparison(job, DEFAULT, "runs/charlstm")
   table = reporting.language_model_table({key: run.results for key, run in runs.items()})
   first = next(iter(runs.values())).results
-  config = next(iter(configs_.values()))
+  config = next(iter(runs.values())).config
   header = (
     f"char-LSTM on {reporting.name(first['dataset'])}: "
     f"{first['num_train'] * config.bptt_steps:,} training characters in {config.batch_size} "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import build, configs, optimizers, records, reporting, rundir
+from experiments import build, configs, grid, optimizers, records, reporting, rundir
 from experiments import config as config_lib
 from experiments.config import ConfigError, RunConfig, RunOptions
 
@@ -233,6 +233,30 @@ def run_grid(
     )
     log(f"  {key}: {reporting.format_result(runs[key].results)}")
   return runs
+
+
+def run_comparison(
+  job: grid.GridJob, default: grid.GridJob, workdir: str
+) -> tuple[dict[tuple[str, str], Run], pathlib.Path]:
+  """Runs (or resumes) every (model, optimizer) of a comparison job, as ``run_grid`` does.
+
+  Args:
+    job: the parsed command line (``grid.expand`` turns it into one config per pair).
+    default: the script's default job (the recipes the command line overrides).
+    workdir: the directory when the command line gives none.
+
+  Returns:
+    The runs by (model, optimizer), each in the subdirectory ``MODEL-OPTIMIZER`` (errors about
+    a recipe's field name its ``--recipe.OPTIMIZER.FIELD`` option), and the directory.
+  """
+  named = grid.expand(job, default)
+  options = job.run.replace(workdir=job.run.workdir or workdir)
+  runs = run_grid(
+    {f"{m}-{o}": c for (m, o), c in named.items()},
+    options,
+    prefixes={f"{m}-{o}": f"recipe.{o}." for m, o in named},
+  )
+  return {key: runs[f"{key[0]}-{key[1]}"] for key in named}, pathlib.Path(options.workdir)
 
 
 def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:

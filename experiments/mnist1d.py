@@ -15,7 +15,6 @@ runs/mnist1d). --resume continues a killed job (finished runs are kept).
 
 from __future__ import annotations
 
-import pathlib
 import time
 from collections.abc import Sequence
 
@@ -41,21 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lambda: cli.tyro.cli(grid.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT),
     PROG,
   )
-  configs_ = grid.expand(job, DEFAULT)
-  options = job.run.replace(workdir=job.run.workdir or "runs/mnist1d")
-  runs = launch.run_grid(
-    {f"{m}-{o}": c for (m, o), c in configs_.items()},
-    options,
-    prefixes={f"{m}-{o}": f"recipe.{o}." for m, o in configs_},
-  )
-  runs = {key: runs[f"{key[0]}-{key[1]}"] for key in configs_}
-  root = pathlib.Path(options.workdir)
+  runs, root = launch.run_comparison(job, DEFAULT, "runs/mnist1d")
   results = {key: run.results for key, run in runs.items()}
   times = time_to_target.comparison_times_to_target(
     results, {key: run.records for key, run in runs.items()}
   )
   table = reporting.comparison_table(results, times)
-  first = next(iter(configs_.values()))
+  first = next(iter(runs.values())).config
   budget = f"{job.effective_epochs:g}" if job.effective_epochs else "the recipes'"
   header = (
     f"MNIST-1D, {first.num_train or 4000} train / {first.num_test or 1000} test "
