@@ -1,6 +1,6 @@
 """The recurrent main job: char-LSTM with Adam and Entropy-Adam at equal effective epochs.
 
-    python -m experiments.charlstm                     # offline, under 5 minutes on 2 CPU cores
+    python -m experiments.charlstm                     # offline, ~3.5 minutes on 2 CPU cores
     python -m experiments.charlstm --text-file 2600-0.txt --num-train 0 --num-test 0
     python -m experiments.charlstm --text-file 2600-0.txt --num-train 0 --effective-epochs None
 
@@ -11,7 +11,7 @@ Trains the char-LSTM (2 x 128, 50 steps, clip 5) with the paper's two char-LSTM 
 (experiments/configs/charlstm.py, Table 1 / Fig. 6b: Adam lr 2e-3; Entropy-Adam L = 5, gamma
 0.01, b1 0.5, lr 1e-2, Langevin lr 0.1) for the same number of effective epochs, three seeds
 vmapped in one jit. To fit in 5 minutes on a 2-core CPU the default job is short, and says so:
-4 effective epochs over the first 50,010 characters of the training split of pydoc_data.topics
+10 effective epochs over the first 50,010 characters of the training split of pydoc_data.topics
 (ships with CPython: no download) and the first 20,000 of its validation and test splits, batch
 10 (the recipes' 50 gives 5 times fewer updates, which ended on the unigram plateau), the
 learning rate halved at 1/2 and 3/4 of each run (the paper's schedules span 25-50 epochs).
