@@ -234,10 +234,12 @@ def validate(
     "lr_decay_outer_epochs",
     "increasing positive outer epochs",
   )
-  if not optimizers[config.optimizer].local_entropy and config.langevin_steps != 1:
+  if not optimizers[config.optimizer].takes_grad_fn and config.langevin_steps != 1:
+    takes = ", ".join(name for name, entry in optimizers.items() if entry.takes_grad_fn)
     raise ConfigError(
-      f"--{prefix}langevin-steps {config.langevin_steps} needs a local-entropy optimizer; "
-      f"--{prefix}optimizer {config.optimizer} takes --{prefix}langevin-steps 1."
+      f"--{prefix}langevin-steps {config.langevin_steps} needs an optimizer that makes one "
+      f"update per L mini-batches ({takes}); --{prefix}optimizer {config.optimizer} takes "
+      f"--{prefix}langevin-steps 1."
     )
   return config
 

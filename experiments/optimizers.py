@@ -1,10 +1,10 @@
 """The optimizers of a ``RunConfig``: one registry, ``OPTIMIZERS``, and the learning rate.
 
-Adding an optimizer is one entry, ``OPTIMIZERS[name] = OptimizerEntry(make, local_entropy)``:
+Adding an optimizer is one entry, ``OPTIMIZERS[name] = OptimizerEntry(make, takes_grad_fn)``:
 ``make(config, lr, key)`` returns the optax transformation, where ``lr`` is the learning-rate
 schedule (counting outer steps) and ``key`` the seed's PRNG key (the loop builds one optimizer
-per seed with its own key); ``local_entropy`` says whether it takes ``langevin_steps`` > 1 and
-a ``grad_fn``.
+per seed with its own key); ``takes_grad_fn`` says whether it takes ``langevin_steps`` > 1 and
+a ``grad_fn`` (one update per L mini-batches: local entropy, Gaussian smoothing).
 
 Beside SGD, Adam, Entropy-SGD/Adam and the authors' Lua Entropy-SGD, the baselines beyond the
 paper's tables:
@@ -176,7 +176,7 @@ def _smoothing_sgd(config, lr, key):
 @dataclasses.dataclass(frozen=True)
 class OptimizerEntry:
   make: Callable[[RunConfig, Any, Any], Any]
-  local_entropy: bool
+  takes_grad_fn: bool
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
@@ -186,7 +186,6 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
   "entropy-adam": OptimizerEntry(_entropy_adam, True),
   "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
   "sgld": OptimizerEntry(_sgld, False),
-  # Not local entropy, but like it: L gradient evaluations (fresh mini-batches) per update.
   "smoothing-sgd": OptimizerEntry(_smoothing_sgd, True),
 }
 

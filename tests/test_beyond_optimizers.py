@@ -71,7 +71,9 @@ def test_smoothing_sgd_needs_two_langevin_steps():
 
 
 def test_sgld_takes_one_gradient_per_update():
-  with pytest.raises(ConfigError, match="--langevin-steps 2 needs a local-entropy optimizer"):
+  with pytest.raises(
+    ConfigError, match="--langevin-steps 2 needs an optimizer that makes one update"
+  ):
     build.validate(RunConfig(optimizer="sgld", langevin_steps=2))
   with pytest.raises(ConfigError, match="--sgld-temperature must be >= 0"):
     build.validate(RunConfig(optimizer="sgld", sgld_temperature=-1.0))

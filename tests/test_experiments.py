@@ -607,7 +607,7 @@ def test_help_of_the_other_scripts(capsys):
     ("cifar10", ["sgd", "--learning-rate", "fast"], 2, "could not convert string to float"),
     ("cifar10", ["sgd", "--learning-rate", "-1"], 1, "--learning-rate must be > 0"),
     ("mnist", ["adam", "--model", "allcnn_bn"], 1, "--model must be one of mnistfc, lenet_bn"),
-    ("mnist", ["adam", "--langevin-steps", "5"], 1, "needs a local-entropy optimizer"),
+    ("mnist", ["adam", "--langevin-steps", "5"], 1, "makes one update per L mini-batches"),
     ("mnist", ["adam", "--lr-decay-outer-epochs", "3", "2"], 1, "increasing positive"),
     ("mnist1d", ["--recipe.entropy-sgd.gama0", "1"], 2, "Unrecognized options"),
     (
