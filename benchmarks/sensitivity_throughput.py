@@ -28,9 +28,9 @@ def main():
     "learning_rate": np.full(len(points), 0.3),
   }
   common = dict(seeds=3, num_langevin_steps=5, effective_epochs=10, batch_size=100, num_evals=5)
-  for name, fn in [("vmapped", sl.train_grid), ("sequential", sl.train_sequential)]:
+  for name, one_program in [("vmapped", True), ("sequential", False)]:
     start = time.perf_counter()
-    curves = fn("mlp1d", data, "entropy_sgd", grid, **common)
+    curves = sl.train_grid("mlp1d", data, "entropy_sgd", grid, one_program=one_program, **common)
     seconds = time.perf_counter() - start
     print(
       f"{name}: {seconds:.1f} s for {len(points)} x 3 runs; final test accuracy per grid "

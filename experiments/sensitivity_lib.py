@@ -4,9 +4,9 @@ A grid of Entropy-SGD hyper-parameters (gamma, the Langevin step size, the noise
 learning rate) and of seeds is trained in a single ``jax.jit(jax.vmap(jax.vmap(run)))``: the
 hyper-parameters are traced values (the core's argument checks let traced values through), so the
 whole grid of one L is one compilation and one program, and the runs share every matrix multiply
-(batched). ``train_grid`` returns the test-accuracy curves; ``train_sequential`` runs the same
-runs one after another, for the throughput comparison. Both time compilation and running apart
-(``timings=``). The command: ``python -m experiments.sensitivity`` (``sensitivity_study.py``).
+(batched). ``train_grid`` returns the test-accuracy curves; with ``one_program=False`` it runs
+the same runs one after another, for the throughput comparison. It times compilation and running
+apart (``timings=``). The command: ``python -m experiments.sensitivity`` (``sensitivity_study.py``).
 
 Examples:
   >>> import numpy as np
@@ -197,6 +197,7 @@ def train_grid(
   outer_momentum: float = 0.0,
   fast_compile: bool = False,
   timings: dict[str, float] | None = None,
+  one_program: bool = True,
 ) -> np.ndarray:
   """Every grid point and seed in one jitted, vmapped program: test accuracy curves.
 
@@ -218,6 +219,8 @@ def train_grid(
       program then compiles ~3x faster and runs up to ~2x slower (the study's short runs are
       dominated by compilation).
     timings: if given, gets "compile_s" and "run_s" (the run's result on the host).
+    one_program: False runs the same runs one after another instead (one compilation of one
+      run, hyper-parameters and seed as arguments): the throughput comparison.
 
   Returns:
     (grid points, seeds, num_evals) float array of test accuracies.
@@ -233,57 +236,26 @@ def train_grid(
     num_evals,
     outer_momentum,
   )
-  args = (arrays, jnp.arange(seeds), tuple(data))
-  program, compile_s = timed(
-    jax.jit(jax.vmap(jax.vmap(run, (None, 0, None)), (0, None, None))).lower(*args).compile,
-    _compiler_options(fast_compile),
-  )
-  curves, run_s = timed(lambda: np.asarray(program(*args)))
-  if timings is not None:
-    timings.update(compile_s=compile_s, run_s=run_s)
-  return curves
-
-
-def train_sequential(
-  model_name: str,
-  data: Data,
-  optimizer: str,
-  grid: Mapping[str, Any],
-  *,
-  seeds: int,
-  num_langevin_steps: int = 5,
-  effective_epochs: float = 20,
-  batch_size: int = 128,
-  num_evals: int = 10,
-  outer_momentum: float = 0.0,
-  fast_compile: bool = False,
-  timings: dict[str, float] | None = None,
-) -> np.ndarray:
-  """``train_grid``'s runs one after another (one compilation, hyper-parameters as arguments)."""
-  arrays = _grid_arrays(optimizer, grid)
-  run = _build_run(
-    model_name,
-    data,
-    optimizer,
-    num_langevin_steps,
-    effective_epochs,
-    batch_size,
-    num_evals,
-    outer_momentum,
-  )
-  point = lambda g: {k: v[g] for k, v in arrays.items()}
-  program, compile_s = timed(
-    jax.jit(run).lower(point(0), jnp.int32(0), tuple(data)).compile, _compiler_options(fast_compile)
-  )
-  points = len(next(iter(arrays.values())))
-  curves, run_s = timed(
-    lambda: np.stack(
-      [
-        np.stack([np.asarray(program(point(g), jnp.int32(s), tuple(data))) for s in range(seeds)])
-        for g in range(points)
-      ]
+  options = _compiler_options(fast_compile)
+  if one_program:
+    args = (arrays, jnp.arange(seeds), tuple(data))
+    vmapped = jax.vmap(jax.vmap(run, (None, 0, None)), (0, None, None))
+    program, compile_s = timed(jax.jit(vmapped).lower(*args).compile, options)
+    curves, run_s = timed(lambda: np.asarray(program(*args)))
+  else:
+    point = lambda g: {k: v[g] for k, v in arrays.items()}
+    program, compile_s = timed(
+      jax.jit(run).lower(point(0), jnp.int32(0), tuple(data)).compile, options
     )
-  )
+    points = len(next(iter(arrays.values())))
+    curves, run_s = timed(
+      lambda: np.stack(
+        [
+          np.stack([np.asarray(program(point(g), jnp.int32(s), tuple(data))) for s in range(seeds)])
+          for g in range(points)
+        ]
+      )
+    )
   if timings is not None:
     timings.update(compile_s=compile_s, run_s=run_s)
   return curves

@@ -180,7 +180,7 @@ def _throughput(grid, data, arrays, common, results, log) -> dict[str, Any]:
   """The first model's first-L Entropy-SGD block again, one run after another."""
   model, steps = grid.models[0], grid.langevin_steps[0]
   timings: dict[str, float] = {}
-  curves = sensitivity_lib.train_sequential(
+  curves = sensitivity_lib.train_grid(
     model,
     data,
     "entropy_sgd",
@@ -189,6 +189,7 @@ def _throughput(grid, data, arrays, common, results, log) -> dict[str, Any]:
     outer_momentum=0.9,
     timings=timings,
     fast_compile=model in grid.fast_compile,
+    one_program=False,
     **common,
   )
   vmapped = results["models"][model]["blocks"][f"entropy_sgd L={steps}"]
