@@ -17,12 +17,12 @@ import dataclasses
 import math
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from experiments import build, configs, grid, optimizers, records, reporting, rundir
+from experiments import build, cli, configs, grid, optimizers, records, reporting, rundir
 from experiments import config as config_lib
 from experiments.config import ConfigError, RunConfig, RunOptions
 
@@ -233,6 +233,20 @@ def run_grid(
     )
     log(f"  {key}: {reporting.format_result(runs[key].results)}")
   return runs
+
+
+def run_preset(
+  prog: str, description: str, presets: Mapping[str, config_lib.Preset], argv: Sequence[str] | None
+) -> int:
+  """A preset script's flow: ``PRESET [--FIELD VALUE ...]`` (``cli.parse_preset``), the run
+  trained or resumed in its directory (default ``default_workdir``), its result printed.
+  Returns the exit code."""
+  config, options, explicit = cli.parse_preset(prog, description, presets, argv)
+  options = options.replace(workdir=options.workdir or default_workdir(config))
+  run = run_experiment(config, options, explicit=explicit)
+  print(reporting.format_result(run.results))
+  print(f"results: {run.workdir / rundir.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
+  return 0
 
 
 def run_comparison(

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from experiments import cli, launch, reporting
+from experiments import cli, launch
 from experiments.configs import ptb as configs
 
 
 @cli.main
 def main(argv: Sequence[str] | None = None) -> int:
   """Trains PTB-LSTM on Penn Treebank as the command line says; returns the exit code."""
-  config, options, explicit = cli.parse_preset(
-    "python -m experiments.ptb", __doc__, configs.PRESETS, argv
-  )
-  options = options.replace(workdir=options.workdir or launch.default_workdir(config))
-  run = launch.run_experiment(config, options, explicit=explicit)
-  print(reporting.format_result(run.results))
-  print(f"results: {run.workdir / 'results.json'}; plot: {run.workdir / launch.PLOT_FILE}")
-  return 0
+  return launch.run_preset("python -m experiments.ptb", __doc__, configs.PRESETS, argv)
 
 
 if __name__ == "__main__":
