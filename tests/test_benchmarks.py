@@ -29,7 +29,7 @@ from benchmarks import (
 )
 
 TINY = ["--batch", "4", "--steps", "2"]
-_NO_TORCH = "torch is not installed: `pip install -e '.[benchmarks]'` (part of '.[all]')"
+_NO_TORCH = "torch is not installed: `pip install -r requirements/benchmarks.txt` (part of all.txt)"
 
 
 def _numbers(tree):

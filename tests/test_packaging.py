@@ -1,0 +1,145 @@
+"""The wheel and the sdist hold what they should, build and install without warnings.
+
+Built offline from a copy of the working tree (``python -m build --no-isolation``: the build
+backend comes from the environment, as pyproject's ``build-system`` asks), so the tree itself
+gets no ``build/`` or ``*.egg-info``.
+"""
+
+from __future__ import annotations
+
+import email
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "entropy_optax"
+WARNING = re.compile(r"deprecat|SetuptoolsWarning|SetuptoolsDeprecationWarning", re.I)
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory):
+  """(wheel path, sdist path, the build's output)."""
+  pytest.importorskip("build")
+  root = tmp_path_factory.mktemp("build")
+  tree = root / "tree"
+  shutil.copytree(
+    REPO,
+    tree,
+    ignore=shutil.ignore_patterns(
+      ".git", "runs", "build", "_build", "*.egg-info", "__pycache__", ".pytest_cache"
+    ),
+  )
+  out = root / "dist"
+  proc = subprocess.run(
+    [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(tree)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (wheel,) = out.glob("*.whl")
+  (sdist,) = out.glob("*.tar.gz")
+  return wheel, sdist, proc.stdout + proc.stderr
+
+
+def _package_files() -> set[str]:
+  return {
+    str(p.relative_to(REPO))
+    for p in PACKAGE.rglob("*")
+    if p.is_file() and "__pycache__" not in p.parts
+  }
+
+
+def test_build_prints_no_deprecation_warning(dists):
+  _, _, log = dists
+  assert not [line for line in log.splitlines() if WARNING.search(line)], log
+
+
+def test_wheel_holds_the_package_its_marker_and_the_license_only(dists):
+  wheel, _, _ = dists
+  names = set(zipfile.ZipFile(wheel).namelist())
+  info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+  assert "entropy_optax/py.typed" in names
+  assert {n for n in names if not n.startswith(info)} == _package_files()
+  assert {n.removeprefix(info + "/") for n in names if n.startswith(info)} == {
+    "METADATA",
+    "WHEEL",
+    "RECORD",
+    "top_level.txt",
+    "licenses/LICENSE",
+  }
+
+
+def test_wheel_metadata(dists):
+  wheel, _, _ = dists
+  with zipfile.ZipFile(wheel) as zf:
+    name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+    meta = email.message_from_bytes(zf.read(name))
+  assert meta["License-Expression"] == "Apache-2.0"
+  assert meta["License-File"] == "LICENSE"
+  assert "Typing :: Typed" in meta.get_all("Classifier")
+  assert {u.split(",")[0] for u in meta.get_all("Project-URL")} >= {"Homepage", "Documentation"}
+  # What the package imports, nothing else; extras only for code that ships.
+  base = {
+    re.split(r"[<>=!;\[ ]", r)[0] for r in meta.get_all("Requires-Dist") if "extra ==" not in r
+  }
+  assert base == {"jax", "optax", "numpy"}
+  assert set(meta.get_all("Provides-Extra")) == {"flax", "flatness"}
+
+
+def test_sdist_holds_what_builds_the_wheel_and_no_tests(dists):
+  _, sdist, _ = dists
+  with tarfile.open(sdist) as tf:
+    names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+  top = {n.split("/")[0] for n in names}
+  assert top == {
+    "LICENSE",
+    "MANIFEST.in",
+    "PKG-INFO",
+    "README.md",
+    "pyproject.toml",
+    "setup.cfg",
+    "entropy_optax",
+    "entropy_optax.egg-info",
+  }
+  assert {n for n in names if n.startswith("entropy_optax/") and "." in n} == _package_files()
+
+
+def test_wheel_installs_without_warnings(dists, tmp_path):
+  wheel, _, _ = dists
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "--no-deps",
+      "--no-index",
+      "--root-user-action=ignore",
+      "--disable-pip-version-check",
+      "--target",
+      str(tmp_path / "site"),
+      str(wheel),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert not WARNING.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
+  assert (tmp_path / "site" / "entropy_optax" / "py.typed").exists()
+
+
+def test_long_description_links_work_on_pypi():
+  """README.md is the PyPI page: a relative link there points nowhere."""
+  readme = (REPO / "README.md").read_text()
+  targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+  relative = [t for t in targets if not re.match(r"https?://|#", t)]
+  assert not relative, relative
