@@ -52,6 +52,7 @@ nitpick_ignore_regex = [
   (r"py:.*", r"(typing|collections\.abc|types|numbers|pathlib)\..*"),
   (r"py:.*", r"(Any|Callable|Iterable|Iterator|Mapping|Sequence|NamedTuple|Literal|Optional)"),
   (r"py:.*", r"(int|float|bool|str|tuple|list|dict|None|object|type)"),
+  (r"py:.*", r"(ArrayTree|PyTree|Params|Updates|OptState|Schedule|ScalarOrSchedule)"),
 ]
 
 # MyST and notebooks.
