@@ -1,4 +1,4 @@
-"""Tests of entropy_optax.flax: Linen TrainState, make_grad_fn, nnx_grad_fn, the README section."""
+"""Tests of entropy_optax.flax: Linen TrainState, make_grad_fn, nnx_grad_fn, docs/flax.md."""
 
 import pathlib
 import re
@@ -18,7 +18,7 @@ from entropy_optax import flax as eflax
 L = 3
 # One module-level optimizer: the jitted Linen step is compiled once for it (tx is static).
 TX = entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03, langevin_lr=0.1)
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+FLAX_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "flax.md"
 
 
 def _task(key, num_batches, batch=32, size=6):
@@ -296,15 +296,13 @@ def test_nnx_plain_optax_through_the_same_path():
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_readme_section_examples_run(index):
-  """The code blocks of the README's "Using with Flax" run as they are and reduce the loss."""
-  section = README.read_text().split("## Using with Flax")[1].split("\n## ")[0]
-  section = section.split("### Porting an existing Flax loop")[0]  # run by tests/test_porting.py
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def test_docs_flax_page_examples_run(index):
+  """The code blocks of docs/flax.md (Linen, NNX) run as they are and reduce the loss."""
+  blocks = re.findall(r"```python\n(.*?)```", FLAX_PAGE.read_text(), re.S)
   assert len(blocks) == 2
   namespace = {}
   code = blocks[index].replace("range(20)", "range(10)").replace("L, model = 5,", "L, model = 3,")
   assert code.count("range(10)") == 1 and code.count("L, model = 3,") == 1  # shorter, same code
-  exec(compile(code, str(README), "exec"), namespace)
+  exec(compile(code, str(FLAX_PAGE), "exec"), namespace)
   assert float(namespace["loss"]) < 0.6
   assert np.isfinite(np.asarray(namespace["logits"])).all()

@@ -1,5 +1,5 @@
-"""Flax MNIST training loops ported to Entropy-SGD by the README's recipe ("Porting an existing
-Flax loop"), as a user meets them.
+"""Flax MNIST training loops ported to Entropy-SGD by the recipe of docs/porting.md ("Porting an
+existing Flax loop"), as a user meets them.
 
 The loops are our own, written in the shape of flax's NNX ``examples/mnist`` (call-time dropout
 ``rngs``, ``tf.data`` batches), its NNX MNIST tutorial (``optax.adamw``, a generator of batches)
@@ -137,7 +137,7 @@ def test_nnx_example_port_trains_compiles_once_and_restores_exactly(mnist, tmp_p
   stats = entropy_optax.flax.langevin_stats(optimizer)  # plain arrays, no .value warning
   assert isinstance(stats.grad_norm, jax.Array) and float(stats.mean_distance) > 0
 
-  # Checkpoint (the README's five lines), then train one more epoch from the restored copy.
+  # Checkpoint (the five lines of docs/porting.md), then one more epoch from the restored copy.
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / "state", nnx.state((model, optimizer, rngs)))
   checkpointer.wait_until_finished()
@@ -448,11 +448,11 @@ def test_one_loop_plain_optimizer_takes_one_update_per_minibatch():
   np.testing.assert_allclose(state.params["w"], reference.params["w"], rtol=1e-6)
 
 
-def test_readme_porting_section_runs():
-  """The README's "Porting an existing Flax loop" blocks run in order, on fewer batches."""
-  readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-  section = readme.read_text().split("### Porting an existing Flax loop")[1].split("\n### ")[0]
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def test_docs_porting_page_runs():
+  """The blocks of docs/porting.md ("Porting an existing Flax loop") run in order, on fewer
+  batches."""
+  page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "porting.md"
+  blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
   assert len(blocks) == 4
   code = "\n".join(blocks)
   shorter = (
@@ -462,7 +462,7 @@ def test_readme_porting_section_runs():
   )
   assert shorter.count("train_batches(20)") == 1 and shorter.count("range(1)") == 1
   namespace = {}
-  exec(compile(shorter, str(readme), "exec"), namespace)
+  exec(compile(shorter, str(page), "exec"), namespace)
   assert int(namespace["optimizer"].step[...]) == 10  # 20 batches, 2 per step, restored
   assert float(namespace["stats"].langevin_gamma) == pytest.approx(0.03)
   assert np.isfinite(float(namespace["loss"])) and int(namespace["state"].step) == 4

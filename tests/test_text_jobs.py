@@ -4,7 +4,6 @@ PTB presets on written files, kill + resume bit for bit, the Table-1 rows."""
 import json
 import math
 import pathlib
-import re
 
 import jax
 import numpy as np
@@ -215,30 +214,6 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
   assert drop_time(records.read(tmp_path / "cut")) == drop_time(records.read(tmp_path / "whole"))
   with checkpoints.Checkpoints(tmp_path / "cut") as ckpts:
     assert ckpts.steps() == [24, 36]
-
-
-def test_readme_commands_of_the_recurrent_section_parse(monkeypatch):
-  class Parsed(Exception):
-    pass
-
-  def stop(*args, **kwargs):
-    raise Parsed
-
-  monkeypatch.setattr(jobs, "run_experiment", stop)
-  monkeypatch.setattr(jobs, "run_grid", stop)
-  readme = (REPO / "README.md").read_text()
-  section = readme.split("## Recurrent experiments")[1].split("\n## ")[0]
-  commands = [
-    line.split("#")[0].split()
-    for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-    for line in block.splitlines()
-    if line.startswith("python -m experiments.")
-  ]
-  scripts = {"experiments.charlstm": charlstm, "experiments.ptb": ptb}
-  assert sorted({argv[2] for argv in commands}) == sorted(scripts)
-  for argv in commands:
-    with pytest.raises(Parsed):
-      scripts[argv[2]].main(argv[3:])
 
 
 def test_flatness_of_the_small_char_lstm(tmp_path, capsys):

@@ -1,0 +1,120 @@
+"""The README and the docs pages as a user reads them: their code runs, their commands parse,
+and the API reference has a page for every public name.
+
+Every ```python block of a page runs, in order, in one namespace per page (a page reads top to
+bottom like a script). Every ``python -m experiments.…`` line of a ```bash block parses and
+validates against the script's command line, with the training stopped before it starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import re
+import shlex
+
+import matplotlib
+import pytest
+
+import entropy_optax
+import entropy_optax.flatness
+import entropy_optax.flax
+
+matplotlib.use("Agg")  # a page that plots draws off screen
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+# Pages whose blocks another test runs, shortened (fewer steps), with checks on what they do.
+RUN_ELSEWHERE = {
+  "docs/flax.md": "tests/test_flax.py",
+  "docs/porting.md": "tests/test_porting.py",
+}
+PUBLIC_MODULES = (entropy_optax, entropy_optax.flax, entropy_optax.flatness)
+
+
+def _name(page: pathlib.Path) -> str:
+  return str(page.relative_to(REPO))
+
+
+def python_blocks(page: pathlib.Path) -> list[str]:
+  return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+
+
+def commands() -> list[tuple[str, str]]:
+  """(page, command) for each ``python -m experiments.…`` line of the pages' bash blocks."""
+  found = []
+  for page in PAGES:
+    for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), re.S | re.M):
+      for line in block.splitlines():
+        if re.match(r"python3? -m experiments\.", line):
+          found.append((_name(page), line.split("  #")[0].split(" # ")[0].strip()))
+  return found
+
+
+def test_the_pages_have_examples_and_commands():
+  assert sum(len(python_blocks(p)) for p in PAGES) >= 10
+  assert len(commands()) >= 20
+  assert ("README.md", "python3 -m experiments.mnist1d") not in commands()  # a set-up line
+
+
+@pytest.mark.parametrize(
+  "page", [p for p in PAGES if python_blocks(p) and _name(p) not in RUN_ELSEWHERE], ids=_name
+)
+def test_page_python_blocks_run(page, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a block that writes files writes them here
+  namespace = {"__name__": "docs_page"}
+  for index, block in enumerate(python_blocks(page)):
+    exec(compile(block, f"{_name(page)} python block {index}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("page,command", commands(), ids=lambda v: v)
+def test_page_commands_parse(page, command, monkeypatch, tmp_path, capsys):
+  from experiments.run import jobs
+  from experiments.studies import sensitivity_training
+
+  class Parsed(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Parsed
+
+  monkeypatch.setattr(jobs, "run_experiment", stop)
+  monkeypatch.setattr(jobs, "run_grid", stop)
+  monkeypatch.setattr(sensitivity_training, "mnist1d_data", stop)
+  monkeypatch.chdir(tmp_path)  # a run directory made before training is made here
+  argv = shlex.split(command)
+  script = importlib.import_module(argv[2])
+  if argv[2] == "experiments.results":
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    assert script.main(argv[3:]) == 1
+    assert "no finished run" in capsys.readouterr().err
+    return
+  with pytest.raises(Parsed):
+    script.main(argv[3:])
+
+
+def api_entries() -> dict[str, set[str]]:
+  """module -> the names docs/api.md documents under it (autosummary entries, automodules)."""
+  entries: dict[str, set[str]] = {}
+  module = None
+  api = (DOCS / "api.md").read_text()
+  for block in re.findall(r"^```\{eval-rst\}\n(.*?)^```", api, re.S | re.M):
+    for line in block.splitlines():
+      if m := re.match(r"\.\. (currentmodule|automodule):: ([\w.]+)", line):
+        module = m.group(2)
+        if m.group(1) == "automodule":
+          parent, _, child = module.rpartition(".")
+          entries.setdefault(parent, set()).add(child)
+      elif re.fullmatch(r"   \w+", line) and module:
+        entries.setdefault(module, set()).add(line.strip())
+  return entries
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES, ids=lambda m: m.__name__)
+def test_every_public_name_has_an_api_page(module):
+  documented = api_entries().get(module.__name__, set())
+  assert set(module.__all__) - documented == set(), "add these to docs/api.md"
+  submodules = {m.__name__.rpartition(".")[2] for m in PUBLIC_MODULES}  # entropy_optax.flax
+  stale = documented - set(module.__all__) - submodules
+  assert stale == set(), "not in __all__: remove from docs/api.md"
