@@ -48,7 +48,8 @@ def presets_table() -> str:
   for name, module in EXPERIMENTS.items():
     recipes = hasattr(module, "MAIN_JOB")  # a comparison job: recipes, not subcommands
     how = (
-      f"`python -m experiments.{name} --optimizers NAME` (recipes of the main job)"
+      f"`python -m experiments.{name} --optimizers NAME`: recipes of the main job, which sets "
+      "their length (`--effective-epochs`; the epochs below are the recipe's own)"
       if recipes
       else f"`python -m experiments.{name} NAME`"
     )
