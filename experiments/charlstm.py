@@ -44,12 +44,7 @@ PROG = "python -m experiments.charlstm"
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the char-LSTM comparison as the command line says; returns the exit code."""
   start = time.perf_counter()
-  job = cli.parse(
-    lambda: cli.tyro.cli(
-      comparison.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT
-    ),
-    PROG,
-  )
+  job = cli.parse_grid(PROG, __doc__, DEFAULT, argv)
   runs, root = jobs.run_comparison(job, DEFAULT, "runs/charlstm")
   table = summaries.language_model_table({key: run.results for key, run in runs.items()})
   first = next(iter(runs.values())).results

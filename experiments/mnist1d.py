@@ -38,12 +38,7 @@ PROG = "python -m experiments.mnist1d"
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the MNIST-1D comparison as the command line says; returns the exit code."""
   start = time.perf_counter()
-  job = cli.parse(
-    lambda: cli.tyro.cli(
-      comparison.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT
-    ),
-    PROG,
-  )
+  job = cli.parse_grid(PROG, __doc__, DEFAULT, argv)
   runs, root = jobs.run_comparison(job, DEFAULT, "runs/mnist1d")
   results = {key: run.results for key, run in runs.items()}
   times = time_to_target.comparison_times_to_target(

@@ -572,10 +572,16 @@ def test_help_of_the_other_scripts(capsys):
     "--workdir",
     "--resume",
     "--overwrite",
-    "--recipe.entropy-sgd.gamma0",
+    "--recipe.NAME.FIELD",
+    "--help-recipe NAME",
   ):
     assert option in grid_help
   assert "%%" not in grid_help
+  with pytest.raises(SystemExit) as exit_:  # a recipe's fields, on request
+    mnist1d.main(["--help-recipe", "entropy-sgd"])
+  assert exit_.value.code == 0
+  recipe_help = " ".join(capsys.readouterr().out.split())
+  assert "--recipe.entropy-sgd.FIELD VALUE" in recipe_help and "--gamma0" in recipe_help
   flat = " ".join(help_text(flatness, ["mnist1d"], capsys).split())
   for option in (
     "--method",

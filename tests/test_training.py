@@ -4,6 +4,7 @@ metrics, checkpoints verified by checksums, resume after a kill, seeds, runners,
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -340,3 +341,32 @@ def test_task_extensions_carry_and_before_eval():
   h2 = jnp.tanh(x[idx[1]] @ params1["Dense_0"]["kernel"] + params1["Dense_0"]["bias"] + h1)
   np.testing.assert_allclose(result.state.carry, h2, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(result.state.params["Dense_0"]["kernel"]).sum()) > 0  # trained as usual
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_only_on_a_terminal(progress, capsys, monkeypatch):
+  """The loop lets tqdm decide (disable=None): a bar on a terminal, none in a log file."""
+  seen = []
+  real_tqdm = loop.tqdm
+
+  def recording_tqdm(*args, **kwargs):
+    seen.append(kwargs["disable"])
+    return real_tqdm(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "tqdm", recording_tqdm)
+  cfg = config(langevin_steps=1, num_steps=4, eval_every_steps=0, checkpoint_every_steps=0)
+  loop.train(dataclasses.replace(cfg, progress=progress), MODEL, optax.sgd(0.1), tiny_data())
+  assert seen == [None if progress else True]
+  err = capsys.readouterr().err  # not a terminal: nothing drawn either way
+  assert "\r" not in err and "step/s" not in err
+  # What disable=None means to tqdm: drawn on a terminal only.
+  terminal, log = _Terminal(), io.StringIO()
+  for file in (terminal, log):
+    for _ in real_tqdm(range(3), disable=None if progress else True, file=file):
+      pass
+  assert ("\r" in terminal.getvalue()) == progress and log.getvalue() == ""

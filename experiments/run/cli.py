@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import rundir
+from experiments.run import comparison, rundir
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -39,25 +39,51 @@ def _one_line(text: str) -> str:
   return " ".join(text.split())
 
 
-def _condense(text: str) -> str:
-  """tyro's error (a box on a terminal, dashed sections elsewhere) on one line, without the
-  title and the pointers to --help."""
+_BOX = "│╭╮╰╯─"
+
+
+def _sections(text: str) -> tuple[str | None, list[list[str]]]:
+  """tyro's error (a box, or dashed sections) as (title, sections of lines), frames dropped."""
+  title = None
   sections: list[list[str]] = [[]]
-  for line in text.splitlines():
-    line = line.strip().strip("│╭╮╰╯").strip()
-    if not line:
+  for raw in text.splitlines():
+    line = raw.strip()
+    if line.startswith("╭"):  # a box's title bar: ╭─ Title ───╮
+      title = line.strip(_BOX + " ") or None
       continue
-    if not line.strip("─- "):  # a separator
-      sections.append([])
-    elif line.startswith("─") and line.endswith("─"):  # a box's title bar
-      sections.append([])
+    line = line.strip("│╭╮╰╯") if line.startswith("│") else line
+    if not line.strip().strip("─- "):  # a separator, a box's bottom, a blank line
+      if sections[-1]:
+        sections.append([])
     else:
       sections[-1].append(line)
-  texts = [_one_line(" ".join(s)) for s in sections if s]
-  if len(texts) > 1 and ":" not in texts[0]:  # the title of the dashed format
-    texts = texts[1:]
-  skip = ("For full helptext", "Argument helptext", "Perhaps you meant")
-  return "; ".join(t for t in texts if not t.startswith(skip)) or _one_line(text)
+  return title, [s for s in sections if s]
+
+
+def _condense(text: str) -> str:
+  """tyro's error on one line, without its frame and its pointers to --help; its "Perhaps
+  you meant" suggestions kept as the option names it suggests."""
+  title, sections = _sections(text)
+  if title is None and len(sections) > 1 and len(sections[0]) == 1 and ":" not in sections[0][0]:
+    title, sections = sections[0][0].strip(), sections[1:]  # the dashed format's title line
+  parts, suggestions = [], []
+  for section in sections:
+    head = section[0].strip()
+    if head.startswith(("For full helptext", "Argument helptext")):
+      continue
+    if head.startswith("Perhaps you meant"):
+      suggestions += [
+        name for line in section[1:] if (name := line.strip().split(" ")[0]).startswith("-")
+      ]
+      continue
+    parts.append(_one_line(" ".join(section)))
+  message = "; ".join(parts)
+  if title and ":" not in message.split(".")[0]:  # the message does not name the problem
+    message = f"{title}: {message}" if message else title
+  if suggestions:
+    message += f"; perhaps you meant {' or '.join(dict.fromkeys(suggestions))}"
+  message = message or _one_line(text)
+  return "".join(c for c in message if c not in _BOX).strip()
 
 
 def parse(fn: Callable[[], T], prog: str) -> T:
@@ -106,6 +132,56 @@ def parse_preset(
   base = presets[name].config
   explicit = {k: v for k, v in dataclasses.asdict(args.config).items() if v != getattr(base, k)}
   return args.config, args.run, explicit
+
+
+@dataclasses.dataclass(frozen=True)
+class _GridJobHelp(comparison.GridJob):
+  """``GridJob`` as ``--help`` shows it: the shared settings, not every recipe's fields."""
+
+  recipe: Annotated[dict[str, RunConfig], tyro.conf.Suppress] = dataclasses.field(
+    default_factory=dict
+  )
+
+
+def parse_grid(
+  prog: str, description: str, default: comparison.GridJob, argv: Sequence[str] | None
+) -> comparison.GridJob:
+  """A comparison job's command line: ``--help`` lists the shared settings, ``--help-recipe
+  NAME`` one recipe's fields and values, and ``--recipe.NAME.FIELD VALUE`` sets any of them."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  names = ", ".join(default.recipe)
+  if "--help-recipe" in argv:
+    index = argv.index("--help-recipe")
+    name = argv[index + 1] if index + 1 < len(argv) else ""
+    if name not in default.recipe:
+      raise UsageError(f"--help-recipe NAME: choose NAME from {names} (see {prog} --help)")
+    example = f"--recipe.{name}.FIELD VALUE"
+    return parse(
+      lambda: tyro.cli(
+        RunConfig,
+        default=default.recipe[name],
+        prog=f"{prog} {example}",
+        description=f"The recipe {name!r}: set any field below as {example}.",
+        args=["--help"],
+      ),
+      prog,
+    )
+  description = (
+    f"{description.rstrip()}\n\nRecipes: {names}. One recipe's fields and values: "
+    f"{prog} --help-recipe NAME; set one: --recipe.NAME.FIELD VALUE."
+  )
+  if any(a in ("-h", "--help") for a in argv):
+    shown = _GridJobHelp(**{f.name: getattr(default, f.name) for f in dataclasses.fields(default)})
+    return parse(
+      lambda: tyro.cli(_GridJobHelp, prog=prog, description=description, args=argv, default=shown),
+      prog,
+    )
+  return parse(
+    lambda: tyro.cli(
+      comparison.GridJob, prog=prog, description=description, args=argv, default=default
+    ),
+    prog,
+  )
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

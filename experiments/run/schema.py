@@ -258,7 +258,7 @@ class RunOptions:
   """delete the run in --workdir and start afresh (a directory holding no run is never
   deleted)"""
   progress: bool = True
-  """show a progress bar"""
+  """show a progress bar (on a terminal only)"""
   data_dir: str | None = None
   """tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"""
   download: bool = True

@@ -80,7 +80,7 @@ class TrainConfig:
     seed: the seed of initialisation, dropout, data order and Langevin noise.
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
     step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar when stderr is a terminal.
   """
 
   batch_size: int = 128
@@ -214,7 +214,7 @@ def train(
   bar = tqdm(
     total=config.num_steps,
     initial=step,
-    disable=not config.progress,
+    disable=None if config.progress else True,  # None: tqdm draws only on a terminal
     unit="step",
     dynamic_ncols=True,
   )
