@@ -118,3 +118,19 @@ def test_every_public_name_has_an_api_page(module):
   submodules = {m.__name__.rpartition(".")[2] for m in PUBLIC_MODULES}  # entropy_optax.flax
   stale = documented - set(module.__all__) - submodules
   assert stale == set(), "not in __all__: remove from docs/api.md"
+
+
+def test_index_lists_pages_that_other_work_adds(tmp_path, monkeypatch):
+  """A page in docs/ that no toctree of the index names lands in its "More guides" toctree, in
+  the preferred order; an absent one is no error."""
+  monkeypatch.syspath_prepend(str(DOCS / "_ext"))
+  ext = importlib.import_module("entropy_optax_docs")
+  index = (DOCS / "index.md").read_text()
+  assert ext.MARKER in index
+  for name in ("tensorboard", "zeta", "getting_started", "parle"):
+    (tmp_path / f"{name}.md").write_text(f"# {name}\n")
+  monkeypatch.setattr(ext, "DOCS", tmp_path)
+  assert ext.optional_pages(index) == ["parle", "tensorboard", "zeta"]
+  source = [index]
+  ext._fill_optional_pages(None, "index", source)
+  assert ext.MARKER not in source[0] and "\nparle\ntensorboard\nzeta\n" in source[0]
