@@ -38,6 +38,7 @@ templates_path = ["_templates"]
 # API reference: one page per public name (autosummary), Google-style docstrings (napoleon).
 autosummary_generate = True
 autodoc_typehints = "signature"
+python_maximum_signature_line_length = 88  # one parameter per line in long signatures
 autodoc_member_order = "bysource"
 autodoc_default_options = {"exclude-members": "__new__, __init__"}
 napoleon_google_docstring = True

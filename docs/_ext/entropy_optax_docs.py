@@ -113,6 +113,31 @@ def _fill_optional_pages(app, docname, source):
     source[0] = source[0].replace(MARKER, "\n".join(optional_pages(source[0])))
 
 
+def _alias_names() -> list[tuple[str, str]]:
+  """(expanded, name): optax's type aliases as autodoc would spell them out, longest first."""
+  import optax
+  from sphinx.util.typing import stringify_annotation
+
+  names = []
+  for alias, name in (
+    (optax.ScalarOrSchedule, "optax.ScalarOrSchedule"),
+    (optax.Schedule, "optax.Schedule"),
+  ):
+    for mode in ("smart", "fully-qualified-except-typing"):
+      names.append((stringify_annotation(alias, mode), name))
+  names.append(("jax.jaxlib._jax.Array", "jax.Array"))  # jax.Array's defining module
+  return names
+
+
+def _short_signature(app, what, name, obj, options, signature, return_annotation):
+  """Signatures name optax.ScalarOrSchedule instead of its 200-character expansion."""
+  for expanded, alias in app.config.entropy_optax_aliases:
+    signature = signature.replace(expanded, alias) if signature else signature
+    if return_annotation:
+      return_annotation = return_annotation.replace(expanded, alias)
+  return signature, return_annotation
+
+
 def _builder_inited(app):
   copy_notebooks()
   write_generated()
@@ -121,4 +146,6 @@ def _builder_inited(app):
 def setup(app):
   app.connect("builder-inited", _builder_inited)
   app.connect("source-read", _fill_optional_pages)
+  app.add_config_value("entropy_optax_aliases", _alias_names(), "env")
+  app.connect("autodoc-process-signature", _short_signature)
   return {"version": "1", "parallel_read_safe": True}
