@@ -20,7 +20,10 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "entropy_optax"
-WARNING = re.compile(r"deprecat|SetuptoolsWarning|SetuptoolsDeprecationWarning", re.I)
+# setuptools' and pip's warnings (not a file name such as _deprecation.py).
+WARNING = re.compile(
+  r"DeprecationWarning|SetuptoolsWarning|\bdeprecated\b|no longer be supported|DEPRECATION"
+)
 
 
 @pytest.fixture(scope="module")
