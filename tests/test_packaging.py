@@ -143,6 +143,8 @@ def test_wheel_installs_without_warnings(dists, tmp_path):
 def test_long_description_links_work_on_pypi():
   """README.md is the PyPI page: a relative link there points nowhere."""
   readme = (REPO / "README.md").read_text()
-  targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+  targets = re.findall(r"\]\(([^)\s]+)\)", readme)  # inline links and images
+  targets += re.findall(r"^\[[^\]]+\]:\s*(\S+)", readme, re.M)  # reference definitions
+  assert len(targets) >= 10
   relative = [t for t in targets if not re.match(r"https?://|#", t)]
   assert not relative, relative
