@@ -1,7 +1,7 @@
 """The benchmark models in PyTorch (NCHW), matching ``benchmarks/workloads.py`` layer for layer.
 
-PyTorch is optional (``pip install -r requirements/benchmarks.txt``): without it ``torch`` and ``tnn`` are
-None here, and ``benchmarks.torch_reference`` times only the JAX columns.
+PyTorch is optional (``pip install -r requirements/benchmarks.txt``): without it ``torch`` and
+``tnn`` are None here, and ``benchmarks.torch_reference`` times only the JAX columns.
 """
 
 from __future__ import annotations

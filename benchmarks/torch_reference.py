@@ -15,8 +15,8 @@ and ``entropy_sgd``), not ported from the authors' code, and uses the same conve
 
 Eager means one kernel launch per op, as the authors' code; it is written with the fused
 ``torch._foreach_*`` list ops (one call per op for all tensors) to be a fair, fast baseline.
-PyTorch is optional (``pip install -r requirements/benchmarks.txt``): without it, the script prints a
-message and times only the JAX columns.
+PyTorch is optional (``pip install -r requirements/benchmarks.txt``): without it, the script
+prints a message and times only the JAX columns.
 
 Example (CPU figures in RESULTS.md), from the repository root::
 
@@ -216,7 +216,8 @@ def run_model(model: str, args) -> dict:
   if torch is None:
     print(
       "torch is not installed: skipping the PyTorch columns "
-      "(pip install -r requirements/benchmarks.txt for torch 2.13.0 on CPU; any CUDA build on a GPU)."
+      "(pip install -r requirements/benchmarks.txt for torch 2.13.0 on CPU; any CUDA build on a "
+      "GPU)."
     )
   else:
     images, labels = (np.asarray(b) for b in batches)

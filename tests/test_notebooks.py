@@ -47,7 +47,7 @@ COLAB = "https://colab.research.google.com/github/entropy-optax/entropy_optax/bl
 
 
 def execute(nb, workdir: pathlib.Path, parameters: dict | None = None):
-  """Runs ``nb`` in place in a fresh python3 kernel, ``parameters`` set after its parameters cell."""
+  """Runs ``nb`` in place in a fresh kernel, ``parameters`` set after its parameters cell."""
   if parameters:
     (index,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items()))
