@@ -33,8 +33,8 @@ class PortMomentumState(NamedTuple):
   """State of the PyTorch port's outer momentum around its local-entropy chain.
 
   Attributes:
-    port_count: outer updates done so far (int32; named so that ``optax.tree.get(state,
-      "count")`` finds no second ``count`` beside Adam's or SGD's).
+    port_count: outer updates done so far (int32; so named that ``optax.tree.get`` of
+      ``"count"`` finds no second ``count`` beside Adam's or SGD's).
     inner_state: the state of the wrapped chain (``local_entropy`` and the outer weight decay).
     momentum_buffer: the port's ``state['mdw']``: a copy of the first gradient, then
       momentum * buffer + (x - mu + weight_decay x) at every update.
