@@ -18,9 +18,10 @@ import dataclasses
 import pathlib
 from collections.abc import Sequence
 
-from experiments import cli, rundir, sensitivity_lib, sensitivity_study
-from experiments.config import ConfigError
 from experiments.configs.sensitivity import GRIDS
+from experiments.run import cli, directory
+from experiments.run.schema import ConfigError
+from experiments.studies import sensitivity_report, sensitivity_training
 
 PROG = "python -m experiments.sensitivity"
 
@@ -55,12 +56,12 @@ def _grid(args: Args):
 
 
 def _prepare(workdir: pathlib.Path, overwrite: bool) -> None:
-  if (workdir / rundir.RESULTS_FILE).exists() and not overwrite:
-    raise rundir.RunExistsError(
+  if (workdir / directory.RESULTS_FILE).exists() and not overwrite:
+    raise directory.RunExistsError(
       f"{workdir} already holds a sensitivity study's results; pass --overwrite to replace "
       "them or choose another --workdir."
     )
-  rundir.prepare(workdir, resume=False, overwrite=overwrite)
+  directory.prepare(workdir, resume=False, overwrite=overwrite)
 
 
 @cli.main
@@ -70,18 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   grid = _grid(args)
   workdir = pathlib.Path(args.workdir or f"runs/sensitivity-{args.grid}")
   _prepare(workdir, args.overwrite)
-  data = sensitivity_lib.mnist1d_data(grid.num_train, grid.num_test)
+  data = sensitivity_training.mnist1d_data(grid.num_train, grid.num_test)
   print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
-  results = sensitivity_study.run_study(grid, data, log=lambda line: print(line, flush=True))
-  lines = sensitivity_study.summary_lines(results)
+  results = sensitivity_report.run_study(grid, data, log=lambda line: print(line, flush=True))
+  lines = sensitivity_report.summary_lines(results)
   header = (
     f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
     f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
     f"wall time {results['wall_s']:.0f} s."
   )
-  rundir.write_json(workdir / rundir.RESULTS_FILE, results)
+  directory.write_json(workdir / directory.RESULTS_FILE, results)
   (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
-  sensitivity_study.plot_heatmaps(results, workdir / "heatmaps.png")
+  sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
   print("\n".join(["", header, "", *lines, ""]))
   print(f"table: {workdir / 'summary.md'}; heatmaps: {workdir / 'heatmaps.png'}")
   return 0
