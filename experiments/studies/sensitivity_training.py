@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 import entropy_optax
+from experiments.data import datasets as data
 from experiments.models import feedforward as models
 from experiments.optimizers import sgld
 
@@ -67,7 +68,6 @@ def synthetic_data(num_train: int = 256, num_test: int = 128, seed: int = 0) -> 
 
 def mnist1d_data(num_train: int = 0, num_test: int = 0) -> Data:
   """MNIST-1D, generated offline: num_train / num_test examples (0: 4000 / 1000)."""
-  from experiments.data import datasets as data  # pylint: disable=import-outside-toplevel
 
   d = data.load_mnist1d(num_train or 4000, num_test or 1000)
   return Data(jnp.asarray(a) for a in (d.train_x, d.train_y, d.test_x, d.test_y))
