@@ -19,8 +19,8 @@ Examples:
   >>> recipe = mnist1d.PRESETS["entropy-sgd"].config.replace(
   ...   num_train=200, num_test=100, num_seeds=2, outer_epochs=1, langevin_steps=2)
   >>> curves = st.train_grid([recipe.replace(gamma0=g) for g in (0.03, 0.3)])
-  >>> curves.val_error.shape  # (grid points, seeds, evaluations)
-  (2, 2, 1)
+  >>> curves.val_error.shape  # (grid points, seeds, evaluations: after steps 1 and 2)
+  (2, 2, 2)
 """
 
 from __future__ import annotations
