@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import comparison, directory
+from experiments.run import checkpoints, comparison, directory
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -185,7 +185,6 @@ def parse_grid(
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   return (
     ConfigError,
