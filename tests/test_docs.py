@@ -71,7 +71,7 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
 @pytest.mark.parametrize("page,command", commands(), ids=lambda v: v)
 def test_page_commands_parse(page, command, monkeypatch, tmp_path, capsys):
   from experiments.run import jobs
-  from experiments.studies import sensitivity_training
+  from experiments.studies import sensitivity_report
 
   class Parsed(Exception):
     pass
@@ -81,7 +81,7 @@ def test_page_commands_parse(page, command, monkeypatch, tmp_path, capsys):
 
   monkeypatch.setattr(jobs, "run_experiment", stop)
   monkeypatch.setattr(jobs, "run_grid", stop)
-  monkeypatch.setattr(sensitivity_training, "mnist1d_data", stop)
+  monkeypatch.setattr(sensitivity_report, "run_study", stop)
   monkeypatch.chdir(tmp_path)  # a run directory made before training is made here
   argv = shlex.split(command)
   script = importlib.import_module(argv[2])
