@@ -189,9 +189,14 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 
 
 def learning_rate(config: RunConfig, num_examples: int):
-  """The learning rate: a constant, or piecewise constant in outer steps."""
+  """The learning rate: a constant, or piecewise constant in outer steps (sgld: its own decay,
+  ``experiments.optimizers.sgld.sgld_learning_rate``)."""
   import optax  # pylint: disable=g-import-not-at-top
 
+  if config.optimizer == "sgld":
+    from experiments.optimizers import sgld  # pylint: disable=g-import-not-at-top
+
+    return sgld.sgld_learning_rate(config.learning_rate, config.sgld_decay_power)
   per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   boundaries: dict[int, float] = {}
   for epoch in config.lr_decay_outer_epochs:

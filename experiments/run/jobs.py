@@ -49,7 +49,9 @@ def default_workdir(config: RunConfig, root: str = "runs") -> str:
   return os.path.join(root, f"{config.dataset}-{config.model}-{config.optimizer}{suffix}")
 
 
-def train_config(config: RunConfig, num_examples: int, progress: bool):
+def train_config(
+  config: RunConfig, num_examples: int, progress: bool = True, tensorboard: bool = True
+):
   """The loop's ``TrainConfig`` (counts in steps) of ``config`` (counts in epochs).
 
   Evaluations come every ``eval_every_effective_epochs`` (about 20 a run when 0), rounded to
@@ -80,6 +82,7 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
     num_seeds=config.num_seeds,
     step_runner=config.step_runner,
     progress=progress,
+    tensorboard=tensorboard,
   )
 
 
@@ -151,7 +154,7 @@ def run_experiment(
   ds = components.load_data(config, options.data_dir, options.download)
   model = components.make_model(config, ds.num_classes)
   make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-  tcfg = train_config(config, len(ds.train_x), options.progress)
+  tcfg = train_config(config, len(ds.train_x), options.progress, options.tensorboard)
   log(
     f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
     f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
@@ -168,6 +171,7 @@ def run_experiment(
     task=task,
     resume=None if resuming else False,
     metadata={"experiment": dataclasses.asdict(config)},
+    learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
     log=log,
   )
   all_records = records.read(workdir)

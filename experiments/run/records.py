@@ -5,7 +5,8 @@ dropped on reading, never a crash. ``make`` turns a call's device metrics into r
 
 A record: ``step`` (outer steps done), ``seed``, ``epoch`` (outer epochs: step /
 steps_per_epoch), ``effective_epochs`` (L x epoch), ``wall_time`` (s since the run started,
-resumed runs included), ``train_loss`` (mean over the call), the ``LangevinStats`` fields of a
+resumed runs included), ``train_loss`` (mean over the call), ``learning_rate`` (that of the
+call's last update, when the loop is given the schedule), the ``LangevinStats`` fields of a
 local-entropy optimizer (``gamma``: the last; the others: means), and after an evaluation
 ``val_loss`` and ``val_error`` (a fraction, on the test split).
 """
@@ -78,6 +79,7 @@ def make(
   metrics: Mapping[str, np.ndarray],
   evaluated: Mapping[str, np.ndarray] | None,
   batched: bool,
+  learning_rate: float | None = None,
 ) -> list[dict[str, Any]]:
   """One record per seed from a call's metrics (a trailing steps axis) and evaluation."""
   epoch = step / steps_per_epoch
@@ -91,6 +93,8 @@ def make(
       "effective_epochs": langevin_steps * epoch,
       "wall_time": wall_time,
     }
+    if learning_rate is not None:
+      record["learning_rate"] = learning_rate
     for name, values in metrics.items():
       values = pick(np.asarray(values))  # (steps,)
       record[name] = _json_value(values[-1] if name == "langevin_gamma" else values.mean())

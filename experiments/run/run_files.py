@@ -1,8 +1,10 @@
-"""The files of one training run: config.json, metrics.jsonl and the checkpoints.
+"""The files of one training run: config.json, metrics.jsonl, the checkpoints, the events.
 
 ``RunFiles`` opens a run directory for ``experiments.trainer.loop.train``: it restores the newest
 good checkpoint when resuming (after checking that the saved run is this one), writes
-config.json with the code's version, and appends records and checkpoints as the loop goes.
+config.json with the code's version, and appends records and checkpoints as the loop goes; the
+TensorBoard events (``experiments.run.tensorboard``) are rewritten from the records kept on
+opening, then appended with them.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
+import time
 from typing import Any
 
 import jax
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
+from experiments.run import distributed
 from experiments.run import records as records_lib
+from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
 from experiments.trainer import steps as steps_lib
 from experiments.trainer.steps import LoopState
@@ -51,7 +56,8 @@ def _code_version() -> str | None:
 
 
 class RunFiles:
-  """config.json, metrics.jsonl and the checkpoints of a run directory."""
+  """config.json, metrics.jsonl, the checkpoints and the TensorBoard events of a run
+  directory."""
 
   def __init__(self, workdir, config, run_info: dict[str, Any], log):
     self.workdir = pathlib.Path(workdir)
@@ -64,6 +70,7 @@ class RunFiles:
       if config.checkpoint_every_steps
       else None
     )
+    self.events: tensorboard_lib.Events | None = None
 
   def open(self, state: LoopState, resume: bool | None):
     """Restores the newest good checkpoint (as ``resume`` says); writes config.json."""
@@ -96,14 +103,26 @@ class RunFiles:
     )
     ckpt_lib._atomic_write(self.config_path, json.dumps(info, indent=1, default=str) + "\n")
     records_lib.rewrite(self.records_path, previous)
+    if self.config.tensorboard and distributed.is_writer():
+      self.events = tensorboard_lib.Events(
+        self.workdir / tensorboard_lib.EVENTS_DIR,
+        self.config.seeds,
+        self.run_info["metadata"].get("experiment") or self.run_info["config"],
+        start_time=time.time() - (previous[-1]["wall_time"] if previous else 0.0),
+      )
+      self.events.rebuild(previous)
     return state, previous
 
   def write(self, step: int, state: LoopState, made, checkpoint: bool) -> None:
     records_lib.append(self.records_path, made)
+    if self.events is not None:
+      self.events.write(made)
     if checkpoint and self.checkpoints is not None:
       self.checkpoints.save(step, steps_lib.state_dict(state))
 
   def close(self) -> None:
+    if self.events is not None:
+      self.events.close()
     if self.checkpoints is not None:
       self.checkpoints.close()
 

@@ -259,6 +259,8 @@ class RunOptions:
   deleted)"""
   progress: bool = True
   """show a progress bar"""
+  tensorboard: bool = True
+  """write TensorBoard events of the metrics beside metrics.jsonl (tensorboard --logdir runs/)"""
   data_dir: str | None = None
   """tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"""
   download: bool = True

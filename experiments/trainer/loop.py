@@ -81,6 +81,8 @@ class TrainConfig:
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
     step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
     progress: show a tqdm progress bar.
+    tensorboard: write the records as TensorBoard events too, beside ``metrics.jsonl``
+      (``experiments.run.tensorboard``).
   """
 
   batch_size: int = 128
@@ -96,6 +98,7 @@ class TrainConfig:
   num_seeds: int = 1
   step_runner: str = "auto"
   progress: bool = True
+  tensorboard: bool = True
 
   def __post_init__(self):
     for name in (
@@ -146,6 +149,7 @@ def train(
   mesh: jax.sharding.Mesh | None = None,
   resume: bool | None = None,
   metadata: Mapping[str, Any] | None = None,
+  learning_rate: optax.ScalarOrSchedule | None = None,
   callback: Callable[[list[dict[str, Any]], LoopState], None] | None = None,
   log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -164,6 +168,11 @@ def train(
     resume: None: resume from the newest good checkpoint if any, else start afresh; True: the
       same, but an error if there is none; False: start afresh (an error if there are some).
     metadata: JSON-able facts stored in ``config.json``; a resumed run must pass the same.
+      Its ``experiment`` entry, if any, is the run's configuration in the TensorBoard events
+      (``config`` otherwise).
+    learning_rate: the optimizer's learning rate, a number or a schedule of the update count
+      (0 at the first update), recorded as ``learning_rate``: that of a call's last update;
+      None records none.
     callback: ``callback(records, state)`` after each call, on the host; it may raise to stop.
     log: where a fallback to an older checkpoint is reported.
 
@@ -238,6 +247,9 @@ def train(
         evaluated=evaluated,
         wall_time=wall_offset + time.perf_counter() - start,
         batched=batched,
+        learning_rate=None
+        if learning_rate is None
+        else float(learning_rate(step - 1) if callable(learning_rate) else learning_rate),
       )
       new_records += made
       if run is not None:
