@@ -21,7 +21,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.util import tensor_util
 
 import entropy_optax
-from experiments.run import distributed, records
+from experiments.run import directory, distributed
 from experiments.run import tensorboard as tb
 from experiments.trainer import loop
 from tests import test_training as t
@@ -71,7 +71,7 @@ def expected_events(rs: list[dict]) -> dict[int, dict[str, list[tuple[int, float
 
 def assert_events_match(run: pathlib.Path) -> None:
   """The events of a run directory hold its metrics.jsonl, each step of each tag once."""
-  rs = records.read(run)
+  rs = directory.read_records(run)
   assert rs, f"{run} has no records"
   assert read_events(run) == expected_events(rs)
 
@@ -106,7 +106,7 @@ def test_events_hold_the_records_after_a_kill_and_a_resume(tmp_path):
     loop.train(
       cfg, t.MODEL, t.TX, t.tiny_data(), workdir, learning_rate=SCHEDULE, callback=kill_after_30
     )
-  assert [r["step"] for r in records.read(workdir) if r["seed"] == 0] == [10, 20, 30]
+  assert [r["step"] for r in directory.read_records(workdir) if r["seed"] == 0] == [10, 20, 30]
   assert_events_match(workdir)  # the live view
   # A kill in the middle of writing an event leaves a cut record: the resume drops it.
   with open(next((workdir / tb.EVENTS_DIR / "seed_1").glob(tb.EVENTS_GLOB)), "ab") as f:
@@ -138,7 +138,8 @@ def test_no_events_when_off_or_not_process_0(tmp_path, monkeypatch):
   short = dict(num_seeds=2, num_steps=10, eval_every_steps=10, checkpoint_every_steps=0)
   cfg, off = t.config(**short), t.config(**short, tensorboard=False)
   loop.train(off, t.MODEL, t.TX, t.tiny_data(), tmp_path / "off")
-  assert records.read(tmp_path / "off") and not (tmp_path / "off" / tb.EVENTS_DIR).exists()
+  assert directory.read_records(tmp_path / "off")
+  assert not (tmp_path / "off" / tb.EVENTS_DIR).exists()
   monkeypatch.setattr(distributed, "is_writer", lambda: False)
   loop.train(cfg, t.MODEL, t.TX, t.tiny_data(), tmp_path / "other_process")
   assert not (tmp_path / "other_process" / tb.EVENTS_DIR).exists()
