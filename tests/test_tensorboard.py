@@ -131,6 +131,7 @@ def test_events_hold_the_records_after_a_kill_and_a_resume(tmp_path):
   hparams = [read_hparams(workdir / tb.EVENTS_DIR / f"seed_{s}") for s in SEEDS]
   assert hparams[0] == hparams[1]
   assert hparams[0]["batch_size"] == 32 and hparams[0]["step_runner"] == "auto"
+  assert hparams[0]["_group"].startswith("run ")
 
 
 def test_no_events_when_off_or_not_process_0(tmp_path, monkeypatch):

@@ -11,8 +11,9 @@ number of the record under the tag ``tag(field)``: ``train/loss``, ``train/learn
 ``eval/error``, ... The event's wall time is the record's ``wall_time`` after the run's start.
 
 Each seed's directory is also an HParams session whose hyper-parameters are the run's
-configuration; the sessions of one configuration form one group, which the HParams dashboard
-shows with the mean, min or max over seeds of the last value of each scalar.
+configuration; the sessions of one configuration form one group (named by the run directory and
+a hash of the configuration), which the HParams dashboard shows with the mean, min or max over
+seeds of the last value of each scalar.
 
 A run (re)opened rewrites its events from the records it keeps (``Events.rebuild``): a resumed
 run, which drops the records after its checkpoint, continues the same curves with each step
@@ -25,6 +26,8 @@ writers and ``tf.summary`` import TensorFlow (about 9 s and 0.5 GB in every run'
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 import socket
@@ -95,6 +98,8 @@ class Events:
     self.directory = pathlib.Path(directory)
     self.seeds = list(seeds)
     self.hparams = hparams(config)
+    digest = hashlib.sha256(json.dumps(self.hparams, sort_keys=True).encode()).hexdigest()
+    self.group = f"{self.directory.parent.name} {digest[:10]}"
     self.start_time = start_time
     self._writers: dict[int, RecordWriter] = {}
 
@@ -114,7 +119,7 @@ class Events:
         event_pb2.Event(
           wall_time=self.start_time,
           step=0,
-          summary=hparams_pb(self.hparams, start_time_secs=self.start_time),
+          summary=hparams_pb(self.hparams, self.group, start_time_secs=self.start_time),
         ),
       ):
         writer.write(event.SerializeToString())
