@@ -561,6 +561,7 @@ def test_help_documents_every_option_and_preset(name, capsys):
     "--no-download",
     "--synthetic",
     "--progress",
+    "--no-tensorboard",
   ):
     assert option in text
 
@@ -575,6 +576,7 @@ def test_help_of_the_other_scripts(capsys):
     "--workdir",
     "--resume",
     "--overwrite",
+    "--no-tensorboard",
     "--recipe.entropy-sgd.gamma0",
   ):
     assert option in grid_help
