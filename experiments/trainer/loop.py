@@ -10,7 +10,8 @@ the device, with any optax optimizer or a local-entropy one:
 * Calls of up to ``steps_per_call`` outer steps (``experiments.trainer.step_runners``: a
   ``lax.scan``, or
   on CPU for conv nets one jitted step dispatched per step); one host sync per call, when the
-  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.directory``).
+  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.directory``) and
+  to its view as TensorBoard events (``experiments.run.tensorboard``).
 * Evaluation every ``eval_every_steps``, checkpoints every ``checkpoint_every_steps`` and at the
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
