@@ -9,7 +9,8 @@ which have no per-field help). tyro's error boxes are condensed here into one li
 
 ``cli.main`` wraps a script's ``main(argv)``: known failures (a bad value, an unwritable or
 existing run directory, nothing to resume, an absent data set, a bad checkpoint) print one
-line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback.
+line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback;
+a job in which a run diverged exits ``EXIT_DIVERGED`` (3) at its end.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from experiments.run import rundir
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
+EXIT_DIVERGED = 3
+"""The exit code of a job that ran to its end but in which a run diverged."""
 
 
 class UsageError(ValueError):

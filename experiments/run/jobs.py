@@ -169,6 +169,7 @@ def run_experiment(
     resume=None if resuming else False,
     metadata={"experiment": dataclasses.asdict(config)},
     log=log,
+    divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
   )
   all_records = records.read(workdir)
   import jax  # pylint: disable=g-import-not-at-top
@@ -190,6 +191,7 @@ def run_experiment(
     if config.synthetic
     else configs.paper_result(config.dataset, config.model, config.optimizer),
     heldout=heldout,
+    diverged=result.diverged,
   )
   rundir.write_json(workdir / rundir.RESULTS_FILE, results)
   summaries.plot_error(
@@ -238,6 +240,19 @@ def run_grid(
   return runs
 
 
+def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:
+  """``cli.EXIT_DIVERGED`` if a run diverged (after a line naming them), else 0: a job goes on
+  with its other runs and says at its end that some diverged."""
+  bad = [run for run in runs if run.results.get("diverged")]
+  if not bad:
+    return 0
+  log(
+    f"{len(bad)} of {len(runs)} run(s) diverged: "
+    + "; ".join(f"{run.workdir} ({summaries.divergence_note(run.results)})" for run in bad)
+  )
+  return cli.EXIT_DIVERGED
+
+
 def run_preset(
   prog: str, description: str, presets: Mapping[str, config_lib.Preset], argv: Sequence[str] | None
 ) -> int:
@@ -249,7 +264,7 @@ def run_preset(
   run = run_experiment(config, options, explicit=explicit)
   print(summaries.format_result(run.results))
   print(f"results: {run.workdir / rundir.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
-  return 0
+  return diverged_exit_code([run])
 
 
 def run_comparison(

@@ -15,6 +15,9 @@ the device, with any optax optimizer or a local-entropy one:
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
   an uninterrupted one bit for bit on CPU.
+* Divergence (``experiments.trainer.divergence``): a seed whose training loss or parameters
+  are no longer finite is caught at the call's record, reported in one line (``log``) and marked
+  in its records; the other seeds go on, and the run stops when every seed has diverged.
 * ``num_seeds`` > 1 trains that many seeds at once (vmap over the whole state; each seed builds
   its optimizer with its own noise key). ``mesh``: data parallelism over the axis ``'batch'``.
 * Extensions (a carried recurrent state, a pre-evaluation hook, another data order, another
@@ -41,7 +44,7 @@ from entropy_optax.flax import takes_grad_fn
 from experiments.run import records as records_lib
 from experiments.run import run_files
 from experiments.run.checkpoints import CheckpointError
-from experiments.trainer import step_runners
+from experiments.trainer import divergence, step_runners
 from experiments.trainer import steps as steps_lib
 from experiments.trainer.step_runners import BATCH_AXIS
 from experiments.trainer.steps import LoopState, Task, cross_entropy
@@ -129,10 +132,12 @@ class TrainConfig:
 @dataclasses.dataclass
 class TrainResult:
   """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1); ``records``:
-  the metrics records of this process's calls."""
+  the metrics records of this process's calls; ``diverged``: ``{seed: step}`` of the seeds whose
+  loss or parameters stopped being finite (``experiments.trainer.divergence``)."""
 
   state: LoopState
   records: list[dict[str, Any]]
+  diverged: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def train(
@@ -148,6 +153,7 @@ def train(
   metadata: Mapping[str, Any] | None = None,
   callback: Callable[[list[dict[str, Any]], LoopState], None] | None = None,
   log: Callable[[str], None] = print,
+  divergence_hint: str = "try a lower learning rate or clip the gradients",
 ) -> TrainResult:
   """Trains ``model`` on ``data``; see the module docstring.
 
@@ -165,7 +171,8 @@ def train(
       same, but an error if there is none; False: start afresh (an error if there are some).
     metadata: JSON-able facts stored in ``config.json``; a resumed run must pass the same.
     callback: ``callback(records, state)`` after each call, on the host; it may raise to stop.
-    log: where a fallback to an older checkpoint is reported.
+    log: where a fallback to an older checkpoint and a divergence are reported.
+    divergence_hint: what the line that reports a divergence tells the user to try.
 
   Returns:
     A ``TrainResult``.
@@ -210,6 +217,7 @@ def train(
     state, previous = run.open(state, resume)
   step = int(np.max(np.asarray(state.step)))
   wall_offset = previous[-1]["wall_time"] if previous else 0.0
+  diverged = divergence.from_records(previous)
   new_records: list[dict[str, Any]] = []
   bar = tqdm(
     total=config.num_steps,
@@ -228,7 +236,16 @@ def train(
       evaluated = None
       if done or (config.eval_every_steps and step % config.eval_every_steps == 0):
         evaluated = fns.evaluate(fns.before_eval(state, train_data), val_data)
-      metrics, evaluated = jax.device_get((metrics, evaluated))  # the call's one host sync
+      finite = divergence.params_finite(state.params, batched=batched)
+      # The call's one host sync.
+      metrics, evaluated, finite = jax.device_get((metrics, evaluated, finite))
+      for seed, at in divergence.find(
+        metrics["train_loss"], finite, step=step, seeds=config.seeds, batched=batched
+      ).items():
+        if seed not in diverged:
+          diverged[seed] = at
+          log(divergence.message(str(workdir or "the run"), seed, at, divergence_hint))
+      stopped = len(diverged) == config.num_seeds  # every seed diverged: nothing left to train
       made = records_lib.make(
         step=step,
         seeds=config.seeds,
@@ -239,24 +256,29 @@ def train(
         wall_time=wall_offset + time.perf_counter() - start,
         batched=batched,
       )
+      divergence.mark(made, diverged)
       new_records += made
       if run is not None:
         run.write(
           step,
           state,
           made,
-          checkpoint=done
-          or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0),
+          checkpoint=not stopped
+          and (
+            done or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+          ),
         )
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
         callback(made, state)
+      if stopped:
+        break
   finally:
     bar.close()
     if run is not None:
       run.close()
-  return TrainResult(state=state, records=new_records)
+  return TrainResult(state=state, records=new_records, diverged=diverged)
 
 
 def evaluate(
