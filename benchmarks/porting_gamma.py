@@ -104,7 +104,9 @@ def main(argv=None):
     f"MNIST-1D MLP, {args.train_steps} gradient evaluations of batch {args.batch_size}, "
     f"learning rate {args.learning_rate}, momentum 0.9 (heavy-ball)"
   )
-  print("| optimizer | gamma | |grad f| | |gamma (x - mu)| | ratio | cosine | |x - x'| | test acc. |")
+  print(
+    "| optimizer | gamma | |grad f| | |gamma (x - mu)| | ratio | cosine | |x - x'| | test acc. |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   base = run(data, optax.sgd(args.learning_rate, 0.9), 1, args.train_steps, args.batch_size)
   print(f"| SGD | | | | | | | {100 * base['test_accuracy']:.1f} |")
