@@ -13,7 +13,7 @@ import optax
 
 from experiments import mnist1d
 from experiments.reporting import summaries
-from experiments.run import cli, records, rundir
+from experiments.run import cli, directory
 from experiments.trainer import divergence, loop
 
 QUIET = ["--no-progress"]
@@ -37,7 +37,7 @@ def test_a_diverging_run_in_a_job_is_reported_and_the_job_goes_on(capsys, tmp_pa
   code = mnist1d.main(argv)
   out, _ = capsys.readouterr()
   assert code == cli.EXIT_DIVERGED == 3
-  sgd = rundir.read_json(workdir / "mlp1d-sgd" / rundir.RESULTS_FILE)
+  sgd = directory.read_json(workdir / "mlp1d-sgd" / directory.RESULTS_FILE)
   (entry,) = sgd["diverged"]
   step = entry["step"]
   assert entry["seed"] == 0 and 1 <= step <= 8  # 8 steps: 2 epochs of 4 batches
@@ -48,18 +48,18 @@ def test_a_diverging_run_in_a_job_is_reported_and_the_job_goes_on(capsys, tmp_pa
     "--recipe.sgd.clip-norm"
   ]
   # The run stopped at the record that caught it: no accuracy of a NaN model, no checkpoint.
-  (record,) = records.read(workdir / "mlp1d-sgd")
+  (record,) = directory.read_records(workdir / "mlp1d-sgd")
   assert record["diverged_at_step"] == step and np.isnan(record.get("val_error", np.nan))
   assert not (workdir / "mlp1d-sgd" / "checkpoints.sha256").exists()
   assert np.isnan(sgd["test_error_mean"]) or sgd["test_error_mean"] is None
   # Adam went on to its end.
-  adam = rundir.read_json(workdir / "mlp1d-adam" / rundir.RESULTS_FILE)
+  adam = directory.read_json(workdir / "mlp1d-adam" / directory.RESULTS_FILE)
   assert adam["diverged"] == [] and adam["outer_steps"] == 8 and adam["test_error_mean"] < 100
   table = (workdir / "summary.md").read_text()
   (row,) = [line for line in table.splitlines() if line.startswith("| MLP | SGD |")]
   assert row.startswith(f"| MLP | SGD | diverged at step {step} |  |")  # no accuracy, no best
   assert row.endswith(f"| diverged at step {step} |")  # its time to target
-  assert rundir.read_json(workdir / rundir.RESULTS_FILE)["mlp1d-sgd"]["time_to_target"][
+  assert directory.read_json(workdir / directory.RESULTS_FILE)["mlp1d-sgd"]["time_to_target"][
     "diverged_at_step"
   ] == (step)
   assert f"1 of 2 run(s) diverged: {workdir / 'mlp1d-sgd'} (diverged at step {step})" in out
@@ -95,7 +95,7 @@ def test_vmapped_seeds_keep_training_when_one_diverges(tmp_path):
   bad = [seed for seed in config.seeds if not finite[seed]]
   assert result.diverged == {seed: 1 for seed in bad}
   assert len(lines) == len(bad) and all("diverged at step 1" in line for line in lines)
-  written = records.read(tmp_path)
+  written = directory.read_records(tmp_path)
   assert [r["step"] for r in written] == [4] * 4 + [8] * 4  # the others went on to the end
   for r in written:
     if r["seed"] in bad:
