@@ -6,6 +6,8 @@ docs/faults.md for what each case does.
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +39,7 @@ def test_a_diverging_run_in_a_job_is_reported_and_the_job_goes_on(capsys, tmp_pa
   code = mnist1d.main(argv)
   out, _ = capsys.readouterr()
   assert code == cli.EXIT_DIVERGED == 3
-  sgd = directory.read_json(workdir / "mlp1d-sgd" / directory.RESULTS_FILE)
+  sgd = directory.read_results(workdir / "mlp1d-sgd" / directory.RESULTS_FILE)
   (entry,) = sgd["diverged"]
   step = entry["step"]
   assert entry["seed"] == 0 and 1 <= step <= 8  # 8 steps: 2 epochs of 4 batches
@@ -51,18 +53,56 @@ def test_a_diverging_run_in_a_job_is_reported_and_the_job_goes_on(capsys, tmp_pa
   (record,) = directory.read_records(workdir / "mlp1d-sgd")
   assert record["diverged_at_step"] == step and np.isnan(record.get("val_error", np.nan))
   assert not (workdir / "mlp1d-sgd" / "checkpoints.sha256").exists()
-  assert np.isnan(sgd["test_error_mean"]) or sgd["test_error_mean"] is None
+  assert np.isnan(sgd["test_error_mean"])
   # Adam went on to its end.
-  adam = directory.read_json(workdir / "mlp1d-adam" / directory.RESULTS_FILE)
+  adam = directory.read_results(workdir / "mlp1d-adam" / directory.RESULTS_FILE)
   assert adam["diverged"] == [] and adam["outer_steps"] == 8 and adam["test_error_mean"] < 100
   table = (workdir / "summary.md").read_text()
   (row,) = [line for line in table.splitlines() if line.startswith("| MLP | SGD |")]
   assert row.startswith(f"| MLP | SGD | diverged at step {step} |  |")  # no accuracy, no best
   assert row.endswith(f"| diverged at step {step} |")  # its time to target
-  assert directory.read_json(workdir / directory.RESULTS_FILE)["mlp1d-sgd"]["time_to_target"][
+  assert directory.read_results(workdir / directory.RESULTS_FILE)["mlp1d-sgd"]["time_to_target"][
     "diverged_at_step"
   ] == (step)
   assert f"1 of 2 run(s) diverged: {workdir / 'mlp1d-sgd'} (diverged at step {step})" in out
+  # Every JSON file the job wrote parses strictly; the NaNs are nulls, read back as NaN.
+  files = [p for p in workdir.rglob("*") if p.suffix in (".json", ".jsonl")]
+  assert len(files) >= 8, files  # config, metrics, results (x2 runs), grid, job results, sums
+  for path in files:
+    for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
+      strict_json(line)
+  assert strict_json(record_line(workdir / "mlp1d-sgd"))["train_loss"] is None
+  assert np.isnan(sgd["test_error"][0]) and sgd["paper"] is None  # a null that means "none"
+
+
+def strict_json(text):
+  """``json.loads`` that refuses NaN and Infinity, as jq, JavaScript, Go and serde do."""
+
+  def refuse(name):
+    raise ValueError(f"not JSON: {name}")
+
+  return json.loads(text, parse_constant=refuse)
+
+
+def record_line(run):
+  return (run / directory.METRICS_FILE).read_text().splitlines()[-1]
+
+
+def test_json_writer_and_readers_round_trip_non_finite_numbers(tmp_path):
+  value = {"a": float("nan"), "b": [np.float32("inf"), 1.5, None], "paper": None, "n": np.int64(3)}
+  directory.write_json(tmp_path / directory.RESULTS_FILE, value)
+  assert strict_json((tmp_path / directory.RESULTS_FILE).read_text()) == {
+    "a": None,
+    "b": [None, 1.5, None],
+    "paper": None,
+    "n": 3,
+  }
+  back = directory.read_results(tmp_path / directory.RESULTS_FILE)
+  assert np.isnan(back["a"]) and np.isnan(back["b"][0]) and back["paper"] is None
+  directory.append_records(tmp_path / directory.METRICS_FILE, [{"step": 1, "loss": -np.inf}])
+  (record,) = directory.read_records(tmp_path)
+  assert record["step"] == 1 and np.isnan(record["loss"])
+  assert strict_json(record_line(tmp_path)) == {"step": 1, "loss": None}
 
 
 class NaNForSomeSeeds(nn.Module):

@@ -82,7 +82,7 @@ def comparison_times_to_target(
   times = {}
   for model in dict.fromkeys(m for m, _ in results):
     keys = [k for k in results if k[0] == model]
-    target = accuracy_target([100 - _number(results[k]["test_error_mean"]) for k in keys])
+    target = accuracy_target([100 - results[k]["test_error_mean"] for k in keys])
     for key in keys:
       diverged = {d["seed"]: d["step"] for d in results[key].get("diverged") or []}
       kept = [r for r in records[key] if r["seed"] not in diverged]
@@ -91,8 +91,3 @@ def comparison_times_to_target(
       if summaries.all_diverged(results[key]):
         times[key]["diverged_at_step"] = min(diverged.values())
   return times
-
-
-def _number(value: float | None) -> float:
-  """A number of results.json: NaN for its null (a value that was not finite)."""
-  return float("nan") if value is None else float(value)

@@ -112,7 +112,7 @@ def run_experiment(
       log(f"{workdir}: finished already; its results:")
       return Run(
         config,
-        directory.read_json(workdir / directory.RESULTS_FILE),
+        directory.read_results(workdir / directory.RESULTS_FILE),
         directory.read_records(workdir),
         None,
         workdir,
