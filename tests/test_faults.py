@@ -7,16 +7,24 @@ docs/faults.md for what each case does.
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from experiments import mnist1d
 from experiments.reporting import summaries
-from experiments.run import cli, directory
-from experiments.trainer import divergence, loop
+from experiments.run import checkpoints, cli, directory, jobs
+from experiments.trainer import divergence, loop, preemption
 
 QUIET = ["--no-progress"]
 
@@ -170,3 +178,132 @@ def test_find_names_the_first_non_finite_step():
     losses, np.array([False, False, True]), step=12, seeds=[5, 6, 7], batched=True
   )
   assert found == {5: 11, 6: 12}  # seed 5: step 9 + 2; seed 6: only its parameters, at 12
+
+
+# ---------------------------------------------------------------------------
+# Preemption: SIGTERM / SIGINT.
+# ---------------------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# 1000 effective epochs of 4 steps: 4000 steps in 40 calls of 100; the only periodic checkpoint
+# would come after 1000 evaluations, so a signal comes before the first one.
+LONG_JOB = (
+  *("--models", "mlp1d", "--optimizers", "adam", "--num-seeds", 1, "--effective-epochs", 1000),
+  *("--eval-every-effective-epochs", 100, "--recipe.adam.checkpoint-every-evals", 1000),
+)
+
+
+def _drop_time(rs):
+  return [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_bit_identical(capsys, tmp_path):
+  """SIGTERM to ``python -m experiments.mnist1d`` once training runs, before its first periodic
+  checkpoint: it saves one after the call in flight and exits 143 with the resume hint;
+  ``--resume`` ends with the records, results and parameters of the uninterrupted job."""
+  reference = tmp_path / "reference"
+  assert mnist1d.main(tiny_mnist1d(reference, *LONG_JOB)) == 0
+  workdir = tmp_path / "preempted"
+  argv = [sys.executable, "-m", "experiments.mnist1d", *tiny_mnist1d(workdir, *LONG_JOB)]
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  metrics = workdir / "mlp1d-adam" / directory.METRICS_FILE
+  deadline = time.monotonic() + 300
+  while proc.poll() is None and time.monotonic() < deadline:
+    if metrics.exists() and metrics.read_text():  # the first call is done: training runs
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.01)
+  _, err = proc.communicate(timeout=300)
+  err = err.decode()
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  (line,) = [x for x in err.splitlines() if "stopped at step" in x]
+  step = int(line.split("stopped at step ")[1].split(",")[0])
+  assert line == (
+    f"SIGTERM: {workdir / 'mlp1d-adam'} stopped at step {step}, checkpoint saved; continue the "
+    "run with --resume"
+  )
+  assert 100 <= step < 4000 and step % 100 == 0  # after a call; none lost
+  checkpoints = workdir / "mlp1d-adam" / "checkpoints"
+  assert sorted(int(p.name) for p in checkpoints.iterdir()) == [step]
+  assert not (workdir / "mlp1d-adam" / directory.RESULTS_FILE).exists()
+
+  assert mnist1d.main([*tiny_mnist1d(workdir, *LONG_JOB), "--resume"]) == 0
+  capsys.readouterr()
+  run, ref = workdir / "mlp1d-adam", reference / "mlp1d-adam"
+  assert _drop_time(directory.read_records(run)) == _drop_time(directory.read_records(ref))
+  assert (
+    directory.read_results(run / directory.RESULTS_FILE)["test_error"]
+    == directory.read_results(ref / directory.RESULTS_FILE)["test_error"]
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal, jobs.load_final_variables(run), jobs.load_final_variables(ref)
+  )
+
+
+def _tiny_data():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(96, 8)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  return x[:64], y[:64], x[64:], y[64:]
+
+
+class Linear(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(2)(x)
+
+
+def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path):
+  """SIGINT, then SIGINT again while the checkpoint it asked for is being written: the run
+  stops at once; the half-saved step is never restored (no checksum), --resume falls back to
+  the periodic checkpoint before it and ends bit for bit where an uninterrupted run ends."""
+  config = loop.TrainConfig(
+    batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=4, progress=False
+  )
+  tx = optax.sgd(0.1, momentum=0.9)
+  reference = loop.train(config, Linear(), tx, _tiny_data(), tmp_path / "reference")
+
+  def first_signal(made, state):
+    if made[0]["step"] == 4:  # just after the periodic checkpoint of step 4
+      os.kill(os.getpid(), signal.SIGINT)
+
+  digests = checkpoints._file_digests
+
+  def second_signal_while_saving(step_dir):
+    if step_dir.name == "6":  # the save the first signal asked for
+      os.kill(os.getpid(), signal.SIGINT)  # orbax has written the step; its checksums are next
+    return digests(step_dir)
+
+  monkeypatch.setattr(checkpoints, "_file_digests", second_signal_while_saving)
+  workdir, lines = tmp_path / "interrupted", []
+  with pytest.raises(KeyboardInterrupt) as stopped:
+    loop.train(config, Linear(), tx, _tiny_data(), workdir, callback=first_signal, log=lines.append)
+  assert type(stopped.value) is KeyboardInterrupt  # the second signal: no Interrupted message
+  assert lines == [
+    "SIGINT: saving a checkpoint when the steps in flight are done (send it again to stop at once)"
+  ]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  assert (workdir / "checkpoints" / "6").is_dir()  # written by orbax, never checksummed
+  assert not (workdir / "checkpoints.sha256" / "6.json").exists()
+  monkeypatch.setattr(checkpoints, "_file_digests", digests)
+
+  resumed = loop.train(config, Linear(), tx, _tiny_data(), workdir, resume=True, log=lines.append)
+  assert "checkpoints/6 is unusable: it has no checksum (its save did not finish)" in lines[-1]
+  assert [r["step"] for r in resumed.records] == [6, 8, 10, 12]
+  jax.tree.map(np.testing.assert_array_equal, resumed.state.params, reference.state.params)
+  assert list(workdir.glob("checkpoints_set_aside_*/6"))  # set aside, not deleted
+
+
+def test_one_signal_stops_at_the_next_call_with_a_checkpoint(tmp_path):
+  config = loop.TrainConfig(
+    batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=8, progress=False
+  )
+  send = lambda made, state: made[0]["step"] == 2 and os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+  with pytest.raises(preemption.Interrupted) as stopped:
+    loop.train(config, Linear(), optax.sgd(0.1), _tiny_data(), tmp_path, callback=send, log=print)
+  assert stopped.value.exit_code == 143
+  assert str(stopped.value) == (
+    f"SIGTERM: {tmp_path} stopped at step 4, checkpoint saved; continue the run with --resume"
+  )
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]

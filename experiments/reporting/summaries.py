@@ -160,7 +160,8 @@ def divergence_note(results: Mapping[str, Any]) -> str:
 
 def all_diverged(results: Mapping[str, Any]) -> bool:
   """Whether every seed of a run diverged (it has no accuracy to report)."""
-  return len(results.get("diverged") or []) == len(results["seeds"])
+  diverged = results.get("diverged") or []
+  return bool(diverged) and len(diverged) == len(results["seeds"])
 
 
 def format_result(results: Mapping[str, Any]) -> str:

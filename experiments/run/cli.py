@@ -132,9 +132,9 @@ def main(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[..., int]
     except UsageError as e:
       print(f"error: {_one_line(str(e))}", file=sys.stderr)
       return 2
-    except KeyboardInterrupt:
-      print("interrupted: continue the run with --resume", file=sys.stderr)
-      return 130
+    except KeyboardInterrupt as e:  # a signal (experiments.trainer.preemption) or Ctrl-C
+      print(str(e) or "interrupted: continue the run with --resume", file=sys.stderr)
+      return getattr(e, "exit_code", 130)
     except Exception as e:  # pylint: disable=broad-except
       if not isinstance(e, _known_errors()):
         raise

@@ -15,6 +15,9 @@ the device, with any optax optimizer or a local-entropy one:
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
   an uninterrupted one bit for bit on CPU.
+* SIGTERM and SIGINT (``experiments.trainer.preemption``): the call in flight finishes, a
+  checkpoint of its step is saved, and ``preemption.Interrupted`` says to continue with
+  ``--resume``.
 * Divergence (``experiments.trainer.divergence``): a seed whose training loss or parameters
   are no longer finite is caught at the call's record, reported in one line (``log``) and marked
   in its records; the other seeds go on, and the run stops when every seed has diverged.
@@ -43,7 +46,7 @@ from tqdm.auto import tqdm
 from entropy_optax.flax import takes_grad_fn
 from experiments.run import directory
 from experiments.run.checkpoints import CheckpointError
-from experiments.trainer import divergence, step_runners
+from experiments.trainer import divergence, preemption, step_runners
 from experiments.trainer import records as records_lib
 from experiments.trainer import steps as steps_lib
 from experiments.trainer.step_runners import BATCH_AXIS
@@ -229,6 +232,8 @@ def train(
     dynamic_ncols=True,
   )
   start = time.perf_counter()
+  stop = preemption.StopOnSignal(log)  # SIGTERM, SIGINT: a checkpoint, then Interrupted
+  stop.install()
   try:
     while step < config.num_steps:
       num_steps = min(config.steps_per_call - step % config.steps_per_call, config.num_steps - step)
@@ -260,9 +265,11 @@ def train(
       )
       divergence.mark(made, diverged)
       new_records += made
+      # A signal that comes later is handled after the next call.
+      interrupting = stop.requested is not None
       if run is not None:
         save = done or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
-        save = save and not stopped  # a state whose every seed diverged is not worth keeping
+        save = (save or interrupting) and not stopped  # all diverged: not worth keeping
         run.write(step, made, checkpoint=steps_lib.state_dict(state) if save else None)
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
@@ -270,7 +277,15 @@ def train(
         callback(made, state)
       if stopped:
         break
+      if interrupting:
+        break
+    if stop.requested is not None and not stopped:  # also after the last call: a job stops
+      saved = run is not None and run.checkpoints is not None
+      raise preemption.Interrupted(
+        stop.message(str(workdir or "the run"), step, saved), stop.requested
+      )
   finally:
+    stop.restore()
     bar.close()
     if run is not None:
       run.close()
