@@ -6,9 +6,11 @@ docs/faults.md for what each case does.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -307,3 +309,109 @@ def test_one_signal_stops_at_the_next_call_with_a_checkpoint(tmp_path):
     f"SIGTERM: {tmp_path} stopped at step 4, checkpoint saved; continue the run with --resume"
   )
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+
+
+# ---------------------------------------------------------------------------
+# Disk faults: a full disk, a read-only or vanished run directory.
+# ---------------------------------------------------------------------------
+
+# 10 effective epochs of 4 steps, an evaluation every 4 steps (a call), a checkpoint every 16
+# (the recipe's checkpoint_every_evals = 4) and at step 40.
+DISK_JOB = (
+  *("--models", "mlp1d", "--optimizers", "adam", "--num-seeds", 1, "--effective-epochs", 10),
+  *("--eval-every-effective-epochs", 1),
+)
+
+
+@pytest.fixture(scope="module")
+def disk_reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("disk") / "reference"
+  assert mnist1d.main(tiny_mnist1d(workdir, *DISK_JOB)) == 0
+  return workdir / "mlp1d-adam"
+
+
+def _assert_resumes_to(workdir, reference, capsys):
+  assert mnist1d.main([*tiny_mnist1d(workdir, *DISK_JOB), "--resume"]) == 0
+  capsys.readouterr()
+  run = workdir / "mlp1d-adam"
+  assert _drop_time(directory.read_records(run)) == _drop_time(directory.read_records(reference))
+  assert (
+    directory.read_results(run / directory.RESULTS_FILE)["test_error"]
+    == directory.read_results(reference / directory.RESULTS_FILE)["test_error"]
+  )
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_metrics_write_the_disk_refuses_stops_the_run_in_one_line(
+  code, disk_reference, monkeypatch, capsys, tmp_path
+):
+  append = directory.append_records
+
+  def failing_append(path, records):
+    if records[0]["step"] == 20:
+      with open(path, "a") as f:
+        f.write('{"step": 20, "seed"')  # a line cut where the disk filled up
+      raise OSError(code, os.strerror(code), str(path))
+    append(path, records)
+
+  monkeypatch.setattr(directory, "append_records", failing_append)
+  workdir = tmp_path / "job"
+  assert mnist1d.main(tiny_mnist1d(workdir, *DISK_JOB)) == 1
+  _, err = capsys.readouterr()
+  run = workdir / "mlp1d-adam"
+  assert err == (
+    f"error: cannot write the records of step 20 in {run} ({os.strerror(code)}); the run "
+    f"stopped; the checkpoint of step 16 is intact: free space or make {run} writable, then "
+    "continue the run with --resume.\n"
+  )
+  with checkpoints.Checkpoints(run) as kept:
+    assert kept.steps()[-1] == 16 and kept.problem(16) is None
+  monkeypatch.setattr(directory, "append_records", append)  # space freed
+  _assert_resumes_to(workdir, disk_reference, capsys)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
+  disk_reference, monkeypatch, capsys, tmp_path
+):
+  """orbax reports a full disk as tensorstore's ValueError (measured on a 2 MB tmpfs: the
+  message below, from its writer threads, which also log it); the run says it in one line."""
+  save = checkpoints.ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step == 32:
+      (self.directory / "32.orbax-checkpoint-tmp").mkdir()  # what orbax leaves behind
+      raise ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params.Dense_0.bias/0" in OCDBT database at local '
+        f'file "{self.directory}/32.orbax-checkpoint-tmp/": Failed to write 6700 bytes to file '
+        "7: No space left on device [os_error_code='28']"
+      )
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", full_disk)
+  workdir = tmp_path / "job"
+  assert mnist1d.main(tiny_mnist1d(workdir, *DISK_JOB)) == 1
+  _, err = capsys.readouterr()
+  run = workdir / "mlp1d-adam"
+  assert err.startswith(f"error: cannot write the checkpoint of step 32 in {run} ")
+  assert "(No space left on device)" in err and "the checkpoint of step 16 is intact" in err
+  assert len(err.splitlines()) == 1
+  monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", save)
+  _assert_resumes_to(workdir, disk_reference, capsys)
+
+
+def test_a_run_directory_that_disappears_stops_the_run_in_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  config = loop.TrainConfig(
+    batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=4, progress=False
+  )
+
+  def remove(made, state):
+    if made[0]["step"] == 6:
+      shutil.rmtree(workdir)
+
+  with pytest.raises(directory.WorkdirError) as stopped:
+    loop.train(config, Linear(), optax.sgd(0.1), _tiny_data(), workdir, callback=remove)
+  assert str(stopped.value) == (
+    f"cannot write the records of step 8: the run directory {workdir} no longer exists; the run "
+    "stopped (its files went with the directory)."
+  )

@@ -231,6 +231,7 @@ class RunFiles:
     self.config, self.run_info, self.log = config, run_info, log
     self.config_path = self.workdir / CONFIG_FILE
     self.records_path = self.workdir / METRICS_FILE
+    self.failed = False  # a write failed (the disk): closing may fail too
     self.checkpoints = (
       ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
       if config.checkpoint_every_steps
@@ -275,19 +276,60 @@ class RunFiles:
       entropy_optax=entropy_optax.__version__,
       devices=str(jax.devices()),
     )
-    write_json(self.config_path, info)
-    rewrite_records(self.records_path, previous)
+    try:
+      write_json(self.config_path, info)
+      rewrite_records(self.records_path, previous)
+    except OSError as e:
+      raise self.disk_error(f"{CONFIG_FILE} and {METRICS_FILE}", e) from None
     return restored, previous
 
   def write(self, step: int, records, checkpoint: dict[str, Any] | None) -> None:
-    """Appends a call's ``records``; saves ``checkpoint`` (a state dict) when given."""
-    append_records(self.records_path, records)
-    if checkpoint is not None and self.checkpoints is not None:
-      self.checkpoints.save(step, checkpoint)
+    """Appends a call's ``records``; saves ``checkpoint`` (a state dict) when given.
+
+    Raises:
+      WorkdirError: the disk refused a write (full, read-only, the directory gone); the run
+        stops there, its last complete checkpoint intact (``disk_error``).
+    """
+    what = f"the records of step {step}"
+    try:
+      append_records(self.records_path, records)
+      if checkpoint is not None and self.checkpoints is not None:
+        what = f"the checkpoint of step {step}"
+        self.checkpoints.save(step, checkpoint)
+    except OSError as e:
+      self.failed = True
+      raise self.disk_error(what, e) from None
+
+  def disk_error(self, what: str, error: OSError) -> WorkdirError:
+    """The one line that stops a run whose directory refused ``what``: why, and what is kept."""
+    if not self.workdir.is_dir():
+      return WorkdirError(
+        f"cannot write {what}: the run directory {self.workdir} no longer exists; the run "
+        "stopped (its files went with the directory)."
+      )
+    complete = (
+      sorted(int(p.stem) for p in self.checkpoints.checksums.glob("*.json"))
+      if (self.checkpoints is not None and self.checkpoints.checksums.is_dir())
+      else []
+    )
+    kept = (
+      f"the checkpoint of step {complete[-1]} is intact: free space or make {self.workdir} "
+      "writable, then continue the run with --resume"
+      if complete
+      else "no checkpoint was complete yet: --resume will start the run afresh"
+    )
+    return WorkdirError(
+      f"cannot write {what} in {self.workdir} ({error.strerror or error}); the run stopped; {kept}."
+    )
 
   def close(self) -> None:
-    if self.checkpoints is not None:
+    if self.checkpoints is None:
+      return
+    try:
       self.checkpoints.close()
+    except Exception:  # after a failed write: its error is the one to report
+      if not self.failed:
+        raise
 
 
 def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None:
