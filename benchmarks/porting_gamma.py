@@ -7,7 +7,7 @@ in gradient evaluations (``train_steps // L`` steps), heavy-ball momentum kept
 over the last quarter of the steps (|grad f|, |gamma (x - mu)|, their ratio, the cosine, the
 mean distance |x - x'|) and the final test accuracy, beside the loop's original ``optax.sgd``.
 
-    python -m benchmarks.porting_gamma                       # ~2 min on the shared 2-core CPU
+    python -m benchmarks.porting_gamma              # ~3 min on the shared 2-core CPU (load ~16)
     python -m benchmarks.porting_gamma --gammas 0.03 1 --train-steps 1000
 """
 
