@@ -74,10 +74,10 @@ def summarize(
   (compilation) when there are later ones. ``val_loss``: the final loss per seed on the
   evaluated split (nats per token for a language model). ``heldout``: the metrics of a split
   evaluated once at the end (a text's test split, the evaluated one being its validation
-  split), stored as ``heldout_loss`` (and ``heldout_error``) per seed. ``diverged``: ``{seed:
-  step}`` of the seeds whose loss or parameters stopped being finite; their errors are NaN,
-  means and standard deviations are over the other seeds (NaN when none is left), and
-  ``diverged`` lists ``{"seed", "step"}`` of each.
+  split), stored as ``heldout_loss`` (and ``heldout_error``, in % like ``test_error``) per seed.
+  ``diverged``: ``{seed: step}`` of the seeds whose loss or parameters stopped being finite;
+  their errors are NaN, means and standard deviations are over the other seeds (NaN when none
+  is left), and ``diverged`` lists ``{"seed", "step"}`` of each.
   """
   diverged = dict(diverged or {})
   seeds = sorted({r["seed"] for r in records})
@@ -118,8 +118,9 @@ def summarize(
     "diverged": [{"seed": s, "step": n} for s, n in sorted(diverged.items())],
   }
   if heldout is not None:
+    scale = {"loss": 1.0, "error": 100.0}
     for key in ("loss", "error"):
-      values = np.atleast_1d(heldout[f"val_{key}"]).tolist()
+      values = (scale[key] * np.atleast_1d(heldout[f"val_{key}"])).tolist()
       values = [np.nan if s in diverged else v for s, v in zip(seeds, values)]
       out.update(_per_seed(f"heldout_{key}", values))
   return out
