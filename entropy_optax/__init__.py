@@ -4,6 +4,7 @@ from entropy_optax import flatness
 from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
+from entropy_optax._auto_scope import AutoScoping, AutoScopingState, auto_scoping, ratio_scoping
 from entropy_optax._langevin import langevin_mean
 from entropy_optax._scoping import (
   bounded_exponential_scoping,
@@ -18,11 +19,14 @@ from entropy_optax._transform import LocalEntropyState, local_entropy
 __version__ = "0.1.0"
 
 __all__ = (
+  "AutoScoping",
+  "AutoScopingState",
   "GaussianSmoothingState",
   "LangevinStats",
   "LocalEntropyState",
   "MultiSteps",
   "authors_entropy_sgd",
+  "auto_scoping",
   "bounded_exponential_scoping",
   "entropy_adam",
   "entropy_sgd",
@@ -33,4 +37,5 @@ __all__ = (
   "linear_scoping",
   "local_entropy",
   "quadratic_scoping",
+  "ratio_scoping",
 )

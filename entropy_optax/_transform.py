@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _batches, _checks, _langevin, _masking, _noise, _sghmc, _stats
+from entropy_optax import (
+  _auto_scope,
+  _batches,
+  _checks,
+  _langevin,
+  _masking,
+  _noise,
+  _sghmc,
+  _stats,
+)
 from entropy_optax._utils import canonical_key, chain_dtype, to_chain
 
 _GRAD_FN_HELP = (
@@ -39,12 +48,15 @@ class LocalEntropyState(NamedTuple):
       float32); x before the first update (zeros when ``init`` got shapes only,
       ``jax.ShapeDtypeStruct``); ``optax.MaskedNode`` at the leaves a ``mask`` leaves out.
     langevin_stats: ``LangevinStats`` of the last update (diagnostics; zeros before the first).
+    langevin_scope: the state of an ``auto_scoping`` gamma (``AutoScopingState``); empty,
+      ``()``, for a number or a schedule.
   """
 
   langevin_count: jax.Array
   langevin_key: jax.Array
   langevin_mu: optax.Updates
   langevin_stats: _stats.LangevinStats
+  langevin_scope: Any = ()
 
 
 def _initial_mean(params: Any) -> Any:
@@ -117,7 +129,8 @@ def local_entropy(
   Args:
     num_langevin_steps: L >= 1, Langevin steps (gradient evaluations) per update.
     gamma: the scope gamma > 0, a float or a schedule of the update count t (t = 0 at the first
-      update), e.g. ``exponential_scoping``.
+      update), e.g. ``exponential_scoping``; or ``auto_scoping(...)``, a gamma that sets itself
+      from each update's diagnostics.
     langevin_lr: eta' > 0, the SGLD step size.
     noise: epsilon >= 0, the thermal noise; the step adds sqrt(langevin_lr) noise N(0, I), the
       paper's text. Both of the authors' codes add sqrt(2 langevin_lr) noise: pass
@@ -179,7 +192,7 @@ def local_entropy(
   # Checked once here; a schedule's values are not (they may be traced).
   _checks.check_arguments(
     num_langevin_steps,
-    1.0 if callable(gamma) else gamma,
+    1.0 if callable(gamma) or isinstance(gamma, _auto_scope.AutoScoping) else gamma,
     langevin_lr,
     noise,
     alpha,
@@ -202,6 +215,7 @@ def local_entropy(
       langevin_key=canonical_key(key),
       langevin_mu=mu,
       langevin_stats=_stats.empty_stats(),
+      langevin_scope=_auto_scope.initial_state(gamma),
     )
 
   def emitted(updates, chain_params, mu, factor, flags):
@@ -225,7 +239,7 @@ def local_entropy(
         _checks.check_gradient_tree(grads, params)
         return _masking.select(grads, flags)
 
-    gamma_t = gamma(state.langevin_count) if callable(gamma) else gamma
+    gamma_t = _auto_scope.gamma_at(gamma, state.langevin_scope, state.langevin_count)
     next_key, chain_key = jax.random.split(state.langevin_key)
     mu, stats = _langevin.run_chain(
       chain_grad_fn,
@@ -261,6 +275,12 @@ def local_entropy(
       langevin_key=if_finite(next_key, state.langevin_key),
       langevin_mu=mu if flags is None else _masking.expand(mu, flags, params),
       langevin_stats=if_finite(stats, state.langevin_stats),
+      langevin_scope=if_finite(
+        _auto_scope.next_state(
+          gamma, state.langevin_scope, state.langevin_count, stats, langevin_lr
+        ),
+        state.langevin_scope,
+      ),
     )
     return new_updates, new_state
 

@@ -47,6 +47,22 @@ PRESETS = {
     "L=5, lr 3e-2; the same Langevin settings",
     BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **_LANGEVIN),
   ),
+  "entropy-sgd-auto": Preset(
+    "Entropy-SGD's recipe with the automatic scope: gamma set after every update so that "
+    "norm(gamma (x - mu)) / norm(grad f) follows 0.02 x 1.001 per update (gamma 0.03 at the "
+    "first update only)",
+    BASE.replace(
+      optimizer="entropy-sgd",
+      learning_rate=0.3,
+      momentum=0.9,
+      nesterov=True,
+      **{**_LANGEVIN, "scoping": "auto"},
+    ),
+  ),
+  "entropy-adam-auto": Preset(
+    "Entropy-Adam's recipe with the automatic scope (as entropy-sgd-auto)",
+    BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **{**_LANGEVIN, "scoping": "auto"}),
+  ),
   "sgld": Preset(
     "the paper's SGLD baseline (App. C.1): step 1 / (1 + t)^0.55, noise sqrt(2 lr_t T), "
     "T = 1/4000, no momentum; ignores the job's learning-rate drops",
@@ -69,7 +85,7 @@ PRESETS = {
 }
 # The recipes the main job (python -m experiments.mnist1d) trains by default; the others run
 # with --optimizers (smoothing-sgd is in the sensitivity study: python -m experiments.sensitivity).
-MAIN_JOB = ("sgd", "adam", "entropy-sgd", "entropy-adam", "sgld")
+MAIN_JOB = ("sgd", "adam", "entropy-sgd", "entropy-adam", "entropy-sgd-auto", "sgld")
 
 # The job's defaults: every run gets this budget, and its learning rate drops by BASE.lr_decay
 # at these fractions of the run.

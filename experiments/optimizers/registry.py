@@ -39,6 +39,11 @@ def _gamma(config: RunConfig):
 
   if config.scoping == "none":
     return config.gamma0
+  if config.scoping == "auto":
+    target = entropy_optax.ratio_scoping(
+      config.target_ratio, config.gamma1, config.max_target_ratio
+    )
+    return entropy_optax.auto_scoping(target, gamma_init=config.gamma0)
   scope = getattr(entropy_optax, f"{config.scoping}_scoping")
   return scope(config.gamma0, config.gamma1)
 

@@ -24,7 +24,7 @@ import dataclasses
 import math
 from typing import Any, Literal
 
-SCOPINGS = ("exponential", "linear", "quadratic", "none")
+SCOPINGS = ("exponential", "linear", "quadratic", "none", "auto")
 
 
 class ConfigError(ValueError):
@@ -80,9 +80,16 @@ class RunConfig:
   gamma0: float = 0.03
   """scope gamma at the first update"""
   gamma1: float = 1e-3
-  """scoping rate: gamma = gamma0 (1 + gamma1)^t for exponential scoping"""
-  scoping: Literal["exponential", "linear", "quadratic", "none"] = "exponential"
-  """how gamma grows with the update count t"""
+  """scoping rate: gamma = gamma0 (1 + gamma1)^t for exponential scoping (auto: the target
+  ratio's rate)"""
+  scoping: Literal["exponential", "linear", "quadratic", "none", "auto"] = "exponential"
+  """how gamma grows with the update count t; auto: gamma set after every update so that
+  norm(gamma (x - mu)) / norm(grad f) follows min(target_ratio (1 + gamma1)^t, max_target_ratio)
+  (entropy_optax.auto_scoping; gamma0 is then only the first update's gamma)"""
+  target_ratio: float = 0.02
+  """scoping auto: the target ratio norm(gamma (x - mu)) / norm(grad f) at the first update"""
+  max_target_ratio: float = 0.5
+  """scoping auto: the largest target ratio (ratios lie below 1 where the loss is convex)"""
   langevin_momentum: float = 0.0
   """(Nesterov) momentum inside the Langevin loop, zeroed every update (authors' codes: 0.9)"""
   scale_by_gamma: bool = False
@@ -226,6 +233,12 @@ def validate(
   for name in ("momentum", "langevin_momentum", "b1", "b2"):
     need(0 <= getattr(config, name) < 1, name, "in [0, 1)")
   need(0 < config.alpha <= 1, "alpha", "in (0, 1]")
+  need(0 < config.max_target_ratio < 1, "max_target_ratio", "in (0, 1)")
+  need(
+    0 < config.target_ratio <= config.max_target_ratio,
+    "target_ratio",
+    f"in (0, max_target_ratio = {config.max_target_ratio}]",
+  )
   for name in ("dropout", "input_dropout"):
     value = getattr(config, name)
     need(value is None or 0 <= value < 1, name, "in [0, 1) or None")
