@@ -12,7 +12,7 @@ import pytest
 import entropy_optax as eo
 from experiments import mnist1d
 from experiments.optimizers import registry
-from experiments.run import components, records, rundir
+from experiments.run import components, directory
 from experiments.run.schema import ConfigError, RunConfig
 
 # f(x) = x'Ax/2 with a spread of curvatures; the exact Gibbs mean (noise 0) is
@@ -272,6 +272,8 @@ def test_command_line_scoping_auto(tmp_path, capsys):
     "auto",
     "--recipe.entropy-sgd.target-ratio",
     "0.2",
+    "--recipe.entropy-sgd.langevin-steps",
+    "2",
     "--effective-epochs",
     "5",
     "--num-seeds",
@@ -290,7 +292,7 @@ def test_command_line_scoping_auto(tmp_path, capsys):
   ]
   assert mnist1d.main(argv) == 0, capsys.readouterr().err
   run = workdir / "mlp1d-entropy-sgd"
-  saved = rundir.read_json(run / "config.json")["metadata"]["experiment"]
+  saved = directory.read_json(run / "config.json")["metadata"]["experiment"]
   assert saved["scoping"] == "auto" and saved["target_ratio"] == 0.2
-  lines = [r for r in records.read(run / "metrics.jsonl") if "langevin_gamma" in r]
+  lines = [r for r in directory.read_records(run / "metrics.jsonl") if "langevin_gamma" in r]
   assert lines and lines[-1]["langevin_gamma"] != pytest.approx(0.03)
