@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax._config import ChainConfig
 from entropy_optax._stats import LangevinStats
 from entropy_optax._utils import is_concrete_number
 
@@ -167,30 +168,31 @@ def initial_state(gamma: Any) -> AutoScopingState | tuple[()]:
   return AutoScopingState(scope_gamma=jnp.asarray(gamma.gamma_init, jnp.float32))
 
 
-def gamma_at(gamma: Any, scope_state: Any, count: jax.Array) -> Any:
-  """The gamma of the update number ``count``: a number, a schedule's value, or the scope's."""
-  if isinstance(gamma, AutoScoping):
+def gamma_at(config: ChainConfig, scope_state: Any, count: jax.Array) -> Any:
+  """The gamma of update number ``count``: the scope's own, or the config's number or schedule."""
+  if isinstance(config.gamma, AutoScoping):
     return scope_state.scope_gamma
-  return gamma(count) if callable(gamma) else gamma
+  return config.gamma_at(count)
 
 
 def next_state(
-  gamma: Any, scope_state: Any, count: jax.Array, stats: LangevinStats, langevin_lr: Any
+  config: ChainConfig, scope_state: Any, count: jax.Array, stats: LangevinStats
 ) -> Any:
   """The scope's state after update ``count``, whose chain produced ``stats``."""
-  if not isinstance(gamma, AutoScoping):
+  scope = config.gamma
+  if not isinstance(scope, AutoScoping):
     return scope_state
   t = jnp.asarray(count, jnp.float32)
-  target = gamma.target_ratio(count + 1) if callable(gamma.target_ratio) else gamma.target_ratio
+  target = scope.target_ratio(count + 1) if callable(scope.target_ratio) else scope.target_ratio
   ratio = stats.entropy_grad_norm / stats.grad_norm
   # A zero gradient or a chain that did not move says nothing about gamma: keep it.
   measured = jnp.isfinite(ratio) & (ratio > 0)
-  weight = jnp.maximum(jnp.asarray(gamma.smoothing, jnp.float32), 1.0 / (t + 1.0))
+  weight = jnp.maximum(jnp.asarray(scope.smoothing, jnp.float32), 1.0 / (t + 1.0))
   log_gamma = jnp.log(scope_state.scope_gamma)
   step = weight * (
     jnp.log(jnp.asarray(target, jnp.float32)) - jnp.log(jnp.where(measured, ratio, 1.0))
   )
-  gamma_max = 1.0 / langevin_lr if gamma.gamma_max is None else gamma.gamma_max
-  proposed = jnp.clip(jnp.exp(log_gamma + step), gamma.gamma_min, gamma_max)
+  gamma_max = 1.0 / config.langevin_lr if scope.gamma_max is None else scope.gamma_max
+  proposed = jnp.clip(jnp.exp(log_gamma + step), scope.gamma_min, gamma_max)
   new_gamma = jnp.where(measured, proposed, scope_state.scope_gamma)
   return AutoScopingState(scope_gamma=new_gamma.astype(jnp.float32))
