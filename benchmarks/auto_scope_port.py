@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     line = (
       f"{name}: test accuracy {100 * accuracy.mean():.1f} ± {100 * accuracy.std():.1f}% "
       f"({args.seeds} seeds, {updates} updates, {args.effective_epochs:g} effective epochs, "
-      f"{seconds:.0f} s)"
+      f"{seconds:.0f} s; seeds {np.round(100 * accuracy, 1).tolist()})"
     )
     if name != "sgd":
       (r0, g0), (r1, g1) = stats.mean(0)
