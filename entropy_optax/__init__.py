@@ -4,7 +4,14 @@ from entropy_optax import flatness
 from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
+from entropy_optax._elastic import (
+  ElasticCouplingState,
+  ElasticStats,
+  elastic_coupling,
+  replica_average,
+)
 from entropy_optax._langevin import langevin_mean
+from entropy_optax._parle import parle
 from entropy_optax._scoping import (
   bounded_exponential_scoping,
   exponential_scoping,
@@ -18,12 +25,15 @@ from entropy_optax._transform import LocalEntropyState, local_entropy
 __version__ = "0.1.0"
 
 __all__ = (
+  "ElasticCouplingState",
+  "ElasticStats",
   "GaussianSmoothingState",
   "LangevinStats",
   "LocalEntropyState",
   "MultiSteps",
   "authors_entropy_sgd",
   "bounded_exponential_scoping",
+  "elastic_coupling",
   "entropy_adam",
   "entropy_sgd",
   "exponential_scoping",
@@ -32,5 +42,7 @@ __all__ = (
   "langevin_mean",
   "linear_scoping",
   "local_entropy",
+  "parle",
   "quadratic_scoping",
+  "replica_average",
 )
