@@ -11,7 +11,7 @@ import optax
 from entropy_optax import _elastic, _noise
 from entropy_optax._alias import _outer_weight_decay
 from entropy_optax._transform import local_entropy
-from entropy_optax._utils import canonical_key, is_static_zero
+from entropy_optax._utils import canonical_key, is_concrete_number, is_static_zero
 
 
 def parle(
@@ -124,7 +124,7 @@ def parle(
       learning_rate, momentum=None if is_static_zero(momentum) else momentum, nesterov=nesterov
     ),
   )
-  if not callable(rho) and rho == math.inf:
+  if is_concrete_number(rho) and rho == math.inf:
     tx = optax.chain(local, outer, _elastic.replica_average(axis_name))
   else:
     tx = optax.chain(
