@@ -312,6 +312,21 @@ def test_vmap_equals_shard_map_on_four_simulated_devices():
   )
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])
-  assert report["devices"] == 4 and report["replicas_apart"] > 0, report
+  assert report["devices"] == 4 and report["sharded_over"] == 4, report
+  assert report["replicas_apart"] > 0, report
   assert report["max_param_diff"] == 0.0, report
   assert report["max_stats_diff"] == 0.0, report
+
+
+def test_inject_hyperparams_rho_under_the_replica_axis():
+  """rho as an injected hyper-parameter: setting it in the state changes the coupling."""
+  data = make_data(2, 1, 2, seed=9)
+  tx = optax.inject_hyperparams(eo.parle, static_args=("num_langevin_steps",))(
+    learning_rate=0.1, rho=1.0, num_langevin_steps=2, noise=0.0, momentum=0.0
+  )
+  params = init_params(2)
+  state = jax.vmap(tx.init, axis_name=AXIS)(params)
+  state.hyperparams["rho"] = jnp.full((2,), 3.0)
+  step = jax.jit(jax.vmap(lambda p, s, x, y: one_step(tx, p, s, x, y), axis_name=AXIS))
+  _, state = step(params, state, data[0][:, 0], data[1][:, 0])
+  np.testing.assert_array_equal(optax.tree.get(state, "elastic_rho"), [3.0, 3.0])
