@@ -42,7 +42,7 @@ PAPER_NOISE = 1e-4
 def load_data(num_train: int):
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-  from experiments import data  # pylint: disable=import-outside-toplevel
+  from experiments.data import datasets as data  # pylint: disable=import-outside-toplevel
 
   dataset = data.load_mnist1d(num_train=num_train)
   return jnp.asarray(dataset.train_x), jnp.asarray(dataset.train_y)

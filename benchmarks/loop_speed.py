@@ -5,10 +5,11 @@
 
 For each model and optimizer it times, interleaved in one process, k outer steps:
 
-* loop: ``experiments.compiled``'s call, as ``experiments.training.train`` runs it (the
+* loop: ``experiments.trainer.step_runners``'s call, as ``experiments.trainer.loop.train`` runs it
+  (the
   runner ``auto`` picks: on CPU one jitted step dispatched per step for conv nets), data
   gathered on the device from the whole (synthetic) data set;
-* standalone: ``jax.jit(experiments.steps.train_step)`` called k times from Python on
+* standalone: ``jax.jit(experiments.trainer.steps.train_step)`` called k times from Python on
   mini-batches gathered beforehand, synchronised once at the end;
 * scan (LeNet-BN, or every model with ``--scan``): the same call with the ``scan`` runner.
 
@@ -26,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 import entropy_optax
-from experiments import compiled, data, models, steps
+from experiments.data import datasets as data
+from experiments.models import feedforward as models
+from experiments.trainer import step_runners, steps
 
 
 def _tx(optimizer: str, langevin_steps: int):
@@ -69,10 +72,10 @@ def measure(
   make_tx = _tx(optimizer, langevin_steps)
   L = langevin_steps if optimizer != "sgd" else 1
   train = (jax.device_put(ds.train_x), jax.device_put(ds.train_y))
-  runner = compiled.choose_runner("auto", model, train[0][:1])
+  runner = step_runners.choose_runner("auto", model, train[0][:1])
   variants = {"loop": runner} | ({"scan": "scan"} if with_scan and runner != "scan" else {})
   fns = {
-    name: compiled.compiled_functions(
+    name: step_runners.compiled_functions(
       model, make_tx, steps.Task(), None, False, batch, L, True, len(ds.train_x), 16, r
     )
     for name, r in variants.items()

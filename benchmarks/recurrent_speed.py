@@ -3,8 +3,10 @@
     python -m benchmarks.recurrent_speed [--models char-lstm ptb-small] [--repeats 7]
 
 For each model, one outer Entropy-SGD step (L Langevin steps on L consecutive segments) against
-L plain SGD steps, both through the harness's jitted call (``experiments.compiled``: the step
-of ``experiments.steps`` with the text's ``Task`` of ``experiments.bptt``, clipping included):
+L plain SGD steps, both through the harness's jitted call (``experiments.trainer.step_runners``:
+the step
+of ``experiments.trainer.steps`` with the text's ``Task`` of ``experiments.trainer.bptt``,
+clipping included):
 both cost L gradient evaluations on the same L B T tokens, so their time ratio is the cost of
 the Langevin chain (target <= 1.1). ``ratio unrolled`` is the same with the chain's loop
 unrolled (``entropy_sgd(unroll=True)``; the default rolls it for models without
@@ -29,15 +31,16 @@ import optax
 
 import entropy_optax
 from benchmarks import harness
-from experiments import bptt, compiled, recurrent_models, steps
+from experiments.models import recurrent
+from experiments.trainer import bptt, step_runners, steps
 
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
 WORKLOADS = {
-  "char-lstm": (lambda v: recurrent_models.char_lstm(v), 103, 50, 50, 5.0),
-  "ptb-small": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 35, 5.0),
-  "ptb-small-t20": (lambda v: recurrent_models.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
-  "ptb-medium": (lambda v: recurrent_models.ptb_lstm("medium", v), 10_000, 20, 35, 5.0),
-  "ptb-large": (lambda v: recurrent_models.ptb_lstm("large", v), 10_000, 20, 35, 10.0),
+  "char-lstm": (lambda v: recurrent.char_lstm(v), 103, 50, 50, 5.0),
+  "ptb-small": (lambda v: recurrent.ptb_lstm("small", v), 10_000, 20, 35, 5.0),
+  "ptb-small-t20": (lambda v: recurrent.ptb_lstm("small", v), 10_000, 20, 20, 5.0),
+  "ptb-medium": (lambda v: recurrent.ptb_lstm("medium", v), 10_000, 20, 35, 5.0),
+  "ptb-large": (lambda v: recurrent.ptb_lstm("large", v), 10_000, 20, 35, 10.0),
 }
 
 
@@ -78,7 +81,7 @@ def _programs(name: str, langevin_steps: int):
       init_carry=bptt.ZeroCarry(model),
       clip_norm=clip,
     )
-    program = compiled.compiled_functions(
+    program = step_runners.compiled_functions(
       model, make_tx, task, None, False, batch, steps_l, True, len(x), batch, "scan"
     )
     state = program.init(jnp.uint32(0), data[0][:1])
@@ -90,7 +93,7 @@ def _programs(name: str, langevin_steps: int):
       jax.block_until_ready(metrics)
 
     fns[label] = run
-  return fns, langevin_steps * batch * num_steps, recurrent_models.count_params(model)
+  return fns, langevin_steps * batch * num_steps, recurrent.count_params(model)
 
 
 def _nll(logits, targets):
@@ -100,8 +103,8 @@ def _nll(logits, targets):
 def _cell_programs(batch: int = 50, num_steps: int = 50, vocab: int = 103, hidden: int = 128):
   """One gradient of the 2-layer char-LSTM loss: this project's layer vs nn.RNN(OptimizedLSTM)."""
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, num_steps + 1)))
-  ours = recurrent_models.char_lstm(vocab, hidden)
-  carry = recurrent_models.zero_state(ours, batch)
+  ours = recurrent.char_lstm(vocab, hidden)
+  carry = recurrent.zero_state(ours, batch)
   ours_params = ours.init(jax.random.key(0), tokens[:, :-1], carry, train=False)["params"]
 
   class FlaxLSTM(nn.Module):

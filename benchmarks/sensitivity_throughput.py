@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from experiments import sensitivity_lib as sl
-from experiments import sensitivity_study
+from experiments.studies import sensitivity_report
+from experiments.studies import sensitivity_training as sl
 
 
 def main():
@@ -48,7 +48,7 @@ def main():
     num_evals=5,
   )
   print("SGD final test accuracy per lr [0.01, 0.03, 0.1, 0.3]:", sgd[..., -1].mean(1).round(3))
-  print(sensitivity_study.summarise(curves[..., -1], sgd[..., -1]))
+  print(sensitivity_report.summarise(curves[..., -1], sgd[..., -1]))
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def torch_model(name: str):
       tnn.Linear(64, 10),
     )
 
-  def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models.py)
+  def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models/feedforward.py)
     return (tnn.BatchNorm2d if dims == 2 else tnn.BatchNorm1d)(c, momentum=0.1)
 
-  if name == "lenet_bn":  # experiments.models.LeNetBN: pools 3 then 2, dropout 0.5
+  if name == "lenet_bn":  # experiments.models.feedforward.LeNetBN: pools 3 then 2, dropout 0.5
     return tnn.Sequential(
       tnn.Conv2d(1, 20, 5, bias=False),
       bn(20),
@@ -56,7 +56,7 @@ def torch_model(name: str):
       tnn.Dropout(0.5),
       tnn.Linear(500, 10),
     )
-  if name == "allcnn_bn":  # experiments.models.AllCNNBN (All-CNN-C + BN, 1.37M weights)
+  if name == "allcnn_bn":  # experiments.models.feedforward.AllCNNBN (All-CNN-C + BN, 1.37M weights)
 
     def conv_bn(cin, cout, kernel, stride=1, padding=None):
       padding = kernel // 2 if padding is None else padding

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import models
+from experiments.models import feedforward as models
 
 
 class MLP(nn.Module):
@@ -47,16 +47,17 @@ def make_model(name: str, dtype: Any = jnp.float32) -> ModelSpec:
 
   ``dtype`` is both the compute and the parameter dtype ("the model in bf16"); the core keeps
   the Langevin chain in float32 whatever it is. ``allcnn_bn`` is the paper's All-CNN-C + BN
-  (1.37M parameters; ``experiments.models.AllCNNBN`` defaults), ``lenet_bn`` the authors' LeNet.
+  (1.37M parameters; ``experiments.models.feedforward.AllCNNBN`` defaults), ``lenet_bn`` the
+  authors' LeNet.
   """
   if name == "mlp":
     return ModelSpec(MLP(dtype=dtype), (28, 28, 1), "benchmarks.workloads.MLP", False)
   if name == "lenet_bn":
     module = models.LeNetBN(dtype=dtype, param_dtype=dtype)
-    return ModelSpec(module, (28, 28, 1), "experiments.models.LeNetBN", True)
+    return ModelSpec(module, (28, 28, 1), "experiments.models.feedforward.LeNetBN", True)
   if name == "allcnn_bn":
     module = models.AllCNNBN(dtype=dtype, param_dtype=dtype)
-    return ModelSpec(module, (32, 32, 3), "experiments.models.AllCNNBN", True)
+    return ModelSpec(module, (32, 32, 3), "experiments.models.feedforward.AllCNNBN", True)
   raise ValueError(f"unknown model {name!r}; choose mlp, lenet_bn or allcnn_bn.")
 
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from experiments import cli, grid, launch, reporting, rundir
 from experiments.configs import charlstm as configs
+from experiments.reporting import summaries
+from experiments.run import cli, comparison, jobs, rundir
 
-DEFAULT = grid.GridJob(
+DEFAULT = comparison.GridJob(
   models=("char_lstm",),
   optimizers=tuple(configs.PRESETS),
   recipe={name: p.config for name, p in configs.PRESETS.items()},
@@ -44,15 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the char-LSTM comparison as the command line says; returns the exit code."""
   start = time.perf_counter()
   job = cli.parse(
-    lambda: cli.tyro.cli(grid.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT),
+    lambda: cli.tyro.cli(
+      comparison.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT
+    ),
     PROG,
   )
-  runs, root = launch.run_comparison(job, DEFAULT, "runs/charlstm")
-  table = reporting.language_model_table({key: run.results for key, run in runs.items()})
+  runs, root = jobs.run_comparison(job, DEFAULT, "runs/charlstm")
+  table = summaries.language_model_table({key: run.results for key, run in runs.items()})
   first = next(iter(runs.values())).results
   config = next(iter(runs.values())).config
   header = (
-    f"char-LSTM on {reporting.name(first['dataset'])}: "
+    f"char-LSTM on {summaries.name(first['dataset'])}: "
     f"{first['num_train'] * config.bptt_steps:,} training characters in {config.batch_size} "
     f"streams, {len(first['seeds'])} seeds, equal effective epochs; cross-entropy per "
     "character (mean ± std over seeds). The paper's figures are War and Peace after 25-40 "
@@ -63,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root / rundir.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
   )
   panels = {
-    reporting.name(m): {reporting.name(o): runs[m, o].records for o in job.optimizers}
+    summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
     for m in job.models
   }
-  reporting.plot_error(
+  summaries.plot_error(
     panels,
     root / "valid_cross_entropy.png",
     title="char-LSTM (cf. Fig. 6b)",

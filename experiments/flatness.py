@@ -33,11 +33,12 @@ from collections.abc import Sequence
 import numpy as np
 import tyro
 
-from experiments import build, cli, grid, launch, reporting, rundir
-from experiments.config import ConfigError
 from experiments.configs.flatness import JOBS
-from experiments.flatness_analysis import analyse, choose_method
-from experiments.flatness_report import WHAT, plot, table
+from experiments.reporting import summaries
+from experiments.run import cli, comparison, components, jobs, rundir
+from experiments.run.schema import ConfigError
+from experiments.studies.flatness_analysis import analyse, choose_method
+from experiments.studies.flatness_report import WHAT, plot, table
 
 PROG = "python -m experiments.flatness"
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     PROG,
   )
   default = JOBS[next(a for a in argv if a in JOBS)][1]
-  configs = {name: c for (_, name), c in grid.expand(args, default).items()}
+  configs = {name: c for (_, name), c in comparison.expand(args, default).items()}
   if len(args.models) != 1:
     raise ConfigError("--models: the flatness experiment takes one model.")
   first = next(iter(configs.values()))
@@ -59,14 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   options = args.run.replace(
     workdir=args.run.workdir or f"runs/flatness-{first.dataset}-{first.model}{synthetic}"
   )
-  runs = launch.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
-  ds = build.load_data(first, options.data_dir, options.download)
+  runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
+  ds = components.load_data(first, options.data_dir, options.download)
   method = choose_method(args, configs, next(iter(runs.values())).results["num_params"])
   root = pathlib.Path(options.workdir)
   columns, spectra = {}, {}
   for optimizer, run in runs.items():
     for s in range(run.config.num_seeds):
-      label = reporting.name(optimizer) + (
+      label = summaries.name(optimizer) + (
         f" seed {run.config.seed + s}" if run.config.num_seeds > 1 else ""
       )
       stats, plotted, values = analyse(run, ds, args, method, s)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from experiments import cli, launch
 from experiments.configs import mnist as configs
+from experiments.run import cli, jobs
 
 
 @cli.main
 def main(argv: Sequence[str] | None = None) -> int:
   """Trains a MNIST model as the command line says; returns the exit code."""
-  return launch.run_preset("python -m experiments.mnist", __doc__, configs.PRESETS, argv)
+  return jobs.run_preset("python -m experiments.mnist", __doc__, configs.PRESETS, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ MNIST-1D is generated offline (4000 training and 1000 test signals). The benchma
 CNN are each trained with the recipes of experiments/configs/mnist1d.py (MAIN_JOB; the others,
 such as smoothing-sgd, with --optimizers) for the same number of effective epochs, several seeds
 vmapped in one jit. Prints a table of test accuracy (mean ± std over seeds), effective epochs,
-wall time and time to target (experiments/time_to_target.py); saves summary.md, results.json and
+wall time and time to target (experiments/reporting/time_to_target.py); saves summary.md,
+results.json and
 test_error.png beside one run directory per (model, recipe) under --workdir (default
 runs/mnist1d). --resume continues a killed job (finished runs are kept).
 """
@@ -18,10 +19,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from experiments import cli, grid, launch, reporting, rundir, time_to_target
 from experiments.configs import mnist1d as configs
+from experiments.reporting import summaries, time_to_target
+from experiments.run import cli, comparison, jobs, rundir
 
-DEFAULT = grid.GridJob(
+DEFAULT = comparison.GridJob(
   models=("mlp1d", "cnn1d"),
   optimizers=configs.MAIN_JOB,
   recipe={name: p.config for name, p in configs.PRESETS.items()},
@@ -37,15 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the MNIST-1D comparison as the command line says; returns the exit code."""
   start = time.perf_counter()
   job = cli.parse(
-    lambda: cli.tyro.cli(grid.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT),
+    lambda: cli.tyro.cli(
+      comparison.GridJob, prog=PROG, description=__doc__, args=argv, default=DEFAULT
+    ),
     PROG,
   )
-  runs, root = launch.run_comparison(job, DEFAULT, "runs/mnist1d")
+  runs, root = jobs.run_comparison(job, DEFAULT, "runs/mnist1d")
   results = {key: run.results for key, run in runs.items()}
   times = time_to_target.comparison_times_to_target(
     results, {key: run.records for key, run in runs.items()}
   )
-  table = reporting.comparison_table(results, times)
+  table = summaries.comparison_table(results, times)
   first = next(iter(runs.values())).config
   budget = f"{job.effective_epochs:g}" if job.effective_epochs else "the recipes'"
   header = (
@@ -61,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     {f"{m}-{o}": {**run.results, "time_to_target": times[m, o]} for (m, o), run in runs.items()},
   )
   panels = {
-    reporting.name(m): {reporting.name(o): runs[m, o].records for o in job.optimizers}
+    summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
     for m in job.models
   }
-  reporting.plot_error(panels, root / "test_error.png", title="MNIST-1D")
+  summaries.plot_error(panels, root / "test_error.png", title="MNIST-1D")
   print(f"\n{header}\n\n{table}\n")
   print(
     f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "

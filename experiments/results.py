@@ -19,8 +19,9 @@ from typing import Annotated, Any
 
 import tyro
 
-from experiments import cli, reporting, rundir
-from experiments.config import ConfigError
+from experiments.reporting import summaries
+from experiments.run import cli, rundir
+from experiments.run.schema import ConfigError
 
 PROG = "python -m experiments.results"
 
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise cli.UsageError(f"give at least one RUNS_DIR (see {PROG} --help)")
   runs = find_runs(args.directories)
   text = (
-    f"{reporting.table1(runs)}\n\n{reporting.TABLE1_NOTE}\n\nRuns: "
+    f"{summaries.table1(runs)}\n\n{summaries.TABLE1_NOTE}\n\nRuns: "
     + ", ".join(r["path"] for r in runs)
     + "\n"
   )

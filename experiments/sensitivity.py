@@ -18,9 +18,10 @@ import dataclasses
 import pathlib
 from collections.abc import Sequence
 
-from experiments import cli, rundir, sensitivity_lib, sensitivity_study
-from experiments.config import ConfigError
 from experiments.configs.sensitivity import GRIDS
+from experiments.run import cli, rundir
+from experiments.run.schema import ConfigError
+from experiments.studies import sensitivity_report, sensitivity_training
 
 PROG = "python -m experiments.sensitivity"
 
@@ -70,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   grid = _grid(args)
   workdir = pathlib.Path(args.workdir or f"runs/sensitivity-{args.grid}")
   _prepare(workdir, args.overwrite)
-  data = sensitivity_lib.mnist1d_data(grid.num_train, grid.num_test)
+  data = sensitivity_training.mnist1d_data(grid.num_train, grid.num_test)
   print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
-  results = sensitivity_study.run_study(grid, data, log=lambda line: print(line, flush=True))
-  lines = sensitivity_study.summary_lines(results)
+  results = sensitivity_report.run_study(grid, data, log=lambda line: print(line, flush=True))
+  lines = sensitivity_report.summary_lines(results)
   header = (
     f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
     f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   rundir.write_json(workdir / rundir.RESULTS_FILE, results)
   (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
-  sensitivity_study.plot_heatmaps(results, workdir / "heatmaps.png")
+  sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
   print("\n".join(["", header, "", *lines, ""]))
   print(f"table: {workdir / 'summary.md'}; heatmaps: {workdir / 'heatmaps.png'}")
   return 0

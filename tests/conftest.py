@@ -13,7 +13,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.data import datasets as data
 
 # One persistent XLA compilation cache for the whole test run: the pytest-xdist workers and the
 # subprocesses the tests start (a killed job and its resume, README commands, notebooks) inherit

@@ -11,16 +11,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments import compiled, steps, training
+from experiments.trainer import loop, step_runners, steps
 from tests import test_training as t
 
 
 def main():
   devices = jax.devices()
   cfg = t.config(num_steps=20, eval_every_steps=0, checkpoint_every_steps=0)
-  single = training.train(cfg, t.MODEL, t.TX, t.tiny_data())
-  mesh = Mesh(np.array(devices), (training.BATCH_AXIS,))
-  sharded = training.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
+  single = loop.train(cfg, t.MODEL, t.TX, t.tiny_data())
+  mesh = Mesh(np.array(devices), (loop.BATCH_AXIS,))
+  sharded = loop.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
   diffs = jax.tree.map(
     lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
     steps.state_dict(single.state),
@@ -28,7 +28,7 @@ def main():
   )
   kernel = sharded.state.params["Dense_0"]["kernel"]
   # The compiled step is data parallel: XLA reduces gradients and BatchNorm moments across devices.
-  fns = compiled.compiled_functions(
+  fns = step_runners.compiled_functions(
     t.MODEL,
     t.TX,
     steps.Task(),

@@ -1,4 +1,5 @@
-"""BatchNorm re-estimation (experiments/batchnorm.py) against statistics computed by hand."""
+"""BatchNorm re-estimation (experiments/trainer/batchnorm.py) against statistics computed by
+hand."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import batchnorm, steps
+from experiments.trainer import batchnorm, steps
 
 EPS = 1e-5
 

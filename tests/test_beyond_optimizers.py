@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import build, configs, optimizers, steps
-from experiments.config import ConfigError, RunConfig
+from experiments import configs
+from experiments.optimizers import registry as optimizers
+from experiments.run import components
+from experiments.run.schema import ConfigError, RunConfig
+from experiments.trainer import steps
 
 
 def test_sgld_entry_steps_by_the_decayed_rate_with_langevin_noise():
@@ -74,9 +77,9 @@ def test_sgld_takes_one_gradient_per_update():
   with pytest.raises(
     ConfigError, match="--langevin-steps 2 needs an optimizer that makes one update"
   ):
-    build.validate(RunConfig(optimizer="sgld", langevin_steps=2))
+    components.validate(RunConfig(optimizer="sgld", langevin_steps=2))
   with pytest.raises(ConfigError, match="--sgld-temperature must be >= 0"):
-    build.validate(RunConfig(optimizer="sgld", sgld_temperature=-1.0))
+    components.validate(RunConfig(optimizer="sgld", sgld_temperature=-1.0))
 
 
 def test_sgld_presets_carry_the_papers_app_c1_results():
@@ -95,8 +98,8 @@ def test_sgld_presets_carry_the_papers_app_c1_results():
 def test_runs_through_the_harness_at_equal_effective_epochs(
   tmp_path, optimizer, langevin_steps, outer_steps
 ):
-  from experiments import launch  # pylint: disable=import-outside-toplevel
-  from experiments.config import RunOptions  # pylint: disable=import-outside-toplevel
+  from experiments.run import jobs  # pylint: disable=import-outside-toplevel
+  from experiments.run.schema import RunOptions  # pylint: disable=import-outside-toplevel
 
   config = configs.mnist1d.PRESETS[optimizer].config.replace(
     langevin_steps=langevin_steps,
@@ -107,7 +110,7 @@ def test_runs_through_the_harness_at_equal_effective_epochs(
     num_seeds=1,
     checkpoint_every_evals=0,
   )
-  run = launch.run_experiment(
+  run = jobs.run_experiment(
     config, RunOptions(workdir=str(tmp_path / "run"), progress=False), log=lambda _: None
   )
   # 3 effective epochs of 4 mini-batches each: 12 gradient evaluations, L per update.

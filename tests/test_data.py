@@ -8,7 +8,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from experiments import data, preprocessing
+from experiments.data import datasets as data
+from experiments.data import preprocessing
 
 
 def _as_multiset(labels, images):
@@ -217,7 +218,7 @@ def test_import_is_light():
   import sys
 
   code = (
-    "import sys, experiments.data; "
+    "import sys, experiments.data.datasets; "
     "print(any(m in sys.modules for m in ('tensorflow', 'tensorflow_datasets', 'mnist1d')))"
   )
   out = subprocess.run(

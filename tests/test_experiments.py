@@ -22,22 +22,12 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from experiments import (
-  build,
-  cifar10,
-  configs,
-  flatness,
-  launch,
-  mnist,
-  mnist1d,
-  models,
-  optimizers,
-  records,
-  results,
-  rundir,
-  steps,
-)
-from experiments.config import RunConfig, RunOptions
+from experiments import cifar10, configs, flatness, mnist, mnist1d, results
+from experiments.models import feedforward as models
+from experiments.optimizers import registry as optimizers
+from experiments.run import components, jobs, records, rundir
+from experiments.run.schema import RunConfig, RunOptions
+from experiments.trainer import steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -114,15 +104,15 @@ def test_error_evaluation_of_the_test_split(tmp_path):
     eval_every_effective_epochs=3,
   )
   options = RunOptions(workdir=str(tmp_path / "run"), progress=False)
-  run = launch.run_experiment(config, options, log=lambda _: None)
+  run = jobs.run_experiment(config, options, log=lambda _: None)
   res = read_json(tmp_path / "run" / rundir.RESULTS_FILE)
   assert res == json.loads(json.dumps(run.results))
   # ceil(2 epochs x 200 / 50) = 8 updates of L = 3 gradient evaluations: 6 effective epochs.
   assert res["outer_steps"] == 8 and res["effective_epochs"] == 6 and res["outer_epochs"] == 2
   assert res["seeds"] == [0, 1] and res["num_params"] == 40 * 100 + 100 * 100 + 100 * 10 + 210
-  variables = launch.load_final_variables(tmp_path / "run")
-  ds = build.load_data(config)
-  model = build.make_model(config)
+  variables = jobs.load_final_variables(tmp_path / "run")
+  ds = components.load_data(config)
+  model = components.make_model(config)
   for s in range(2):
     logits = model.apply(jax.tree.map(lambda a: a[s], variables), ds.test_x, train=False)
     expected = 100 * np.mean(np.argmax(logits, -1) != ds.test_y)
@@ -132,7 +122,7 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   records = read_records(tmp_path / "run")
   assert [r["step"] for r in records if r["seed"] == 0] == [4, 8]  # an evaluation per 3 eff.
   assert all("langevin_gamma" in r for r in records)
-  assert (tmp_path / "run" / launch.PLOT_FILE).stat().st_size > 0
+  assert (tmp_path / "run" / jobs.PLOT_FILE).stat().st_size > 0
   saved = read_json(tmp_path / "run" / "config.json")
   assert saved["metadata"]["experiment"]["optimizer"] == "entropy-sgd"
   assert "code_version" in saved
@@ -426,7 +416,7 @@ def test_cifar10_synthetic(narrow_models, capsys, tmp_path):
 
 @pytest.mark.parametrize("model, preset", [("lenet_bn", "adam"), ("mnistfc", "entropy-sgd")])
 def test_mnist_through_mock_data(model, preset, narrow_models, capsys, tmp_path):
-  from experiments import data
+  from experiments.data import datasets as data
 
   tfds = data._import_tfds()
   workdir = tmp_path / "mnist"
@@ -483,10 +473,10 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
   stats = read_json(workdir / "flatness.json")
   assert list(stats) == ["Adam", "Entropy-SGD"]
   # The exact spectrum, checked against jax.hessian of the same loss at the saved minimum.
-  ds = build.load_data(RunConfig(dataset="mnist1d", num_train=100, num_test=50, batch_size=25))
+  ds = components.load_data(RunConfig(dataset="mnist1d", num_train=100, num_test=50, batch_size=25))
   for optimizer, label in [("adam", "Adam"), ("entropy-sgd", "Entropy-SGD")]:
     eigenvalues = np.load(workdir / f"eigenvalues-{optimizer}-seed0.npy")
-    variables = launch.load_final_variables(workdir / optimizer)
+    variables = jobs.load_final_variables(workdir / optimizer)
     model = NarrowCNN1D()
     flat, unravel = ravel_pytree(variables["params"])
 
@@ -523,7 +513,7 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
   )
   assert code == 0, err
   assert "Adam's second moment along the trajectory" in out
-  state = launch.load_final_state(workdir / "adam")
+  state = jobs.load_final_state(workdir / "adam")
   adam_state = next(
     s
     for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "nu"))
@@ -702,8 +692,8 @@ def test_readme_commands_follow_the_command_line(command, monkeypatch, capsys, t
   def stop(*args, **kwargs):
     raise Parsed
 
-  monkeypatch.setattr(launch, "run_experiment", stop)
-  monkeypatch.setattr(launch, "run_grid", stop)
+  monkeypatch.setattr(jobs, "run_experiment", stop)
+  monkeypatch.setattr(jobs, "run_grid", stop)
   argv = command.split()
   script = SCRIPTS[argv[2].removeprefix("experiments.")]
   if script is results:

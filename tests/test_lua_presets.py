@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 
 import entropy_optax
-from experiments import (
-  batchnorm,
-  build,
-  configs,
-  launch,
-  mnist,
-  models,
-  optimizers,
-  records,
-  rundir,
-  steps,
-)
-from experiments import config as config_lib
+from experiments import configs, mnist
+from experiments.models import feedforward as models
+from experiments.optimizers import registry as optimizers
+from experiments.run import components, jobs, records, rundir
+from experiments.run import schema as config_lib
+from experiments.trainer import batchnorm, steps
 
 # train.lua's learning_rate_schedule: (first epoch, last epoch, lr) rows, and its max_epochs.
 LUA_REGIMES = {
@@ -56,7 +49,7 @@ def test_every_table1_preset_says_which_form_and_figure(experiment):
 
 @pytest.mark.parametrize("experiment,name", sorted(LUA_REGIMES))
 def test_lua_presets_follow_train_lua_regimes(experiment, name):
-  config = build.validate(getattr(configs, experiment).PRESETS[name].config)
+  config = components.validate(getattr(configs, experiment).PRESETS[name].config)
   regimes, max_epochs = LUA_REGIMES[experiment, name]
   assert config.outer_epochs == max_epochs and config.batch_size == 128
   num_train = 50_000 if experiment == "cifar10" else 60_000
@@ -69,7 +62,7 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
   assert config.langevin_steps == (20 if lua else 1)
   if experiment == "cifar10":
     assert config.weight_decay == 1e-3 and (not lua or config.gamma0 == 0.03)
-    assert build.make_model(config).authors_code  # the layout both codes ran
+    assert components.make_model(config).authors_code  # the layout both codes ran
   elif lua:
     assert (config.gamma0, config.gamma1, config.noise) == (1e-4, 1e-3, 1e-4)
 
@@ -95,7 +88,7 @@ def test_lua_optimizer_entry_is_authors_entropy_sgd_lua():
     t.update(grad_fn(params, 0), t.init(params), params, grad_fn=grad_fn)[0] for t in (tx, want)
   ]
   np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
-  with pytest.raises(build.ConfigError, match="nesterov"):
+  with pytest.raises(components.ConfigError, match="nesterov"):
     optimizers.OPTIMIZERS["entropy-sgd-lua"].make(config.replace(nesterov=False), 0.5, 7)
 
 
@@ -125,7 +118,7 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
   """A one-epoch run of the Lua MNIST preset (mock data, narrow mnistfc, L = 2): its final test
   loss is the one of the saved weights with BatchNorm statistics re-estimated on the training
   set, not the one of the statistics the training steps left."""
-  from experiments import data
+  from experiments.data import datasets as data
 
   monkeypatch.setitem(models.MODELS, "mnistfc", NarrowFC)
   tfds = data._import_tfds()
@@ -150,13 +143,13 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
     code = mnist.main([str(a) for a in argv])
     _, err = capsys.readouterr()
     assert code == 0, err
-    config = launch.saved_config(workdir, {})
-    ds = build.load_data(config)
+    config = jobs.saved_config(workdir, {})
+    ds = components.load_data(config)
   assert config.sampling == "replacement" and config.bn_reestimate
   res = rundir.read_json(workdir / rundir.RESULTS_FILE)
   assert res["optimizer"] == "entropy-sgd-lua" and res["paper"] == "1.37 ± 0.03 (120)"
-  variables = launch.load_final_variables(workdir)
-  model = build.make_model(config)
+  variables = jobs.load_final_variables(workdir)
+  model = components.make_model(config)
 
   @jax.jit
   def loss(batch_stats):

@@ -1,4 +1,4 @@
-"""Tests of experiments/models.py: parameter counts, BatchNorm, dropout, dtypes.
+"""Tests of experiments/models/feedforward.py: parameter counts, BatchNorm, dropout, dtypes.
 
 Behaviour is tested on narrow versions of the models (same code, fewer
 channels) so that the tests run in seconds on a CPU.
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import models
+from experiments.models import feedforward as models
 
 _INPUTS = {
   "allcnn_bn": (32, 32, 3),

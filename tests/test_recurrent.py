@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments import bptt, compiled, steps
-from experiments import recurrent_models as rm
+from experiments.models import recurrent as rm
+from experiments.trainer import bptt, step_runners, steps
 
 
 def _lstm_params(vocab, embed, hidden, layers):
@@ -210,7 +210,7 @@ def _ptb_small_run(langevin_steps, num_outer, clip_norm=5.0):
     else optax.sgd(1.0)
   )
   task = _task(model, langevin_steps, clip_norm)
-  fns = compiled.compiled_functions(
+  fns = step_runners.compiled_functions(
     recorder, make_tx, task, None, False, 2, langevin_steps, True, len(x), 2, "scan"
   )
   data = (jnp.asarray(x), jnp.asarray(y))

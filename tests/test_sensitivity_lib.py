@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from experiments import sensitivity_lib as sl
-from experiments import sensitivity_study
+from experiments.studies import sensitivity_report
+from experiments.studies import sensitivity_training as sl
 
 DATA = sl.synthetic_data(num_train=128, num_test=64)
 GRID = {
@@ -48,7 +48,7 @@ def test_sgd_learns_the_synthetic_problem():
 def test_summarise_finds_the_points_that_beat_the_best_sgd():
   sgd = np.array([[0.80, 0.81, 0.79], [0.90, 0.91, 0.89]])
   entropy = np.array([[0.95, 0.96, 0.94], [0.90, 0.91, 0.90], [0.5, 0.6, 0.55]])
-  summary = sensitivity_study.summarise(entropy, sgd, tolerance=0.06)
+  summary = sensitivity_report.summarise(entropy, sgd, tolerance=0.06)
   assert summary["best_sgd_index"] == 1 and summary["beats_best_sgd"] == [0]
   np.testing.assert_allclose(summary["best_sgd"], 0.90)
   np.testing.assert_allclose(summary["flat_fraction"], 2 / 3)

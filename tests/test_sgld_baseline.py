@@ -4,14 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import sensitivity_lib as sl
-from experiments import sgld_baseline
+from experiments.optimizers import sgld
+from experiments.studies import sensitivity_training as sl
 
 
 @pytest.mark.parametrize("step", [0, 99])
 def test_step_has_langevin_mean_and_noise_scale(step):
   eta, b, temperature, grad, size = 0.1, 0.55, 0.02, 0.5, 200_000
-  tx = sgld_baseline.sgld(eta, b, temperature, key=3)
+  tx = sgld.sgld(eta, b, temperature, key=3)
   params = jnp.zeros(size)
   state = tx.init(params)
   for _ in range(step):  # advance the counters (noise state's and schedule's)
@@ -33,7 +33,7 @@ def test_optax_noisy_sgd_default_decay_is_not_the_langevin_scale():
 
 def test_bad_arguments_name_them():
   with pytest.raises(ValueError, match="temperature"):
-    sgld_baseline.sgld(0.1, 0.55, -1.0)
+    sgld.sgld(0.1, 0.55, -1.0)
 
 
 def test_runs_in_the_vmapped_grid():

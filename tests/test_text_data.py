@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments import text_data
+from experiments.data import text as text_data
 
 TRAIN = "the cat sat on the mat\nthe dog <unk> \n\n a cat ran\n"
 VALID = "the cat <unk>\na dog\n"

@@ -11,21 +11,14 @@ import numpy as np
 import pytest
 
 import entropy_optax
-from experiments import (
-  bptt,
-  charlstm,
-  checkpoints,
-  launch,
-  optimizers,
-  ptb,
-  records,
-  reporting,
-  steps,
-  text_data,
-  training,
-)
-from experiments import recurrent_models as rm
+from experiments import charlstm, ptb
 from experiments.configs import charlstm as charlstm_configs
+from experiments.data import text
+from experiments.models import recurrent as rm
+from experiments.optimizers import registry as optimizers
+from experiments.reporting import summaries
+from experiments.run import checkpoints, jobs, records
+from experiments.trainer import bptt, loop, steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUIET = ["--no-progress"]
@@ -57,7 +50,7 @@ def test_charlstm_job_trains_both_optimizers_at_equal_effective_epochs(tmp_path,
   out = capsys.readouterr().out
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert (tmp_path / "run" / "valid_cross_entropy.png").stat().st_size > 1000
-  vocab = text_data.pydoc_corpus().vocab_size
+  vocab = text.pydoc_corpus().vocab_size
   for name, updates in (("adam", 5), ("entropy-adam", 1)):
     result = results[f"char_lstm-{name}"]
     assert result["effective_epochs"] == 1 and result["outer_steps"] == updates
@@ -152,7 +145,7 @@ def test_table1_rows_of_the_language_models():
       "paper": paper,
     }
 
-  table = reporting.table1(
+  table = summaries.table1(
     [
       run("ptb", "ptb_large", "sgd", [math.log(80), math.log(82)], "78.6 ± 0.26 (55)"),
       run("ptb", "ptb_large", "entropy-sgd", [math.log(77)] * 2, "77.656 ± 0.171 (25)"),
@@ -172,7 +165,7 @@ def test_table1_rows_of_the_language_models():
 
 
 def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
-  corpus = text_data.pydoc_corpus()
+  corpus = text.pydoc_corpus()
   model = rm.char_lstm(corpus.vocab_size, hidden_size=16)
   data = (
     *bptt.train_examples(corpus.train[:6000], 4, 10),  # 149 segments: 29 outer steps a pass
@@ -190,7 +183,7 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
     init_carry=bptt.ZeroCarry(model),
     clip_norm=5.0,
   )
-  config = training.TrainConfig(
+  config = loop.TrainConfig(
     batch_size=4,
     num_steps=36,
     langevin_steps=5,
@@ -201,7 +194,7 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
     num_seeds=2,
     progress=False,
   )
-  run = lambda workdir, **kw: training.train(config, model, make_tx, data, workdir, task=task, **kw)
+  run = lambda workdir, **kw: loop.train(config, model, make_tx, data, workdir, task=task, **kw)
   whole = run(tmp_path / "whole")
 
   class Killed(Exception):
@@ -231,8 +224,8 @@ def test_readme_commands_of_the_recurrent_section_parse(monkeypatch):
   def stop(*args, **kwargs):
     raise Parsed
 
-  monkeypatch.setattr(launch, "run_experiment", stop)
-  monkeypatch.setattr(launch, "run_grid", stop)
+  monkeypatch.setattr(jobs, "run_experiment", stop)
+  monkeypatch.setattr(jobs, "run_grid", stop)
   readme = (REPO / "README.md").read_text()
   section = readme.split("## Recurrent experiments")[1].split("\n## ")[0]
   commands = [
@@ -249,15 +242,16 @@ def test_readme_commands_of_the_recurrent_section_parse(monkeypatch):
 
 
 def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
-  from experiments import build, flatness
+  from experiments import flatness
   from experiments.configs.flatness import JOBS
+  from experiments.run import components
 
   workdir = tmp_path / "flat"
   argv = ["charlstm", "--effective-epochs", "1", "--num-train", "20000", "--num-test", "3000"]
   argv += ["--lanczos-iters", "4", "--slq-samples", "1", "--hessian-examples", "64"]
   assert flatness.main(argv + ["--hessian-batch", "32", "--workdir", str(workdir), *QUIET]) == 0
   columns = json.loads((workdir / "flatness.json").read_text())
-  vocab = text_data.pydoc_corpus().vocab_size
+  vocab = text.pydoc_corpus().vocab_size
   assert set(columns) == {"Adam", "Entropy-Adam"}
   # The training loss of the first 64 segments of 32 characters, each from the zero state,
   # recomputed here from the final parameters.
@@ -265,12 +259,12 @@ def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
   config = config.replace(model="small_char_lstm", num_train=20000, num_test=3000)
   x, y = bptt.text_split(config, None, "train")
   model = rm.small_char_lstm(vocab)
-  params = launch.load_final_variables(workdir / "adam")["params"]
+  params = jobs.load_final_variables(workdir / "adam")["params"]
   logits, _ = model.apply({"params": params}, x[:64], rm.zero_state(model, 64), train=False)
   expected = float(
     np.mean(-jax.nn.log_softmax(logits)[np.arange(64)[:, None], np.arange(32), y[:64]])
   )
   np.testing.assert_allclose(columns["Adam"]["loss"], expected, rtol=1e-5)
-  assert build.make_model(config, vocab) == model
+  assert components.make_model(config, vocab) == model
   assert columns["Adam"]["num_params"] == rm.count_params(model) == 32_544 + 241 * (vocab - 96)
   assert columns["Adam"]["method"] == "lanczos" and columns["Adam"]["examples"] == 64

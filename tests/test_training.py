@@ -1,4 +1,4 @@
-"""Tests of the training loop (experiments/training.py, steps.py, compiled.py, checkpoints.py):
+"""Tests of the training loop (experiments/trainer/loop.py, steps.py, compiled.py, checkpoints.py):
 metrics, checkpoints verified by checksums, resume after a kill, seeds, runners, sharding."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments import checkpoints, records, steps, training
+from experiments.run import checkpoints, records
+from experiments.trainer import loop, steps
 
 L = 3
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def config(**overrides):
     keep_checkpoints=2,
     progress=False,
   )
-  return training.TrainConfig(**{**defaults, **overrides})
+  return loop.TrainConfig(**{**defaults, **overrides})
 
 
 def assert_states_equal(a, b):
@@ -73,7 +74,7 @@ def assert_states_equal(a, b):
 def uninterrupted(tmp_path_factory):
   """The reference run: 40 Entropy-SGD steps, checkpoints every 10 steps."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  return training.train(config(), MODEL, TX, tiny_data(), workdir), workdir
+  return loop.train(config(), MODEL, TX, tiny_data(), workdir), workdir
 
 
 def test_batch_indices_shuffle_every_pass_on_device():
@@ -138,13 +139,13 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
       raise Killed
 
   with pytest.raises(Killed):
-    training.train(config(), MODEL, TX, tiny_data(), workdir, callback=kill_at_30)
+    loop.train(config(), MODEL, TX, tiny_data(), workdir, callback=kill_at_30)
   with checkpoints.Checkpoints(workdir) as ckpts:
     assert ckpts.steps() == [20, 30]
   shutil.copytree(workdir, tmp_path / "garbled")
   shutil.copytree(workdir, tmp_path / "emptied")
 
-  resumed = training.train(config(), MODEL, TX, tiny_data(), workdir)
+  resumed = loop.train(config(), MODEL, TX, tiny_data(), workdir)
   assert [r["step"] for r in resumed.records] == [40]
   assert_states_equal(resumed.state, reference.state)
   drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
@@ -155,7 +156,7 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
   garbled = tmp_path / "garbled"
   garble(garbled / "checkpoints" / "30")
   logged = []
-  resumed = training.train(config(), MODEL, TX, tiny_data(), garbled, log=logged.append)
+  resumed = loop.train(config(), MODEL, TX, tiny_data(), garbled, log=logged.append)
   assert len(logged) == 1 and "checkpoints/30 is unusable" in logged[0]
   assert [r["step"] for r in resumed.records] == [30, 40]
   assert_states_equal(resumed.state, reference.state)
@@ -165,18 +166,18 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
   emptied = tmp_path / "emptied"
   for manifest in (emptied / "checkpoints").rglob("manifest.ocdbt"):
     manifest.write_bytes(b"")
-  with pytest.raises(training.CheckpointError, match=r"unusable.*--overwrite"):
-    training.train(config(), MODEL, TX, tiny_data(), emptied, log=lambda _: None)
+  with pytest.raises(loop.CheckpointError, match=r"unusable.*--overwrite"):
+    loop.train(config(), MODEL, TX, tiny_data(), emptied, log=lambda _: None)
   with checkpoints.Checkpoints(emptied) as ckpts:
     assert ckpts.steps() == [20, 30]
 
   # Nothing to resume, another run's directory, starting afresh over checkpoints: clear errors.
-  with pytest.raises(training.CheckpointError, match="nothing to resume"):
-    training.train(config(), MODEL, TX, tiny_data(), tmp_path / "empty", resume=True)
-  with pytest.raises(training.CheckpointError, match="batch_size"):
-    training.train(config(batch_size=16), MODEL, TX, tiny_data(), workdir)
-  with pytest.raises(training.CheckpointError, match="--resume"):
-    training.train(config(), MODEL, TX, tiny_data(), workdir, resume=False)
+  with pytest.raises(loop.CheckpointError, match="nothing to resume"):
+    loop.train(config(), MODEL, TX, tiny_data(), tmp_path / "empty", resume=True)
+  with pytest.raises(loop.CheckpointError, match="batch_size"):
+    loop.train(config(batch_size=16), MODEL, TX, tiny_data(), workdir)
+  with pytest.raises(loop.CheckpointError, match="--resume"):
+    loop.train(config(), MODEL, TX, tiny_data(), workdir, resume=False)
 
 
 def test_unfinished_checkpoint_is_ignored(uninterrupted, tmp_path):
@@ -207,7 +208,7 @@ def test_metrics_reader_survives_a_cut_line(tmp_path):
 def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
   reference, _ = uninterrupted
   cfg = config(num_seeds=2, eval_every_steps=0, checkpoint_every_steps=0)
-  result = training.train(cfg, MODEL, TX, tiny_data())
+  result = loop.train(cfg, MODEL, TX, tiny_data())
   assert result.state.params["Dense_0"]["kernel"].shape == (2, 8, 16)
   lane0 = jax.tree.map(lambda a: a[0], steps.state_dict(result.state))
   jax.tree.map(
@@ -223,7 +224,7 @@ def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
 
 
 def test_plain_optax_and_one_batch_per_step():
-  result = training.train(
+  result = loop.train(
     config(langevin_steps=1, num_steps=20, eval_every_steps=0, checkpoint_every_steps=0),
     MODEL,
     optax.sgd(0.1, momentum=0.9),
@@ -233,7 +234,7 @@ def test_plain_optax_and_one_batch_per_step():
   assert last["effective_epochs"] == last["epoch"] and "langevin_gamma" not in last
   assert last["val_error"] < 0.2
   with pytest.raises(ValueError, match="langevin_steps=1"):
-    training.train(
+    loop.train(
       config(eval_every_steps=0, checkpoint_every_steps=0), MODEL, optax.sgd(0.1), tiny_data()
     )
 
@@ -254,18 +255,16 @@ def test_one_batch_per_step_reuses_it_for_every_langevin_step():
 
 def test_config_validation():
   with pytest.raises(ValueError, match="multiple of steps_per_call"):
-    training.TrainConfig(num_steps=10, steps_per_call=4, eval_every_steps=6)
+    loop.TrainConfig(num_steps=10, steps_per_call=4, eval_every_steps=6)
   with pytest.raises(ValueError, match="step_runner"):
-    training.TrainConfig(step_runner="fast")
+    loop.TrainConfig(step_runner="fast")
 
 
 def test_dispatch_runner_matches_scan():
   """One jitted step per step (the CPU path for conv nets) = the scan, up to rounding."""
   cfg = config(num_steps=10, eval_every_steps=0, checkpoint_every_steps=0)
-  scan = training.train(cfg, MODEL, TX, tiny_data())
-  dispatch = training.train(
-    dataclasses.replace(cfg, step_runner="dispatch"), MODEL, TX, tiny_data()
-  )
+  scan = loop.train(cfg, MODEL, TX, tiny_data())
+  dispatch = loop.train(dataclasses.replace(cfg, step_runner="dispatch"), MODEL, TX, tiny_data())
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
     steps.state_dict(scan.state),
@@ -321,8 +320,8 @@ def test_task_extensions_carry_and_before_eval():
   )
   sgd = optax.sgd(0.1)
   x, y, vx, vy = tiny_data()
-  cfg = training.TrainConfig(batch_size=batch, num_steps=2, steps_per_call=2, progress=False)
-  result = training.train(cfg, model, sgd, (x, y, vx, vy), task=task)
+  cfg = loop.TrainConfig(batch_size=batch, num_steps=2, steps_per_call=2, progress=False)
+  result = loop.train(cfg, model, sgd, (x, y, vx, vy), task=task)
   # With zero weights every logit is 0 and argmax is class 0.
   np.testing.assert_allclose(result.records[-1]["val_error"], np.mean(vy != 0), atol=1e-6)
   # The carry is the hidden state of step 2's mini-batch, from step 1's carry, computed here

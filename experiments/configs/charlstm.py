@@ -10,7 +10,7 @@ as far as one Adam step whatever the size of x - mu, and L times the rate moves 
 gradient evaluation), and its Langevin step size, 0.1 (the paper's for its other networks).
 """
 
-from experiments.config import Preset, RunConfig
+from experiments.run.schema import Preset, RunConfig
 
 BASE = RunConfig(
   dataset="chars",

@@ -8,7 +8,7 @@ as the authors' Lua code ran it (``*-lua``: ``train.lua -m cifarconv [-L 20 --ga
 re-estimated before every evaluation).
 """
 
-from experiments.config import Preset, RunConfig
+from experiments.run.schema import Preset, RunConfig
 
 BASE = RunConfig(dataset="cifar10", model="allcnn_bn", batch_size=128)
 # The Lua presets also take the authors' All-CNN-BN layout (padded 7th conv, 3x3 8th conv).

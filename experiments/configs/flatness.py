@@ -1,6 +1,6 @@
 """The flatness experiment's jobs (``python -m experiments.flatness NAME``), as data.
 
-``FlatnessJob`` is its schema (and command line): a ``grid.GridJob`` (one model, one run per
+``FlatnessJob`` is its schema (and command line): a ``comparison.GridJob`` (one model, one run per
 recipe) plus how the flatness of each final point is measured; ``JOBS`` names one per data set.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from experiments import grid
 from experiments.configs import EXPERIMENTS
+from experiments.run import comparison
 
 
 @dataclasses.dataclass(frozen=True)
-class FlatnessJob(grid.GridJob):
+class FlatnessJob(comparison.GridJob):
   """Trains one run per recipe and measures the flatness of each final point."""
 
   method: Literal["auto", "exact", "lanczos", "fisher", "adam-fisher"] = "auto"

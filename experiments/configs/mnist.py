@@ -11,7 +11,7 @@ alpha 0.75, Nesterov momentum in both loops) and as the authors' Lua code ran it
 every evaluation, one evaluation per epoch). The Lua code has no Adam: its baseline is SGD.
 """
 
-from experiments.config import Preset, RunConfig
+from experiments.run.schema import Preset, RunConfig
 
 BASE = RunConfig(dataset="mnist", model="lenet_bn", batch_size=128)
 

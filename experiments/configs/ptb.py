@@ -8,7 +8,7 @@ paper's text: 0.5 (Nesterov) is chosen, the value its sentence on Entropy-Adam's
 (the paper says momentum was crucial for RNNs, and that SGD trains badly with it).
 """
 
-from experiments.config import Preset, RunConfig
+from experiments.run.schema import Preset, RunConfig
 
 BASE = RunConfig(
   dataset="ptb",

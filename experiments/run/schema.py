@@ -2,7 +2,7 @@
 
 ``RunConfig`` is everything that fixes a run's trajectory: data, model, optimizer and its
 schedule, budget, seeds. It is plain data: stored with the results (``config.json``), reused
-by a resumed run, and turned into command-line options by ``experiments.cli`` (each field's
+by a resumed run, and turned into command-line options by ``experiments.run.cli`` (each field's
 docstring is its ``--help``).
 
 Units are in the names, one definition each:
@@ -38,14 +38,14 @@ def option(name: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """A training run: what its results depend on (units: see experiments/config.py)."""
+  """A training run: what its results depend on (units: see experiments/run/schema.py)."""
 
   dataset: str = "mnist1d"
-  """data set (experiments/build.py: DATASETS)"""
+  """data set (experiments/run/components.py: DATASETS)"""
   model: str = "mlp1d"
-  """model (experiments/build.py: DATASETS[dataset].models)"""
+  """model (experiments/run/components.py: DATASETS[dataset].models)"""
   optimizer: str = "sgd"
-  """optimizer (experiments/optimizers.py: OPTIMIZERS)"""
+  """optimizer (experiments/optimizers/registry.py: OPTIMIZERS)"""
   outer_epochs: float = 10.0
   """training length in outer epochs (num_train // batch_size outer steps each); a local-entropy
   optimizer costs langevin_steps x outer_epochs effective epochs"""
@@ -92,7 +92,8 @@ class RunConfig:
   drawn with replacement, as the authors' codes)"""
   bn_reestimate: bool = False
   """before every evaluation, re-estimate the BatchNorm running statistics at the weights on the
-  training set (batches of 1024, dropout off), as the authors' codes (experiments/batchnorm.py)"""
+  training set (batches of 1024, dropout off), as the authors' codes
+  (experiments/trainer/batchnorm.py)"""
   dropout: float | None = None
   """dropout rate of the hidden layers (None: the model's)"""
   input_dropout: float | None = None
@@ -180,8 +181,8 @@ def validate(
 
   Args:
     config: the run.
-    datasets: the registry of data sets (``experiments.build.DATASETS``).
-    optimizers: the registry of optimizers (``experiments.optimizers.OPTIMIZERS``).
+    datasets: the registry of data sets (``experiments.run.components.DATASETS``).
+    optimizers: the registry of optimizers (``experiments.optimizers.registry.OPTIMIZERS``).
     prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
   """
 

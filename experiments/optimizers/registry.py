@@ -9,7 +9,7 @@ a ``grad_fn`` (one update per L mini-batches: local entropy, Gaussian smoothing)
 Beside SGD, Adam, Entropy-SGD/Adam and the authors' Lua Entropy-SGD, the baselines beyond the
 paper's tables:
 
-* ``sgld``: the paper's App. C.1 plain SGLD (``experiments.sgld_baseline``).
+* ``sgld``: the paper's App. C.1 plain SGLD (``experiments.optimizers.sgld``).
 * ``smoothing-sgd``: SGD on the Gaussian-smoothed loss E f(x + sigma eps)
   (``entropy_optax.gaussian_smoothing``) at Entropy-SGD's cost, L gradient evaluations per update.
 
@@ -22,8 +22,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from experiments import config as config_lib
-from experiments.config import ConfigError, RunConfig
+from experiments.run import schema as config_lib
+from experiments.run.schema import ConfigError, RunConfig
 
 
 def _plain(config: RunConfig, base):
@@ -123,20 +123,18 @@ def _entropy_adam(config, lr, key):
 
 
 def _sgld(config, lr, key):
-  """The paper's App. C.1 SGLD baseline (``experiments.sgld_baseline``): step size
+  """The paper's App. C.1 SGLD baseline (``experiments.optimizers.sgld``): step size
   learning_rate / (1 + t)^sgld_decay_power and noise sqrt(2 lr_t T) N(0, I), no momentum.
 
   The learning-rate drops (--lr-decay, --lr-decay-outer-epochs) are not used: the step size
   follows App. C.1's own decay, so that a job setting drops for every run can include it.
   """
-  from experiments import sgld_baseline  # pylint: disable=g-import-not-at-top
+  from experiments.optimizers import sgld  # pylint: disable=g-import-not-at-top
 
   del lr
   return _plain(
     config,
-    sgld_baseline.sgld(
-      config.learning_rate, config.sgld_decay_power, config.sgld_temperature, key=key
-    ),
+    sgld.sgld(config.learning_rate, config.sgld_decay_power, config.sgld_temperature, key=key),
   )
 
 

@@ -1,6 +1,7 @@
 """CIFAR-10's preprocessing in the paper (Sec. 5.3): global contrast normalisation, ZCA whitening.
 
-NumPy only, on whole splits held in host memory; ``experiments.data.load_cifar10`` applies them
+NumPy only, on whole splits held in host memory; ``experiments.data.datasets.load_cifar10``
+applies them
 (GCN per image, then ZCA fitted on the training split and applied to both).
 """
 

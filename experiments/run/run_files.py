@@ -1,6 +1,6 @@
 """The files of one training run: config.json, metrics.jsonl and the checkpoints.
 
-``RunFiles`` opens a run directory for ``experiments.training.train``: it restores the newest
+``RunFiles`` opens a run directory for ``experiments.trainer.loop.train``: it restores the newest
 good checkpoint when resuming (after checking that the saved run is this one), writes
 config.json with the code's version, and appends records and checkpoints as the loop goes.
 """
@@ -15,11 +15,11 @@ from typing import Any
 import jax
 
 import entropy_optax
-from experiments import checkpoints as ckpt_lib
-from experiments import records as records_lib
-from experiments import steps as steps_lib
-from experiments.checkpoints import CheckpointError
-from experiments.steps import LoopState
+from experiments.run import checkpoints as ckpt_lib
+from experiments.run import records as records_lib
+from experiments.run.checkpoints import CheckpointError
+from experiments.trainer import steps as steps_lib
+from experiments.trainer.steps import LoopState
 
 CONFIG_FILE = "config.json"
 # Config fields that change the trajectory: a resumed run must use the values it was saved with.

@@ -24,9 +24,9 @@ from typing import Annotated, Any, TypeVar
 
 import tyro
 
-from experiments import data as data_lib
-from experiments import rundir
-from experiments.config import ConfigError, Preset, RunConfig, RunOptions
+from experiments.data import datasets as data_lib
+from experiments.run import rundir
+from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ def parse_preset(
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   return (
     ConfigError,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.flatness_analysis import THRESHOLDS
+from experiments.studies.flatness_analysis import THRESHOLDS
 
 # Markdown rows; a "|" inside a cell is escaped.
 ROWS = (

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments import build, launch
-from experiments.config import ConfigError
 from experiments.configs.flatness import FlatnessJob
+from experiments.run import components, jobs
+from experiments.run.schema import ConfigError
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
 
@@ -53,15 +53,15 @@ class EvalLoss:
     self.model, self.batch_stats = model, batch_stats
 
   def __call__(self, params, batch):
-    from experiments import steps  # pylint: disable=g-import-not-at-top
+    from experiments.trainer import steps  # pylint: disable=g-import-not-at-top
 
     variables = {"params": params}
     if self.batch_stats is not None:
       variables["batch_stats"] = self.batch_stats
-    from experiments import recurrent_models  # pylint: disable=g-import-not-at-top
+    from experiments.models import recurrent  # pylint: disable=g-import-not-at-top
 
-    if isinstance(self.model, recurrent_models.LSTMLanguageModel):
-      zero = recurrent_models.zero_state(self.model, batch[0].shape[0])
+    if isinstance(self.model, recurrent.LSTMLanguageModel):
+      zero = recurrent.zero_state(self.model, batch[0].shape[0])
       logits, _ = self.model.apply(variables, batch[0], zero, train=False)
     else:
       logits = self.model.apply(variables, batch[0], train=False)
@@ -98,7 +98,7 @@ def _batches(ds, args: FlatnessJob):
 
 
 def analyse(
-  run: launch.Run, ds, args: FlatnessJob, method: str, seed_index: int
+  run: jobs.Run, ds, args: FlatnessJob, method: str, seed_index: int
 ) -> tuple[dict[str, Any], Any, np.ndarray]:
   """The statistics of one seed of a finished run, what to plot, and the values (eigenvalues,
   Fisher diagonal, or SLQ nodes)."""
@@ -116,11 +116,11 @@ def analyse(
       "opt_state": run.state.opt_state,
     }
   else:
-    state = launch.load_final_state(run.workdir, args.run.data_dir)
+    state = jobs.load_final_state(run.workdir, args.run.data_dir)
   state = _seed_variables(jax.device_get(state), seed_index, config.num_seeds)
   params = state["params"]
   batches, n = _batches(ds, args)
-  loss_fn = EvalLoss(build.make_model(config, ds.num_classes), state.get("batch_stats"))
+  loss_fn = EvalLoss(components.make_model(config, ds.num_classes), state.get("batch_stats"))
   num_params = run.results["num_params"]
   start = time.perf_counter()
   stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}

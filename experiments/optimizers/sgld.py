@@ -14,7 +14,7 @@ sqrt(lr_t): the temperature goes to 0, annealed noise rather than Langevin sampl
 below is ``noisy_sgd`` with that mapping (its count starts at 1 = 1 + t, as the schedule's t).
 
 Examples:
-  >>> from experiments.sgld_baseline import sgld, PAPER_RECIPE
+  >>> from experiments.optimizers.sgld import sgld, PAPER_RECIPE
   >>> tx = sgld(**PAPER_RECIPE(num_train=4000), key=0)
 """
 

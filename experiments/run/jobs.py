@@ -3,10 +3,10 @@
 ``run_experiment(config, options)`` is the flow of every experiment:
 
     resuming = rundir.prepare(workdir)          # never overwrite, never delete a non-run
-    data = build.load_data(config)              # registries: experiments/build.py
-    model, make_tx = build.make_model(config), optimizers.optimizer_factory(config, len(data))
-    training.train(train_config(config, ...), model, make_tx, data, workdir)
-    results.json, error.png                     # experiments/reporting.py
+    data = components.load_data(config)              # registries: experiments/run/components.py
+    model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, len(data))
+    loop.train(train_config(config, ...), model, make_tx, data, workdir)
+    results.json, error.png                     # experiments/reporting/summaries.py
 
 ``run_grid`` runs several configs, one subdirectory each.
 """
@@ -22,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from experiments import build, cli, configs, grid, optimizers, records, reporting, rundir
-from experiments import config as config_lib
-from experiments.config import ConfigError, RunConfig, RunOptions
+from experiments import configs
+from experiments.optimizers import registry as optimizers
+from experiments.reporting import summaries
+from experiments.run import cli, comparison, components, records, rundir
+from experiments.run import schema as config_lib
+from experiments.run.schema import ConfigError, RunConfig, RunOptions
 
 PLOT_FILE = "error.png"
 
@@ -53,7 +56,7 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
   whole calls of at most ``steps_per_call`` outer steps; checkpoints every
   ``checkpoint_every_evals`` evaluations.
   """
-  from experiments import training  # pylint: disable=g-import-not-at-top
+  from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
   per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
@@ -65,7 +68,7 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
     eval_steps = max(1, math.ceil(num_steps / 20))
   call = min(config.steps_per_call, eval_steps)
   eval_steps = max(1, round(eval_steps / call)) * call
-  return training.TrainConfig(
+  return loop.TrainConfig(
     batch_size=config.batch_size,
     num_steps=num_steps,
     langevin_steps=config.langevin_steps,
@@ -129,9 +132,9 @@ def run_experiment(
     prefix: the options' prefix in messages (a grid's recipe).
     log: where to print progress lines.
   """
-  from experiments import training  # pylint: disable=g-import-not-at-top
+  from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
-  build.validate(config, prefix)
+  components.validate(config, prefix)
   workdir = pathlib.Path(options.workdir)
   resuming = rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
   if resuming:
@@ -145,8 +148,8 @@ def run_experiment(
         None,
         workdir,
       )
-  ds = build.load_data(config, options.data_dir, options.download)
-  model = build.make_model(config, ds.num_classes)
+  ds = components.load_data(config, options.data_dir, options.download)
+  model = components.make_model(config, ds.num_classes)
   make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
   tcfg = train_config(config, len(ds.train_x), options.progress)
   log(
@@ -155,8 +158,8 @@ def run_experiment(
     f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
     f"{config.num_seeds} seed(s)"
   )
-  task = build.make_task(config, model)
-  result = training.train(
+  task = components.make_task(config, model)
+  result = loop.train(
     tcfg,
     model,
     make_tx,
@@ -171,10 +174,10 @@ def run_experiment(
   import jax  # pylint: disable=g-import-not-at-top
 
   num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
-  heldout = build.DATASETS[config.dataset].heldout
+  heldout = components.DATASETS[config.dataset].heldout
   if heldout is not None:  # a split evaluated once, at the end (a text's test split)
-    heldout = training.evaluate(tcfg, result.state, heldout(config, options.data_dir), task=task)
-  results = reporting.summarize(
+    heldout = loop.evaluate(tcfg, result.state, heldout(config, options.data_dir), task=task)
+  results = summaries.summarize(
     all_records,
     dataset=ds.name,
     model=config.model,
@@ -189,8 +192,8 @@ def run_experiment(
     heldout=heldout,
   )
   rundir.write_json(workdir / rundir.RESULTS_FILE, results)
-  reporting.plot_error(
-    {describe(config): {reporting.name(config.optimizer): all_records}}, workdir / PLOT_FILE
+  summaries.plot_error(
+    {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
   )
   return Run(config, results, all_records, result.state, workdir)
 
@@ -210,7 +213,7 @@ def run_grid(
   log: Callable[[str], None] = print,
 ) -> dict[str, Run]:
   """Runs (or resumes) several configs, each in the subdirectory of ``options.workdir`` named
-  by its key; ``grid.json`` lists them. With ``options.resume`` finished runs are kept and
+  by its key; ``comparison.json`` lists them. With ``options.resume`` finished runs are kept and
   unfinished ones continue; a resumed run must have the config given here."""
   root = pathlib.Path(options.workdir)
   resuming = rundir.prepare(root, resume=options.resume, overwrite=options.overwrite)
@@ -231,7 +234,7 @@ def run_grid(
       prefix=dict(prefixes).get(key, ""),
       log=log,
     )
-    log(f"  {key}: {reporting.format_result(runs[key].results)}")
+    log(f"  {key}: {summaries.format_result(runs[key].results)}")
   return runs
 
 
@@ -244,18 +247,18 @@ def run_preset(
   config, options, explicit = cli.parse_preset(prog, description, presets, argv)
   options = options.replace(workdir=options.workdir or default_workdir(config))
   run = run_experiment(config, options, explicit=explicit)
-  print(reporting.format_result(run.results))
+  print(summaries.format_result(run.results))
   print(f"results: {run.workdir / rundir.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
   return 0
 
 
 def run_comparison(
-  job: grid.GridJob, default: grid.GridJob, workdir: str
+  job: comparison.GridJob, default: comparison.GridJob, workdir: str
 ) -> tuple[dict[tuple[str, str], Run], pathlib.Path]:
   """Runs (or resumes) every (model, optimizer) of a comparison job, as ``run_grid`` does.
 
   Args:
-    job: the parsed command line (``grid.expand`` turns it into one config per pair).
+    job: the parsed command line (``comparison.expand`` turns it into one config per pair).
     default: the script's default job (the recipes the command line overrides).
     workdir: the directory when the command line gives none.
 
@@ -263,7 +266,7 @@ def run_comparison(
     The runs by (model, optimizer), each in the subdirectory ``MODEL-OPTIMIZER`` (errors about
     a recipe's field name its ``--recipe.OPTIMIZER.FIELD`` option), and the directory.
   """
-  named = grid.expand(job, default)
+  named = comparison.expand(job, default)
   options = job.run.replace(workdir=job.run.workdir or workdir)
   runs = run_grid(
     {f"{m}-{o}": c for (m, o), c in named.items()},
@@ -278,16 +281,17 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from experiments import checkpoints, steps  # pylint: disable=g-import-not-at-top
+  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
+  from experiments.trainer import steps
 
   workdir = pathlib.Path(workdir)
   config = saved_config(workdir, {})
   if config is None:
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
-  ds = build.load_data(config, data_dir)
+  ds = components.load_data(config, data_dir)
   make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-  model = build.make_model(config, ds.num_classes)
-  task = build.make_task(config, model)
+  model = components.make_model(config, ds.num_classes)
+  task = components.make_task(config, model)
   init = lambda seed: steps.state_dict(
     steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size)
   )
@@ -308,7 +312,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
 def load_final_variables(workdir: str | os.PathLike) -> dict[str, Any]:
   """``params`` and ``batch_stats`` (if any) of a run's newest good checkpoint, as numpy
   pytrees (a leading seed axis when the run trained several seeds)."""
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   with checkpoints.Checkpoints(workdir) as ckpts:
     step = ckpts.latest_good()

@@ -1,6 +1,6 @@
 """Stateful truncated BPTT on the experiments harness: a text's examples, their order, the carry.
 
-A text enters the loop (``experiments.training``) as examples that are (stream, segment) pairs:
+A text enters the loop (``experiments.trainer.loop``) as examples that are (stream, segment) pairs:
 ``train_examples`` cuts the tokens into ``batch_size`` parallel streams (``text_data``) and
 example ``s B + b`` is segment s of stream b (T tokens, targets one token later), so mini-batch
 s of the loop's index-based batching, indices ``s B .. s B + B - 1``, is segment s of every
@@ -45,9 +45,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import data as data_lib
-from experiments import recurrent_models, steps, text_data
-from experiments.config import ConfigError, RunConfig
+from experiments.data import datasets as data_lib
+from experiments.data import text
+from experiments.models import recurrent
+from experiments.run.schema import ConfigError, RunConfig
+from experiments.trainer import steps
 
 
 def train_examples(
@@ -61,15 +63,15 @@ def train_examples(
 
   Examples:
     >>> import numpy as np
-    >>> from experiments.bptt import train_examples
+    >>> from experiments.trainer.bptt import train_examples
     >>> inputs, targets = train_examples(np.arange(10), 2, 2)  # streams 0-4 and 5-9
     >>> inputs.tolist(), targets.tolist()
     ([[0, 1], [5, 6], [2, 3], [7, 8]], [[1, 2], [6, 7], [3, 4], [8, 9]])
   """
-  streams = text_data.bptt_streams(tokens, batch_size)
-  count = text_data.num_segments(streams, num_steps) * num_steps
+  streams = text.bptt_streams(tokens, batch_size)
+  count = text.num_segments(streams, num_steps) * num_steps
   if count == 0:
-    raise text_data.CorpusError(
+    raise text.CorpusError(
       f"{len(tokens)} tokens in {batch_size} streams hold no segment of {num_steps} tokens: "
       "use a longer text, a smaller batch size or fewer BPTT steps."
     )
@@ -83,9 +85,9 @@ def train_examples(
 def eval_examples(
   tokens: np.ndarray, batch_size: int, num_steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
-  """``text_data.eval_streams`` as examples (segment-major, padding targets -1): evaluation
+  """``text.eval_streams`` as examples (segment-major, padding targets -1): evaluation
   batches of ``batch_size`` are consecutive segments of every stream, each token scored once."""
-  inputs, targets = text_data.eval_streams(tokens, batch_size, num_steps)
+  inputs, targets = text.eval_streams(tokens, batch_size, num_steps)
   return inputs.reshape(-1, num_steps), targets.reshape(-1, num_steps)
 
 
@@ -142,7 +144,7 @@ class ZeroCarry:
   model: Any
 
   def __call__(self, batch_size: int):
-    return recurrent_models.zero_state(self.model, batch_size)
+    return recurrent.zero_state(self.model, batch_size)
 
 
 @functools.lru_cache(maxsize=2)
@@ -150,14 +152,14 @@ def _corpus(dataset: str, text_file: str | None, data_dir: str | None):
   try:
     if dataset == "ptb":
       if data_dir is None:
-        raise text_data.CorpusError(
-          f"PTB is read from a folder: pass it as --data-dir (get {text_data.PTB_SOURCE})."
+        raise text.CorpusError(
+          f"PTB is read from a folder: pass it as --data-dir (get {text.PTB_SOURCE})."
         )
-      return text_data.read_ptb(data_dir)
+      return text.read_ptb(data_dir)
     if text_file is None:
-      return text_data.pydoc_corpus()
-    return text_data.read_char_corpus(text_file)
-  except text_data.CorpusError as e:
+      return text.pydoc_corpus()
+    return text.read_char_corpus(text_file)
+  except text.CorpusError as e:
     raise ConfigError(f"{'--data-dir' if dataset == 'ptb' else '--text-file'}: {e}") from None
 
 
@@ -172,12 +174,13 @@ def text_split(config: RunConfig, data_dir: str | None, split: str):
     if split == "train":
       return train_examples(tokens, config.batch_size, config.bptt_steps)
     return eval_examples(tokens, config.eval_batch_size, config.bptt_steps)
-  except text_data.CorpusError as e:
+  except text.CorpusError as e:
     raise ConfigError(f"{split} split: {e}") from None
 
 
 def load_text(config: RunConfig, data_dir: str | None) -> data_lib.Dataset:
-  """The ``Dataset`` of a text data set (``experiments.build.DATASETS``): training examples,
+  """The ``Dataset`` of a text data set (``experiments.run.components.DATASETS``): training
+  examples,
   and the validation split as the loop's evaluation data; ``num_classes`` is the vocabulary."""
   corpus = _corpus(config.dataset, config.text_file, data_dir)
   train_x, train_y = text_split(config, data_dir, "train")

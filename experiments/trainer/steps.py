@@ -13,7 +13,7 @@
   ``(logits, new_carry)``. Step 0 (at x) starts from the carried state and its final state is
   carried, as its BatchNorm statistics are kept; Langevin steps k >= 1 start from that final
   state (the one that describes x) and their final states are discarded
-  (``experiments/bptt.py`` states the policy). Evaluation starts from ``init_carry`` and
+  (``experiments/trainer/bptt.py`` states the policy). Evaluation starts from ``init_carry`` and
   carries it through the test batches in order.
 * ``carry_reset(step, num_examples, batch_size)``: whether outer step ``step`` starts from
   ``init_carry`` instead of the carried state (the first step of each pass over a text).
@@ -105,7 +105,7 @@ def clip_by_global_norm(grads: Any, max_norm: float) -> Any:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from experiments.steps import clip_by_global_norm
+    >>> from experiments.trainer.steps import clip_by_global_norm
     >>> clip_by_global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, 1.0)["b"].tolist()
     [0.8...]
   """

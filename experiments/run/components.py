@@ -1,12 +1,14 @@
 """Data, model and task of a ``RunConfig``, from two small registries (the optimizers':
-``experiments.optimizers.OPTIMIZERS``).
+``experiments.optimizers.registry.OPTIMIZERS``).
 
 Adding a data set or a model is one entry here:
 
 * ``DATASETS[name] = DatasetEntry(load, models, sizes)``: ``load(config, data_dir, download)``
-  returns an ``experiments.data.Dataset``; ``models`` lists the model names it takes (each a key
-  of ``experiments.models.MODELS``); ``sizes`` the (train, test) sizes of ``--synthetic``.
-* a model: a Linen module in ``experiments.models.MODELS``, called as
+  returns an ``experiments.data.datasets.Dataset``; ``models`` lists the model names it takes
+  (each a key
+  of ``experiments.models.feedforward.MODELS``); ``sizes`` the (train, test) sizes of
+  ``--synthetic``.
+* a model: a Linen module in ``experiments.models.feedforward.MODELS``, called as
   ``model.apply(variables, x, train=bool)``; then list its name in its data set's entry.
 
 jax and the data libraries are imported inside the functions: ``--help`` stays fast.
@@ -18,17 +20,17 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from experiments import config as config_lib
-from experiments import data as data_lib
-from experiments import optimizers as optimizers_lib
-from experiments.config import ConfigError, RunConfig
+from experiments.data import datasets as data_lib
+from experiments.optimizers import registry as optimizers_lib
+from experiments.run import schema as config_lib
+from experiments.run.schema import ConfigError, RunConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
   """``heldout(config, data_dir)``: the (x, y) of a split evaluated once at the end of a run
   (a text's test split: the loop evaluates its validation split); ``sequence``: examples are
-  segments of text streams (``experiments/bptt.py``), num_train/num_test count tokens."""
+  segments of text streams (``experiments/trainer/bptt.py``), num_train/num_test count tokens."""
 
   load: Callable[[RunConfig, str | None, bool], data_lib.Dataset]
   models: tuple[str, ...]
@@ -45,14 +47,14 @@ def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
 
 
 def _text(config: RunConfig, data_dir, download) -> data_lib.Dataset:
-  from experiments import bptt  # pylint: disable=g-import-not-at-top
+  from experiments.trainer import bptt  # pylint: disable=g-import-not-at-top
 
   del download  # a text is read from a file (or ships with CPython)
   return bptt.load_text(config, data_dir)
 
 
 def _text_test(config: RunConfig, data_dir):
-  from experiments import bptt  # pylint: disable=g-import-not-at-top
+  from experiments.trainer import bptt  # pylint: disable=g-import-not-at-top
 
   return bptt.text_split(config, data_dir, "test")
 
@@ -67,7 +69,7 @@ DATASETS: dict[str, DatasetEntry] = {
     lambda c, d, dl: data_lib.load_mnist(d, download=dl), ("mnistfc", "lenet_bn"), (60_000, 10_000)
   ),
   "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),
-  # Texts (experiments/text_data.py): PTB from --data-dir, characters from --text-file.
+  # Texts (experiments/data/text.py): PTB from --data-dir, characters from --text-file.
   "ptb": DatasetEntry(
     _text, ("ptb_large", "ptb_medium", "ptb_small"), (0, 0), _text_test, sequence=True
   ),
@@ -78,10 +80,13 @@ DATASETS: dict[str, DatasetEntry] = {
 def make_task(config: RunConfig, model) -> Any:
   """The loop's ``steps.Task`` of ``config``: its mini-batch sampling and the BatchNorm
   re-estimation before every evaluation (``--sampling``, ``--bn-reestimate``)."""
-  from experiments import batchnorm, steps  # pylint: disable=g-import-not-at-top
+  from experiments.trainer import (
+    batchnorm,  # pylint: disable=g-import-not-at-top
+    steps,
+  )
 
   if DATASETS[config.dataset].sequence:  # stateful truncated BPTT
-    from experiments import bptt  # pylint: disable=g-import-not-at-top
+    from experiments.trainer import bptt  # pylint: disable=g-import-not-at-top
 
     return bptt.make_task(config, model)
   return steps.Task(
@@ -96,7 +101,7 @@ def make_task(config: RunConfig, model) -> Any:
 
 
 def validate(config: RunConfig, prefix: str = "") -> RunConfig:
-  """``experiments.config.validate`` against these registries."""
+  """``experiments.run.schema.validate`` against these registries."""
   return config_lib.validate(
     config, datasets=DATASETS, optimizers=optimizers_lib.OPTIMIZERS, prefix=prefix
   )
@@ -158,20 +163,21 @@ def load_data(
 
 def make_model(config: RunConfig, num_classes: int | None = None):
   """The Linen model of ``config``, with its dropout and dtype overrides; a language model
-  (``experiments.recurrent_models.MODELS``) needs ``num_classes``, its vocabulary size."""
+  (``experiments.models.recurrent.MODELS``) needs ``num_classes``, its vocabulary size."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from experiments import models, recurrent_models  # pylint: disable=g-import-not-at-top
+  from experiments.models import feedforward as models  # pylint: disable=g-import-not-at-top
+  from experiments.models import recurrent
 
   overrides: dict[str, Any] = {"dtype": getattr(jnp, config.dtype)}
-  if config.model in recurrent_models.MODELS:
+  if config.model in recurrent.MODELS:
     if num_classes is None:
       raise ValueError(f"model {config.model} needs num_classes (its vocabulary size).")
     if config.input_dropout is not None:
       raise ConfigError(f"model {config.model} has no input_dropout; drop --input-dropout.")
     if config.dropout is not None:
       overrides["dropout_rate"] = config.dropout
-    return recurrent_models.MODELS[config.model](num_classes, **overrides)
+    return recurrent.MODELS[config.model](num_classes, **overrides)
   fields = {f.name for f in dataclasses.fields(models.MODELS[config.model])}
   for name in ("dropout", "input_dropout"):
     value = getattr(config, name)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import steps
+from experiments.trainer import steps
 
 BATCH_AXIS = "batch"
 RUNNERS = ("auto", "scan", "dispatch")

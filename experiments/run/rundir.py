@@ -13,7 +13,7 @@ import pathlib
 import shutil
 from typing import Any
 
-from experiments.config import ConfigError
+from experiments.run.schema import ConfigError
 
 RESULTS_FILE = "results.json"
 GRID_FILE = "grid.json"

@@ -32,7 +32,8 @@ import numpy as np
 import optax
 
 import entropy_optax
-from experiments import models, sgld_baseline
+from experiments.models import feedforward as models
+from experiments.optimizers import sgld
 
 ENTROPY_KEYS = ("gamma", "langevin_lr", "noise", "learning_rate")
 SGD_KEYS = ("learning_rate",)
@@ -66,7 +67,7 @@ def synthetic_data(num_train: int = 256, num_test: int = 128, seed: int = 0) -> 
 
 def mnist1d_data(num_train: int = 0, num_test: int = 0) -> Data:
   """MNIST-1D, generated offline: num_train / num_test examples (0: 4000 / 1000)."""
-  from experiments import data  # pylint: disable=import-outside-toplevel
+  from experiments.data import datasets as data  # pylint: disable=import-outside-toplevel
 
   d = data.load_mnist1d(num_train or 4000, num_test or 1000)
   return Data(jnp.asarray(a) for a in (d.train_x, d.train_y, d.test_x, d.test_y))
@@ -109,7 +110,7 @@ def _optimizer(
       key=seed,
     )
   if name == "sgld":
-    return sgld_baseline.sgld(
+    return sgld.sgld(
       hparams["learning_rate"], hparams["decay_power"], hparams["temperature"], key=seed
     )
   raise ValueError(f"optimizer must be one of {', '.join(GRID_KEYS)}, got {name!r}.")
@@ -202,7 +203,7 @@ def train_grid(
   """Every grid point and seed in one jitted, vmapped program: test accuracy curves.
 
   Args:
-    model_name: "mlp1d" or "cnn1d" (``experiments.models``).
+    model_name: "mlp1d" or "cnn1d" (``experiments.models.feedforward``).
     data: ``(train_x, train_y, test_x, test_y)``.
     optimizer: "entropy_sgd" (grid keys gamma, langevin_lr, noise, learning_rate), "sgd"
       (learning_rate), "sgld" (learning_rate, decay_power, temperature: the paper's App. C.1

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import tyro
 
-from experiments import build
-from experiments.config import ConfigError, RunConfig, RunOptions, option
+from experiments.run import components
+from experiments.run.schema import ConfigError, RunConfig, RunOptions, option
 
 # The shared settings, each also a RunConfig field (but the budget and milestones).
 SHARED = (
@@ -100,8 +100,10 @@ def expand(job: GridJob, default: GridJob) -> dict[tuple[str, str], RunConfig]:
           values["lr_decay_outer_epochs"] = tuple(
             round(f * values["outer_epochs"], 6) for f in job.lr_decay_at_fractions
           )
-      models = build.DATASETS[recipe.dataset].models if recipe.dataset in build.DATASETS else ()
+      models = (
+        components.DATASETS[recipe.dataset].models if recipe.dataset in components.DATASETS else ()
+      )
       if model not in models:
         raise ConfigError(f"--models {model!r}: choose from {', '.join(models)}.")
-      configs[model, name] = build.validate(recipe.replace(model=model, **values), prefix)
+      configs[model, name] = components.validate(recipe.replace(model=model, **values), prefix)
   return configs

@@ -7,11 +7,12 @@ the device, with any optax optimizer or a local-entropy one:
 * The data set is put on the device once; each data pass is shuffled there
   (``steps.Task.batch_indices``). An outer step consumes L = ``langevin_steps`` mini-batches
   (or one reused by all L Langevin steps: ``fresh_batches=False``).
-* Calls of up to ``steps_per_call`` outer steps (``experiments.compiled``: a ``lax.scan``, or
+* Calls of up to ``steps_per_call`` outer steps (``experiments.trainer.step_runners``: a
+  ``lax.scan``, or
   on CPU for conv nets one jitted step dispatched per step); one host sync per call, when the
-  metrics come back and are appended to ``metrics.jsonl`` (``experiments.records``).
+  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.records``).
 * Evaluation every ``eval_every_steps``, checkpoints every ``checkpoint_every_steps`` and at the
-  end (``experiments.checkpoints``: verified by checksums before a restore). Keys and step are
+  end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
   an uninterrupted one bit for bit on CPU.
 * ``num_seeds`` > 1 trains that many seeds at once (vmap over the whole state; each seed builds
@@ -37,12 +38,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from entropy_optax.flax import takes_grad_fn
-from experiments import compiled, run_files
-from experiments import records as records_lib
-from experiments import steps as steps_lib
-from experiments.checkpoints import CheckpointError
-from experiments.compiled import BATCH_AXIS
-from experiments.steps import LoopState, Task, cross_entropy
+from experiments.run import records as records_lib
+from experiments.run import run_files
+from experiments.run.checkpoints import CheckpointError
+from experiments.trainer import step_runners
+from experiments.trainer import steps as steps_lib
+from experiments.trainer.step_runners import BATCH_AXIS
+from experiments.trainer.steps import LoopState, Task, cross_entropy
 
 __all__ = [
   "TrainConfig",
@@ -77,7 +79,7 @@ class TrainConfig:
     keep_checkpoints: how many of the latest checkpoints to keep (2 leaves one to fall back to).
     seed: the seed of initialisation, dropout, data order and Langevin noise.
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
-    step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.compiled``).
+    step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
     progress: show a tqdm progress bar.
   """
 
@@ -114,8 +116,10 @@ class TrainConfig:
           f"{name} must be 0 or a multiple of steps_per_call={self.steps_per_call}, got "
           f"{value}: evaluations and checkpoints happen between calls."
         )
-    if self.step_runner not in compiled.RUNNERS:
-      raise ValueError(f"step_runner must be one of {compiled.RUNNERS}, got {self.step_runner!r}.")
+    if self.step_runner not in step_runners.RUNNERS:
+      raise ValueError(
+        f"step_runner must be one of {step_runners.RUNNERS}, got {self.step_runner!r}."
+      )
 
   @property
   def seeds(self) -> list[int]:
@@ -152,7 +156,7 @@ def train(
     model: a Linen module called as ``model.apply(variables, x, train=bool)``.
     make_tx: ``make_tx(key)`` -> the optax optimizer with Langevin noise key ``key`` (each seed
       gets its own), or an optimizer (then every seed shares its noise key).
-    data: ``(train_x, train_y, val_x, val_y)`` arrays (an ``experiments.data.Dataset``).
+    data: ``(train_x, train_y, val_x, val_y)`` arrays (an ``experiments.data.datasets.Dataset``).
     workdir: where ``metrics.jsonl``, ``config.json`` and the checkpoints go; None keeps
       everything in memory.
     task: the loss and the loop's extension points (``steps.Task``).
@@ -171,8 +175,8 @@ def train(
   train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
   per_epoch = max(1, num_examples // config.batch_size)
   batched = config.num_seeds > 1
-  runner = compiled.choose_runner(config.step_runner, model, train_data[0][:1], task)
-  fns = compiled.compiled_functions(
+  runner = step_runners.choose_runner(config.step_runner, model, train_data[0][:1], task)
+  fns = step_runners.compiled_functions(
     model,
     make_tx,
     task,

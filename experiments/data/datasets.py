@@ -17,7 +17,7 @@ import random
 
 import numpy as np
 
-from experiments.preprocessing import global_contrast_normalize, zca_apply, zca_whitening_fit
+from experiments.data.preprocessing import global_contrast_normalize, zca_apply, zca_whitening_fit
 
 
 class DatasetUnavailableError(RuntimeError):

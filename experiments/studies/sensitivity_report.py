@@ -1,7 +1,7 @@
 """The sensitivity study: runs a ``SensitivityGrid``, says what won, tabulates and plots it.
 
 ``run_study`` trains, per model, Entropy-SGD's grid (gamma0 x Langevin step x noise, all seeds)
-for each L as one jitted vmapped program (``sensitivity_lib.train_grid``), and the baselines at
+for each L as one jitted vmapped program (``sensitivity_training.train_grid``), and the baselines at
 the same effective epochs (SGD over learning rates, SGLD over eta, smoothing-SGD over sigma),
 each also one program; optionally the first Entropy-SGD block again one run after another
 (``throughput_check``). ``summary_lines`` / ``point_table`` are the printed report,
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments import reporting, sensitivity_lib, time_to_target
 from experiments.configs.sensitivity import SensitivityGrid
+from experiments.reporting import summaries, time_to_target
+from experiments.studies import sensitivity_training
 
 FLAT_TOLERANCE = 0.01  # "flat": grid points within 1 accuracy point of the best
 
@@ -52,7 +53,7 @@ def _entropy_grid(grid: SensitivityGrid) -> tuple[list[dict], dict[str, np.ndarr
 
 
 def run_study(
-  grid: SensitivityGrid, data: sensitivity_lib.Data, log: Callable[[str], None] = print
+  grid: SensitivityGrid, data: sensitivity_training.Data, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
   """Trains every block of ``grid``; returns the JSON-ready results (see the module doc)."""
   start = time.perf_counter()
@@ -67,7 +68,7 @@ def run_study(
 
   def train(model, optimizer, arrays, points, label, **kwargs):
     timings: dict[str, float] = {}
-    curves = sensitivity_lib.train_grid(
+    curves = sensitivity_training.train_grid(
       model,
       data,
       optimizer,
@@ -106,11 +107,11 @@ def run_study(
       {"learning_rate": lr, "decay_power": 0.55, "temperature": 1 / num_train}
       for lr in grid.sgld_learning_rates
     ]
-    sgld_arrays = {k: [p[k] for p in sgld_points] for k in sensitivity_lib.SGLD_KEYS}
+    sgld_arrays = {k: [p[k] for p in sgld_points] for k in sensitivity_training.SGLD_KEYS}
     blocks["sgld"] = train(model, "sgld", sgld_arrays, sgld_points, "SGLD")
     best_sgd_lr = grid.sgd_learning_rates[blocks["sgd"]["best_index"]]
     smooth_points = [{"sigma": s, "learning_rate": best_sgd_lr} for s in grid.smoothing_sigmas]
-    smooth_arrays = {k: [p[k] for p in smooth_points] for k in sensitivity_lib.SMOOTHING_KEYS}
+    smooth_arrays = {k: [p[k] for p in smooth_points] for k in sensitivity_training.SMOOTHING_KEYS}
     blocks[f"smoothing_sgd L={grid.smoothing_langevin_steps}"] = train(
       model,
       "smoothing_sgd",
@@ -180,7 +181,7 @@ def _throughput(grid, data, arrays, common, results, log) -> dict[str, Any]:
   """The first model's first-L Entropy-SGD block again, one run after another."""
   model, steps = grid.models[0], grid.langevin_steps[0]
   timings: dict[str, float] = {}
-  curves = sensitivity_lib.train_grid(
+  curves = sensitivity_training.train_grid(
     model,
     data,
     "entropy_sgd",
@@ -221,7 +222,7 @@ def _throughput(grid, data, arrays, common, results, log) -> dict[str, Any]:
 
 def _name(block: str) -> str:
   label, _, steps = block.partition(" ")
-  return reporting.name(label.replace("_", "-")) + (f" ({steps})" if steps else "")
+  return summaries.name(label.replace("_", "-")) + (f" ({steps})" if steps else "")
 
 
 def _setting(point: dict) -> str:
@@ -246,7 +247,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         reached = "not reached"
       flat = f"{np.mean(mean >= mean.max() - FLAT_TOLERANCE):.0%}"
       lines.append(
-        f"| {reporting.name(model)} | {_name(name)} | {_setting(block['points'][best])} | "
+        f"| {summaries.name(model)} | {_name(name)} | {_setting(block['points'][best])} | "
         f"{100 * mean[best]:.1f} ± {100 * final[best].std(ddof=1):.1f} | "
         f"{100 * mean.min():.1f}-{100 * mean.max():.1f} | {flat} | {reached} |"
       )
@@ -259,12 +260,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         else "beats the best SGD nowhere (by two standard errors)"
       )
       verdict.append(
-        f"- {reporting.name(model)}, {_name(name)}: best {100 * s['best_entropy']:.1f}% vs best "
+        f"- {summaries.name(model)}, {_name(name)}: best {100 * s['best_entropy']:.1f}% vs best "
         f"SGD {100 * s['best_sgd']:.1f}%; {where}; {s['flat_fraction']:.0%} of the grid within "
         f"1 point of its best, spread {100 * s['spread']:.1f} points."
       )
     verdict.append(
-      f"- {reporting.name(model)}: target {100 * r['target_accuracy']:.1f}% "
+      f"- {summaries.name(model)}: target {100 * r['target_accuracy']:.1f}% "
       f"({time_to_target.TARGET_FRACTION:g} x the best final accuracy)."
     )
   return lines + [""] + verdict
@@ -297,7 +298,7 @@ def plot_heatmaps(results: dict[str, Any], path: str | os.PathLike) -> None:
       ax.set_xticks(range(shape[1]), [f"{v:g}" for v in grid["langevin_lr"]])
       ax.set_yticks(range(shape[0]), [f"{v:g}" for v in grid["gamma0"]])
       ax.set(xlabel="Langevin step", ylabel="gamma0")
-      ax.set_title(f"{reporting.name(model)} L={steps} noise {noise:g}", fontsize=9)
+      ax.set_title(f"{summaries.name(model)} L={steps} noise {noise:g}", fontsize=9)
       fig.colorbar(image, ax=ax, label="test acc. (%)")
   fig.tight_layout()
   fig.savefig(path, dpi=80)

@@ -109,7 +109,7 @@ def read_ptb(directory: str | pathlib.Path) -> TextCorpus:
 
   Examples:
     >>> import pathlib, tempfile
-    >>> from experiments.text_data import read_ptb
+    >>> from experiments.data.text import read_ptb
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> for split in ("train", "valid", "test"):
     ...   _ = (folder / f"ptb.{split}.txt").write_text(" the cat <unk> \\n the dog \\n")
@@ -154,7 +154,7 @@ def char_corpus(text: str, name: str = "chars") -> TextCorpus:
     CorpusError: the text is too short to give every split at least two characters.
 
   Examples:
-    >>> from experiments.text_data import char_corpus
+    >>> from experiments.data.text import char_corpus
     >>> corpus = char_corpus("abcabcabcaxyzxyzxyzx")
     >>> corpus.vocab_size, len(corpus.train), corpus.decode(corpus.test)
     (6, 16, ['z', 'x'])
@@ -217,7 +217,7 @@ def bptt_streams(tokens: np.ndarray, batch_size: int) -> np.ndarray:
 
   Examples:
     >>> import numpy as np
-    >>> from experiments.text_data import bptt_streams, segment
+    >>> from experiments.data.text import bptt_streams, segment
     >>> streams = bptt_streams(np.arange(10), 2)
     >>> streams.tolist()
     [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
@@ -263,7 +263,7 @@ def eval_streams(
 
   Examples:
     >>> import numpy as np
-    >>> from experiments.text_data import eval_streams
+    >>> from experiments.data.text import eval_streams
     >>> inputs, targets = eval_streams(np.arange(6), 2, 2)
     >>> inputs.tolist(), targets.tolist()
     ([[[0, 1], [3, 4]], [[2, 0], [0, 0]]], [[[1, 2], [4, 5]], [[3, -1], [-1, -1]]])

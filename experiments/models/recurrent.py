@@ -197,7 +197,7 @@ def ptb_lstm(size: str = "large", vocab_size: int = 10_000, **overrides) -> LSTM
   smaller configurations.
 
   Examples:
-    >>> from experiments.recurrent_models import count_params, ptb_lstm
+    >>> from experiments.models.recurrent import count_params, ptb_lstm
     >>> count_params(ptb_lstm("large"))
     66022000
   """
@@ -234,14 +234,14 @@ def small_char_lstm(vocab_size: int = 96, **overrides) -> LSTMLanguageModel:
   second LSTM bias vector (+192) and no softmax bias (-96).
 
   Examples:
-    >>> from experiments.recurrent_models import count_params, small_char_lstm
+    >>> from experiments.models.recurrent import count_params, small_char_lstm
     >>> count_params(small_char_lstm())
     32544
   """
   return char_lstm(vocab_size, hidden_size=48, num_layers=1, **overrides)
 
 
-# The registry of ``experiments.build``: name -> factory(vocab_size, **overrides).
+# The registry of ``experiments.run.components``: name -> factory(vocab_size, **overrides).
 MODELS = {
   "ptb_large": functools.partial(ptb_lstm, "large"),
   "ptb_medium": functools.partial(ptb_lstm, "medium"),
