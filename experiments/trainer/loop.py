@@ -79,6 +79,9 @@ class TrainConfig:
     keep_checkpoints: how many of the latest checkpoints to keep (2 leaves one to fall back to).
     seed: the seed of initialisation, dropout, data order and Langevin noise.
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
+    replicas: replicas per seed (Parle, data-parallel SGD): a leading axis of each seed's state,
+      vmapped with the axis name ``steps.REPLICA_AXIS`` on one device; their average is
+      evaluated (``experiments.trainer.step_runners``).
     step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
     progress: show a tqdm progress bar.
   """
@@ -94,6 +97,7 @@ class TrainConfig:
   keep_checkpoints: int = 2
   seed: int = 0
   num_seeds: int = 1
+  replicas: int = 1
   step_runner: str = "auto"
   progress: bool = True
 
@@ -106,6 +110,7 @@ class TrainConfig:
       "eval_batch_size",
       "keep_checkpoints",
       "num_seeds",
+      "replicas",
     ):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -128,7 +133,8 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
-  """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1); ``records``:
+  """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1, then a replica
+  axis if replicas > 1); ``records``:
   the metrics records of this process's calls."""
 
   state: LoopState
@@ -172,6 +178,11 @@ def train(
   """
   if isinstance(make_tx, optax.GradientTransformation):
     make_tx = _Constant(make_tx)
+  if mesh is not None and config.replicas > 1:
+    raise ValueError(
+      f"replicas={config.replicas} run vmapped on one device; drop the mesh (a mesh axis of "
+      "replicas is jax.shard_map over entropy_optax.parle's axis_name, not in this loop yet)."
+    )
   train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
   per_epoch = max(1, num_examples // config.batch_size)
   batched = config.num_seeds > 1
@@ -188,6 +199,7 @@ def train(
     num_examples,
     _eval_batch(config, num_val, mesh),
     runner,
+    config.replicas,
   )
   seeds = jnp.asarray(config.seeds, jnp.uint32)
   state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
@@ -263,11 +275,13 @@ def evaluate(
   config: TrainConfig, state: LoopState, data, *, task: Task = Task(), mesh=None
 ) -> dict[str, np.ndarray]:
   """Metrics of a trained ``state`` (a leading seed axis when num_seeds > 1) on ``data`` =
-  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split)."""
+  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split);
+  with replicas, of their average (its BatchNorm statistics averaged, not re-estimated)."""
   x, y = (np.asarray(a) for a in data)
   size = _eval_batch(config, len(x), mesh)
   w = _pad(np.ones(len(x), np.float32), size)
-  fn = lambda s, x, y, w: steps_lib.evaluate(s, x, y, w, size, task)  # noqa: E731
+  center = steps_lib.replica_mean if config.replicas > 1 else (lambda s: s)
+  fn = lambda s, x, y, w: steps_lib.evaluate(center(s), x, y, w, size, task)  # noqa: E731
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))
   return jax.device_get(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
