@@ -214,6 +214,7 @@ def _parle(config, lr, key):
     nesterov=config.nesterov,
     gamma_max=config.gamma_max or None,
     rho_max=config.rho_max or None,
+    center=config.center,
     axis_name=_replica_axis(config),
     independent_noise=False,  # the loop's keys already differ per replica
     **langevin,

@@ -96,6 +96,9 @@ class RunConfig:
   """parle: cap on the scoped gamma (the authors' code: 1; 0: none)"""
   rho_max: float = 0.0
   """parle: cap on the scoped rho (the authors' code: 10; 0: none)"""
+  center: Literal["params", "langevin_mean"] = "params"
+  """parle: what the replicas are pulled towards: the average of the replicas (params: the
+  paper's text) or of their Langevin means (langevin_mean: both authors' codes)"""
   scale_by_gamma: bool = False
   """outer gradient gamma (x - mu) (Alg. 1 line 7) instead of x - mu (the paper's practice)"""
   sampling: Literal["shuffle", "replacement"] = "shuffle"
