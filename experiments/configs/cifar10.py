@@ -103,14 +103,14 @@ PRESETS = {
     paper={"allcnn_bn_authors": "7.71 ± 0.19 (180)"},
   ),
   "parle": Preset(
-    "Parle (arXiv:1707.00424) with its authors' code's settings (pratikac/distributed-"
-    "ensembles main.py, optim.Parle): n=3 replicas, L=25, lr 0.1 in both loops, Nesterov 0.9 "
-    "in both, no Langevin noise, the last Langevin iterate as mu (alpha 1), gamma 0.01 and "
-    "rho 1 both x(1 + 0.5/390) per update (0.5 / batches per epoch) capped at 1 and 10, "
-    "pulled towards the replicas' average of mu, batch 128, L2 1e-3; 8 outer epochs (200 "
-    "effective per replica) with lr ÷5 at 4 and 6 (this project's choice: the code takes "
-    "them from the command line); the average replica evaluated, BatchNorm re-estimated. The "
-    "paper's All-CNN error is not shown: its text was not available offline to check",
+    "Parle, 3 replicas, as its authors' code sets it up (pratikac/distributed-ensembles "
+    "main.py, optim.Parle): L=25, lr 0.1 in both loops, Nesterov 0.9 in both, no Langevin "
+    "noise, the last Langevin iterate as mu (alpha 1), gamma 0.01 and rho 1 both x(1 + "
+    "0.5/390) per update (0.5 / batches per epoch) capped at 1 and 10, pulled towards the "
+    "replicas' average of mu, batch 128, L2 1e-3; 8 outer epochs (200 effective per replica), "
+    "lr ÷5 at 4 and 6 (this project's choice: the code takes them from its command line); "
+    "the average replica evaluated, BatchNorm re-estimated; the paper's All-CNN error is not "
+    "shown (its text was not available offline to check)",
     BASE.replace(
       optimizer="parle",
       replicas=3,
