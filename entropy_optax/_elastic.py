@@ -87,6 +87,11 @@ def _stats(rho: Any, offset: Any, axis_name: AxisName) -> ElasticStats:
 
 
 def _check_rho(rho: Any, name: str = "rho") -> None:
+  if is_concrete_number(rho) and rho == math.inf:
+    raise ValueError(
+      f"{name} = inf is the hard coupling: chain replica_average after the optimizer instead "
+      "(entropy_optax.parle(rho=math.inf) does)."
+    )
   if is_concrete_number(rho) and not 0 <= rho < math.inf:
     raise ValueError(f"{name} must be finite and >= 0 (or an optax schedule), got {rho}.")
 
