@@ -275,6 +275,8 @@ def test_outside_a_named_axis_is_a_clear_error_and_none_is_one_replica():
     coupling.update(params, coupling.init(params), params)
   with pytest.raises(ValueError, match="rho must be finite and >= 0"):
     eo.elastic_coupling(-1.0)
+  with pytest.raises(ValueError, match="chain replica_average after the optimizer"):
+    eo.elastic_coupling(math.inf)
   with pytest.raises(ValueError, match="center must be one of"):
     eo.elastic_coupling(1.0, center="x")
   single = eo.elastic_coupling(1.0, axis_name=None)
