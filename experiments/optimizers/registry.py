@@ -91,8 +91,13 @@ def _adam(config, lr, key):
 
 def _entropy_sgd(config, lr, key):
 
+  # --nesterov sets both loops' momentum form here, as entropy_sgd's nesterov did in 0.1.0.
   return entropy_optax.entropy_sgd(
-    lr, momentum=config.momentum, nesterov=config.nesterov, **_langevin(config, key)
+    lr,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    langevin_nesterov=config.nesterov,
+    **_langevin(config, key),
   )
 
 
