@@ -26,6 +26,7 @@ def parle(
   momentum: float = 0.9,
   nesterov: bool = True,
   langevin_momentum: float = 0.0,
+  langevin_nesterov: bool = True,
   weight_decay: float = 0.0,
   gamma_max: float | None = None,
   rho_max: float | None = None,
@@ -33,7 +34,7 @@ def parle(
   axis_name: _elastic.AxisName = "replica",
   key: jax.Array | int = 0,
   independent_noise: bool = True,
-  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  noise_distribution: _noise.NoiseDistribution = "irwin_hall",
   unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Parle: Entropy-SGD on each of n replicas, each pulled elastically towards their average.
@@ -76,8 +77,11 @@ def parle(
       that the replicas draw independent noise; False: every replica uses ``key`` as given (pass
       distinct keys yourself, or keep replicas with equal keys and data identical).
     num_langevin_steps: L, see ``local_entropy`` (also ``gamma``, ``langevin_lr``, ``noise``,
-      ``alpha``, ``langevin_momentum``, ``noise_sampler``, ``unroll``).
-    momentum: outer momentum (0 for none), Nesterov with ``nesterov`` (also the Langevin one's).
+      ``alpha``, ``langevin_momentum``, ``langevin_nesterov``, ``noise_distribution``,
+      ``unroll``).
+    momentum: outer momentum (0 for none).
+    nesterov: Nesterov form of the outer momentum (True) or heavy-ball (False), as
+      ``entropy_sgd``'s ``nesterov``.
     weight_decay: L2 inside the chain and on the outer gradient, as ``entropy_sgd``.
 
   Returns:
@@ -112,10 +116,10 @@ def parle(
     noise,
     alpha,
     langevin_momentum=langevin_momentum,
-    nesterov=nesterov,
+    langevin_nesterov=langevin_nesterov,
     weight_decay=weight_decay,
     key=key,
-    noise_sampler=noise_sampler,
+    noise_distribution=noise_distribution,
     unroll=unroll,
   )
   outer = optax.chain(

@@ -205,6 +205,7 @@ def _parle(config, lr, key):
     rho=rho,
     momentum=config.momentum,
     nesterov=config.nesterov,
+    langevin_nesterov=config.nesterov,  # --nesterov sets both loops, as for entropy-sgd
     gamma_max=config.gamma_max or None,
     rho_max=config.rho_max or None,
     center=config.center,
