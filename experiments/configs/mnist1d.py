@@ -70,6 +70,27 @@ PRESETS = {
       optimizer="sgld", learning_rate=1.0, sgld_decay_power=0.55, sgld_temperature=1 / 4000
     ),
   ),
+  "parle": Preset(
+    "Parle, n=4 replicas (each its own data order and noise), each Entropy-SGD's recipe; "
+    "rho 1 (the authors' code's) scoped like gamma, caps gamma <= 1, rho <= 10; the replicas' "
+    "average evaluated",
+    BASE.replace(
+      optimizer="parle",
+      learning_rate=0.3,
+      momentum=0.9,
+      nesterov=True,
+      replicas=4,
+      rho=1.0,
+      gamma_max=1.0,
+      rho_max=10.0,
+      **_LANGEVIN,
+    ),
+  ),
+  "sgd-dp": Preset(
+    "data-parallel SGD on 4 workers: 4 replicas of SGD's recipe (each its own mini-batch of "
+    "100) averaged after every step, SGD with batch 400 at SGD's lr 0.1",
+    BASE.replace(optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True, replicas=4),
+  ),
   "smoothing-sgd": Preset(
     "SGD (Nesterov 0.9, lr 0.1) on the Gaussian-smoothed loss, sigma 0.03: L=5, the gradient "
     "at x + 4 perturbed ones per update, Entropy-SGD's cost",
@@ -84,7 +105,9 @@ PRESETS = {
   ),
 }
 # The recipes the main job (python -m experiments.mnist1d) trains by default; the others run
-# with --optimizers (smoothing-sgd is in the sensitivity study: python -m experiments.sensitivity).
+# with --optimizers (smoothing-sgd is in the sensitivity study: python -m experiments.sensitivity;
+# parle and sgd-dp: docs/parle.md, python -m experiments.mnist1d --optimizers parle entropy-sgd
+# sgd sgd-dp; entropy-adam-auto: docs/auto_scope.md).
 MAIN_JOB = ("sgd", "adam", "entropy-sgd", "entropy-adam", "entropy-sgd-auto", "sgld")
 
 # The job's defaults: every run gets this budget, and its learning rate drops by BASE.lr_decay
