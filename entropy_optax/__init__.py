@@ -1,10 +1,19 @@
 """entropy_optax: Entropy-SGD (Chaudhari et al., ICLR 2017) as an Optax gradient transformation."""
 
-from entropy_optax import flatness
+import importlib
+
 from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
+from entropy_optax._auto_scope import AutoScoping, AutoScopingState, auto_scoping, ratio_scoping
+from entropy_optax._elastic import (
+  ElasticCouplingState,
+  ElasticStats,
+  elastic_coupling,
+  replica_average,
+)
 from entropy_optax._langevin import langevin_mean
+from entropy_optax._parle import parle
 from entropy_optax._scoping import (
   bounded_exponential_scoping,
   exponential_scoping,
@@ -18,12 +27,18 @@ from entropy_optax._transform import LocalEntropyState, local_entropy
 __version__ = "0.1.0"
 
 __all__ = (
+  "AutoScoping",
+  "AutoScopingState",
+  "ElasticCouplingState",
+  "ElasticStats",
   "GaussianSmoothingState",
   "LangevinStats",
   "LocalEntropyState",
   "MultiSteps",
   "authors_entropy_sgd",
+  "auto_scoping",
   "bounded_exponential_scoping",
+  "elastic_coupling",
   "entropy_adam",
   "entropy_sgd",
   "exponential_scoping",
@@ -32,5 +47,16 @@ __all__ = (
   "langevin_mean",
   "linear_scoping",
   "local_entropy",
+  "parle",
   "quadratic_scoping",
+  "ratio_scoping",
+  "replica_average",
 )
+
+
+def __getattr__(name: str):
+  # ``entropy_optax.flatness`` is imported on first use: ``import entropy_optax`` then costs the
+  # optimizers only, not the Hessian tools (scipy-backed eigensolvers, matfree, matplotlib).
+  if name == "flatness":
+    return importlib.import_module("entropy_optax.flatness")
+  raise AttributeError(f"module 'entropy_optax' has no attribute {name!r}")

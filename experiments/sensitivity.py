@@ -1,11 +1,13 @@
 """Sensitivity of Entropy-SGD on MNIST-1D to gamma0, the Langevin step and the noise, per L.
 
-    python -m experiments.sensitivity                 # the default grid: < 10 min on 2 CPU cores
+    python -m experiments.sensitivity                 # the default grid, on a 2-core CPU
     python -m experiments.sensitivity --grid large    # for an accelerator
 
-For each model and each L, every grid point and seed of Entropy-SGD is one jitted vmapped
-program (hyper-parameters traced); SGD over learning rates, the paper's SGLD (App. C.1) and SGD
-on the Gaussian-smoothed loss (equal cost) run at the same effective epochs. Grids:
+Every run is the main job's recipe (experiments/configs/mnist1d.py, built and trained as
+python -m experiments.mnist1d builds and trains it) at the grid's budget. For each model and
+each L, every grid point and seed of Entropy-SGD is one jitted vmapped program (the swept
+hyper-parameters traced); SGD over learning rates, the paper's SGLD (App. C.1) and SGD on the
+Gaussian-smoothed loss (equal cost) run at the same effective epochs. Grids:
 experiments/configs/sensitivity.py. Prints a table (best setting per optimizer, the grid's
 range, the fraction within 1 point of the best, time to target), where Entropy-SGD beats the
 best SGD, and the throughput of the vmapped grid against the same runs one after another;
@@ -18,10 +20,11 @@ import dataclasses
 import pathlib
 from collections.abc import Sequence
 
+from experiments.configs import mnist1d
 from experiments.configs.sensitivity import GRIDS
 from experiments.run import cli, directory
 from experiments.run.schema import ConfigError
-from experiments.studies import sensitivity_report, sensitivity_training
+from experiments.studies import sensitivity_report
 
 PROG = "python -m experiments.sensitivity"
 
@@ -71,13 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   grid = _grid(args)
   workdir = pathlib.Path(args.workdir or f"runs/sensitivity-{args.grid}")
   _prepare(workdir, args.overwrite)
-  data = sensitivity_training.mnist1d_data(grid.num_train, grid.num_test)
   print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
-  results = sensitivity_report.run_study(grid, data, log=lambda line: print(line, flush=True))
+  results = sensitivity_report.run_study(grid, log=lambda line: print(line, flush=True))
   lines = sensitivity_report.summary_lines(results)
   header = (
-    f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
-    f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
+    f"MNIST-1D, {results['num_train']} train / {results['num_test']} test, {grid.seeds} seeds, "
+    f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}, the main "
+    f"job's recipes (learning rate x {mnist1d.BASE.lr_decay:g} at "
+    f"{', '.join(f'{f:g}' for f in mnist1d.LR_DECAY_AT_FRACTIONS)} of the run); "
     f"wall time {results['wall_s']:.0f} s."
   )
   directory.write_json(workdir / directory.RESULTS_FILE, results)

@@ -3,8 +3,10 @@
 Adding an optimizer is one entry, ``OPTIMIZERS[name] = OptimizerEntry(make, takes_grad_fn)``:
 ``make(config, lr, key)`` returns the optax transformation, where ``lr`` is the learning-rate
 schedule (counting outer steps) and ``key`` the seed's PRNG key (the loop builds one optimizer
-per seed with its own key); ``takes_grad_fn`` says whether it takes ``langevin_steps`` > 1 and
-a ``grad_fn`` (one update per L mini-batches: local entropy, Gaussian smoothing).
+per seed with its own key; with ``--replicas`` > 1, one per replica, under the named vmap axis
+``experiments.trainer.steps.REPLICA_AXIS``); ``takes_grad_fn`` says whether it takes
+``langevin_steps`` > 1 and a ``grad_fn`` (one update per L mini-batches: local entropy,
+Gaussian smoothing); ``takes_replicas`` whether it couples ``--replicas`` > 1.
 
 Beside SGD, Adam, Entropy-SGD/Adam and the authors' Lua Entropy-SGD, the baselines beyond the
 paper's tables:
@@ -12,6 +14,10 @@ paper's tables:
 * ``sgld``: the paper's App. C.1 plain SGLD (``experiments.optimizers.sgld``).
 * ``smoothing-sgd``: SGD on the Gaussian-smoothed loss E f(x + sigma eps)
   (``entropy_optax.gaussian_smoothing``) at Entropy-SGD's cost, L gradient evaluations per update.
+
+And the authors' parallel successor, ``parle`` (``entropy_optax.parle``): ``--replicas``
+Entropy-SGD replicas coupled elastically to their average. ``sgd`` with ``--replicas`` n is
+data-parallel SGD on n workers (the replicas averaged after every step).
 
 jax and optax are imported inside the functions: ``--help`` stays fast.
 """
@@ -22,12 +28,16 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import optax
+
+import entropy_optax
+from experiments.optimizers import sgld
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
+from experiments.trainer import steps
 
 
 def _plain(config: RunConfig, base):
-  import optax  # pylint: disable=g-import-not-at-top
 
   if config.weight_decay:
     return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
@@ -35,10 +45,14 @@ def _plain(config: RunConfig, base):
 
 
 def _gamma(config: RunConfig):
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   if config.scoping == "none":
     return config.gamma0
+  if config.scoping == "auto":
+    target = entropy_optax.ratio_scoping(
+      config.target_ratio, config.gamma1, config.max_target_ratio
+    )
+    return entropy_optax.auto_scoping(target, gamma_init=config.gamma0)
   scope = getattr(entropy_optax, f"{config.scoping}_scoping")
   return scope(config.gamma0, config.gamma1)
 
@@ -57,25 +71,38 @@ def _langevin(config: RunConfig, key) -> dict[str, Any]:
   )
 
 
+def _replica_axis(config: RunConfig):
+  """The loop's named axis of the replicas (None for one replica: no coupling)."""
+  return steps.REPLICA_AXIS if config.replicas > 1 else None
+
+
 def _sgd(config, lr, key):
-  import optax  # pylint: disable=g-import-not-at-top
+  """SGD; with --replicas n, data-parallel SGD on n workers: each replica's step on its own
+  mini-batch, then all replicas set to the average (``entropy_optax.replica_average``), the
+  step of SGD with an n times larger batch."""
 
   del key
-  return _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+  sgd = _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+  if config.replicas == 1:
+    return sgd
+  return optax.chain(sgd, entropy_optax.replica_average(_replica_axis(config)))
 
 
 def _adam(config, lr, key):
-  import optax  # pylint: disable=g-import-not-at-top
 
   del key
   return _plain(config, optax.adam(lr, config.b1, config.b2))
 
 
 def _entropy_sgd(config, lr, key):
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
+  # --nesterov sets both loops' momentum form here, as entropy_sgd's nesterov did in 0.1.0.
   return entropy_optax.entropy_sgd(
-    lr, momentum=config.momentum, nesterov=config.nesterov, **_langevin(config, key)
+    lr,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    langevin_nesterov=config.nesterov,
+    **_langevin(config, key),
   )
 
 
@@ -88,7 +115,6 @@ def _entropy_sgd_lua(config, lr, key):
   --gamma1 its --gamma and --scoping (t counted from 1); alpha is the code's 0.25 and --momentum
   is unused.
   """
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   if config.scoping not in ("exponential", "none") or config.scale_by_gamma:
     raise ConfigError(
@@ -117,7 +143,6 @@ def _entropy_sgd_lua(config, lr, key):
 
 
 def _entropy_adam(config, lr, key):
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
 
@@ -129,7 +154,6 @@ def _sgld(config, lr, key):
   The learning-rate drops (--lr-decay, --lr-decay-outer-epochs) are not used: the step size
   follows App. C.1's own decay, so that a job setting drops for every run can include it.
   """
-  from experiments.optimizers import sgld  # pylint: disable=g-import-not-at-top
 
   del lr
   return _plain(
@@ -146,9 +170,6 @@ def _smoothing_sgd(config, lr, key):
   x + sigma eps_k on mini-batches 1..L-1 and does not use the one at x (no sample of the
   smoothed gradient): L gradient evaluations per update, as Entropy-SGD(L).
   """
-  import optax  # pylint: disable=g-import-not-at-top
-
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   if config.langevin_steps < 2:
     raise ConfigError(
@@ -171,31 +192,58 @@ def _smoothing_sgd(config, lr, key):
   )
 
 
+def _parle(config, lr, key):
+  """Parle (``entropy_optax.parle``): --replicas replicas of Entropy-SGD (the entropy-sgd
+  options), each with its own noise key and data order (the loop folds the replica index into
+  the seed's keys), coupled to their average by --rho, scoped like gamma (--scoping, --gamma1;
+  the authors' code scopes both by one rate) and capped by --gamma-max and --rho-max.
+  """
+  if config.scale_by_gamma:
+    raise ConfigError("--optimizer parle steps by x - mu: drop --scale-by-gamma.")
+  langevin = _langevin(config, key)
+  del langevin["scale_by_gamma"]
+  rho = config.rho
+  if config.scoping != "none" and 0 < rho < float("inf"):
+    rho = getattr(entropy_optax, f"{config.scoping}_scoping")(rho, config.gamma1)
+  return entropy_optax.parle(
+    lr,
+    rho=rho,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    langevin_nesterov=config.nesterov,  # --nesterov sets both loops, as for entropy-sgd
+    gamma_max=config.gamma_max or None,
+    rho_max=config.rho_max or None,
+    center=config.center,
+    axis_name=_replica_axis(config),
+    independent_noise=False,  # the loop's keys already differ per replica
+    **langevin,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerEntry:
   make: Callable[[RunConfig, Any, Any], Any]
   takes_grad_fn: bool
+  takes_replicas: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
-  "sgd": OptimizerEntry(_sgd, False),
+  "sgd": OptimizerEntry(_sgd, False, takes_replicas=True),
   "adam": OptimizerEntry(_adam, False),
   "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
   "entropy-adam": OptimizerEntry(_entropy_adam, True),
   "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
   "sgld": OptimizerEntry(_sgld, False),
   "smoothing-sgd": OptimizerEntry(_smoothing_sgd, True),
+  "parle": OptimizerEntry(_parle, True, takes_replicas=True),
 }
 
 
 def learning_rate(config: RunConfig, num_examples: int):
   """The learning rate: a constant, or piecewise constant in outer steps (sgld: its own decay,
   ``experiments.optimizers.sgld.sgld_learning_rate``)."""
-  import optax  # pylint: disable=g-import-not-at-top
 
   if config.optimizer == "sgld":
-    from experiments.optimizers import sgld  # pylint: disable=g-import-not-at-top
-
     return sgld.sgld_learning_rate(config.learning_rate, config.sgld_decay_power)
   per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   boundaries: dict[int, float] = {}

@@ -20,14 +20,16 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, components, directory
+from experiments.run import checkpoints, cli, comparison, components, directory
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig, RunOptions
+from experiments.trainer import loop, steps
 
 PLOT_FILE = "error.png"
 
@@ -58,7 +60,6 @@ def train_config(
   whole calls of at most ``steps_per_call`` outer steps; checkpoints every
   ``checkpoint_every_evals`` evaluations.
   """
-  from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
   per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
@@ -80,6 +81,7 @@ def train_config(
     checkpoint_every_steps=eval_steps * config.checkpoint_every_evals,
     seed=config.seed,
     num_seeds=config.num_seeds,
+    replicas=config.replicas,
     step_runner=config.step_runner,
     progress=progress,
     tensorboard=tensorboard,
@@ -104,7 +106,6 @@ def run_experiment(
     prefix: the options' prefix in messages (a grid's recipe).
     log: where to print progress lines.
   """
-  from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
   components.validate(config, prefix)
   workdir = pathlib.Path(options.workdir)
@@ -115,7 +116,7 @@ def run_experiment(
       log(f"{workdir}: finished already; its results:")
       return Run(
         config,
-        directory.read_json(workdir / directory.RESULTS_FILE),
+        directory.read_results(workdir / directory.RESULTS_FILE),
         directory.read_records(workdir),
         None,
         workdir,
@@ -142,9 +143,9 @@ def run_experiment(
     metadata={"experiment": dataclasses.asdict(config)},
     learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
     log=log,
+    divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
   )
   all_records = directory.read_records(workdir)
-  import jax  # pylint: disable=g-import-not-at-top
 
   num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
   heldout = components.DATASETS[config.dataset].heldout
@@ -156,13 +157,14 @@ def run_experiment(
     model=config.model,
     optimizer=config.optimizer,
     langevin_steps=config.langevin_steps,
-    num_params=num_params // config.num_seeds,
+    num_params=num_params // (config.num_seeds * config.replicas),
     num_train=len(ds.train_x),
     num_test=len(ds.test_x),
     paper=None
     if config.synthetic
     else configs.paper_result(config.dataset, config.model, config.optimizer),
     heldout=heldout,
+    diverged=result.diverged,
   )
   directory.write_json(workdir / directory.RESULTS_FILE, results)
   summaries.plot_error(
@@ -211,6 +213,19 @@ def run_grid(
   return runs
 
 
+def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:
+  """``cli.EXIT_DIVERGED`` if a run diverged (after a line naming them), else 0: a job goes on
+  with its other runs and says at its end that some diverged."""
+  bad = [run for run in runs if run.results.get("diverged")]
+  if not bad:
+    return 0
+  log(
+    f"{len(bad)} of {len(runs)} run(s) diverged: "
+    + "; ".join(f"{run.workdir} ({summaries.divergence_note(run.results)})" for run in bad)
+  )
+  return cli.EXIT_DIVERGED
+
+
 def run_preset(
   prog: str, description: str, presets: Mapping[str, config_lib.Preset], argv: Sequence[str] | None
 ) -> int:
@@ -222,7 +237,7 @@ def run_preset(
   run = run_experiment(config, options, explicit=explicit)
   print(summaries.format_result(run.results))
   print(f"results: {run.workdir / directory.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
-  return 0
+  return diverged_exit_code([run])
 
 
 def run_comparison(
@@ -252,10 +267,6 @@ def run_comparison(
 def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
   """The newest good checkpoint of a run as a state dict (``steps.state_dict``), with the
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments.trainer import steps
 
   workdir = pathlib.Path(workdir)
   config = directory.saved_config(workdir, {})
@@ -266,7 +277,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   model = components.make_model(config, ds.num_classes)
   task = components.make_task(config, model)
   init = lambda seed: steps.state_dict(
-    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size)
+    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas)
   )
   seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
   target = jax.eval_shape(
@@ -285,7 +296,6 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
 def load_final_variables(workdir: str | os.PathLike) -> dict[str, Any]:
   """``params`` and ``batch_stats`` (if any) of a run's newest good checkpoint, as numpy
   pytrees (a leading seed axis when the run trained several seeds)."""
-  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   with checkpoints.Checkpoints(workdir) as ckpts:
     step = ckpts.latest_good()
