@@ -28,6 +28,7 @@ from experiments.optimizers import registry as optimizers
 from experiments.run import components, directory, jobs
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import steps
+from tests import test_tensorboard as tensorboard_events
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -280,7 +281,8 @@ def _drop_time(rs):
 
 def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
   """A real kill (SIGKILL of the process) once the Adam run has checkpointed, then --resume:
-  the records and results are those of the uninterrupted job, bit for bit on CPU."""
+  the records and results are those of the uninterrupted job, bit for bit on CPU, and the
+  TensorBoard events hold the records, each step once."""
   workdir = tmp_path / "killed"
   argv = [sys.executable, "-m", "experiments.mnist1d", *map(str, tiny_mnist1d(workdir, *GRID))]
   env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -304,6 +306,7 @@ def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
       read_json(workdir / run / directory.RESULTS_FILE)["test_error"]
       == read_json(mnist1d_grid / run / directory.RESULTS_FILE)["test_error"]
     )
+    tensorboard_events.assert_events_match(workdir / run)
 
 
 def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
@@ -558,6 +561,7 @@ def test_help_documents_every_option_and_preset(name, capsys):
     "--no-download",
     "--synthetic",
     "--progress",
+    "--no-tensorboard",
   ):
     assert option in text
 
@@ -572,6 +576,7 @@ def test_help_of_the_other_scripts(capsys):
     "--workdir",
     "--resume",
     "--overwrite",
+    "--no-tensorboard",
     "--recipe.NAME.FIELD",
     "--help-recipe NAME",
   ):

@@ -51,7 +51,9 @@ def default_workdir(config: RunConfig, root: str = "runs") -> str:
   return os.path.join(root, f"{config.dataset}-{config.model}-{config.optimizer}{suffix}")
 
 
-def train_config(config: RunConfig, num_examples: int, progress: bool):
+def train_config(
+  config: RunConfig, num_examples: int, progress: bool = True, tensorboard: bool = True
+):
   """The loop's ``TrainConfig`` (counts in steps) of ``config`` (counts in epochs).
 
   Evaluations come every ``eval_every_effective_epochs`` (about 20 a run when 0), rounded to
@@ -79,8 +81,10 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
     checkpoint_every_steps=eval_steps * config.checkpoint_every_evals,
     seed=config.seed,
     num_seeds=config.num_seeds,
+    replicas=config.replicas,
     step_runner=config.step_runner,
     progress=progress,
+    tensorboard=tensorboard,
   )
 
 
@@ -112,7 +116,7 @@ def run_experiment(
       log(f"{workdir}: finished already; its results:")
       return Run(
         config,
-        directory.read_json(workdir / directory.RESULTS_FILE),
+        directory.read_results(workdir / directory.RESULTS_FILE),
         directory.read_records(workdir),
         None,
         workdir,
@@ -120,7 +124,7 @@ def run_experiment(
   ds = components.load_data(config, options.data_dir, options.download)
   model = components.make_model(config, ds.num_classes)
   make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-  tcfg = train_config(config, len(ds.train_x), options.progress)
+  tcfg = train_config(config, len(ds.train_x), options.progress, options.tensorboard)
   log(
     f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
     f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
@@ -137,7 +141,9 @@ def run_experiment(
     task=task,
     resume=None if resuming else False,
     metadata={"experiment": dataclasses.asdict(config)},
+    learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
     log=log,
+    divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
   )
   all_records = directory.read_records(workdir)
 
@@ -151,13 +157,14 @@ def run_experiment(
     model=config.model,
     optimizer=config.optimizer,
     langevin_steps=config.langevin_steps,
-    num_params=num_params // config.num_seeds,
+    num_params=num_params // (config.num_seeds * config.replicas),
     num_train=len(ds.train_x),
     num_test=len(ds.test_x),
     paper=None
     if config.synthetic
     else configs.paper_result(config.dataset, config.model, config.optimizer),
     heldout=heldout,
+    diverged=result.diverged,
   )
   directory.write_json(workdir / directory.RESULTS_FILE, results)
   summaries.plot_error(
@@ -206,6 +213,19 @@ def run_grid(
   return runs
 
 
+def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:
+  """``cli.EXIT_DIVERGED`` if a run diverged (after a line naming them), else 0: a job goes on
+  with its other runs and says at its end that some diverged."""
+  bad = [run for run in runs if run.results.get("diverged")]
+  if not bad:
+    return 0
+  log(
+    f"{len(bad)} of {len(runs)} run(s) diverged: "
+    + "; ".join(f"{run.workdir} ({summaries.divergence_note(run.results)})" for run in bad)
+  )
+  return cli.EXIT_DIVERGED
+
+
 def run_preset(
   prog: str, description: str, presets: Mapping[str, config_lib.Preset], argv: Sequence[str] | None
 ) -> int:
@@ -217,7 +237,7 @@ def run_preset(
   run = run_experiment(config, options, explicit=explicit)
   print(summaries.format_result(run.results))
   print(f"results: {run.workdir / directory.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
-  return 0
+  return diverged_exit_code([run])
 
 
 def run_comparison(
@@ -257,7 +277,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   model = components.make_model(config, ds.num_classes)
   task = components.make_task(config, model)
   init = lambda seed: steps.state_dict(
-    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size)
+    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas)
   )
   seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
   target = jax.eval_shape(

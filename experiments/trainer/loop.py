@@ -10,11 +10,18 @@ the device, with any optax optimizer or a local-entropy one:
 * Calls of up to ``steps_per_call`` outer steps (``experiments.trainer.step_runners``: a
   ``lax.scan``, or
   on CPU for conv nets one jitted step dispatched per step); one host sync per call, when the
-  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.directory``).
+  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.directory``) and
+  to its view as TensorBoard events (``experiments.run.tensorboard``).
 * Evaluation every ``eval_every_steps``, checkpoints every ``checkpoint_every_steps`` and at the
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
   an uninterrupted one bit for bit on CPU.
+* SIGTERM and SIGINT (``experiments.trainer.preemption``): the call in flight finishes, a
+  checkpoint of its step is saved, and ``preemption.Interrupted`` says to continue with
+  ``--resume``.
+* Divergence (``experiments.trainer.divergence``): a seed whose training loss or parameters
+  are no longer finite is caught at the call's record, reported in one line (``log``) and marked
+  in its records; the other seeds go on, and the run stops when every seed has diverged.
 * ``num_seeds`` > 1 trains that many seeds at once (vmap over the whole state; each seed builds
   its optimizer with its own noise key). ``mesh``: data parallelism over the axis ``'batch'``.
 * Extensions (a carried recurrent state, a pre-evaluation hook, another data order, another
@@ -40,8 +47,8 @@ from tqdm.auto import tqdm
 from entropy_optax.flax import takes_grad_fn
 from experiments.run import directory
 from experiments.run.checkpoints import CheckpointError
+from experiments.trainer import divergence, preemption, step_runners
 from experiments.trainer import records as records_lib
-from experiments.trainer import step_runners
 from experiments.trainer import steps as steps_lib
 from experiments.trainer.step_runners import BATCH_AXIS
 from experiments.trainer.steps import LoopState, Task, cross_entropy
@@ -81,8 +88,13 @@ class TrainConfig:
     keep_checkpoints: how many of the latest checkpoints to keep (2 leaves one to fall back to).
     seed: the seed of initialisation, dropout, data order and Langevin noise.
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
+    replicas: replicas per seed (Parle, data-parallel SGD): a leading axis of each seed's state,
+      vmapped with the axis name ``steps.REPLICA_AXIS`` on one device; their average is
+      evaluated (``experiments.trainer.step_runners``).
     step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
     progress: show a tqdm progress bar when stderr is a terminal.
+    tensorboard: write the records as TensorBoard events too, beside ``metrics.jsonl``
+      (``experiments.run.tensorboard``).
   """
 
   batch_size: int = 128
@@ -96,8 +108,10 @@ class TrainConfig:
   keep_checkpoints: int = 2
   seed: int = 0
   num_seeds: int = 1
+  replicas: int = 1
   step_runner: str = "auto"
   progress: bool = True
+  tensorboard: bool = True
 
   def __post_init__(self):
     for name in (
@@ -108,6 +122,7 @@ class TrainConfig:
       "eval_batch_size",
       "keep_checkpoints",
       "num_seeds",
+      "replicas",
     ):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -130,11 +145,14 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
-  """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1); ``records``:
-  the metrics records of this process's calls."""
+  """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1, then a replica
+  axis if replicas > 1); ``records``: the metrics records of this process's calls;
+  ``diverged``: ``{seed: step}`` of the seeds whose loss or parameters stopped being finite
+  (``experiments.trainer.divergence``)."""
 
   state: LoopState
   records: list[dict[str, Any]]
+  diverged: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def train(
@@ -148,8 +166,10 @@ def train(
   mesh: jax.sharding.Mesh | None = None,
   resume: bool | None = None,
   metadata: Mapping[str, Any] | None = None,
+  learning_rate: optax.ScalarOrSchedule | None = None,
   callback: Callable[[list[dict[str, Any]], LoopState], None] | None = None,
   log: Callable[[str], None] = print,
+  divergence_hint: str = "try a lower learning rate or clip the gradients",
 ) -> TrainResult:
   """Trains ``model`` on ``data``; see the module docstring.
 
@@ -166,8 +186,14 @@ def train(
     resume: None: resume from the newest good checkpoint if any, else start afresh; True: the
       same, but an error if there is none; False: start afresh (an error if there are some).
     metadata: JSON-able facts stored in ``config.json``; a resumed run must pass the same.
+      Its ``experiment`` entry, if any, is the run's configuration in the TensorBoard events
+      (``config`` otherwise).
+    learning_rate: the optimizer's learning rate, a number or a schedule of the update count
+      (0 at the first update), recorded as ``learning_rate``: that of a call's last update;
+      None records none.
     callback: ``callback(records, state)`` after each call, on the host; it may raise to stop.
-    log: where a fallback to an older checkpoint is reported.
+    log: where a fallback to an older checkpoint and a divergence are reported.
+    divergence_hint: what the line that reports a divergence tells the user to try.
 
   Returns:
     A ``TrainResult``.
@@ -202,6 +228,7 @@ def train(
       state = state.replace(**restored)
   step = int(np.max(np.asarray(state.step)))
   wall_offset = previous[-1]["wall_time"] if previous else 0.0
+  diverged = divergence.from_records(previous)
   new_records: list[dict[str, Any]] = []
   bar = tqdm(
     total=config.num_steps,
@@ -211,6 +238,8 @@ def train(
     dynamic_ncols=True,
   )
   start = time.perf_counter()
+  stop = preemption.StopOnSignal(log)  # SIGTERM, SIGINT: a checkpoint, then Interrupted
+  stop.install()
   try:
     while step < config.num_steps:
       num_steps = min(config.steps_per_call - step % config.steps_per_call, config.num_steps - step)
@@ -220,7 +249,16 @@ def train(
       evaluated = None
       if done or (config.eval_every_steps and step % config.eval_every_steps == 0):
         evaluated = fns.evaluate(fns.before_eval(state, train_data), val_data)
-      metrics, evaluated = jax.device_get((metrics, evaluated))  # the call's one host sync
+      finite = divergence.params_finite(state.params, batched=batched)
+      # The call's one host sync.
+      metrics, evaluated, finite = jax.device_get((metrics, evaluated, finite))
+      for seed, at in divergence.find(
+        metrics["train_loss"], finite, step=step, seeds=config.seeds, batched=batched
+      ).items():
+        if seed not in diverged:
+          diverged[seed] = at
+          log(divergence.message(str(workdir or "the run"), seed, at, divergence_hint))
+      stopped = len(diverged) == config.num_seeds  # every seed diverged: nothing left to train
       made = records_lib.make(
         step=step,
         seeds=config.seeds,
@@ -230,31 +268,50 @@ def train(
         evaluated=evaluated,
         wall_time=wall_offset + time.perf_counter() - start,
         batched=batched,
+        learning_rate=None
+        if learning_rate is None
+        else float(learning_rate(step - 1) if callable(learning_rate) else learning_rate),
       )
+      divergence.mark(made, diverged)
       new_records += made
+      # A signal that comes later is handled after the next call.
+      interrupting = stop.requested is not None
       if run is not None:
         save = done or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+        save = (save or interrupting) and not stopped  # all diverged: not worth keeping
         run.write(step, made, checkpoint=steps_lib.state_dict(state) if save else None)
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
         callback(made, state)
+      if stopped:
+        break
+      if interrupting:
+        break
+    if stop.requested is not None and not stopped:  # also after the last call: a job stops
+      saved = run is not None and run.checkpoints is not None
+      raise preemption.Interrupted(
+        stop.message(str(workdir or "the run"), step, saved), stop.requested
+      )
   finally:
+    stop.restore()
     bar.close()
     if run is not None:
       run.close()
-  return TrainResult(state=state, records=new_records)
+  return TrainResult(state=state, records=new_records, diverged=diverged)
 
 
 def evaluate(
   config: TrainConfig, state: LoopState, data, *, task: Task = Task(), mesh=None
 ) -> dict[str, np.ndarray]:
   """Metrics of a trained ``state`` (a leading seed axis when num_seeds > 1) on ``data`` =
-  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split)."""
+  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split);
+  with replicas, of their average (its BatchNorm statistics averaged, not re-estimated)."""
   x, y = (np.asarray(a) for a in data)
   size = _eval_batch(config, len(x), mesh)
   w = _pad(np.ones(len(x), np.float32), size)
-  fn = lambda s, x, y, w: steps_lib.evaluate(s, x, y, w, size, task)  # noqa: E731
+  center = steps_lib.replica_mean if config.replicas > 1 else (lambda s: s)
+  fn = lambda s, x, y, w: steps_lib.evaluate(center(s), x, y, w, size, task)  # noqa: E731
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))
   return jax.device_get(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
@@ -278,6 +335,11 @@ def prepare(
 ) -> Prepared:
   """The jitted functions and device data of a run, as ``train`` uses them (also for callers
   that compose the functions themselves, e.g. a vmapped grid of runs)."""
+  if mesh is not None and config.replicas > 1:
+    raise ValueError(
+      f"replicas={config.replicas} run vmapped on one device; drop the mesh (a mesh axis of "
+      "replicas is jax.shard_map over entropy_optax.parle's axis_name, not in this loop yet)."
+    )
   train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
   runner = step_runners.choose_runner(config.step_runner, model, train_data[0][:1], task)
   fns = step_runners.compiled_functions(
@@ -292,6 +354,7 @@ def prepare(
     num_examples,
     _eval_batch(config, num_val, mesh),
     runner,
+    config.replicas,
   )
   return Prepared(fns, train_data, val_data, num_examples, num_val, runner)
 

@@ -2,10 +2,14 @@
 
 A record: ``step`` (outer steps done), ``seed``, ``epoch`` (outer epochs: step /
 steps_per_epoch), ``effective_epochs`` (L x epoch), ``wall_time`` (s since the run started,
-resumed runs included), ``train_loss`` (mean over the call), the ``LangevinStats`` fields of a
-local-entropy optimizer (``gamma``: the last; the others: means), and after an evaluation
-``val_loss`` and ``val_error`` (a fraction, on the test split). ``experiments.run.directory``
-reads and writes them.
+resumed runs included), ``train_loss`` (mean over the call), ``learning_rate`` (that of the
+call's last update, when the loop is given the schedule), the ``LangevinStats`` fields of a
+local-entropy optimizer (``gamma``: the last; the others: means), Parle's ``elastic_rho`` (the
+last) and ``replica_spread`` (mean), and after an evaluation ``val_loss`` and ``val_error`` (a
+fraction, on the test split); a seed that diverged has ``diverged_at_step`` in every record from
+then on (``experiments.trainer.divergence``), and its evaluations are NaN.
+``experiments.run.directory`` reads and writes them (a number that is not finite as null, read
+back as NaN).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def make(
   metrics: Mapping[str, np.ndarray],
   evaluated: Mapping[str, np.ndarray] | None,
   batched: bool,
+  learning_rate: float | None = None,
 ) -> list[dict[str, Any]]:
   """One record per seed from a call's metrics (a trailing steps axis) and evaluation."""
   epoch = step / steps_per_epoch
@@ -44,9 +49,12 @@ def make(
       "effective_epochs": langevin_steps * epoch,
       "wall_time": wall_time,
     }
+    if learning_rate is not None:
+      record["learning_rate"] = learning_rate
     for name, values in metrics.items():
       values = pick(np.asarray(values))  # (steps,)
-      record[name] = _json_value(values[-1] if name == "langevin_gamma" else values.mean())
+      last = name in ("langevin_gamma", "elastic_rho")  # scoped: the value the call ended with
+      record[name] = _json_value(values[-1] if last else values.mean())
     for name, value in (evaluated or {}).items():
       record[name] = _json_value(pick(np.asarray(value)))
     out.append(record)
