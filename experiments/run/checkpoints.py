@@ -68,7 +68,9 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=self.keep, create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(
+      self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
   def steps(self) -> list[int]:
     """Every complete step orbax sees, verified or not."""
@@ -127,8 +129,13 @@ class Checkpoints:
         f"checkpoint {self.directory / str(step)} cannot be restored: {problem}."
       )
     try:
-      if target is None:
-        restored = self.manager.restore(step)
+      if target is None:  # onto this process's first device, whatever devices saved it
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = self.manager.item_metadata(step)
+        target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
+        )
+        restored = jax.device_get(self.manager.restore(step, args=ocp.args.StandardRestore(target)))
       else:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -205,4 +205,5 @@ def describe(mesh: Mesh | None) -> dict[str, Any]:
     "platform": devices[0].platform,
     "device_processes": [d.process_index for d in devices],
     "process_count": jax.process_count(),
+    "device_count": jax.device_count(),
   }

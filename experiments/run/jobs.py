@@ -25,7 +25,7 @@ import numpy as np
 from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, components, records, rundir
+from experiments.run import cli, comparison, components, distributed, records, rundir
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig, RunOptions
 
@@ -135,6 +135,9 @@ def run_experiment(
   from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
   components.validate(config, prefix)
+  join_processes(options)
+  # A bad mesh is an error before anything is written.
+  distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
   workdir = pathlib.Path(options.workdir)
   resuming = rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
   if resuming:
@@ -152,11 +155,14 @@ def run_experiment(
   model = components.make_model(config, ds.num_classes)
   make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
   tcfg = train_config(config, len(ds.train_x), options.progress)
+  mesh = distributed.make_mesh(
+    options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
+  )  # the saved config's seeds and batch when resuming
   log(
     f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
     f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
     f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
-    f"{config.num_seeds} seed(s)"
+    f"{config.num_seeds} seed(s), {describe_devices(mesh)}"
   )
   task = components.make_task(config, model)
   result = loop.train(
@@ -166,6 +172,7 @@ def run_experiment(
     ds,
     workdir,
     task=task,
+    mesh=mesh,
     resume=None if resuming else False,
     metadata={"experiment": dataclasses.asdict(config)},
     log=log,
@@ -176,7 +183,9 @@ def run_experiment(
   num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
   heldout = components.DATASETS[config.dataset].heldout
   if heldout is not None:  # a split evaluated once, at the end (a text's test split)
-    heldout = loop.evaluate(tcfg, result.state, heldout(config, options.data_dir), task=task)
+    heldout = loop.evaluate(
+      tcfg, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
+    )
   results = summaries.summarize(
     all_records,
     dataset=ds.name,
@@ -205,6 +214,20 @@ def describe(config: RunConfig) -> str:
   )
 
 
+def join_processes(options: RunOptions) -> None:
+  """Joins the run's other processes (``--coordinator-address`` etc.), before any device work."""
+  distributed.initialize(options.coordinator_address, options.num_processes, options.process_id)
+
+
+def describe_devices(mesh) -> str:
+  facts = distributed.describe(mesh)
+  sizes = ",".join(f"{axis}={size}" for axis, size in facts["mesh"].items())
+  processes = facts["process_count"]
+  return f"mesh {sizes} on {len(facts['devices'])} {facts['platform']} device(s)" + (
+    f" of {processes} processes" if processes > 1 else ""
+  )
+
+
 def run_grid(
   named_configs: Mapping[str, RunConfig],
   options: RunOptions,
@@ -215,6 +238,7 @@ def run_grid(
   """Runs (or resumes) several configs, each in the subdirectory of ``options.workdir`` named
   by its key; ``comparison.json`` lists them. With ``options.resume`` finished runs are kept and
   unfinished ones continue; a resumed run must have the config given here."""
+  join_processes(options)
   root = pathlib.Path(options.workdir)
   resuming = rundir.prepare(root, resume=options.resume, overwrite=options.overwrite)
   if not (root / rundir.GRID_FILE).exists():  # marks the directory as a run

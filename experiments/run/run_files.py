@@ -92,7 +92,6 @@ class RunFiles:
       code_version=_code_version(),
       jax=jax.__version__,
       entropy_optax=entropy_optax.__version__,
-      devices=str(jax.devices()),
     )
     ckpt_lib._atomic_write(self.config_path, json.dumps(info, indent=1, default=str) + "\n")
     records_lib.rewrite(self.records_path, previous)
