@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from experiments.configs import charlstm as configs
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, jobs, rundir
+from experiments.run import cli, comparison, directory, jobs
 
 DEFAULT = comparison.GridJob(
   models=("char_lstm",),
@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     "epochs."
   )
   (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-  rundir.write_json(
-    root / rundir.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
+  directory.write_json(
+    root / directory.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
   )
   panels = {
     summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}

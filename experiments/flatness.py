@@ -35,7 +35,7 @@ import tyro
 
 from experiments.configs.flatness import JOBS
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, components, jobs, rundir
+from experiments.run import cli, comparison, components, directory, jobs
 from experiments.run.schema import ConfigError
 from experiments.studies.flatness_analysis import analyse, choose_method
 from experiments.studies.flatness_report import WHAT, plot, table
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   text = f"{header}\n\n{table(columns)}\n"
   (root / "flatness.md").write_text(text)
-  rundir.write_json(root / "flatness.json", columns)
+  directory.write_json(root / "flatness.json", columns)
   plot(spectra, root / "spectrum.png", f"{first.dataset} {first.model}: {WHAT[method]}")
   print(
     f"\n{text}\nsaved {root / 'flatness.md'}, {root / 'flatness.json'}, {root / 'spectrum.png'}"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from experiments.configs import mnist1d as configs
 from experiments.reporting import summaries, time_to_target
-from experiments.run import cli, comparison, jobs, rundir
+from experiments.run import cli, comparison, directory, jobs
 
 DEFAULT = comparison.GridJob(
   models=("mlp1d", "cnn1d"),
@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     "the run started, compilation included)."
   )
   (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-  rundir.write_json(
-    root / rundir.RESULTS_FILE,
+  directory.write_json(
+    root / directory.RESULTS_FILE,
     {f"{m}-{o}": {**run.results, "time_to_target": times[m, o]} for (m, o), run in runs.items()},
   )
   panels = {

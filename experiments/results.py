@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import tyro
 
 from experiments.reporting import summaries
-from experiments.run import cli, rundir
+from experiments.run import cli, directory
 from experiments.run.schema import ConfigError
 
 PROG = "python -m experiments.results"
@@ -39,14 +39,14 @@ class Args:
 def find_runs(directories: Sequence[str]) -> list[dict[str, Any]]:
   """The results of every finished run under ``directories``, each with its ``path``."""
   runs = []
-  for directory in directories:
-    root = pathlib.Path(directory)
+  for folder in directories:
+    root = pathlib.Path(folder)
     if not root.is_dir():
       raise ConfigError(
         f"{root} is not a directory: pass the directory the runs were written to (default: runs)."
       )
-    for path in sorted(root.rglob(rundir.RESULTS_FILE)):
-      results = rundir.read_json(path)
+    for path in sorted(root.rglob(directory.RESULTS_FILE)):
+      results = directory.read_json(path)
       if "optimizer" in results:  # a grid's results.json gathers its runs: skip it
         runs.append(dict(results, path=str(path.parent)))
   if not runs:
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
       pathlib.Path(args.output).write_text(text)
     except OSError as e:
-      raise rundir.WorkdirError(
+      raise directory.WorkdirError(
         f"cannot write {args.output} ({e.strerror or e}); pass --output a writable path."
       ) from e
   print(text, end="")

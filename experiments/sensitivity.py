@@ -19,7 +19,7 @@ import pathlib
 from collections.abc import Sequence
 
 from experiments.configs.sensitivity import GRIDS
-from experiments.run import cli, rundir
+from experiments.run import cli, directory
 from experiments.run.schema import ConfigError
 from experiments.studies import sensitivity_report, sensitivity_training
 
@@ -56,12 +56,12 @@ def _grid(args: Args):
 
 
 def _prepare(workdir: pathlib.Path, overwrite: bool) -> None:
-  if (workdir / rundir.RESULTS_FILE).exists() and not overwrite:
-    raise rundir.RunExistsError(
+  if (workdir / directory.RESULTS_FILE).exists() and not overwrite:
+    raise directory.RunExistsError(
       f"{workdir} already holds a sensitivity study's results; pass --overwrite to replace "
       "them or choose another --workdir."
     )
-  rundir.prepare(workdir, resume=False, overwrite=overwrite)
+  directory.prepare(workdir, resume=False, overwrite=overwrite)
 
 
 @cli.main
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
     f"wall time {results['wall_s']:.0f} s."
   )
-  rundir.write_json(workdir / rundir.RESULTS_FILE, results)
+  directory.write_json(workdir / directory.RESULTS_FILE, results)
   (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
   sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
   print("\n".join(["", header, "", *lines, ""]))

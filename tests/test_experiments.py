@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from experiments import cifar10, configs, flatness, mnist, mnist1d, results
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import components, jobs, records, rundir
+from experiments.run import components, directory, jobs
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import steps
 
@@ -68,8 +68,8 @@ def run_main(script, argv, capsys):
   return code, out, err
 
 
-read_records = records.read
-read_json = rundir.read_json
+read_records = directory.read_records
+read_json = directory.read_json
 
 
 def tiny_mnist1d(workdir, *extra):
@@ -105,7 +105,7 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   )
   options = RunOptions(workdir=str(tmp_path / "run"), progress=False)
   run = jobs.run_experiment(config, options, log=lambda _: None)
-  res = read_json(tmp_path / "run" / rundir.RESULTS_FILE)
+  res = read_json(tmp_path / "run" / directory.RESULTS_FILE)
   assert res == json.loads(json.dumps(run.results))
   # ceil(2 epochs x 200 / 50) = 8 updates of L = 3 gradient evaluations: 6 effective epochs.
   assert res["outer_steps"] == 8 and res["effective_epochs"] == 6 and res["outer_epochs"] == 2
@@ -194,7 +194,7 @@ def mnist1d_grid(tmp_path_factory):
 def test_mnist1d_main_job(mnist1d_grid):
   workdir = mnist1d_grid
   summary = (workdir / "summary.md").read_text()
-  table = read_json(workdir / rundir.RESULTS_FILE)
+  table = read_json(workdir / directory.RESULTS_FILE)
   assert set(table) == {"mlp1d-adam", "mlp1d-entropy-sgd"}
   esgd = table["mlp1d-entropy-sgd"]
   # Equal budgets: Entropy-SGD with L = 5 makes a fifth of the updates.
@@ -206,7 +206,7 @@ def test_mnist1d_main_job(mnist1d_grid):
   assert len(esgd["seeds"]) == 2
   assert (workdir / "test_error.png").stat().st_size > 0
   for run in table:
-    assert (workdir / run / rundir.RESULTS_FILE).exists()
+    assert (workdir / run / directory.RESULTS_FILE).exists()
     assert (workdir / run / "checkpoints").is_dir()
   saved = read_json(workdir / "mlp1d-entropy-sgd" / "config.json")["metadata"]["experiment"]
   assert saved["lr_decay_outer_epochs"] == [0.5, 0.75] and saved["langevin_steps"] == 5
@@ -216,8 +216,8 @@ def test_results_table_from_finished_runs(mnist1d_grid, capsys, tmp_path):
   output = tmp_path / "table.md"
   code, out, _ = run_main(results, [mnist1d_grid.parent, "--output", output], capsys)
   assert code == 0 and output.read_text() == out
-  adam = read_json(mnist1d_grid / "mlp1d-adam" / rundir.RESULTS_FILE)
-  esgd = read_json(mnist1d_grid / "mlp1d-entropy-sgd" / rundir.RESULTS_FILE)
+  adam = read_json(mnist1d_grid / "mlp1d-adam" / directory.RESULTS_FILE)
+  esgd = read_json(mnist1d_grid / "mlp1d-entropy-sgd" / directory.RESULTS_FILE)
   row = (
     f"| MLP | MNIST-1D | Entropy-SGD | {esgd['test_error_mean']:.2f} ± "
     f"{esgd['test_error_std']:.2f} (2) | 5 |  | Adam | {adam['test_error_mean']:.2f} ± "
@@ -228,8 +228,8 @@ def test_results_table_from_finished_runs(mnist1d_grid, capsys, tmp_path):
   fake = tmp_path / "fake"
   for optimizer in ("sgd", "entropy-sgd"):
     (fake / optimizer).mkdir(parents=True)
-    rundir.write_json(
-      fake / optimizer / rundir.RESULTS_FILE,
+    directory.write_json(
+      fake / optimizer / directory.RESULTS_FILE,
       dict(
         adam,
         dataset="cifar10",
@@ -293,7 +293,7 @@ def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
     time.sleep(0.05)
   proc.kill()
   proc.wait()
-  assert checksum.exists() and not (workdir / "mlp1d-adam" / rundir.RESULTS_FILE).exists()
+  assert checksum.exists() and not (workdir / "mlp1d-adam" / directory.RESULTS_FILE).exists()
   out = subprocess.run(
     argv + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
   )
@@ -301,8 +301,8 @@ def test_killed_job_resumes_to_the_same_result(mnist1d_grid, tmp_path):
   for run in ("mlp1d-adam", "mlp1d-entropy-sgd"):
     assert _drop_time(read_records(workdir / run)) == _drop_time(read_records(mnist1d_grid / run))
     assert (
-      read_json(workdir / run / rundir.RESULTS_FILE)["test_error"]
-      == read_json(mnist1d_grid / run / rundir.RESULTS_FILE)["test_error"]
+      read_json(workdir / run / directory.RESULTS_FILE)["test_error"]
+      == read_json(mnist1d_grid / run / directory.RESULTS_FILE)["test_error"]
     )
 
 
@@ -314,7 +314,7 @@ def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
   killed = tmp_path / "garbled"
   shutil.copytree(mnist1d_grid, killed)
   run = killed / "mlp1d-adam"
-  (run / rundir.RESULTS_FILE).unlink()
+  (run / directory.RESULTS_FILE).unlink()
   garble(run / "checkpoints" / "20")
   code, out, err = run_main(mnist1d, [*tiny_mnist1d(killed, *GRID), "--resume"], capsys)
   assert code == 0, err
@@ -322,11 +322,11 @@ def test_resume_never_restores_a_bad_checkpoint(mnist1d_grid, capsys, tmp_path):
   reference = mnist1d_grid / "mlp1d-adam"
   assert _drop_time(read_records(run)) == _drop_time(read_records(reference))
   assert (
-    read_json(run / rundir.RESULTS_FILE)["test_error"]
-    == read_json(reference / rundir.RESULTS_FILE)["test_error"]
+    read_json(run / directory.RESULTS_FILE)["test_error"]
+    == read_json(reference / directory.RESULTS_FILE)["test_error"]
   )
   # An emptied manifest in every checkpoint: one line, no traceback, nothing deleted.
-  (run / rundir.RESULTS_FILE).unlink()
+  (run / directory.RESULTS_FILE).unlink()
   for manifest in (run / "checkpoints").rglob("manifest.ocdbt"):
     manifest.write_bytes(b"")
   code, _, err = run_main(mnist1d, [*tiny_mnist1d(killed, *GRID), "--resume"], capsys)
@@ -374,7 +374,7 @@ def test_cifar10_through_tfds_preparation(cifar_dir, narrow_models, capsys, tmp_
     capsys,
   )
   assert code == 0, err
-  res = read_json(workdir / rundir.RESULTS_FILE)
+  res = read_json(workdir / directory.RESULTS_FILE)
   assert res["dataset"] == "cifar10" and res["num_train"] == 15 and res["num_test"] == 4
   assert res["optimizer"] == "entropy-sgd" and res["outer_steps"] == 3
   assert res["effective_epochs"] == 2 and res["paper"] == "7.81 ± 0.09 (160)"
@@ -409,7 +409,7 @@ def test_cifar10_synthetic(narrow_models, capsys, tmp_path):
     capsys,
   )
   assert code == 0, err
-  res = read_json(workdir / rundir.RESULTS_FILE)
+  res = read_json(workdir / directory.RESULTS_FILE)
   assert res["dataset"] == "synthetic:cifar10" and res["outer_steps"] == 2
   assert res["time_per_effective_epoch_s"] > 0 and "s per effective epoch" in out
 
@@ -437,7 +437,7 @@ def test_mnist_through_mock_data(model, preset, narrow_models, capsys, tmp_path)
   with tfds.testing.mock_data(num_examples=16):
     code, out, err = run_main(mnist, argv, capsys)
   assert code == 0, err
-  res = read_json(workdir / rundir.RESULTS_FILE)
+  res = read_json(workdir / directory.RESULTS_FILE)
   assert res["dataset"] == "mnist" and res["model"] == model and res["outer_steps"] == 2
   assert res["paper"] == configs.mnist.PRESETS[preset].paper[model]
 
@@ -490,7 +490,7 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
     np.testing.assert_allclose(
       stats[label]["frac_abs_below_1e-02"], np.mean(np.abs(expected) < 1e-2), atol=0.02
     )
-    test_error = read_json(workdir / optimizer / rundir.RESULTS_FILE)["test_error"][0]
+    test_error = read_json(workdir / optimizer / directory.RESULTS_FILE)["test_error"][0]
     assert stats[label]["test_error"] == test_error
   assert "| fraction \\|λ\\| < 1e-04 |" in out and "| largest λ |" in out
   assert (workdir / "spectrum.png").stat().st_size > 0

@@ -13,7 +13,7 @@ import entropy_optax
 from experiments import configs, mnist
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import components, jobs, records, rundir
+from experiments.run import components, directory, jobs
 from experiments.run import schema as config_lib
 from experiments.trainer import batchnorm, steps
 
@@ -143,10 +143,10 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
     code = mnist.main([str(a) for a in argv])
     _, err = capsys.readouterr()
     assert code == 0, err
-    config = jobs.saved_config(workdir, {})
+    config = directory.saved_config(workdir, {})
     ds = components.load_data(config)
   assert config.sampling == "replacement" and config.bn_reestimate
-  res = rundir.read_json(workdir / rundir.RESULTS_FILE)
+  res = directory.read_json(workdir / directory.RESULTS_FILE)
   assert res["optimizer"] == "entropy-sgd-lua" and res["paper"] == "1.37 ± 0.03 (120)"
   variables = jobs.load_final_variables(workdir)
   model = components.make_model(config)
@@ -166,6 +166,6 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
       batchnorm.without_dropout(model).apply, p, s, x
     )
   )(variables["params"], variables["batch_stats"], jnp.asarray(ds.train_x))
-  logged = [r["val_loss"] for r in records.read(workdir) if "val_loss" in r][-1]
+  logged = [r["val_loss"] for r in directory.read_records(workdir) if "val_loss" in r][-1]
   assert logged == pytest.approx(test_loss(stats), rel=1e-5)
   assert abs(logged - test_loss(variables["batch_stats"])) > 1e-3 * logged

@@ -17,7 +17,8 @@ from experiments.data import text
 from experiments.models import recurrent as rm
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import checkpoints, jobs, records
+from experiments.run import checkpoints, jobs
+from experiments.run.directory import read_records
 from experiments.trainer import bptt, loop, steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def test_charlstm_job_trains_both_optimizers_at_equal_effective_epochs(tmp_path,
     assert valid.shape == test.shape == (2,) and np.all(test < math.log(vocab) + 0.5)
     assert valid[0] != valid[1]  # seeds differ (init, Langevin noise)
     # The validation loss is the last evaluated record's.
-    last = [r for r in records.read(tmp_path / "run" / f"char_lstm-{name}") if "val_loss" in r]
+    last = [r for r in read_records(tmp_path / "run" / f"char_lstm-{name}") if "val_loss" in r]
     np.testing.assert_allclose(valid, [r["val_loss"] for r in last[-2:]], rtol=1e-6)
     np.testing.assert_allclose(last[-1]["val_bits"], last[-1]["val_loss"] / math.log(2))
   assert "| char-LSTM | Entropy-Adam |" in out and "War and Peace: 1.217 ± 0.005 nats" in out
@@ -212,7 +213,7 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal, steps.state_dict(resumed.state), steps.state_dict(whole.state)
   )
   drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
-  assert drop_time(records.read(tmp_path / "cut")) == drop_time(records.read(tmp_path / "whole"))
+  assert drop_time(read_records(tmp_path / "cut")) == drop_time(read_records(tmp_path / "whole"))
   with checkpoints.Checkpoints(tmp_path / "cut") as ckpts:
     assert ckpts.steps() == [24, 36]
 

@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments.run import checkpoints, records
+from experiments.run import checkpoints, directory
+from experiments.run.directory import read_records
 from experiments.trainer import loop, steps
 
 L = 3
@@ -149,7 +150,7 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
   assert [r["step"] for r in resumed.records] == [40]
   assert_states_equal(resumed.state, reference.state)
   drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
-  assert drop_time(records.read(workdir)) == drop_time(records.read(reference_dir))
+  assert drop_time(read_records(workdir)) == drop_time(read_records(reference_dir))
 
   # Garbled data in the newest checkpoint: never restored; the run falls back to step 20 and
   # still ends bit for bit where the uninterrupted one did.
@@ -197,12 +198,12 @@ def test_unfinished_checkpoint_is_ignored(uninterrupted, tmp_path):
 
 
 def test_metrics_reader_survives_a_cut_line(tmp_path):
-  path = tmp_path / records.METRICS_FILE
-  records.rewrite(path, [{"step": 1}, {"step": 2}])
+  path = tmp_path / directory.METRICS_FILE
+  directory.rewrite_records(path, [{"step": 1}, {"step": 2}])
   with open(path, "a") as f:
     f.write('{"step": 3, "train_lo')  # a kill in the middle of a write
-  assert records.read(tmp_path) == [{"step": 1}, {"step": 2}]
-  assert records.read(tmp_path / "absent") == []
+  assert read_records(tmp_path) == [{"step": 1}, {"step": 2}]
+  assert read_records(tmp_path / "absent") == []
 
 
 def test_vmapped_seeds_match_single_seed_runs(uninterrupted):

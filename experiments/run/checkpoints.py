@@ -44,7 +44,7 @@ def _file_digests(step_dir: pathlib.Path) -> dict[str, str]:
   return digests
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
+def atomic_write(path: pathlib.Path, text: str) -> None:
   tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "w") as f:
     f.write(text)
@@ -81,7 +81,7 @@ class Checkpoints:
     self.manager.wait_until_finished()
     self.checksums.mkdir(parents=True, exist_ok=True)
     digests = _file_digests(self.directory / str(step))
-    _atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
+    atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
     kept = {str(s) for s in self.steps()}
     for path in self.checksums.glob("*.json"):
       if path.stem not in kept:

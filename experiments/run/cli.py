@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import rundir
+from experiments.run import directory
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -113,8 +113,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
   return (
     ConfigError,
-    rundir.RunExistsError,
-    rundir.WorkdirError,
+    directory.RunExistsError,
+    directory.WorkdirError,
     data_lib.DatasetUnavailableError,
     checkpoints.CheckpointError,
   )

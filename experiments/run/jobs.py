@@ -2,7 +2,7 @@
 
 ``run_experiment(config, options)`` is the flow of every experiment:
 
-    resuming = rundir.prepare(workdir)          # never overwrite, never delete a non-run
+    resuming = directory.prepare(workdir)          # never overwrite, never delete a non-run
     data = components.load_data(config)              # registries: experiments/run/components.py
     model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, len(data))
     loop.train(train_config(config, ...), model, make_tx, data, workdir)
@@ -25,7 +25,7 @@ import numpy as np
 from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, components, distributed, records, rundir
+from experiments.run import cli, comparison, components, directory, distributed
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig, RunOptions
 
@@ -83,37 +83,6 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
   )
 
 
-def saved_config(
-  workdir: pathlib.Path, explicit: Mapping[str, Any], prefix: str = ""
-) -> RunConfig | None:
-  """The config a run in ``workdir`` was started with (None if it never started).
-
-  Raises:
-    ConfigError: an option given explicitly (``explicit``) differs from the saved value.
-  """
-  path = workdir / "config.json"
-  if not path.exists():
-    return None
-  experiment = rundir.read_json(path).get("metadata", {}).get("experiment")
-  if experiment is None:
-    raise ConfigError(
-      f"{workdir} holds a run that these scripts did not start; choose another --workdir."
-    )
-  saved = config_lib.from_json(experiment)
-  differ = [
-    f"--{prefix}{config_lib.option(k)[2:]} {v} (saved: {getattr(saved, k)})"
-    for k, v in dict(explicit).items()
-    if getattr(saved, k) != v
-  ]
-  if differ:
-    raise ConfigError(
-      f"{workdir} was started with another configuration: {'; '.join(differ)}. "
-      "Drop these options to resume it, or start a new run (--overwrite or "
-      "another --workdir)."
-    )
-  return saved
-
-
 def run_experiment(
   config: RunConfig,
   options: RunOptions,
@@ -139,15 +108,15 @@ def run_experiment(
   # A bad mesh is an error before anything is written.
   distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
   workdir = pathlib.Path(options.workdir)
-  resuming = rundir.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
+  resuming = directory.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
   if resuming:
-    config = saved_config(workdir, explicit, prefix) or config
-    if (workdir / rundir.RESULTS_FILE).exists():
+    config = directory.saved_config(workdir, explicit, prefix) or config
+    if (workdir / directory.RESULTS_FILE).exists():
       log(f"{workdir}: finished already; its results:")
       return Run(
         config,
-        rundir.read_json(workdir / rundir.RESULTS_FILE),
-        records.read(workdir),
+        directory.read_json(workdir / directory.RESULTS_FILE),
+        directory.read_records(workdir),
         None,
         workdir,
       )
@@ -177,7 +146,7 @@ def run_experiment(
     metadata={"experiment": dataclasses.asdict(config)},
     log=log,
   )
-  all_records = records.read(workdir)
+  all_records = directory.read_records(workdir)
   import jax  # pylint: disable=g-import-not-at-top
 
   num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
@@ -200,7 +169,7 @@ def run_experiment(
     else configs.paper_result(config.dataset, config.model, config.optimizer),
     heldout=heldout,
   )
-  rundir.write_json(workdir / rundir.RESULTS_FILE, results)
+  directory.write_json(workdir / directory.RESULTS_FILE, results)
   summaries.plot_error(
     {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
   )
@@ -240,15 +209,15 @@ def run_grid(
   unfinished ones continue; a resumed run must have the config given here."""
   join_processes(options)
   root = pathlib.Path(options.workdir)
-  resuming = rundir.prepare(root, resume=options.resume, overwrite=options.overwrite)
-  if not (root / rundir.GRID_FILE).exists():  # marks the directory as a run
-    rundir.write_json(
-      root / rundir.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
+  resuming = directory.prepare(root, resume=options.resume, overwrite=options.overwrite)
+  if not (root / directory.GRID_FILE).exists():  # marks the directory as a run
+    directory.write_json(
+      root / directory.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
     )
   runs = {}
   for key, config in named_configs.items():
     sub = root / key
-    started = sub.is_dir() and rundir.is_run_dir(sub)
+    started = sub.is_dir() and directory.is_run_dir(sub)
     sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
     # Every field counts as given explicitly: a saved run with other values is an error.
     runs[key] = run_experiment(
@@ -272,7 +241,7 @@ def run_preset(
   options = options.replace(workdir=options.workdir or default_workdir(config))
   run = run_experiment(config, options, explicit=explicit)
   print(summaries.format_result(run.results))
-  print(f"results: {run.workdir / rundir.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
+  print(f"results: {run.workdir / directory.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
   return 0
 
 
@@ -309,7 +278,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   from experiments.trainer import steps
 
   workdir = pathlib.Path(workdir)
-  config = saved_config(workdir, {})
+  config = directory.saved_config(workdir, {})
   if config is None:
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   ds = components.load_data(config, data_dir)

@@ -10,7 +10,7 @@ the device, with any optax optimizer or a local-entropy one:
 * Calls of up to ``steps_per_call`` outer steps (``experiments.trainer.step_runners``: a
   ``lax.scan``, or
   on CPU for conv nets one jitted step dispatched per step); one host sync per call, when the
-  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.records``).
+  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.directory``).
 * Evaluation every ``eval_every_steps``, checkpoints every ``checkpoint_every_steps`` and at the
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
@@ -41,9 +41,9 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from entropy_optax.flax import takes_grad_fn
-from experiments.run import distributed, run_files
-from experiments.run import records as records_lib
+from experiments.run import directory, distributed
 from experiments.run.checkpoints import CheckpointError
+from experiments.trainer import records as records_lib
 from experiments.trainer import step_runners
 from experiments.trainer import steps as steps_lib
 from experiments.trainer.steps import LoopState, Task, cross_entropy
@@ -211,10 +211,12 @@ def train(
     "step_runner_used": runner,
     "devices": distributed.describe(mesh),
   }
-  run = run_files.RunFiles(workdir, config, run_info, log) if workdir is not None else None
+  run = directory.RunFiles(workdir, config, run_info, log) if workdir is not None else None
   previous: list[dict[str, Any]] = []
   if run is not None:
-    state, previous = run.open(state, resume)
+    restored, previous = run.open(steps_lib.state_dict(state), resume)
+    if restored is not None:
+      state = state.replace(**restored)
   step = int(np.max(distributed.fetch(state.step)))
   wall_offset = previous[-1]["wall_time"] if previous else 0.0
   new_records: list[dict[str, Any]] = []
@@ -248,13 +250,8 @@ def train(
       )
       new_records += made
       if run is not None:
-        run.write(
-          step,
-          state,
-          made,
-          checkpoint=done
-          or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0),
-        )
+        save = done or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+        run.write(step, made, checkpoint=steps_lib.state_dict(state) if save else None)
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:

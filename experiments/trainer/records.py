@@ -1,66 +1,19 @@
-"""Metrics records: ``metrics.jsonl``, one JSON object per jitted call and seed.
-
-One writer (``append``, ``rewrite``) and one reader (``read``): a last line cut by a kill is
-dropped on reading, never a crash. ``make`` turns a call's device metrics into records.
+"""Metrics records of the loop: one JSON object per jitted call and seed (``metrics.jsonl``).
 
 A record: ``step`` (outer steps done), ``seed``, ``epoch`` (outer epochs: step /
 steps_per_epoch), ``effective_epochs`` (L x epoch), ``wall_time`` (s since the run started,
 resumed runs included), ``train_loss`` (mean over the call), the ``LangevinStats`` fields of a
 local-entropy optimizer (``gamma``: the last; the others: means), and after an evaluation
-``val_loss`` and ``val_error`` (a fraction, on the test split).
+``val_loss`` and ``val_error`` (a fraction, on the test split). ``experiments.run.directory``
+reads and writes them.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def read(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The records in ``path`` (a directory's ``metrics.jsonl`` or the file); [] if absent.
-
-  A line that does not parse (cut by a kill while being written) ends the records.
-  """
-  path = pathlib.Path(path)
-  if path.is_dir():
-    path = path / METRICS_FILE
-  if not path.exists():
-    return []
-  records = []
-  for line in path.read_text().splitlines():
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      break
-  return records
-
-
-def _lines(records: Iterable[Mapping[str, Any]]) -> str:
-  return "".join(json.dumps(r) + "\n" for r in records)
-
-
-def append(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
-  with open(path, "a") as f:
-    f.write(_lines(records))
-
-
-def rewrite(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
-  """Replaces the file atomically (a resumed run keeps the records up to its checkpoint)."""
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(_lines(records))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _json_value(value: Any) -> Any:

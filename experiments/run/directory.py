@@ -1,0 +1,297 @@
+"""A run directory: its files, the policy that protects them, and the resume decision.
+
+A run directory holds ``config.json`` (the run's config and facts about the machine),
+``metrics.jsonl`` (one record per jitted call and seed), ``checkpoints/`` and their checksums
+(``experiments.run.checkpoints``), ``results.json`` and a plot; a job of several runs holds
+``grid.json`` and one run directory per run. This module is the one place that names these
+files, reads and writes them, and decides whether a directory is a run to resume:
+
+* ``prepare``: never overwrite a run by accident, never delete what is not one;
+* ``RunFiles``: what the training loop writes (config.json, records, checkpoints) and the one
+  resumability check (``check_resumable``: the saved run is this one);
+* ``read_records`` / ``append_records`` / ``rewrite_records``: ``metrics.jsonl``; a last line
+  cut by a kill is dropped on reading, never a crash;
+* ``read_json`` / ``write_json``: the other JSON files, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+
+import entropy_optax
+from experiments.run import checkpoints as ckpt_lib
+from experiments.run import schema
+from experiments.run.checkpoints import CheckpointError
+from experiments.run.schema import ConfigError, RunConfig
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+RESULTS_FILE = "results.json"
+GRID_FILE = "grid.json"
+# Files that mark a directory as a run (or a grid of runs) that --overwrite may replace.
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, GRID_FILE, "checkpoints")
+
+
+class RunExistsError(RuntimeError):
+  """The run directory holds a run and neither --resume nor --overwrite was given."""
+
+
+class WorkdirError(OSError):
+  """The run directory cannot be used (unwritable, not a run, nothing to resume)."""
+
+
+def is_run_dir(path: pathlib.Path) -> bool:
+  return any((path / name).exists() for name in RUN_MARKERS)
+
+
+def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool:
+  """Makes ``workdir`` ready; returns whether it holds a run to resume.
+
+  Raises:
+    ConfigError: both ``resume`` and ``overwrite``.
+    RunExistsError: ``workdir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+    WorkdirError: ``workdir`` cannot be written, ``overwrite`` would delete a directory that
+      is not a run, or ``resume`` finds no run to resume.
+  """
+  if resume and overwrite:
+    raise ConfigError("--resume and --overwrite exclude each other: pick one.")
+  path = pathlib.Path(workdir)
+  existing = path.is_dir() and any(path.iterdir())
+  if resume:
+    if not (existing and is_run_dir(path)):
+      raise WorkdirError(
+        f"{path} holds no run: there is nothing to resume; drop --resume to "
+        "start the run there, or pass the --workdir of the run to resume."
+      )
+    return True
+  if existing:
+    if not is_run_dir(path):
+      raise WorkdirError(
+        f"{path} is a non-empty directory that holds no run; choose another "
+        "--workdir (nothing was deleted)."
+      )
+    if not overwrite:
+      raise RunExistsError(
+        f"{path} already holds a run; pass --resume to continue it, "
+        "--overwrite to replace it, or choose another --workdir."
+      )
+    shutil.rmtree(path)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write_test"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(
+      f"cannot write the run directory {path} ({e.strerror or e}); pass "
+      "--workdir a writable directory."
+    ) from e
+  return False
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+  """Writes ``value`` atomically (a temporary file renamed into place)."""
+  ckpt_lib.atomic_write(pathlib.Path(path), json.dumps(value, indent=1, default=str) + "\n")
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The records in ``path`` (a directory's ``metrics.jsonl`` or the file); [] if absent.
+
+  A line that does not parse (cut by a kill while being written) ends the records.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / METRICS_FILE
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      break
+  return records
+
+
+def _lines(records: Iterable[Mapping[str, Any]]) -> str:
+  return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def append_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
+  with open(path, "a") as f:
+    f.write(_lines(records))
+
+
+def rewrite_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
+  """Replaces the file atomically (a resumed run keeps the records up to its checkpoint)."""
+  ckpt_lib.atomic_write(path, _lines(records))
+
+
+# Config fields that change the trajectory: a resumed run must use the values it was saved with.
+_TRAJECTORY_FIELDS = (
+  "batch_size",
+  "langevin_steps",
+  "fresh_batches",
+  "seed",
+  "num_seeds",
+  "step_runner",
+)
+
+
+def _code_version() -> str | None:
+  try:
+    return (
+      subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=pathlib.Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+      ).stdout.strip()
+      or None
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+class RunFiles:
+  """config.json, metrics.jsonl and the checkpoints of a run directory."""
+
+  def __init__(self, workdir, config, run_info: dict[str, Any], log):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.config, self.run_info, self.log = config, run_info, log
+    self.config_path = self.workdir / CONFIG_FILE
+    self.records_path = self.workdir / METRICS_FILE
+    self.checkpoints = (
+      ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
+      if config.checkpoint_every_steps
+      else None
+    )
+
+  def open(self, state: dict[str, Any], resume: bool | None):
+    """Opens the run as ``resume`` says (None: resume if there is a checkpoint); writes
+    config.json.
+
+    Args:
+      state: the loop's state as a dict of arrays (the template a checkpoint restores into).
+      resume: True: a checkpoint must exist; False: none may exist; None: either.
+
+    Returns:
+      ``(restored, previous)``: the restored state dict (None when starting afresh) and the
+      records up to its step.
+    """
+    available = self.checkpoints.steps() if self.checkpoints is not None else []
+    if resume is False and available:
+      raise CheckpointError(
+        f"{self.workdir} has checkpoints {available}: resume the run "
+        "with --resume, or start afresh with --overwrite."
+      )
+    previous: list[dict[str, Any]] = []
+    step, restored = None, None
+    if resume is not False and available:
+      check_resumable(self.config_path, self.run_info)
+      step = self.checkpoints.latest_good(self.log)
+    if resume is True and step is None:
+      raise CheckpointError(
+        f"{self.workdir} has no checkpoint: there is nothing to resume; "
+        "drop --resume to start the run."
+      )
+    if step is not None:
+      restored = self.checkpoints.restore(step, state)
+      previous = [r for r in read_records(self.records_path) if r["step"] <= step]
+    info = dict(
+      self.run_info,
+      code_version=_code_version(),
+      jax=jax.__version__,
+      entropy_optax=entropy_optax.__version__,
+    )
+    write_json(self.config_path, info)
+    rewrite_records(self.records_path, previous)
+    return restored, previous
+
+  def write(self, step: int, records, checkpoint: dict[str, Any] | None) -> None:
+    """Appends a call's ``records``; saves ``checkpoint`` (a state dict) when given."""
+    append_records(self.records_path, records)
+    if checkpoint is not None and self.checkpoints is not None:
+      self.checkpoints.save(step, checkpoint)
+
+  def close(self) -> None:
+    if self.checkpoints is not None:
+      self.checkpoints.close()
+
+
+def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None:
+  """The one resumability check: the run saved in ``config_path`` is the run ``run_info``
+  describes (its trajectory fields and its metadata, which holds the experiment's config).
+
+  Raises:
+    CheckpointError: config.json is missing or describes another run.
+  """
+  if not config_path.exists():
+    raise CheckpointError(
+      f"{config_path} is missing: the checkpoints beside it cannot be "
+      "checked against this run; start afresh with --overwrite."
+    )
+  saved = json.loads(config_path.read_text())
+  diffs = [
+    f"{name}: saved {saved['config'].get(name)!r}, now {run_info['config'][name]!r}"
+    for name in _TRAJECTORY_FIELDS
+    if saved["config"].get(name) != run_info["config"][name]
+  ]
+  if saved.get("metadata", {}) != json.loads(json.dumps(run_info["metadata"], default=str)):
+    diffs.append("the run's configuration differs")
+  if diffs:
+    raise CheckpointError(
+      "the checkpoints in this run directory are from another run ("
+      + "; ".join(diffs)
+      + "): use another --workdir."
+    )
+
+
+def saved_config(
+  workdir: pathlib.Path, explicit: Mapping[str, Any], prefix: str = ""
+) -> RunConfig | None:
+  """The config a run in ``workdir`` was started with (None if it never started): what a
+  resumed run continues with, the options given explicitly checked against it.
+
+  Raises:
+    ConfigError: an option given explicitly (``explicit``) differs from the saved value.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return None
+  experiment = read_json(path).get("metadata", {}).get("experiment")
+  if experiment is None:
+    raise ConfigError(
+      f"{workdir} holds a run that these scripts did not start; choose another --workdir."
+    )
+  saved = schema.from_json(experiment)
+  differ = [
+    f"--{prefix}{schema.option(k)[2:]} {v} (saved: {getattr(saved, k)})"
+    for k, v in dict(explicit).items()
+    if getattr(saved, k) != v
+  ]
+  if differ:
+    raise ConfigError(
+      f"{workdir} was started with another configuration: {'; '.join(differ)}. "
+      "Drop these options to resume it, or start a new run (--overwrite or "
+      "another --workdir)."
+    )
+  return saved
