@@ -24,6 +24,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from experiments.run import distributed
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_DIR = "checkpoints.sha256"
 
@@ -77,8 +79,13 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state_dict: dict[str, Any]) -> None:
+    """Saves ``state_dict`` as ``step`` (every process writes its shards; process 0 the
+    checksums, once the step is complete)."""
     self.manager.save(step, args=ocp.args.StandardSave(state_dict))
     self.manager.wait_until_finished()
+    distributed.barrier(f"checkpoint {step} saved")
+    if not distributed.is_writer():
+      return
     self.checksums.mkdir(parents=True, exist_ok=True)
     digests = _file_digests(self.directory / str(step))
     atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
@@ -119,6 +126,15 @@ class Checkpoints:
         "this run) or another --workdir."
       )
     return None
+
+  def agreed_latest_good(self, log: Callable[[str], None] = print) -> int | None:
+    """``latest_good`` decided by process 0 (which alone sets bad steps aside) and agreed by
+    every process: they all restore the same step, or all fail."""
+    if distributed.process_count() == 1:
+      return self.latest_good(log)
+    step = distributed.writer_decides(lambda: self.latest_good(log))
+    self.manager.reload()  # process 0 may have moved bad steps aside
+    return step
 
   def restore(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
     """The state dict saved at ``step``, verified; ``target`` gives the structure, shapes and

@@ -2,11 +2,11 @@
 
 ``run_experiment(config, options)`` is the flow of every experiment:
 
-    resuming = directory.prepare(workdir)          # never overwrite, never delete a non-run
-    data = components.load_data(config)              # registries: experiments/run/components.py
-    model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, len(data))
-    loop.train(train_config(config, ...), model, make_tx, data, workdir)
-    results.json, error.png                     # experiments/reporting/summaries.py
+    with directory.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
+      data = components.load_data(config)           # registries: experiments/run/components.py
+      model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
+      loop.train(train_config(config, ...), model, make_tx, data, workdir, mesh=...)
+      results.json, error.png                       # experiments/reporting/summaries.py
 
 ``run_grid`` runs several configs, one subdirectory each.
 """
@@ -108,72 +108,75 @@ def run_experiment(
   # A bad mesh is an error before anything is written.
   distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
   workdir = pathlib.Path(options.workdir)
-  resuming = directory.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
-  if resuming:
-    config = directory.saved_config(workdir, explicit, prefix) or config
-    if (workdir / directory.RESULTS_FILE).exists():
-      log(f"{workdir}: finished already; its results:")
-      return Run(
-        config,
-        directory.read_json(workdir / directory.RESULTS_FILE),
-        directory.read_records(workdir),
-        None,
-        workdir,
-      )
-  ds = components.load_data(config, options.data_dir, options.download)
-  model = components.make_model(config, ds.num_classes)
-  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-  tcfg = train_config(config, len(ds.train_x), options.progress)
-  mesh = distributed.make_mesh(
-    options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
-  )  # the saved config's seeds and batch when resuming
-  log(
-    f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
-    f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
-    f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
-    f"{config.num_seeds} seed(s), {describe_devices(mesh)}"
-  )
-  task = components.make_task(config, model)
-  result = loop.train(
-    tcfg,
-    model,
-    make_tx,
-    ds,
-    workdir,
-    task=task,
-    mesh=mesh,
-    resume=None if resuming else False,
-    metadata={"experiment": dataclasses.asdict(config)},
-    log=log,
-  )
-  all_records = directory.read_records(workdir)
-  import jax  # pylint: disable=g-import-not-at-top
-
-  num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
-  heldout = components.DATASETS[config.dataset].heldout
-  if heldout is not None:  # a split evaluated once, at the end (a text's test split)
-    heldout = loop.evaluate(
-      tcfg, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
+  with directory.writing(
+    workdir, resume=options.resume, overwrite=options.overwrite, log=log
+  ) as resuming:
+    if resuming:
+      config = directory.saved_config(workdir, explicit, prefix) or config
+      if (workdir / directory.RESULTS_FILE).exists():
+        log(f"{workdir}: finished already; its results:")
+        return Run(
+          config,
+          directory.read_json(workdir / directory.RESULTS_FILE),
+          directory.read_records(workdir),
+          None,
+          workdir,
+        )
+    ds = components.load_data(config, options.data_dir, options.download)
+    model = components.make_model(config, ds.num_classes)
+    make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
+    tcfg = train_config(config, len(ds.train_x), options.progress)
+    mesh = distributed.make_mesh(
+      options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
+    )  # the saved config's seeds and batch when resuming
+    log(
+      f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
+      f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
+      f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
+      f"{config.num_seeds} seed(s), {describe_devices(mesh)}"
     )
-  results = summaries.summarize(
-    all_records,
-    dataset=ds.name,
-    model=config.model,
-    optimizer=config.optimizer,
-    langevin_steps=config.langevin_steps,
-    num_params=num_params // config.num_seeds,
-    num_train=len(ds.train_x),
-    num_test=len(ds.test_x),
-    paper=None
-    if config.synthetic
-    else configs.paper_result(config.dataset, config.model, config.optimizer),
-    heldout=heldout,
-  )
-  directory.write_json(workdir / directory.RESULTS_FILE, results)
-  summaries.plot_error(
-    {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
-  )
-  return Run(config, results, all_records, result.state, workdir)
+    task = components.make_task(config, model)
+    result = loop.train(
+      tcfg,
+      model,
+      make_tx,
+      ds,
+      workdir,
+      task=task,
+      mesh=mesh,
+      resume=None if resuming else False,
+      metadata={"experiment": dataclasses.asdict(config)},
+      log=log,
+    )
+    all_records = directory.read_records(workdir)
+    import jax  # pylint: disable=g-import-not-at-top
+
+    num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
+    heldout = components.DATASETS[config.dataset].heldout
+    if heldout is not None:  # a split evaluated once, at the end (a text's test split)
+      heldout = loop.evaluate(
+        tcfg, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
+      )
+    results = summaries.summarize(
+      all_records,
+      dataset=ds.name,
+      model=config.model,
+      optimizer=config.optimizer,
+      langevin_steps=config.langevin_steps,
+      num_params=num_params // config.num_seeds,
+      num_train=len(ds.train_x),
+      num_test=len(ds.test_x),
+      paper=None
+      if config.synthetic
+      else configs.paper_result(config.dataset, config.model, config.optimizer),
+      heldout=heldout,
+    )
+    if distributed.is_writer():
+      directory.write_json(workdir / directory.RESULTS_FILE, results)
+      summaries.plot_error(
+        {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
+      )
+    return Run(config, results, all_records, result.state, workdir)
 
 
 def describe(config: RunConfig) -> str:
@@ -209,26 +212,28 @@ def run_grid(
   unfinished ones continue; a resumed run must have the config given here."""
   join_processes(options)
   root = pathlib.Path(options.workdir)
-  resuming = directory.prepare(root, resume=options.resume, overwrite=options.overwrite)
-  if not (root / directory.GRID_FILE).exists():  # marks the directory as a run
-    directory.write_json(
-      root / directory.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
-    )
-  runs = {}
-  for key, config in named_configs.items():
-    sub = root / key
-    started = sub.is_dir() and directory.is_run_dir(sub)
-    sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
-    # Every field counts as given explicitly: a saved run with other values is an error.
-    runs[key] = run_experiment(
-      config,
-      sub_options,
-      explicit=dataclasses.asdict(config),
-      prefix=dict(prefixes).get(key, ""),
-      log=log,
-    )
-    log(f"  {key}: {summaries.format_result(runs[key].results)}")
-  return runs
+  with directory.writing(
+    root, resume=options.resume, overwrite=options.overwrite, log=log
+  ) as resuming:
+    if distributed.is_writer() and not (root / directory.GRID_FILE).exists():  # marks a run
+      directory.write_json(
+        root / directory.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
+      )
+    runs = {}
+    for key, config in named_configs.items():
+      sub = root / key
+      started = sub.is_dir() and directory.is_run_dir(sub)
+      sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
+      # Every field counts as given explicitly: a saved run with other values is an error.
+      runs[key] = run_experiment(
+        config,
+        sub_options,
+        explicit=dataclasses.asdict(config),
+        prefix=dict(prefixes).get(key, ""),
+        log=log,
+      )
+      log(f"  {key}: {summaries.format_result(runs[key].results)}")
+    return runs
 
 
 def run_preset(
