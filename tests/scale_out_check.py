@@ -132,7 +132,9 @@ def main():
   code, err, _ = run(resumed, "--resume", "--mesh", "seed=2,data=4")
   assert code == 0, err
   report["resumed_diff"] = max_diff(finals["seed8"], jobs.load_final_variables(resumed / RUN))
-  report["resumed_devices"] = json.loads((resumed / RUN / "config.json").read_text())["devices"]
+  report["resumed_devices"] = json.loads((resumed / RUN / "config.json").read_text())[
+    "device_history"
+  ]
   errors = {}
   for name, extra in {
     "not_dividing_devices": ["--mesh", "data=3"],
