@@ -19,7 +19,7 @@ import pathlib
 from collections.abc import Sequence
 
 from experiments.configs.sensitivity import GRIDS
-from experiments.run import cli, directory
+from experiments.run import cli, directory, distributed
 from experiments.run.schema import ConfigError
 from experiments.studies import sensitivity_report, sensitivity_training
 
@@ -40,6 +40,8 @@ class Args:
   """where results.json, summary.md and heatmaps.png go (default: runs/sensitivity-GRID)"""
   overwrite: bool = False
   """replace the results of an earlier study in --workdir"""
+  mesh: str | None = None
+  """seed=N: split every program's seeds over N devices (None: one device)"""
 
 
 def _grid(args: Args):
@@ -55,13 +57,22 @@ def _grid(args: Args):
   return dataclasses.replace(grid, **changes)
 
 
-def _prepare(workdir: pathlib.Path, overwrite: bool) -> None:
+def _check_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
   if (workdir / directory.RESULTS_FILE).exists() and not overwrite:
     raise directory.RunExistsError(
       f"{workdir} already holds a sensitivity study's results; pass --overwrite to replace "
       "them or choose another --workdir."
     )
-  directory.prepare(workdir, resume=False, overwrite=overwrite)
+
+
+def _mesh(spec: str | None, grid):
+  mesh = distributed.make_mesh(spec, num_seeds=grid.seeds, batch_size=grid.batch_size)
+  if mesh is not None and mesh.shape[distributed.DATA_AXIS] > 1:
+    raise ConfigError(
+      f"--mesh {spec}: the study splits its seeds over devices (seed=N), not its batches: "
+      "drop data=."
+    )
+  return mesh
 
 
 @cli.main
@@ -69,20 +80,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the study as the command line says; returns the exit code."""
   args = cli.parse(lambda: cli.tyro.cli(Args, prog=PROG, description=__doc__, args=argv), PROG)
   grid = _grid(args)
+  mesh = _mesh(args.mesh, grid)
   workdir = pathlib.Path(args.workdir or f"runs/sensitivity-{args.grid}")
-  _prepare(workdir, args.overwrite)
-  data = sensitivity_training.mnist1d_data(grid.num_train, grid.num_test)
-  print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
-  results = sensitivity_report.run_study(grid, data, log=lambda line: print(line, flush=True))
-  lines = sensitivity_report.summary_lines(results)
-  header = (
-    f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
-    f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
-    f"wall time {results['wall_s']:.0f} s."
-  )
-  directory.write_json(workdir / directory.RESULTS_FILE, results)
-  (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
-  sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
+  _check_workdir(workdir, args.overwrite)
+  with directory.writing(workdir, resume=False, overwrite=args.overwrite):
+    data = sensitivity_training.mnist1d_data(grid.num_train, grid.num_test)
+    print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
+    results = sensitivity_report.run_study(
+      grid, data, log=lambda line: print(line, flush=True), mesh=mesh
+    )
+    results["devices"] = distributed.describe(mesh)
+    lines = sensitivity_report.summary_lines(results)
+    header = (
+      f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
+      f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
+      f"wall time {results['wall_s']:.0f} s."
+    )
+    directory.write_json(workdir / directory.RESULTS_FILE, results)
+    (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
+    sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
   print("\n".join(["", header, "", *lines, ""]))
   print(f"table: {workdir / 'summary.md'}; heatmaps: {workdir / 'heatmaps.png'}")
   return 0

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 import entropy_optax
 from experiments import mnist1d
-from experiments.run import jobs, records
+from experiments.run import directory, jobs
 from experiments.trainer import loop
 
 RUN = "mlp1d-entropy-sgd"
@@ -34,6 +34,7 @@ ARGS = [
   "--models", "mlp1d", "--optimizers", "entropy-sgd", "--recipe.entropy-sgd.langevin-steps", "2",
   "--num-train", "128", "--num-test", "64", "--batch-size", "32", "--num-seeds", "8",
   "--effective-epochs", "8", "--eval-every-effective-epochs", "2", "--no-progress",
+  "--recipe.entropy-sgd.checkpoint-every-evals", "1",
 ]  # fmt: skip
 
 
@@ -118,7 +119,9 @@ def main():
       "param_devices": len(kernel.sharding.device_set),
       "seeds_per_device": sorted({s.data.shape[0] for s in kernel.addressable_shards}),
       "config_devices": json.loads((root / name / RUN / "config.json").read_text())["devices"],
-      "records": [(r["step"], r["seed"], r["train_loss"]) for r in records.read(root / name / RUN)],
+      "records": [
+        (r["step"], r["seed"], r["train_loss"]) for r in directory.read_records(root / name / RUN)
+      ],
     }
   report["data8_diff"] = max_diff(finals["one"], finals["data8"])
   report["seed8_diff"] = max_diff(finals["one"], finals["seed8"])

@@ -53,9 +53,13 @@ def _entropy_grid(grid: SensitivityGrid) -> tuple[list[dict], dict[str, np.ndarr
 
 
 def run_study(
-  grid: SensitivityGrid, data: sensitivity_training.Data, log: Callable[[str], None] = print
+  grid: SensitivityGrid,
+  data: sensitivity_training.Data,
+  log: Callable[[str], None] = print,
+  mesh=None,
 ) -> dict[str, Any]:
-  """Trains every block of ``grid``; returns the JSON-ready results (see the module doc)."""
+  """Trains every block of ``grid`` (each program's seeds split over ``mesh``'s ``seed`` axis,
+  if given); returns the JSON-ready results (see the module doc)."""
   start = time.perf_counter()
   num_train = data[0].shape[0]
   common = dict(
@@ -75,6 +79,7 @@ def run_study(
       arrays,
       timings=timings,
       fast_compile=model in grid.fast_compile,
+      mesh=mesh,
       **common,
       **kwargs,
     )

@@ -30,10 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import entropy_optax
 from experiments.models import feedforward as models
 from experiments.optimizers import sgld
+from experiments.run import distributed
 
 ENTROPY_KEYS = ("gamma", "langevin_lr", "noise", "learning_rate")
 SGD_KEYS = ("learning_rate",)
@@ -199,6 +202,7 @@ def train_grid(
   fast_compile: bool = False,
   timings: dict[str, float] | None = None,
   one_program: bool = True,
+  mesh=None,
 ) -> np.ndarray:
   """Every grid point and seed in one jitted, vmapped program: test accuracy curves.
 
@@ -222,6 +226,8 @@ def train_grid(
     timings: if given, gets "compile_s" and "run_s" (the run's result on the host).
     one_program: False runs the same runs one after another instead (one compilation of one
       run, hyper-parameters and seed as arguments): the throughput comparison.
+    mesh: a ``jax.sharding.Mesh`` whose axis ``seed`` splits the seeds over devices (one
+      program; its size divides ``seeds``); None: one device.
 
   Returns:
     (grid points, seeds, num_evals) float array of test accuracies.
@@ -240,7 +246,17 @@ def train_grid(
   options = _compiler_options(fast_compile)
   if one_program:
     args = (arrays, jnp.arange(seeds), tuple(data))
-    vmapped = jax.vmap(jax.vmap(run, (None, 0, None)), (0, None, None))
+    seed_axis = None
+    if mesh is not None:  # the seeds on their devices, the rest replicated
+      seed_axis = distributed.SEED_AXIS
+      put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))  # noqa: E731
+      args = (
+        jax.tree.map(lambda a: put(a, P()), args[0]),
+        put(args[1], P(seed_axis)),
+        jax.tree.map(lambda a: put(a, P()), args[2]),
+      )
+    per_seed = jax.vmap(run, (None, 0, None), spmd_axis_name=seed_axis)
+    vmapped = jax.vmap(per_seed, (0, None, None))
     program, compile_s = timed(jax.jit(vmapped).lower(*args).compile, options)
     curves, run_s = timed(lambda: np.asarray(program(*args)))
   else:
