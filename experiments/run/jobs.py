@@ -105,8 +105,8 @@ def run_experiment(
 
   components.validate(config, prefix)
   join_processes(options)
-  # A bad mesh is an error before anything is written.
-  distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
+  if not options.resume:  # a bad mesh is an error before anything is written
+    distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
   workdir = pathlib.Path(options.workdir)
   with directory.writing(
     workdir, resume=options.resume, overwrite=options.overwrite, log=log
