@@ -125,7 +125,7 @@ def run_experiment(
     ds = components.load_data(config, options.data_dir, options.download)
     model = components.make_model(config, ds.num_classes)
     make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-    tcfg = train_config(config, len(ds.train_x), options.progress)
+    tcfg = train_config(config, len(ds.train_x), options.progress and distributed.is_writer())
     mesh = distributed.make_mesh(
       options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
     )  # the saved config's seeds and batch when resuming
