@@ -47,6 +47,7 @@ def eight_devices():
   return run_check("scale_out_check.py", devices=8)
 
 
+@pytest.mark.slow
 def test_mesh_data_8_splits_batches_and_matches_one_device(eight_devices):
   r = eight_devices
   assert r["devices"] == 8
@@ -108,6 +109,7 @@ def test_shard_map_data_parallel_step_equals_one_device_step(eight_devices):
     assert diff < 1e-6, (how, diff)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path):
   r = run_check("two_process_check.py", str(tmp_path))
   assert r["one"][0]["code"] == 0, r["one"]
