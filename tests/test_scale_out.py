@@ -58,6 +58,7 @@ def test_mesh_data_8_splits_batches_and_matches_one_device(eight_devices):
     assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_mesh_seed_8_puts_one_seed_per_device(eight_devices):
   r = eight_devices
   assert r["seed8"]["param_devices"] == 8 and r["seed8"]["seeds_per_device"] == [1]
@@ -66,6 +67,7 @@ def test_mesh_seed_8_puts_one_seed_per_device(eight_devices):
   assert r["seed8_diff"] < 1e-6, r["seed8_diff"]
 
 
+@pytest.mark.slow
 def test_config_json_records_the_devices_used(eight_devices):
   r = eight_devices
   assert r["one"]["config_devices"]["devices"] == ["cpu:0"]
@@ -77,6 +79,7 @@ def test_config_json_records_the_devices_used(eight_devices):
     assert r[name]["config_devices"]["devices"] == [f"cpu:{i}" for i in range(8)]
 
 
+@pytest.mark.slow
 def test_resume_on_another_mesh(eight_devices):
   """A run trained with seed=8 resumes with seed=2,data=4 and ends where it would have; config.json
   says which mesh trained which steps."""
@@ -87,6 +90,7 @@ def test_resume_on_another_mesh(eight_devices):
   assert history[0]["from_step"] == 0 < history[1]["from_step"]
 
 
+@pytest.mark.slow
 def test_bad_meshes_are_one_line_errors(eight_devices):
   errors = eight_devices["errors"]
   expected = {
@@ -102,6 +106,7 @@ def test_bad_meshes_are_one_line_errors(eight_devices):
     assert text in e["stderr"], e
 
 
+@pytest.mark.slow
 def test_shard_map_data_parallel_step_equals_one_device_step(eight_devices):
   """The library under shard_map over 8 devices: a grad_fn that averages over the data axis
   (the loss under check_vma, the gradient without) gives the one-device updates."""
