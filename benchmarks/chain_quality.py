@@ -33,18 +33,13 @@ import numpy as np
 import optax
 
 import entropy_optax
-from entropy_optax._noise import tree_noise  # the library's own noise sampler
+from experiments.data import datasets
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_NOISE = 1e-4
 
 
 def load_data(num_train: int):
-  if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-  from experiments.data import datasets as data  # pylint: disable=import-outside-toplevel
-
-  dataset = data.load_mnist1d(num_train=num_train)
+  dataset = datasets.load_mnist1d(num_train=num_train)
   return jnp.asarray(dataset.train_x), jnp.asarray(dataset.train_y)
 
 
@@ -99,8 +94,10 @@ def reference_gradient(params, train_x, train_y, *, gamma, lr, noise, steps, cha
       xp, total = carry
       g = full_grad(xp, k)
       xp = jax.tree.map(lambda a, gg, c: a - lr * (gg - gamma * (c - a)), xp, g, x)
-      if noise:
-        eps = tree_noise(jax.random.fold_in(key, k), xp)
+      if (
+        noise
+      ):  # Gaussian: the reference is exact SGLD (the library's chain defaults to Irwin-Hall)
+        eps = optax.tree.random_like(jax.random.fold_in(key, k), xp, jax.random.normal)
         xp = jax.tree.map(lambda a, e: a + np.sqrt(lr) * noise * e, xp, eps)
       return (xp, jax.tree.map(jnp.add, total, xp)), None
 

@@ -25,6 +25,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import entropy_optax
 from experiments.data import datasets as data
@@ -33,7 +34,6 @@ from experiments.trainer import step_runners, steps
 
 
 def _tx(optimizer: str, langevin_steps: int):
-  import optax  # pylint: disable=g-import-not-at-top
 
   def make(key):
     if optimizer == "sgd":

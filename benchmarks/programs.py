@@ -29,7 +29,7 @@ def entropy_tx(
   num_steps: int,
   *,
   noise: float = 1e-4,
-  noise_sampler: str = "irwin_hall",
+  noise_distribution: str = "irwin_hall",
   unroll: int | None = None,
   key: int = 0,
 ) -> optax.GradientTransformation:
@@ -43,7 +43,7 @@ def entropy_tx(
     alpha=0.75,
     momentum=0.9,
     nesterov=True,
-    noise_sampler=noise_sampler,
+    noise_distribution=noise_distribution,
     unroll=unroll,
     key=key,
   )

@@ -33,7 +33,7 @@ import jax
 import entropy_optax
 from benchmarks import harness, programs, workloads
 
-# The values of the public ``noise_sampler`` argument of entropy_optax's optimizers.
+# The values of the public ``noise_distribution`` argument of entropy_optax's optimizers.
 NOISE_SAMPLERS = ("irwin_hall", "gaussian")
 
 
@@ -53,7 +53,7 @@ def time_noise_draws(params, repeats: int) -> list[dict]:
       noise=1.0,
       alpha=1.0,
       grad_at_params=zeros,
-      noise_sampler=sampler,
+      noise_distribution=sampler,
       unroll=1,
     )
 
@@ -94,8 +94,10 @@ def run_model(model: str, args) -> dict:
     )
     for sampler in args.samplers:
       noise = 0.0 if sampler == "none" else 1e-4
-      noise_sampler = "gaussian" if sampler == "gaussian" else "irwin_hall"
-      tx = programs.entropy_tx(args.steps, noise=noise, noise_sampler=noise_sampler, unroll=unroll)
+      distribution = "gaussian" if sampler == "gaussian" else "irwin_hall"
+      tx = programs.entropy_tx(
+        args.steps, noise=noise, noise_distribution=distribution, unroll=unroll
+      )
       ename = f"entropy [{sampler}, {unroll_name}]"
       runners[ename] = programs.Runner(
         programs.build_entropy_step(loss_fn, tx), params, batch_stats, tx.init(params), batches

@@ -1,6 +1,7 @@
 """entropy_optax: Entropy-SGD (Chaudhari et al., ICLR 2017) as an Optax gradient transformation."""
 
-from entropy_optax import flatness
+import importlib
+
 from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
@@ -34,3 +35,11 @@ __all__ = (
   "local_entropy",
   "quadratic_scoping",
 )
+
+
+def __getattr__(name: str):
+  # ``entropy_optax.flatness`` is imported on first use: ``import entropy_optax`` then costs the
+  # optimizers only, not the Hessian tools (scipy-backed eigensolvers, matfree, matplotlib).
+  if name == "flatness":
+    return importlib.import_module("entropy_optax.flatness")
+  raise AttributeError(f"module 'entropy_optax' has no attribute {name!r}")

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _noise, _sghmc
-from entropy_optax._transform import local_entropy
+from entropy_optax import _deprecation, _noise, _sghmc, _transform
 from entropy_optax._utils import is_concrete_number, is_static_zero
 
 
@@ -36,6 +35,7 @@ def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
   return optax.add_decayed_weights(weight_decay)
 
 
+@_deprecation.renamed_keywords("noise_sampler")
 def entropy_sgd(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -47,16 +47,17 @@ def entropy_sgd(
   momentum: float = 0.9,
   nesterov: bool = True,
   langevin_momentum: float = 0.0,
+  langevin_nesterov: bool | None = None,
   weight_decay: float = 0.0,
   scale_by_gamma: bool = False,
   key: jax.Array | int = 0,
-  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  noise_distribution: _noise.NoiseDistribution = "irwin_hall",
   unroll: int | bool | None = None,
   mask: Any | None = None,
   sampler: _sghmc.Sampler = "sgld",
   friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Entropy-SGD: the local-entropy gradient followed by SGD with (Nesterov) momentum.
+  """Entropy-SGD: the local-entropy gradient followed by SGD with Nesterov momentum.
 
   ``optax.chain(local_entropy(...), add_decayed_weights(weight_decay), sgd(...))``: the outer
   step is x <- x - learning_rate (x - mu + weight_decay x) through the momentum, Alg. 1 line 7
@@ -67,10 +68,21 @@ def entropy_sgd(
   code exactly). See ``local_entropy`` for the other arguments (``sampler="sghmc"`` and
   ``friction`` pick the SGHMC chain) and for how ``update`` takes ``grad_fn``.
 
+  Momentum: the outer SGD uses **Nesterov** momentum by default (``momentum=0.9``,
+  ``nesterov=True``), as the paper and the authors' PyTorch port do. Flax's examples use
+  heavy-ball momentum, ``optax.sgd(lr, momentum)``, whose ``nesterov`` defaults to False: when
+  you swap that for ``entropy_sgd``, pass ``nesterov=False`` to keep heavy-ball.
+
   Args:
     learning_rate: the outer step size eta, a float or an optax schedule.
     momentum: outer momentum (0 for none).
-    nesterov: Nesterov form of both the outer and the Langevin momentum.
+    nesterov: Nesterov form of the outer momentum (True, the default) or heavy-ball (False), as
+      ``optax.sgd``'s ``nesterov``. In entropy_optax 0.1.0 it also set the Langevin momentum's
+      form; that is now ``langevin_nesterov``.
+    langevin_nesterov: Nesterov form of ``langevin_momentum``, the chain's own momentum (no
+      effect while it is 0, the default). None (the default) follows ``nesterov``, as
+      entropy_optax 0.1.0 did; ``nesterov=False`` with a Langevin momentum then warns (a
+      DeprecationWarning): pass ``langevin_nesterov`` to choose.
     mask: Entropy-SGD on part of the model (None: all of it): the leaves selected, as
       ``local_entropy``'s ``mask``; the other leaves' gradients pass through unchanged, for an
       optimizer after it (``optax.masked`` / ``optax.partition``) to treat.
@@ -93,24 +105,11 @@ def entropy_sgd(
   References:
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017.
   """
+  langevin_nesterov = _deprecation.entropy_sgd_langevin_nesterov(
+    nesterov, langevin_nesterov, langevin_momentum
+  )
   return optax.chain(
-    local_entropy(
-      num_langevin_steps,
-      gamma,
-      langevin_lr,
-      noise,
-      alpha,
-      langevin_momentum=langevin_momentum,
-      nesterov=nesterov,
-      weight_decay=weight_decay,
-      scale_by_gamma=scale_by_gamma,
-      key=key,
-      noise_sampler=noise_sampler,
-      unroll=unroll,
-      mask=mask,
-      sampler=sampler,
-      friction=friction,
-    ),
+    _transform.from_arguments(locals()),
     _outer(
       mask,
       _outer_weight_decay(weight_decay),
@@ -121,6 +120,7 @@ def entropy_sgd(
   )
 
 
+@_deprecation.renamed_keywords("noise_sampler")
 def entropy_adam(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -137,7 +137,7 @@ def entropy_adam(
   weight_decay: float = 0.0,
   scale_by_gamma: bool = False,
   key: jax.Array | int = 0,
-  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  noise_distribution: _noise.NoiseDistribution = "irwin_hall",
   unroll: int | bool | None = None,
   mask: Any | None = None,
   sampler: _sghmc.Sampler = "sgld",
@@ -149,7 +149,8 @@ def entropy_adam(
   Adam's usual 0.9. ``weight_decay`` is L2 added inside the chain and before Adam, like
   ``entropy_sgd``. ``langevin_nesterov`` is the Nesterov form of ``langevin_momentum``, the only
   momentum besides Adam's own: it does nothing while ``langevin_momentum`` is 0 (the default).
-  See ``local_entropy``.
+  Adam has no ``nesterov``. See ``local_entropy`` for the other arguments (``noise_distribution``
+  was ``noise_sampler`` before entropy_optax 0.2, still accepted with a DeprecationWarning).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -158,23 +159,7 @@ def entropy_adam(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017.
   """
   return optax.chain(
-    local_entropy(
-      num_langevin_steps,
-      gamma,
-      langevin_lr,
-      noise,
-      alpha,
-      langevin_momentum=langevin_momentum,
-      nesterov=langevin_nesterov,
-      weight_decay=weight_decay,
-      scale_by_gamma=scale_by_gamma,
-      key=key,
-      noise_sampler=noise_sampler,
-      unroll=unroll,
-      mask=mask,
-      sampler=sampler,
-      friction=friction,
-    ),
+    _transform.from_arguments(locals()),
     _outer(
       mask, _outer_weight_decay(weight_decay), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
     ),

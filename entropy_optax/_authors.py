@@ -33,8 +33,8 @@ class PortMomentumState(NamedTuple):
   """State of the PyTorch port's outer momentum around its local-entropy chain.
 
   Attributes:
-    port_count: outer updates done so far (int32; named so that ``optax.tree.get(state,
-      "count")`` finds no second ``count`` beside Adam's or SGD's).
+    port_count: outer updates done so far (int32; so named that ``optax.tree.get`` of
+      ``"count"`` finds no second ``count`` beside Adam's or SGD's).
     inner_state: the state of the wrapped chain (``local_entropy`` and the outer weight decay).
     momentum_buffer: the port's ``state['mdw']``: a copy of the first gradient, then
       momentum * buffer + (x - mu + weight_decay x) at every update.
@@ -112,7 +112,7 @@ def _check(code, num_langevin_steps, momentum, nesterov, weight_decay, scoping) 
       "momentum buffer itself (dw = mdw) and add the coupling and the noise to it in place, so "
       "they accumulate in the buffer (heavy-ball on the whole drift; with momentum 0 the Lua "
       "code even drops the gradient). Their scripts always use nesterov=True; "
-      "entropy_sgd(..., langevin_momentum=m, nesterov=False) is the library's heavy-ball."
+      "entropy_sgd(..., langevin_momentum=m, langevin_nesterov=False) is the library's heavy-ball."
     )
 
 
@@ -214,11 +214,11 @@ def authors_entropy_sgd(
     noise * AUTHORS_NOISE_FACTOR,
     AUTHORS_ALPHA,
     langevin_momentum=momentum,
-    nesterov=nesterov,
+    langevin_nesterov=nesterov,
     weight_decay=weight_decay,
     weight_decay_at="after_momentum" if code == "lua" else "before_momentum",
     key=key,
-    noise_sampler="gaussian",
+    noise_distribution="gaussian",
   )
   if code == "lua":
     return optax.chain(langevin, optax.scale_by_learning_rate(learning_rate))

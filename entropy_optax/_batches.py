@@ -127,14 +127,12 @@ def stack_batches(source: Any, num_batches: int) -> Any:
   last ``len(source) % L`` mini-batches are dropped, like ``drop_remainder``.
 
   Args:
-    source: any of
-      * an iterable or iterator of mini-batches (pytrees of numpy or jax arrays: dicts, tuples),
-        e.g. a Python generator or a ``grain`` ``DataLoader``;
-      * a ``tf.data.Dataset`` of batches (read with ``as_numpy_iterator()``);
-      * an array whose axis 0 indexes mini-batches, e.g. the permutation reshaped to
-        ``(steps_per_epoch, batch_size)`` of flax's Linen MNIST example: the result has shape
-        ``(steps_per_epoch // L, L, batch_size)``, and indexing the data with one row gives L
-        stacked mini-batches.
+    source: an iterable or iterator of mini-batches (pytrees of numpy or jax arrays: dicts,
+      tuples), e.g. a Python generator or a ``grain`` ``DataLoader``; or a ``tf.data.Dataset``
+      of batches (read with ``as_numpy_iterator()``); or an array whose axis 0 indexes
+      mini-batches, e.g. the permutation reshaped to ``(steps_per_epoch, batch_size)`` of flax's
+      Linen MNIST example: the result then has shape ``(steps_per_epoch // L, L, batch_size)``,
+      and indexing the data with one row gives L stacked mini-batches.
     num_batches: L, a positive int.
 
   Returns:

@@ -62,11 +62,13 @@ def langevin_stats(opt_state: Any) -> Any:
   """The ``LangevinStats`` of the last update, as plain arrays, from any optimizer state.
 
   Args:
-    opt_state: an optax state, a Linen ``TrainState.opt_state``, an ``nnx.Optimizer`` or its
-      ``opt_state`` (whose ``OptArray`` variables are read without the ``.value`` warning).
+    opt_state: the state to read: an optax state, a Linen ``TrainState.opt_state``, an
+      ``nnx.Optimizer`` or its ``opt_state`` (whose ``OptArray`` variables are read without the
+      ``.value`` warning). It must hold a ``local_entropy`` state (else a ValueError).
 
   Returns:
-    ``LangevinStats(gamma, grad_norm, entropy_grad_norm, cosine, mean_distance)``.
+    ``LangevinStats(langevin_gamma, grad_norm, entropy_grad_norm, cosine, mean_distance)``,
+    float32 scalars (zeros before the first update).
 
   Examples:
     >>> import jax.numpy as jnp, entropy_optax

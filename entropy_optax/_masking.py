@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
+
+from entropy_optax._checks import check_gradient_tree
 
 Mask = Any  # a pytree of Python bools (a prefix of params), or a function params -> such a tree
 
@@ -102,3 +105,43 @@ def expand(selected: list[Any], flags: list[bool], like: Any) -> Any:
   return jax.tree.unflatten(
     treedef, [next(chosen) if flag else optax.MaskedNode() for flag in flags]
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The leaves the chain moves, and the way between a whole tree and the chain's part of it.
+
+  ``flags`` is None when the chain moves every leaf: then the part is the tree itself.
+  """
+
+  flags: tuple[bool, ...] | None
+
+  @classmethod
+  def of(cls, mask: Mask | Callable[[Any], Mask] | None, params: Any) -> Selection:
+    """The selection ``local_entropy``'s ``mask`` makes of ``params`` (None: all of it)."""
+    return cls(None if mask is None else tuple(leaf_flags(mask, params)))
+
+  def part(self, tree: Any) -> Any:
+    """The chain's part of ``tree`` (a tree like params)."""
+    return tree if self.flags is None else select(tree, self.flags)
+
+  def with_part(self, tree: Any, part: Any) -> Any:
+    """``tree`` with the chain's part replaced by ``part``, the other leaves as they are."""
+    return part if self.flags is None else merge(tree, part, self.flags)
+
+  def in_state(self, part: Any, params: Any) -> Any:
+    """A state tree like ``params``: ``part``, and ``optax.MaskedNode()`` at the other leaves."""
+    return part if self.flags is None else expand(part, self.flags, params)
+
+  def gradient_part(self, grads: Any, params: Any) -> Any:
+    """The chain's part of a whole gradient tree, checked against params with its paths."""
+    if self.flags is None:
+      return grads  # the chain checks it, the part being the whole
+    check_gradient_tree(grads, params)
+    return self.part(grads)
+
+  def part_grad_fn(self, grad_fn: Callable, params: Any) -> Callable:
+    """``grad_fn`` on the chain's part: the other leaves held at ``params``."""
+    if self.flags is None:
+      return grad_fn
+    return lambda part, k: self.gradient_part(grad_fn(self.with_part(params, part), k), params)

@@ -9,8 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NoiseSampler = Literal["irwin_hall", "gaussian"]
-NOISE_SAMPLERS = ("irwin_hall", "gaussian")
+# The distribution of the chain's unit-variance noise draws (``noise_distribution``).
+NoiseDistribution = Literal["irwin_hall", "gaussian"]
+NOISE_DISTRIBUTIONS = ("irwin_hall", "gaussian")
+
+
+def check_distribution(distribution: Any) -> None:
+  """A ValueError naming the keyword (and its name before entropy_optax 0.2) and the choices."""
+  if distribution not in NOISE_DISTRIBUTIONS:
+    raise ValueError(
+      f"noise_distribution (noise_sampler before entropy_optax 0.2) must be one of "
+      f"{NOISE_DISTRIBUTIONS}, got {distribution!r}."
+    )
 
 
 def _fmix32(h: jax.Array) -> jax.Array:
@@ -62,7 +72,7 @@ def irwin_hall_normal(key: jax.Array, shape: tuple[int, ...], dtype, offset: int
   return ((sums.astype(dtype) - 30.0) * (1.0 / math.sqrt(85.0))).reshape(shape)
 
 
-def tree_noise(key: jax.Array, tree: Any, sampler: NoiseSampler = "irwin_hall") -> Any:
+def tree_noise(key: jax.Array, tree: Any, distribution: NoiseDistribution = "irwin_hall") -> Any:
   """Unit-variance noise shaped like ``tree`` (same dtypes), from one key.
 
   The leaves take disjoint slices of one stream (one random-number call per leaf and unrolled
@@ -84,7 +94,7 @@ def tree_noise(key: jax.Array, tree: Any, sampler: NoiseSampler = "irwin_hall") 
   real_dtypes = [jnp.finfo(leaf.dtype).dtype for leaf in leaves]
   sizes = [math.prod(shape) for shape in shapes]
   starts = np.cumsum([0] + sizes[:-1])
-  if sampler == "irwin_hall":
+  if distribution == "irwin_hall":
     draws = [
       irwin_hall_normal(key, shape, dtype, int(start))
       for shape, dtype, start in zip(shapes, real_dtypes, starts)

@@ -1,6 +1,6 @@
 """SGHMC, the chain's second sampler: underdamped Langevin with friction (Chen et al. 2014).
 
-The Entropy-SGD chain samples P(x') ∝ exp(-U(x') / T) with U(x') = f(x') + gamma/2 |x - x'|^2.
+The Entropy-SGD chain samples P(x') ∝ exp(-U(x') / T) with U(x') = f(x') + gamma/2 ``|x - x'|^2``.
 SGLD (``sampler="sgld"``, the paper's) takes overdamped steps; SGHMC (``sampler="sghmc"``) keeps
 a velocity v, zero at x' = x, and takes, in the "SGD with momentum" form of Chen et al.'s Eq. 15::
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from entropy_optax import _checks, _noise, _unroll
+from entropy_optax import _checks, _deprecation, _noise, _unroll
 from entropy_optax._utils import canonical_key, is_concrete_number, to_chain
 
 _GRAD_FN_HELP = (
@@ -32,12 +32,13 @@ class GaussianSmoothingState(NamedTuple):
   smoothing_key: jax.Array
 
 
+@_deprecation.renamed_keywords("noise_sampler")
 def gaussian_smoothing(
   num_samples: int = 20,
   sigma: float | optax.Schedule = 0.01,
   *,
   key: jax.Array | int = 0,
-  noise_sampler: _noise.NoiseSampler = "gaussian",
+  noise_distribution: _noise.NoiseDistribution = "gaussian",
   unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the average of L gradients at x + sigma N(0, I).
@@ -61,8 +62,10 @@ def gaussian_smoothing(
     num_samples: L >= 1, the gradient evaluations averaged per update.
     sigma: the smoothing width sigma >= 0, a float or a schedule of the update count.
     key: PRNG key or seed of the perturbations.
-    noise_sampler: "gaussian" (default: the kernel is then exactly Gaussian) or "irwin_hall"
-      (cheaper; same mean and variance, a slightly different kernel).
+    noise_distribution: the distribution of the perturbations: "gaussian" (default: the kernel
+      is then exactly Gaussian) or "irwin_hall" (cheaper; same mean and variance, a slightly
+      different kernel). Called ``noise_sampler`` before entropy_optax 0.2 (still accepted,
+      with a DeprecationWarning).
     unroll: ``lax.scan`` unrolling over the samples; None: as the Langevin chain.
 
   Returns:
@@ -89,10 +92,7 @@ def gaussian_smoothing(
     raise ValueError(f"num_samples must be a Python int >= 1, got {num_samples!r}.")
   if is_concrete_number(sigma) and not sigma >= 0:
     raise ValueError(f"sigma must be >= 0 (or an optax schedule), got {sigma}.")
-  if noise_sampler not in _noise.NOISE_SAMPLERS:
-    raise ValueError(
-      f"noise_sampler must be one of {_noise.NOISE_SAMPLERS}, got {noise_sampler!r}."
-    )
+  _noise.check_distribution(noise_distribution)
 
   def init_fn(params):
     del params
@@ -114,7 +114,7 @@ def gaussian_smoothing(
 
     def sample_gradient(total, inputs):
       k, sample_key = inputs
-      eps = _noise.tree_noise(sample_key, x, noise_sampler)
+      eps = _noise.tree_noise(sample_key, x, noise_distribution)
       point = jax.tree.map(lambda a, e, p: (a + sigma_t * e).astype(p.dtype), x, eps, params)
       grads = grad_fn(point, k)
       _checks.check_gradient_tree(grads, params)

@@ -18,12 +18,12 @@ class LangevinStats(NamedTuple):
 
   Attributes:
     langevin_gamma: the scope gamma used for this run (``gamma`` in entropy_optax 0.1.0).
-    grad_norm: |grad f(x)|, the plain SGD gradient at x (the first Langevin step is taken at
-      x' = x, so this costs no extra gradient evaluation).
-    entropy_grad_norm: |gamma (x - mu)|, the local-entropy gradient; the paper tunes gamma so
-      that it is comparable with ``grad_norm``.
+    grad_norm: the norm of grad f(x), the plain SGD gradient at x (the first Langevin step is
+      taken at x' = x, so this costs no extra gradient evaluation).
+    entropy_grad_norm: the norm of gamma (x - mu), the local-entropy gradient; the paper tunes
+      gamma so that it is comparable with ``grad_norm``.
     cosine: cosine between grad f(x) and the local-entropy direction x - mu.
-    mean_distance: the Euclidean distance |x - x'| after each Langevin step, averaged over the
+    mean_distance: the Euclidean distance ``|x - x'|`` after each Langevin step, averaged over the
       L steps: how far the chain explores around x.
   """
 
@@ -52,12 +52,12 @@ def tree_real_dot(a: Any, b: Any) -> jax.Array:
 
 
 def tree_norm(a: Any) -> jax.Array:
-  """|a|, the Euclidean norm of R^n (R^2n for complex leaves), as a float32 scalar."""
+  """The Euclidean norm of ``a`` in R^n (R^2n for complex leaves), as a float32 scalar."""
   return jnp.sqrt(tree_real_dot(a, a))
 
 
 def run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> LangevinStats:
-  """``LangevinStats`` from grad f(x), the direction x - mu and the summed distances |x - x'|."""
+  """``LangevinStats`` from grad f(x), the direction x - mu and the summed ``|x - x'|``."""
   gamma = jnp.asarray(gamma, jnp.float32)
   direction_norm = tree_norm(direction)
   grad_norm = tree_norm(grad_at_x)

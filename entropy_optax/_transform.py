@@ -3,14 +3,15 @@
 # No ``from __future__ import annotations``: optax (and its schedule tests) inspects the
 # annotation of ``gamma`` for the object ``optax.ScalarOrSchedule``, not a string.
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _batches, _checks, _langevin, _masking, _noise, _sghmc, _stats
+from entropy_optax import _batches, _deprecation, _langevin, _masking, _noise, _sghmc, _stats
+from entropy_optax._config import ChainConfig
 from entropy_optax._utils import canonical_key, chain_dtype, to_chain
 
 _GRAD_FN_HELP = (
@@ -58,6 +59,7 @@ def _initial_mean(params: Any) -> Any:
   return jax.tree.map(leaf, params)
 
 
+@_deprecation.renamed_keywords("nesterov", "noise_sampler")
 def local_entropy(
   num_langevin_steps: int = 20,
   gamma: optax.ScalarOrSchedule = 0.03,
@@ -66,12 +68,12 @@ def local_entropy(
   alpha: float = 0.75,
   *,
   langevin_momentum: float = 0.0,
-  nesterov: bool = True,
+  langevin_nesterov: bool = True,
   weight_decay: float = 0.0,
   weight_decay_at: str = "before_momentum",
   scale_by_gamma: bool = False,
   key: jax.Array | int = 0,
-  noise_sampler: _noise.NoiseSampler = "irwin_hall",
+  noise_distribution: _noise.NoiseDistribution = "irwin_hall",
   unroll: int | bool | None = None,
   mask: Any | Callable[[Any], Any] | None = None,
   sampler: _sghmc.Sampler = "sgld",
@@ -79,7 +81,7 @@ def local_entropy(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
 
-  The negative local entropy -F(x, gamma) = -log ∫ exp(-f(x') - gamma/2 |x - x'|^2) dx' is a
+  The negative local entropy -F(x, gamma) = -log ∫ exp(-f(x') - gamma/2 ``|x - x'|^2``) dx' is a
   smoothed loss whose minima lie in wide valleys of f; its gradient is gamma (x - <x'>), with
   <x'> the mean of the local Gibbs measure, estimated by L Langevin steps started at x (see
   ``langevin_mean`` for the exact step). The update returned is x - mu (both authors' codes and
@@ -128,20 +130,23 @@ def local_entropy(
     langevin_momentum: momentum on the raw gradient inside the chain (both of the authors'
       codes: 0.9 Nesterov, buffer zeroed at every update); the coupling and noise are added
       after it.
-    nesterov: Nesterov form of ``langevin_momentum``.
+    langevin_nesterov: Nesterov form of ``langevin_momentum`` (heavy-ball if False). Called
+      ``nesterov`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
     weight_decay: L2 added inside the chain (wd x').
     weight_decay_at: "before_momentum" (wd x' joins the raw gradient, as the authors' PyTorch
       port) or "after_momentum" (it joins the coupling, as the authors' Lua code).
     scale_by_gamma: return gamma (x - mu), the exact gradient of -F, instead of x - mu.
     key: PRNG key or seed of the Langevin noise.
-    noise_sampler: "irwin_hall" (cheap, exact mean and variance) or "gaussian".
+    noise_distribution: the distribution of the unit-variance noise draws: "irwin_hall"
+      (cheap, exact mean and variance) or "gaussian". Called ``noise_sampler`` before
+      entropy_optax 0.2 (still accepted, with a DeprecationWarning).
     unroll: ``lax.scan`` unrolling of the chain; None: full on CPU, rolled elsewhere.
     mask: which leaves the chain moves (None: all): Python bools in a tree like params (or a
       prefix of it), or a function of params returning one, as ``optax.masked`` takes; at least
       one leaf. Under ``optax.inject_hyperparams`` name a function ``mask`` in ``static_args``:
       that wrapper calls other functions as schedules, with the step count instead of params.
-    sampler: "sgld" (the paper's chain) or "sghmc" (underdamped Langevin with ``friction``, same
-      temperature noise^2 / 2 and cost; see ``langevin_mean``).
+    sampler: the Markov chain: "sgld" (the paper's) or "sghmc" (underdamped Langevin with
+      ``friction``, same temperature noise^2 / 2 and cost; see ``langevin_mean``).
     friction: SGHMC's friction in (0, 1] (None: 0.1); only with ``sampler="sghmc"``.
 
   Returns:
@@ -176,78 +181,45 @@ def local_entropy(
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017
     (https://arxiv.org/abs/1611.01838).
   """
-  # Checked once here; a schedule's values are not (they may be traced).
-  _checks.check_arguments(
-    num_langevin_steps,
-    1.0 if callable(gamma) else gamma,
-    langevin_lr,
-    noise,
-    alpha,
-    noise_sampler,
-    sampler=sampler,
-    friction=friction,
-    langevin_momentum=langevin_momentum,
-    weight_decay_at=weight_decay_at,
-  )
+  return from_arguments(locals())
+
+
+def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
+  """``local_entropy`` from a factory's arguments (its ``locals()``), picked by name.
+
+  ``local_entropy``, ``entropy_sgd`` and ``entropy_adam`` list every keyword in their signatures
+  (``optax.inject_hyperparams`` and the docs read them) and pass them on here, once; the chain's
+  hyper-parameters become one ``ChainConfig``, checked once, when the transformation is built.
+  """
+  config = ChainConfig.from_arguments(arguments)
+  key, mask, scale_by_gamma = arguments["key"], arguments["mask"], arguments["scale_by_gamma"]
 
   def init_fn(params):
     _masking.reject_masked_nodes(params)
-    if mask is None:
-      mu = _initial_mean(params)
-    else:
-      flags = _masking.leaf_flags(mask, params)
-      mu = _masking.expand(_initial_mean(_masking.select(params, flags)), flags, params)
+    selection = _masking.Selection.of(mask, params)
     return LocalEntropyState(
       langevin_count=jnp.zeros([], jnp.int32),
       langevin_key=canonical_key(key),
-      langevin_mu=mu,
+      langevin_mu=selection.in_state(_initial_mean(selection.part(params)), params),
       langevin_stats=_stats.empty_stats(),
     )
 
-  def emitted(updates, chain_params, mu, factor, flags):
-    """The update: factor (x - mu) at the chain's leaves, the incoming one at the others."""
+  def step(updates, state, params, grad_fn):
+    selection = _masking.Selection.of(mask, params)
+    chain_params = selection.part(params)
+    next_key, chain_key = jax.random.split(state.langevin_key)
+    mu, stats = _langevin.run_chain(
+      selection.part_grad_fn(grad_fn, params),
+      chain_params,
+      chain_key,
+      config,
+      gamma=config.gamma_at(state.langevin_count),
+      grad_at_params=selection.gradient_part(updates, params),
+    )
+    factor = stats.langevin_gamma if scale_by_gamma else 1.0
     moved = jax.tree.map(
       lambda p, m: (factor * (p.astype(m.dtype) - m)).astype(p.dtype), chain_params, mu
     )
-    return moved if flags is None else _masking.merge(updates, moved, flags)
-
-  def step(updates, state, params, grad_fn):
-    if mask is None:
-      flags, chain_params, chain_grads, chain_grad_fn = None, params, updates, grad_fn
-    else:
-      flags = _masking.leaf_flags(mask, params)
-      _checks.check_gradient_tree(updates, params)  # with the paths of the whole tree
-      chain_params = _masking.select(params, flags)
-      chain_grads = _masking.select(updates, flags)
-
-      def chain_grad_fn(selected, k):
-        grads = grad_fn(_masking.merge(params, selected, flags), k)
-        _checks.check_gradient_tree(grads, params)
-        return _masking.select(grads, flags)
-
-    gamma_t = gamma(state.langevin_count) if callable(gamma) else gamma
-    next_key, chain_key = jax.random.split(state.langevin_key)
-    mu, stats = _langevin.run_chain(
-      chain_grad_fn,
-      chain_params,
-      chain_key,
-      gamma=gamma_t,
-      num_steps=num_langevin_steps,
-      langevin_lr=langevin_lr,
-      noise=noise,
-      alpha=alpha,
-      langevin_momentum=langevin_momentum,
-      nesterov=nesterov,
-      weight_decay=weight_decay,
-      grad_at_params=chain_grads,
-      noise_sampler=noise_sampler,
-      unroll=unroll,
-      weight_decay_at=weight_decay_at,
-      sampler=sampler,
-      friction=friction,
-    )
-    factor = stats.langevin_gamma if scale_by_gamma else 1.0
-    new_updates = emitted(updates, chain_params, mu, factor, flags)
     # A chain that diverged (a non-finite gradient at some step k) leaves count, key and stats as
     # they were, so that an optax.apply_if_finite after this transformation skips the whole step;
     # the non-finite updates themselves are passed on, never hidden. mu is reset to the chain's
@@ -255,22 +227,19 @@ def local_entropy(
     # buffer through the whole chain, and the next update never reads it.
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(mu)]))
     if_finite = lambda new, old: optax.tree.where(finite, new, old)
-    mu = if_finite(mu, to_chain(chain_params))
     new_state = LocalEntropyState(
       langevin_count=if_finite(optax.safe_increment(state.langevin_count), state.langevin_count),
       langevin_key=if_finite(next_key, state.langevin_key),
-      langevin_mu=mu if flags is None else _masking.expand(mu, flags, params),
+      langevin_mu=selection.in_state(if_finite(mu, to_chain(chain_params)), params),
       langevin_stats=if_finite(stats, state.langevin_stats),
     )
-    return new_updates, new_state
+    return selection.with_part(updates, moved), new_state
 
   def skip(updates, state, params):
     """The update of a chain that stayed at x (mu = x): zero where it moves; state unchanged."""
-    if mask is None:
-      return jax.tree.map(jnp.zeros_like, params), state
-    flags = _masking.leaf_flags(mask, params)
-    zeros = [jnp.zeros_like(p) for p in _masking.select(params, flags)]
-    return _masking.merge(updates, zeros, flags), state
+    selection = _masking.Selection.of(mask, params)
+    zeros = jax.tree.map(jnp.zeros_like, selection.part(params))
+    return selection.with_part(updates, zeros), state
 
   def update_fn(
     updates,
@@ -289,7 +258,7 @@ def local_entropy(
         "local_entropy needs params: tx.update(grads, opt_state, params, grad_fn=...)."
       )
     # Builders in entropy_optax.flax record how many mini-batches grad_fn holds (static).
-    _batches.check_num_batches(getattr(grad_fn, "num_batches", None), num_langevin_steps)
+    _batches.check_num_batches(getattr(grad_fn, "num_batches", None), config.num_langevin_steps)
     _masking.reject_masked_nodes(params)
     if run_langevin is None or run_langevin is True:
       return step(updates, state, params, grad_fn)

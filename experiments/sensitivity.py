@@ -1,11 +1,13 @@
 """Sensitivity of Entropy-SGD on MNIST-1D to gamma0, the Langevin step and the noise, per L.
 
-    python -m experiments.sensitivity                 # the default grid: < 10 min on 2 CPU cores
+    python -m experiments.sensitivity                 # the default grid, on a 2-core CPU
     python -m experiments.sensitivity --grid large    # for an accelerator
 
-For each model and each L, every grid point and seed of Entropy-SGD is one jitted vmapped
-program (hyper-parameters traced); SGD over learning rates, the paper's SGLD (App. C.1) and SGD
-on the Gaussian-smoothed loss (equal cost) run at the same effective epochs. Grids:
+Every run is the main job's recipe (experiments/configs/mnist1d.py, built and trained as
+python -m experiments.mnist1d builds and trains it) at the grid's budget. For each model and
+each L, every grid point and seed of Entropy-SGD is one jitted vmapped program (the swept
+hyper-parameters traced); SGD over learning rates, the paper's SGLD (App. C.1) and SGD on the
+Gaussian-smoothed loss (equal cost) run at the same effective epochs. Grids:
 experiments/configs/sensitivity.py. Prints a table (best setting per optimizer, the grid's
 range, the fraction within 1 point of the best, time to target), where Entropy-SGD beats the
 best SGD, and the throughput of the vmapped grid against the same runs one after another;
@@ -18,10 +20,11 @@ import dataclasses
 import pathlib
 from collections.abc import Sequence
 
+from experiments.configs import mnist1d
 from experiments.configs.sensitivity import GRIDS
-from experiments.run import cli, directory, distributed
+from experiments.run import cli, directory
 from experiments.run.schema import ConfigError
-from experiments.studies import sensitivity_report, sensitivity_training
+from experiments.studies import sensitivity_report
 
 PROG = "python -m experiments.sensitivity"
 
@@ -40,8 +43,6 @@ class Args:
   """where results.json, summary.md and heatmaps.png go (default: runs/sensitivity-GRID)"""
   overwrite: bool = False
   """replace the results of an earlier study in --workdir"""
-  mesh: str | None = None
-  """seed=N: split every program's seeds over N devices (None: one device)"""
 
 
 def _grid(args: Args):
@@ -57,22 +58,13 @@ def _grid(args: Args):
   return dataclasses.replace(grid, **changes)
 
 
-def _check_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
+def _prepare(workdir: pathlib.Path, overwrite: bool) -> None:
   if (workdir / directory.RESULTS_FILE).exists() and not overwrite:
     raise directory.RunExistsError(
       f"{workdir} already holds a sensitivity study's results; pass --overwrite to replace "
       "them or choose another --workdir."
     )
-
-
-def _mesh(spec: str | None, grid):
-  mesh = distributed.make_mesh(spec, num_seeds=grid.seeds, batch_size=grid.batch_size)
-  if mesh is not None and mesh.shape[distributed.DATA_AXIS] > 1:
-    raise ConfigError(
-      f"--mesh {spec}: the study splits its seeds over devices (seed=N), not its batches: "
-      "drop data=."
-    )
-  return mesh
+  directory.prepare(workdir, resume=False, overwrite=overwrite)
 
 
 @cli.main
@@ -80,25 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the study as the command line says; returns the exit code."""
   args = cli.parse(lambda: cli.tyro.cli(Args, prog=PROG, description=__doc__, args=argv), PROG)
   grid = _grid(args)
-  mesh = _mesh(args.mesh, grid)
   workdir = pathlib.Path(args.workdir or f"runs/sensitivity-{args.grid}")
-  _check_workdir(workdir, args.overwrite)
-  with directory.writing(workdir, resume=False, overwrite=args.overwrite):
-    data = sensitivity_training.mnist1d_data(grid.num_train, grid.num_test)
-    print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
-    results = sensitivity_report.run_study(
-      grid, data, log=lambda line: print(line, flush=True), mesh=mesh
-    )
-    results["devices"] = distributed.describe(mesh)
-    lines = sensitivity_report.summary_lines(results)
-    header = (
-      f"MNIST-1D, {data[0].shape[0]} train / {data[2].shape[0]} test, {grid.seeds} seeds, "
-      f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}; "
-      f"wall time {results['wall_s']:.0f} s."
-    )
-    directory.write_json(workdir / directory.RESULTS_FILE, results)
-    (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
-    sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
+  _prepare(workdir, args.overwrite)
+  print(f"{PROG} --grid {args.grid}: {grid.description}; results in {workdir}", flush=True)
+  results = sensitivity_report.run_study(grid, log=lambda line: print(line, flush=True))
+  lines = sensitivity_report.summary_lines(results)
+  header = (
+    f"MNIST-1D, {results['num_train']} train / {results['num_test']} test, {grid.seeds} seeds, "
+    f"{grid.effective_epochs:g} effective epochs per run, batch {grid.batch_size}, the main "
+    f"job's recipes (learning rate x {mnist1d.BASE.lr_decay:g} at "
+    f"{', '.join(f'{f:g}' for f in mnist1d.LR_DECAY_AT_FRACTIONS)} of the run); "
+    f"wall time {results['wall_s']:.0f} s."
+  )
+  directory.write_json(workdir / directory.RESULTS_FILE, results)
+  (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
+  sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
   print("\n".join(["", header, "", *lines, ""]))
   print(f"table: {workdir / 'summary.md'}; heatmaps: {workdir / 'heatmaps.png'}")
   return 0

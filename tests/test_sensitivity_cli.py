@@ -14,9 +14,13 @@ def test_tiny_grid_writes_results_table_and_heatmaps(tmp_path, capsys):
   assert {p.name for p in workdir.iterdir()} >= {"results.json", "summary.md", "heatmaps.png"}
   results = json.loads((workdir / "results.json").read_text())
   blocks = results["models"]["mlp1d"]["blocks"]
-  assert set(blocks) == {"entropy_sgd L=2", "sgd", "sgld", "smoothing_sgd L=2"}
+  # Blocks named as the registry names the optimizers; each holds its recipe.
+  assert set(blocks) == {"entropy-sgd L=2", "sgd", "sgld", "smoothing-sgd L=2"}
+  entropy = blocks["entropy-sgd L=2"]
+  assert entropy["recipe"]["optimizer"] == "entropy-sgd" and entropy["recipe"]["alpha"] == 0.75
   # gamma0 in {0.03, 0.3} x one Langevin step x one noise, 2 seeds each.
-  assert np.array(blocks["entropy_sgd L=2"]["final_accuracy"]).shape == (2, 2)
+  assert np.array(entropy["final_accuracy"]).shape == (2, 2)
+  assert entropy["effective_epochs"] == [1.0, 2.0]
   # The throughput check ran the same runs one after another: the same accuracies (a
   # borderline prediction of 200 test signals may flip in a batched matmul).
   assert results["throughput"]["runs"] == 4

@@ -1,48 +1,55 @@
-"""The sensitivity library on a tiny grid: one vmapped program equals the runs one by one."""
+"""The sensitivity study's runs are the main job's runs: one grid point against ``jobs``."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
+from experiments.configs.sensitivity import GRIDS
+from experiments.run import jobs
+from experiments.run.schema import ConfigError, RunOptions
 from experiments.studies import sensitivity_report
-from experiments.studies import sensitivity_training as sl
+from experiments.studies import sensitivity_training as st
 
-DATA = sl.synthetic_data(num_train=128, num_test=64)
-GRID = {
-  "gamma": np.array([0.03, 1.0]),
-  "langevin_lr": np.array([0.1, 0.02]),
-  "noise": np.array([1e-4, 1e-3]),
-  "learning_rate": np.array([1.0, 0.5]),
-}
-COMMON = dict(seeds=2, num_langevin_steps=2, effective_epochs=4, batch_size=16, num_evals=2)
+# 400 training signals at batch 50: 8 steps per outer epoch; 4 effective epochs, 2 evaluations.
+GRID = dataclasses.replace(GRIDS["tiny"], effective_epochs=4.0, seeds=2)
 
 
-def test_vmapped_grid_equals_the_runs_one_after_another():
-  timings = {}
-  grid = sl.train_grid("mlp1d", DATA, "entropy_sgd", GRID, timings=timings, **COMMON)
-  sequential = sl.train_grid("mlp1d", DATA, "entropy_sgd", GRID, one_program=False, **COMMON)
-  assert set(timings) == {"compile_s", "run_s"}
-  assert grid.shape == (2, 2, 2)
-  # Accuracies on 64 test points are multiples of 1/64; batched matmuls may flip a borderline
-  # prediction, no more.
-  np.testing.assert_allclose(grid, sequential, atol=1.5 / 64)
-  assert np.all((grid >= 0) & (grid <= 1))
-
-
-def test_sgd_learns_the_synthetic_problem():
-  curves = sl.train_grid(
-    "mlp1d",
-    DATA,
-    "sgd",
-    {"learning_rate": [0.0, 0.05]},
-    seeds=2,
-    effective_epochs=8,
-    batch_size=16,
-    num_evals=2,
+@pytest.mark.parametrize(
+  "name, changes, sweep",
+  [
+    # L = 2: 16 outer steps with the learning-rate drops at steps 8 and 12.
+    ("entropy-sgd", {"langevin_steps": 2}, {"gamma0": 0.3, "langevin_lr": 0.3, "noise": 1e-3}),
+    # Its gradient samples on mini-batches 1..L-1 (the registry's batch shift).
+    ("smoothing-sgd", {"langevin_steps": 4}, {"smoothing_sigma": 0.1, "learning_rate": 0.3}),
+  ],
+)
+def test_a_grid_point_is_the_main_jobs_run_of_its_config(tmp_path, name, changes, sweep):
+  config = sensitivity_report.recipe(GRID, "mlp1d", name, **changes)
+  assert config.lr_decay_outer_epochs and config.lr_decay == 0.1  # the main job's drops
+  # The main job's run sits at grid point 1, with another point beside it in the program.
+  curves = st.train_grid([config.replace(**sweep), config])
+  run = jobs.run_experiment(config, RunOptions(workdir=str(tmp_path / "run"), progress=False))
+  evaluated = [r for r in run.records if "val_loss" in r]
+  by_seed = lambda key: np.array(  # noqa: E731
+    [[r[key] for r in evaluated if r["seed"] == s] for s in range(config.num_seeds)]
   )
-  # lr 0 keeps the initialisation (the same accuracy at both evaluations); lr 0.05 learns the
-  # well-separated classes.
-  np.testing.assert_array_equal(curves[0, :, 0], curves[0, :, 1])
-  assert curves[1, :, -1].min() > 0.8
+  assert curves.steps == tuple(sorted({r["step"] for r in evaluated}))
+  assert curves.effective_epochs[-1] == GRID.effective_epochs
+  np.testing.assert_allclose(curves.val_loss[1], by_seed("val_loss"), rtol=1e-5)
+  # Test errors are multiples of 1/200; a borderline prediction may flip, no more.
+  np.testing.assert_allclose(curves.val_error[1], by_seed("val_error"), atol=1.5 / 200)
+  assert not np.allclose(curves.val_loss[0], curves.val_loss[1])  # the other point differs
+
+
+def test_configs_that_differ_outside_the_traced_fields_are_refused():
+  config = sensitivity_report.recipe(GRID, "mlp1d", "sgd")
+  with pytest.raises(ConfigError, match="differ in momentum"):
+    st.train_grid([config, config.replace(momentum=0.5)])
+  with pytest.raises(ConfigError, match="--langevin-steps 2 needs an optimizer"):
+    st.train_grid([config.replace(langevin_steps=2)])
+  with pytest.raises(ConfigError, match="at least one config"):
+    st.train_grid([])
 
 
 def test_summarise_finds_the_points_that_beat_the_best_sgd():
@@ -52,10 +59,3 @@ def test_summarise_finds_the_points_that_beat_the_best_sgd():
   assert summary["best_sgd_index"] == 1 and summary["beats_best_sgd"] == [0]
   np.testing.assert_allclose(summary["best_sgd"], 0.90)
   np.testing.assert_allclose(summary["flat_fraction"], 2 / 3)
-
-
-def test_grid_missing_a_key_names_it():
-  with pytest.raises(ValueError, match="noise"):
-    sl.train_grid(
-      "mlp1d", DATA, "entropy_sgd", {k: v for k, v in GRID.items() if k != "noise"}, **COMMON
-    )

@@ -2,7 +2,7 @@
 
 Sec. 5.1 of the Entropy-SGD paper measures how flat the minima found by an
 optimizer are: the exact Hessian eigenspectrum for networks of ~50k weights
-(Figs. 1 and 3: ~94% of the eigenvalues have |lambda| < 1e-4, a long positive
+(Figs. 1 and 3: ~94% of the eigenvalues have ``|lambda| < 1e-4``, a long positive
 tail, a short negative one) and, for a 1.6M-weight All-CNN-BN, the diagonal of
 the empirical Fisher taken from Adam's second moments. This package computes
 the same quantities for any JAX model, and the matrix-free estimates

@@ -24,7 +24,7 @@ def spectrum_summary(
   ``count`` = n, ``max_eigenvalue`` = max lambda (largest positive),
   ``min_eigenvalue`` = min lambda (most negative; positive if none is),
   ``frac_negative`` = #{lambda < 0} / n and, per threshold t,
-  ``frac_abs_below_{t:.0e}`` = #{|lambda| < t} / n (the paper: ~94% below
+  ``frac_abs_below_{t:.0e}`` = ``#{|lambda| < t} / n`` (the paper: ~94% below
   1e-4 for small-LeNet, Fig. 1).
 
   Args:

@@ -25,7 +25,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
+from pydoc_data import topics
 
+import jax
 import numpy as np
 
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
@@ -194,7 +196,6 @@ def read_char_corpus(path: str | pathlib.Path) -> TextCorpus:
 
 def pydoc_corpus() -> TextCorpus:
   """The offline default: ``pydoc_data.topics`` (ships with CPython), topics in sorted order."""
-  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
 
   text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
   return char_corpus(text, name="chars:pydoc_data.topics")
@@ -240,7 +241,6 @@ def num_segments(streams: np.ndarray, num_steps: int) -> int:
 
 def segment(streams, index, num_steps: int):
   """``(inputs, targets)`` of segment ``index`` (may be traced), each (batch, num_steps)."""
-  import jax  # pylint: disable=g-import-not-at-top
 
   start = index * num_steps
   batch = streams.shape[0]

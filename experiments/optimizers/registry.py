@@ -22,12 +22,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import optax
+
+import entropy_optax
+from experiments.optimizers import sgld
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
 
 
 def _plain(config: RunConfig, base):
-  import optax  # pylint: disable=g-import-not-at-top
 
   if config.weight_decay:
     return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
@@ -35,7 +38,6 @@ def _plain(config: RunConfig, base):
 
 
 def _gamma(config: RunConfig):
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   if config.scoping == "none":
     return config.gamma0
@@ -58,24 +60,26 @@ def _langevin(config: RunConfig, key) -> dict[str, Any]:
 
 
 def _sgd(config, lr, key):
-  import optax  # pylint: disable=g-import-not-at-top
 
   del key
   return _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
 
 
 def _adam(config, lr, key):
-  import optax  # pylint: disable=g-import-not-at-top
 
   del key
   return _plain(config, optax.adam(lr, config.b1, config.b2))
 
 
 def _entropy_sgd(config, lr, key):
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
+  # --nesterov sets both loops' momentum form here, as entropy_sgd's nesterov did in 0.1.0.
   return entropy_optax.entropy_sgd(
-    lr, momentum=config.momentum, nesterov=config.nesterov, **_langevin(config, key)
+    lr,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    langevin_nesterov=config.nesterov,
+    **_langevin(config, key),
   )
 
 
@@ -88,7 +92,6 @@ def _entropy_sgd_lua(config, lr, key):
   --gamma1 its --gamma and --scoping (t counted from 1); alpha is the code's 0.25 and --momentum
   is unused.
   """
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   if config.scoping not in ("exponential", "none") or config.scale_by_gamma:
     raise ConfigError(
@@ -117,7 +120,6 @@ def _entropy_sgd_lua(config, lr, key):
 
 
 def _entropy_adam(config, lr, key):
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   return entropy_optax.entropy_adam(lr, b1=config.b1, b2=config.b2, **_langevin(config, key))
 
@@ -129,7 +131,6 @@ def _sgld(config, lr, key):
   The learning-rate drops (--lr-decay, --lr-decay-outer-epochs) are not used: the step size
   follows App. C.1's own decay, so that a job setting drops for every run can include it.
   """
-  from experiments.optimizers import sgld  # pylint: disable=g-import-not-at-top
 
   del lr
   return _plain(
@@ -146,9 +147,6 @@ def _smoothing_sgd(config, lr, key):
   x + sigma eps_k on mini-batches 1..L-1 and does not use the one at x (no sample of the
   smoothed gradient): L gradient evaluations per update, as Entropy-SGD(L).
   """
-  import optax  # pylint: disable=g-import-not-at-top
-
-  import entropy_optax  # pylint: disable=g-import-not-at-top
 
   if config.langevin_steps < 2:
     raise ConfigError(
@@ -190,7 +188,6 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 
 def learning_rate(config: RunConfig, num_examples: int):
   """The learning rate: a constant, or piecewise constant in outer steps."""
-  import optax  # pylint: disable=g-import-not-at-top
 
   per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   boundaries: dict[int, float] = {}

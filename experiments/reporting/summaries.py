@@ -73,7 +73,7 @@ def summarize(
   (compilation) when there are later ones. ``val_loss``: the final loss per seed on the
   evaluated split (nats per token for a language model). ``heldout``: the metrics of a split
   evaluated once at the end (a text's test split, the evaluated one being its validation
-  split), stored as ``heldout_loss`` (and ``heldout_error``) per seed.
+  split), stored as ``heldout_loss`` (and ``heldout_error``, in % like ``test_error``) per seed.
   """
   seeds = sorted({r["seed"] for r in records})
   final = [max((r for r in records if r["seed"] == s), key=lambda r: r["step"]) for s in seeds]
@@ -109,8 +109,8 @@ def summarize(
     **_per_seed("val_loss", [r.get("val_loss", np.nan) for r in final]),
   }
   if heldout is not None:
-    for key in ("loss", "error"):
-      out.update(_per_seed(f"heldout_{key}", np.atleast_1d(heldout[f"val_{key}"]).tolist()))
+    out.update(_per_seed("heldout_loss", np.atleast_1d(heldout["val_loss"]).tolist()))
+    out.update(_per_seed("heldout_error", (100 * np.atleast_1d(heldout["val_error"])).tolist()))
   return out
 
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import directory
+from experiments.run import checkpoints, directory
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -109,7 +109,6 @@ def parse_preset(
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   return (
     ConfigError,

@@ -20,10 +20,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
+
 from experiments.data import datasets as data_lib
+from experiments.models import feedforward as models
+from experiments.models import recurrent
 from experiments.optimizers import registry as optimizers_lib
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
+from experiments.trainer import batchnorm, bptt, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +52,12 @@ def _mnist1d(config: RunConfig, data_dir, download) -> data_lib.Dataset:
 
 
 def _text(config: RunConfig, data_dir, download) -> data_lib.Dataset:
-  from experiments.trainer import bptt  # pylint: disable=g-import-not-at-top
 
   del download  # a text is read from a file (or ships with CPython)
   return bptt.load_text(config, data_dir)
 
 
 def _text_test(config: RunConfig, data_dir):
-  from experiments.trainer import bptt  # pylint: disable=g-import-not-at-top
 
   return bptt.text_split(config, data_dir, "test")
 
@@ -80,14 +83,8 @@ DATASETS: dict[str, DatasetEntry] = {
 def make_task(config: RunConfig, model) -> Any:
   """The loop's ``steps.Task`` of ``config``: its mini-batch sampling and the BatchNorm
   re-estimation before every evaluation (``--sampling``, ``--bn-reestimate``)."""
-  from experiments.trainer import (
-    batchnorm,  # pylint: disable=g-import-not-at-top
-    steps,
-  )
 
   if DATASETS[config.dataset].sequence:  # stateful truncated BPTT
-    from experiments.trainer import bptt  # pylint: disable=g-import-not-at-top
-
     return bptt.make_task(config, model)
   return steps.Task(
     batch_indices=(
@@ -164,10 +161,6 @@ def load_data(
 def make_model(config: RunConfig, num_classes: int | None = None):
   """The Linen model of ``config``, with its dropout and dtype overrides; a language model
   (``experiments.models.recurrent.MODELS``) needs ``num_classes``, its vocabulary size."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from experiments.models import feedforward as models  # pylint: disable=g-import-not-at-top
-  from experiments.models import recurrent
 
   overrides: dict[str, Any] = {"dtype": getattr(jnp, config.dtype)}
   if config.model in recurrent.MODELS:

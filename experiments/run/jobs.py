@@ -20,14 +20,16 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, components, directory, distributed
+from experiments.run import checkpoints, cli, comparison, components, directory, distributed
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig, RunOptions
+from experiments.trainer import loop, steps
 
 PLOT_FILE = "error.png"
 
@@ -56,7 +58,6 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
   whole calls of at most ``steps_per_call`` outer steps; checkpoints every
   ``checkpoint_every_evals`` evaluations.
   """
-  from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
   per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
   num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
@@ -101,7 +102,6 @@ def run_experiment(
     prefix: the options' prefix in messages (a grid's recipe).
     log: where to print progress lines.
   """
-  from experiments.trainer import loop  # pylint: disable=g-import-not-at-top
 
   components.validate(config, prefix)
   join_processes(options)
@@ -149,7 +149,6 @@ def run_experiment(
       log=log,
     )
     all_records = directory.read_records(workdir)
-    import jax  # pylint: disable=g-import-not-at-top
 
     num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
     heldout = components.DATASETS[config.dataset].heldout
@@ -277,10 +276,6 @@ def run_comparison(
 def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
   """The newest good checkpoint of a run as a state dict (``steps.state_dict``), with the
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments.trainer import steps
 
   workdir = pathlib.Path(workdir)
   config = directory.saved_config(workdir, {})
@@ -310,7 +305,6 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
 def load_final_variables(workdir: str | os.PathLike) -> dict[str, Any]:
   """``params`` and ``batch_stats`` (if any) of a run's newest good checkpoint, as numpy
   pytrees (a leading seed axis when the run trained several seeds)."""
-  from experiments.run import checkpoints  # pylint: disable=g-import-not-at-top
 
   with checkpoints.Checkpoints(workdir) as ckpts:
     step = ckpts.latest_good()

@@ -9,11 +9,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
+from entropy_optax import flatness
 from experiments.configs.flatness import FlatnessJob
+from experiments.models import recurrent
 from experiments.run import components, jobs
 from experiments.run.schema import ConfigError
+from experiments.trainer import steps
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
 
@@ -40,45 +46,32 @@ def choose_method(args: FlatnessJob, configs: dict, num_params: int) -> str:
   return method
 
 
-class EvalLoss:
+def eval_loss(model, batch_stats=None):
   """``loss(params, (x, y))``: mean cross entropy of ``model`` in evaluation mode (a language
   model: per token, every segment from the zero state, as the paper's independent lines).
 
-  Two of them are equal when their models are and neither has BatchNorm statistics: the
-  ``entropy_optax.flatness`` functions take the loss as a static argument of their jitted
-  code, so the runs of one model share one compilation.
+  A plain closure: ``entropy_optax.flatness`` keys its compilations on the code and the model
+  and traces the closed-over BatchNorm statistics (``jax.Array``s), so the runs of one model
+  share one compilation.
   """
+  if batch_stats is not None:
+    batch_stats = jax.tree.map(jnp.asarray, batch_stats)  # NumPy would be static: traced instead
 
-  def __init__(self, model, batch_stats=None):
-    self.model, self.batch_stats = model, batch_stats
-
-  def __call__(self, params, batch):
-    from experiments.trainer import steps  # pylint: disable=g-import-not-at-top
-
+  def loss(params, batch):
     variables = {"params": params}
-    if self.batch_stats is not None:
-      variables["batch_stats"] = self.batch_stats
-    from experiments.models import recurrent  # pylint: disable=g-import-not-at-top
-
-    if isinstance(self.model, recurrent.LSTMLanguageModel):
-      zero = recurrent.zero_state(self.model, batch[0].shape[0])
-      logits, _ = self.model.apply(variables, batch[0], zero, train=False)
+    if batch_stats is not None:
+      variables["batch_stats"] = batch_stats
+    if isinstance(model, recurrent.LSTMLanguageModel):
+      zero = recurrent.zero_state(model, batch[0].shape[0])
+      logits, _ = model.apply(variables, batch[0], zero, train=False)
     else:
-      logits = self.model.apply(variables, batch[0], train=False)
+      logits = model.apply(variables, batch[0], train=False)
     return steps.cross_entropy(logits, batch[1])
 
-  def _key(self):
-    return (self.model,) if self.batch_stats is None else (self.model, id(self))
-
-  def __eq__(self, other):
-    return isinstance(other, EvalLoss) and self._key() == other._key()
-
-  def __hash__(self):
-    return hash(self._key())
+  return loss
 
 
 def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
-  import jax  # pylint: disable=g-import-not-at-top
 
   if num_seeds == 1:
     return variables
@@ -86,7 +79,6 @@ def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
 
 
 def _batches(ds, args: FlatnessJob):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   batch = min(args.hessian_batch, args.hessian_examples, len(ds.train_x))
   num_batches = max(1, min(args.hessian_examples, len(ds.train_x)) // batch)
@@ -102,11 +94,6 @@ def analyse(
 ) -> tuple[dict[str, Any], Any, np.ndarray]:
   """The statistics of one seed of a finished run, what to plot, and the values (eigenvalues,
   Fisher diagonal, or SLQ nodes)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
-
-  from entropy_optax import flatness  # pylint: disable=g-import-not-at-top
 
   config = run.config
   if run.state is not None:
@@ -120,7 +107,7 @@ def analyse(
   state = _seed_variables(jax.device_get(state), seed_index, config.num_seeds)
   params = state["params"]
   batches, n = _batches(ds, args)
-  loss_fn = EvalLoss(components.make_model(config, ds.num_classes), state.get("batch_stats"))
+  loss_fn = eval_loss(components.make_model(config, ds.num_classes), state.get("batch_stats"))
   num_params = run.results["num_params"]
   start = time.perf_counter()
   stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from entropy_optax import flatness
 from experiments.studies.flatness_analysis import THRESHOLDS
 
 # Markdown rows; a "|" inside a cell is escaped.
@@ -40,8 +41,6 @@ def plot(spectra: dict[str, Any], path: pathlib.Path, title: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  from entropy_optax import flatness  # pylint: disable=g-import-not-at-top
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   flatness.plot_spectrum(spectra, left, title="all eigenvalues")

@@ -1,10 +1,11 @@
 """The sensitivity study: runs a ``SensitivityGrid``, says what won, tabulates and plots it.
 
-``run_study`` trains, per model, Entropy-SGD's grid (gamma0 x Langevin step x noise, all seeds)
-for each L as one jitted vmapped program (``sensitivity_training.train_grid``), and the baselines at
-the same effective epochs (SGD over learning rates, SGLD over eta, smoothing-SGD over sigma),
-each also one program; optionally the first Entropy-SGD block again one run after another
-(``throughput_check``). ``summary_lines`` / ``point_table`` are the printed report,
+``run_study`` trains, per model, the main job's recipes (``experiments/configs/mnist1d.py``, at
+the grid's budget with the job's learning-rate drops: ``recipe``) over the grid's values:
+Entropy-SGD over gamma0 x Langevin step x noise for each L, SGD over learning rates, SGLD over
+eta, smoothing-SGD over sigma; each block one jitted vmapped program of all its points and seeds
+(``sensitivity_training.train_grid``), and optionally the first Entropy-SGD block again one run
+after another (``throughput_check``). ``summary_lines`` is the printed report,
 ``plot_heatmaps`` the figure. Seconds in time-to-target are the block's running time
 (compilation excluded) shared equally among its runs: per run, as if run alone at that rate.
 """
@@ -15,119 +16,104 @@ import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from experiments.configs import mnist1d
 from experiments.configs.sensitivity import SensitivityGrid
 from experiments.reporting import summaries, time_to_target
+from experiments.run import comparison, components
+from experiments.run.schema import RunConfig
 from experiments.studies import sensitivity_training
 
 FLAT_TOLERANCE = 0.01  # "flat": grid points within 1 accuracy point of the best
 
 
-def _block(final: np.ndarray, curves: np.ndarray, points: list[dict], timings: dict) -> dict:
-  mean = final.mean(1)
+def recipe(grid: SensitivityGrid, model: str, name: str, **changes: Any) -> RunConfig:
+  """The main job's recipe ``name`` (with ``changes``) for ``model`` at the grid's budget, as
+  the main job expands it (``comparison.expand``: outer epochs and learning-rate drops)."""
+  job = comparison.GridJob(
+    models=(model,),
+    optimizers=(name,),
+    recipe={name: mnist1d.PRESETS[name].config.replace(**changes)},
+    effective_epochs=grid.effective_epochs,
+    lr_decay_at_fractions=mnist1d.LR_DECAY_AT_FRACTIONS,
+    eval_every_effective_epochs=grid.effective_epochs / grid.num_evals,
+    num_seeds=grid.seeds,
+    seed=0,
+    batch_size=grid.batch_size,
+    num_train=grid.num_train,
+    num_test=grid.num_test,
+  )
+  return comparison.expand(job, job)[model, name]
+
+
+def _train(configs: Sequence[RunConfig], points: list[dict], label: str, fast_compile: bool, log):
+  timings: dict[str, float] = {}
+  curves = sensitivity_training.train_grid(configs, fast_compile=fast_compile, timings=timings)
+  accuracy = 1 - curves.val_error  # (points, seeds, evaluations)
+  final = accuracy[..., -1]
+  log(
+    f"  {label}: {final.size} runs in one program, compile {timings['compile_s']:.1f} s + run "
+    f"{timings['run_s']:.1f} s; best mean final accuracy {final.mean(1).max():.3f}"
+  )
   return {
+    "recipe": dataclasses.asdict(configs[0]),
     "points": points,
     "final_accuracy": final.tolist(),
-    "mean_curve": curves.mean(1).tolist(),
-    "best_index": int(np.argmax(mean)),
+    "mean_curve": accuracy.mean(1).tolist(),
+    "effective_epochs": list(curves.effective_epochs),
+    "best_index": int(np.argmax(final.mean(1))),
     **timings,
   }
 
 
-def _entropy_grid(grid: SensitivityGrid) -> tuple[list[dict], dict[str, np.ndarray]]:
-  points = [
+def _sweep(base: RunConfig, points: list[dict]) -> list[RunConfig]:
+  return [base.replace(**p) for p in points]
+
+
+def entropy_points(grid: SensitivityGrid) -> list[dict[str, float]]:
+  return [
     {"gamma0": g, "langevin_lr": lr, "noise": n}
     for g, lr, n in itertools.product(grid.gamma0, grid.langevin_lr, grid.noise)
   ]
-  arrays = {
-    "gamma": np.array([p["gamma0"] for p in points]),
-    "langevin_lr": np.array([p["langevin_lr"] for p in points]),
-    "noise": np.array([p["noise"] for p in points]),
-    "learning_rate": np.full(len(points), grid.learning_rate),
-  }
-  return points, arrays
 
 
-def run_study(
-  grid: SensitivityGrid,
-  data: sensitivity_training.Data,
-  log: Callable[[str], None] = print,
-  mesh=None,
-) -> dict[str, Any]:
-  """Trains every block of ``grid`` (each program's seeds split over ``mesh``'s ``seed`` axis,
-  if given); returns the JSON-ready results (see the module doc)."""
+def run_study(grid: SensitivityGrid, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains every block of ``grid``; returns the JSON-ready results (see the module doc)."""
   start = time.perf_counter()
-  num_train = data[0].shape[0]
-  common = dict(
-    seeds=grid.seeds,
-    effective_epochs=grid.effective_epochs,
-    batch_size=grid.batch_size,
-    num_evals=grid.num_evals,
-  )
-  results: dict[str, Any] = {"grid": dataclasses.asdict(grid), "models": {}, "num_train": num_train}
-
-  def train(model, optimizer, arrays, points, label, **kwargs):
-    timings: dict[str, float] = {}
-    curves = sensitivity_training.train_grid(
-      model,
-      data,
-      optimizer,
-      arrays,
-      timings=timings,
-      fast_compile=model in grid.fast_compile,
-      mesh=mesh,
-      **common,
-      **kwargs,
-    )
-    runs = len(points) * grid.seeds
-    log(
-      f"  {label}: {runs} runs in one program, compile {timings['compile_s']:.1f} s + run "
-      f"{timings['run_s']:.1f} s; best mean final accuracy {curves[..., -1].mean(1).max():.3f}"
-    )
-    return _block(curves[..., -1], curves, points, timings)
-
-  entropy_points, entropy_arrays = _entropy_grid(grid)
+  ds = components.load_data(recipe(grid, grid.models[0], "sgd"))
+  results: dict[str, Any] = {
+    "grid": dataclasses.asdict(grid),
+    "models": {},
+    "num_train": len(ds.train_x),
+    "num_test": len(ds.test_x),
+  }
   for model in grid.models:
     log(f"{model}:")
+    fast = model in grid.fast_compile
     blocks: dict[str, Any] = {}
+    points = entropy_points(grid)
     for steps in grid.langevin_steps:
-      blocks[f"entropy_sgd L={steps}"] = train(
-        model,
-        "entropy_sgd",
-        entropy_arrays,
-        entropy_points,
-        f"Entropy-SGD L={steps}",
-        num_langevin_steps=steps,
-        outer_momentum=0.9,
-      )
-    sgd_points = [{"learning_rate": lr} for lr in grid.sgd_learning_rates]
-    blocks["sgd"] = train(
-      model, "sgd", {"learning_rate": grid.sgd_learning_rates}, sgd_points, "SGD"
-    )
-    sgld_points = [
-      {"learning_rate": lr, "decay_power": 0.55, "temperature": 1 / num_train}
-      for lr in grid.sgld_learning_rates
-    ]
-    sgld_arrays = {k: [p[k] for p in sgld_points] for k in sensitivity_training.SGLD_KEYS}
-    blocks["sgld"] = train(model, "sgld", sgld_arrays, sgld_points, "SGLD")
+      base = recipe(grid, model, "entropy-sgd", langevin_steps=steps)
+      label = f"entropy-sgd L={steps}"
+      blocks[label] = _train(_sweep(base, points), points, label, fast, log)
+    points = [{"learning_rate": lr} for lr in grid.sgd_learning_rates]
+    blocks["sgd"] = _train(_sweep(recipe(grid, model, "sgd"), points), points, "sgd", fast, log)
+    points = [{"learning_rate": lr} for lr in grid.sgld_learning_rates]
+    blocks["sgld"] = _train(_sweep(recipe(grid, model, "sgld"), points), points, "sgld", fast, log)
     best_sgd_lr = grid.sgd_learning_rates[blocks["sgd"]["best_index"]]
-    smooth_points = [{"sigma": s, "learning_rate": best_sgd_lr} for s in grid.smoothing_sigmas]
-    smooth_arrays = {k: [p[k] for p in smooth_points] for k in sensitivity_training.SMOOTHING_KEYS}
-    blocks[f"smoothing_sgd L={grid.smoothing_langevin_steps}"] = train(
-      model,
-      "smoothing_sgd",
-      smooth_arrays,
-      smooth_points,
-      f"smoothing-SGD L={grid.smoothing_langevin_steps}",
-      num_langevin_steps=grid.smoothing_langevin_steps,
-    )
+    points = [{"smoothing_sigma": s, "learning_rate": best_sgd_lr} for s in grid.smoothing_sigmas]
+    steps = grid.smoothing_langevin_steps
+    base = recipe(grid, model, "smoothing-sgd", langevin_steps=steps)
+    label = f"smoothing-sgd L={steps}"
+    blocks[label] = _train(_sweep(base, points), points, label, fast, log)
     results["models"][model] = {"blocks": blocks, **_verdict(grid, blocks)}
   if grid.throughput_check:
-    results["throughput"] = _throughput(grid, data, entropy_arrays, common, results, log)
+    results["throughput"] = _throughput(grid, results, log)
   results["wall_s"] = time.perf_counter() - start
   return results
 
@@ -162,48 +148,44 @@ def summarise(entropy_final: np.ndarray, sgd_final: np.ndarray, tolerance: float
 def _verdict(grid: SensitivityGrid, blocks: dict[str, Any]) -> dict[str, Any]:
   """Where Entropy-SGD beats the best SGD, how flat its grid is, and time to target."""
   sgd_final = np.array(blocks["sgd"]["final_accuracy"])
-  summaries = {}
+  verdicts = {}
   for name, block in blocks.items():
-    if name.startswith("entropy_sgd"):
+    if name.startswith("entropy-sgd"):
       final = np.array(block["final_accuracy"])
       summary = summarise(final, sgd_final, FLAT_TOLERANCE)
       summary["spread"] = float(final.mean(1).max() - final.mean(1).min())
-      summaries[name] = summary
+      verdicts[name] = summary
   best = {n: float(np.array(b["final_accuracy"]).mean(1).max()) for n, b in blocks.items()}
   target = time_to_target.accuracy_target(list(best.values()))
-  epochs = [(i + 1) * grid.effective_epochs / grid.num_evals for i in range(grid.num_evals)]
   times = {}
   for name, block in blocks.items():
+    epochs = block["effective_epochs"]
     per_run_s = block["run_s"] / (len(block["points"]) * grid.seeds)
-    seconds = [per_run_s * (i + 1) / grid.num_evals for i in range(grid.num_evals)]
+    seconds = [per_run_s * e / epochs[-1] for e in epochs]
     curve = block["mean_curve"][block["best_index"]]
     e, s = time_to_target.time_to_target(curve, epochs, seconds, target)
     times[name] = {"effective_epochs": e, "seconds": s}
-  return {"summary": summaries, "target_accuracy": target, "time_to_target": times}
+  return {"summary": verdicts, "target_accuracy": target, "time_to_target": times}
 
 
-def _throughput(grid, data, arrays, common, results, log) -> dict[str, Any]:
+def _throughput(grid: SensitivityGrid, results: dict[str, Any], log) -> dict[str, Any]:
   """The first model's first-L Entropy-SGD block again, one run after another."""
   model, steps = grid.models[0], grid.langevin_steps[0]
   timings: dict[str, float] = {}
+  base = recipe(grid, model, "entropy-sgd", langevin_steps=steps)
   curves = sensitivity_training.train_grid(
-    model,
-    data,
-    "entropy_sgd",
-    arrays,
-    num_langevin_steps=steps,
-    outer_momentum=0.9,
-    timings=timings,
-    fast_compile=model in grid.fast_compile,
+    _sweep(base, entropy_points(grid)),
     one_program=False,
-    **common,
+    fast_compile=model in grid.fast_compile,
+    timings=timings,
   )
-  vmapped = results["models"][model]["blocks"][f"entropy_sgd L={steps}"]
-  difference = np.abs(curves[..., -1] - np.array(vmapped["final_accuracy"])).max()
+  vmapped = results["models"][model]["blocks"][f"entropy-sgd L={steps}"]
+  final = 1 - curves.val_error[..., -1]
+  difference = np.abs(final - np.array(vmapped["final_accuracy"])).max()
   out = {
     "model": model,
     "langevin_steps": steps,
-    "runs": int(curves.shape[0] * curves.shape[1]),
+    "runs": int(final.size),
     "vmapped_compile_s": vmapped["compile_s"],
     "vmapped_run_s": vmapped["run_s"],
     "sequential_compile_s": timings["compile_s"],
@@ -227,7 +209,7 @@ def _throughput(grid, data, arrays, common, results, log) -> dict[str, Any]:
 
 def _name(block: str) -> str:
   label, _, steps = block.partition(" ")
-  return summaries.name(label.replace("_", "-")) + (f" ({steps})" if steps else "")
+  return summaries.name(label) + (f" ({steps})" if steps else "")
 
 
 def _setting(point: dict) -> str:
@@ -279,21 +261,15 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 def plot_heatmaps(results: dict[str, Any], path: str | os.PathLike) -> None:
   """Mean final test accuracy of Entropy-SGD over gamma0 x Langevin step: a row per model, a
   panel per (L, noise)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
   grid = results["grid"]
   columns = list(itertools.product(grid["langevin_steps"], grid["noise"]))
   rows = list(results["models"])
-  fig, axes = plt.subplots(
-    len(rows), len(columns), figsize=(3.2 * len(columns), 2.8 * len(rows)), squeeze=False
-  )
+  fig = Figure(figsize=(3.2 * len(columns), 2.8 * len(rows)))
+  axes = fig.subplots(len(rows), len(columns), squeeze=False)
   shape = (len(grid["gamma0"]), len(grid["langevin_lr"]), len(grid["noise"]))
   for i, model in enumerate(rows):
     for j, (steps, noise) in enumerate(columns):
-      block = results["models"][model]["blocks"][f"entropy_sgd L={steps}"]
+      block = results["models"][model]["blocks"][f"entropy-sgd L={steps}"]
       accuracy = 100 * np.array(block["final_accuracy"]).mean(1).reshape(shape)
       values = accuracy[:, :, grid["noise"].index(noise)]
       ax = axes[i, j]
@@ -307,4 +283,3 @@ def plot_heatmaps(results: dict[str, Any], path: str | os.PathLike) -> None:
       fig.colorbar(image, ax=ax, label="test acc. (%)")
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)

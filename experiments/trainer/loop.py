@@ -51,7 +51,9 @@ from experiments.trainer.steps import LoopState, Task, cross_entropy
 __all__ = [
   "TrainConfig",
   "TrainResult",
+  "Prepared",
   "evaluate",
+  "prepare",
   "train",
   "CheckpointError",
   "LoopState",
@@ -178,23 +180,11 @@ def train(
   """
   if isinstance(make_tx, optax.GradientTransformation):
     make_tx = _Constant(make_tx)
-  train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
+  prepared = prepare(config, model, make_tx, data, task=task, mesh=mesh)
+  fns, train_data, val_data = prepared.fns, prepared.train_data, prepared.val_data
+  num_examples, num_val, runner = prepared.num_examples, prepared.num_val, prepared.runner
   per_epoch = max(1, num_examples // config.batch_size)
   batched = config.num_seeds > 1
-  runner = step_runners.choose_runner(config.step_runner, model, train_data[0][:1], task)
-  fns = step_runners.compiled_functions(
-    model,
-    make_tx,
-    task,
-    mesh,
-    batched,
-    config.batch_size,
-    config.langevin_steps,
-    config.fresh_batches,
-    num_examples,
-    _eval_batch(config, num_val, mesh),
-    runner,
-  )
   seeds = jnp.asarray(config.seeds, jnp.uint32)
   state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
   # local_entropy and gaussian_smoothing take grad_fn over the L mini-batches.
@@ -275,6 +265,42 @@ def evaluate(
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))
   return distributed.fetch(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What ``train`` runs: the jitted functions, the data on the device (validation padded, with
+  weights), the sizes and the step runner used."""
+
+  fns: step_runners.Functions
+  train_data: tuple[jax.Array, jax.Array]
+  val_data: tuple[jax.Array, jax.Array, jax.Array]
+  num_examples: int
+  num_val: int
+  runner: str
+
+
+def prepare(
+  config: TrainConfig, model, make_tx: Callable, data, *, task: Task = Task(), mesh=None
+) -> Prepared:
+  """The jitted functions and device data of a run, as ``train`` uses them (also for callers
+  that compose the functions themselves, e.g. a vmapped grid of runs)."""
+  train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
+  runner = step_runners.choose_runner(config.step_runner, model, train_data[0][:1], task)
+  fns = step_runners.compiled_functions(
+    model,
+    make_tx,
+    task,
+    mesh,
+    config.num_seeds > 1,
+    config.batch_size,
+    config.langevin_steps,
+    config.fresh_batches,
+    num_examples,
+    _eval_batch(config, num_val, mesh),
+    runner,
+  )
+  return Prepared(fns, train_data, val_data, num_examples, num_val, runner)
 
 
 @dataclasses.dataclass(frozen=True)
