@@ -5,7 +5,15 @@ import importlib
 from entropy_optax._accumulation import MultiSteps
 from entropy_optax._alias import entropy_adam, entropy_sgd
 from entropy_optax._authors import authors_entropy_sgd
+from entropy_optax._auto_scope import AutoScoping, AutoScopingState, auto_scoping, ratio_scoping
+from entropy_optax._elastic import (
+  ElasticCouplingState,
+  ElasticStats,
+  elastic_coupling,
+  replica_average,
+)
 from entropy_optax._langevin import langevin_mean
+from entropy_optax._parle import parle
 from entropy_optax._scoping import (
   bounded_exponential_scoping,
   exponential_scoping,
@@ -19,12 +27,18 @@ from entropy_optax._transform import LocalEntropyState, local_entropy
 __version__ = "0.1.0"
 
 __all__ = (
+  "AutoScoping",
+  "AutoScopingState",
+  "ElasticCouplingState",
+  "ElasticStats",
   "GaussianSmoothingState",
   "LangevinStats",
   "LocalEntropyState",
   "MultiSteps",
   "authors_entropy_sgd",
+  "auto_scoping",
   "bounded_exponential_scoping",
+  "elastic_coupling",
   "entropy_adam",
   "entropy_sgd",
   "exponential_scoping",
@@ -33,7 +47,10 @@ __all__ = (
   "langevin_mean",
   "linear_scoping",
   "local_entropy",
+  "parle",
   "quadratic_scoping",
+  "ratio_scoping",
+  "replica_average",
 )
 
 

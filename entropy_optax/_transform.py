@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _batches, _deprecation, _langevin, _masking, _noise, _sghmc, _stats
+from entropy_optax import (
+  _auto_scope,
+  _batches,
+  _deprecation,
+  _langevin,
+  _masking,
+  _noise,
+  _sghmc,
+  _stats,
+)
 from entropy_optax._config import ChainConfig
 from entropy_optax._utils import canonical_key, chain_dtype, to_chain
 
@@ -40,12 +49,15 @@ class LocalEntropyState(NamedTuple):
       float32); x before the first update (zeros when ``init`` got shapes only,
       ``jax.ShapeDtypeStruct``); ``optax.MaskedNode`` at the leaves a ``mask`` leaves out.
     langevin_stats: ``LangevinStats`` of the last update (diagnostics; zeros before the first).
+    langevin_scope: the state of an ``auto_scoping`` gamma (``AutoScopingState``); empty,
+      ``()``, for a number or a schedule.
   """
 
   langevin_count: jax.Array
   langevin_key: jax.Array
   langevin_mu: optax.Updates
   langevin_stats: _stats.LangevinStats
+  langevin_scope: Any = ()
 
 
 def _initial_mean(params: Any) -> Any:
@@ -119,7 +131,8 @@ def local_entropy(
   Args:
     num_langevin_steps: L >= 1, Langevin steps (gradient evaluations) per update.
     gamma: the scope gamma > 0, a float or a schedule of the update count t (t = 0 at the first
-      update), e.g. ``exponential_scoping``.
+      update), e.g. ``exponential_scoping``; or ``auto_scoping(...)``, a gamma that sets itself
+      from each update's diagnostics.
     langevin_lr: eta' > 0, the SGLD step size.
     noise: epsilon >= 0, the thermal noise; the step adds sqrt(langevin_lr) noise N(0, I), the
       paper's text. Both of the authors' codes add sqrt(2 langevin_lr) noise: pass
@@ -202,6 +215,7 @@ def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformation
       langevin_key=canonical_key(key),
       langevin_mu=selection.in_state(_initial_mean(selection.part(params)), params),
       langevin_stats=_stats.empty_stats(),
+      langevin_scope=_auto_scope.initial_state(config.gamma),
     )
 
   def step(updates, state, params, grad_fn):
@@ -213,7 +227,7 @@ def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformation
       chain_params,
       chain_key,
       config,
-      gamma=config.gamma_at(state.langevin_count),
+      gamma=_auto_scope.gamma_at(config, state.langevin_scope, state.langevin_count),
       grad_at_params=selection.gradient_part(updates, params),
     )
     factor = stats.langevin_gamma if scale_by_gamma else 1.0
@@ -232,6 +246,10 @@ def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformation
       langevin_key=if_finite(next_key, state.langevin_key),
       langevin_mu=selection.in_state(if_finite(mu, to_chain(chain_params)), params),
       langevin_stats=if_finite(stats, state.langevin_stats),
+      langevin_scope=if_finite(
+        _auto_scope.next_state(config, state.langevin_scope, state.langevin_count, stats),
+        state.langevin_scope,
+      ),
     )
     return selection.with_part(updates, moved), new_state
 

@@ -3,6 +3,7 @@
     python -m experiments.cifar10 entropy-sgd
     python -m experiments.cifar10 sgd
     python -m experiments.cifar10 entropy-sgd-lua                  # as the Lua code ran it
+    python -m experiments.cifar10 parle                            # Parle, 3 replicas
     python -m experiments.cifar10 entropy-sgd --synthetic --outer-epochs 0.1   # speed only
 
 CIFAR-10 from tensorflow-datasets (downloaded and prepared the first time), with global

@@ -29,6 +29,8 @@ OPTIMIZERS = {
     0.1, num_langevin_steps=L, gamma=0.5, noise_sampler="gaussian"
   ),
   "local_entropy_sgd": lambda: optax.chain(eo.local_entropy(L, 0.1), optax.sgd(0.1)),
+  # One replica (no named axis): the coupling is zero, the contract is the chain's.
+  "parle_one_replica": lambda: eo.parle(0.1, rho=1.0, num_langevin_steps=L, axis_name=None),
 }
 CURVATURES = np.array([0.5, 1.0, 2.0], np.float32)
 

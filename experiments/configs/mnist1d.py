@@ -47,12 +47,49 @@ PRESETS = {
     "L=5, lr 3e-2; the same Langevin settings",
     BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **_LANGEVIN),
   ),
+  "entropy-sgd-auto": Preset(
+    "Entropy-SGD's recipe with the automatic scope: gamma set after every update so that "
+    "norm(gamma (x - mu)) / norm(grad f) follows 0.02 x 1.001 per update (gamma 0.03 at the "
+    "first update only)",
+    BASE.replace(
+      optimizer="entropy-sgd",
+      learning_rate=0.3,
+      momentum=0.9,
+      nesterov=True,
+      **{**_LANGEVIN, "scoping": "auto"},
+    ),
+  ),
+  "entropy-adam-auto": Preset(
+    "Entropy-Adam's recipe with the automatic scope (as entropy-sgd-auto)",
+    BASE.replace(optimizer="entropy-adam", learning_rate=3e-2, **{**_LANGEVIN, "scoping": "auto"}),
+  ),
   "sgld": Preset(
     "the paper's SGLD baseline (App. C.1): step 1 / (1 + t)^0.55, noise sqrt(2 lr_t T), "
     "T = 1/4000, no momentum; ignores the job's learning-rate drops",
     BASE.replace(
       optimizer="sgld", learning_rate=1.0, sgld_decay_power=0.55, sgld_temperature=1 / 4000
     ),
+  ),
+  "parle": Preset(
+    "Parle, n=4 replicas (each its own data order and noise), each Entropy-SGD's recipe; "
+    "rho 1 (the authors' code's) scoped like gamma, caps gamma <= 1, rho <= 10; the replicas' "
+    "average evaluated",
+    BASE.replace(
+      optimizer="parle",
+      learning_rate=0.3,
+      momentum=0.9,
+      nesterov=True,
+      replicas=4,
+      rho=1.0,
+      gamma_max=1.0,
+      rho_max=10.0,
+      **_LANGEVIN,
+    ),
+  ),
+  "sgd-dp": Preset(
+    "data-parallel SGD on 4 workers: 4 replicas of SGD's recipe (each its own mini-batch of "
+    "100) averaged after every step, SGD with batch 400 at SGD's lr 0.1",
+    BASE.replace(optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True, replicas=4),
   ),
   "smoothing-sgd": Preset(
     "SGD (Nesterov 0.9, lr 0.1) on the Gaussian-smoothed loss, sigma 0.03: L=5, the gradient "
@@ -68,8 +105,10 @@ PRESETS = {
   ),
 }
 # The recipes the main job (python -m experiments.mnist1d) trains by default; the others run
-# with --optimizers (smoothing-sgd is in the sensitivity study: python -m experiments.sensitivity).
-MAIN_JOB = ("sgd", "adam", "entropy-sgd", "entropy-adam", "sgld")
+# with --optimizers (smoothing-sgd is in the sensitivity study: python -m experiments.sensitivity;
+# parle and sgd-dp: docs/parle.md, python -m experiments.mnist1d --optimizers parle entropy-sgd
+# sgd sgd-dp; entropy-adam-auto: docs/auto_scope.md).
+MAIN_JOB = ("sgd", "adam", "entropy-sgd", "entropy-adam", "entropy-sgd-auto", "sgld")
 
 # The job's defaults: every run gets this budget, and its learning rate drops by BASE.lr_decay
 # at these fractions of the run.

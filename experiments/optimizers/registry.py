@@ -3,8 +3,10 @@
 Adding an optimizer is one entry, ``OPTIMIZERS[name] = OptimizerEntry(make, takes_grad_fn)``:
 ``make(config, lr, key)`` returns the optax transformation, where ``lr`` is the learning-rate
 schedule (counting outer steps) and ``key`` the seed's PRNG key (the loop builds one optimizer
-per seed with its own key); ``takes_grad_fn`` says whether it takes ``langevin_steps`` > 1 and
-a ``grad_fn`` (one update per L mini-batches: local entropy, Gaussian smoothing).
+per seed with its own key; with ``--replicas`` > 1, one per replica, under the named vmap axis
+``experiments.trainer.steps.REPLICA_AXIS``); ``takes_grad_fn`` says whether it takes
+``langevin_steps`` > 1 and a ``grad_fn`` (one update per L mini-batches: local entropy,
+Gaussian smoothing); ``takes_replicas`` whether it couples ``--replicas`` > 1.
 
 Beside SGD, Adam, Entropy-SGD/Adam and the authors' Lua Entropy-SGD, the baselines beyond the
 paper's tables:
@@ -12,6 +14,10 @@ paper's tables:
 * ``sgld``: the paper's App. C.1 plain SGLD (``experiments.optimizers.sgld``).
 * ``smoothing-sgd``: SGD on the Gaussian-smoothed loss E f(x + sigma eps)
   (``entropy_optax.gaussian_smoothing``) at Entropy-SGD's cost, L gradient evaluations per update.
+
+And the authors' parallel successor, ``parle`` (``entropy_optax.parle``): ``--replicas``
+Entropy-SGD replicas coupled elastically to their average. ``sgd`` with ``--replicas`` n is
+data-parallel SGD on n workers (the replicas averaged after every step).
 
 jax and optax are imported inside the functions: ``--help`` stays fast.
 """
@@ -28,6 +34,7 @@ import entropy_optax
 from experiments.optimizers import sgld
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
+from experiments.trainer import steps
 
 
 def _plain(config: RunConfig, base):
@@ -41,6 +48,11 @@ def _gamma(config: RunConfig):
 
   if config.scoping == "none":
     return config.gamma0
+  if config.scoping == "auto":
+    target = entropy_optax.ratio_scoping(
+      config.target_ratio, config.gamma1, config.max_target_ratio
+    )
+    return entropy_optax.auto_scoping(target, gamma_init=config.gamma0)
   scope = getattr(entropy_optax, f"{config.scoping}_scoping")
   return scope(config.gamma0, config.gamma1)
 
@@ -59,10 +71,21 @@ def _langevin(config: RunConfig, key) -> dict[str, Any]:
   )
 
 
+def _replica_axis(config: RunConfig):
+  """The loop's named axis of the replicas (None for one replica: no coupling)."""
+  return steps.REPLICA_AXIS if config.replicas > 1 else None
+
+
 def _sgd(config, lr, key):
+  """SGD; with --replicas n, data-parallel SGD on n workers: each replica's step on its own
+  mini-batch, then all replicas set to the average (``entropy_optax.replica_average``), the
+  step of SGD with an n times larger batch."""
 
   del key
-  return _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+  sgd = _plain(config, optax.sgd(lr, config.momentum or None, config.nesterov))
+  if config.replicas == 1:
+    return sgd
+  return optax.chain(sgd, entropy_optax.replica_average(_replica_axis(config)))
 
 
 def _adam(config, lr, key):
@@ -169,20 +192,50 @@ def _smoothing_sgd(config, lr, key):
   )
 
 
+def _parle(config, lr, key):
+  """Parle (``entropy_optax.parle``): --replicas replicas of Entropy-SGD (the entropy-sgd
+  options), each with its own noise key and data order (the loop folds the replica index into
+  the seed's keys), coupled to their average by --rho, scoped like gamma (--scoping, --gamma1;
+  the authors' code scopes both by one rate) and capped by --gamma-max and --rho-max.
+  """
+  if config.scale_by_gamma:
+    raise ConfigError("--optimizer parle steps by x - mu: drop --scale-by-gamma.")
+  langevin = _langevin(config, key)
+  del langevin["scale_by_gamma"]
+  rho = config.rho
+  if config.scoping != "none" and 0 < rho < float("inf"):
+    rho = getattr(entropy_optax, f"{config.scoping}_scoping")(rho, config.gamma1)
+  return entropy_optax.parle(
+    lr,
+    rho=rho,
+    momentum=config.momentum,
+    nesterov=config.nesterov,
+    langevin_nesterov=config.nesterov,  # --nesterov sets both loops, as for entropy-sgd
+    gamma_max=config.gamma_max or None,
+    rho_max=config.rho_max or None,
+    center=config.center,
+    axis_name=_replica_axis(config),
+    independent_noise=False,  # the loop's keys already differ per replica
+    **langevin,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerEntry:
   make: Callable[[RunConfig, Any, Any], Any]
   takes_grad_fn: bool
+  takes_replicas: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
-  "sgd": OptimizerEntry(_sgd, False),
+  "sgd": OptimizerEntry(_sgd, False, takes_replicas=True),
   "adam": OptimizerEntry(_adam, False),
   "entropy-sgd": OptimizerEntry(_entropy_sgd, True),
   "entropy-adam": OptimizerEntry(_entropy_adam, True),
   "entropy-sgd-lua": OptimizerEntry(_entropy_sgd_lua, True),
   "sgld": OptimizerEntry(_sgld, False),
   "smoothing-sgd": OptimizerEntry(_smoothing_sgd, True),
+  "parle": OptimizerEntry(_parle, True, takes_replicas=True),
 }
 
 

@@ -28,6 +28,8 @@ NAMES = {
   "adam": "Adam",
   "entropy-sgd": "Entropy-SGD",
   "entropy-adam": "Entropy-Adam",
+  "entropy-sgd-auto": "Entropy-SGD (auto scope)",
+  "entropy-adam-auto": "Entropy-Adam (auto scope)",
   "entropy-sgd-lua": "Entropy-SGD (Lua)",
   "allcnn_bn_authors": "All-CNN-BN (authors' layout)",
   "sgld": "SGLD",

@@ -92,7 +92,11 @@ def make_task(config: RunConfig, model) -> Any:
       if config.sampling == "replacement"
       else steps.shuffled_batch_indices
     ),
-    before_eval=batchnorm.BatchNormReestimation(model) if config.bn_reestimate else None,
+    before_eval=(
+      batchnorm.BatchNormReestimation(model)
+      if config.bn_reestimate or config.replicas > 1
+      else None
+    ),
     clip_norm=config.clip_norm,
   )
 

@@ -79,6 +79,7 @@ def train_config(config: RunConfig, num_examples: int, progress: bool):
     checkpoint_every_steps=eval_steps * config.checkpoint_every_evals,
     seed=config.seed,
     num_seeds=config.num_seeds,
+    replicas=config.replicas,
     step_runner=config.step_runner,
     progress=progress,
   )
@@ -162,7 +163,7 @@ def run_experiment(
       model=config.model,
       optimizer=config.optimizer,
       langevin_steps=config.langevin_steps,
-      num_params=num_params // config.num_seeds,
+      num_params=num_params // (config.num_seeds * config.replicas),
       num_train=len(ds.train_x),
       num_test=len(ds.test_x),
       paper=None
@@ -286,7 +287,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   model = components.make_model(config, ds.num_classes)
   task = components.make_task(config, model)
   init = lambda seed: steps.state_dict(
-    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size)
+    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas)
   )
   seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
   target = jax.eval_shape(

@@ -24,7 +24,7 @@ import dataclasses
 import math
 from typing import Any, Literal
 
-SCOPINGS = ("exponential", "linear", "quadratic", "none")
+SCOPINGS = ("exponential", "linear", "quadratic", "none", "auto")
 
 
 class ConfigError(ValueError):
@@ -80,11 +80,32 @@ class RunConfig:
   gamma0: float = 0.03
   """scope gamma at the first update"""
   gamma1: float = 1e-3
-  """scoping rate: gamma = gamma0 (1 + gamma1)^t for exponential scoping"""
-  scoping: Literal["exponential", "linear", "quadratic", "none"] = "exponential"
-  """how gamma grows with the update count t"""
+  """scoping rate: gamma = gamma0 (1 + gamma1)^t for exponential scoping (auto: the target
+  ratio's rate)"""
+  scoping: Literal["exponential", "linear", "quadratic", "none", "auto"] = "exponential"
+  """how gamma grows with the update count t; auto: gamma set after every update so that
+  norm(gamma (x - mu)) / norm(grad f) follows min(target_ratio (1 + gamma1)^t, max_target_ratio)
+  (entropy_optax.auto_scoping; gamma0 is then only the first update's gamma)"""
+  target_ratio: float = 0.02
+  """scoping auto: the target ratio norm(gamma (x - mu)) / norm(grad f) at the first update"""
+  max_target_ratio: float = 0.5
+  """scoping auto: the largest target ratio (ratios lie below 1 where the loss is convex)"""
   langevin_momentum: float = 0.0
   """(Nesterov) momentum inside the Langevin loop, zeroed every update (authors' codes: 0.9)"""
+  replicas: int = 1
+  """replicas per seed, vmapped on one device, each its own data order and noise (parle:
+  coupled elastically; sgd: averaged every step, i.e. data-parallel SGD on that many workers);
+  the replicas' average is evaluated, with BatchNorm statistics re-estimated at it"""
+  rho: float = 1.0
+  """parle: coupling rho of each replica to the replicas' average, scoped like gamma (--scoping,
+  --gamma1); inf: the hard coupling (replicas averaged after every step)"""
+  gamma_max: float = 0.0
+  """parle: cap on the scoped gamma (the authors' code: 1; 0: none)"""
+  rho_max: float = 0.0
+  """parle: cap on the scoped rho (the authors' code: 10; 0: none)"""
+  center: Literal["params", "langevin_mean"] = "params"
+  """parle: what the replicas are pulled towards: the average of the replicas (params: the
+  paper's text) or of their Langevin means (langevin_mean: both authors' codes)"""
   scale_by_gamma: bool = False
   """outer gradient gamma (x - mu) (Alg. 1 line 7) instead of x - mu (the paper's practice)"""
   sampling: Literal["shuffle", "replacement"] = "shuffle"
@@ -205,6 +226,7 @@ def validate(
     "batch_size",
     "langevin_steps",
     "num_seeds",
+    "replicas",
     "steps_per_call",
     "eval_batch_size",
     "bptt_steps",
@@ -221,11 +243,20 @@ def validate(
     "sgld_temperature",
     "smoothing_sigma",
     "clip_norm",
+    "gamma_max",
+    "rho_max",
   ):
     need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
+  need(config.rho >= 0, "rho", ">= 0 (inf: the hard coupling)")
   for name in ("momentum", "langevin_momentum", "b1", "b2"):
     need(0 <= getattr(config, name) < 1, name, "in [0, 1)")
   need(0 < config.alpha <= 1, "alpha", "in (0, 1]")
+  need(0 < config.max_target_ratio < 1, "max_target_ratio", "in (0, 1)")
+  need(
+    0 < config.target_ratio <= config.max_target_ratio,
+    "target_ratio",
+    f"in (0, max_target_ratio = {config.max_target_ratio}]",
+  )
   for name in ("dropout", "input_dropout"):
     value = getattr(config, name)
     need(value is None or 0 <= value < 1, name, "in [0, 1) or None")
@@ -241,6 +272,12 @@ def validate(
       f"--{prefix}langevin-steps {config.langevin_steps} needs an optimizer that makes one "
       f"update per L mini-batches ({takes}); --{prefix}optimizer {config.optimizer} takes "
       f"--{prefix}langevin-steps 1."
+    )
+  if config.replicas > 1 and not optimizers[config.optimizer].takes_replicas:
+    takes = ", ".join(name for name, entry in optimizers.items() if entry.takes_replicas)
+    raise ConfigError(
+      f"--{prefix}replicas {config.replicas} needs an optimizer that couples replicas "
+      f"({takes}); --{prefix}optimizer {config.optimizer} takes --{prefix}replicas 1."
     )
   return config
 

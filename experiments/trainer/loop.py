@@ -86,6 +86,9 @@ class TrainConfig:
     keep_checkpoints: how many of the latest checkpoints to keep (2 leaves one to fall back to).
     seed: the seed of initialisation, dropout, data order and Langevin noise.
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
+    replicas: replicas per seed (Parle, data-parallel SGD): a leading axis of each seed's state,
+      vmapped with the axis name ``steps.REPLICA_AXIS`` on one device; their average is
+      evaluated (``experiments.trainer.step_runners``).
     step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
     progress: show a tqdm progress bar.
   """
@@ -101,6 +104,7 @@ class TrainConfig:
   keep_checkpoints: int = 2
   seed: int = 0
   num_seeds: int = 1
+  replicas: int = 1
   step_runner: str = "auto"
   progress: bool = True
 
@@ -113,6 +117,7 @@ class TrainConfig:
       "eval_batch_size",
       "keep_checkpoints",
       "num_seeds",
+      "replicas",
     ):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -135,7 +140,8 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
-  """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1); ``records``:
+  """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1, then a replica
+  axis if replicas > 1); ``records``:
   the metrics records of this process's calls."""
 
   state: LoopState
@@ -257,11 +263,13 @@ def evaluate(
   config: TrainConfig, state: LoopState, data, *, task: Task = Task(), mesh=None
 ) -> dict[str, np.ndarray]:
   """Metrics of a trained ``state`` (a leading seed axis when num_seeds > 1) on ``data`` =
-  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split)."""
+  ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split);
+  with replicas, of their average (its BatchNorm statistics averaged, not re-estimated)."""
   x, y = (np.asarray(a) for a in data)
   size = _eval_batch(config, len(x), mesh)
   w = _pad(np.ones(len(x), np.float32), size)
-  fn = lambda s, x, y, w: steps_lib.evaluate(s, x, y, w, size, task)  # noqa: E731
+  center = steps_lib.replica_mean if config.replicas > 1 else (lambda s: s)
+  fn = lambda s, x, y, w: steps_lib.evaluate(center(s), x, y, w, size, task)  # noqa: E731
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))
   return distributed.fetch(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
@@ -285,6 +293,11 @@ def prepare(
 ) -> Prepared:
   """The jitted functions and device data of a run, as ``train`` uses them (also for callers
   that compose the functions themselves, e.g. a vmapped grid of runs)."""
+  if mesh is not None and config.replicas > 1:
+    raise ValueError(
+      f"replicas={config.replicas} run vmapped on one device; drop the mesh (a mesh axis of "
+      "replicas is jax.shard_map over entropy_optax.parle's axis_name, not in this loop yet)."
+    )
   train_data, val_data, num_examples, num_val = _put_data(data, config, mesh)
   runner = step_runners.choose_runner(config.step_runner, model, train_data[0][:1], task)
   fns = step_runners.compiled_functions(
@@ -299,6 +312,7 @@ def prepare(
     num_examples,
     _eval_batch(config, num_val, mesh),
     runner,
+    config.replicas,
   )
   return Prepared(fns, train_data, val_data, num_examples, num_val, runner)
 

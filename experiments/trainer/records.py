@@ -3,9 +3,9 @@
 A record: ``step`` (outer steps done), ``seed``, ``epoch`` (outer epochs: step /
 steps_per_epoch), ``effective_epochs`` (L x epoch), ``wall_time`` (s since the run started,
 resumed runs included), ``train_loss`` (mean over the call), the ``LangevinStats`` fields of a
-local-entropy optimizer (``gamma``: the last; the others: means), and after an evaluation
-``val_loss`` and ``val_error`` (a fraction, on the test split). ``experiments.run.directory``
-reads and writes them.
+local-entropy optimizer (``gamma``: the last; the others: means), Parle's ``elastic_rho`` (the
+last) and ``replica_spread`` (mean), and after an evaluation ``val_loss`` and ``val_error`` (a
+fraction, on the test split). ``experiments.run.directory`` reads and writes them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def make(
     }
     for name, values in metrics.items():
       values = pick(np.asarray(values))  # (steps,)
-      record[name] = _json_value(values[-1] if name == "langevin_gamma" else values.mean())
+      last = name in ("langevin_gamma", "elastic_rho")  # scoped: the value the call ended with
+      record[name] = _json_value(values[-1] if last else values.mean())
     for name, value in (evaluated or {}).items():
       record[name] = _json_value(pick(np.asarray(value)))
     out.append(record)

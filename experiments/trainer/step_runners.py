@@ -85,8 +85,15 @@ def compiled_functions(
   num_examples: int,
   eval_batch_size: int,
   runner: str,
+  replicas: int = 1,
 ) -> Functions:
-  """The jitted functions of a run, shared by runs with the same arguments (e.g. a resume)."""
+  """The jitted functions of a run, shared by runs with the same arguments (e.g. a resume).
+
+  ``replicas`` > 1: every seed's state has a leading replica axis (``steps.init_state``), each
+  step runs the replicas under ``jax.vmap(..., axis_name=steps.REPLICA_AXIS)`` (on one device)
+  with the step's metrics averaged over them, and the replicas' average is evaluated
+  (``steps.replica_mean``, then ``task.before_eval``).
+  """
   batches_per_step = langevin_steps if fresh_batches else 1
   spmd_axis = SEED_AXIS if mesh is not None and SEED_AXIS in mesh.axis_names else None
 
@@ -102,9 +109,14 @@ def compiled_functions(
     return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
   def init(seed, example_x):
-    return steps.init_state(model, make_tx, task, example_x, seed, batch_size)
+    return steps.init_state(model, make_tx, task, example_x, seed, batch_size, replicas)
 
   def indices(state, num_steps):
+    if replicas > 1:  # each replica its own data order; steps first: (steps, replicas, L, B)
+      return jnp.moveaxis(jax.vmap(lambda s: replica_indices(s, num_steps))(state), 0, 1)
+    return replica_indices(state, num_steps)
+
+  def replica_indices(state, num_steps):
     idx = task.batch_indices(
       state.data_key,
       state.step * batches_per_step,
@@ -115,6 +127,14 @@ def compiled_functions(
     return idx.reshape(num_steps, batches_per_step, batch_size)
 
   def one_step(state, data, idx):
+    if replicas == 1:
+      return replica_step(state, data, idx)
+    state, metrics = jax.vmap(replica_step, (0, None, 0), axis_name=steps.REPLICA_AXIS)(
+      state, data, idx
+    )
+    return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
+
+  def replica_step(state, data, idx):
     train_x, train_y = data
     xs, ys = constrain_batch(train_x[idx], 1), constrain_batch(train_y[idx], 1)
     reset = task.carry_reset(state.step, num_examples, batch_size) if task.carry_reset else False
@@ -155,6 +175,7 @@ def compiled_functions(
     return steps.evaluate(state, *data, eval_batch_size, task, lambda a: constrain_batch(a, 0))
 
   def before_eval(state, data):
+    state = steps.replica_mean(state) if replicas > 1 else state
     return task.before_eval(state, *data) if task.before_eval else state
 
   return Functions(
@@ -163,7 +184,7 @@ def compiled_functions(
     evaluate=jax.jit(vmap_seeds(evaluate_one, (0, None))),
     before_eval=(
       jax.jit(vmap_seeds(before_eval, (0, None)))
-      if task.before_eval
+      if task.before_eval or replicas > 1
       else (lambda state, data: state)
     ),
     scan_call=scan_call,

@@ -39,6 +39,8 @@ import optax
 
 from entropy_optax import flax as eflax
 
+REPLICA_AXIS = "replica"  # the named vmap axis of a seed's replicas (Parle)
+
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross entropy with integer labels, computed in float32."""
@@ -148,10 +150,27 @@ def init_state(
   example_x: jax.Array,
   seed: jax.Array,
   batch_size: int = 1,
+  replicas: int = 1,
 ) -> LoopState:
   """The state of one seed: parameters, optimizer (with this seed's noise key), keys, and the
-  carry of ``batch_size`` sequences (with ``Task.init_carry``)."""
+  carry of ``batch_size`` sequences (with ``Task.init_carry``).
+
+  ``replicas`` > 1 (Parle, data-parallel SGD): that many replicas on a leading axis, built under
+  ``jax.vmap(..., axis_name=REPLICA_AXIS)``, with the same initial weights and each its own
+  dropout, data-order and noise keys (the seed's keys with the replica index folded in).
+  """
+  if replicas > 1:
+    one = lambda r: _init_one(model, make_tx, task, example_x, seed, batch_size, r)
+    return jax.vmap(one, axis_name=REPLICA_AXIS)(jnp.arange(replicas))
+  return _init_one(model, make_tx, task, example_x, seed, batch_size, None)
+
+
+def _init_one(model, make_tx, task, example_x, seed, batch_size, replica) -> LoopState:
   init_key, dropout_key, data_key, noise_key = jax.random.split(jax.random.PRNGKey(seed), 4)
+  if replica is not None:
+    dropout_key, data_key, noise_key = (
+      jax.random.fold_in(k, replica) for k in (dropout_key, data_key, noise_key)
+    )
   variables = model.init(
     {"params": init_key, "dropout": init_key},
     example_x,
@@ -172,6 +191,16 @@ def init_state(
   )
   # A strongly typed int32 step: the scan carry keeps one type.
   return state.replace(step=jnp.zeros([], jnp.int32))
+
+
+def replica_mean(state: LoopState) -> LoopState:
+  """The state of the replicas' average x-bar (leading replica axis removed), as Parle is
+  evaluated: the average weights, and BatchNorm statistics averaged (re-estimate them at x-bar:
+  ``experiments.run.components.make_task`` does for replicas); keys and optimizer state are the
+  first replica's."""
+  first = jax.tree.map(lambda a: a[0], state)
+  mean = lambda tree: jax.tree.map(lambda a: jnp.mean(a, 0).astype(a.dtype), tree)
+  return first.replace(params=mean(state.params), batch_stats=mean(state.batch_stats))
 
 
 def carry_kwargs(task: Task, example_x) -> dict[str, Any]:
@@ -200,6 +229,10 @@ def has_langevin_stats(opt_state: Any) -> bool:
   return bool(optax.tree.get_all_with_path(opt_state, "langevin_stats"))
 
 
+def has_elastic_stats(opt_state: Any) -> bool:
+  return bool(optax.tree.get_all_with_path(opt_state, "elastic_stats"))
+
+
 def train_step(
   state: LoopState,
   xs: jax.Array,
@@ -219,7 +252,8 @@ def train_step(
 
   Returns:
     ``(state, metrics)``: metrics has the train loss at x and, for a local-entropy optimizer,
-    the fields of ``LangevinStats``.
+    the fields of ``LangevinStats``; with replicas coupled (``entropy_optax.ElasticStats``),
+    ``elastic_rho`` and ``replica_spread``.
   """
   key = state.step_key()
   carry = state.carry
@@ -248,6 +282,9 @@ def train_step(
   metrics = {"train_loss": value.astype(jnp.float32)}
   if has_langevin_stats(state.opt_state):
     metrics.update(optax.tree.get(state.opt_state, "langevin_stats")._asdict())
+  if has_elastic_stats(state.opt_state):  # Parle's coupling, data-parallel replicas
+    elastic = optax.tree.get(state.opt_state, "elastic_stats")
+    metrics.update(elastic_rho=elastic.elastic_rho, replica_spread=elastic.replica_spread)
   return state, metrics
 
 

@@ -1,0 +1,198 @@
+r"""Automatic scoping: gamma set at every update from what the update itself measured.
+
+The paper tunes the scope by hand (Sec. 4.3): make the local-entropy gradient gamma (x - mu)
+comparable with the plain gradient grad f(x), starting small. Every update already measures both
+norms (``LangevinStats``), so ``auto_scoping`` turns the heuristic into a controller of the ratio
+
+  r = norm of gamma (x - mu) / norm of grad f(x)
+
+towards a target ``target_ratio`` (a number or a schedule of the update count, "small early,
+growing": the paper's scoping expressed as a ratio).
+
+Why it does not chase its own tail. mu depends on gamma: a larger gamma pulls the chain, and so
+mu, closer to x, so gamma and norm of x - mu move in opposite directions. The rule never re-runs
+the chain to solve for gamma within an update (that would cost gradient evaluations); it takes
+the chain that ran at gamma_t, and moves log gamma towards the gamma that would have hit the
+target had norm of x - mu stayed put:
+
+  log gamma_{t+1} = log gamma_t + k_t (log target_{t+1} - log r_t),  k_t = max(smoothing, 1/(t+1))
+
+clipped to [gamma_min, gamma_max]. For a quadratic f = x'Ax/2 (A positive semi-definite) and an
+exact chain, mu = (A + gamma I)^-1 gamma x, so gamma (x - mu) = gamma (A + gamma I)^-1 grad f and
+r(gamma) grows with gamma with an elasticity e = d log r / d log gamma in [0, 1] (each eigen-
+direction contributes gamma / (a + gamma), of elasticity a / (a + gamma)); the ratio can never
+exceed 1 there, so targets must be below it. A short chain is in the same regime while
+langevin_lr gamma <= 1 (its ratio is then nearly proportional to gamma, e close to 1), which is
+why gamma_max defaults to 1 / langevin_lr. The map log gamma_t -> log gamma_{t+1} then has slope
+1 - k_t e in [0, 1): the fixed point (r = target) is approached from one side, without overshoot
+or oscillation; at e = 1 a single step lands on it. The first update (k_0 = 1) calibrates gamma
+from its one measurement, so ``gamma_init`` matters only for that update; later steps average
+the noisy measurements (an exponential moving average in log gamma, window about 1 / smoothing).
+Where the curvature along the chain is negative the ratio can exceed 1 and fall as gamma grows;
+there the rule drives gamma down, to gamma_min at worst: the bounds, not the rule, keep it sane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from entropy_optax._config import ChainConfig
+from entropy_optax._stats import LangevinStats
+from entropy_optax._utils import is_concrete_number
+
+
+class AutoScopingState(NamedTuple):
+  """State of an ``auto_scoping`` scope, kept in ``LocalEntropyState.langevin_scope``.
+
+  Attributes:
+    scope_gamma: the gamma the next update will use (float32); the one the last update used is
+      ``langevin_stats.langevin_gamma``.
+  """
+
+  scope_gamma: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoScoping:
+  """The settings of an automatic scope (see ``auto_scoping``); pass it as ``gamma``."""
+
+  target_ratio: optax.ScalarOrSchedule
+  gamma_init: float
+  gamma_min: float
+  gamma_max: float | None
+  smoothing: float
+
+
+def ratio_scoping(ratio0: float, ratio1: float, max_ratio: float) -> optax.Schedule:
+  """The paper's exponential scoping applied to the ratio: min(ratio0 (1 + ratio1)^t, max_ratio).
+
+  Examples:
+    >>> import entropy_optax
+    >>> target = entropy_optax.ratio_scoping(0.02, 1e-3, 0.5)
+    >>> print(round(float(target(0)), 4), round(float(target(1000)), 4))
+    0.02 0.0543
+  """
+  for name, value, ok in (
+    ("ratio0", ratio0, lambda v: 0 < v < 1),
+    ("ratio1", ratio1, lambda v: v >= 0),
+    ("max_ratio", max_ratio, lambda v: 0 < v < 1),
+  ):
+    if is_concrete_number(value) and not ok(value):
+      raise ValueError(f"ratio_scoping: {name} out of range, got {value} (ratios lie in (0, 1)).")
+  # math.log1p for a number: a jnp constant made here would leak into a later trace when the
+  # optimizer is built inside one (a vmapped sweep of seeds) and updated inside another.
+  rate = math.log1p(ratio1) if is_concrete_number(ratio1) else jnp.log1p(ratio1)
+  return lambda count: jnp.minimum(
+    ratio0 * jnp.exp(rate * jnp.asarray(count, jnp.float32)), max_ratio
+  )
+
+
+def auto_scoping(
+  target_ratio: optax.ScalarOrSchedule | None = None,
+  *,
+  gamma_init: float = 0.03,
+  gamma_min: float = 1e-4,
+  gamma_max: float | None = None,
+  smoothing: float = 0.1,
+) -> AutoScoping:
+  r"""A scope gamma that sets itself so that gamma (x - mu) is a target fraction of grad f(x).
+
+  Pass it as ``gamma`` of ``local_entropy``, ``entropy_sgd`` or ``entropy_adam``. After every
+  update, the measured ratio r = norm of gamma (x - mu) / norm of grad f(x) (``LangevinStats``:
+  ``entropy_grad_norm / grad_norm``, free) moves gamma towards the target:
+  log gamma <- log gamma + k (log target - log r), k = max(smoothing, 1 / (t + 1)), clipped to
+  [gamma_min, gamma_max]. The first update runs at ``gamma_init`` and calibrates gamma from its
+  measurement; the gamma each update used is ``langevin_stats.langevin_gamma``, the next one
+  ``optax.tree.get(opt_state, "scope_gamma")``. No extra gradient evaluation; the state is one
+  scalar; jit- and vmap-safe. The module docstring of ``entropy_optax._auto_scope`` explains why
+  the rule converges without oscillating although mu depends on gamma.
+
+  The ratio lies in (0, 1) wherever f is locally convex (it is gamma / (a + gamma) along a
+  direction of curvature a): the paper's "comparable magnitudes" is a ratio near 1, i.e. the
+  chain tied to x, the end point of its scoping, not its start.
+
+  Args:
+    target_ratio: the ratio to hold, in (0, 1): a number or a schedule of the update count t
+      (t = 0 at the first update). None: ``ratio_scoping(0.02, 1e-3, 0.5)``, the ratio of the
+      MNIST-1D recipes (gamma 0.03 x 1.001^t, L = 5), which start near 0.02 and grow as their
+      gamma does.
+    gamma_init: gamma of the first update (> 0).
+    gamma_min: lower bound of gamma (> 0).
+    gamma_max: upper bound of gamma; None: 1 / langevin_lr, beyond which the chain's coupling
+      overshoots (langevin_lr gamma > 1) and at 2 / langevin_lr diverges.
+    smoothing: in (0, 1], the weight of the newest measurement once t + 1 > 1 / smoothing.
+
+  Returns:
+    An ``AutoScoping``, to pass as ``gamma``.
+
+  Examples:
+    On f = norm(x)^2 / 2 (curvature 1) with an exact chain, ratio 0.5 needs gamma = 1:
+
+    >>> import jax.numpy as jnp, optax, entropy_optax
+    >>> scope = entropy_optax.auto_scoping(0.5, smoothing=1.0)
+    >>> tx = entropy_optax.local_entropy(100, scope, langevin_lr=0.1, noise=0.0, alpha=1.0)
+    >>> params = jnp.ones(3); state = tx.init(params)
+    >>> for _ in range(12):
+    ...   _, state = tx.update(params, state, params, grad_fn=lambda p, k: p)
+    >>> print(round(float(optax.tree.get(state, "scope_gamma")), 3))
+    1.0
+  """
+  if target_ratio is None:
+    target_ratio = ratio_scoping(0.02, 1e-3, 0.5)
+  checks = (
+    ("target_ratio", target_ratio, lambda v: 0 < v < 1, "in (0, 1)"),
+    ("gamma_init", gamma_init, lambda v: v > 0, "> 0"),
+    ("gamma_min", gamma_min, lambda v: v > 0, "> 0"),
+    ("smoothing", smoothing, lambda v: 0 < v <= 1, "in (0, 1]"),
+  )
+  for name, value, ok, what in checks:
+    if is_concrete_number(value) and not ok(value):
+      raise ValueError(f"auto_scoping: {name} must be {what}, got {value}.")
+  if gamma_max is not None and is_concrete_number(gamma_max) and not gamma_max >= gamma_min:
+    raise ValueError(
+      f"auto_scoping: gamma_max must be >= gamma_min = {gamma_min}, got {gamma_max}."
+    )
+  return AutoScoping(target_ratio, gamma_init, gamma_min, gamma_max, smoothing)
+
+
+def initial_state(gamma: Any) -> AutoScopingState | tuple[()]:
+  """The scope's state before the first update: empty unless ``gamma`` is an ``AutoScoping``."""
+  if not isinstance(gamma, AutoScoping):
+    return ()
+  return AutoScopingState(scope_gamma=jnp.asarray(gamma.gamma_init, jnp.float32))
+
+
+def gamma_at(config: ChainConfig, scope_state: Any, count: jax.Array) -> Any:
+  """The gamma of update number ``count``: the scope's own, or the config's number or schedule."""
+  if isinstance(config.gamma, AutoScoping):
+    return scope_state.scope_gamma
+  return config.gamma_at(count)
+
+
+def next_state(
+  config: ChainConfig, scope_state: Any, count: jax.Array, stats: LangevinStats
+) -> Any:
+  """The scope's state after update ``count``, whose chain produced ``stats``."""
+  scope = config.gamma
+  if not isinstance(scope, AutoScoping):
+    return scope_state
+  t = jnp.asarray(count, jnp.float32)
+  target = scope.target_ratio(count + 1) if callable(scope.target_ratio) else scope.target_ratio
+  ratio = stats.entropy_grad_norm / stats.grad_norm
+  # A zero gradient or a chain that did not move says nothing about gamma: keep it.
+  measured = jnp.isfinite(ratio) & (ratio > 0)
+  weight = jnp.maximum(jnp.asarray(scope.smoothing, jnp.float32), 1.0 / (t + 1.0))
+  log_gamma = jnp.log(scope_state.scope_gamma)
+  step = weight * (
+    jnp.log(jnp.asarray(target, jnp.float32)) - jnp.log(jnp.where(measured, ratio, 1.0))
+  )
+  gamma_max = 1.0 / config.langevin_lr if scope.gamma_max is None else scope.gamma_max
+  proposed = jnp.clip(jnp.exp(log_gamma + step), scope.gamma_min, gamma_max)
+  new_gamma = jnp.where(measured, proposed, scope_state.scope_gamma)
+  return AutoScopingState(scope_gamma=new_gamma.astype(jnp.float32))

@@ -1,0 +1,148 @@
+"""Parle: n replicas of Entropy-SGD coupled elastically to their average (an Optax alias)."""
+
+# No ``from __future__ import annotations``: optax's schedule tests look for the object
+# ``optax.ScalarOrSchedule`` in the annotation of ``learning_rate``, not a string.
+
+import math
+
+import jax
+import optax
+
+from entropy_optax import _elastic, _noise
+from entropy_optax._alias import _outer_weight_decay
+from entropy_optax._transform import local_entropy
+from entropy_optax._utils import canonical_key, is_concrete_number, is_static_zero
+
+
+def parle(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  rho: optax.ScalarOrSchedule,
+  num_langevin_steps: int = 20,
+  gamma: optax.ScalarOrSchedule = 0.03,
+  langevin_lr: float = 0.1,
+  noise: float = 1e-4,
+  alpha: float = 0.75,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  langevin_momentum: float = 0.0,
+  langevin_nesterov: bool = True,
+  weight_decay: float = 0.0,
+  gamma_max: float | None = None,
+  rho_max: float | None = None,
+  center: _elastic.Center = "params",
+  axis_name: _elastic.AxisName = "replica",
+  key: jax.Array | int = 0,
+  independent_noise: bool = True,
+  noise_distribution: _noise.NoiseDistribution = "irwin_hall",
+  unroll: int | bool | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Parle: Entropy-SGD on each of n replicas, each pulled elastically towards their average.
+
+  Each replica x^a (one per index of ``axis_name``) does, per update::
+
+    z^a  = local_entropy's Langevin mean, L steps started at x^a on its own mini-batches
+    g^a  = (x^a - z^a) + rho_t (x^a - x-bar),    x-bar = mean over the replicas of x^a
+    x^a <- x^a - learning_rate * momentum(g^a + weight_decay x^a)
+
+  that is ``optax.chain(local_entropy(...), elastic_coupling(rho, ...), sgd(...))``: the
+  arguments shared with ``entropy_sgd`` mean the same there, ``gamma`` and ``rho`` may be
+  schedules of the update count (the paper scopes both upwards, e.g.
+  ``exponential_scoping(gamma0, 0.5 / steps_per_epoch)`` as the authors' code does) and
+  ``gamma_max``, ``rho_max`` cap them (that code: 1 and 10). One update costs each replica the
+  L gradient evaluations of Entropy-SGD and all of them one all-reduce of the parameters.
+  Evaluate x-bar, as the paper does (re-estimate BatchNorm statistics there).
+
+  Run ``init`` and ``update`` inside ``jax.vmap(..., axis_name=axis_name)`` (replicas on one
+  device) or ``jax.shard_map`` over a mesh axis of that name (a replica per device); a tuple
+  names several axes. Reductions: one replica, or rho = 0, is ``entropy_sgd`` with the same
+  arguments; L = 1 with alpha = 1, langevin_lr = 1 and noise = 0 (gamma then does nothing: the
+  chain's only step is taken at x' = x) gives g^a = grad f(x^a) + rho (x^a - x-bar), synchronous
+  Elastic-Averaging SGD whose center is the replicas' average. ``rho=math.inf`` replaces the
+  elastic force by ``replica_average`` after the SGD step: all replicas hold x-bar after every
+  update (their average step).
+
+  Args:
+    learning_rate: the outer step size eta, a float or an optax schedule.
+    rho: the coupling rho >= 0, a float or a schedule of the update count; ``math.inf``: the
+      hard coupling. Without momentum, learning_rate * rho < 1 contracts each replica's distance
+      to x-bar. The authors' ``parle_mpi.py`` multiplies its ``--rho`` by L n: pass that product.
+    gamma_max: caps gamma (None: no cap).
+    rho_max: caps rho (None: no cap).
+    center: "params" (x-bar averages the x^a, the paper's text) or "langevin_mean" (it averages
+      the z^a, as both authors' codes do); see ``elastic_coupling``.
+    axis_name: the replicas' named axis; None: one replica (``entropy_sgd``, plus zero stats).
+    key: PRNG key or seed of the Langevin noise.
+    independent_noise: fold each replica's index on ``axis_name`` into ``key`` at ``init``, so
+      that the replicas draw independent noise; False: every replica uses ``key`` as given (pass
+      distinct keys yourself, or keep replicas with equal keys and data identical).
+    num_langevin_steps: L, see ``local_entropy`` (also ``gamma``, ``langevin_lr``, ``noise``,
+      ``alpha``, ``langevin_momentum``, ``langevin_nesterov``, ``noise_distribution``,
+      ``unroll``).
+    momentum: outer momentum (0 for none).
+    nesterov: Nesterov form of the outer momentum (True) or heavy-ball (False), as
+      ``entropy_sgd``'s ``nesterov``.
+    weight_decay: L2 inside the chain and on the outer gradient, as ``entropy_sgd``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state holds a ``LocalEntropyState`` and
+    an ``ElasticCouplingState`` (``optax.tree.get(state, "elastic_stats")``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> loss = lambda p, target: jnp.sum((p - target) ** 2)
+    >>> tx = entropy_optax.parle(0.5, rho=1.0, num_langevin_steps=5, gamma=1.0, momentum=0.0)
+    >>> def step(params, state, target):  # one replica, its own data (target)
+    ...   grad_fn = lambda p, k: jax.grad(loss)(p, target)
+    ...   updates, state = tx.update(grad_fn(params, 0), state, params, grad_fn=grad_fn)
+    ...   return optax.apply_updates(params, updates), state
+    >>> params = jnp.zeros((2, 1))  # two replicas
+    >>> targets = jnp.array([[1.0], [3.0]])
+    >>> state = jax.vmap(tx.init, axis_name="replica")(params)
+    >>> for _ in range(100):
+    ...   params, state = jax.vmap(step, axis_name="replica")(params, state, targets)
+    >>> print(params.round(2))  # each alone would go to its target, 1 or 3
+    [[1.65]
+     [2.35]]
+
+  References:
+    Chaudhari, Baldassi, Zecchina, Soatto, Talwalkar and Oberman, "Parle: parallelizing
+    stochastic gradient descent", 2017 (https://arxiv.org/abs/1707.00424).
+  """
+  local = local_entropy(
+    num_langevin_steps,
+    _elastic.capped(gamma, gamma_max),
+    langevin_lr,
+    noise,
+    alpha,
+    langevin_momentum=langevin_momentum,
+    langevin_nesterov=langevin_nesterov,
+    weight_decay=weight_decay,
+    key=key,
+    noise_distribution=noise_distribution,
+    unroll=unroll,
+  )
+  outer = optax.chain(
+    _outer_weight_decay(weight_decay),
+    optax.sgd(
+      learning_rate, momentum=None if is_static_zero(momentum) else momentum, nesterov=nesterov
+    ),
+  )
+  if is_concrete_number(rho) and rho == math.inf:
+    tx = optax.chain(local, outer, _elastic.replica_average(axis_name))
+  else:
+    tx = optax.chain(
+      local,
+      _elastic.elastic_coupling(rho, axis_name=axis_name, rho_max=rho_max, center=center),
+      outer,
+    )
+
+  def init_fn(params):
+    state = tx.init(params)
+    if independent_noise and axis_name is not None:
+      _elastic.num_replicas(axis_name)  # the clear error outside the axis
+      replica_key = jax.random.fold_in(canonical_key(key), jax.lax.axis_index(axis_name))
+      state = optax.tree.set(state, langevin_key=replica_key)
+    return state
+
+  return optax.GradientTransformationExtraArgs(init_fn, tx.update)
