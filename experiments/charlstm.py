@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "
     f"plot: {root / 'valid_cross_entropy.png'}"
   )
-  return 0
+  return jobs.diverged_exit_code(list(runs.values()))
 
 
 if __name__ == "__main__":

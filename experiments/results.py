@@ -46,7 +46,7 @@ def find_runs(directories: Sequence[str]) -> list[dict[str, Any]]:
         f"{root} is not a directory: pass the directory the runs were written to (default: runs)."
       )
     for path in sorted(root.rglob(directory.RESULTS_FILE)):
-      results = directory.read_json(path)
+      results = directory.read_results(path)
       if "optimizer" in results:  # a grid's results.json gathers its runs: skip it
         runs.append(dict(results, path=str(path.parent)))
   if not runs:

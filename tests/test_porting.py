@@ -299,6 +299,138 @@ def test_linen_example_port_trains_compiles_once_and_restores_exactly(mnist, tmp
   )
 
 
+# ---- Linen, flax's examples/mnist as it is: apply_model kept, so its evaluation still works ----
+
+
+class FlaxCNN(nn.Module):
+  """flax's examples/mnist CNN (no BatchNorm, no dropout), narrower."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.avg_pool(nn.relu(nn.Conv(4, (3, 3))(x)), window_shape=(2, 2), strides=(2, 2))
+    x = nn.avg_pool(nn.relu(nn.Conv(8, (3, 3))(x)), window_shape=(2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))  # flatten
+    return nn.Dense(10)(nn.relu(nn.Dense(16)(x)))
+
+
+@jax.jit
+def flax_apply_model(state, images, labels):
+  """Computes gradients, loss and accuracy for a single batch (flax's, unchanged)."""
+  TRACES["flax_apply_model"] += 1
+
+  def loss_fn(params):
+    logits = state.apply_fn({"params": params}, images)
+    one_hot = jax.nn.one_hot(labels, 10)
+    loss = jnp.mean(optax.softmax_cross_entropy(logits=logits, labels=one_hot))
+    return loss, logits
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, logits), grads = grad_fn(state.params)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return grads, loss, accuracy
+
+
+@jax.jit
+def flax_train_step(state, images, labels):  # port: was update_model(state, grads)
+  TRACES["flax_train_step"] += 1
+  grads, loss, accuracy = flax_apply_model(state, images[0], labels[0])  # port
+  grad_fn = lambda params, k: flax_apply_model(  # noqa: E731  # port
+    state.replace(params=params), images[k], labels[k]
+  )[0]
+  return state.apply_gradients(grads=grads, grad_fn=grad_fn), loss, accuracy  # port
+
+
+def flax_train_epoch(state, train_ds, batch_size, rng):
+  """Train for a single epoch (flax's, with L index batches per step)."""
+  steps_per_epoch = len(train_ds["image"]) // batch_size
+  perms = jax.random.permutation(rng, len(train_ds["image"]))
+  perms = perms[: steps_per_epoch * batch_size].reshape((steps_per_epoch, batch_size))
+  epoch_loss, epoch_accuracy = [], []
+  for perm in stack_batches(perms, L):  # port
+    batch_images = train_ds["image"][perm, ...]
+    batch_labels = train_ds["label"][perm, ...]
+    state, loss, accuracy = flax_train_step(state, batch_images, batch_labels)  # port
+    epoch_loss.append(loss)
+    epoch_accuracy.append(accuracy)
+  return state, float(np.mean(epoch_loss)), float(np.mean(epoch_accuracy))
+
+
+def test_linen_port_that_keeps_apply_model_evaluates_unstacked_test_data(mnist):
+  """The Linen port of docs/porting_pitfalls.md: flax's ``apply_model`` is kept (it serves the
+  gradient at x, each Langevin step's gradient and flax's evaluation), ``update_model`` becomes
+  a step over L stacked mini-batches. Evaluating with the merged function of the README's first
+  recipe feeds it unstacked data instead, which flax's model rejects."""
+  TRACES.clear()
+  data = {k: jnp.asarray(v) for k, v in mnist.items()}
+  test_ds = {k: v[:16] for k, v in data.items()}  # unstacked, as flax evaluates
+  module = FlaxCNN()
+  state = entropy_optax.flax.TrainState.create(  # port: was train_state.TrainState
+    apply_fn=module.apply,
+    params=module.init(jax.random.key(0), jnp.ones([1, 28, 28, 1]))["params"],
+    tx=entropy_optax.entropy_sgd(1.0, momentum=0.9, nesterov=False, num_langevin_steps=L),
+  )
+  losses, test_accuracies = [], []
+  for epoch in range(3):
+    state, loss, _ = flax_train_epoch(state, data, BATCH, jax.random.key(epoch))
+    _, test_loss, test_accuracy = flax_apply_model(state, test_ds["image"], test_ds["label"])
+    losses.append(loss)
+    test_accuracies.append(float(test_accuracy))
+  assert losses[-1] < 0.8 * losses[0], losses
+  assert np.isfinite(float(test_loss)) and 0 <= test_accuracies[-1] <= 1
+  assert TRACES["flax_train_step"] == 1 and int(state.step) == 3 * 32 // (BATCH * L)
+  # flax_apply_model: traced once for a training batch (at x and in the Langevin steps, inside
+  # the step) and once for the test set.
+  assert TRACES["flax_apply_model"] == 2, TRACES
+  # The pitfall: a step that expects L stacked batches, given flax's unstacked test data.
+  with pytest.raises(Exception, match="ScopeParamShapeError|expected to generate shape"):
+    apply_model(
+      create_train_state(jax.random.key(0), entropy_optax.entropy_sgd(0.1, num_langevin_steps=L)),
+      test_ds["image"],
+      test_ds["label"],
+      jax.random.key(0),
+    )
+
+
+# ---- A step-counted loop (flax's NNX MNIST tutorial: train_steps, eval_every) -------------------
+
+
+def repeated_batches(data, batch_size, num_batches):
+  """The tutorial's ``train_ds.repeat().batch(batch_size).take(train_steps)``."""
+  n = len(data["label"]) // batch_size
+  for i in range(num_batches):
+    j = i % n
+    yield {k: v[j * batch_size : (j + 1) * batch_size] for k, v in data.items()}
+
+
+def step_counted_loop(data, train_steps, eval_every, num_batches):
+  """The tutorial's loop over ``num_batches`` batches (its ``.take(train_steps)``); returns
+  the steps it evaluated at and the optimizer's step count."""
+  model = CNN(rngs=nnx.Rngs(0))
+  tx = optax.chain(entropy_optax.local_entropy(L), optax.adamw(0.01, 0.9))  # port
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
+  rngs, evaluated = nnx.Rngs(0), []
+  stream = stack_batches(repeated_batches(data, BATCH, num_batches), L)  # port
+  for step, batches in enumerate(stream):
+    tutorial_train_step(model, optimizer, metrics, rngs, batches)
+    if step > 0 and (step % eval_every == 0 or step == train_steps - 1):
+      evaluated.append(step)  # the tutorial computes and logs the metrics here
+  return evaluated, int(optimizer.step[...])
+
+
+def test_step_counted_loop_keeps_its_budget_and_its_final_evaluation(mnist):
+  """The tutorial's budget is ``train_steps`` batches (``.take(train_steps)``): L stacked per
+  step, the stream ends after train_steps // L steps, before ``step == train_steps - 1``, and
+  the final evaluation never runs. Counting steps of L batches keeps both."""
+  train_steps, eval_every = 12, 4  # the tutorial: 1200 and 200
+  evaluated, updates = step_counted_loop(mnist, train_steps, eval_every, train_steps)
+  assert updates == train_steps // L and evaluated == [4]  # no final evaluation (step 11)
+  evaluated, updates = step_counted_loop(
+    mnist, train_steps // L, eval_every // L, train_steps
+  )  # port: the budget and the evaluation period in steps of L batches
+  assert updates == train_steps // L and evaluated == [2, 4, 5]  # the final one: step 5
+
+
 # ---- The errors of a half-done port, and the shared loop with a plain optimizer --------------
 
 

@@ -67,6 +67,7 @@ def summarize(
   num_test: int,
   paper: str | None,
   heldout: Mapping[str, Any] | None = None,
+  diverged: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
   """The results of a finished run from all its metrics records (resumed or not).
 
@@ -76,12 +77,19 @@ def summarize(
   evaluated split (nats per token for a language model). ``heldout``: the metrics of a split
   evaluated once at the end (a text's test split, the evaluated one being its validation
   split), stored as ``heldout_loss`` (and ``heldout_error``, in % like ``test_error``) per seed.
+  ``diverged``: ``{seed: step}`` of the seeds whose loss or parameters stopped being finite;
+  their errors are NaN, means and standard deviations are over the other seeds (NaN when none
+  is left), and ``diverged`` lists ``{"seed", "step"}`` of each.
   """
+  diverged = dict(diverged or {})
   seeds = sorted({r["seed"] for r in records})
   final = [max((r for r in records if r["seed"] == s), key=lambda r: r["step"]) for s in seeds]
-  errors = [100 * r["val_error"] for r in final]
+  errors = [np.nan if r["seed"] in diverged else 100 * r.get("val_error", np.nan) for r in final]
   best = [
-    100 * min(r["val_error"] for r in records if r["seed"] == s and "val_error" in r) for s in seeds
+    np.nan
+    if s in diverged
+    else 100 * min(r["val_error"] for r in records if r["seed"] == s and "val_error" in r)
+    for s in seeds
   ]
   timeline = sorted({(r["step"], r["wall_time"], r["effective_epochs"]) for r in records})
   steps, wall, effective = timeline[-1]
@@ -95,10 +103,8 @@ def summarize(
     "num_train": num_train,
     "num_test": num_test,
     "seeds": seeds,
-    "test_error": errors,
-    "test_error_mean": float(np.mean(errors)),
-    "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0,
-    "best_test_error_mean": float(np.mean(best)),
+    **_per_seed("test_error", errors),
+    "best_test_error_mean": _finite_mean(best),
     "final_train_loss": [r["train_loss"] for r in final],
     "outer_epochs": final[0]["epoch"],
     "effective_epochs": effective,
@@ -108,19 +114,57 @@ def summarize(
     "time_per_step_s": per_step,
     "time_per_effective_epoch_s": per_step * steps / effective,
     "paper": paper,
-    **_per_seed("val_loss", [r.get("val_loss", np.nan) for r in final]),
+    **_per_seed(
+      "val_loss", [np.nan if r["seed"] in diverged else r.get("val_loss", np.nan) for r in final]
+    ),
+    "diverged": [{"seed": s, "step": n} for s, n in sorted(diverged.items())],
   }
   if heldout is not None:
-    out.update(_per_seed("heldout_loss", np.atleast_1d(heldout["val_loss"]).tolist()))
-    out.update(_per_seed("heldout_error", (100 * np.atleast_1d(heldout["val_error"])).tolist()))
+    scale = {"loss": 1.0, "error": 100.0}
+    for key in ("loss", "error"):
+      values = (scale[key] * np.atleast_1d(heldout[f"val_{key}"])).tolist()
+      values = [np.nan if s in diverged else v for s, v in zip(seeds, values)]
+      out.update(_per_seed(f"heldout_{key}", values))
   return out
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+  """The mean of the finite values (NaN if there is none)."""
+  finite = [float(v) for v in values if np.isfinite(v)]
+  return float(np.mean(finite)) if finite else float("nan")
+
+
 def _per_seed(key: str, values: Sequence[float]) -> dict[str, Any]:
-  """``key`` (a value per seed), its mean and its sample standard deviation."""
+  """``key`` (a value per seed), and the mean and sample standard deviation of its finite
+  values (a diverged seed's are NaN; the mean is NaN when no value is finite)."""
   values = [float(v) for v in values]
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-  return {key: values, f"{key}_mean": float(np.mean(values)), f"{key}_std": std}
+  finite = [v for v in values if np.isfinite(v)]
+  std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+  return {key: values, f"{key}_mean": _finite_mean(values), f"{key}_std": std}
+
+
+def divergence_note(results: Mapping[str, Any]) -> str:
+  """How a run diverged, "" if it did not: "diverged at step N" when every seed did (N the
+  first), else which seeds did and at which steps.
+
+  Examples:
+    >>> divergence_note({"seeds": [0], "diverged": [{"seed": 0, "step": 7}]})
+    'diverged at step 7'
+    >>> divergence_note({"seeds": [0, 1], "diverged": [{"seed": 1, "step": 7}]})
+    'seed 1 diverged at step 7'
+  """
+  diverged = results.get("diverged") or []
+  if not diverged:
+    return ""
+  if len(diverged) == len(results["seeds"]):
+    return f"diverged at step {min(d['step'] for d in diverged)}"
+  return ", ".join(f"seed {d['seed']} diverged at step {d['step']}" for d in diverged)
+
+
+def all_diverged(results: Mapping[str, Any]) -> bool:
+  """Whether every seed of a run diverged (it has no accuracy to report)."""
+  diverged = results.get("diverged") or []
+  return bool(diverged) and len(diverged) == len(results["seeds"])
 
 
 def format_result(results: Mapping[str, Any]) -> str:
@@ -128,6 +172,12 @@ def format_result(results: Mapping[str, Any]) -> str:
   language model: validation and test loss, ``text_loss``)."""
   n = len(results["seeds"])
   paper = f"; paper: {results['paper']}" if results.get("paper") else ""
+  note = divergence_note(results)
+  if all_diverged(results):
+    return (
+      f"{note} ({n} seed{'s' if n > 1 else ''}; no accuracy), {results['wall_time_s']:.1f} s{paper}"
+    )
+  paper += f"; {note}" if note else ""
   if "heldout_loss" in results:  # a language model: validation and test loss
     return (
       f"validation {text_loss(results, 'val_loss')}, test {text_loss(results)} after "
@@ -144,6 +194,8 @@ def format_result(results: Mapping[str, Any]) -> str:
 def _format_time(time: Mapping[str, float] | None) -> str:
   if time is None:
     return ""
+  if time.get("diverged_at_step") is not None:
+    return f"diverged at step {time['diverged_at_step']}"
   if np.isnan(time["effective_epochs"]):
     return "not reached"
   return f"{time['effective_epochs']:g} / {time['seconds']:.0f}"
@@ -165,9 +217,15 @@ def comparison_table(
     published = ""
     if r.get("paper") and "acc." in r["paper"]:  # the benchmark's published accuracy
       published = f"{100 - float(r['paper'].split()[0]):.1f}"
+    note = divergence_note(r)
+    if all_diverged(r):
+      accuracy, best = note, ""
+    else:
+      accuracy = f"{100 - r['test_error_mean']:.1f} ± {r['test_error_std']:.1f}"
+      accuracy += f" ({note})" if note else ""
+      best = f"{100 - r['best_test_error_mean']:.1f}"
     lines.append(
-      f"| {name(model)} | {name(optimizer)} | {100 - r['test_error_mean']:.1f} ± "
-      f"{r['test_error_std']:.1f} | {100 - r['best_test_error_mean']:.1f} | "
+      f"| {name(model)} | {name(optimizer)} | {accuracy} | {best} | "
       f"{r['effective_epochs']:g} | {r['outer_steps']} | {len(r['seeds'])} | "
       f"{r['wall_time_s']:.0f} | {published} |"
       + (
@@ -216,7 +274,10 @@ def _pair(runs: list[dict[str, Any]], dataset: str) -> list[tuple[dict | None, d
 def text_loss(run: Mapping[str, Any], key: str = "heldout_loss") -> str:
   """A language model's loss per seed ``run[key]`` (nats per token) as the paper reports it:
   word perplexity (PTB), or nats and bits per character; mean ± std over seeds (seeds)."""
-  nats = np.asarray(run[key], np.float64)
+  nats = np.asarray(run[key], np.float64)  # a diverged seed's: NaN (null in results.json)
+  nats = nats[np.isfinite(nats)]
+  if not len(nats):
+    return divergence_note(run) or "not finite"
   std = lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0  # noqa: E731
   if run["dataset"].split(":")[0] in PERPLEXITY_DATASETS:
     ppl = np.exp(nats)
@@ -231,6 +292,10 @@ def _cells(run: dict[str, Any] | None, synthetic: bool) -> list[str]:
   error = f"{run['test_error_mean']:.2f} ± {run['test_error_std']:.2f} ({len(run['seeds'])})"
   if "heldout_loss" in run:  # a language model: its test split's loss
     error = text_loss(run)
+  if all_diverged(run):
+    error = divergence_note(run)
+  elif divergence_note(run):
+    error += f", {divergence_note(run)}"
   paper = "" if synthetic else (run.get("paper") or "")
   return [name(run["optimizer"]), error, f"{run['effective_epochs']:g}", paper]
 
@@ -302,6 +367,8 @@ def plot_error(
   for ax, (panel, runs) in zip(axes[0], panels.items()):
     for label, records in runs.items():
       x, y = error_curves(records, key, scale)
+      kept = ~np.isnan(y).all(0)  # evaluations after every seed diverged: NaN
+      x, y = x[kept], y[:, kept]
       if not len(x):
         continue
       (line,) = ax.plot(x, np.nanmean(y, axis=0), marker=".", label=label)
@@ -311,7 +378,8 @@ def plot_error(
         )
     ax.set(title=panel, xlabel="effective epochs", ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run that diverged before evaluating has no line
+      ax.legend()
   if title:
     fig.suptitle(title)
   fig.tight_layout()

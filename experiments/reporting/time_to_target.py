@@ -20,13 +20,15 @@ TARGET_FRACTION = 0.9
 
 
 def accuracy_target(final_accuracies: Sequence[float]) -> float:
-  """TARGET_FRACTION x the best of the compared runs' final mean test accuracies.
+  """TARGET_FRACTION x the best of the compared runs' final mean test accuracies (those that
+  are finite: a diverged run has none; NaN when no run has one).
 
   Examples:
-    >>> round(accuracy_target([0.5, 0.8]), 2)
+    >>> round(accuracy_target([0.5, 0.8, float("nan")]), 2)
     0.72
   """
-  return TARGET_FRACTION * float(np.max(final_accuracies))
+  finite = [a for a in final_accuracies if np.isfinite(a)]
+  return TARGET_FRACTION * float(np.max(finite)) if finite else float("nan")
 
 
 def time_to_target(
@@ -72,12 +74,20 @@ def comparison_times_to_target(
   results: Mapping[tuple[str, str], Mapping[str, Any]],
   records: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
 ) -> dict[tuple[str, str], dict[str, float]]:
-  """Per (model, optimizer): the model's target (% accuracy) and the run's time to it."""
+  """Per (model, optimizer): the model's target (% accuracy) and the run's time to it.
+
+  The seeds that diverged count for neither (their accuracy means nothing); a run whose every
+  seed diverged has ``diverged_at_step`` (its first) instead of a time.
+  """
   times = {}
   for model in dict.fromkeys(m for m, _ in results):
     keys = [k for k in results if k[0] == model]
     target = accuracy_target([100 - results[k]["test_error_mean"] for k in keys])
     for key in keys:
-      epochs, seconds = run_time_to_target(records[key], target)
+      diverged = {d["seed"]: d["step"] for d in results[key].get("diverged") or []}
+      kept = [r for r in records[key] if r["seed"] not in diverged]
+      epochs, seconds = run_time_to_target(kept, target)
       times[key] = {"target_accuracy": target, "effective_epochs": epochs, "seconds": seconds}
+      if summaries.all_diverged(results[key]):
+        times[key]["diverged_at_step"] = min(diverged.values())
   return times

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -55,6 +57,33 @@ def atomic_write(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+def os_error_code(error: BaseException) -> int | None:
+  """The errno behind ``error`` (an ``OSError`` in its chain, or the ``os_error_code`` that
+  tensorstore writes into orbax's messages), None if it is not a disk error."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno:
+      return error.errno
+    found = re.search(r"os_error_code='?(\d+)", str(error))
+    if found:
+      return int(found.group(1))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+class _ReportedDiskErrors(logging.Filter):
+  """Drops orbax's log records of a disk error in ``directory`` (tracebacks from its writer
+  threads, and asyncio's "Future exception was never retrieved" of the same writes): the run
+  reports that error in one line (``Checkpoints.save`` raises it as an ``OSError``)."""
+
+  def __init__(self, directory: pathlib.Path):
+    super().__init__()
+    self.directory = str(directory)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not ("os_error_code" in text and self.directory in text)
+
+
 class Checkpoints:
   """orbax checkpoints of a state under ``workdir/checkpoints``, verified by checksums."""
 
@@ -64,6 +93,9 @@ class Checkpoints:
     self.checksums = workdir / CHECKSUM_DIR
     self.keep = keep
     self.manager = self._manager()
+    quiet = _ReportedDiskErrors(self.directory)
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).addFilter(quiet)
 
   def _manager(self) -> ocp.CheckpointManager:
     # Synchronous saves: the state buffers are donated to the next jitted call.
@@ -79,10 +111,22 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state_dict: dict[str, Any]) -> None:
-    """Saves ``state_dict`` as ``step`` (every process writes its shards; process 0 the
-    checksums, once the step is complete)."""
-    self.manager.save(step, args=ocp.args.StandardSave(state_dict))
-    self.manager.wait_until_finished()
+    """Saves ``state_dict`` as step ``step`` (every process writes its shards), then its
+    checksums (process 0; a step without them is never restored); the older steps are deleted
+    only once it is complete.
+
+    Raises:
+      OSError: the disk refused a write (full, read-only, the directory gone), with its errno;
+        orbax's wrappers of such errors (tensorstore's ``ValueError``) are turned into one.
+    """
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state_dict))
+      self.manager.wait_until_finished()
+    except Exception as e:  # orbax reports a disk error as a ValueError from tensorstore
+      code = os_error_code(e)
+      if code is None:
+        raise
+      raise OSError(code, os.strerror(code), str(self.directory / str(step))) from e
     distributed.barrier(f"checkpoint {step} saved")
     if not distributed.is_writer():
       return

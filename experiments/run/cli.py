@@ -9,7 +9,8 @@ which have no per-field help). tyro's error boxes are condensed here into one li
 
 ``cli.main`` wraps a script's ``main(argv)``: known failures (a bad value, an unwritable or
 existing run directory, nothing to resume, an absent data set, a bad checkpoint) print one
-line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback.
+line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback;
+a job in which a run diverged exits ``EXIT_DIVERGED`` (3) at its end.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from experiments.run import checkpoints, directory
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
+EXIT_DIVERGED = 3
+"""The exit code of a job that ran to its end but in which a run diverged."""
 
 
 class UsageError(ValueError):
@@ -128,9 +131,9 @@ def main(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[..., int]
     except UsageError as e:
       print(f"error: {_one_line(str(e))}", file=sys.stderr)
       return 2
-    except KeyboardInterrupt:
-      print("interrupted: continue the run with --resume", file=sys.stderr)
-      return 130
+    except KeyboardInterrupt as e:  # a signal (experiments.trainer.preemption) or Ctrl-C
+      print(str(e) or "interrupted: continue the run with --resume", file=sys.stderr)
+      return getattr(e, "exit_code", 130)
     except Exception as e:  # pylint: disable=broad-except
       if not isinstance(e, _known_errors()):
         raise

@@ -13,7 +13,10 @@ files, reads and writes them, and decides whether a directory is a run to resume
   resumability check (``check_resumable``: the saved run is this one);
 * ``read_records`` / ``append_records`` / ``rewrite_records``: ``metrics.jsonl``; a last line
   cut by a kill is dropped on reading, never a crash;
-* ``read_json`` / ``write_json``: the other JSON files, written atomically.
+* ``read_json`` / ``write_json``: the other JSON files, written atomically; ``read_results``:
+  a results.json.
+* Every file is strict JSON (``to_json``): a number that is not finite is written as null,
+  which ``read_records`` and ``read_results`` read back as NaN.
 
 With several processes (``experiments.run.distributed``) process 0 alone prepares, locks and
 writes the directory; every process takes part in the checkpoints' saves and restores, and
@@ -26,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -35,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
@@ -232,19 +237,66 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
   return False
 
 
+# Fields of results.json whose null means "none", not a number that was not finite.
+_NULLABLE_RESULTS = ("paper",)
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+  """``value`` as strict JSON: a number that is not finite (NaN, infinity: a diverged run's
+  loss) becomes null, as JavaScript's ``JSON.stringify`` writes it, so that strict parsers
+  (``jq``, JavaScript, Go, serde) read every file a run writes; numpy scalars and arrays become
+  numbers and lists; other objects (paths) their ``str``."""
+  return json.dumps(_jsonable(value), indent=indent, allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.bool_):
+    return bool(value)
+  if value is None or isinstance(value, (str, bool)):
+    return value
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  if hasattr(value, "__array__"):  # numpy and jax arrays
+    return _jsonable(np.asarray(value).tolist())
+  return str(value)
+
+
+def _nan_for_null(value: Any, keep: tuple[str, ...] = ()) -> Any:
+  """``value`` read from JSON with every null NaN (but in the fields ``keep``)."""
+  if isinstance(value, dict):
+    return {k: v if k in keep else _nan_for_null(v, keep) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_nan_for_null(v, keep) for v in value]
+  return float("nan") if value is None else value
+
+
 def read_json(path: str | os.PathLike) -> Any:
+  """A JSON file as written (null stays None: config.json's options that are unset)."""
   return json.loads(pathlib.Path(path).read_text())
 
 
+def read_results(path: str | os.PathLike) -> Any:
+  """A results.json (a run's or a job's): its nulls, numbers that were not finite, are NaN."""
+  return _nan_for_null(read_json(path), _NULLABLE_RESULTS)
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
-  """Writes ``value`` atomically (a temporary file renamed into place)."""
-  ckpt_lib.atomic_write(pathlib.Path(path), json.dumps(value, indent=1, default=str) + "\n")
+  """Writes ``value`` as strict JSON (``to_json``), atomically (a temporary file renamed into
+  place)."""
+  ckpt_lib.atomic_write(pathlib.Path(path), to_json(value, indent=1) + "\n")
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The records in ``path`` (a directory's ``metrics.jsonl`` or the file); [] if absent.
 
-  A line that does not parse (cut by a kill while being written) ends the records.
+  A line that does not parse (cut by a kill while being written) ends the records. A null is a
+  number that was not finite (``to_json``) and is read as NaN.
   """
   path = pathlib.Path(path)
   if path.is_dir():
@@ -256,14 +308,14 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not line.strip():
       continue
     try:
-      records.append(json.loads(line))
+      records.append(_nan_for_null(json.loads(line)))
     except json.JSONDecodeError:
       break
   return records
 
 
 def _lines(records: Iterable[Mapping[str, Any]]) -> str:
-  return "".join(json.dumps(r) + "\n" for r in records)
+  return "".join(to_json(r) + "\n" for r in records)
 
 
 def append_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
@@ -314,6 +366,7 @@ class RunFiles:
     self.writer = distributed.is_writer()
     self.config_path = self.workdir / CONFIG_FILE
     self.records_path = self.workdir / METRICS_FILE
+    self.failed = False  # a write failed (the disk): closing may fail too
     self.checkpoints = (
       ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
       if config.checkpoint_every_steps
@@ -358,23 +411,64 @@ class RunFiles:
       entropy_optax=entropy_optax.__version__,
       device_history=_device_history(self.config_path, step, self.run_info.get("devices")),
     )
-    if self.writer:
-      write_json(self.config_path, info)
-      rewrite_records(self.records_path, previous)
+    try:
+      if self.writer:
+        write_json(self.config_path, info)
+        rewrite_records(self.records_path, previous)
+    except OSError as e:
+      raise self.disk_error(f"{CONFIG_FILE} and {METRICS_FILE}", e) from None
     return restored, previous
 
   def write(self, step: int, records, checkpoint: dict[str, Any] | None) -> None:
-    """Appends a call's ``records`` (process 0); saves ``checkpoint`` (a state dict) when
-    given (every process)."""
-    if self.writer:
-      append_records(self.records_path, records)
-    if checkpoint is not None and self.checkpoints is not None:
-      self.checkpoints.save(step, checkpoint)
+    """Appends a call's ``records`` (process 0); saves ``checkpoint`` (a state dict) when given
+    (every process).
+
+    Raises:
+      WorkdirError: the disk refused a write (full, read-only, the directory gone); the run
+        stops there, its last complete checkpoint intact (``disk_error``).
+    """
+    what = f"the records of step {step}"
+    try:
+      if self.writer:
+        append_records(self.records_path, records)
+      if checkpoint is not None and self.checkpoints is not None:
+        what = f"the checkpoint of step {step}"
+        self.checkpoints.save(step, checkpoint)
+    except OSError as e:
+      self.failed = True
+      raise self.disk_error(what, e) from None
+
+  def disk_error(self, what: str, error: OSError) -> WorkdirError:
+    """The one line that stops a run whose directory refused ``what``: why, and what is kept."""
+    if not self.workdir.is_dir():
+      return WorkdirError(
+        f"cannot write {what}: the run directory {self.workdir} no longer exists; the run "
+        "stopped (its files went with the directory)."
+      )
+    complete = (
+      sorted(int(p.stem) for p in self.checkpoints.checksums.glob("*.json"))
+      if (self.checkpoints is not None and self.checkpoints.checksums.is_dir())
+      else []
+    )
+    kept = (
+      f"the checkpoint of step {complete[-1]} is intact: free space or make {self.workdir} "
+      "writable, then continue the run with --resume"
+      if complete
+      else "no checkpoint was complete yet: --resume will start the run afresh"
+    )
+    return WorkdirError(
+      f"cannot write {what} in {self.workdir} ({error.strerror or error}); the run stopped; {kept}."
+    )
 
   def close(self) -> None:
-    if self.checkpoints is not None:
+    distributed.barrier("run files closed")  # process 0's last records are written
+    if self.checkpoints is None:
+      return
+    try:
       self.checkpoints.close()
-    distributed.barrier("run files closed")
+    except Exception:  # after a failed write: its error is the one to report
+      if not self.failed:
+        raise
 
 
 def _device_history(
@@ -407,7 +501,7 @@ def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None
     for name in _TRAJECTORY_FIELDS
     if saved["config"].get(name) != run_info["config"][name]
   ]
-  if saved.get("metadata", {}) != json.loads(json.dumps(run_info["metadata"], default=str)):
+  if saved.get("metadata", {}) != json.loads(to_json(run_info["metadata"])):
     diffs.append("the run's configuration differs")
   if diffs:
     raise CheckpointError(

@@ -118,7 +118,7 @@ def run_experiment(
         log(f"{workdir}: finished already; its results:")
         return Run(
           config,
-          directory.read_json(workdir / directory.RESULTS_FILE),
+          directory.read_results(workdir / directory.RESULTS_FILE),
           directory.read_records(workdir),
           None,
           workdir,
@@ -148,6 +148,7 @@ def run_experiment(
       resume=None if resuming else False,
       metadata={"experiment": dataclasses.asdict(config)},
       log=log,
+      divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
     )
     all_records = directory.read_records(workdir)
 
@@ -170,6 +171,7 @@ def run_experiment(
       if config.synthetic
       else configs.paper_result(config.dataset, config.model, config.optimizer),
       heldout=heldout,
+      diverged=result.diverged,
     )
     if distributed.is_writer():
       directory.write_json(workdir / directory.RESULTS_FILE, results)
@@ -236,6 +238,19 @@ def run_grid(
     return runs
 
 
+def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:
+  """``cli.EXIT_DIVERGED`` if a run diverged (after a line naming them), else 0: a job goes on
+  with its other runs and says at its end that some diverged."""
+  bad = [run for run in runs if run.results.get("diverged")]
+  if not bad:
+    return 0
+  log(
+    f"{len(bad)} of {len(runs)} run(s) diverged: "
+    + "; ".join(f"{run.workdir} ({summaries.divergence_note(run.results)})" for run in bad)
+  )
+  return cli.EXIT_DIVERGED
+
+
 def run_preset(
   prog: str, description: str, presets: Mapping[str, config_lib.Preset], argv: Sequence[str] | None
 ) -> int:
@@ -247,7 +262,7 @@ def run_preset(
   run = run_experiment(config, options, explicit=explicit)
   print(summaries.format_result(run.results))
   print(f"results: {run.workdir / directory.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
-  return 0
+  return diverged_exit_code([run])
 
 
 def run_comparison(

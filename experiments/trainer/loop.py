@@ -15,6 +15,12 @@ the device, with any optax optimizer or a local-entropy one:
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
   part of the state and the data order is a function of (seed, step): a resumed run reproduces
   an uninterrupted one bit for bit on CPU.
+* SIGTERM and SIGINT (``experiments.trainer.preemption``): the call in flight finishes, a
+  checkpoint of its step is saved, and ``preemption.Interrupted`` says to continue with
+  ``--resume``.
+* Divergence (``experiments.trainer.divergence``): a seed whose training loss or parameters
+  are no longer finite is caught at the call's record, reported in one line (``log``) and marked
+  in its records; the other seeds go on, and the run stops when every seed has diverged.
 * ``num_seeds`` > 1 trains that many seeds at once (vmap over the whole state; each seed builds
   its optimizer with its own noise key). ``mesh`` (``experiments.run.distributed.make_mesh``):
   the seeds split over its axis ``'seed'``, every batch over its axis ``'data'``; with several
@@ -43,8 +49,8 @@ from tqdm.auto import tqdm
 from entropy_optax.flax import takes_grad_fn
 from experiments.run import directory, distributed
 from experiments.run.checkpoints import CheckpointError
+from experiments.trainer import divergence, preemption, step_runners
 from experiments.trainer import records as records_lib
-from experiments.trainer import step_runners
 from experiments.trainer import steps as steps_lib
 from experiments.trainer.steps import LoopState, Task, cross_entropy
 
@@ -141,11 +147,13 @@ class TrainConfig:
 @dataclasses.dataclass
 class TrainResult:
   """``state``: the final ``LoopState`` (a leading seed axis if num_seeds > 1, then a replica
-  axis if replicas > 1); ``records``:
-  the metrics records of this process's calls."""
+  axis if replicas > 1); ``records``: the metrics records of this process's calls;
+  ``diverged``: ``{seed: step}`` of the seeds whose loss or parameters stopped being finite
+  (``experiments.trainer.divergence``)."""
 
   state: LoopState
   records: list[dict[str, Any]]
+  diverged: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def train(
@@ -161,6 +169,7 @@ def train(
   metadata: Mapping[str, Any] | None = None,
   callback: Callable[[list[dict[str, Any]], LoopState], None] | None = None,
   log: Callable[[str], None] = print,
+  divergence_hint: str = "try a lower learning rate or clip the gradients",
 ) -> TrainResult:
   """Trains ``model`` on ``data``; see the module docstring.
 
@@ -179,7 +188,8 @@ def train(
       same, but an error if there is none; False: start afresh (an error if there are some).
     metadata: JSON-able facts stored in ``config.json``; a resumed run must pass the same.
     callback: ``callback(records, state)`` after each call, on the host; it may raise to stop.
-    log: where a fallback to an older checkpoint is reported.
+    log: where a fallback to an older checkpoint and a divergence are reported.
+    divergence_hint: what the line that reports a divergence tells the user to try.
 
   Returns:
     A ``TrainResult``.
@@ -215,6 +225,7 @@ def train(
       state = state.replace(**restored)
   step = int(np.max(distributed.fetch(state.step)))
   wall_offset = previous[-1]["wall_time"] if previous else 0.0
+  diverged = divergence.from_records(previous)
   new_records: list[dict[str, Any]] = []
   bar = tqdm(
     total=config.num_steps,
@@ -224,6 +235,8 @@ def train(
     dynamic_ncols=True,
   )
   start = time.perf_counter()
+  stop = preemption.StopOnSignal(log)  # SIGTERM, SIGINT: a checkpoint, then Interrupted
+  stop.install()
   try:
     while step < config.num_steps:
       num_steps = min(config.steps_per_call - step % config.steps_per_call, config.num_steps - step)
@@ -233,7 +246,16 @@ def train(
       evaluated = None
       if done or (config.eval_every_steps and step % config.eval_every_steps == 0):
         evaluated = fns.evaluate(fns.before_eval(state, train_data), val_data)
-      metrics, evaluated = distributed.fetch((metrics, evaluated))  # the call's one host sync
+      finite = divergence.params_finite(state.params, batched=batched)
+      # The call's one host sync.
+      metrics, evaluated, finite = distributed.fetch((metrics, evaluated, finite))
+      for seed, at in divergence.find(
+        metrics["train_loss"], finite, step=step, seeds=config.seeds, batched=batched
+      ).items():
+        if seed not in diverged:
+          diverged[seed] = at
+          log(divergence.message(str(workdir or "the run"), seed, at, divergence_hint))
+      stopped = len(diverged) == config.num_seeds  # every seed diverged: nothing left to train
       made = records_lib.make(
         step=step,
         seeds=config.seeds,
@@ -244,19 +266,33 @@ def train(
         wall_time=wall_offset + time.perf_counter() - start,
         batched=batched,
       )
+      divergence.mark(made, diverged)
       new_records += made
+      # A signal that comes later is handled after the next call.
+      interrupting = stop.requested is not None
       if run is not None:
         save = done or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+        save = (save or interrupting) and not stopped  # all diverged: not worth keeping
         run.write(step, made, checkpoint=steps_lib.state_dict(state) if save else None)
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
         callback(made, state)
+      if stopped:
+        break
+      if interrupting:
+        break
+    if stop.requested is not None and not stopped:  # also after the last call: a job stops
+      saved = run is not None and run.checkpoints is not None
+      raise preemption.Interrupted(
+        stop.message(str(workdir or "the run"), step, saved), stop.requested
+      )
   finally:
+    stop.restore()
     bar.close()
     if run is not None:
       run.close()
-  return TrainResult(state=state, records=new_records)
+  return TrainResult(state=state, records=new_records, diverged=diverged)
 
 
 def evaluate(

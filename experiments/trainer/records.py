@@ -5,7 +5,10 @@ steps_per_epoch), ``effective_epochs`` (L x epoch), ``wall_time`` (s since the r
 resumed runs included), ``train_loss`` (mean over the call), the ``LangevinStats`` fields of a
 local-entropy optimizer (``gamma``: the last; the others: means), Parle's ``elastic_rho`` (the
 last) and ``replica_spread`` (mean), and after an evaluation ``val_loss`` and ``val_error`` (a
-fraction, on the test split). ``experiments.run.directory`` reads and writes them.
+fraction, on the test split); a seed that diverged has ``diverged_at_step`` in every record from
+then on (``experiments.trainer.divergence``), and its evaluations are NaN.
+``experiments.run.directory`` reads and writes them (a number that is not finite as null, read
+back as NaN).
 """
 
 from __future__ import annotations
