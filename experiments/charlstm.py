@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from experiments.configs import charlstm as configs
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, directory, jobs
+from experiments.run import cli, comparison, directory, distributed, jobs
 
 DEFAULT = comparison.GridJob(
   models=("char_lstm",),
@@ -56,22 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     "character (mean ± std over seeds). The paper's figures are War and Peace after 25-40 "
     "epochs."
   )
-  (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-  directory.write_json(
-    root / directory.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
-  )
-  panels = {
-    summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
-    for m in job.models
-  }
-  summaries.plot_error(
-    panels,
-    root / "valid_cross_entropy.png",
-    title="char-LSTM (cf. Fig. 6b)",
-    key="val_loss",
-    scale=1.0,
-    ylabel="validation cross-entropy (nats/char)",
-  )
+  if distributed.is_writer():  # process 0 writes the job's files
+    (root / "summary.md").write_text(f"{header}\n\n{table}\n")
+    directory.write_json(
+      root / directory.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
+    )
+    panels = {
+      summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
+      for m in job.models
+    }
+    summaries.plot_error(
+      panels,
+      root / "valid_cross_entropy.png",
+      title="char-LSTM (cf. Fig. 6b)",
+      key="val_loss",
+      scale=1.0,
+      ylabel="validation cross-entropy (nats/char)",
+    )
   print(f"\n{header}\n\n{table}\n")
   print(
     f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "

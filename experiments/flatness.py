@@ -35,7 +35,7 @@ import tyro
 
 from experiments.configs.flatness import JOBS
 from experiments.reporting import summaries
-from experiments.run import cli, comparison, components, directory, jobs
+from experiments.run import cli, comparison, components, directory, distributed, jobs
 from experiments.run.schema import ConfigError
 from experiments.studies.flatness_analysis import analyse, choose_method
 from experiments.studies.flatness_report import WHAT, plot, table
@@ -60,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   options = args.run.replace(
     workdir=args.run.workdir or f"runs/flatness-{first.dataset}-{first.model}{synthetic}"
   )
+  jobs.join_processes(options)
+  if distributed.process_count() > 1:
+    raise ConfigError(
+      "the flatness analysis runs in one process (each spectrum needs the whole model on one "
+      "host): drop --num-processes; --mesh splits the training over this host's devices."
+    )
   runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
   ds = components.load_data(first, options.data_dir, options.download)
   method = choose_method(args, configs, next(iter(runs.values())).results["num_params"])

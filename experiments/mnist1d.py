@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from experiments.configs import mnist1d as configs
 from experiments.reporting import summaries, time_to_target
-from experiments.run import cli, comparison, directory, jobs
+from experiments.run import cli, comparison, directory, distributed, jobs
 
 DEFAULT = comparison.GridJob(
   models=("mlp1d", "cnn1d"),
@@ -54,16 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"{time_to_target.TARGET_FRACTION:g} x the model's best final accuracy (seconds since "
     "the run started, compilation included)."
   )
-  (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-  directory.write_json(
-    root / directory.RESULTS_FILE,
-    {f"{m}-{o}": {**run.results, "time_to_target": times[m, o]} for (m, o), run in runs.items()},
-  )
-  panels = {
-    summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
-    for m in job.models
-  }
-  summaries.plot_error(panels, root / "test_error.png", title="MNIST-1D")
+  if distributed.is_writer():  # process 0 writes the job's files
+    (root / "summary.md").write_text(f"{header}\n\n{table}\n")
+    directory.write_json(
+      root / directory.RESULTS_FILE,
+      {f"{m}-{o}": {**run.results, "time_to_target": times[m, o]} for (m, o), run in runs.items()},
+    )
+    panels = {
+      summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
+      for m in job.models
+    }
+    summaries.plot_error(panels, root / "test_error.png", title="MNIST-1D")
   print(f"\n{header}\n\n{table}\n")
   print(
     f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "

@@ -19,7 +19,7 @@ def main():
   devices = jax.devices()
   cfg = t.config(num_steps=20, eval_every_steps=0, checkpoint_every_steps=0)
   single = loop.train(cfg, t.MODEL, t.TX, t.tiny_data())
-  mesh = Mesh(np.array(devices), (loop.BATCH_AXIS,))
+  mesh = Mesh(np.array(devices), (loop.DATA_AXIS,))
   sharded = loop.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
   diffs = jax.tree.map(
     lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),

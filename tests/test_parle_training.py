@@ -99,7 +99,7 @@ def test_data_parallel_sgd_replicas_stay_identical():
 
 
 def test_replicas_need_one_device():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (loop.BATCH_AXIS,))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (loop.DATA_AXIS,))
   with pytest.raises(ValueError, match="vmapped on one device"):
     loop.train(t.config(replicas=2), MODEL, parle_tx, t.tiny_data(), mesh=mesh)
 

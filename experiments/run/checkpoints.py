@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from experiments.run import distributed
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_DIR = "checkpoints.sha256"
 
@@ -100,15 +102,18 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=self.keep, create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(
+      self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
   def steps(self) -> list[int]:
     """Every complete step orbax sees, verified or not."""
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state_dict: dict[str, Any]) -> None:
-    """Saves ``state_dict`` as step ``step``, then its checksums (a step without them is never
-    restored); the older steps are deleted only once it is complete.
+    """Saves ``state_dict`` as step ``step`` (every process writes its shards), then its
+    checksums (process 0; a step without them is never restored); the older steps are deleted
+    only once it is complete.
 
     Raises:
       OSError: the disk refused a write (full, read-only, the directory gone), with its errno;
@@ -122,6 +127,9 @@ class Checkpoints:
       if code is None:
         raise
       raise OSError(code, os.strerror(code), str(self.directory / str(step))) from e
+    distributed.barrier(f"checkpoint {step} saved")
+    if not distributed.is_writer():
+      return
     self.checksums.mkdir(parents=True, exist_ok=True)
     digests = _file_digests(self.directory / str(step))
     atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
@@ -163,6 +171,15 @@ class Checkpoints:
       )
     return None
 
+  def agreed_latest_good(self, log: Callable[[str], None] = print) -> int | None:
+    """``latest_good`` decided by process 0 (which alone sets bad steps aside) and agreed by
+    every process: they all restore the same step, or all fail."""
+    if distributed.process_count() == 1:
+      return self.latest_good(log)
+    step = distributed.writer_decides(lambda: self.latest_good(log))
+    self.manager.reload()  # process 0 may have moved bad steps aside
+    return step
+
   def restore(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
     """The state dict saved at ``step``, verified; ``target`` gives the structure, shapes and
     shardings (arrays or ``jax.ShapeDtypeStruct``), or None for the saved arrays as numpy."""
@@ -172,8 +189,13 @@ class Checkpoints:
         f"checkpoint {self.directory / str(step)} cannot be restored: {problem}."
       )
     try:
-      if target is None:
-        restored = self.manager.restore(step)
+      if target is None:  # onto this process's first device, whatever devices saved it
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = self.manager.item_metadata(step)
+        target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
+        )
+        restored = jax.device_get(self.manager.restore(step, args=ocp.args.StandardRestore(target)))
       else:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -7,7 +7,9 @@ A run directory holds ``config.json`` (the run's config and facts about the mach
 ``grid.json`` and one run directory per run. This module is the one place that names these
 files, reads and writes them, and decides whether a directory is a run to resume:
 
-* ``prepare``: never overwrite a run by accident, never delete what is not one;
+* ``writing``: one writer per run (a lock file naming the host, process and start time; a
+  second writer is refused, the lock of a dead process taken over) and ``prepare``: never
+  overwrite a run by accident, never delete what is not one;
 * ``RunFiles``: what the training loop writes (config.json, records, checkpoints, events) and
   the one resumability check (``check_resumable``: the saved run is this one);
 * ``read_records`` / ``append_records`` / ``rewrite_records``: ``metrics.jsonl``; a last line
@@ -16,18 +18,26 @@ files, reads and writes them, and decides whether a directory is a run to resume
   a results.json.
 * Every file is strict JSON (``to_json``): a number that is not finite is written as null,
   which ``read_records`` and ``read_results`` read back as NaN.
+
+With several processes (``experiments.run.distributed``) process 0 alone prepares, locks and
+writes the directory; every process takes part in the checkpoints' saves and restores, and
+process 0's verdict on which checkpoint is good holds for all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
 import json
 import math
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -45,6 +55,7 @@ METRICS_FILE = "metrics.jsonl"
 
 RESULTS_FILE = "results.json"
 GRID_FILE = "grid.json"
+LOCK_FILE = "writer.lock"
 # Files that mark a directory as a run (or a grid of runs) that --overwrite may replace.
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, GRID_FILE, "checkpoints")
 
@@ -57,8 +68,131 @@ class WorkdirError(OSError):
   """The run directory cannot be used (unwritable, not a run, nothing to resume)."""
 
 
+class RunLockedError(WorkdirError):
+  """Another live process is writing the run directory."""
+
+
 def is_run_dir(path: pathlib.Path) -> bool:
   return any((path / name).exists() for name in RUN_MARKERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+  """Who writes a run: the lock file's content."""
+
+  host: str
+  pid: int
+  started: str  # UTC, ISO 8601
+  process_start: str | None = None  # /proc's start time of pid: tells a reused pid apart
+
+  def describe(self) -> str:
+    return f"process {self.pid} on {self.host} (since {self.started})"
+
+  def alive(self) -> bool | None:
+    """Whether the process still runs (None: on another host, it cannot be told)."""
+    if self.host != socket.gethostname():
+      return None
+    try:
+      os.kill(self.pid, 0)
+    except ProcessLookupError:
+      return False
+    except PermissionError:  # it exists, under another user
+      return True
+    return self.process_start is None or self.process_start == _process_start(self.pid)
+
+
+def _process_start(pid: int) -> str | None:
+  try:  # field 22 of /proc/PID/stat, after the command name in brackets
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _this_process() -> Holder:
+  now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+  return Holder(socket.gethostname(), os.getpid(), now, _process_start(os.getpid()))
+
+
+def read_holder(path: pathlib.Path) -> Holder | None:
+  """The holder of ``path``'s lock (None: no lock; an unreadable one counts as a dead holder)."""
+  lock = pathlib.Path(path) / LOCK_FILE
+  try:
+    return Holder(**json.loads(lock.read_text()))
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, TypeError):
+    return Holder("?", -1, "?")
+
+
+def _refuse_if_held(path: pathlib.Path) -> Holder | None:
+  """Raises ``RunLockedError`` if a live process holds ``path``; returns a dead holder."""
+  holder = read_holder(path)
+  if holder is None or holder.pid == os.getpid() and holder.host == socket.gethostname():
+    return None
+  alive = holder.alive() if holder.pid >= 0 else False
+  if alive is False:
+    return holder
+  where = "" if alive else f" (on another host: if it has ended, delete {path / LOCK_FILE})"
+  raise RunLockedError(
+    f"{path} is being written by {holder.describe()}{where}; wait for it to end or stop it, "
+    "or choose another --workdir (nothing was changed)."
+  )
+
+
+def _lock(path: pathlib.Path, stale: Holder | None, log: Callable[[str], None]) -> Holder:
+  lock = path / LOCK_FILE
+  if stale is not None:  # one taker wins the rename; another then meets the new lock
+    with contextlib.suppress(FileNotFoundError):
+      os.replace(lock, path / f"{LOCK_FILE}.stale")
+      (path / f"{LOCK_FILE}.stale").unlink()
+      log(f"{path}: took over the lock of {stale.describe()}, which is no longer running.")
+  me = _this_process()
+  try:
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    _refuse_if_held(path)  # raises if a live process took it meanwhile
+    raise RunLockedError(f"{path}: another process took the lock meanwhile; try again.") from None
+  with os.fdopen(fd, "w") as f:
+    f.write(json.dumps(dataclasses.asdict(me)) + "\n")
+  return me
+
+
+def _unlock(path: pathlib.Path, me: Holder) -> None:
+  if read_holder(path) == me:
+    (path / LOCK_FILE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(
+  workdir: str | os.PathLike,
+  *,
+  resume: bool,
+  overwrite: bool,
+  log: Callable[[str], None] = print,
+) -> Iterator[bool]:
+  """Holds ``workdir`` as its one writer while the block runs; yields whether it holds a run
+  to resume (``prepare``).
+
+  A run written by another live process is refused (``RunLockedError`` naming it), before
+  anything else is checked or changed; the lock of a process that is no longer running is
+  taken over, with a line to ``log``. With several processes, process 0 does this; the
+  others learn its answer.
+  """
+  path = pathlib.Path(workdir)
+  held: list[Holder] = []
+
+  def claim() -> bool:
+    stale = _refuse_if_held(path)
+    resuming = prepare(path, resume=resume, overwrite=overwrite)
+    held.append(_lock(path, stale, log))
+    return resuming
+
+  resuming = distributed.writer_decides(claim)
+  try:
+    yield bool(resuming)
+  finally:
+    if held:
+      _unlock(path, held[0])
 
 
 def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool:
@@ -73,7 +207,7 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
   if resume and overwrite:
     raise ConfigError("--resume and --overwrite exclude each other: pick one.")
   path = pathlib.Path(workdir)
-  existing = path.is_dir() and any(path.iterdir())
+  existing = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
   if resume:
     if not (existing and is_run_dir(path)):
       raise WorkdirError(
@@ -233,6 +367,7 @@ class RunFiles:
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.config, self.run_info, self.log = config, run_info, log
+    self.writer = distributed.is_writer()
     self.config_path = self.workdir / CONFIG_FILE
     self.records_path = self.workdir / METRICS_FILE
     self.failed = False  # a write failed (the disk): closing may fail too
@@ -265,7 +400,7 @@ class RunFiles:
     step, restored = None, None
     if resume is not False and available:
       check_resumable(self.config_path, self.run_info)
-      step = self.checkpoints.latest_good(self.log)
+      step = self.checkpoints.agreed_latest_good(self.log)
     if resume is True and step is None:
       raise CheckpointError(
         f"{self.workdir} has no checkpoint: there is nothing to resume; "
@@ -279,12 +414,13 @@ class RunFiles:
       code_version=_code_version(),
       jax=jax.__version__,
       entropy_optax=entropy_optax.__version__,
-      devices=str(jax.devices()),
+      device_history=_device_history(self.config_path, step, self.run_info.get("devices")),
     )
     try:
-      write_json(self.config_path, info)
-      rewrite_records(self.records_path, previous)
-      if self.config.tensorboard and distributed.is_writer():
+      if self.writer:
+        write_json(self.config_path, info)
+        rewrite_records(self.records_path, previous)
+      if self.config.tensorboard and self.writer:
         self.events = tensorboard_lib.Events(
           self.workdir / tensorboard_lib.EVENTS_DIR,
           self.config.seeds,
@@ -298,8 +434,8 @@ class RunFiles:
     return restored, previous
 
   def write(self, step: int, records, checkpoint: dict[str, Any] | None) -> None:
-    """Appends a call's ``records`` (and their events); saves ``checkpoint`` (a state dict)
-    when given.
+    """Appends a call's ``records`` and their events (process 0); saves ``checkpoint`` (a
+    state dict) when given (every process).
 
     Raises:
       WorkdirError: the disk refused a write (full, read-only, the directory gone); the run
@@ -307,7 +443,8 @@ class RunFiles:
     """
     what = f"the records of step {step}"
     try:
-      append_records(self.records_path, records)
+      if self.writer:
+        append_records(self.records_path, records)
       if self.events is not None:
         what = f"the TensorBoard events of step {step}"
         self.events.write(records)
@@ -341,6 +478,7 @@ class RunFiles:
     )
 
   def close(self) -> None:
+    distributed.barrier("run files closed")  # process 0's last records are written
     try:
       if self.events is not None:
         self.events.close()
@@ -349,6 +487,18 @@ class RunFiles:
     except Exception:  # after a failed write: its error is the one to report
       if not self.failed:
         raise
+
+
+def _device_history(
+  config_path: pathlib.Path, step: int | None, devices: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+  """Which mesh trained which steps: the saved history up to the restored ``step``, and this
+  session's devices from ``step`` (a run may be resumed on other devices)."""
+  history = []
+  if step is not None and config_path.exists():
+    saved = read_json(config_path).get("device_history", [])
+    history = [h for h in saved if h["from_step"] < step]
+  return [*history, {"from_step": step or 0, **dict(devices or {})}]
 
 
 def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None:

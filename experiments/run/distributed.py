@@ -7,7 +7,8 @@ One run may span several processes (hosts), each running the same program on its
 * ``is_writer()``: only process 0 writes a run's files (config.json, metrics, checksums, plots,
   summaries, TensorBoard events); every process takes part in orbax's checkpoint saves.
 * ``agree(value)``: process 0's value on every process (e.g. which checkpoint is good), so that
-  no process decides alone.
+  no process decides alone; ``writer_decides(fn)``: ``fn`` (which writes) on process 0 alone,
+  its result or its error on every process.
 * ``make_mesh("seed=2,data=4", ...)``: the devices of a run as a ``jax.sharding.Mesh`` with the
   axes ``seed`` (the seeds of a run on different devices) and ``data`` (each batch split).
 * ``fetch(tree)``: the host copy of arrays that may span other processes' devices.
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -29,6 +30,7 @@ from jax.sharding import Mesh
 
 from experiments.run.schema import ConfigError
 
+T = TypeVar("T")
 SEED_AXIS = "seed"
 DATA_AXIS = "data"
 MESH_AXES = (SEED_AXIS, DATA_AXIS)
@@ -121,6 +123,35 @@ def agree(value: Any) -> Any:
   )
 
 
+_MESSAGE_BYTES = 1024
+
+
+def writer_decides(fn: Callable[[], T]) -> T:
+  """``fn()`` run by process 0 alone (e.g. preparing the run directory); its result (None, a
+  bool or an int) on every process, or its error: process 0 re-raises it, the others raise a
+  ``ConfigError`` with its message (so that no process waits for one that failed)."""
+  if jax.process_count() == 1:
+    return fn()
+  status, value, message = np.zeros(3, np.int64), None, np.zeros(_MESSAGE_BYTES, np.uint8)
+  error = None
+  if is_writer():
+    try:
+      value = fn()
+      status[:] = (0, int(value or 0), value is None)
+    except Exception as e:  # pylint: disable=broad-except  # every process must hear of it
+      error = e
+      text = f"process 0: {' '.join(str(e).split())}".encode()[:_MESSAGE_BYTES]
+      status[0], message[: len(text)] = 1, np.frombuffer(text, np.uint8)
+  status, message = agree((status, message))
+  if error is not None:
+    raise error
+  if status[0]:
+    raise ConfigError(bytes(np.asarray(message, np.uint8)).rstrip(b"\0").decode(errors="replace"))
+  if is_writer():
+    return value
+  return None if status[2] else int(status[1])  # a bool comes back as 0 or 1
+
+
 def fetch(tree: Any) -> Any:
   """The host (numpy) copy of a pytree of arrays, also of arrays on other processes'
   devices (every process must call it, in the same order)."""
@@ -205,4 +236,5 @@ def describe(mesh: Mesh | None) -> dict[str, Any]:
     "platform": devices[0].platform,
     "device_processes": [d.process_index for d in devices],
     "process_count": jax.process_count(),
+    "device_count": jax.device_count(),
   }

@@ -2,11 +2,11 @@
 
 ``run_experiment(config, options)`` is the flow of every experiment:
 
-    resuming = directory.prepare(workdir)          # never overwrite, never delete a non-run
-    data = components.load_data(config)              # registries: experiments/run/components.py
-    model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, len(data))
-    loop.train(train_config(config, ...), model, make_tx, data, workdir)
-    results.json, error.png                     # experiments/reporting/summaries.py
+    with directory.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
+      data = components.load_data(config)           # registries: experiments/run/components.py
+      model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
+      loop.train(train_config(config, ...), model, make_tx, data, workdir, mesh=...)
+      results.json, error.png                       # experiments/reporting/summaries.py
 
 ``run_grid`` runs several configs, one subdirectory each.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import checkpoints, cli, comparison, components, directory
+from experiments.run import checkpoints, cli, comparison, components, directory, distributed
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig, RunOptions
 from experiments.trainer import loop, steps
@@ -108,75 +108,103 @@ def run_experiment(
   """
 
   components.validate(config, prefix)
+  join_processes(options)
+  if not options.resume:  # a bad mesh is an error before anything is written
+    distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
   workdir = pathlib.Path(options.workdir)
-  resuming = directory.prepare(workdir, resume=options.resume, overwrite=options.overwrite)
-  if resuming:
-    config = directory.saved_config(workdir, explicit, prefix) or config
-    if (workdir / directory.RESULTS_FILE).exists():
-      log(f"{workdir}: finished already; its results:")
-      return Run(
-        config,
-        directory.read_results(workdir / directory.RESULTS_FILE),
-        directory.read_records(workdir),
-        None,
-        workdir,
-      )
-  ds = components.load_data(config, options.data_dir, options.download)
-  model = components.make_model(config, ds.num_classes)
-  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-  tcfg = train_config(config, len(ds.train_x), options.progress, options.tensorboard)
-  log(
-    f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
-    f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
-    f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
-    f"{config.num_seeds} seed(s)"
-  )
-  task = components.make_task(config, model)
-  result = loop.train(
-    tcfg,
-    model,
-    make_tx,
-    ds,
-    workdir,
-    task=task,
-    resume=None if resuming else False,
-    metadata={"experiment": dataclasses.asdict(config)},
-    learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
-    log=log,
-    divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
-  )
-  all_records = directory.read_records(workdir)
+  with directory.writing(
+    workdir, resume=options.resume, overwrite=options.overwrite, log=log
+  ) as resuming:
+    if resuming:
+      config = directory.saved_config(workdir, explicit, prefix) or config
+      if (workdir / directory.RESULTS_FILE).exists():
+        log(f"{workdir}: finished already; its results:")
+        return Run(
+          config,
+          directory.read_results(workdir / directory.RESULTS_FILE),
+          directory.read_records(workdir),
+          None,
+          workdir,
+        )
+    ds = components.load_data(config, options.data_dir, options.download)
+    model = components.make_model(config, ds.num_classes)
+    make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
+    tcfg = train_config(
+      config, len(ds.train_x), options.progress and distributed.is_writer(), options.tensorboard
+    )
+    mesh = distributed.make_mesh(
+      options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
+    )  # the saved config's seeds and batch when resuming
+    log(
+      f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
+      f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
+      f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
+      f"{config.num_seeds} seed(s), {describe_devices(mesh)}"
+    )
+    task = components.make_task(config, model)
+    result = loop.train(
+      tcfg,
+      model,
+      make_tx,
+      ds,
+      workdir,
+      task=task,
+      mesh=mesh,
+      resume=None if resuming else False,
+      metadata={"experiment": dataclasses.asdict(config)},
+      learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
+      log=log,
+      divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
+    )
+    all_records = directory.read_records(workdir)
 
-  num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
-  heldout = components.DATASETS[config.dataset].heldout
-  if heldout is not None:  # a split evaluated once, at the end (a text's test split)
-    heldout = loop.evaluate(tcfg, result.state, heldout(config, options.data_dir), task=task)
-  results = summaries.summarize(
-    all_records,
-    dataset=ds.name,
-    model=config.model,
-    optimizer=config.optimizer,
-    langevin_steps=config.langevin_steps,
-    num_params=num_params // (config.num_seeds * config.replicas),
-    num_train=len(ds.train_x),
-    num_test=len(ds.test_x),
-    paper=None
-    if config.synthetic
-    else configs.paper_result(config.dataset, config.model, config.optimizer),
-    heldout=heldout,
-    diverged=result.diverged,
-  )
-  directory.write_json(workdir / directory.RESULTS_FILE, results)
-  summaries.plot_error(
-    {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
-  )
-  return Run(config, results, all_records, result.state, workdir)
+    num_params = sum(int(np.size(a)) for a in jax.tree.leaves(result.state.params))
+    heldout = components.DATASETS[config.dataset].heldout
+    if heldout is not None:  # a split evaluated once, at the end (a text's test split)
+      heldout = loop.evaluate(
+        tcfg, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
+      )
+    results = summaries.summarize(
+      all_records,
+      dataset=ds.name,
+      model=config.model,
+      optimizer=config.optimizer,
+      langevin_steps=config.langevin_steps,
+      num_params=num_params // (config.num_seeds * config.replicas),
+      num_train=len(ds.train_x),
+      num_test=len(ds.test_x),
+      paper=None
+      if config.synthetic
+      else configs.paper_result(config.dataset, config.model, config.optimizer),
+      heldout=heldout,
+      diverged=result.diverged,
+    )
+    if distributed.is_writer():
+      directory.write_json(workdir / directory.RESULTS_FILE, results)
+      summaries.plot_error(
+        {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
+      )
+    return Run(config, results, all_records, result.state, workdir)
 
 
 def describe(config: RunConfig) -> str:
   return (
     f"{config.dataset}{' (synthetic)' if config.synthetic else ''} {config.model} "
     f"{config.optimizer}"
+  )
+
+
+def join_processes(options: RunOptions) -> None:
+  """Joins the run's other processes (``--coordinator-address`` etc.), before any device work."""
+  distributed.initialize(options.coordinator_address, options.num_processes, options.process_id)
+
+
+def describe_devices(mesh) -> str:
+  facts = distributed.describe(mesh)
+  sizes = ",".join(f"{axis}={size}" for axis, size in facts["mesh"].items())
+  processes = facts["process_count"]
+  return f"mesh {sizes} on {len(facts['devices'])} {facts['platform']} device(s)" + (
+    f" of {processes} processes" if processes > 1 else ""
   )
 
 
@@ -190,27 +218,30 @@ def run_grid(
   """Runs (or resumes) several configs, each in the subdirectory of ``options.workdir`` named
   by its key; ``comparison.json`` lists them. With ``options.resume`` finished runs are kept and
   unfinished ones continue; a resumed run must have the config given here."""
+  join_processes(options)
   root = pathlib.Path(options.workdir)
-  resuming = directory.prepare(root, resume=options.resume, overwrite=options.overwrite)
-  if not (root / directory.GRID_FILE).exists():  # marks the directory as a run
-    directory.write_json(
-      root / directory.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
-    )
-  runs = {}
-  for key, config in named_configs.items():
-    sub = root / key
-    started = sub.is_dir() and directory.is_run_dir(sub)
-    sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
-    # Every field counts as given explicitly: a saved run with other values is an error.
-    runs[key] = run_experiment(
-      config,
-      sub_options,
-      explicit=dataclasses.asdict(config),
-      prefix=dict(prefixes).get(key, ""),
-      log=log,
-    )
-    log(f"  {key}: {summaries.format_result(runs[key].results)}")
-  return runs
+  with directory.writing(
+    root, resume=options.resume, overwrite=options.overwrite, log=log
+  ) as resuming:
+    if distributed.is_writer() and not (root / directory.GRID_FILE).exists():  # marks a run
+      directory.write_json(
+        root / directory.GRID_FILE, {n: dataclasses.asdict(c) for n, c in named_configs.items()}
+      )
+    runs = {}
+    for key, config in named_configs.items():
+      sub = root / key
+      started = sub.is_dir() and directory.is_run_dir(sub)
+      sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
+      # Every field counts as given explicitly: a saved run with other values is an error.
+      runs[key] = run_experiment(
+        config,
+        sub_options,
+        explicit=dataclasses.asdict(config),
+        prefix=dict(prefixes).get(key, ""),
+        log=log,
+      )
+      log(f"  {key}: {summaries.format_result(runs[key].results)}")
+    return runs
 
 
 def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:

@@ -302,6 +302,16 @@ class RunOptions:
   """tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"""
   download: bool = True
   """let tfds download and prepare an absent data set"""
+  mesh: str | None = None
+  """devices of the run as AXIS=SIZE pairs: seed (the seeds of the run on different devices),
+  data (every batch split over devices), e.g. data=8 or seed=2,data=4 (None: one device)"""
+  coordinator_address: str | None = None
+  """several processes (hosts) in one run: HOST:PORT of process 0's jax.distributed coordinator
+  (default: $JAX_COORDINATOR_ADDRESS)"""
+  num_processes: int | None = None
+  """the run's number of processes (default: $JAX_NUM_PROCESSES, else 1)"""
+  process_id: int | None = None
+  """this process's index in 0 .. num_processes - 1 (default: $JAX_PROCESS_ID)"""
 
   def replace(self, **changes: Any) -> RunOptions:
     return dataclasses.replace(self, **changes)

@@ -23,7 +23,10 @@ the device, with any optax optimizer or a local-entropy one:
   are no longer finite is caught at the call's record, reported in one line (``log``) and marked
   in its records; the other seeds go on, and the run stops when every seed has diverged.
 * ``num_seeds`` > 1 trains that many seeds at once (vmap over the whole state; each seed builds
-  its optimizer with its own noise key). ``mesh``: data parallelism over the axis ``'batch'``.
+  its optimizer with its own noise key). ``mesh`` (``experiments.run.distributed.make_mesh``):
+  the seeds split over its axis ``'seed'``, every batch over its axis ``'data'``; with several
+  processes (``jax.distributed``) every process runs this same loop on the global arrays and
+  process 0 alone writes.
 * Extensions (a carried recurrent state, a pre-evaluation hook, another data order, another
   loss): ``steps.Task``.
 """
@@ -45,12 +48,11 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from entropy_optax.flax import takes_grad_fn
-from experiments.run import directory
+from experiments.run import directory, distributed
 from experiments.run.checkpoints import CheckpointError
 from experiments.trainer import divergence, preemption, step_runners
 from experiments.trainer import records as records_lib
 from experiments.trainer import steps as steps_lib
-from experiments.trainer.step_runners import BATCH_AXIS
 from experiments.trainer.steps import LoopState, Task, cross_entropy
 
 __all__ = [
@@ -64,8 +66,11 @@ __all__ = [
   "LoopState",
   "Task",
   "cross_entropy",
-  "BATCH_AXIS",
+  "DATA_AXIS",
+  "SEED_AXIS",
 ]
+
+DATA_AXIS, SEED_AXIS = distributed.DATA_AXIS, distributed.SEED_AXIS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +187,8 @@ def train(
     workdir: where ``metrics.jsonl``, ``config.json`` and the checkpoints go; None keeps
       everything in memory.
     task: the loss and the loop's extension points (``steps.Task``).
-    mesh: a ``jax.sharding.Mesh`` with an axis ``'batch'`` for data parallelism.
+    mesh: a ``jax.sharding.Mesh`` with an axis ``'seed'`` (the seeds split over it) and/or
+      ``'data'`` (every batch split over it); None: one device.
     resume: None: resume from the newest good checkpoint if any, else start afresh; True: the
       same, but an error if there is none; False: start afresh (an error if there are some).
     metadata: JSON-able facts stored in ``config.json``; a resumed run must pass the same.
@@ -219,6 +225,7 @@ def train(
     "num_examples": num_examples,
     "num_val": num_val,
     "step_runner_used": runner,
+    "devices": distributed.describe(mesh),
   }
   run = directory.RunFiles(workdir, config, run_info, log) if workdir is not None else None
   previous: list[dict[str, Any]] = []
@@ -226,7 +233,7 @@ def train(
     restored, previous = run.open(steps_lib.state_dict(state), resume)
     if restored is not None:
       state = state.replace(**restored)
-  step = int(np.max(np.asarray(state.step)))
+  step = int(np.max(distributed.fetch(state.step)))
   wall_offset = previous[-1]["wall_time"] if previous else 0.0
   diverged = divergence.from_records(previous)
   new_records: list[dict[str, Any]] = []
@@ -251,7 +258,7 @@ def train(
         evaluated = fns.evaluate(fns.before_eval(state, train_data), val_data)
       finite = divergence.params_finite(state.params, batched=batched)
       # The call's one host sync.
-      metrics, evaluated, finite = jax.device_get((metrics, evaluated, finite))
+      metrics, evaluated, finite = distributed.fetch((metrics, evaluated, finite))
       for seed, at in divergence.find(
         metrics["train_loss"], finite, step=step, seeds=config.seeds, batched=batched
       ).items():
@@ -314,7 +321,7 @@ def evaluate(
   fn = lambda s, x, y, w: steps_lib.evaluate(center(s), x, y, w, size, task)  # noqa: E731
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))
-  return jax.device_get(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
+  return distributed.fetch(jax.jit(fn)(state, _pad(x, size), _pad(y, size), w))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,9 +379,12 @@ class _Constant:
 
 def _eval_batch(config: TrainConfig, num_val: int, mesh) -> int:
   size = min(config.eval_batch_size, num_val)
-  if mesh is not None:  # a multiple of the device count
-    size = -(-size // mesh.shape[BATCH_AXIS]) * mesh.shape[BATCH_AXIS]
-  return size
+  parts = _axis_size(mesh, DATA_AXIS)  # a multiple of the devices that split it
+  return -(-size // parts) * parts
+
+
+def _axis_size(mesh, axis: str) -> int:
+  return mesh.shape[axis] if mesh is not None and axis in mesh.axis_names else 1
 
 
 def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -383,19 +393,27 @@ def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def _put_data(data, config: TrainConfig, mesh):
-  """Train and padded validation data on the device (replicated over a mesh)."""
+  """Train and padded validation data on the device (replicated over a mesh: every process
+  holds the same whole data set and contributes its devices' copies)."""
   train_x, train_y, val_x, val_y = (np.asarray(a) for a in data)
   if len(train_x) < config.batch_size:
     raise ValueError(
       f"batch_size={config.batch_size} exceeds the {len(train_x)} training examples."
     )
   if mesh is not None:
-    if BATCH_AXIS not in mesh.axis_names:
-      raise ValueError(f"The mesh needs an axis named {BATCH_AXIS!r}; it has {mesh.axis_names}.")
-    if config.batch_size % mesh.shape[BATCH_AXIS]:
+    if not set(mesh.axis_names) & {DATA_AXIS, SEED_AXIS}:
+      raise ValueError(
+        f"The mesh needs an axis named {DATA_AXIS!r} or {SEED_AXIS!r}; it has {mesh.axis_names}."
+      )
+    if config.batch_size % _axis_size(mesh, DATA_AXIS):
       raise ValueError(
         f"batch_size={config.batch_size} must be divisible by the "
-        f"{mesh.shape[BATCH_AXIS]} devices of the mesh axis {BATCH_AXIS!r}."
+        f"{_axis_size(mesh, DATA_AXIS)} devices of the mesh axis {DATA_AXIS!r}."
+      )
+    if config.num_seeds % _axis_size(mesh, SEED_AXIS):
+      raise ValueError(
+        f"num_seeds={config.num_seeds} must be divisible by the "
+        f"{_axis_size(mesh, SEED_AXIS)} devices of the mesh axis {SEED_AXIS!r}."
       )
   eval_bs = _eval_batch(config, len(val_x), mesh)
   val_w = _pad(np.ones(len(val_x), np.float32), eval_bs)

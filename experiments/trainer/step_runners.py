@@ -11,6 +11,11 @@ A call of k outer steps runs in one of two ways (``RunConfig.step_runner``):
 
 Both give the same trajectory up to float rounding, and each is deterministic, so a resumed run
 (which makes the same choice) reproduces an uninterrupted one bit for bit on CPU.
+
+Over a ``Mesh`` (``experiments.run.distributed.make_mesh``) the state's leading seed axis is
+split over the mesh axis ``seed`` (``vmap(spmd_axis_name=...)``: each device trains its own
+seeds) and every mini-batch over the axis ``data`` (XLA inserts the gradient all-reduce). A
+mesh may lack either axis.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments.run.distributed import DATA_AXIS, SEED_AXIS
 from experiments.trainer import steps
 
-BATCH_AXIS = "batch"
 RUNNERS = ("auto", "scan", "dispatch")
 
 
@@ -46,8 +51,12 @@ def choose_runner(runner: str, model, example_x, task: steps.Task = steps.Task()
   return "dispatch" if on_cpu and uses_convolutions(model, example_x, task) else "scan"
 
 
-def _vmap_if(batched: bool, fn: Callable, in_axes) -> Callable:
-  return jax.vmap(fn, in_axes=in_axes) if batched else fn
+def state_sharding(mesh, batched: bool) -> NamedSharding | None:
+  """Where the state lives: its leading seed axis split over ``seed``, or replicated."""
+  if mesh is None:
+    return None
+  seed_split = batched and SEED_AXIS in mesh.axis_names
+  return NamedSharding(mesh, P(SEED_AXIS) if seed_split else P())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +95,17 @@ def compiled_functions(
   (``steps.replica_mean``, then ``task.before_eval``).
   """
   batches_per_step = langevin_steps if fresh_batches else 1
-  replicated = NamedSharding(mesh, P()) if mesh is not None else None
+  spmd_axis = SEED_AXIS if mesh is not None and SEED_AXIS in mesh.axis_names else None
+
+  def vmap_seeds(fn: Callable, in_axes) -> Callable:
+    # spmd_axis_name: the sharding constraints inside put the seed axis on the mesh's `seed`.
+    return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=spmd_axis) if batched else fn
 
   def constrain_batch(a, axis):
-    if mesh is None:
+    if mesh is None or DATA_AXIS not in mesh.axis_names:
       return a
     spec = [None] * a.ndim
-    spec[axis] = BATCH_AXIS
+    spec[axis] = DATA_AXIS
     return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
   def init(seed, example_x):
@@ -135,15 +148,15 @@ def compiled_functions(
   @functools.cache
   def scan_call(num_steps):
     fn = functools.partial(scan_steps, num_steps=num_steps)
-    return jax.jit(_vmap_if(batched, fn, (0, None)), donate_argnums=0)
+    return jax.jit(vmap_seeds(fn, (0, None)), donate_argnums=0)
 
   @functools.cache
   def indices_call(num_steps):
     fn = functools.partial(indices, num_steps=num_steps)
-    return jax.jit(_vmap_if(batched, fn, (0,)))
+    return jax.jit(vmap_seeds(fn, (0,)))
 
   step_at = jax.jit(
-    _vmap_if(batched, lambda s, d, idx, i: one_step(s, d, idx[i]), (0, None, 0, None)),
+    vmap_seeds(lambda s, d, idx, i: one_step(s, d, idx[i]), (0, None, 0, None)),
     donate_argnums=0,
   )
   stack_axis = 1 if batched else 0
@@ -166,11 +179,11 @@ def compiled_functions(
     return task.before_eval(state, *data) if task.before_eval else state
 
   return Functions(
-    init=jax.jit(_vmap_if(batched, init, (0, None)), out_shardings=replicated),
+    init=jax.jit(vmap_seeds(init, (0, None)), out_shardings=state_sharding(mesh, batched)),
     call=call,
-    evaluate=jax.jit(_vmap_if(batched, evaluate_one, (0, None))),
+    evaluate=jax.jit(vmap_seeds(evaluate_one, (0, None))),
     before_eval=(
-      jax.jit(_vmap_if(batched, before_eval, (0, None)))
+      jax.jit(vmap_seeds(before_eval, (0, None)))
       if task.before_eval or replicas > 1
       else (lambda state, data: state)
     ),

@@ -1,0 +1,196 @@
+"""Scaling out through the command line: --mesh over 8 simulated devices, two processes joined by
+jax.distributed on 127.0.0.1, one writer per run (issue 23).
+
+The device counts are fixed when JAX starts, so the mesh and multi-process checks run in fresh
+processes (tests/scale_out_check.py, tests/two_process_check.py), bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from experiments import mnist1d
+from experiments.run import directory
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUN = "mlp1d-entropy-sgd"
+
+
+def run_check(script: str, *args: str, devices: int = 1) -> dict:
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+  )
+  out = subprocess.run(
+    [sys.executable, str(REPO / "tests" / script), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+  return run_check("scale_out_check.py", devices=8)
+
+
+@pytest.mark.slow
+def test_mesh_data_8_splits_batches_and_matches_one_device(eight_devices):
+  r = eight_devices
+  assert r["devices"] == 8
+  assert r["one"]["param_devices"] == 1
+  assert r["data8"]["param_devices"] == 8 and r["data8"]["seeds_per_device"] == [8]
+  assert r["data8_diff"] < 1e-5, r["data8_diff"]
+  for a, b in zip(r["one"]["records"], r["data8"]["records"], strict=True):
+    assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_mesh_seed_8_puts_one_seed_per_device(eight_devices):
+  r = eight_devices
+  assert r["seed8"]["param_devices"] == 8 and r["seed8"]["seeds_per_device"] == [1]
+  # Each device runs its seed's program alone: the same arithmetic as the unsharded vmap, up to
+  # XLA's choice of vectorisation for 1 instead of 8 seeds.
+  assert r["seed8_diff"] < 1e-6, r["seed8_diff"]
+
+
+@pytest.mark.slow
+def test_config_json_records_the_devices_used(eight_devices):
+  r = eight_devices
+  assert r["one"]["config_devices"]["devices"] == ["cpu:0"]
+  assert r["one"]["config_devices"]["mesh"] == {"seed": 1, "data": 1}
+  assert r["one"]["config_devices"]["device_count"] == 8  # available, not used
+  assert r["data8"]["config_devices"]["mesh"] == {"seed": 1, "data": 8}
+  assert r["seed8"]["config_devices"]["mesh"] == {"seed": 8, "data": 1}
+  for name in ("data8", "seed8"):
+    assert r[name]["config_devices"]["devices"] == [f"cpu:{i}" for i in range(8)]
+
+
+@pytest.mark.slow
+def test_resume_on_another_mesh(eight_devices):
+  """A run trained with seed=8 resumes with seed=2,data=4 and ends where it would have; config.json
+  says which mesh trained which steps."""
+  r = eight_devices
+  assert r["resumed_diff"] < 1e-5, r["resumed_diff"]
+  history = r["resumed_devices"]
+  assert [h["mesh"] for h in history] == [{"seed": 8, "data": 1}, {"seed": 2, "data": 4}]
+  assert history[0]["from_step"] == 0 < history[1]["from_step"]
+
+
+@pytest.mark.slow
+def test_bad_meshes_are_one_line_errors(eight_devices):
+  errors = eight_devices["errors"]
+  expected = {
+    "not_dividing_devices": "must divide the 8 devices",
+    "not_dividing_seeds": "must divide --num-seeds 4",
+    "not_dividing_batch": "must divide --batch-size 20",
+    "unknown_axis": "AXIS=SIZE pairs of the axes seed and data",
+  }
+  for name, text in expected.items():
+    e = errors[name]
+    assert e["code"] == 1 and not e["trained"], e
+    assert e["stderr"].startswith("error: ") and "\n" not in e["stderr"], e
+    assert text in e["stderr"], e
+
+
+@pytest.mark.slow
+def test_shard_map_data_parallel_step_equals_one_device_step(eight_devices):
+  """The library under shard_map over 8 devices: a grad_fn that averages over the data axis
+  (the loss under check_vma, the gradient without) gives the one-device updates."""
+  for how, diff in eight_devices["shard_map_diffs"].items():
+    assert diff < 1e-6, (how, diff)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path):
+  r = run_check("two_process_check.py", str(tmp_path))
+  assert r["one"][0]["code"] == 0, r["one"]
+  assert [p["code"] for p in r["killed"]] == [-9, -9], r["killed"]
+  assert [p["code"] for p in r["resumed"]] == [0, 0], r["resumed"]
+  assert r["killed_at_checkpoints"], "killed before the first checkpoint was complete"
+  # The dead processes' locks are taken over, with a line saying so (process 0 holds them).
+  assert "took over the lock of process" in r["resumed"][0]["output"]
+  # gloo sums the 4 devices' gradients across processes in another order than one process's
+  # all-reduce: float32 rounding (measured 4.5e-7 after 48 updates), not a different trajectory.
+  # (Against an uninterrupted two-process run the resumed one measured bit-identical; that run is
+  # left out here to keep the test to five process starts.)
+  assert r["max_param_diff"] < 1e-5, r["max_param_diff"]
+  keys = [(rec["step"], rec["seed"]) for rec in r["records_two"]]
+  assert keys == [(rec["step"], rec["seed"]) for rec in r["records_one"]]
+  assert len(set(keys)) == len(keys)  # no duplicate records
+  for a, b in zip(r["records_one"], r["records_two"], strict=True):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+  history = r["config_two"]["device_history"]
+  assert len(history) == 2 and history[1]["from_step"] > 0
+  for h in history:
+    assert h["process_count"] == 2 and h["device_processes"] == [0, 0, 1, 1]
+  assert not any(".tmp" in f or f.endswith(directory.LOCK_FILE) for f in r["files_two"])
+
+
+def live_process():
+  return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def write_lock(path: pathlib.Path, pid: int) -> str:
+  path.mkdir(parents=True, exist_ok=True)
+  holder = {"host": socket.gethostname(), "pid": pid, "started": "2026-01-01T00:00:00+00:00"}
+  (path / directory.LOCK_FILE).write_text(json.dumps(holder))
+  return (path / directory.LOCK_FILE).read_text()
+
+
+ARGV = ["--models", "mlp1d", "--optimizers", "sgd", "--num-train", "64", "--no-progress"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys, resume):
+  """A run whose lock names a live process: a second start (or --resume) is refused in one line
+  that names it, and nothing in the directory changes."""
+  holder = live_process()
+  try:
+    workdir = tmp_path / "job"
+    lock = write_lock(workdir, holder.pid)
+    if resume:  # a run to resume, being written
+      (workdir / directory.GRID_FILE).write_text("{}")
+    before = {p: p.read_bytes() for p in workdir.rglob("*")}
+    code = mnist1d.main([*ARGV, "--workdir", str(workdir), *(["--resume"] if resume else [])])
+    err = capsys.readouterr().err.strip()
+  finally:
+    holder.kill()
+    holder.wait()
+  assert code == 1 and "\n" not in err, err
+  assert f"being written by process {holder.pid} on {socket.gethostname()}" in err, err
+  assert "--resume" not in err, err
+  assert {p: p.read_bytes() for p in workdir.rglob("*")} == before
+  assert (workdir / directory.LOCK_FILE).read_text() == lock
+
+
+def test_a_dead_writers_lock_is_taken_over(tmp_path):
+  dead = live_process()
+  dead.kill()
+  dead.wait()
+  workdir = tmp_path / "run"
+  write_lock(workdir, dead.pid)
+  lines = []
+  with directory.writing(workdir, resume=False, overwrite=False, log=lines.append) as resuming:
+    assert not resuming
+    holder = directory.read_holder(workdir)
+    assert (holder.pid, holder.host) == (os.getpid(), socket.gethostname())
+  assert lines == [
+    f"{workdir}: took over the lock of process {dead.pid} on {socket.gethostname()} (since "
+    "2026-01-01T00:00:00+00:00), which is no longer running."
+  ]
+  assert not (workdir / directory.LOCK_FILE).exists()  # released at the end
+  assert directory.read_holder(workdir) is None
