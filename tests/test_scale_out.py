@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from experiments import mnist1d
-from experiments.run import directory
+from experiments.run import directory, writer_lock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = "mlp1d-entropy-sgd"
@@ -184,13 +184,13 @@ def test_a_dead_writers_lock_is_taken_over(tmp_path):
   workdir = tmp_path / "run"
   write_lock(workdir, dead.pid)
   lines = []
-  with directory.writing(workdir, resume=False, overwrite=False, log=lines.append) as resuming:
+  with writer_lock.writing(workdir, resume=False, overwrite=False, log=lines.append) as resuming:
     assert not resuming
-    holder = directory.read_holder(workdir)
+    holder = writer_lock.read_holder(workdir)
     assert (holder.pid, holder.host) == (os.getpid(), socket.gethostname())
   assert lines == [
     f"{workdir}: took over the lock of process {dead.pid} on {socket.gethostname()} (since "
     "2026-01-01T00:00:00+00:00), which is no longer running."
   ]
   assert not (workdir / directory.LOCK_FILE).exists()  # released at the end
-  assert directory.read_holder(workdir) is None
+  assert writer_lock.read_holder(workdir) is None

@@ -7,11 +7,11 @@ A run directory holds ``config.json`` (the run's config and facts about the mach
 ``grid.json`` and one run directory per run. This module is the one place that names these
 files, reads and writes them, and decides whether a directory is a run to resume:
 
-* ``writing``: one writer per run (a lock file naming the host, process and start time; a
-  second writer is refused, the lock of a dead process taken over) and ``prepare``: never
-  overwrite a run by accident, never delete what is not one;
-* ``RunFiles``: what the training loop writes (config.json, records, checkpoints, events) and
-  the one resumability check (``check_resumable``: the saved run is this one);
+* ``prepare``: never overwrite a run by accident, never delete what is not one (one writer
+  at a time: ``experiments.run.writer_lock.writing`` calls it under the lock);
+* ``check_resumable``: the one resumability check (the saved run is this one), and
+  ``saved_config``: the config a resumed run continues with (``experiments.run.run_files``:
+  what the loop writes as it goes);
 * ``read_records`` / ``append_records`` / ``rewrite_records``: ``metrics.jsonl``; a last line
   cut by a kill is dropped on reading, never a crash;
 * ``read_json`` / ``write_json``: the other JSON files, written atomically; ``read_results``:
@@ -26,27 +26,18 @@ process 0's verdict on which checkpoint is good holds for all.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime
 import json
 import math
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
-import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import distributed, schema
-from experiments.run import tensorboard as tensorboard_lib
+from experiments.run import schema
 from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import ConfigError, RunConfig
 
@@ -68,131 +59,8 @@ class WorkdirError(OSError):
   """The run directory cannot be used (unwritable, not a run, nothing to resume)."""
 
 
-class RunLockedError(WorkdirError):
-  """Another live process is writing the run directory."""
-
-
 def is_run_dir(path: pathlib.Path) -> bool:
   return any((path / name).exists() for name in RUN_MARKERS)
-
-
-@dataclasses.dataclass(frozen=True)
-class Holder:
-  """Who writes a run: the lock file's content."""
-
-  host: str
-  pid: int
-  started: str  # UTC, ISO 8601
-  process_start: str | None = None  # /proc's start time of pid: tells a reused pid apart
-
-  def describe(self) -> str:
-    return f"process {self.pid} on {self.host} (since {self.started})"
-
-  def alive(self) -> bool | None:
-    """Whether the process still runs (None: on another host, it cannot be told)."""
-    if self.host != socket.gethostname():
-      return None
-    try:
-      os.kill(self.pid, 0)
-    except ProcessLookupError:
-      return False
-    except PermissionError:  # it exists, under another user
-      return True
-    return self.process_start is None or self.process_start == _process_start(self.pid)
-
-
-def _process_start(pid: int) -> str | None:
-  try:  # field 22 of /proc/PID/stat, after the command name in brackets
-    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
-
-
-def _this_process() -> Holder:
-  now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-  return Holder(socket.gethostname(), os.getpid(), now, _process_start(os.getpid()))
-
-
-def read_holder(path: pathlib.Path) -> Holder | None:
-  """The holder of ``path``'s lock (None: no lock; an unreadable one counts as a dead holder)."""
-  lock = pathlib.Path(path) / LOCK_FILE
-  try:
-    return Holder(**json.loads(lock.read_text()))
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError, TypeError):
-    return Holder("?", -1, "?")
-
-
-def _refuse_if_held(path: pathlib.Path) -> Holder | None:
-  """Raises ``RunLockedError`` if a live process holds ``path``; returns a dead holder."""
-  holder = read_holder(path)
-  if holder is None or holder.pid == os.getpid() and holder.host == socket.gethostname():
-    return None
-  alive = holder.alive() if holder.pid >= 0 else False
-  if alive is False:
-    return holder
-  where = "" if alive else f" (on another host: if it has ended, delete {path / LOCK_FILE})"
-  raise RunLockedError(
-    f"{path} is being written by {holder.describe()}{where}; wait for it to end or stop it, "
-    "or choose another --workdir (nothing was changed)."
-  )
-
-
-def _lock(path: pathlib.Path, stale: Holder | None, log: Callable[[str], None]) -> Holder:
-  lock = path / LOCK_FILE
-  if stale is not None:  # one taker wins the rename; another then meets the new lock
-    with contextlib.suppress(FileNotFoundError):
-      os.replace(lock, path / f"{LOCK_FILE}.stale")
-      (path / f"{LOCK_FILE}.stale").unlink()
-      log(f"{path}: took over the lock of {stale.describe()}, which is no longer running.")
-  me = _this_process()
-  try:
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    _refuse_if_held(path)  # raises if a live process took it meanwhile
-    raise RunLockedError(f"{path}: another process took the lock meanwhile; try again.") from None
-  with os.fdopen(fd, "w") as f:
-    f.write(json.dumps(dataclasses.asdict(me)) + "\n")
-  return me
-
-
-def _unlock(path: pathlib.Path, me: Holder) -> None:
-  if read_holder(path) == me:
-    (path / LOCK_FILE).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def writing(
-  workdir: str | os.PathLike,
-  *,
-  resume: bool,
-  overwrite: bool,
-  log: Callable[[str], None] = print,
-) -> Iterator[bool]:
-  """Holds ``workdir`` as its one writer while the block runs; yields whether it holds a run
-  to resume (``prepare``).
-
-  A run written by another live process is refused (``RunLockedError`` naming it), before
-  anything else is checked or changed; the lock of a process that is no longer running is
-  taken over, with a line to ``log``. With several processes, process 0 does this; the
-  others learn its answer.
-  """
-  path = pathlib.Path(workdir)
-  held: list[Holder] = []
-
-  def claim() -> bool:
-    stale = _refuse_if_held(path)
-    resuming = prepare(path, resume=resume, overwrite=overwrite)
-    held.append(_lock(path, stale, log))
-    return resuming
-
-  resuming = distributed.writer_decides(claim)
-  try:
-    yield bool(resuming)
-  finally:
-    if held:
-      _unlock(path, held[0])
 
 
 def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool:
@@ -340,165 +208,6 @@ _TRAJECTORY_FIELDS = (
   "num_seeds",
   "step_runner",
 )
-
-
-def _code_version() -> str | None:
-  try:
-    return (
-      subprocess.run(
-        ["git", "describe", "--always", "--dirty"],
-        cwd=pathlib.Path(__file__).parent,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-      ).stdout.strip()
-      or None
-    )
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
-class RunFiles:
-  """config.json, metrics.jsonl, the checkpoints and the TensorBoard events of a run directory
-  (the events are rewritten from the records kept on opening, then appended with them)."""
-
-  def __init__(self, workdir, config, run_info: dict[str, Any], log):
-    self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    self.config, self.run_info, self.log = config, run_info, log
-    self.writer = distributed.is_writer()
-    self.config_path = self.workdir / CONFIG_FILE
-    self.records_path = self.workdir / METRICS_FILE
-    self.failed = False  # a write failed (the disk): closing may fail too
-    self.checkpoints = (
-      ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
-      if config.checkpoint_every_steps
-      else None
-    )
-    self.events: tensorboard_lib.Events | None = None
-
-  def open(self, state: dict[str, Any], resume: bool | None):
-    """Opens the run as ``resume`` says (None: resume if there is a checkpoint); writes
-    config.json.
-
-    Args:
-      state: the loop's state as a dict of arrays (the template a checkpoint restores into).
-      resume: True: a checkpoint must exist; False: none may exist; None: either.
-
-    Returns:
-      ``(restored, previous)``: the restored state dict (None when starting afresh) and the
-      records up to its step.
-    """
-    available = self.checkpoints.steps() if self.checkpoints is not None else []
-    if resume is False and available:
-      raise CheckpointError(
-        f"{self.workdir} has checkpoints {available}: resume the run "
-        "with --resume, or start afresh with --overwrite."
-      )
-    previous: list[dict[str, Any]] = []
-    step, restored = None, None
-    if resume is not False and available:
-      check_resumable(self.config_path, self.run_info)
-      step = self.checkpoints.agreed_latest_good(self.log)
-    if resume is True and step is None:
-      raise CheckpointError(
-        f"{self.workdir} has no checkpoint: there is nothing to resume; "
-        "drop --resume to start the run."
-      )
-    if step is not None:
-      restored = self.checkpoints.restore(step, state)
-      previous = [r for r in read_records(self.records_path) if r["step"] <= step]
-    info = dict(
-      self.run_info,
-      code_version=_code_version(),
-      jax=jax.__version__,
-      entropy_optax=entropy_optax.__version__,
-      device_history=_device_history(self.config_path, step, self.run_info.get("devices")),
-    )
-    try:
-      if self.writer:
-        write_json(self.config_path, info)
-        rewrite_records(self.records_path, previous)
-      if self.config.tensorboard and self.writer:
-        self.events = tensorboard_lib.Events(
-          self.workdir / tensorboard_lib.EVENTS_DIR,
-          self.config.seeds,
-          self.run_info["metadata"].get("experiment") or self.run_info["config"],
-          start_time=time.time() - (previous[-1]["wall_time"] if previous else 0.0),
-        )
-        self.events.rebuild(previous)
-    except OSError as e:
-      what = f"{CONFIG_FILE}, {METRICS_FILE} and the TensorBoard events"
-      raise self.disk_error(what, e) from None
-    return restored, previous
-
-  def write(self, step: int, records, checkpoint: dict[str, Any] | None) -> None:
-    """Appends a call's ``records`` and their events (process 0); saves ``checkpoint`` (a
-    state dict) when given (every process).
-
-    Raises:
-      WorkdirError: the disk refused a write (full, read-only, the directory gone); the run
-        stops there, its last complete checkpoint intact (``disk_error``).
-    """
-    what = f"the records of step {step}"
-    try:
-      if self.writer:
-        append_records(self.records_path, records)
-      if self.events is not None:
-        what = f"the TensorBoard events of step {step}"
-        self.events.write(records)
-      if checkpoint is not None and self.checkpoints is not None:
-        what = f"the checkpoint of step {step}"
-        self.checkpoints.save(step, checkpoint)
-    except OSError as e:
-      self.failed = True
-      raise self.disk_error(what, e) from None
-
-  def disk_error(self, what: str, error: OSError) -> WorkdirError:
-    """The one line that stops a run whose directory refused ``what``: why, and what is kept."""
-    if not self.workdir.is_dir():
-      return WorkdirError(
-        f"cannot write {what}: the run directory {self.workdir} no longer exists; the run "
-        "stopped (its files went with the directory)."
-      )
-    complete = (
-      sorted(int(p.stem) for p in self.checkpoints.checksums.glob("*.json"))
-      if (self.checkpoints is not None and self.checkpoints.checksums.is_dir())
-      else []
-    )
-    kept = (
-      f"the checkpoint of step {complete[-1]} is intact: free space or make {self.workdir} "
-      "writable, then continue the run with --resume"
-      if complete
-      else "no checkpoint was complete yet: --resume will start the run afresh"
-    )
-    return WorkdirError(
-      f"cannot write {what} in {self.workdir} ({error.strerror or error}); the run stopped; {kept}."
-    )
-
-  def close(self) -> None:
-    distributed.barrier("run files closed")  # process 0's last records are written
-    try:
-      if self.events is not None:
-        self.events.close()
-      if self.checkpoints is not None:
-        self.checkpoints.close()
-    except Exception:  # after a failed write: its error is the one to report
-      if not self.failed:
-        raise
-
-
-def _device_history(
-  config_path: pathlib.Path, step: int | None, devices: Mapping[str, Any] | None
-) -> list[dict[str, Any]]:
-  """Which mesh trained which steps: the saved history up to the restored ``step``, and this
-  session's devices from ``step`` (a run may be resumed on other devices)."""
-  history = []
-  if step is not None and config_path.exists():
-    saved = read_json(config_path).get("device_history", [])
-    history = [h for h in saved if h["from_step"] < step]
-  return [*history, {"from_step": step or 0, **dict(devices or {})}]
 
 
 def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 ``run_experiment(config, options)`` is the flow of every experiment:
 
-    with directory.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
+    with writer_lock.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
       data = components.load_data(config)           # registries: experiments/run/components.py
       model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
       loop.train(train_config(config, ...), model, make_tx, data, workdir, mesh=...)
@@ -26,7 +26,15 @@ import numpy as np
 from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import checkpoints, cli, comparison, components, directory, distributed
+from experiments.run import (
+  checkpoints,
+  cli,
+  comparison,
+  components,
+  directory,
+  distributed,
+  writer_lock,
+)
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig, RunOptions
 from experiments.trainer import loop, steps
@@ -112,7 +120,7 @@ def run_experiment(
   if not options.resume:  # a bad mesh is an error before anything is written
     distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
   workdir = pathlib.Path(options.workdir)
-  with directory.writing(
+  with writer_lock.writing(
     workdir, resume=options.resume, overwrite=options.overwrite, log=log
   ) as resuming:
     if resuming:
@@ -220,7 +228,7 @@ def run_grid(
   unfinished ones continue; a resumed run must have the config given here."""
   join_processes(options)
   root = pathlib.Path(options.workdir)
-  with directory.writing(
+  with writer_lock.writing(
     root, resume=options.resume, overwrite=options.overwrite, log=log
   ) as resuming:
     if distributed.is_writer() and not (root / directory.GRID_FILE).exists():  # marks a run

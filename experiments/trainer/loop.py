@@ -10,7 +10,7 @@ the device, with any optax optimizer or a local-entropy one:
 * Calls of up to ``steps_per_call`` outer steps (``experiments.trainer.step_runners``: a
   ``lax.scan``, or
   on CPU for conv nets one jitted step dispatched per step); one host sync per call, when the
-  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.directory``) and
+  metrics come back and are appended to ``metrics.jsonl`` (``experiments.run.run_files``) and
   to its view as TensorBoard events (``experiments.run.tensorboard``).
 * Evaluation every ``eval_every_steps``, checkpoints every ``checkpoint_every_steps`` and at the
   end (``experiments.run.checkpoints``: verified by checksums before a restore). Keys and step are
@@ -48,7 +48,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from entropy_optax.flax import takes_grad_fn
-from experiments.run import directory, distributed
+from experiments.run import distributed, run_files
 from experiments.run.checkpoints import CheckpointError
 from experiments.trainer import divergence, preemption, step_runners
 from experiments.trainer import records as records_lib
@@ -227,7 +227,7 @@ def train(
     "step_runner_used": runner,
     "devices": distributed.describe(mesh),
   }
-  run = directory.RunFiles(workdir, config, run_info, log) if workdir is not None else None
+  run = run_files.RunFiles(workdir, config, run_info, log) if workdir is not None else None
   previous: list[dict[str, Any]] = []
   if run is not None:
     restored, previous = run.open(steps_lib.state_dict(state), resume)
