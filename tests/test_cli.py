@@ -51,7 +51,7 @@ def test_a_comparison_shows_recipe_fields_on_request(script, capsys):
       "cifar10",
       [],
       "error: Missing subcommand: Expected one of {entropy-sgd, sgd, entropy-sgd-lua, sgd-lua, "
-      "sgld}. (see python -m experiments.cifar10 --help)",
+      "parle, sgld}. (see python -m experiments.cifar10 --help)",
     ),
     (
       "cifar10",

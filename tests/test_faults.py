@@ -260,6 +260,7 @@ def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path)
   """SIGINT, then SIGINT again while the checkpoint it asked for is being written: the run
   stops at once; the half-saved step is never restored (no checksum), --resume falls back to
   the periodic checkpoint before it and ends bit for bit where an uninterrupted run ends."""
+  sigint_before = signal.getsignal(signal.SIGINT)
   config = loop.TrainConfig(
     batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=4, progress=False
   )
@@ -285,7 +286,7 @@ def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path)
   assert lines == [
     "SIGINT: saving a checkpoint when the steps in flight are done (send it again to stop at once)"
   ]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  assert signal.getsignal(signal.SIGINT) is sigint_before  # restored (SIG_IGN in a background job)
   assert (workdir / "checkpoints" / "6").is_dir()  # written by orbax, never checksummed
   assert not (workdir / "checkpoints.sha256" / "6.json").exists()
   monkeypatch.setattr(checkpoints, "_file_digests", digests)

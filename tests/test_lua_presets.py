@@ -41,6 +41,9 @@ def test_every_table1_preset_says_which_form_and_figure(experiment):
     lua = name.endswith("-lua")
     if preset.config.optimizer == "sgld":  # App. C.1's baseline: the paper has no figure of it
       assert preset.description.startswith("paper's App. C.1 (no figure)"), name
+    elif preset.config.optimizer == "parle":  # the Parle paper's recipe, not Entropy-SGD's
+      assert preset.description.startswith("Parle, "), name
+      assert "authors' code" in preset.description, name
     else:
       assert preset.description.startswith("Lua code" if lua else "paper's text"), name
       assert figure in preset.description, name

@@ -19,20 +19,9 @@ import jax
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import distributed
+from experiments.run import directory, distributed
 from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
-from experiments.run.directory import (
-  CONFIG_FILE,
-  METRICS_FILE,
-  WorkdirError,
-  append_records,
-  check_resumable,
-  read_json,
-  read_records,
-  rewrite_records,
-  write_json,
-)
 
 
 def _code_version() -> str | None:
@@ -61,8 +50,8 @@ class RunFiles:
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.config, self.run_info, self.log = config, run_info, log
     self.writer = distributed.is_writer()
-    self.config_path = self.workdir / CONFIG_FILE
-    self.records_path = self.workdir / METRICS_FILE
+    self.config_path = self.workdir / directory.CONFIG_FILE
+    self.records_path = self.workdir / directory.METRICS_FILE
     self.failed = False  # a write failed (the disk): closing may fail too
     self.checkpoints = (
       ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
@@ -92,7 +81,7 @@ class RunFiles:
     previous: list[dict[str, Any]] = []
     step, restored = None, None
     if resume is not False and available:
-      check_resumable(self.config_path, self.run_info)
+      directory.check_resumable(self.config_path, self.run_info)
       step = self.checkpoints.agreed_latest_good(self.log)
     if resume is True and step is None:
       raise CheckpointError(
@@ -101,7 +90,7 @@ class RunFiles:
       )
     if step is not None:
       restored = self.checkpoints.restore(step, state)
-      previous = [r for r in read_records(self.records_path) if r["step"] <= step]
+      previous = [r for r in directory.read_records(self.records_path) if r["step"] <= step]
     info = dict(
       self.run_info,
       code_version=_code_version(),
@@ -111,8 +100,8 @@ class RunFiles:
     )
     try:
       if self.writer:
-        write_json(self.config_path, info)
-        rewrite_records(self.records_path, previous)
+        directory.write_json(self.config_path, info)
+        directory.rewrite_records(self.records_path, previous)
       if self.config.tensorboard and self.writer:
         self.events = tensorboard_lib.Events(
           self.workdir / tensorboard_lib.EVENTS_DIR,
@@ -122,7 +111,7 @@ class RunFiles:
         )
         self.events.rebuild(previous)
     except OSError as e:
-      what = f"{CONFIG_FILE}, {METRICS_FILE} and the TensorBoard events"
+      what = f"{directory.CONFIG_FILE}, {directory.METRICS_FILE} and the TensorBoard events"
       raise self.disk_error(what, e) from None
     return restored, previous
 
@@ -137,7 +126,7 @@ class RunFiles:
     what = f"the records of step {step}"
     try:
       if self.writer:
-        append_records(self.records_path, records)
+        directory.append_records(self.records_path, records)
       if self.events is not None:
         what = f"the TensorBoard events of step {step}"
         self.events.write(records)
@@ -148,10 +137,10 @@ class RunFiles:
       self.failed = True
       raise self.disk_error(what, e) from None
 
-  def disk_error(self, what: str, error: OSError) -> WorkdirError:
+  def disk_error(self, what: str, error: OSError) -> directory.WorkdirError:
     """The one line that stops a run whose directory refused ``what``: why, and what is kept."""
     if not self.workdir.is_dir():
-      return WorkdirError(
+      return directory.WorkdirError(
         f"cannot write {what}: the run directory {self.workdir} no longer exists; the run "
         "stopped (its files went with the directory)."
       )
@@ -166,7 +155,7 @@ class RunFiles:
       if complete
       else "no checkpoint was complete yet: --resume will start the run afresh"
     )
-    return WorkdirError(
+    return directory.WorkdirError(
       f"cannot write {what} in {self.workdir} ({error.strerror or error}); the run stopped; {kept}."
     )
 
@@ -189,6 +178,6 @@ def _device_history(
   session's devices from ``step`` (a run may be resumed on other devices)."""
   history = []
   if step is not None and config_path.exists():
-    saved = read_json(config_path).get("device_history", [])
+    saved = directory.read_json(config_path).get("device_history", [])
     history = [h for h in saved if h["from_step"] < step]
   return [*history, {"from_step": step or 0, **dict(devices or {})}]
