@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from entropy_optax.flax import takes_grad_fn
 from experiments.run import distributed, run_files
 from experiments.run.checkpoints import CheckpointError
+from experiments.run.schema import steps_per_epoch
 from experiments.trainer import divergence, preemption, step_runners
 from experiments.trainer import records as records_lib
 from experiments.trainer import steps as steps_lib
@@ -209,7 +210,7 @@ def train(
   prepared = prepare(config, model, make_tx, data, task=task, mesh=mesh)
   fns, train_data, val_data = prepared.fns, prepared.train_data, prepared.val_data
   num_examples, num_val, runner = prepared.num_examples, prepared.num_val, prepared.runner
-  per_epoch = max(1, num_examples // config.batch_size)
+  per_epoch = steps_per_epoch(num_examples, config.batch_size)
   batched = config.num_seeds > 1
   seeds = jnp.asarray(config.seeds, jnp.uint32)
   state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
