@@ -30,6 +30,7 @@ import optax
 import entropy_optax
 from experiments.data import datasets as data
 from experiments.models import feedforward as models
+from experiments.run.schema import RunConfig
 from experiments.trainer import step_runners, steps
 
 
@@ -76,7 +77,14 @@ def measure(
   variants = {"loop": runner} | ({"scan": "scan"} if with_scan and runner != "scan" else {})
   fns = {
     name: step_runners.compiled_functions(
-      model, make_tx, steps.Task(), None, False, batch, L, True, len(ds.train_x), 16, r
+      RunConfig(batch_size=batch, langevin_steps=L),
+      model,
+      make_tx,
+      steps.Task(),
+      mesh=None,
+      num_examples=len(ds.train_x),
+      eval_batch_size=16,
+      runner=r,
     )
     for name, r in variants.items()
   }

@@ -32,6 +32,7 @@ import optax
 import entropy_optax
 from benchmarks import harness
 from experiments.models import recurrent
+from experiments.run.schema import RunConfig
 from experiments.trainer import bptt, step_runners, steps
 
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
@@ -82,7 +83,14 @@ def _programs(name: str, langevin_steps: int):
       clip_norm=clip,
     )
     program = step_runners.compiled_functions(
-      model, make_tx, task, None, False, batch, steps_l, True, len(x), batch, "scan"
+      RunConfig(batch_size=batch, langevin_steps=steps_l),
+      model,
+      make_tx,
+      task,
+      mesh=None,
+      num_examples=len(x),
+      eval_batch_size=batch,
+      runner="scan",
     )
     state = program.init(jnp.uint32(0), data[0][:1])
     state, _ = jax.block_until_ready(program.call(state, data, calls))  # compile

@@ -23,6 +23,7 @@ from entropy_optax._scoping import (
 from entropy_optax._smoothing import GaussianSmoothingState, gaussian_smoothing
 from entropy_optax._stats import LangevinStats
 from entropy_optax._transform import LocalEntropyState, local_entropy
+from entropy_optax._unroll import default_unroll
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = (
   "authors_entropy_sgd",
   "auto_scoping",
   "bounded_exponential_scoping",
+  "default_unroll",
   "elastic_coupling",
   "entropy_adam",
   "entropy_sgd",

@@ -75,7 +75,7 @@ def langevin_mean(
       (default: a cheap exact-variance approximation of a Gaussian, see
       ``_noise.irwin_hall_normal``) or "gaussian" (``jax.random.normal``). Called
       ``noise_sampler`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
-    unroll: ``lax.scan`` unrolling; None picks ``_unroll.default_unroll``.
+    unroll: ``lax.scan`` unrolling; None picks ``entropy_optax.default_unroll``.
     sampler: the Markov chain: "sgld" (the steps above, the paper's) or "sghmc": underdamped
       Langevin with a velocity, x' <- x' + v, v <- (1 - friction) v - langevin_lr (g - gamma
       (x - x')) + sqrt(friction langevin_lr) noise N(0, I), at the same temperature

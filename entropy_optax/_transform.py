@@ -153,7 +153,7 @@ def local_entropy(
     noise_distribution: the distribution of the unit-variance noise draws: "irwin_hall"
       (cheap, exact mean and variance) or "gaussian". Called ``noise_sampler`` before
       entropy_optax 0.2 (still accepted, with a DeprecationWarning).
-    unroll: ``lax.scan`` unrolling of the chain; None: full on CPU, rolled elsewhere.
+    unroll: ``lax.scan`` unrolling of the chain; None: ``entropy_optax.default_unroll``.
     mask: which leaves the chain moves (None: all): Python bools in a tree like params (or a
       prefix of it), or a function of params returning one, as ``optax.masked`` takes; at least
       one leaf. Under ``optax.inject_hyperparams`` name a function ``mask`` in ``static_args``:

@@ -30,7 +30,11 @@ def has_convolution(fn: Callable[[], Any]) -> bool:
 
 
 def default_unroll(num_steps: int, fn: Callable[[], Any]) -> int:
-  """Unrolled on XLA:CPU when ``fn()`` convolves (up to ``MAX_CPU_UNROLL`` steps), else rolled.
+  """The ``unroll`` of a ``lax.scan`` of ``num_steps`` steps that each call ``fn``: unrolled on
+  XLA:CPU when ``fn()`` convolves (up to ``MAX_CPU_UNROLL`` = 32 steps), else 1 (rolled).
+
+  The Langevin chain's default (``unroll=None``); a training loop of its own that scans over
+  steps can follow the same rule.
 
   Measured on the 2-core CPU: a conv net inside a rolled ``lax.scan`` ran 4-17x slower than
   unrolled (the loop body misses the CPU runtime's fast convolution paths), while a dense MLP
@@ -39,10 +43,18 @@ def default_unroll(num_steps: int, fn: Callable[[], Any]) -> int:
   chains. The backend is checked first, so ``fn`` (a gradient of the model) is traced only on
   CPU.
 
+  Args:
+    num_steps: the steps of the scan.
+    fn: a function of no arguments that computes one step's work (e.g. a gradient of the model),
+      traced to a jaxpr, never run.
+
+  Returns:
+    The ``unroll`` argument of ``jax.lax.scan``.
+
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from entropy_optax._unroll import default_unroll
-    >>> default_unroll(20, lambda: jnp.sum(jnp.ones(3) ** 2))  # no convolution: rolled
+    >>> import entropy_optax
+    >>> entropy_optax.default_unroll(20, lambda: jnp.sum(jnp.ones(3) ** 2))  # no convolution
     1
   """
   if jax.default_backend() != "cpu" or not has_convolution(fn):

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 import entropy_optax
 from experiments import mnist1d
-from experiments.run import directory, jobs
+from experiments.run import directory, final_state
 from experiments.trainer import loop
 
 RUN = "mlp1d-entropy-sgd"
@@ -114,7 +114,7 @@ def main():
     code, err, results = run(root / name, *extra)
     assert code == 0, err
     kernel = results[0].state.params["Dense_0"]["kernel"]
-    finals[name] = jobs.load_final_variables(root / name / RUN)
+    finals[name] = final_state.load_final_variables(root / name / RUN)
     report[name] = {
       "param_devices": len(kernel.sharding.device_set),
       "seeds_per_device": sorted({s.data.shape[0] for s in kernel.addressable_shards}),
@@ -134,7 +134,9 @@ def main():
   shutil.rmtree(resumed / RUN / "checkpoints" / str(last))
   code, err, _ = run(resumed, "--resume", "--mesh", "seed=2,data=4")
   assert code == 0, err
-  report["resumed_diff"] = max_diff(finals["seed8"], jobs.load_final_variables(resumed / RUN))
+  report["resumed_diff"] = max_diff(
+    finals["seed8"], final_state.load_final_variables(resumed / RUN)
+  )
   report["resumed_devices"] = json.loads((resumed / RUN / "config.json").read_text())[
     "device_history"
   ]

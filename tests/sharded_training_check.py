@@ -29,17 +29,14 @@ def main():
   kernel = sharded.state.params["Dense_0"]["kernel"]
   # The compiled step is data parallel: XLA reduces gradients and BatchNorm moments across devices.
   fns = step_runners.compiled_functions(
+    cfg,
     t.MODEL,
     t.TX,
     steps.Task(),
-    mesh,
-    False,
-    cfg.batch_size,
-    cfg.langevin_steps,
-    True,
-    384,
-    128,
-    "scan",
+    mesh=mesh,
+    num_examples=384,
+    eval_batch_size=128,
+    runner="scan",
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   x, y, _, _ = (jax.device_put(a, replicated) for a in t.tiny_data())

@@ -292,7 +292,7 @@ def test_command_line_scoping_auto(tmp_path, capsys):
   ]
   assert mnist1d.main(argv) == 0, capsys.readouterr().err
   run = workdir / "mlp1d-entropy-sgd"
-  saved = directory.read_json(run / "config.json")["metadata"]["experiment"]
+  saved = directory.read_json(run / "config.json")["config"]
   assert saved["scoping"] == "auto" and saved["target_ratio"] == 0.2
   lines = [r for r in directory.read_records(run / "metrics.jsonl") if "langevin_gamma" in r]
   assert lines and lines[-1]["langevin_gamma"] != pytest.approx(0.03)

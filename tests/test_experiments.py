@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from experiments import cifar10, configs, flatness, mnist, mnist1d, results
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import components, directory, jobs
+from experiments.run import components, directory, final_state, jobs
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import steps
 from tests import test_tensorboard as tensorboard_events
@@ -111,7 +111,7 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   # ceil(2 epochs x 200 / 50) = 8 updates of L = 3 gradient evaluations: 6 effective epochs.
   assert res["outer_steps"] == 8 and res["effective_epochs"] == 6 and res["outer_epochs"] == 2
   assert res["seeds"] == [0, 1] and res["num_params"] == 40 * 100 + 100 * 100 + 100 * 10 + 210
-  variables = jobs.load_final_variables(tmp_path / "run")
+  variables = final_state.load_final_variables(tmp_path / "run")
   ds = components.load_data(config)
   model = components.make_model(config)
   for s in range(2):
@@ -125,7 +125,7 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   assert all("langevin_gamma" in r for r in records)
   assert (tmp_path / "run" / jobs.PLOT_FILE).stat().st_size > 0
   saved = read_json(tmp_path / "run" / "config.json")
-  assert saved["metadata"]["experiment"]["optimizer"] == "entropy-sgd"
+  assert saved["config"]["optimizer"] == "entropy-sgd"
   assert "code_version" in saved
 
 
@@ -209,7 +209,7 @@ def test_mnist1d_main_job(mnist1d_grid):
   for run in table:
     assert (workdir / run / directory.RESULTS_FILE).exists()
     assert (workdir / run / "checkpoints").is_dir()
-  saved = read_json(workdir / "mlp1d-entropy-sgd" / "config.json")["metadata"]["experiment"]
+  saved = read_json(workdir / "mlp1d-entropy-sgd" / "config.json")["config"]
   assert saved["lr_decay_outer_epochs"] == [0.5, 0.75] and saved["langevin_steps"] == 5
 
 
@@ -348,6 +348,41 @@ def test_resume_with_another_configuration_is_refused(mnist1d_grid, capsys, tmp_
   assert "--recipe.adam.eval-every-effective-epochs 1" in err
 
 
+def test_a_run_directory_of_the_older_layout_still_resumes(tmp_path):
+  """tests/data/run_84cfb91 is a run written by the code of 84cfb91 (its config.json held the
+  loop's step counts under ``config`` and the run under ``metadata.experiment``), killed after
+  step 10 with its checkpoint of step 8 (tests/data/README.md). It resumes from step 8 with
+  its saved config and ends where a fresh run of today's code ends; its config.json is then
+  written in today's form."""
+  old = tmp_path / "old"
+  shutil.copytree(REPO / "tests" / "data" / "run_84cfb91", old)
+  config = directory.saved_config(old, {})
+  assert config.optimizer == "entropy-sgd" and config.langevin_steps == 2
+  quiet = dict(progress=False, tensorboard=False)
+  logged = []
+  resumed = jobs.run_experiment(
+    config, RunOptions(workdir=str(old), resume=True, **quiet), log=logged.append
+  )
+  fresh = jobs.run_experiment(
+    config, RunOptions(workdir=str(tmp_path / "fresh"), **quiet), log=lambda _: None
+  )
+  assert [r["step"] for r in resumed.records] == [2 * i for i in range(1, 9)]
+  # Resumed, not started afresh: the records up to the checkpoint are those saved.
+  saved = read_records(REPO / "tests" / "data" / "run_84cfb91")
+  assert resumed.records[:4] == [r for r in saved if r["step"] <= 8]
+  for a, b in zip(_drop_time(resumed.records), _drop_time(fresh.records), strict=True):
+    assert a.keys() == b.keys()
+    # The steps up to 8 were computed by the older code (and perhaps another jax): float32
+    # rounding apart, the same numbers.
+    np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    resumed.results["test_error"], fresh.results["test_error"], rtol=1e-5, atol=1e-7
+  )
+  assert read_json(old / "config.json")["config"] == dataclasses.asdict(config) | {
+    "lr_decay_outer_epochs": list(config.lr_decay_outer_epochs)
+  }
+
+
 # ---------------------------------------------------------------------------
 # CIFAR-10 and MNIST through tfds; --synthetic.
 # ---------------------------------------------------------------------------
@@ -383,7 +418,7 @@ def test_cifar10_through_tfds_preparation(cifar_dir, narrow_models, capsys, tmp_
   assert res["effective_epochs"] == 2 and res["paper"] == "7.81 ± 0.09 (160)"
   assert "paper: 7.81 ± 0.09 (160)" in out
   saved = read_json(workdir / "config.json")
-  experiment = saved["metadata"]["experiment"]
+  experiment = saved["config"]
   # The preset's recipe, with the options given on the command line.
   assert experiment["gamma0"] == 0.03 and experiment["lr_decay_outer_epochs"] == [4.0, 8.0]
   assert experiment["weight_decay"] == 1e-3 and experiment["langevin_steps"] == 2
@@ -479,7 +514,7 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
   ds = components.load_data(RunConfig(dataset="mnist1d", num_train=100, num_test=50, batch_size=25))
   for optimizer, label in [("adam", "Adam"), ("entropy-sgd", "Entropy-SGD")]:
     eigenvalues = np.load(workdir / f"eigenvalues-{optimizer}-seed0.npy")
-    variables = jobs.load_final_variables(workdir / optimizer)
+    variables = final_state.load_final_variables(workdir / optimizer)
     model = NarrowCNN1D()
     flat, unravel = ravel_pytree(variables["params"])
 
@@ -516,7 +551,7 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
   )
   assert code == 0, err
   assert "Adam's second moment along the trajectory" in out
-  state = jobs.load_final_state(workdir / "adam")
+  state = final_state.load_final_state(workdir / "adam")
   adam_state = next(
     s
     for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "nu"))

@@ -25,8 +25,9 @@ import pytest
 
 from experiments import mnist1d
 from experiments.reporting import summaries
-from experiments.run import checkpoints, cli, directory, jobs
+from experiments.run import checkpoints, cli, directory, final_state
 from experiments.trainer import divergence, loop, preemption
+from tests import test_training as t
 
 QUIET = ["--no-progress"]
 
@@ -134,15 +135,22 @@ def test_vmapped_seeds_keep_training_when_one_diverges(tmp_path):
     rng.normal(size=(32, 8)).astype(np.float32),
     rng.integers(0, 10, 32),
   )
-  config = loop.TrainConfig(
-    batch_size=16, num_steps=8, steps_per_call=4, eval_every_steps=4, num_seeds=4, progress=False
+  config = t.config(
+    num_steps=8,
+    eval_every_steps=4,
+    checkpoint_every_steps=0,
+    num_examples=64,
+    batch_size=16,
+    steps_per_call=4,
+    num_seeds=4,
+    langevin_steps=1,
   )
   lines = []
   result = loop.train(config, NaNForSomeSeeds(), optax.sgd(0.1), data, tmp_path, log=lines.append)
   switches = np.asarray(result.state.params["switch"])  # NaN once diverged: test the sign at init
   finite = np.isfinite(np.asarray(result.state.params["Dense_0"]["kernel"])).all((1, 2))
   assert 0 < finite.sum() < 4, switches  # seeds 0-3 include both kinds
-  bad = [seed for seed in config.seeds if not finite[seed]]
+  bad = [seed for seed in range(config.num_seeds) if not finite[seed]]
   assert result.diverged == {seed: 1 for seed in bad}
   assert len(lines) == len(bad) and all("diverged at step 1" in line for line in lines)
   written = directory.read_records(tmp_path)
@@ -239,7 +247,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_identical(capsys, tmp_path
     == directory.read_results(ref / directory.RESULTS_FILE)["test_error"]
   )
   jax.tree.map(
-    np.testing.assert_array_equal, jobs.load_final_variables(run), jobs.load_final_variables(ref)
+    np.testing.assert_array_equal,
+    final_state.load_final_variables(run),
+    final_state.load_final_variables(ref),
   )
 
 
@@ -261,8 +271,14 @@ def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path)
   stops at once; the half-saved step is never restored (no checksum), --resume falls back to
   the periodic checkpoint before it and ends bit for bit where an uninterrupted run ends."""
   sigint_before = signal.getsignal(signal.SIGINT)
-  config = loop.TrainConfig(
-    batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=4, progress=False
+  config = t.config(
+    num_steps=12,
+    eval_every_steps=4,
+    checkpoint_every_steps=4,
+    num_examples=64,
+    batch_size=16,
+    steps_per_call=2,
+    langevin_steps=1,
   )
   tx = optax.sgd(0.1, momentum=0.9)
   reference = loop.train(config, Linear(), tx, _tiny_data(), tmp_path / "reference")
@@ -299,8 +315,14 @@ def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path)
 
 
 def test_one_signal_stops_at_the_next_call_with_a_checkpoint(tmp_path):
-  config = loop.TrainConfig(
-    batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=8, progress=False
+  config = t.config(
+    num_steps=12,
+    eval_every_steps=8,
+    checkpoint_every_steps=8,
+    num_examples=64,
+    batch_size=16,
+    steps_per_call=2,
+    langevin_steps=1,
   )
   send = lambda made, state: made[0]["step"] == 2 and os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
   with pytest.raises(preemption.Interrupted) as stopped:
@@ -402,8 +424,14 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
 
 def test_a_run_directory_that_disappears_stops_the_run_in_one_line(tmp_path):
   workdir = tmp_path / "run"
-  config = loop.TrainConfig(
-    batch_size=16, num_steps=12, steps_per_call=2, checkpoint_every_steps=4, progress=False
+  config = t.config(
+    num_steps=12,
+    eval_every_steps=4,
+    checkpoint_every_steps=4,
+    num_examples=64,
+    batch_size=16,
+    steps_per_call=2,
+    langevin_steps=1,
   )
 
   def remove(made, state):

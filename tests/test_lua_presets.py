@@ -13,7 +13,7 @@ import entropy_optax
 from experiments import configs, mnist
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import components, directory, jobs
+from experiments.run import components, directory, final_state
 from experiments.run import schema as config_lib
 from experiments.trainer import batchnorm, steps
 
@@ -56,7 +56,7 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
   regimes, max_epochs = LUA_REGIMES[experiment, name]
   assert config.outer_epochs == max_epochs and config.batch_size == 128
   num_train = 50_000 if experiment == "cifar10" else 60_000
-  per_epoch = config_lib.steps_per_epoch(num_train, config.batch_size)
+  per_epoch = config_lib.schedule(config, num_train).steps_per_epoch
   schedule = optimizers.learning_rate(config, num_train)
   for epoch in range(1, max_epochs + 1):  # the first and the last step of every epoch
     for step in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):
@@ -151,7 +151,7 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
   assert config.sampling == "replacement" and config.bn_reestimate
   res = directory.read_json(workdir / directory.RESULTS_FILE)
   assert res["optimizer"] == "entropy-sgd-lua" and res["paper"] == "1.37 ± 0.03 (120)"
-  variables = jobs.load_final_variables(workdir)
+  variables = final_state.load_final_variables(workdir)
   model = components.make_model(config)
 
   @jax.jit

@@ -11,6 +11,7 @@ import pytest
 
 import entropy_optax
 from experiments.models import recurrent as rm
+from experiments.run.schema import RunConfig
 from experiments.trainer import bptt, step_runners, steps
 
 
@@ -211,7 +212,14 @@ def _ptb_small_run(langevin_steps, num_outer, clip_norm=5.0):
   )
   task = _task(model, langevin_steps, clip_norm)
   fns = step_runners.compiled_functions(
-    recorder, make_tx, task, None, False, 2, langevin_steps, True, len(x), 2, "scan"
+    RunConfig(batch_size=2, langevin_steps=langevin_steps),
+    recorder,
+    make_tx,
+    task,
+    mesh=None,
+    num_examples=len(x),
+    eval_batch_size=2,
+    runner="scan",
   )
   data = (jnp.asarray(x), jnp.asarray(y))
   states = [fns.init(jnp.uint32(0), data[0][:1])]

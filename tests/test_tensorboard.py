@@ -137,8 +137,8 @@ def test_events_hold_the_records_after_a_kill_and_a_resume(tmp_path):
 def test_no_events_when_off_or_not_process_0(tmp_path, monkeypatch):
   # Two seeds, as above: the compiled functions are reused.
   short = dict(num_seeds=2, num_steps=10, eval_every_steps=10, checkpoint_every_steps=0)
-  cfg, off = t.config(**short), t.config(**short, tensorboard=False)
-  loop.train(off, t.MODEL, t.TX, t.tiny_data(), tmp_path / "off")
+  cfg = t.config(**short)
+  loop.train(cfg, t.MODEL, t.TX, t.tiny_data(), tmp_path / "off", tensorboard=False)
   assert directory.read_records(tmp_path / "off")
   assert not (tmp_path / "off" / tb.EVENTS_DIR).exists()
   monkeypatch.setattr(distributed, "is_writer", lambda: False)

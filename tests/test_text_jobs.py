@@ -16,9 +16,10 @@ from experiments.data import text
 from experiments.models import recurrent as rm
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
-from experiments.run import checkpoints, jobs
+from experiments.run import checkpoints, final_state
 from experiments.run.directory import read_records
 from experiments.trainer import bptt, loop, steps
+from tests import test_training as t
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUIET = ["--no-progress"]
@@ -183,16 +184,17 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
     init_carry=bptt.ZeroCarry(model),
     clip_norm=5.0,
   )
-  config = loop.TrainConfig(
-    batch_size=4,
+  config = t.config(
     num_steps=36,
+    eval_every_steps=12,
+    checkpoint_every_steps=12,
+    num_examples=len(data[0]),
+    optimizer="entropy-adam",
+    batch_size=4,
     langevin_steps=5,
     steps_per_call=12,
-    eval_every_steps=12,
     eval_batch_size=4,
-    checkpoint_every_steps=12,
     num_seeds=2,
-    progress=False,
   )
   run = lambda workdir, **kw: loop.train(config, model, make_tx, data, workdir, task=task, **kw)
   whole = run(tmp_path / "whole")
@@ -235,7 +237,7 @@ def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
   config = config.replace(model="small_char_lstm", num_train=20000, num_test=3000)
   x, y = bptt.text_split(config, None, "train")
   model = rm.small_char_lstm(vocab)
-  params = jobs.load_final_variables(workdir / "adam")["params"]
+  params = final_state.load_final_variables(workdir / "adam")["params"]
   logits, _ = model.apply({"params": params}, x[:64], rm.zero_state(model, 64), train=False)
   expected = float(
     np.mean(-jax.nn.log_softmax(logits)[np.arange(64)[:, None], np.arange(32), y[:64]])

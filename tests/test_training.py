@@ -20,8 +20,9 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments.run import checkpoints, directory
+from experiments.run import checkpoints, components, directory, schema
 from experiments.run.directory import read_records
+from experiments.run.schema import RunConfig
 from experiments.trainer import loop, steps
 
 L = 3
@@ -54,18 +55,27 @@ def TX(key):
   return entropy_optax.entropy_sgd(0.5, num_langevin_steps=L, gamma=0.03, langevin_lr=0.1, key=key)
 
 
-def config(**overrides):
-  defaults = dict(
-    batch_size=32,
-    num_steps=40,
-    langevin_steps=L,
-    steps_per_call=10,
-    eval_every_steps=20,
-    checkpoint_every_steps=10,
-    keep_checkpoints=2,
-    progress=False,
+def config(
+  num_steps=40, eval_every_steps=10, checkpoint_every_steps=10, num_examples=384, **fields
+) -> RunConfig:
+  """The ``RunConfig`` of a loop test, its counts given in outer steps on ``num_examples``
+  training examples: ``eval_every_steps`` (0: at the end only) and ``checkpoint_every_steps``
+  (0: none; a multiple of ``eval_every_steps``); checked against ``schema.schedule``."""
+  defaults = dict(optimizer="entropy-sgd", batch_size=32, langevin_steps=L, steps_per_call=10)
+  fields = {**defaults, **fields}
+  per_epoch = num_examples // fields["batch_size"]
+  eval_every_steps = eval_every_steps or num_steps
+  assert checkpoint_every_steps % eval_every_steps == 0
+  made = RunConfig(
+    outer_epochs=num_steps / per_epoch,
+    eval_every_effective_epochs=eval_every_steps * fields["langevin_steps"] / per_epoch,
+    checkpoint_every_evals=checkpoint_every_steps // eval_every_steps,
+    **fields,
   )
-  return loop.TrainConfig(**{**defaults, **overrides})
+  plan = schema.schedule(made, num_examples)
+  assert (plan.num_steps, plan.eval_every_steps) == (num_steps, eval_every_steps), plan
+  assert plan.checkpoint_every_steps == checkpoint_every_steps, plan
+  return made
 
 
 def assert_states_equal(a, b):
@@ -97,7 +107,7 @@ def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
   assert records == json.loads(json.dumps(result.records))
   assert [r["step"] for r in records] == [10, 20, 30, 40]
   last = records[-1]
-  assert last["val_error"] < 0.1 and "val_error" not in records[0]
+  assert last["val_error"] < 0.1 and all("val_error" in r for r in records)
   assert records[-1]["train_loss"] < 0.6 * records[0]["train_loss"]
   np.testing.assert_allclose(last["epoch"], 40 * 32 / 384)
   np.testing.assert_allclose(last["effective_epochs"], L * last["epoch"])
@@ -107,7 +117,8 @@ def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
   assert last["mean_distance"] > 0
   assert all(a["wall_time"] <= b["wall_time"] for a, b in zip(records, records[1:]))
   info = json.loads((workdir / "config.json").read_text())
-  assert info["config"]["langevin_steps"] == L and info["jax"] == jax.__version__
+  assert schema.from_json(info["config"]) == config() and info["jax"] == jax.__version__
+  assert info["schedule"]["num_steps"] == 40
   assert int(result.state.step) == 40
   # The evaluation used the running statistics: recompute it independently.
   _, _, vx, vy = tiny_data()
@@ -255,11 +266,20 @@ def test_one_batch_per_step_reuses_it_for_every_langevin_step():
   jax.tree.map(np.testing.assert_array_equal, one, fresh)
 
 
-def test_config_validation():
-  with pytest.raises(ValueError, match="multiple of steps_per_call"):
-    loop.TrainConfig(num_steps=10, steps_per_call=4, eval_every_steps=6)
-  with pytest.raises(ValueError, match="step_runner"):
-    loop.TrainConfig(step_runner="fast")
+def test_schedule_counts_in_steps_and_checks():
+  """Evaluations fall between calls: their period is rounded to whole calls."""
+  plan = schema.schedule(
+    RunConfig(
+      batch_size=32, outer_epochs=10 / 12, steps_per_call=4, eval_every_effective_epochs=0.5
+    ),
+    384,
+  )
+  assert (plan.steps_per_epoch, plan.num_steps, plan.steps_per_call) == (12, 10, 4)
+  assert plan.eval_every_steps == 8 and plan.checkpoint_every_steps == 8
+  with pytest.raises(schema.ConfigError, match="--batch-size 400 exceeds the 384"):
+    schema.schedule(RunConfig(batch_size=400), 384)
+  with pytest.raises(schema.ConfigError, match="--step-runner must be one of auto, scan"):
+    components.validate(RunConfig(step_runner="fast"))
 
 
 def test_dispatch_runner_matches_scan():
@@ -322,7 +342,9 @@ def test_task_extensions_carry_and_before_eval():
   )
   sgd = optax.sgd(0.1)
   x, y, vx, vy = tiny_data()
-  cfg = loop.TrainConfig(batch_size=batch, num_steps=2, steps_per_call=2, progress=False)
+  cfg = config(
+    batch_size=batch, num_steps=2, steps_per_call=2, langevin_steps=1, checkpoint_every_steps=0
+  )
   result = loop.train(cfg, model, sgd, (x, y, vx, vy), task=task)
   # With zero weights every logit is 0 and argmax is class 0.
   np.testing.assert_allclose(result.records[-1]["val_error"], np.mean(vy != 0), atol=1e-6)
@@ -361,7 +383,7 @@ def test_progress_bar_only_on_a_terminal(progress, capsys, monkeypatch):
 
   monkeypatch.setattr(loop, "tqdm", recording_tqdm)
   cfg = config(langevin_steps=1, num_steps=4, eval_every_steps=0, checkpoint_every_steps=0)
-  loop.train(dataclasses.replace(cfg, progress=progress), MODEL, optax.sgd(0.1), tiny_data())
+  loop.train(cfg, MODEL, optax.sgd(0.1), tiny_data(), progress=progress)
   assert seen == [None if progress else True]
   err = capsys.readouterr().err  # not a terminal: nothing drawn either way
   assert "\r" not in err and "step/s" not in err

@@ -89,9 +89,9 @@ def finish(procs: list[subprocess.Popen]) -> list[dict]:
 
 
 def final_params(workdir: pathlib.Path):
-  from experiments.run import jobs  # pylint: disable=g-import-not-at-top
+  from experiments.run import final_state  # pylint: disable=g-import-not-at-top
 
-  return jobs.load_final_variables(workdir / RUN)
+  return final_state.load_final_variables(workdir / RUN)
 
 
 def main():

@@ -245,7 +245,7 @@ def learning_rate(config: RunConfig, num_examples: int):
 
   if config.optimizer == "sgld":
     return sgld.sgld_learning_rate(config.learning_rate, config.sgld_decay_power)
-  per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
+  per_epoch = config_lib.schedule(config, num_examples).steps_per_epoch
   boundaries: dict[int, float] = {}
   for epoch in config.lr_decay_outer_epochs:
     step = max(1, round(epoch * per_epoch))

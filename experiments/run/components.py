@@ -1,5 +1,6 @@
 """Data, model and task of a ``RunConfig``, from two small registries (the optimizers':
-``experiments.optimizers.registry.OPTIMIZERS``).
+``experiments.optimizers.registry.OPTIMIZERS``), and ``validate``: a config checked against
+itself and the registries.
 
 Adding a data set or a model is one entry here:
 
@@ -10,13 +11,13 @@ Adding a data set or a model is one entry here:
   ``--synthetic``.
 * a model: a Linen module in ``experiments.models.feedforward.MODELS``, called as
   ``model.apply(variables, x, train=bool)``; then list its name in its data set's entry.
-
-jax and the data libraries are imported inside the functions: ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -101,11 +102,99 @@ def make_task(config: RunConfig, model) -> Any:
   )
 
 
+# The fields typed Literal[...] and their values.
+_CHOICES = {
+  name: typing.get_args(hint)
+  for name, hint in typing.get_type_hints(RunConfig).items()
+  if typing.get_origin(hint) is typing.Literal
+}
+
+
 def validate(config: RunConfig, prefix: str = "") -> RunConfig:
-  """``experiments.run.schema.validate`` against these registries."""
-  return config_lib.validate(
-    config, datasets=DATASETS, optimizers=optimizers_lib.OPTIMIZERS, prefix=prefix
+  """Checks ``config`` against itself and the registries; raises ``ConfigError`` naming the
+  option to fix.
+
+  Args:
+    config: the run.
+    prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
+  """
+  datasets, optimizers = DATASETS, optimizers_lib.OPTIMIZERS
+
+  def fail(name: str, what: str):
+    raise ConfigError(
+      f"--{prefix}{config_lib.option(name)[2:]} must be {what}, got {getattr(config, name)!r}."
+    )
+
+  def need(ok: bool, name: str, what: str):
+    if not ok:
+      fail(name, what)
+
+  need(config.dataset in datasets, "dataset", f"one of {', '.join(datasets)}")
+  models = datasets[config.dataset].models
+  need(config.model in models, "model", f"one of {', '.join(models)} for {config.dataset}")
+  need(config.optimizer in optimizers, "optimizer", f"one of {', '.join(optimizers)}")
+  for name, choices in _CHOICES.items():  # tyro checks these on the command line only
+    need(getattr(config, name) in choices, name, f"one of {', '.join(choices)}")
+  for name in ("outer_epochs", "learning_rate", "langevin_lr", "gamma0", "lr_decay"):
+    need(math.isfinite(getattr(config, name)) and getattr(config, name) > 0, name, "> 0")
+  for name in (
+    "batch_size",
+    "langevin_steps",
+    "num_seeds",
+    "replicas",
+    "steps_per_call",
+    "eval_batch_size",
+    "bptt_steps",
+  ):
+    need(getattr(config, name) >= 1, name, ">= 1")
+  for name in ("num_train", "num_test", "checkpoint_every_evals"):
+    need(getattr(config, name) >= 0, name, ">= 0")
+  for name in (
+    "weight_decay",
+    "noise",
+    "gamma1",
+    "eval_every_effective_epochs",
+    "sgld_decay_power",
+    "sgld_temperature",
+    "smoothing_sigma",
+    "clip_norm",
+    "gamma_max",
+    "rho_max",
+  ):
+    need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
+  need(config.rho >= 0, "rho", ">= 0 (inf: the hard coupling)")
+  for name in ("momentum", "langevin_momentum", "b1", "b2"):
+    need(0 <= getattr(config, name) < 1, name, "in [0, 1)")
+  need(0 < config.alpha <= 1, "alpha", "in (0, 1]")
+  need(0 < config.max_target_ratio < 1, "max_target_ratio", "in (0, 1)")
+  need(
+    0 < config.target_ratio <= config.max_target_ratio,
+    "target_ratio",
+    f"in (0, max_target_ratio = {config.max_target_ratio}]",
   )
+  for name in ("dropout", "input_dropout"):
+    value = getattr(config, name)
+    need(value is None or 0 <= value < 1, name, "in [0, 1) or None")
+  epochs = config.lr_decay_outer_epochs
+  need(
+    all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
+    "lr_decay_outer_epochs",
+    "increasing positive outer epochs",
+  )
+  if not optimizers[config.optimizer].takes_grad_fn and config.langevin_steps != 1:
+    takes = ", ".join(name for name, entry in optimizers.items() if entry.takes_grad_fn)
+    raise ConfigError(
+      f"--{prefix}langevin-steps {config.langevin_steps} needs an optimizer that makes one "
+      f"update per L mini-batches ({takes}); --{prefix}optimizer {config.optimizer} takes "
+      f"--{prefix}langevin-steps 1."
+    )
+  if config.replicas > 1 and not optimizers[config.optimizer].takes_replicas:
+    takes = ", ".join(name for name, entry in optimizers.items() if entry.takes_replicas)
+    raise ConfigError(
+      f"--{prefix}replicas {config.replicas} needs an optimizer that couples replicas "
+      f"({takes}); --{prefix}optimizer {config.optimizer} takes --{prefix}replicas 1."
+    )
+  return config
 
 
 _DATA_CACHE: dict[tuple[Any, ...], data_lib.Dataset] = {}
@@ -153,13 +242,7 @@ def load_data(
       num_classes=ds.num_classes,
       name=ds.name,
     )
-  ds = _DATA_CACHE[key]
-  if len(ds.train_x) < config.batch_size:
-    raise ConfigError(
-      f"--batch-size {config.batch_size} exceeds the {len(ds.train_x)} "
-      "training examples: lower it or use more data."
-    )
-  return ds
+  return _DATA_CACHE[key]
 
 
 def make_model(config: RunConfig, num_classes: int | None = None):

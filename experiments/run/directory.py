@@ -199,20 +199,18 @@ def rewrite_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) ->
   ckpt_lib.atomic_write(path, _lines(records))
 
 
-# Config fields that change the trajectory: a resumed run must use the values it was saved with.
-_TRAJECTORY_FIELDS = (
-  "batch_size",
-  "langevin_steps",
-  "fresh_batches",
-  "seed",
-  "num_seeds",
-  "step_runner",
-)
+def _run_config_json(info: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The run's config in a config.json's contents, None if it holds none. Since 2026-12 it is
+  ``config``; before, ``config`` held the loop's counts in steps and the run was
+  ``metadata.experiment`` (such directories still resume: tests/data/run_84cfb91)."""
+  if "metadata" in info:
+    return info["metadata"].get("experiment")
+  return info.get("config")
 
 
-def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None:
-  """The one resumability check: the run saved in ``config_path`` is the run ``run_info``
-  describes (its trajectory fields and its metadata, which holds the experiment's config).
+def check_resumable(config_path: pathlib.Path, config: RunConfig) -> None:
+  """The one resumability check: the run saved in ``config_path`` is ``config``, field for
+  field.
 
   Raises:
     CheckpointError: config.json is missing or describes another run.
@@ -222,14 +220,18 @@ def check_resumable(config_path: pathlib.Path, run_info: dict[str, Any]) -> None
       f"{config_path} is missing: the checkpoints beside it cannot be "
       "checked against this run; start afresh with --overwrite."
     )
-  saved = json.loads(config_path.read_text())
+  saved = _run_config_json(read_json(config_path))
+  if saved is None:
+    raise CheckpointError(
+      f"{config_path} describes a run these scripts did not start: its checkpoints cannot be "
+      "checked against this run; use another --workdir."
+    )
+  saved = schema.from_json(saved)
   diffs = [
-    f"{name}: saved {saved['config'].get(name)!r}, now {run_info['config'][name]!r}"
-    for name in _TRAJECTORY_FIELDS
-    if saved["config"].get(name) != run_info["config"][name]
+    f"{name}: saved {getattr(saved, name)!r}, now {getattr(config, name)!r}"
+    for name in schema.field_names()
+    if getattr(saved, name) != getattr(config, name)
   ]
-  if saved.get("metadata", {}) != json.loads(to_json(run_info["metadata"])):
-    diffs.append("the run's configuration differs")
   if diffs:
     raise CheckpointError(
       "the checkpoints in this run directory are from another run ("
@@ -250,7 +252,7 @@ def saved_config(
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
     return None
-  experiment = read_json(path).get("metadata", {}).get("experiment")
+  experiment = _run_config_json(read_json(path))
   if experiment is None:
     raise ConfigError(
       f"{workdir} holds a run that these scripts did not start; choose another --workdir."

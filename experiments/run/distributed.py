@@ -208,18 +208,38 @@ def make_mesh(spec: str | None, *, num_seeds: int, batch_size: int) -> Mesh | No
       f"--mesh {spec} uses {used} devices, which must {what} the {count} devices of this "
       f"run ({jax.process_count()} process(es))."
     )
+  devices = mesh_utils.create_device_mesh((seeds, data), jax.devices()[:used])
+  mesh = Mesh(devices, MESH_AXES)
+  check_mesh(mesh, num_seeds=num_seeds, batch_size=batch_size)
+  return mesh
+
+
+def axis_size(mesh: Mesh | None, axis: str) -> int:
+  """The devices along ``axis`` of ``mesh`` (1 without a mesh or without that axis)."""
+  return mesh.shape[axis] if mesh is not None and axis in mesh.axis_names else 1
+
+
+def check_mesh(mesh: Mesh, *, num_seeds: int, batch_size: int) -> None:
+  """The one check that ``mesh`` can train ``num_seeds`` seeds on batches of ``batch_size``.
+
+  Raises:
+    ConfigError: the mesh has neither axis, or its sizes do not divide the seeds or the batch.
+  """
+  if not set(mesh.axis_names) & set(MESH_AXES):
+    raise ConfigError(
+      f"the mesh needs an axis named {' or '.join(map(repr, MESH_AXES))}; it has {mesh.axis_names}."
+    )
+  seeds, data = axis_size(mesh, SEED_AXIS), axis_size(mesh, DATA_AXIS)
   if num_seeds % seeds:
     raise ConfigError(
-      f"--mesh {spec}: seed={seeds} must divide --num-seeds {num_seeds} (each device trains "
-      "the same number of seeds)."
+      f"the mesh's seed={seeds} must divide --num-seeds {num_seeds} (each device trains the "
+      "same number of seeds)."
     )
   if batch_size % data:
     raise ConfigError(
-      f"--mesh {spec}: data={data} must divide --batch-size {batch_size} (each device takes "
-      "an equal share of every batch)."
+      f"the mesh's data={data} must divide --batch-size {batch_size} (each device takes an "
+      "equal share of every batch)."
     )
-  devices = mesh_utils.create_device_mesh((seeds, data), jax.devices()[:used])
-  return Mesh(devices, MESH_AXES)
 
 
 def describe(mesh: Mesh | None) -> dict[str, Any]:

@@ -5,7 +5,7 @@
     with writer_lock.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
       data = components.load_data(config)           # registries: experiments/run/components.py
       model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
-      loop.train(train_config(config, ...), model, make_tx, data, workdir, mesh=...)
+      loop.train(config, model, make_tx, data, workdir, mesh=...)  # the same RunConfig
       results.json, error.png                       # experiments/reporting/summaries.py
 
 ``run_grid`` runs several configs, one subdirectory each.
@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +26,6 @@ from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import summaries
 from experiments.run import (
-  checkpoints,
   cli,
   comparison,
   components,
@@ -36,8 +34,8 @@ from experiments.run import (
   writer_lock,
 )
 from experiments.run import schema as config_lib
-from experiments.run.schema import ConfigError, RunConfig, RunOptions
-from experiments.trainer import loop, steps
+from experiments.run.schema import RunConfig, RunOptions
+from experiments.trainer import loop
 
 PLOT_FILE = "error.png"
 
@@ -57,43 +55,6 @@ class Run:
 def default_workdir(config: RunConfig, root: str = "runs") -> str:
   suffix = "-synthetic" if config.synthetic else ""
   return os.path.join(root, f"{config.dataset}-{config.model}-{config.optimizer}{suffix}")
-
-
-def train_config(
-  config: RunConfig, num_examples: int, progress: bool = True, tensorboard: bool = True
-):
-  """The loop's ``TrainConfig`` (counts in steps) of ``config`` (counts in epochs).
-
-  Evaluations come every ``eval_every_effective_epochs`` (about 20 a run when 0), rounded to
-  whole calls of at most ``steps_per_call`` outer steps; checkpoints every
-  ``checkpoint_every_evals`` evaluations.
-  """
-
-  per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
-  num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
-  if config.eval_every_effective_epochs:
-    eval_steps = max(
-      1, round(config.eval_every_effective_epochs / config.langevin_steps * per_epoch)
-    )
-  else:
-    eval_steps = max(1, math.ceil(num_steps / 20))
-  call = min(config.steps_per_call, eval_steps)
-  eval_steps = max(1, round(eval_steps / call)) * call
-  return loop.TrainConfig(
-    batch_size=config.batch_size,
-    num_steps=num_steps,
-    langevin_steps=config.langevin_steps,
-    steps_per_call=call,
-    eval_every_steps=eval_steps,
-    eval_batch_size=config.eval_batch_size,
-    checkpoint_every_steps=eval_steps * config.checkpoint_every_evals,
-    seed=config.seed,
-    num_seeds=config.num_seeds,
-    replicas=config.replicas,
-    step_runner=config.step_runner,
-    progress=progress,
-    tensorboard=tensorboard,
-  )
 
 
 def run_experiment(
@@ -137,21 +98,19 @@ def run_experiment(
     ds = components.load_data(config, options.data_dir, options.download)
     model = components.make_model(config, ds.num_classes)
     make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-    tcfg = train_config(
-      config, len(ds.train_x), options.progress and distributed.is_writer(), options.tensorboard
-    )
+    plan = config_lib.schedule(config, len(ds.train_x))
     mesh = distributed.make_mesh(
       options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
     )  # the saved config's seeds and batch when resuming
     log(
       f"{workdir}: {describe(config)}, {len(ds.train_x)} train / {len(ds.test_x)} test "
       f"examples, {config.outer_epochs:g} outer epochs x L={config.langevin_steps} = "
-      f"{config.effective_epochs:g} effective epochs, {tcfg.num_steps} outer steps, "
+      f"{config.effective_epochs:g} effective epochs, {plan.num_steps} outer steps, "
       f"{config.num_seeds} seed(s), {describe_devices(mesh)}"
     )
     task = components.make_task(config, model)
     result = loop.train(
-      tcfg,
+      config,
       model,
       make_tx,
       ds,
@@ -159,8 +118,9 @@ def run_experiment(
       task=task,
       mesh=mesh,
       resume=None if resuming else False,
-      metadata={"experiment": dataclasses.asdict(config)},
       learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
+      progress=options.progress and distributed.is_writer(),
+      tensorboard=options.tensorboard,
       log=log,
       divergence_hint=f"try a lower --{prefix}learning-rate or --{prefix}clip-norm",
     )
@@ -170,7 +130,7 @@ def run_experiment(
     heldout = components.DATASETS[config.dataset].heldout
     if heldout is not None:  # a split evaluated once, at the end (a text's test split)
       heldout = loop.evaluate(
-        tcfg, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
+        config, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
       )
     results = summaries.summarize(
       all_records,
@@ -301,50 +261,3 @@ def run_comparison(
     prefixes={f"{m}-{o}": f"recipe.{o}." for m, o in named},
   )
   return {key: runs[f"{key[0]}-{key[1]}"] for key in named}, pathlib.Path(options.workdir)
-
-
-def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
-  """The newest good checkpoint of a run as a state dict (``steps.state_dict``), with the
-  optimizer state in its optax structure (a leading seed axis when it trained several)."""
-
-  workdir = pathlib.Path(workdir)
-  config = directory.saved_config(workdir, {})
-  if config is None:
-    raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
-  ds = components.load_data(config, data_dir)
-  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-  model = components.make_model(config, ds.num_classes)
-  task = components.make_task(config, model)
-  init = lambda seed: steps.state_dict(
-    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas)
-  )
-  seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
-  target = jax.eval_shape(
-    jax.vmap(init) if config.num_seeds > 1 else init, seeds if config.num_seeds > 1 else seeds[0]
-  )
-  with checkpoints.Checkpoints(workdir) as ckpts:
-    step = ckpts.latest_good()
-    if step is None:
-      raise checkpoints.CheckpointError(
-        f"{workdir} has no checkpoint to read the final state from; rerun it with "
-        "--checkpoint-every-evals > 0."
-      )
-    return ckpts.restore(step, target)
-
-
-def load_final_variables(workdir: str | os.PathLike) -> dict[str, Any]:
-  """``params`` and ``batch_stats`` (if any) of a run's newest good checkpoint, as numpy
-  pytrees (a leading seed axis when the run trained several seeds)."""
-
-  with checkpoints.Checkpoints(workdir) as ckpts:
-    step = ckpts.latest_good()
-    if step is None:
-      raise checkpoints.CheckpointError(
-        f"{workdir} has no checkpoint to read the final parameters from; rerun it with "
-        "--checkpoint-every-evals > 0."
-      )
-    restored = ckpts.restore(step, None)
-  variables = {"params": restored["params"]}
-  if restored.get("batch_stats") is not None:
-    variables["batch_stats"] = restored["batch_stats"]
-  return variables

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ from experiments.run import checkpoints as ckpt_lib
 from experiments.run import directory, distributed
 from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
+from experiments.run.schema import RunConfig
 
 
 def _code_version() -> str | None:
@@ -41,23 +42,44 @@ def _code_version() -> str | None:
     return None
 
 
+# The newest checkpoints kept: 2 leaves one to fall back to when the newest is damaged.
+KEEP_CHECKPOINTS = 2
+
+
 class RunFiles:
   """config.json, metrics.jsonl, the checkpoints and the TensorBoard events of a run directory
-  (the events are rewritten from the records kept on opening, then appended with them)."""
+  (the events are rewritten from the records kept on opening, then appended with them).
 
-  def __init__(self, workdir, config, run_info: dict[str, Any], log):
+  Args:
+    workdir: the run directory.
+    config: the run (``experiments.run.schema.RunConfig``): a resumed run must be the same.
+    run_info: what config.json holds: ``config`` (the run as a dict) and facts about it.
+    seeds: the run's seeds (the TensorBoard runs).
+    checkpoints: whether the run saves checkpoints.
+    tensorboard: whether to write TensorBoard events.
+    log: where a fallback to an older checkpoint is reported.
+  """
+
+  def __init__(
+    self,
+    workdir,
+    config: RunConfig,
+    run_info: dict[str, Any],
+    *,
+    seeds: Sequence[int],
+    checkpoints: bool,
+    tensorboard: bool,
+    log,
+  ):
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.config, self.run_info, self.log = config, run_info, log
+    self.seeds, self.tensorboard = list(seeds), tensorboard
     self.writer = distributed.is_writer()
     self.config_path = self.workdir / directory.CONFIG_FILE
     self.records_path = self.workdir / directory.METRICS_FILE
     self.failed = False  # a write failed (the disk): closing may fail too
-    self.checkpoints = (
-      ckpt_lib.Checkpoints(self.workdir, config.keep_checkpoints)
-      if config.checkpoint_every_steps
-      else None
-    )
+    self.checkpoints = ckpt_lib.Checkpoints(self.workdir, KEEP_CHECKPOINTS) if checkpoints else None
     self.events: tensorboard_lib.Events | None = None
 
   def open(self, state: dict[str, Any], resume: bool | None):
@@ -81,7 +103,7 @@ class RunFiles:
     previous: list[dict[str, Any]] = []
     step, restored = None, None
     if resume is not False and available:
-      directory.check_resumable(self.config_path, self.run_info)
+      directory.check_resumable(self.config_path, self.config)
       step = self.checkpoints.agreed_latest_good(self.log)
     if resume is True and step is None:
       raise CheckpointError(
@@ -102,11 +124,11 @@ class RunFiles:
       if self.writer:
         directory.write_json(self.config_path, info)
         directory.rewrite_records(self.records_path, previous)
-      if self.config.tensorboard and self.writer:
+      if self.tensorboard and self.writer:
         self.events = tensorboard_lib.Events(
           self.workdir / tensorboard_lib.EVENTS_DIR,
-          self.config.seeds,
-          self.run_info["metadata"].get("experiment") or self.run_info["config"],
+          self.seeds,
+          self.run_info["config"],
           start_time=time.time() - (previous[-1]["wall_time"] if previous else 0.0),
         )
         self.events.rebuild(previous)

@@ -15,7 +15,13 @@ Units are in the names, one definition each:
   Optimizers are compared at equal effective epochs (the x axis of every plot and table).
 * ``outer_epochs`` and ``lr_decay_outer_epochs`` count outer epochs (the paper's recipes say
   "Entropy-SGD for 10 epochs"); ``eval_every_effective_epochs`` counts effective epochs;
-  ``checkpoint_every_evals`` counts evaluations.
+  ``checkpoint_every_evals`` counts evaluations. ``schedule`` turns these into the loop's counts
+  in outer steps (``Schedule``), the one place that does.
+
+The same ``RunConfig`` travels from the command line to the jitted step: the loop
+(``experiments.trainer.loop``) reads its fields, the registries build the data, model and
+optimizer from it (``experiments.run.components``, ``experiments.optimizers.registry``), and
+``config.json`` stores it.
 """
 
 from __future__ import annotations
@@ -190,96 +196,20 @@ def field_names() -> tuple[str, ...]:
 
 
 def from_json(values: dict[str, Any]) -> RunConfig:
-  """The ``RunConfig`` of ``dataclasses.asdict`` output read back from JSON."""
-  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  return RunConfig(**values)
+  """The ``RunConfig`` of ``dataclasses.asdict`` output read back from JSON (a field a run
+  saved before it existed takes its default).
 
-
-def validate(
-  config: RunConfig, *, datasets: dict[str, Any], optimizers: dict[str, Any], prefix: str = ""
-) -> RunConfig:
-  """Checks ``config``; raises ``ConfigError`` naming the option to fix.
-
-  Args:
-    config: the run.
-    datasets: the registry of data sets (``experiments.run.components.DATASETS``).
-    optimizers: the registry of optimizers (``experiments.optimizers.registry.OPTIMIZERS``).
-    prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
+  A null in a field typed ``float`` was infinite (``--rho inf``): strict JSON has no infinity,
+  and the run directory's writer writes it as null.
   """
-
-  def fail(name: str, what: str):
-    raise ConfigError(
-      f"--{prefix}{option(name)[2:]} must be {what}, got {getattr(config, name)!r}."
-    )
-
-  def need(ok: bool, name: str, what: str):
-    if not ok:
-      fail(name, what)
-
-  need(config.dataset in datasets, "dataset", f"one of {', '.join(datasets)}")
-  models = datasets[config.dataset].models
-  need(config.model in models, "model", f"one of {', '.join(models)} for {config.dataset}")
-  need(config.optimizer in optimizers, "optimizer", f"one of {', '.join(optimizers)}")
-  for name in ("outer_epochs", "learning_rate", "langevin_lr", "gamma0", "lr_decay"):
-    need(math.isfinite(getattr(config, name)) and getattr(config, name) > 0, name, "> 0")
-  for name in (
-    "batch_size",
-    "langevin_steps",
-    "num_seeds",
-    "replicas",
-    "steps_per_call",
-    "eval_batch_size",
-    "bptt_steps",
-  ):
-    need(getattr(config, name) >= 1, name, ">= 1")
-  for name in ("num_train", "num_test", "checkpoint_every_evals"):
-    need(getattr(config, name) >= 0, name, ">= 0")
-  for name in (
-    "weight_decay",
-    "noise",
-    "gamma1",
-    "eval_every_effective_epochs",
-    "sgld_decay_power",
-    "sgld_temperature",
-    "smoothing_sigma",
-    "clip_norm",
-    "gamma_max",
-    "rho_max",
-  ):
-    need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
-  need(config.rho >= 0, "rho", ">= 0 (inf: the hard coupling)")
-  for name in ("momentum", "langevin_momentum", "b1", "b2"):
-    need(0 <= getattr(config, name) < 1, name, "in [0, 1)")
-  need(0 < config.alpha <= 1, "alpha", "in (0, 1]")
-  need(0 < config.max_target_ratio < 1, "max_target_ratio", "in (0, 1)")
-  need(
-    0 < config.target_ratio <= config.max_target_ratio,
-    "target_ratio",
-    f"in (0, max_target_ratio = {config.max_target_ratio}]",
-  )
-  for name in ("dropout", "input_dropout"):
-    value = getattr(config, name)
-    need(value is None or 0 <= value < 1, name, "in [0, 1) or None")
-  epochs = config.lr_decay_outer_epochs
-  need(
-    all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
-    "lr_decay_outer_epochs",
-    "increasing positive outer epochs",
-  )
-  if not optimizers[config.optimizer].takes_grad_fn and config.langevin_steps != 1:
-    takes = ", ".join(name for name, entry in optimizers.items() if entry.takes_grad_fn)
-    raise ConfigError(
-      f"--{prefix}langevin-steps {config.langevin_steps} needs an optimizer that makes one "
-      f"update per L mini-batches ({takes}); --{prefix}optimizer {config.optimizer} takes "
-      f"--{prefix}langevin-steps 1."
-    )
-  if config.replicas > 1 and not optimizers[config.optimizer].takes_replicas:
-    takes = ", ".join(name for name, entry in optimizers.items() if entry.takes_replicas)
-    raise ConfigError(
-      f"--{prefix}replicas {config.replicas} needs an optimizer that couples replicas "
-      f"({takes}); --{prefix}optimizer {config.optimizer} takes --{prefix}replicas 1."
-    )
-  return config
+  types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+  values = {
+    k: tuple(v)
+    if isinstance(v, list)
+    else (math.inf if v is None and types.get(k) == "float" else v)
+    for k, v in values.items()
+  }
+  return RunConfig(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +247,55 @@ class RunOptions:
     return dataclasses.replace(self, **changes)
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Outer steps of one outer epoch: the full mini-batches of one pass over the data."""
-  return max(1, num_examples // batch_size)
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A run's counts in outer steps, all worked out from its ``RunConfig`` and the size of its
+  training set by ``schedule``, the one place that converts epochs to steps.
+
+  Attributes:
+    steps_per_epoch: outer steps of one outer epoch (full mini-batches of one data pass).
+    num_steps: outer steps of the run.
+    steps_per_call: outer steps per jitted call (one host sync each).
+    eval_every_steps: evaluate every this many outer steps (a multiple of steps_per_call).
+    checkpoint_every_steps: checkpoint every this many outer steps (0: never).
+  """
+
+  steps_per_epoch: int
+  num_steps: int
+  steps_per_call: int
+  eval_every_steps: int
+  checkpoint_every_steps: int
+
+
+def schedule(config: RunConfig, num_examples: int) -> Schedule:
+  """The ``Schedule`` of ``config`` on ``num_examples`` training examples.
+
+  Evaluations come every ``eval_every_effective_epochs`` (about 20 a run when 0), rounded to
+  whole calls of at most ``steps_per_call`` outer steps; checkpoints every
+  ``checkpoint_every_evals`` evaluations.
+
+  Raises:
+    ConfigError: fewer training examples than ``batch_size``.
+  """
+  if num_examples < config.batch_size:
+    raise ConfigError(
+      f"--batch-size {config.batch_size} exceeds the {num_examples} training examples: lower "
+      "it or use more data."
+    )
+  per_epoch = num_examples // config.batch_size
+  num_steps = max(1, math.ceil(config.outer_epochs * per_epoch))
+  if config.eval_every_effective_epochs:
+    eval_steps = max(
+      1, round(config.eval_every_effective_epochs / config.langevin_steps * per_epoch)
+    )
+  else:
+    eval_steps = max(1, math.ceil(num_steps / 20))
+  call = min(config.steps_per_call, eval_steps)
+  eval_steps = max(1, round(eval_steps / call)) * call
+  return Schedule(
+    steps_per_epoch=per_epoch,
+    num_steps=num_steps,
+    steps_per_call=call,
+    eval_every_steps=eval_steps,
+    checkpoint_every_steps=eval_steps * config.checkpoint_every_evals,
+  )

@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 from entropy_optax import flatness
 from experiments.configs.flatness import FlatnessJob
 from experiments.models import recurrent
-from experiments.run import components, jobs
+from experiments.run import components, final_state, jobs
 from experiments.run.schema import ConfigError
 from experiments.trainer import steps
 
@@ -103,7 +103,7 @@ def analyse(
       "opt_state": run.state.opt_state,
     }
   else:
-    state = jobs.load_final_state(run.workdir, args.run.data_dir)
+    state = final_state.load_final_state(run.workdir, args.run.data_dir)
   state = _seed_variables(jax.device_get(state), seed_index, config.num_seeds)
   params = state["params"]
   batches, n = _batches(ds, args)

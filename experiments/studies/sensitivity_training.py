@@ -4,8 +4,9 @@ The grid is a list of ``RunConfig``s that differ only in ``TRACED_FIELDS`` (the 
 gamma0, the Langevin step, the noise, ...). Each run is built and trained as the main job
 builds and trains it: data, model and task from ``experiments.run.components``, the optimizer
 from the registry (``experiments.optimizers.registry``), the step counts and evaluations from
-``experiments.run.jobs.train_config``, and the loop's own jitted steps (``loop.prepare``: the
-same step, data order, loss and evaluation). Only the differing fields are traced values, so
+``experiments.run.schema.schedule``, and the loop's own jitted steps
+(``experiments.trainer.step_runners.prepare``: the same step, data order, loss and
+evaluation). Only the differing fields are traced values, so
 the grid of points x seeds is one ``jax.jit(jax.vmap(jax.vmap(run)))`` program and one
 compilation, and each of its runs is the main job's run of that config
 (``tests/test_sensitivity_lib.py`` checks it against ``experiments.run.jobs``).
@@ -35,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.optimizers import registry
-from experiments.run import components, jobs
-from experiments.run.schema import ConfigError, RunConfig, field_names, steps_per_epoch
-from experiments.trainer import loop, steps
+from experiments.run import components
+from experiments.run.schema import ConfigError, RunConfig, field_names, schedule
+from experiments.trainer import step_runners, steps
 
 # The fields a grid may vary: float hyper-parameters that the optimizers take as traced values.
 TRACED_FIELDS = (
@@ -118,21 +119,20 @@ def train_grid(
   model = components.make_model(base, ds.num_classes)
   task = components.make_task(base, model)
   # The seeds are vmapped here, around the loop's functions for one seed.
-  tcfg = dataclasses.replace(
-    jobs.train_config(base, len(ds.train_x), progress=False), num_seeds=1, step_runner="scan"
-  )
+  one_seed = base.replace(num_seeds=1, step_runner="scan")
+  plan = schedule(base, len(ds.train_x))
   # The optimizer travels in the state: the jitted steps are the same for every grid point.
-  prepared = loop.prepare(
-    tcfg, model, registry.optimizer_factory(base, len(ds.train_x)), ds, task=task
+  prepared = step_runners.prepare(
+    one_seed, model, registry.optimizer_factory(base, len(ds.train_x)), ds, task=task
   )
-  eval_every = tcfg.eval_every_steps or tcfg.num_steps
-  full, rest = divmod(tcfg.num_steps, eval_every)
+  eval_every = plan.eval_every_steps
+  full, rest = divmod(plan.num_steps, eval_every)
   fns = prepared.fns
 
   def run(values, seed, train_data, val_data):
     """The evaluations of one run: the config with ``values`` (traced) and ``seed``."""
     make_tx = registry.optimizer_factory(base.replace(**values), prepared.num_examples)
-    state = steps.init_state(model, make_tx, task, train_data[0][:1], seed, tcfg.batch_size)
+    state = steps.init_state(model, make_tx, task, train_data[0][:1], seed, base.batch_size)
 
     def segment(state, num_steps):
       state, _ = fns.scan_call(num_steps)(state, train_data)
@@ -168,13 +168,12 @@ def train_grid(
     metrics, run_s = timed(one_after_another)
   if timings is not None:
     timings.update(compile_s=compile_s, run_s=run_s)
-  at = [eval_every * (i + 1) for i in range(full)] + ([tcfg.num_steps] if rest else [])
-  per_epoch = steps_per_epoch(prepared.num_examples, tcfg.batch_size)
+  at = [eval_every * (i + 1) for i in range(full)] + ([plan.num_steps] if rest else [])
   return GridCurves(
     val_loss=np.asarray(metrics["val_loss"]),
     val_error=np.asarray(metrics["val_error"]),
     steps=tuple(at),
-    effective_epochs=tuple(s * base.langevin_steps / per_epoch for s in at),
+    effective_epochs=tuple(s * base.langevin_steps / plan.steps_per_epoch for s in at),
   )
 
 

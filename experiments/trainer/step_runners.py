@@ -29,26 +29,24 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import entropy_optax
+from experiments.run import distributed
 from experiments.run.distributed import DATA_AXIS, SEED_AXIS
-from experiments.trainer import steps
+from experiments.run.schema import RunConfig
+from experiments.trainer import device_data, steps
 
 RUNNERS = ("auto", "scan", "dispatch")
-
-
-def uses_convolutions(model, example_x, task: steps.Task = steps.Task()) -> bool:
-  """Whether the model's forward pass has a convolution (traced, not run)."""
-  jaxpr = jax.make_jaxpr(
-    lambda x: model.init(jax.random.PRNGKey(0), x, train=False, **steps.carry_kwargs(task, x))
-  )(example_x)
-  return "conv_general_dilated" in str(jaxpr)
 
 
 def choose_runner(runner: str, model, example_x, task: steps.Task = steps.Task()) -> str:
   """``scan`` or ``dispatch`` for ``runner`` in ``RUNNERS`` (see the module docstring)."""
   if runner != "auto":
     return runner
-  on_cpu = jax.default_backend() == "cpu"
-  return "dispatch" if on_cpu and uses_convolutions(model, example_x, task) else "scan"
+  forward = lambda: model.init(  # noqa: E731
+    jax.random.PRNGKey(0), example_x, train=False, **steps.carry_kwargs(task, example_x)
+  )
+  # The core unrolls its Langevin scan by the same rule (XLA:CPU, a convolution): one fact.
+  return "dispatch" if entropy_optax.default_unroll(2, forward) > 1 else "scan"
 
 
 def state_sharding(mesh, batched: bool) -> NamedSharding | None:
@@ -74,27 +72,27 @@ class Functions:
 
 @functools.lru_cache(maxsize=32)
 def compiled_functions(
+  config: RunConfig,
   model,
   make_tx,
   task: steps.Task,
+  *,
   mesh,
-  batched: bool,
-  batch_size: int,
-  langevin_steps: int,
-  fresh_batches: bool,
   num_examples: int,
   eval_batch_size: int,
   runner: str,
-  replicas: int = 1,
 ) -> Functions:
   """The jitted functions of a run, shared by runs with the same arguments (e.g. a resume).
 
-  ``replicas`` > 1: every seed's state has a leading replica axis (``steps.init_state``), each
-  step runs the replicas under ``jax.vmap(..., axis_name=steps.REPLICA_AXIS)`` (on one device)
-  with the step's metrics averaged over them, and the replicas' average is evaluated
-  (``steps.replica_mean``, then ``task.before_eval``).
+  ``config`` gives the batch size, L (an outer step takes L fresh mini-batches), the seeds
+  (``num_seeds`` > 1: a leading seed axis, vmapped) and the replicas: ``replicas`` > 1, every
+  seed's state has a leading replica axis (``steps.init_state``), each step runs the replicas
+  under ``jax.vmap(..., axis_name=steps.REPLICA_AXIS)`` (on one device) with the step's metrics
+  averaged over them, and the replicas' average is evaluated (``steps.replica_mean``, then
+  ``task.before_eval``).
   """
-  batches_per_step = langevin_steps if fresh_batches else 1
+  batched, batch_size, replicas = config.num_seeds > 1, config.batch_size, config.replicas
+  batches_per_step = config.langevin_steps
   spmd_axis = SEED_AXIS if mesh is not None and SEED_AXIS in mesh.axis_names else None
 
   def vmap_seeds(fn: Callable, in_axes) -> Callable:
@@ -138,9 +136,7 @@ def compiled_functions(
     train_x, train_y = data
     xs, ys = constrain_batch(train_x[idx], 1), constrain_batch(train_y[idx], 1)
     reset = task.carry_reset(state.step, num_examples, batch_size) if task.carry_reset else False
-    return steps.train_step(
-      state, xs, ys, task=task, fresh_batches=fresh_batches, reset_carry=reset
-    )
+    return steps.train_step(state, xs, ys, task=task, reset_carry=reset)
 
   def scan_steps(state, data, num_steps):
     return jax.lax.scan(lambda s, i: one_step(s, data, i), state, indices(state, num_steps))
@@ -189,3 +185,47 @@ def compiled_functions(
     ),
     scan_call=scan_call,
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What the loop runs: the jitted functions, the data on the device (validation padded, with
+  weights), the sizes and the step runner used."""
+
+  fns: Functions
+  train_data: tuple[jax.Array, jax.Array]
+  val_data: tuple[jax.Array, jax.Array, jax.Array]
+  num_examples: int
+  num_val: int
+  runner: str
+
+
+def prepare(config: RunConfig, model, make_tx, data, *, task=steps.Task(), mesh=None) -> Prepared:
+  """The jitted functions and device data of a run, as the loop uses them (also for callers
+  that compose the functions themselves, e.g. a vmapped grid of runs).
+
+  Raises:
+    ConfigError: a mesh that cannot split the seeds or the batch
+      (``experiments.run.distributed.check_mesh``).
+    ValueError: replicas with a mesh.
+  """
+  if mesh is not None:
+    if config.replicas > 1:
+      raise ValueError(
+        f"replicas={config.replicas} run vmapped on one device; drop the mesh (a mesh axis of "
+        "replicas is jax.shard_map over entropy_optax.parle's axis_name, not in this loop yet)."
+      )
+    distributed.check_mesh(mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
+  train_data, val_data, num_examples, num_val = device_data.put(data, config, mesh)
+  runner = choose_runner(config.step_runner, model, train_data[0][:1], task)
+  fns = compiled_functions(
+    config,
+    model,
+    make_tx,
+    task,
+    mesh=mesh,
+    num_examples=num_examples,
+    eval_batch_size=device_data.eval_batch_size(config, num_val, mesh),
+    runner=runner,
+  )
+  return Prepared(fns, train_data, val_data, num_examples, num_val, runner)

@@ -1,0 +1,66 @@
+"""A finished run's weights, read back from its newest good checkpoint.
+
+``load_final_variables(workdir)``: ``params`` and ``batch_stats`` as numpy pytrees (what a
+flatness analysis or a plot needs); ``load_final_state(workdir)``: the whole loop state in its
+optax structure (the run's config rebuilds the optimizer to restore into).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from experiments.optimizers import registry as optimizers
+from experiments.run import checkpoints, components, directory
+from experiments.run.schema import ConfigError
+from experiments.trainer import steps
+
+
+def _restore_newest(workdir: pathlib.Path, what: str, target: Any = None) -> dict[str, Any]:
+  """The newest good checkpoint of ``workdir`` restored (into ``target``'s structure if
+  given); ``CheckpointError`` naming ``what`` if it has none."""
+  with checkpoints.Checkpoints(workdir) as ckpts:
+    step = ckpts.latest_good()
+    if step is None:
+      raise checkpoints.CheckpointError(
+        f"{workdir} has no checkpoint to read the {what} from; rerun it with "
+        "--checkpoint-every-evals > 0."
+      )
+    return ckpts.restore(step, target)
+
+
+def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
+  """The newest good checkpoint of a run as a state dict (``steps.state_dict``), with the
+  optimizer state in its optax structure (a leading seed axis when it trained several)."""
+
+  workdir = pathlib.Path(workdir)
+  config = directory.saved_config(workdir, {})
+  if config is None:
+    raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
+  ds = components.load_data(config, data_dir)
+  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
+  model = components.make_model(config, ds.num_classes)
+  task = components.make_task(config, model)
+  init = lambda seed: steps.state_dict(
+    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas)
+  )
+  seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
+  target = jax.eval_shape(
+    jax.vmap(init) if config.num_seeds > 1 else init, seeds if config.num_seeds > 1 else seeds[0]
+  )
+  return _restore_newest(workdir, "final state", target)
+
+
+def load_final_variables(workdir: str | os.PathLike) -> dict[str, Any]:
+  """``params`` and ``batch_stats`` (if any) of a run's newest good checkpoint, as numpy
+  pytrees (a leading seed axis when the run trained several seeds)."""
+
+  restored = _restore_newest(pathlib.Path(workdir), "final parameters")
+  variables = {"params": restored["params"]}
+  if restored.get("batch_stats") is not None:
+    variables["batch_stats"] = restored["batch_stats"]
+  return variables
