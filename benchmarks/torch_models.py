@@ -34,7 +34,7 @@ def torch_model(name: str):
       tnn.Linear(64, 10),
     )
 
-  def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models/feedforward.py)
+  def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models/base.py)
     return (tnn.BatchNorm2d if dims == 2 else tnn.BatchNorm1d)(c, momentum=0.1)
 
   if name == "lenet_bn":  # experiments.models.feedforward.LeNetBN: pools 3 then 2, dropout 0.5

@@ -28,8 +28,8 @@ import time
 from collections.abc import Sequence
 
 from experiments.configs import charlstm as configs
-from experiments.reporting import summaries
-from experiments.run import cli, comparison, directory, distributed, jobs
+from experiments.reporting import comparison_report, display_names, tables
+from experiments.run import cli, comparison, jobs
 
 DEFAULT = comparison.GridJob(
   models=("char_lstm",),
@@ -46,37 +46,29 @@ def main(argv: Sequence[str] | None = None) -> int:
   start = time.perf_counter()
   job = cli.parse_grid(PROG, __doc__, DEFAULT, argv)
   runs, root = jobs.run_comparison(job, DEFAULT, "runs/charlstm")
-  table = summaries.language_model_table({key: run.results for key, run in runs.items()})
+  results = {key: run.results for key, run in runs.items()}
+  table = tables.language_model_table(results)
   first = next(iter(runs.values())).results
   config = next(iter(runs.values())).config
   header = (
-    f"char-LSTM on {summaries.name(first['dataset'])}: "
+    f"char-LSTM on {display_names.name(first['dataset'])}: "
     f"{first['num_train'] * config.bptt_steps:,} training characters in {config.batch_size} "
     f"streams, {len(first['seeds'])} seeds, equal effective epochs; cross-entropy per "
     "character (mean ± std over seeds). The paper's figures are War and Peace after 25-40 "
     "epochs."
   )
-  if distributed.is_writer():  # process 0 writes the job's files
-    (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-    directory.write_json(
-      root / directory.RESULTS_FILE, {f"{m}-{o}": run.results for (m, o), run in runs.items()}
-    )
-    panels = {
-      summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
-      for m in job.models
-    }
-    summaries.plot_error(
-      panels,
-      root / "valid_cross_entropy.png",
-      title="char-LSTM (cf. Fig. 6b)",
-      key="val_loss",
-      scale=1.0,
-      ylabel="validation cross-entropy (nats/char)",
-    )
-  print(f"\n{header}\n\n{table}\n")
-  print(
-    f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "
-    f"plot: {root / 'valid_cross_entropy.png'}"
+  comparison_report.save_and_print(
+    runs,
+    root,
+    header=header,
+    table=table,
+    results=results,
+    plot_file="valid_cross_entropy.png",
+    start=start,
+    title="char-LSTM (cf. Fig. 6b)",
+    key="val_loss",
+    scale=1.0,
+    ylabel="validation cross-entropy (nats/char)",
   )
   return jobs.diverged_exit_code(list(runs.values()))
 

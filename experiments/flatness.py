@@ -34,7 +34,7 @@ import numpy as np
 import tyro
 
 from experiments.configs.flatness import JOBS
-from experiments.reporting import summaries
+from experiments.reporting import display_names
 from experiments.run import cli, comparison, components, directory, distributed, jobs
 from experiments.run.schema import ConfigError
 from experiments.studies.flatness_analysis import analyse, choose_method
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   columns, spectra = {}, {}
   for optimizer, run in runs.items():
     for s in range(run.config.num_seeds):
-      label = summaries.name(optimizer) + (
+      label = display_names.name(optimizer) + (
         f" seed {run.config.seed + s}" if run.config.num_seeds > 1 else ""
       )
       stats, plotted, values = analyse(run, ds, args, method, s)

@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 
 from experiments.configs import mnist1d as configs
-from experiments.reporting import summaries, time_to_target
-from experiments.run import cli, comparison, directory, distributed, jobs
+from experiments.reporting import comparison_report, tables, time_to_target
+from experiments.run import cli, comparison, jobs
 
 DEFAULT = comparison.GridJob(
   models=("mlp1d", "cnn1d"),
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   times = time_to_target.comparison_times_to_target(
     results, {key: run.records for key, run in runs.items()}
   )
-  table = summaries.comparison_table(results, times)
+  table = tables.comparison_table(results, times)
   first = next(iter(runs.values())).config
   budget = f"{job.effective_epochs:g}" if job.effective_epochs else "the recipes'"
   header = (
@@ -54,21 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"{time_to_target.TARGET_FRACTION:g} x the model's best final accuracy (seconds since "
     "the run started, compilation included)."
   )
-  if distributed.is_writer():  # process 0 writes the job's files
-    (root / "summary.md").write_text(f"{header}\n\n{table}\n")
-    directory.write_json(
-      root / directory.RESULTS_FILE,
-      {f"{m}-{o}": {**run.results, "time_to_target": times[m, o]} for (m, o), run in runs.items()},
-    )
-    panels = {
-      summaries.name(m): {summaries.name(o): runs[m, o].records for o in job.optimizers}
-      for m in job.models
-    }
-    summaries.plot_error(panels, root / "test_error.png", title="MNIST-1D")
-  print(f"\n{header}\n\n{table}\n")
-  print(
-    f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "
-    f"plot: {root / 'test_error.png'}"
+  comparison_report.save_and_print(
+    runs,
+    root,
+    header=header,
+    table=table,
+    results={key: {**r, "time_to_target": times[key]} for key, r in results.items()},
+    plot_file="test_error.png",
+    start=start,
+    title="MNIST-1D",
   )
   return jobs.diverged_exit_code(list(runs.values()))
 

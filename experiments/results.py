@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import tyro
 
-from experiments.reporting import summaries
+from experiments.reporting import tables
 from experiments.run import cli, directory
 from experiments.run.schema import ConfigError
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise cli.UsageError(f"give at least one RUNS_DIR (see {PROG} --help)")
   runs = find_runs(args.directories)
   text = (
-    f"{summaries.table1(runs)}\n\n{summaries.TABLE1_NOTE}\n\nRuns: "
+    f"{tables.table1(runs)}\n\n{tables.TABLE1_NOTE}\n\nRuns: "
     + ", ".join(r["path"] for r in runs)
     + "\n"
   )

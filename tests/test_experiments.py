@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from experiments import cifar10, configs, flatness, mnist, mnist1d, results
 from experiments.models import feedforward as models
+from experiments.models import mnist1d_nets
 from experiments.optimizers import registry as optimizers
 from experiments.run import components, directory, final_state, jobs
 from experiments.run.schema import RunConfig, RunOptions
@@ -51,7 +52,7 @@ class NarrowLeNet(models.LeNetBN):
   hidden: int = 16
 
 
-class NarrowCNN1D(models.CNN1D):
+class NarrowCNN1D(mnist1d_nets.CNN1D):
   channels: int = 4
 
 

@@ -1,4 +1,5 @@
-"""Tests of experiments/models/feedforward.py: parameter counts, BatchNorm, dropout, dtypes.
+"""Tests of the feedforward models (experiments/models/feedforward.py, mnist1d_nets.py and
+base.py): parameter counts, BatchNorm, dropout, dtypes.
 
 Behaviour is tested on narrow versions of the models (same code, fewer
 channels) so that the tests run in seconds on a CPU.
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments.models import feedforward as models
+from experiments.models import mnist1d_nets
 
 _INPUTS = {
   "allcnn_bn": (32, 32, 3),
@@ -231,7 +233,7 @@ def test_dropout_rate_on_mnistfc_input():
     # Dropout off: its random bits take seconds to compile on CPU, and
     # dropout is tested above.
     ("allcnn_bn", models.AllCNNBN(width1=4, width2=6, input_dropout=0.0, dropout=0.0), (16, 16, 3)),
-    ("cnn1d", models.CNN1D(channels=6, use_bn=True), (40,)),
+    ("cnn1d", mnist1d_nets.CNN1D(channels=6, use_bn=True), (40,)),
   ],
 )
 def test_bfloat16_compute_float32_params(name, model, shape):
@@ -260,7 +262,7 @@ def test_bfloat16_compute_float32_params(name, model, shape):
 
 def test_mlp1d_is_the_benchmark_mlp():
   """h1 = relu(W1 x + b1); h2 = h1 + relu(W2 h1 + b2); logits = W3 h2 + b3."""
-  model = models.MLP1D()
+  model = mnist1d_nets.MLP1D()
   x = np.random.default_rng(6).normal(size=(5, 40)).astype(np.float32)
   variables = _random_variables(model, x.shape[1:])
   p = jax.tree.map(np.asarray, variables["params"])

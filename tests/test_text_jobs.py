@@ -15,7 +15,7 @@ from experiments.configs import charlstm as charlstm_configs
 from experiments.data import text
 from experiments.models import recurrent as rm
 from experiments.optimizers import registry as optimizers
-from experiments.reporting import summaries
+from experiments.reporting import tables
 from experiments.run import checkpoints, final_state
 from experiments.run.directory import read_records
 from experiments.trainer import bptt, loop, steps
@@ -146,7 +146,7 @@ def test_table1_rows_of_the_language_models():
       "paper": paper,
     }
 
-  table = summaries.table1(
+  table = tables.table1(
     [
       run("ptb", "ptb_large", "sgd", [math.log(80), math.log(82)], "78.6 ± 0.26 (55)"),
       run("ptb", "ptb_large", "entropy-sgd", [math.log(77)] * 2, "77.656 ± 0.171 (25)"),

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from experiments.reporting import summaries, time_to_target
+from experiments.reporting import tables, time_to_target
 
 
 def test_first_evaluation_at_or_above_the_target():
@@ -60,7 +60,7 @@ def test_the_main_jobs_table_shows_the_time_to_target_column():
     ("mlp1d", "sgd"): {"effective_epochs": 15.0, "seconds": 12.0},
     ("mlp1d", "adam"): {"effective_epochs": float("nan"), "seconds": float("nan")},
   }
-  lines = summaries.comparison_table(results, times).splitlines()
+  lines = tables.comparison_table(results, times).splitlines()
   assert lines[0].endswith("time to target (eff. epochs / s) |")
   assert lines[2].endswith("| 15 / 12 |") and lines[3].endswith("| not reached |")
-  assert "time to target" not in summaries.comparison_table(results)
+  assert "time to target" not in tables.comparison_table(results)

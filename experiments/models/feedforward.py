@@ -1,79 +1,21 @@
-"""Flax Linen models of the Entropy-SGD experiments.
+"""The feedforward models of the experiments and their registry, ``MODELS``.
 
-Linen (not NNX) so that ``params`` and ``batch_stats`` are plain pytrees that an
-Optax transformation and a functional training step can carry around.
-
-Every model is called as ``model.apply(variables, x, train=...)``:
-
-* ``train=True`` uses batch statistics in BatchNorm (pass
-  ``mutable=['batch_stats']`` to get the updated running averages back) and
-  applies dropout, which draws from the rng stream ``'dropout'``;
-* ``train=False`` uses the running averages and no dropout, so evaluation is
-  deterministic.
-
-``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters and BatchNorm
-statistics stay in ``param_dtype`` (float32) so the optimizer updates full
-precision weights.
-
-Layers followed by BatchNorm have no bias: BatchNorm subtracts the mean, so such
-a bias has zero gradient and would only be a parameter that Langevin noise and
-weight decay act on for nothing. The parameter counts therefore differ from the
-PyTorch/Lua originals, which keep those biases.
+The paper's image nets are here (``AllCNNBN``, ``MnistFC``, ``LeNetBN``), the MNIST-1D
+benchmark's in ``experiments.models.mnist1d_nets``; what they share (how they are called,
+dtypes, BatchNorm) in ``experiments.models.base``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-Dtype = Any
-
-# PyTorch/Torch7 BatchNorm keep 0.9 of the old running average (their
-# momentum=0.1); the authors' nets were trained with that.
-_BN_MOMENTUM = 0.9
+from experiments.models import base, mnist1d_nets
 
 
-class _Common(nn.Module):
-  """Fields shared by all models (not registered itself)."""
-
-  num_classes: int = 10
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  bn_momentum: float = _BN_MOMENTUM
-  axis_name: str | None = None  # BatchNorm statistics across devices (pmap/shard_map).
-
-  def _bn(self, train: bool, name: str | None = None) -> nn.BatchNorm:
-    return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=self.bn_momentum,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      axis_name=self.axis_name,
-      name=name,
-    )
-
-  def _dense(self, features: int, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-
-  def _conv(
-    self, features: int, kernel, strides=1, padding: Any = "SAME", use_bias: bool = False
-  ) -> nn.Conv:
-    return nn.Conv(
-      features,
-      kernel_size=kernel,
-      strides=strides,
-      padding=padding,
-      use_bias=use_bias,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
-
-
-class AllCNNBN(_Common):
+class AllCNNBN(base.Classifier):
   """All-CNN-C (Springenberg et al., 2015) with BatchNorm after every conv.
 
   The CIFAR-10 network of the Entropy-SGD paper (Sec. 5.3): dropout 0.2 on the
@@ -119,7 +61,7 @@ class AllCNNBN(_Common):
     return jnp.mean(x, axis=(1, 2))
 
 
-class MnistFC(_Common):
+class MnistFC(base.Classifier):
   """The paper's ``mnistfc`` (Sec. 5.2): 784-1024-1024-10 with BN and dropout.
 
   Layout of the authors' PyTorch model: dropout 0.2 on the input, then twice
@@ -146,7 +88,7 @@ class MnistFC(_Common):
     return self._dense(self.num_classes)(x)
 
 
-class LeNetBN(_Common):
+class LeNetBN(base.Classifier):
   """LeNet with BatchNorm, the paper's MNIST conv net (Sec. 5.2).
 
   As in the authors' PyTorch port (their Lua code, which ran the paper, puts each
@@ -178,106 +120,6 @@ class LeNetBN(_Common):
     return self._dense(self.num_classes)(x)
 
 
-class MLP1D(_Common):
-  """The MNIST-1D benchmark MLP (``MLPBase`` of greydanus/mnist1d).
-
-  40 -> 100 -> 100 -> 10 with ReLU and, as in the benchmark, a residual
-  connection around the second hidden layer. BatchNorm and dropout are off by
-  default so that the model is the published one; turn them on to test how
-  Entropy-SGD interacts with them on a cheap problem.
-
-  Input: (batch, 40).
-  """
-
-  hidden: int = 100
-  use_bn: bool = False
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    def layer(x):
-      x = self._dense(self.hidden, use_bias=not self.use_bn)(x)
-      if self.use_bn:
-        x = self._bn(train)(x)
-      return nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
-
-    h = layer(x)
-    h = h + layer(h)
-    return self._dense(self.num_classes)(h)
-
-
-class _PatchConv1D(nn.Module):
-  """A 1-D convolution (NWC) computed as gathered patches times the kernel.
-
-  The same maths, parameters (``kernel`` (k, in, out), ``bias``) and
-  initialisation as ``nn.Conv``, but an einsum instead of ``lax.conv``: XLA:CPU
-  runs these tiny convolutions ~7x slower inside a loop (the training loop's
-  ``lax.scan``, the Hessian's ``lax.map``) than outside one; a dot does not
-  slow down.
-  """
-
-  features: int
-  kernel_size: int
-  strides: int
-  padding: tuple[int, int]
-  use_bias: bool
-  dtype: Dtype
-  param_dtype: Dtype
-
-  @nn.compact
-  def __call__(self, x):
-    k = self.kernel_size
-    kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (k, x.shape[-1], self.features), self.param_dtype
-    )
-    x = jnp.pad(x, ((0, 0), self.padding, (0, 0)))
-    length = (x.shape[1] - k) // self.strides + 1
-    index = self.strides * jnp.arange(length)[:, None] + jnp.arange(k)
-    y = jnp.einsum("blkc,kco->blo", x[:, index].astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
-
-
-class CNN1D(_Common):
-  """The MNIST-1D benchmark conv net (``ConvBase`` of greydanus/mnist1d).
-
-  Three 1-D convs of 25 channels, kernels 5, 3, 3, all stride 2 and padding 1
-  (40 -> 19 -> 10 -> 5), ReLU, then a linear layer on the 125 flattened
-  features. BatchNorm and dropout are optional, off by default. The convs are
-  computed as patches times kernel (see ``_PatchConv1D``), ~7x faster in the
-  jitted training loop on CPU than ``nn.Conv``, with the same parameters.
-
-  Input: (batch, 40).
-  """
-
-  channels: int = 25
-  kernels: tuple[int, ...] = (5, 3, 3)
-  use_bn: bool = False
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    x = x.reshape((x.shape[0], -1, 1))  # (batch, length, 1 channel)
-    for i, kernel in enumerate(self.kernels):
-      x = _PatchConv1D(
-        self.channels,
-        kernel,
-        2,
-        (1, 1),
-        use_bias=not self.use_bn,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=f"Conv_{i}",
-      )(x)
-      if self.use_bn:
-        x = self._bn(train)(x)
-      x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
-    x = x.reshape((x.shape[0], -1))
-    return self._dense(self.num_classes)(x)
-
-
 class AllCNNBNAuthors(AllCNNBN):
   """``AllCNNBN(authors_code=True)``: the layout both of the authors' codes ran (Lua presets)."""
 
@@ -289,8 +131,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
   "allcnn_bn_authors": AllCNNBNAuthors,
   "mnistfc": MnistFC,
   "lenet_bn": LeNetBN,
-  "mlp1d": MLP1D,
-  "cnn1d": CNN1D,
+  "mlp1d": mnist1d_nets.MLP1D,
+  "cnn1d": mnist1d_nets.CNN1D,
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.reporting import summaries
+from experiments.reporting import plots, summaries
 
 TARGET_FRACTION = 0.9
 """The target is this fraction of the best compared run's final test accuracy."""
@@ -64,7 +64,7 @@ def run_time_to_target(
 ) -> tuple[float, float]:
   """``time_to_target`` of a harness run's metrics records (accuracy in %, mean over seeds;
   seconds since the run started, compilation included)."""
-  x, error = summaries.error_curves(records)
+  x, error = plots.error_curves(records)
   wall = {r["effective_epochs"]: r["wall_time"] for r in records if "val_error" in r}
   accuracy = 100 - np.nanmean(error, axis=0) if len(x) else []
   return time_to_target(accuracy, x, [wall[e] for e in x], target_accuracy_pct)

@@ -6,7 +6,7 @@
       data = components.load_data(config)           # registries: experiments/run/components.py
       model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
       loop.train(config, model, make_tx, data, workdir, mesh=...)  # the same RunConfig
-      results.json, error.png                       # experiments/reporting/summaries.py
+      results.json, error.png                       # experiments/reporting/summaries.py, plots.py
 
 ``run_grid`` runs several configs, one subdirectory each.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from experiments import configs
 from experiments.optimizers import registry as optimizers
-from experiments.reporting import summaries
+from experiments.reporting import display_names, plots, summaries
 from experiments.run import (
   cli,
   comparison,
@@ -149,8 +149,9 @@ def run_experiment(
     )
     if distributed.is_writer():
       directory.write_json(workdir / directory.RESULTS_FILE, results)
-      summaries.plot_error(
-        {describe(config): {summaries.name(config.optimizer): all_records}}, workdir / PLOT_FILE
+      plots.plot_error(
+        {describe(config): {display_names.name(config.optimizer): all_records}},
+        workdir / PLOT_FILE,
       )
     return Run(config, results, all_records, result.state, workdir)
 

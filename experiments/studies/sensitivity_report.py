@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from experiments.configs import mnist1d
 from experiments.configs.sensitivity import SensitivityGrid
-from experiments.reporting import summaries, time_to_target
+from experiments.reporting import display_names, time_to_target
 from experiments.run import comparison, components
 from experiments.run.schema import RunConfig
 from experiments.studies import sensitivity_training
@@ -209,7 +209,7 @@ def _throughput(grid: SensitivityGrid, results: dict[str, Any], log) -> dict[str
 
 def _name(block: str) -> str:
   label, _, steps = block.partition(" ")
-  return summaries.name(label) + (f" ({steps})" if steps else "")
+  return display_names.name(label) + (f" ({steps})" if steps else "")
 
 
 def _setting(point: dict) -> str:
@@ -234,7 +234,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         reached = "not reached"
       flat = f"{np.mean(mean >= mean.max() - FLAT_TOLERANCE):.0%}"
       lines.append(
-        f"| {summaries.name(model)} | {_name(name)} | {_setting(block['points'][best])} | "
+        f"| {display_names.name(model)} | {_name(name)} | {_setting(block['points'][best])} | "
         f"{100 * mean[best]:.1f} ± {100 * final[best].std(ddof=1):.1f} | "
         f"{100 * mean.min():.1f}-{100 * mean.max():.1f} | {flat} | {reached} |"
       )
@@ -247,12 +247,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         else "beats the best SGD nowhere (by two standard errors)"
       )
       verdict.append(
-        f"- {summaries.name(model)}, {_name(name)}: best {100 * s['best_entropy']:.1f}% vs best "
-        f"SGD {100 * s['best_sgd']:.1f}%; {where}; {s['flat_fraction']:.0%} of the grid within "
-        f"1 point of its best, spread {100 * s['spread']:.1f} points."
+        f"- {display_names.name(model)}, {_name(name)}: best {100 * s['best_entropy']:.1f}% vs "
+        f"best SGD {100 * s['best_sgd']:.1f}%; {where}; {s['flat_fraction']:.0%} of the grid "
+        f"within 1 point of its best, spread {100 * s['spread']:.1f} points."
       )
     verdict.append(
-      f"- {summaries.name(model)}: target {100 * r['target_accuracy']:.1f}% "
+      f"- {display_names.name(model)}: target {100 * r['target_accuracy']:.1f}% "
       f"({time_to_target.TARGET_FRACTION:g} x the best final accuracy)."
     )
   return lines + [""] + verdict
@@ -279,7 +279,7 @@ def plot_heatmaps(results: dict[str, Any], path: str | os.PathLike) -> None:
       ax.set_xticks(range(shape[1]), [f"{v:g}" for v in grid["langevin_lr"]])
       ax.set_yticks(range(shape[0]), [f"{v:g}" for v in grid["gamma0"]])
       ax.set(xlabel="Langevin step", ylabel="gamma0")
-      ax.set_title(f"{summaries.name(model)} L={steps} noise {noise:g}", fontsize=9)
+      ax.set_title(f"{display_names.name(model)} L={steps} noise {noise:g}", fontsize=9)
       fig.colorbar(image, ax=ax, label="test acc. (%)")
   fig.tight_layout()
   fig.savefig(path, dpi=80)
