@@ -30,7 +30,7 @@ import optax
 import entropy_optax
 from experiments.data import datasets as data
 from experiments.models import feedforward as models
-from experiments.trainer import step_runners, steps
+from experiments.trainer import step_runners, steps, tasks
 
 
 def _tx(optimizer: str, langevin_steps: int):
@@ -76,7 +76,7 @@ def measure(
   variants = {"loop": runner} | ({"scan": "scan"} if with_scan and runner != "scan" else {})
   fns = {
     name: step_runners.compiled_functions(
-      model, make_tx, steps.Task(), None, False, batch, L, True, len(ds.train_x), 16, r
+      model, make_tx, tasks.Task(), None, False, batch, L, True, len(ds.train_x), 16, r
     )
     for name, r in variants.items()
   }

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments.trainer import loop, step_runners, steps
+from experiments.trainer import loop, loop_state, step_runners, tasks
 from tests import test_training as t
 
 
@@ -23,15 +23,15 @@ def main():
   sharded = loop.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
   diffs = jax.tree.map(
     lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-    steps.state_dict(single.state),
-    steps.state_dict(sharded.state),
+    loop_state.state_dict(single.state),
+    loop_state.state_dict(sharded.state),
   )
   kernel = sharded.state.params["Dense_0"]["kernel"]
   # The compiled step is data parallel: XLA reduces gradients and BatchNorm moments across devices.
   fns = step_runners.compiled_functions(
     t.MODEL,
     t.TX,
-    steps.Task(),
+    tasks.Task(),
     mesh,
     False,
     cfg.batch_size,

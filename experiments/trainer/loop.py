@@ -5,7 +5,7 @@ It trains a Linen model (``model.apply(variables, x, train=...)``, BatchNorm in
 the device, with any optax optimizer or a local-entropy one:
 
 * The data set is put on the device once; each data pass is shuffled there
-  (``steps.Task.batch_indices``). An outer step consumes L = ``langevin_steps`` mini-batches
+  (``tasks.Task.batch_indices``). An outer step consumes L = ``langevin_steps`` mini-batches
   (or one reused by all L Langevin steps: ``fresh_batches=False``).
 * Calls of up to ``steps_per_call`` outer steps (``experiments.trainer.step_runners``: a
   ``lax.scan``, or
@@ -28,7 +28,7 @@ the device, with any optax optimizer or a local-entropy one:
   processes (``jax.distributed``) every process runs this same loop on the global arrays and
   process 0 alone writes.
 * Extensions (a carried recurrent state, a pre-evaluation hook, another data order, another
-  loss): ``steps.Task``.
+  loss): ``tasks.Task``.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ from entropy_optax.flax import takes_grad_fn
 from experiments.run import distributed, run_files
 from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import steps_per_epoch
-from experiments.trainer import divergence, preemption, step_runners
+from experiments.trainer import divergence, loop_state, preemption, step_runners
 from experiments.trainer import records as records_lib
 from experiments.trainer import steps as steps_lib
-from experiments.trainer.steps import LoopState, Task, cross_entropy
+from experiments.trainer.loop_state import LoopState
+from experiments.trainer.tasks import Task, cross_entropy
 
 __all__ = [
   "TrainConfig",
@@ -95,7 +96,7 @@ class TrainConfig:
     seed: the seed of initialisation, dropout, data order and Langevin noise.
     num_seeds: train seeds ``seed .. seed + num_seeds - 1`` at once (vmap).
     replicas: replicas per seed (Parle, data-parallel SGD): a leading axis of each seed's state,
-      vmapped with the axis name ``steps.REPLICA_AXIS`` on one device; their average is
+      vmapped with the axis name ``loop_state.REPLICA_AXIS`` on one device; their average is
       evaluated (``experiments.trainer.step_runners``).
     step_runner: ``auto``, ``scan`` or ``dispatch`` (``experiments.trainer.step_runners``).
     progress: show a tqdm progress bar when stderr is a terminal.
@@ -187,7 +188,7 @@ def train(
     data: ``(train_x, train_y, val_x, val_y)`` arrays (an ``experiments.data.datasets.Dataset``).
     workdir: where ``metrics.jsonl``, ``config.json`` and the checkpoints go; None keeps
       everything in memory.
-    task: the loss and the loop's extension points (``steps.Task``).
+    task: the loss and the loop's extension points (``tasks.Task``).
     mesh: a ``jax.sharding.Mesh`` with an axis ``'seed'`` (the seeds split over it) and/or
       ``'data'`` (every batch split over it); None: one device.
     resume: None: resume from the newest good checkpoint if any, else start afresh; True: the
@@ -231,7 +232,7 @@ def train(
   run = run_files.RunFiles(workdir, config, run_info, log) if workdir is not None else None
   previous: list[dict[str, Any]] = []
   if run is not None:
-    restored, previous = run.open(steps_lib.state_dict(state), resume)
+    restored, previous = run.open(loop_state.state_dict(state), resume)
     if restored is not None:
       state = state.replace(**restored)
   step = int(np.max(distributed.fetch(state.step)))
@@ -287,7 +288,7 @@ def train(
       if run is not None:
         save = done or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
         save = (save or interrupting) and not stopped  # all diverged: not worth keeping
-        run.write(step, made, checkpoint=steps_lib.state_dict(state) if save else None)
+        run.write(step, made, checkpoint=loop_state.state_dict(state) if save else None)
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
@@ -318,7 +319,7 @@ def evaluate(
   x, y = (np.asarray(a) for a in data)
   size = _eval_batch(config, len(x), mesh)
   w = _pad(np.ones(len(x), np.float32), size)
-  center = steps_lib.replica_mean if config.replicas > 1 else (lambda s: s)
+  center = loop_state.replica_mean if config.replicas > 1 else (lambda s: s)
   fn = lambda s, x, y, w: steps_lib.evaluate(center(s), x, y, w, size, task)  # noqa: E731
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))

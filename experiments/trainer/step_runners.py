@@ -30,20 +30,20 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.run.distributed import DATA_AXIS, SEED_AXIS
-from experiments.trainer import steps
+from experiments.trainer import loop_state, steps, tasks
 
 RUNNERS = ("auto", "scan", "dispatch")
 
 
-def uses_convolutions(model, example_x, task: steps.Task = steps.Task()) -> bool:
+def uses_convolutions(model, example_x, task: tasks.Task = tasks.Task()) -> bool:
   """Whether the model's forward pass has a convolution (traced, not run)."""
   jaxpr = jax.make_jaxpr(
-    lambda x: model.init(jax.random.PRNGKey(0), x, train=False, **steps.carry_kwargs(task, x))
+    lambda x: model.init(jax.random.PRNGKey(0), x, train=False, **tasks.carry_kwargs(task, x))
   )(example_x)
   return "conv_general_dilated" in str(jaxpr)
 
 
-def choose_runner(runner: str, model, example_x, task: steps.Task = steps.Task()) -> str:
+def choose_runner(runner: str, model, example_x, task: tasks.Task = tasks.Task()) -> str:
   """``scan`` or ``dispatch`` for ``runner`` in ``RUNNERS`` (see the module docstring)."""
   if runner != "auto":
     return runner
@@ -76,7 +76,7 @@ class Functions:
 def compiled_functions(
   model,
   make_tx,
-  task: steps.Task,
+  task: tasks.Task,
   mesh,
   batched: bool,
   batch_size: int,
@@ -89,10 +89,10 @@ def compiled_functions(
 ) -> Functions:
   """The jitted functions of a run, shared by runs with the same arguments (e.g. a resume).
 
-  ``replicas`` > 1: every seed's state has a leading replica axis (``steps.init_state``), each
-  step runs the replicas under ``jax.vmap(..., axis_name=steps.REPLICA_AXIS)`` (on one device)
+  ``replicas`` > 1: every seed's state has a leading replica axis (``loop_state.init_state``), each
+  step runs the replicas under ``jax.vmap(..., axis_name=loop_state.REPLICA_AXIS)`` (on one device)
   with the step's metrics averaged over them, and the replicas' average is evaluated
-  (``steps.replica_mean``, then ``task.before_eval``).
+  (``loop_state.replica_mean``, then ``task.before_eval``).
   """
   batches_per_step = langevin_steps if fresh_batches else 1
   spmd_axis = SEED_AXIS if mesh is not None and SEED_AXIS in mesh.axis_names else None
@@ -109,7 +109,7 @@ def compiled_functions(
     return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
   def init(seed, example_x):
-    return steps.init_state(model, make_tx, task, example_x, seed, batch_size, replicas)
+    return loop_state.init_state(model, make_tx, task, example_x, seed, batch_size, replicas)
 
   def indices(state, num_steps):
     if replicas > 1:  # each replica its own data order; steps first: (steps, replicas, L, B)
@@ -129,7 +129,7 @@ def compiled_functions(
   def one_step(state, data, idx):
     if replicas == 1:
       return replica_step(state, data, idx)
-    state, metrics = jax.vmap(replica_step, (0, None, 0), axis_name=steps.REPLICA_AXIS)(
+    state, metrics = jax.vmap(replica_step, (0, None, 0), axis_name=loop_state.REPLICA_AXIS)(
       state, data, idx
     )
     return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
@@ -175,7 +175,7 @@ def compiled_functions(
     return steps.evaluate(state, *data, eval_batch_size, task, lambda a: constrain_batch(a, 0))
 
   def before_eval(state, data):
-    state = steps.replica_mean(state) if replicas > 1 else state
+    state = loop_state.replica_mean(state) if replicas > 1 else state
     return task.before_eval(state, *data) if task.before_eval else state
 
   return Functions(
