@@ -31,7 +31,7 @@ import entropy_optax
 from experiments.data import datasets as data
 from experiments.models import feedforward as models
 from experiments.run.schema import RunConfig
-from experiments.trainer import step_runners, steps
+from experiments.trainer import step_runners, steps, tasks
 
 
 def _tx(optimizer: str, langevin_steps: int):
@@ -80,7 +80,7 @@ def measure(
       RunConfig(batch_size=batch, langevin_steps=L),
       model,
       make_tx,
-      steps.Task(),
+      tasks.Task(),
       mesh=None,
       num_examples=len(ds.train_x),
       eval_batch_size=16,

@@ -33,7 +33,7 @@ import entropy_optax
 from benchmarks import harness
 from experiments.models import recurrent
 from experiments.run.schema import RunConfig
-from experiments.trainer import bptt, step_runners, steps
+from experiments.trainer import bptt, step_runners, tasks
 
 # name: (model factory(vocab), vocab size, batch streams, BPTT steps, clip norm)
 WORKLOADS = {
@@ -76,7 +76,7 @@ def _programs(name: str, langevin_steps: int):
     (f"{langevin_steps}x_sgd", sgd_tx, 1, langevin_steps),
   ):
     order = bptt.SegmentOrder(steps_l)
-    task = steps.Task(
+    task = tasks.Task(
       batch_indices=order,
       carry_reset=order.starts_pass,
       init_carry=bptt.ZeroCarry(model),

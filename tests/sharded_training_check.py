@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from experiments.trainer import loop, step_runners, steps
+from experiments.run import distributed
+from experiments.trainer import loop, loop_state, step_runners, tasks
 from tests import test_training as t
 
 
@@ -19,12 +20,12 @@ def main():
   devices = jax.devices()
   cfg = t.config(num_steps=20, eval_every_steps=0, checkpoint_every_steps=0)
   single = loop.train(cfg, t.MODEL, t.TX, t.tiny_data())
-  mesh = Mesh(np.array(devices), (loop.DATA_AXIS,))
+  mesh = Mesh(np.array(devices), (distributed.DATA_AXIS,))
   sharded = loop.train(cfg, t.MODEL, t.TX, t.tiny_data(), mesh=mesh)
   diffs = jax.tree.map(
     lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-    steps.state_dict(single.state),
-    steps.state_dict(sharded.state),
+    loop_state.state_dict(single.state),
+    loop_state.state_dict(sharded.state),
   )
   kernel = sharded.state.params["Dense_0"]["kernel"]
   # The compiled step is data parallel: XLA reduces gradients and BatchNorm moments across devices.
@@ -32,7 +33,7 @@ def main():
     cfg,
     t.MODEL,
     t.TX,
-    steps.Task(),
+    tasks.Task(),
     mesh=mesh,
     num_examples=384,
     eval_batch_size=128,

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.trainer import batchnorm, steps
+from experiments.trainer import batchnorm, loop_state, tasks
 
 EPS = 1e-5
 
@@ -84,7 +84,9 @@ def test_running_stats_become_the_sets_activation_moments(bn_momentum):
 def test_the_loop_hook_sets_the_state_statistics_and_keeps_the_rest():
   model = TwoBN()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(130, 3)), jnp.float32)
-  state = steps.init_state(model, lambda key: optax.sgd(0.1), steps.Task(), x[:1], jnp.uint32(0))
+  state = loop_state.init_state(
+    model, lambda key: optax.sgd(0.1), tasks.Task(), x[:1], jnp.uint32(0)
+  )
   state = state.replace(batch_stats=jax.tree.map(lambda a: a - 3.0, state.batch_stats))
   hook = batchnorm.BatchNormReestimation(model, batch_size=32)
   new = jax.jit(hook)(state, x, jnp.zeros(130, jnp.int32))
@@ -105,7 +107,7 @@ class NoBN(nn.Module):
 def test_without_dropout_and_models_without_batchnorm():
   assert batchnorm.without_dropout(TwoBN(dropout=0.5)).dropout == 0.0
   assert batchnorm.without_dropout(NoBN()) == NoBN()
-  state = steps.init_state(
-    NoBN(), lambda key: optax.sgd(0.1), steps.Task(), jnp.ones((1, 3)), jnp.uint32(0)
+  state = loop_state.init_state(
+    NoBN(), lambda key: optax.sgd(0.1), tasks.Task(), jnp.ones((1, 3)), jnp.uint32(0)
   )
   assert batchnorm.BatchNormReestimation(NoBN())(state, jnp.ones((4, 3)), None) is state

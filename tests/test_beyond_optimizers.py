@@ -10,7 +10,7 @@ from experiments import configs
 from experiments.optimizers import registry as optimizers
 from experiments.run import components
 from experiments.run.schema import ConfigError, RunConfig
-from experiments.trainer import steps
+from experiments.trainer import loop_state, steps, tasks
 
 
 def test_sgld_entry_steps_by_the_decayed_rate_with_langevin_noise():
@@ -52,13 +52,13 @@ def test_one_outer_step_costs_exactly_l_gradient_evaluations(optimizer):
   def counting_loss(logits, labels):
     # Mini-batch k holds labels k: the forward pass reports which mini-batch it evaluates.
     jax.debug.callback(lambda label: batches.append(int(label)), labels[0])
-    return steps.cross_entropy(logits, labels)
+    return tasks.cross_entropy(logits, labels)
 
-  task = steps.Task(loss_fn=counting_loss)
+  task = tasks.Task(loss_fn=counting_loss)
   make_tx = optimizers.optimizer_factory(config, 100)
   xs = jnp.ones((num_langevin_steps, 5, 2))
   ys = jnp.broadcast_to(jnp.arange(num_langevin_steps)[:, None], (num_langevin_steps, 5))
-  state = steps.init_state(_Linear(), make_tx, task, xs[0], jnp.uint32(0))
+  state = loop_state.init_state(_Linear(), make_tx, task, xs[0], jnp.uint32(0))
   step = jax.jit(lambda s: steps.train_step(s, xs, ys, task=task))
   state, _ = step(state)
   jax.effects_barrier()

@@ -28,7 +28,7 @@ from experiments.models import mnist1d_nets
 from experiments.optimizers import registry as optimizers
 from experiments.run import components, directory, final_state, jobs
 from experiments.run.schema import RunConfig, RunOptions
-from experiments.trainer import steps
+from experiments.trainer import tasks
 from tests import test_tensorboard as tensorboard_events
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -521,7 +521,7 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
 
     def loss(v):
       logits = model.apply({"params": unravel(v)}, ds.train_x[:60], train=False)
-      return steps.cross_entropy(logits, ds.train_y[:60])
+      return tasks.cross_entropy(logits, ds.train_y[:60])
 
     expected = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
     assert eigenvalues.shape == expected.shape == (stats[label]["count"],)

@@ -15,7 +15,7 @@ from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
 from experiments.run import components, directory, final_state
 from experiments.run import schema as config_lib
-from experiments.trainer import batchnorm, steps
+from experiments.trainer import batchnorm, tasks
 
 # train.lua's learning_rate_schedule: (first epoch, last epoch, lr) rows, and its max_epochs.
 LUA_REGIMES = {
@@ -98,10 +98,10 @@ def test_lua_optimizer_entry_is_authors_entropy_sgd_lua():
 def test_replacement_sampling_draws_like_the_codes():
   key = jax.random.key_data(jax.random.PRNGKey(3))
   n, batch, num_batches = 100, 50, 400
-  idx = np.asarray(steps.replacement_batch_indices(key, jnp.int32(0), num_batches, n, batch))
+  idx = np.asarray(tasks.replacement_batch_indices(key, jnp.int32(0), num_batches, n, batch))
   assert idx.shape == (num_batches, batch) and idx.min() == 0 and idx.max() == n - 1
   # A batch depends only on its number: a resumed run draws the same ones.
-  later = steps.replacement_batch_indices(key, jnp.int32(10), 5, n, batch)
+  later = tasks.replacement_batch_indices(key, jnp.int32(10), 5, n, batch)
   np.testing.assert_array_equal(later, idx[10:15])
   # With replacement: a batch of 50 out of 100 holds on average 100 (1 - 0.99^50) = 39.5
   # distinct examples (a permutation's slice holds 50), and the counts are uniform.
@@ -161,7 +161,7 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
       jnp.asarray(ds.test_x),
       train=False,
     )
-    return steps.cross_entropy(logits, jnp.asarray(ds.test_y))
+    return tasks.cross_entropy(logits, jnp.asarray(ds.test_y))
 
   test_loss = lambda batch_stats: float(loss(batch_stats))
   stats = jax.jit(

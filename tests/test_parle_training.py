@@ -15,9 +15,9 @@ import pytest
 
 import entropy_optax
 from experiments.optimizers import registry
-from experiments.run import components
+from experiments.run import components, distributed
 from experiments.run.schema import ConfigError, RunConfig
-from experiments.trainer import batchnorm, loop, steps
+from experiments.trainer import batchnorm, loop, loop_state, steps, tasks
 from tests import test_training as t
 
 REPLICAS = 3
@@ -29,7 +29,7 @@ def parle_tx(key):
     rho=1.0,
     num_langevin_steps=t.L,
     gamma=0.03,
-    axis_name=steps.REPLICA_AXIS,
+    axis_name=loop_state.REPLICA_AXIS,
     independent_noise=False,
     key=key,
   )
@@ -37,7 +37,7 @@ def parle_tx(key):
 
 def dp_sgd_tx(key):
   del key
-  return optax.chain(optax.sgd(0.1, 0.9), entropy_optax.replica_average(steps.REPLICA_AXIS))
+  return optax.chain(optax.sgd(0.1, 0.9), entropy_optax.replica_average(loop_state.REPLICA_AXIS))
 
 
 class BNNet(nn.Module):
@@ -53,7 +53,7 @@ class BNNet(nn.Module):
 
 
 MODEL = BNNet()
-TASK = steps.Task(before_eval=batchnorm.BatchNormReestimation(MODEL, batch_size=128))
+TASK = tasks.Task(before_eval=batchnorm.BatchNormReestimation(MODEL, batch_size=128))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_replicas_have_their_own_keys_and_data_and_the_average_is_evaluated(parl
   train_x = t.tiny_data()[0]
 
   def evaluate_mean(seed_state):
-    center = TASK.before_eval(steps.replica_mean(seed_state), train_x, None)
+    center = TASK.before_eval(loop_state.replica_mean(seed_state), train_x, None)
     return steps.evaluate(center, val_x, val_y, jnp.ones(len(val_x)), len(val_x))
 
   want = jax.jit(jax.vmap(evaluate_mean))(state)
@@ -99,7 +99,7 @@ def test_data_parallel_sgd_replicas_stay_identical():
 
 
 def test_replicas_need_one_device():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (loop.DATA_AXIS,))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (distributed.DATA_AXIS,))
   with pytest.raises(ValueError, match="vmapped on one device"):
     loop.train(t.config(replicas=2), MODEL, parle_tx, t.tiny_data(), mesh=mesh)
 
@@ -112,7 +112,7 @@ RECIPE = RunConfig(
 def test_registry_parle_and_the_schema():
   tx = registry.optimizer_factory(RECIPE, 4000)(jax.random.PRNGKey(0))
   params = jnp.zeros((4, 2))
-  state = jax.vmap(tx.init, axis_name=steps.REPLICA_AXIS)(params)
+  state = jax.vmap(tx.init, axis_name=loop_state.REPLICA_AXIS)(params)
   assert optax.tree.get(state, "elastic_count").shape == (4,)
   # Components: the replicas' average is always evaluated with BatchNorm re-estimated.
   assert components.make_task(RECIPE, MODEL).before_eval is not None

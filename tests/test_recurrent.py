@@ -12,7 +12,7 @@ import pytest
 import entropy_optax
 from experiments.models import recurrent as rm
 from experiments.run.schema import RunConfig
-from experiments.trainer import bptt, step_runners, steps
+from experiments.trainer import bptt, loop_state, step_runners, steps, tasks
 
 
 def _lstm_params(vocab, embed, hidden, layers):
@@ -115,7 +115,7 @@ def test_state_carried_over_two_segments_equals_the_concatenated_sequence(make):
 
 def _task(model, langevin_steps=1, clip_norm=0.0):
   order = bptt.SegmentOrder(langevin_steps)
-  return steps.Task(
+  return tasks.Task(
     batch_indices=order,
     carry_reset=order.starts_pass,
     init_carry=bptt.ZeroCarry(model),
@@ -127,7 +127,7 @@ def _evaluate(model, params, tokens, batch, num_steps):
   """The harness's evaluation of ``params`` on ``tokens`` laid out by ``bptt.eval_examples``."""
   x, y = bptt.eval_examples(tokens, batch, num_steps)
   task = _task(model)
-  state = steps.init_state(model, lambda k: optax.sgd(1.0), task, x[:1], 0, batch)
+  state = loop_state.init_state(model, lambda k: optax.sgd(1.0), task, x[:1], 0, batch)
   return steps.evaluate(state.replace(params=params), x, y, np.ones(len(x)), batch, task)
 
 
@@ -270,7 +270,7 @@ def test_clipping_acts_on_every_gradient_evaluation_and_not_on_x_minus_mu():
     1.0, num_langevin_steps=L, gamma=0.1, langevin_lr=lr, noise=0.0, momentum=0.0, key=key
   )
   task = _task(model, L, clip)
-  state = steps.init_state(model, make_tx, task, x_all[:1], 0, 3)
+  state = loop_state.init_state(model, make_tx, task, x_all[:1], 0, 3)
   xs, ys = jnp.asarray(x_all[:9].reshape(L, 3, 4)), jnp.asarray(y_all[:9].reshape(L, 3, 4))
   new_state, _ = jax.jit(lambda s: steps.train_step(s, xs, ys, task=task, reset_carry=True))(state)
   x = state.params
@@ -309,7 +309,7 @@ def test_clipping_acts_on_every_gradient_evaluation_and_not_on_x_minus_mu():
   assert float(optax.tree.norm(optax.tree.sub(unclipped, mu))) > 0.1 * step_norm
   # A plain optimizer's one gradient is clipped too: SGD with lr 1 moves by at most clip.
   sgd_task = _task(model, 1, clip)
-  sgd_state = steps.init_state(model, lambda k: optax.sgd(1.0), sgd_task, x_all[:1], 0, 3)
+  sgd_state = loop_state.init_state(model, lambda k: optax.sgd(1.0), sgd_task, x_all[:1], 0, 3)
   moved, _ = jax.jit(
     lambda s: steps.train_step(s, xs[:1], ys[:1], task=sgd_task, reset_carry=True)
   )(sgd_state)

@@ -18,7 +18,7 @@ from experiments.optimizers import registry as optimizers
 from experiments.reporting import tables
 from experiments.run import checkpoints, final_state
 from experiments.run.directory import read_records
-from experiments.trainer import bptt, loop, steps
+from experiments.trainer import bptt, loop, loop_state, tasks
 from tests import test_training as t
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
     1e-2, b1=0.5, num_langevin_steps=5, gamma=0.01, langevin_lr=0.1, noise=1e-4, key=key
   )
   order = bptt.SegmentOrder(5)
-  task = steps.Task(
+  task = tasks.Task(
     batch_indices=order,
     carry_reset=order.starts_pass,
     init_carry=bptt.ZeroCarry(model),
@@ -211,7 +211,9 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
   resumed = run(tmp_path / "cut")
   assert [r["step"] for r in resumed.records] == [36, 36]
   jax.tree.map(
-    np.testing.assert_array_equal, steps.state_dict(resumed.state), steps.state_dict(whole.state)
+    np.testing.assert_array_equal,
+    loop_state.state_dict(resumed.state),
+    loop_state.state_dict(whole.state),
   )
   drop_time = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
   assert drop_time(read_records(tmp_path / "cut")) == drop_time(read_records(tmp_path / "whole"))

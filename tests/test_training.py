@@ -23,7 +23,7 @@ import entropy_optax
 from experiments.run import checkpoints, components, directory, schema
 from experiments.run.directory import read_records
 from experiments.run.schema import RunConfig
-from experiments.trainer import loop, steps
+from experiments.trainer import loop, loop_state, steps, tasks
 
 L = 3
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def config(
 
 
 def assert_states_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, steps.state_dict(a), steps.state_dict(b))
+  jax.tree.map(np.testing.assert_array_equal, loop_state.state_dict(a), loop_state.state_dict(b))
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +92,13 @@ def uninterrupted(tmp_path_factory):
 def test_batch_indices_shuffle_every_pass_on_device():
   n, b = 10, 3  # 3 mini-batches per pass; the 10th example is dropped in each pass
   key = jax.random.PRNGKey(0)
-  idx = np.asarray(steps.shuffled_batch_indices(key, jnp.int32(0), 9, n, b))
+  idx = np.asarray(tasks.shuffled_batch_indices(key, jnp.int32(0), 9, n, b))
   passes = idx.reshape(3, 9)
   for p in passes:
     assert len(set(p)) == 9 and set(p) <= set(range(n))
   assert not np.array_equal(passes[0], passes[1])
   # Any window of mini-batches is the same slice of the sequence: the order depends on the step.
-  np.testing.assert_array_equal(steps.shuffled_batch_indices(key, jnp.int32(4), 4, n, b), idx[4:8])
+  np.testing.assert_array_equal(tasks.shuffled_batch_indices(key, jnp.int32(4), 4, n, b), idx[4:8])
 
 
 def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
@@ -179,17 +179,17 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
   emptied = tmp_path / "emptied"
   for manifest in (emptied / "checkpoints").rglob("manifest.ocdbt"):
     manifest.write_bytes(b"")
-  with pytest.raises(loop.CheckpointError, match=r"unusable.*--overwrite"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"unusable.*--overwrite"):
     loop.train(config(), MODEL, TX, tiny_data(), emptied, log=lambda _: None)
   with checkpoints.Checkpoints(emptied) as ckpts:
     assert ckpts.steps() == [20, 30]
 
   # Nothing to resume, another run's directory, starting afresh over checkpoints: clear errors.
-  with pytest.raises(loop.CheckpointError, match="nothing to resume"):
+  with pytest.raises(checkpoints.CheckpointError, match="nothing to resume"):
     loop.train(config(), MODEL, TX, tiny_data(), tmp_path / "empty", resume=True)
-  with pytest.raises(loop.CheckpointError, match="batch_size"):
+  with pytest.raises(checkpoints.CheckpointError, match="batch_size"):
     loop.train(config(batch_size=16), MODEL, TX, tiny_data(), workdir)
-  with pytest.raises(loop.CheckpointError, match="--resume"):
+  with pytest.raises(checkpoints.CheckpointError, match="--resume"):
     loop.train(config(), MODEL, TX, tiny_data(), workdir, resume=False)
 
 
@@ -223,11 +223,11 @@ def test_vmapped_seeds_match_single_seed_runs(uninterrupted):
   cfg = config(num_seeds=2, eval_every_steps=0, checkpoint_every_steps=0)
   result = loop.train(cfg, MODEL, TX, tiny_data())
   assert result.state.params["Dense_0"]["kernel"].shape == (2, 8, 16)
-  lane0 = jax.tree.map(lambda a: a[0], steps.state_dict(result.state))
+  lane0 = jax.tree.map(lambda a: a[0], loop_state.state_dict(result.state))
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
     lane0,
-    steps.state_dict(reference.state),
+    loop_state.state_dict(reference.state),
   )
   k0, k1 = result.state.params["Dense_0"]["kernel"]
   assert not np.allclose(k0, k1)  # the seeds differ
@@ -257,7 +257,7 @@ def test_one_batch_per_step_reuses_it_for_every_langevin_step():
   x, y, _, _ = tiny_data()
   num_steps = 2  # L of this tx (compiles faster than the module's L)
   tx = entropy_optax.entropy_sgd(0.5, num_langevin_steps=num_steps, noise=0.0)
-  state = jax.jit(lambda s: steps.init_state(MODEL, lambda k: tx, steps.Task(), x[:1], s))(
+  state = jax.jit(lambda s: loop_state.init_state(MODEL, lambda k: tx, tasks.Task(), x[:1], s))(
     jnp.uint32(0)
   )
   xs, ys = jnp.asarray(x[:32])[None], jnp.asarray(y[:32])[None]
@@ -289,8 +289,8 @@ def test_dispatch_runner_matches_scan():
   dispatch = loop.train(dataclasses.replace(cfg, step_runner="dispatch"), MODEL, TX, tiny_data())
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-    steps.state_dict(scan.state),
-    steps.state_dict(dispatch.state),
+    loop_state.state_dict(scan.state),
+    loop_state.state_dict(dispatch.state),
   )
   for a, b in zip(scan.records, dispatch.records):
     np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
@@ -334,7 +334,7 @@ def test_task_extensions_carry_and_before_eval():
   """A carried state (Task.init_carry) is threaded through the steps and kept in the state; a
   pre-evaluation hook (Task.before_eval) changes what is evaluated, not what is trained."""
   model, batch = CarryNet(), 32
-  task = steps.Task(
+  task = tasks.Task(
     init_carry=lambda n: jnp.zeros((n, 4)),
     before_eval=lambda state, x, y: state.replace(
       params=jax.tree.map(jnp.zeros_like, state.params)
@@ -350,13 +350,13 @@ def test_task_extensions_carry_and_before_eval():
   np.testing.assert_allclose(result.records[-1]["val_error"], np.mean(vy != 0), atol=1e-6)
   # The carry is the hidden state of step 2's mini-batch, from step 1's carry, computed here
   # independently with the parameters of step 1.
-  init = jax.jit(lambda s: steps.init_state(model, lambda k: sgd, task, x[:1], s, batch))
+  init = jax.jit(lambda s: loop_state.init_state(model, lambda k: sgd, task, x[:1], s, batch))
   state0 = init(jnp.uint32(0))
-  idx = np.asarray(steps.shuffled_batch_indices(state0.data_key, jnp.int32(0), 2, len(x), batch))
+  idx = np.asarray(tasks.shuffled_batch_indices(state0.data_key, jnp.int32(0), 2, len(x), batch))
   params0 = state0.params
   h1 = jnp.tanh(x[idx[0]] @ params0["Dense_0"]["kernel"] + params0["Dense_0"]["bias"])
   grads = jax.grad(
-    lambda p: steps.cross_entropy(
+    lambda p: tasks.cross_entropy(
       model.apply({"params": p}, x[idx[0]], jnp.zeros((batch, 4)), train=True)[0], y[idx[0]]
     )
   )(params0)

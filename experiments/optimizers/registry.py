@@ -4,7 +4,7 @@ Adding an optimizer is one entry, ``OPTIMIZERS[name] = OptimizerEntry(make, take
 ``make(config, lr, key)`` returns the optax transformation, where ``lr`` is the learning-rate
 schedule (counting outer steps) and ``key`` the seed's PRNG key (the loop builds one optimizer
 per seed with its own key; with ``--replicas`` > 1, one per replica, under the named vmap axis
-``experiments.trainer.steps.REPLICA_AXIS``); ``takes_grad_fn`` says whether it takes
+``experiments.trainer.loop_state.REPLICA_AXIS``); ``takes_grad_fn`` says whether it takes
 ``langevin_steps`` > 1 and a ``grad_fn`` (one update per L mini-batches: local entropy,
 Gaussian smoothing); ``takes_replicas`` whether it couples ``--replicas`` > 1.
 
@@ -34,7 +34,7 @@ import entropy_optax
 from experiments.optimizers import sgld
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
-from experiments.trainer import steps
+from experiments.trainer import loop_state
 
 
 def _plain(config: RunConfig, base):
@@ -73,7 +73,7 @@ def _langevin(config: RunConfig, key) -> dict[str, Any]:
 
 def _replica_axis(config: RunConfig):
   """The loop's named axis of the replicas (None for one replica: no coupling)."""
-  return steps.REPLICA_AXIS if config.replicas > 1 else None
+  return loop_state.REPLICA_AXIS if config.replicas > 1 else None
 
 
 def _sgd(config, lr, key):

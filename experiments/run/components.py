@@ -29,7 +29,7 @@ from experiments.models import recurrent
 from experiments.optimizers import registry as optimizers_lib
 from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
-from experiments.trainer import batchnorm, bptt, steps
+from experiments.trainer import batchnorm, bptt, tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +82,16 @@ DATASETS: dict[str, DatasetEntry] = {
 
 
 def make_task(config: RunConfig, model) -> Any:
-  """The loop's ``steps.Task`` of ``config``: its mini-batch sampling and the BatchNorm
+  """The loop's ``tasks.Task`` of ``config``: its mini-batch sampling and the BatchNorm
   re-estimation before every evaluation (``--sampling``, ``--bn-reestimate``)."""
 
   if DATASETS[config.dataset].sequence:  # stateful truncated BPTT
     return bptt.make_task(config, model)
-  return steps.Task(
+  return tasks.Task(
     batch_indices=(
-      steps.replacement_batch_indices
+      tasks.replacement_batch_indices
       if config.sampling == "replacement"
-      else steps.shuffled_batch_indices
+      else tasks.shuffled_batch_indices
     ),
     before_eval=(
       batchnorm.BatchNormReestimation(model)

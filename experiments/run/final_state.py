@@ -17,7 +17,7 @@ import numpy as np
 from experiments.optimizers import registry as optimizers
 from experiments.run import checkpoints, components, directory
 from experiments.run.schema import ConfigError
-from experiments.trainer import steps
+from experiments.trainer import loop_state
 
 
 def _restore_newest(workdir: pathlib.Path, what: str, target: Any = None) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def _restore_newest(workdir: pathlib.Path, what: str, target: Any = None) -> dic
 
 
 def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
-  """The newest good checkpoint of a run as a state dict (``steps.state_dict``), with the
+  """The newest good checkpoint of a run as a state dict (``loop_state.state_dict``), with the
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
 
   workdir = pathlib.Path(workdir)
@@ -45,8 +45,10 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
   model = components.make_model(config, ds.num_classes)
   task = components.make_task(config, model)
-  init = lambda seed: steps.state_dict(
-    steps.init_state(model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas)
+  init = lambda seed: loop_state.state_dict(
+    loop_state.init_state(
+      model, make_tx, task, ds.train_x[:1], seed, config.batch_size, config.replicas
+    )
   )
   seeds = np.arange(config.num_seeds, dtype=np.uint32) + config.seed
   target = jax.eval_shape(

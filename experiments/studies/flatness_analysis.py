@@ -19,7 +19,7 @@ from experiments.configs.flatness import FlatnessJob
 from experiments.models import recurrent
 from experiments.run import components, final_state, jobs
 from experiments.run.schema import ConfigError
-from experiments.trainer import steps
+from experiments.trainer import tasks
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
 
@@ -66,7 +66,7 @@ def eval_loss(model, batch_stats=None):
       logits, _ = model.apply(variables, batch[0], zero, train=False)
     else:
       logits = model.apply(variables, batch[0], train=False)
-    return steps.cross_entropy(logits, batch[1])
+    return tasks.cross_entropy(logits, batch[1])
 
   return loss
 

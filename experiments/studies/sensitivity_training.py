@@ -38,7 +38,7 @@ import numpy as np
 from experiments.optimizers import registry
 from experiments.run import components
 from experiments.run.schema import ConfigError, RunConfig, field_names, schedule
-from experiments.trainer import step_runners, steps
+from experiments.trainer import loop_state, step_runners
 
 # The fields a grid may vary: float hyper-parameters that the optimizers take as traced values.
 TRACED_FIELDS = (
@@ -132,7 +132,7 @@ def train_grid(
   def run(values, seed, train_data, val_data):
     """The evaluations of one run: the config with ``values`` (traced) and ``seed``."""
     make_tx = registry.optimizer_factory(base.replace(**values), prepared.num_examples)
-    state = steps.init_state(model, make_tx, task, train_data[0][:1], seed, base.batch_size)
+    state = loop_state.init_state(model, make_tx, task, train_data[0][:1], seed, base.batch_size)
 
     def segment(state, num_steps):
       state, _ = fns.scan_call(num_steps)(state, train_data)

@@ -9,7 +9,7 @@ set (the loop passes the training set) and set to its exact mean and (biased) va
 batches, instead of the codes' running average over the batches, which weights the last ones most.
 
 ``reestimate_batch_stats`` is a pure, jittable function; ``BatchNormReestimation`` is the
-``steps.Task.before_eval`` hook of the training loop (``--bn-reestimate``).
+``tasks.Task.before_eval`` hook of the training loop (``--bn-reestimate``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def reestimate_batch_stats(
 
 @dataclasses.dataclass(frozen=True)
 class BatchNormReestimation:
-  """``steps.Task.before_eval``: the state with its BatchNorm statistics re-estimated at its
+  """``tasks.Task.before_eval``: the state with its BatchNorm statistics re-estimated at its
   weights on the training set (dropout off), as the authors' codes before every evaluation."""
 
   model: Any  # the Linen model of the run (its dropout is turned off here)

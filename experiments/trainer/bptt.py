@@ -49,7 +49,7 @@ from experiments.data import datasets as data_lib
 from experiments.data import text
 from experiments.models import recurrent
 from experiments.run.schema import ConfigError, RunConfig
-from experiments.trainer import steps
+from experiments.trainer import tasks
 
 
 def train_examples(
@@ -125,11 +125,11 @@ class SegmentOrder:
     return step % self.steps_per_pass(num_examples, batch_size) == 0
 
 
-def make_task(config: RunConfig, model) -> steps.Task:
+def make_task(config: RunConfig, model) -> tasks.Task:
   """The loop's ``Task`` of a text run: segments in order, the LSTM state carried and reset at
   each pass, every gradient evaluation clipped to ``config.clip_norm``."""
   order = SegmentOrder(config.langevin_steps)
-  return steps.Task(
+  return tasks.Task(
     batch_indices=order,
     carry_reset=order.starts_pass,
     init_carry=ZeroCarry(model),

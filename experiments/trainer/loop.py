@@ -8,7 +8,7 @@ It trains a Linen model (``model.apply(variables, x, train=...)``, BatchNorm in
 the device, with any optax optimizer or a local-entropy one:
 
 * The data set is put on the device once; each data pass is shuffled there
-  (``steps.Task.batch_indices``). An outer step consumes L = ``langevin_steps`` mini-batches.
+  (``tasks.Task.batch_indices``). An outer step consumes L = ``langevin_steps`` mini-batches.
 * Calls of up to ``Schedule.steps_per_call`` outer steps (``experiments.trainer.step_runners``:
   a ``lax.scan``, or on CPU for conv nets one jitted step dispatched per step); one host sync
   per call, when the metrics come back and are appended to ``metrics.jsonl``
@@ -30,7 +30,7 @@ the device, with any optax optimizer or a local-entropy one:
   processes (``jax.distributed``) every process runs this same loop on the global arrays and
   process 0 alone writes.
 * Extensions (a carried recurrent state, a pre-evaluation hook, another data order, another
-  loss): ``steps.Task``.
+  loss): ``tasks.Task``.
 """
 
 from __future__ import annotations
@@ -49,26 +49,14 @@ from tqdm.auto import tqdm
 
 from entropy_optax.flax import takes_grad_fn
 from experiments.run import distributed, run_files, schema
-from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import RunConfig
-from experiments.trainer import device_data, divergence, preemption, step_runners
+from experiments.trainer import device_data, divergence, loop_state, preemption, step_runners
 from experiments.trainer import records as records_lib
 from experiments.trainer import steps as steps_lib
-from experiments.trainer.steps import LoopState, Task, cross_entropy
+from experiments.trainer.loop_state import LoopState
+from experiments.trainer.tasks import Task
 
-__all__ = [
-  "TrainResult",
-  "evaluate",
-  "train",
-  "CheckpointError",
-  "LoopState",
-  "Task",
-  "cross_entropy",
-  "DATA_AXIS",
-  "SEED_AXIS",
-]
-
-DATA_AXIS, SEED_AXIS = distributed.DATA_AXIS, distributed.SEED_AXIS
+__all__ = ["TrainResult", "evaluate", "train"]
 
 
 @dataclasses.dataclass
@@ -112,7 +100,7 @@ def train(
     data: ``(train_x, train_y, val_x, val_y)`` arrays (an ``experiments.data.datasets.Dataset``).
     workdir: where ``metrics.jsonl``, ``config.json`` and the checkpoints go; None keeps
       everything in memory.
-    task: the loss and the loop's extension points (``steps.Task``).
+    task: the loss and the loop's extension points (``tasks.Task``).
     mesh: a ``jax.sharding.Mesh`` with an axis ``'seed'`` (the seeds split over it) and/or
       ``'data'`` (every batch split over it); None: one device.
     resume: None: resume from the newest good checkpoint if any, else start afresh; True: the
@@ -166,7 +154,7 @@ def train(
     )
   previous: list[dict[str, Any]] = []
   if run is not None:
-    restored, previous = run.open(steps_lib.state_dict(state), resume)
+    restored, previous = run.open(loop_state.state_dict(state), resume)
     if restored is not None:
       state = state.replace(**restored)
   step = int(np.max(distributed.fetch(state.step)))
@@ -223,7 +211,7 @@ def train(
         every = plan.checkpoint_every_steps
         save = done or (every and step % every == 0)
         save = (save or interrupting) and not stopped  # all diverged: not worth keeping
-        run.write(step, made, checkpoint=steps_lib.state_dict(state) if save else None)
+        run.write(step, made, checkpoint=loop_state.state_dict(state) if save else None)
       bar.update(num_steps)
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
@@ -252,7 +240,7 @@ def evaluate(
   ``(x, y)``, computed as the loop evaluates its validation data (e.g. a text's test split);
   with replicas, of their average (its BatchNorm statistics averaged, not re-estimated)."""
   size = device_data.eval_batch_size(config, len(data[0]), mesh)
-  center = steps_lib.replica_mean if config.replicas > 1 else (lambda s: s)
+  center = loop_state.replica_mean if config.replicas > 1 else (lambda s: s)
   fn = lambda s, x, y, w: steps_lib.evaluate(center(s), x, y, w, size, task)  # noqa: E731
   if config.num_seeds > 1:
     fn = jax.vmap(fn, in_axes=(0, None, None, None))

@@ -33,17 +33,17 @@ import entropy_optax
 from experiments.run import distributed
 from experiments.run.distributed import DATA_AXIS, SEED_AXIS
 from experiments.run.schema import RunConfig
-from experiments.trainer import device_data, steps
+from experiments.trainer import device_data, loop_state, steps, tasks
 
 RUNNERS = ("auto", "scan", "dispatch")
 
 
-def choose_runner(runner: str, model, example_x, task: steps.Task = steps.Task()) -> str:
+def choose_runner(runner: str, model, example_x, task: tasks.Task = tasks.Task()) -> str:
   """``scan`` or ``dispatch`` for ``runner`` in ``RUNNERS`` (see the module docstring)."""
   if runner != "auto":
     return runner
   forward = lambda: model.init(  # noqa: E731
-    jax.random.PRNGKey(0), example_x, train=False, **steps.carry_kwargs(task, example_x)
+    jax.random.PRNGKey(0), example_x, train=False, **tasks.carry_kwargs(task, example_x)
   )
   # The core unrolls its Langevin scan by the same rule (XLA:CPU, a convolution): one fact.
   return "dispatch" if entropy_optax.default_unroll(2, forward) > 1 else "scan"
@@ -75,7 +75,7 @@ def compiled_functions(
   config: RunConfig,
   model,
   make_tx,
-  task: steps.Task,
+  task: tasks.Task,
   *,
   mesh,
   num_examples: int,
@@ -86,9 +86,9 @@ def compiled_functions(
 
   ``config`` gives the batch size, L (an outer step takes L fresh mini-batches), the seeds
   (``num_seeds`` > 1: a leading seed axis, vmapped) and the replicas: ``replicas`` > 1, every
-  seed's state has a leading replica axis (``steps.init_state``), each step runs the replicas
-  under ``jax.vmap(..., axis_name=steps.REPLICA_AXIS)`` (on one device) with the step's metrics
-  averaged over them, and the replicas' average is evaluated (``steps.replica_mean``, then
+  seed's state has a leading replica axis (``loop_state.init_state``), each step runs the replicas
+  under ``jax.vmap(..., axis_name=loop_state.REPLICA_AXIS)`` (on one device) with the step's metrics
+  averaged over them, and the replicas' average is evaluated (``loop_state.replica_mean``, then
   ``task.before_eval``).
   """
   batched, batch_size, replicas = config.num_seeds > 1, config.batch_size, config.replicas
@@ -107,7 +107,7 @@ def compiled_functions(
     return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
   def init(seed, example_x):
-    return steps.init_state(model, make_tx, task, example_x, seed, batch_size, replicas)
+    return loop_state.init_state(model, make_tx, task, example_x, seed, batch_size, replicas)
 
   def indices(state, num_steps):
     if replicas > 1:  # each replica its own data order; steps first: (steps, replicas, L, B)
@@ -127,7 +127,7 @@ def compiled_functions(
   def one_step(state, data, idx):
     if replicas == 1:
       return replica_step(state, data, idx)
-    state, metrics = jax.vmap(replica_step, (0, None, 0), axis_name=steps.REPLICA_AXIS)(
+    state, metrics = jax.vmap(replica_step, (0, None, 0), axis_name=loop_state.REPLICA_AXIS)(
       state, data, idx
     )
     return state, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
@@ -171,7 +171,7 @@ def compiled_functions(
     return steps.evaluate(state, *data, eval_batch_size, task, lambda a: constrain_batch(a, 0))
 
   def before_eval(state, data):
-    state = steps.replica_mean(state) if replicas > 1 else state
+    state = loop_state.replica_mean(state) if replicas > 1 else state
     return task.before_eval(state, *data) if task.before_eval else state
 
   return Functions(
@@ -200,7 +200,7 @@ class Prepared:
   runner: str
 
 
-def prepare(config: RunConfig, model, make_tx, data, *, task=steps.Task(), mesh=None) -> Prepared:
+def prepare(config: RunConfig, model, make_tx, data, *, task=tasks.Task(), mesh=None) -> Prepared:
   """The jitted functions and device data of a run, as the loop uses them (also for callers
   that compose the functions themselves, e.g. a vmapped grid of runs).
 

@@ -1,34 +1,13 @@
-"""One training step, one evaluation, the data order: the pure functions the loop jits.
+"""One training step and one evaluation: the pure functions the loop jits.
 
-``Task`` holds what a training problem adds to the loop, as hashable functions:
-
-* ``loss_fn(logits, labels)``: the mean training loss (default: cross entropy).
-* ``batch_indices(data_key, first_batch, num_batches, num_examples, batch_size)``: the example
-  indices of mini-batches ``first_batch ..`` (default: a fresh shuffle of every data pass). A
-  language model with truncated BPTT passes one that walks the sequence in order.
-* ``init_carry(batch_size)``: a state carried from step to step (e.g. an LSTM's hidden state
-  for stateful truncated BPTT), kept in ``LoopState.carry``, vmapped over seeds and
-  checkpointed.
-  The model is then called as ``model.apply(variables, x, carry=carry, train=...)`` and returns
-  ``(logits, new_carry)``. Step 0 (at x) starts from the carried state and its final state is
-  carried, as its BatchNorm statistics are kept; Langevin steps k >= 1 start from that final
-  state (the one that describes x) and their final states are discarded
-  (``experiments/trainer/bptt.py`` states the policy). Evaluation starts from ``init_carry`` and
-  carries it through the test batches in order.
-* ``carry_reset(step, num_examples, batch_size)``: whether outer step ``step`` starts from
-  ``init_carry`` instead of the carried state (the first step of each pass over a text).
-* ``clip_norm``: clip every gradient evaluation (step 0's and each Langevin step's) to this
-  global norm before the optimizer sees it; 0: none.
-* ``before_eval(state, train_x, train_y)``: runs (jitted) before every evaluation and returns
-  the state to evaluate, e.g. BatchNorm statistics re-estimated at the final weights.
-
+The loop's extension points (loss, data order, carried state, gradient clipping, a hook before
+evaluation) are the fields of ``tasks.Task``; the state they step is ``loop_state.LoopState``.
 Logits with a time axis, (batch, time, classes) against labels (batch, time), are scored per
 token by ``evaluate``: targets < 0 are padding, and the loss is in nats per scored token.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -38,68 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from entropy_optax import flax as eflax
-
-REPLICA_AXIS = "replica"  # the named vmap axis of a seed's replicas (Parle)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross entropy with integer labels, computed in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-
-
-def shuffled_batch_indices(
-  data_key: jax.Array, first_batch: jax.Array, num_batches: int, num_examples: int, batch_size: int
-) -> jax.Array:
-  """Example indices of mini-batches ``first_batch .. first_batch + num_batches - 1``.
-
-  Mini-batch b is the (b mod n)-th slice of the permutation of data pass b div n, with
-  n = num_examples // batch_size (the last incomplete slice of each pass is dropped). Only the
-  permutations of the few passes these batches touch are computed.
-
-  Returns:
-    int32 array (num_batches, batch_size).
-  """
-  per_pass = num_examples // batch_size
-  num_passes = (num_batches - 1) // per_pass + 2  # static bound on the passes touched
-  first_pass = first_batch // per_pass
-  passes = first_pass + jnp.arange(num_passes)
-  perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), num_examples))(
-    passes
-  )
-  perms = perms[:, : per_pass * batch_size].reshape(num_passes, per_pass, batch_size)
-  b = first_batch + jnp.arange(num_batches)
-  return perms[b // per_pass - first_pass, b % per_pass].astype(jnp.int32)
-
-
-def replacement_batch_indices(
-  data_key: jax.Array, first_batch: jax.Array, num_batches: int, num_examples: int, batch_size: int
-) -> jax.Array:
-  """Example indices of mini-batches ``first_batch ..``, each drawn uniformly with replacement.
-
-  As the authors' codes draw them (Lua ``torch.Tensor(bs):random(1, N)``, the port's
-  ``sampler_t``); mini-batch b depends only on (data_key, b), so a resumed run draws the same.
-
-  Returns:
-    int32 array (num_batches, batch_size).
-  """
-  b = first_batch + jnp.arange(num_batches)
-  return jax.vmap(
-    lambda i: jax.random.randint(
-      jax.random.fold_in(data_key, i), (batch_size,), 0, num_examples, jnp.int32
-    )
-  )(b)
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """The loss and the extension points of the loop (see the module docstring)."""
-
-  loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
-  batch_indices: Callable[..., jax.Array] = shuffled_batch_indices
-  init_carry: Callable[[int], Any] | None = None
-  before_eval: Callable[..., Any] | None = None
-  carry_reset: Callable[[jax.Array, int, int], jax.Array] | None = None
-  clip_norm: float = 0.0
+from experiments.trainer.loop_state import LoopState
+from experiments.trainer.tasks import Task
 
 
 def clip_by_global_norm(grads: Any, max_norm: float) -> Any:
@@ -116,96 +35,6 @@ def clip_by_global_norm(grads: Any, max_norm: float) -> Any:
   norm = optax.tree.norm(grads)
   scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
   return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
-
-
-class LoopState(eflax.TrainState):
-  """``entropy_optax.flax.TrainState`` plus the data order's key and a carried state.
-
-  Attributes:
-    data_key: raw uint32 key of the data order (``Task.batch_indices``).
-    carry: what ``Task.init_carry`` makes (None without it).
-  """
-
-  data_key: jax.Array | None = None
-  carry: Any = None
-
-
-def state_dict(state: LoopState) -> dict[str, Any]:
-  """The arrays of a state that a checkpoint holds."""
-  return {
-    "step": state.step,
-    "params": state.params,
-    "batch_stats": state.batch_stats,
-    "opt_state": state.opt_state,
-    "key": state.key,
-    "data_key": state.data_key,
-    "carry": state.carry,
-  }
-
-
-def init_state(
-  model,
-  make_tx: Callable[[jax.Array], Any],
-  task: Task,
-  example_x: jax.Array,
-  seed: jax.Array,
-  batch_size: int = 1,
-  replicas: int = 1,
-) -> LoopState:
-  """The state of one seed: parameters, optimizer (with this seed's noise key), keys, and the
-  carry of ``batch_size`` sequences (with ``Task.init_carry``).
-
-  ``replicas`` > 1 (Parle, data-parallel SGD): that many replicas on a leading axis, built under
-  ``jax.vmap(..., axis_name=REPLICA_AXIS)``, with the same initial weights and each its own
-  dropout, data-order and noise keys (the seed's keys with the replica index folded in).
-  """
-  if replicas > 1:
-    one = lambda r: _init_one(model, make_tx, task, example_x, seed, batch_size, r)
-    return jax.vmap(one, axis_name=REPLICA_AXIS)(jnp.arange(replicas))
-  return _init_one(model, make_tx, task, example_x, seed, batch_size, None)
-
-
-def _init_one(model, make_tx, task, example_x, seed, batch_size, replica) -> LoopState:
-  init_key, dropout_key, data_key, noise_key = jax.random.split(jax.random.PRNGKey(seed), 4)
-  if replica is not None:
-    dropout_key, data_key, noise_key = (
-      jax.random.fold_in(k, replica) for k in (dropout_key, data_key, noise_key)
-    )
-  variables = model.init(
-    {"params": init_key, "dropout": init_key},
-    example_x,
-    train=False,
-    **carry_kwargs(task, example_x),
-  )
-  # The optimizer is built for this seed through its public ``key`` argument: under vmap
-  # every seed gets its own Langevin noise.
-  tx = make_tx(noise_key)
-  state = LoopState.create(
-    apply_fn=model.apply,
-    params=variables["params"],
-    batch_stats=variables.get("batch_stats"),
-    tx=tx,
-    key=dropout_key,
-    data_key=data_key,
-    carry=task.init_carry(batch_size) if task.init_carry else None,
-  )
-  # A strongly typed int32 step: the scan carry keeps one type.
-  return state.replace(step=jnp.zeros([], jnp.int32))
-
-
-def replica_mean(state: LoopState) -> LoopState:
-  """The state of the replicas' average x-bar (leading replica axis removed), as Parle is
-  evaluated: the average weights, and BatchNorm statistics averaged (re-estimate them at x-bar:
-  ``experiments.run.components.make_task`` does for replicas); keys and optimizer state are the
-  first replica's."""
-  first = jax.tree.map(lambda a: a[0], state)
-  mean = lambda tree: jax.tree.map(lambda a: jnp.mean(a, 0).astype(a.dtype), tree)
-  return first.replace(params=mean(state.params), batch_stats=mean(state.batch_stats))
-
-
-def carry_kwargs(task: Task, example_x) -> dict[str, Any]:
-  """The model's ``carry`` argument for ``example_x`` (none without ``Task.init_carry``)."""
-  return {"carry": task.init_carry(example_x.shape[0])} if task.init_carry else {}
 
 
 def _forward(state: LoopState, params, x, key, train: bool, carry=None):
