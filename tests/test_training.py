@@ -393,3 +393,11 @@ def test_progress_bar_only_on_a_terminal(progress, capsys, monkeypatch):
     for _ in real_tqdm(range(3), disable=None if progress else True, file=file):
       pass
   assert ("\r" in terminal.getvalue()) == progress and log.getvalue() == ""
+
+
+def test_a_mesh_without_the_loop_axes_is_refused_before_compiling():
+  """The loop checks a mesh it is given as ``--mesh`` is checked (distributed.check_mesh)."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+  cfg = config(num_steps=10, eval_every_steps=0, checkpoint_every_steps=0)
+  with pytest.raises(schema.ConfigError, match="needs an axis named 'seed' or 'data'"):
+    loop.train(cfg, MODEL, TX, tiny_data(), mesh=mesh)

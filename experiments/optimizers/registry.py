@@ -245,13 +245,13 @@ def learning_rate(config: RunConfig, num_examples: int):
 
   if config.optimizer == "sgld":
     return sgld.sgld_learning_rate(config.learning_rate, config.sgld_decay_power)
+  if not config.lr_decay_outer_epochs:
+    return config.learning_rate
   per_epoch = config_lib.schedule(config, num_examples).steps_per_epoch
   boundaries: dict[int, float] = {}
   for epoch in config.lr_decay_outer_epochs:
     step = max(1, round(epoch * per_epoch))
     boundaries[step] = boundaries.get(step, 1.0) * config.lr_decay
-  if not boundaries:
-    return config.learning_rate
   return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
