@@ -85,10 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"wall time {results['wall_s']:.0f} s."
   )
   directory.write_json(workdir / directory.RESULTS_FILE, results)
-  (workdir / "summary.md").write_text("\n".join([header, "", *lines]) + "\n")
+  (workdir / directory.SUMMARY_FILE).write_text("\n".join([header, "", *lines]) + "\n")
   sensitivity_report.plot_heatmaps(results, workdir / "heatmaps.png")
   print("\n".join(["", header, "", *lines, ""]))
-  print(f"table: {workdir / 'summary.md'}; heatmaps: {workdir / 'heatmaps.png'}")
+  print(f"table: {workdir / directory.SUMMARY_FILE}; heatmaps: {workdir / 'heatmaps.png'}")
   return 0
 
 

@@ -124,7 +124,7 @@ def test_error_evaluation_of_the_test_split(tmp_path):
   records = read_records(tmp_path / "run")
   assert [r["step"] for r in records if r["seed"] == 0] == [4, 8]  # an evaluation per 3 eff.
   assert all("langevin_gamma" in r for r in records)
-  assert (tmp_path / "run" / jobs.PLOT_FILE).stat().st_size > 0
+  assert (tmp_path / "run" / directory.PLOT_FILE).stat().st_size > 0
   saved = read_json(tmp_path / "run" / "config.json")
   assert saved["config"]["optimizer"] == "entropy-sgd"
   assert "code_version" in saved

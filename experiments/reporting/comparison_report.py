@@ -38,7 +38,7 @@ def save_and_print(
     **plot_options: ``plots.plot_error``'s keywords (``title``, ``key``, ...).
   """
   if distributed.is_writer():  # process 0 writes the job's files
-    (root / "summary.md").write_text(f"{header}\n\n{table}\n")
+    (root / directory.SUMMARY_FILE).write_text(f"{header}\n\n{table}\n")
     directory.write_json(
       root / directory.RESULTS_FILE, {f"{m}-{o}": r for (m, o), r in results.items()}
     )
@@ -48,6 +48,6 @@ def save_and_print(
     plots.plot_error(panels, root / plot_file, **plot_options)
   print(f"\n{header}\n\n{table}\n")
   print(
-    f"total wall time {time.perf_counter() - start:.0f} s; table: {root / 'summary.md'}; "
+    f"total wall time {time.perf_counter() - start:.0f} s; table: {root / directory.SUMMARY_FILE}; "
     f"plot: {root / plot_file}"
   )

@@ -45,6 +45,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 
 RESULTS_FILE = "results.json"
+PLOT_FILE = "error.png"  # a run's test error against effective epochs
+SUMMARY_FILE = "summary.md"  # a job's table of its runs
 GRID_FILE = "grid.json"
 LOCK_FILE = "writer.lock"
 # Files that mark a directory as a run (or a grid of runs) that --overwrite may replace.

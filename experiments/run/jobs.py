@@ -37,8 +37,6 @@ from experiments.run import schema as config_lib
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import loop
 
-PLOT_FILE = "error.png"
-
 
 @dataclasses.dataclass
 class Run:
@@ -151,7 +149,7 @@ def run_experiment(
       directory.write_json(workdir / directory.RESULTS_FILE, results)
       plots.plot_error(
         {describe(config): {display_names.name(config.optimizer): all_records}},
-        workdir / PLOT_FILE,
+        workdir / directory.PLOT_FILE,
       )
     return Run(config, results, all_records, result.state, workdir)
 
@@ -236,7 +234,8 @@ def run_preset(
   options = options.replace(workdir=options.workdir or default_workdir(config))
   run = run_experiment(config, options, explicit=explicit)
   print(summaries.format_result(run.results))
-  print(f"results: {run.workdir / directory.RESULTS_FILE}; plot: {run.workdir / PLOT_FILE}")
+  files = {"results": directory.RESULTS_FILE, "plot": directory.PLOT_FILE}
+  print("; ".join(f"{what}: {run.workdir / name}" for what, name in files.items()))
   return diverged_exit_code([run])
 
 
