@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from entropy_optax import _noise, _sghmc
-from entropy_optax._utils import is_concrete_number
+from entropy_optax._utils import is_concrete_number, is_static_zero
 
 WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
 
@@ -72,6 +72,17 @@ class ChainConfig:
     if self.weight_decay_at not in WEIGHT_DECAY_AT:
       raise ValueError(
         f"weight_decay_at must be one of {WEIGHT_DECAY_AT}, got {self.weight_decay_at!r}."
+      )
+    if (
+      self.sampler == "sghmc"
+      and self.weight_decay_at == "after_momentum"
+      and not is_static_zero(self.weight_decay)
+    ):
+      # SGHMC has no momentum buffer to add it after: it was silently dropped before.
+      raise ValueError(
+        "weight_decay_at='after_momentum' adds the weight decay after the SGLD chain's momentum "
+        "buffer, which sampler='sghmc' does not have (its velocity has friction instead); use "
+        "weight_decay_at='before_momentum', which adds it to the force."
       )
 
 

@@ -147,7 +147,8 @@ def local_entropy(
       ``nesterov`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
     weight_decay: L2 added inside the chain (wd x').
     weight_decay_at: "before_momentum" (wd x' joins the raw gradient, as the authors' PyTorch
-      port) or "after_momentum" (it joins the coupling, as the authors' Lua code).
+      port) or "after_momentum" (it joins the coupling, as the authors' Lua code; not with
+      ``sampler="sghmc"``, which has no momentum buffer).
     scale_by_gamma: return gamma (x - mu), the exact gradient of -F, instead of x - mu.
     key: PRNG key or seed of the Langevin noise.
     noise_distribution: the distribution of the unit-variance noise draws: "irwin_hall"

@@ -199,3 +199,18 @@ def test_bad_arguments_raise_value_errors_naming_them(kwargs, name):
       alpha=1.0,
       **kwargs,
     )
+
+
+def test_weight_decay_after_a_momentum_buffer_sghmc_lacks_is_refused():
+  """SGHMC has no momentum buffer to add the weight decay after: the decay used to be dropped
+  silently; now the combination is an error, and the decay before it (the force) works."""
+  after = dict(sampler="sghmc", weight_decay=1e-4, weight_decay_at="after_momentum")
+  with pytest.raises(ValueError, match="weight_decay_at='before_momentum'"):
+    eo.local_entropy(5, **after)
+  eo.local_entropy(5, **{**after, "weight_decay": 0.0})  # nothing to place
+  tx = eo.local_entropy(5, sampler="sghmc", weight_decay=1e-4, noise=0.0)
+  params = jnp.ones(3)
+  state = tx.init(params)
+  grad_fn = lambda p, k: jnp.zeros_like(p)  # noqa: E731 (only the decay moves x')
+  updates, _ = tx.update(jnp.zeros(3), state, params, grad_fn=grad_fn)
+  assert float(jnp.abs(updates).max()) > 0  # the decay pulled x' and mu towards 0
