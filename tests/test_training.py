@@ -23,7 +23,7 @@ import entropy_optax
 from experiments.run import checkpoints, components, directory, schema
 from experiments.run.directory import read_records
 from experiments.run.schema import RunConfig
-from experiments.trainer import loop, loop_state, steps, tasks
+from experiments.trainer import loop, loop_state, tasks
 
 L = 3
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -250,20 +250,6 @@ def test_plain_optax_and_one_batch_per_step():
     loop.train(
       config(eval_every_steps=0, checkpoint_every_steps=0), MODEL, optax.sgd(0.1), tiny_data()
     )
-
-
-def test_one_batch_per_step_reuses_it_for_every_langevin_step():
-  """fresh_batches=False on batch b equals fresh batches (b, b): same data, same dropout keys."""
-  x, y, _, _ = tiny_data()
-  num_steps = 2  # L of this tx (compiles faster than the module's L)
-  tx = entropy_optax.entropy_sgd(0.5, num_langevin_steps=num_steps, noise=0.0)
-  state = jax.jit(lambda s: loop_state.init_state(MODEL, lambda k: tx, tasks.Task(), x[:1], s))(
-    jnp.uint32(0)
-  )
-  xs, ys = jnp.asarray(x[:32])[None], jnp.asarray(y[:32])[None]
-  one = steps.train_step(state, xs, ys, fresh_batches=False)
-  fresh = steps.train_step(state, jnp.repeat(xs, num_steps, 0), jnp.repeat(ys, num_steps, 0))
-  jax.tree.map(np.testing.assert_array_equal, one, fresh)
 
 
 def test_schedule_counts_in_steps_and_checks():

@@ -68,10 +68,9 @@ def train_step(
   ys: jax.Array,
   *,
   task: Task = Task(),
-  fresh_batches: bool = True,
   reset_carry: jax.Array | bool = False,
 ) -> tuple[LoopState, dict[str, jax.Array]]:
-  """One outer step on the mini-batches ``xs[k], ys[k]`` (leading axis: L, or 1).
+  """One outer step on the L mini-batches ``xs[k], ys[k]`` (leading axis: L).
 
   The gradient at x on mini-batch 0 (the training forward pass, whose BatchNorm statistics and
   final carry are kept) is Langevin step 0; ``grad_fn`` serves steps 1..L-1
@@ -99,12 +98,7 @@ def train_step(
   )
   grads = clip_by_global_norm(grads, task.clip_norm)
   langevin_loss = lambda params, batch, k: loss(params, batch, k, carry)  # noqa: E731
-  if fresh_batches:
-    grad_fn = eflax.make_grad_fn(langevin_loss, (xs, ys), key=key, has_aux=True)
-  else:
-    grad_fn = eflax.make_grad_fn(
-      langevin_loss, (xs[0], ys[0]), key=key, has_aux=True, shared_batch=True
-    )
+  grad_fn = eflax.make_grad_fn(langevin_loss, (xs, ys), key=key, has_aux=True)
   if task.clip_norm:
     grad_fn = _clipped(grad_fn, task.clip_norm)
   state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=batch_stats, carry=carry)
