@@ -162,10 +162,8 @@ def test_vmapped_seeds_keep_training_when_one_diverges(tmp_path):
       assert "diverged_at_step" not in r and np.isfinite(r["train_loss"] + r["val_error"])
   results = summaries.summarize(
     written,
+    config,
     dataset="d",
-    model="m",
-    optimizer="sgd",
-    langevin_steps=1,
     num_params=0,
     num_train=64,
     num_test=32,

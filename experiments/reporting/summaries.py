@@ -12,17 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from experiments.run.schema import RunConfig
+
 # Language models: how a text's loss is shown (word perplexity, or nats and bits per character).
 PERPLEXITY_DATASETS = ("ptb",)
 
 
 def summarize(
   records: Sequence[Mapping[str, Any]],
+  config: RunConfig,
   *,
   dataset: str,
-  model: str,
-  optimizer: str,
-  langevin_steps: int,
   num_params: int,
   num_train: int,
   num_test: int,
@@ -30,7 +30,9 @@ def summarize(
   heldout: Mapping[str, Any] | None = None,
   diverged: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
-  """The results of a finished run from all its metrics records (resumed or not).
+  """The results of a finished run from all its metrics records (resumed or not) and its
+  config (its model, optimizer and L); ``dataset`` is the data set's display key (a text's
+  file), ``num_params`` per seed.
 
   Errors are in %, on the test split. ``test_error_std`` is the sample standard deviation over
   seeds (0 for one seed). ``time_per_effective_epoch_s`` leaves out the first call
@@ -58,8 +60,8 @@ def summarize(
   per_step = (wall - first[1]) / (steps - first[0]) if len(timeline) > 1 else wall / steps
   out = {
     "dataset": dataset,
-    "model": model,
-    "optimizer": optimizer,
+    "model": config.model,
+    "optimizer": config.optimizer,
     "num_params": num_params,
     "num_train": num_train,
     "num_test": num_test,
@@ -70,7 +72,7 @@ def summarize(
     "outer_epochs": final[0]["epoch"],
     "effective_epochs": effective,
     "outer_steps": steps,
-    "langevin_steps": langevin_steps,
+    "langevin_steps": config.langevin_steps,
     "wall_time_s": wall,
     "time_per_step_s": per_step,
     "time_per_effective_epoch_s": per_step * steps / effective,

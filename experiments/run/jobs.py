@@ -132,10 +132,8 @@ def run_experiment(
       )
     results = summaries.summarize(
       all_records,
+      config,
       dataset=ds.name,
-      model=config.model,
-      optimizer=config.optimizer,
-      langevin_steps=config.langevin_steps,
       num_params=num_params // (config.num_seeds * config.replicas),
       num_train=len(ds.train_x),
       num_test=len(ds.test_x),
