@@ -2,7 +2,7 @@
 
     tensorboard --logdir runs/
 
-The records (``experiments.run.records``) stay the one source of truth; the events hold the
+The records (``experiments.trainer.records``) stay the one source of truth; the events hold the
 same numbers. Layout: ``<run>/tensorboard/seed_<seed>/events.out.tfevents.*``, one TensorBoard
 run per seed. Each record becomes one event at its ``step`` (outer steps), holding a scalar per
 number of the record under the tag ``tag(field)``: ``train/loss``, ``train/learning_rate``,
