@@ -138,6 +138,17 @@ def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path):
   for h in history:
     assert h["process_count"] == 2 and h["device_processes"] == [0, 0, 1, 1]
   assert not any(".tmp" in f or f.endswith(directory.LOCK_FILE) for f in r["files_two"])
+  # SIGTERM to process 1 alone: process 0 hears of it at the next call, both stop after that
+  # call and save its checkpoint together (exit 143), and --resume finishes the run.
+  assert r["term_first_checkpoints"], "the run ended before its first checkpoint"
+  assert [p["code"] for p in r["terminated"]] == [143, 143], r["terminated"]
+  assert "SIGTERM reached another process of the run" in r["terminated"][0]["output"]
+  assert "checkpoint saved; continue the run with --resume" in r["terminated"][0]["output"]
+  stopped_at = r["terminated_last_step"]
+  assert r["terminated_checkpoints"][-1] == stopped_at < 800 and not r["terminated_results"]
+  assert [p["code"] for p in r["term_resumed"]] == [0, 0], r["term_resumed"]
+  keys = [tuple(k) for k in r["term_resumed_keys"]]
+  assert len(set(keys)) == len(keys) and keys[-1][0] == 800
 
 
 def live_process():

@@ -7,7 +7,9 @@ Runs, through the command line (``python -m experiments.mnist1d``), each bounded
 1. one process with 4 simulated CPU devices, ``--mesh data=4``: the reference;
 2. two processes with 2 devices each (4 in all), ``--mesh data=4``, SIGKILLed (both) once
    their first checkpoint is complete;
-3. the same two processes with ``--resume``, which finish the run.
+3. the same two processes with ``--resume``, which finish the run;
+4. two processes of a longer run, SIGTERM to process 1 alone once their first checkpoint is
+   complete: both stop after the same call with a checkpoint of it, then ``--resume`` finishes.
 
 Prints a JSON report (the final parameters' largest difference from the reference, the
 records of both, what each process printed); tests/test_scale_out.py checks it.
@@ -94,18 +96,46 @@ def final_params(workdir: pathlib.Path):
   return final_state.load_final_variables(workdir / RUN)
 
 
+def first_checkpoint(procs: list[subprocess.Popen], checksums: pathlib.Path) -> None:
+  """Waits until a checkpoint of the run is complete (or a process ended, or the time is up)."""
+  deadline = time.monotonic() + TIMEOUT_S
+  while not any(checksums.glob("*.json")) and time.monotonic() < deadline:
+    if any(p.poll() is not None for p in procs):
+      break
+    time.sleep(0.02)
+
+
+def steps_saved(checksums: pathlib.Path) -> list[int]:
+  return sorted(int(p.stem) for p in checksums.glob("*.json"))
+
+
+def sigterm_one_of_two(root: pathlib.Path, report: dict) -> None:
+  """Phase 4: 800 outer steps, so that the signal comes long before the end."""
+  longer = ["--effective-epochs", "400"]
+  procs = two_processes(root / "term", *longer)
+  checksums = root / "term" / RUN / "checkpoints.sha256"
+  first_checkpoint(procs, checksums)
+  report["term_first_checkpoints"] = steps_saved(checksums)
+  if procs[1].poll() is None:
+    os.kill(procs[1].pid, signal.SIGTERM)  # process 1 only: process 0 must hear of it
+  report["terminated"] = finish(procs)
+  report["terminated_checkpoints"] = steps_saved(checksums)
+  records = (root / "term" / RUN / "metrics.jsonl").read_text().splitlines()
+  report["terminated_last_step"] = json.loads(records[-1])["step"]
+  report["terminated_results"] = (root / "term" / RUN / "results.json").exists()
+  report["term_resumed"] = finish(two_processes(root / "term", *longer, "--resume"))
+  lines = (root / "term" / RUN / "metrics.jsonl").read_text().splitlines()
+  report["term_resumed_keys"] = [[r["step"], r["seed"]] for r in map(json.loads, lines)]
+
+
 def main():
   root = pathlib.Path(sys.argv[1])
   report = {}
   report["one"] = finish([start(root / "one", 4)])
   procs = two_processes(root / "two")
   checksums = root / "two" / RUN / "checkpoints.sha256"
-  deadline = time.monotonic() + TIMEOUT_S
-  while not any(checksums.glob("*.json")) and time.monotonic() < deadline:
-    if any(p.poll() is not None for p in procs):
-      break
-    time.sleep(0.02)
-  killed_at = sorted(int(p.stem) for p in checksums.glob("*.json"))
+  first_checkpoint(procs, checksums)
+  killed_at = steps_saved(checksums)
   for p in procs:
     if p.poll() is None:
       os.kill(p.pid, signal.SIGKILL)
@@ -123,6 +153,7 @@ def main():
     report[f"records_{name}"] = [json.loads(line) for line in lines]
     report[f"config_{name}"] = json.loads((root / name / RUN / "config.json").read_text())
   report["files_two"] = sorted(str(p.relative_to(root / "two")) for p in (root / "two").rglob("*"))
+  sigterm_one_of_two(root, report)
   print(json.dumps(report))
 
 

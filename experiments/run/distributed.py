@@ -123,6 +123,14 @@ def agree(value: Any) -> Any:
   )
 
 
+def largest(value: int) -> int:
+  """The largest of every process's ``value`` (``value`` itself for one process); every process
+  must call it, in the same order."""
+  if jax.process_count() == 1:
+    return value
+  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+
 _MESSAGE_BYTES = 1024
 
 

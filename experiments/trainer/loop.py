@@ -205,8 +205,9 @@ def train(
       )
       divergence.mark(made, diverged)
       new_records += made
-      # A signal that comes later is handled after the next call.
-      interrupting = stop.requested is not None
+      # A signal that comes later is handled after the next call; with several processes, one
+      # that reached any of them stops all (they save the checkpoint together).
+      interrupting = stop.agree(distributed.largest)
       if run is not None:
         every = plan.checkpoint_every_steps
         save = done or (every and step % every == 0)
@@ -220,7 +221,7 @@ def train(
         break
       if interrupting:
         break
-    if stop.requested is not None and not stopped:  # also after the last call: a job stops
+    if stop.agree(distributed.largest) and not stopped:  # also after the last call: a job stops
       saved = run is not None and run.checkpoints is not None
       raise preemption.Interrupted(
         stop.message(str(workdir or "the run"), step, saved), stop.requested

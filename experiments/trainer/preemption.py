@@ -9,7 +9,8 @@ resumed run makes the same calls as an uninterrupted one: it ends bit for bit wh
 does (on CPU). A second signal stops at once (``KeyboardInterrupt``), even in the middle of a
 save: orbax writes a step to a temporary directory first and the checksums come last, so a
 resume never restores that step (``experiments.run.checkpoints``) and falls back to the one
-before.
+before. With several processes a signal that reached one of them stops them all after the same
+call (``StopOnSignal.agree``): they save that checkpoint together.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ class StopOnSignal:
       f"{signal.Signals(signum).name}: saving a checkpoint when the steps in flight are done "
       "(send it again to stop at once)"
     )
+
+  def agree(self, largest: Callable[[int], int]) -> bool:
+    """Whether to stop now, the same answer on every process of the run: ``largest`` gives the
+    largest of the processes' first signal numbers (0: none; ``distributed.largest``), so a
+    signal that reached one process stops all of them after the same call, which they then
+    checkpoint together. A signal that arrives after this call counts at the next one."""
+    signum = largest(self.requested or 0)
+    if signum and self.requested is None:
+      self.requested = signum
+      self.log(
+        f"{signal.Signals(signum).name} reached another process of the run: saving a "
+        "checkpoint when the steps in flight are done"
+      )
+    return signum != 0
 
   def message(self, where: str, step: int, saved: bool) -> str:
     """The line that ends an interrupted run."""
