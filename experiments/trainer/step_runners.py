@@ -35,13 +35,14 @@ from experiments.run.distributed import DATA_AXIS, SEED_AXIS
 from experiments.run.schema import RunConfig
 from experiments.trainer import device_data, loop_state, steps, tasks
 
-RUNNERS = ("auto", "scan", "dispatch")
-
 
 def choose_runner(runner: str, model, example_x, task: tasks.Task = tasks.Task()) -> str:
-  """``scan`` or ``dispatch`` for ``runner`` in ``RUNNERS`` (see the module docstring)."""
-  if runner != "auto":
+  """``scan`` or ``dispatch`` for ``runner`` (``RunConfig.step_runner``: ``auto``, ``scan`` or
+  ``dispatch``; see the module docstring)."""
+  if runner in ("scan", "dispatch"):
     return runner
+  if runner != "auto":
+    raise ValueError(f"step_runner must be auto, scan or dispatch, got {runner!r}.")
   forward = lambda: model.init(  # noqa: E731
     jax.random.PRNGKey(0), example_x, train=False, **tasks.carry_kwargs(task, example_x)
   )
