@@ -145,10 +145,10 @@ def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path):
   assert "SIGTERM reached another process of the run" in r["terminated"][0]["output"]
   assert "checkpoint saved; continue the run with --resume" in r["terminated"][0]["output"]
   stopped_at = r["terminated_last_step"]
-  assert r["terminated_checkpoints"][-1] == stopped_at < 800 and not r["terminated_results"]
+  assert r["terminated_checkpoints"][-1] == stopped_at < 400 and not r["terminated_results"]
   assert [p["code"] for p in r["term_resumed"]] == [0, 0], r["term_resumed"]
   keys = [tuple(k) for k in r["term_resumed_keys"]]
-  assert len(set(keys)) == len(keys) and keys[-1][0] == 800
+  assert len(set(keys)) == len(keys) and keys[-1][0] == 400
 
 
 def live_process():

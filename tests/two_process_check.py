@@ -110,8 +110,8 @@ def steps_saved(checksums: pathlib.Path) -> list[int]:
 
 
 def sigterm_one_of_two(root: pathlib.Path, report: dict) -> None:
-  """Phase 4: 800 outer steps, so that the signal comes long before the end."""
-  longer = ["--effective-epochs", "400"]
+  """Phase 4: 400 outer steps, so that the signal comes long before the end."""
+  longer = ["--effective-epochs", "200"]
   procs = two_processes(root / "term", *longer)
   checksums = root / "term" / RUN / "checkpoints.sha256"
   first_checkpoint(procs, checksums)
