@@ -251,6 +251,19 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_identical(capsys, tmp_path
   )
 
 
+def _twelve_steps(every: int):
+  """12 steps on ``_tiny_data``, two a call, evaluated and checkpointed every ``every`` steps."""
+  return t.config(
+    num_steps=12,
+    eval_every_steps=every,
+    checkpoint_every_steps=every,
+    num_examples=64,
+    batch_size=16,
+    steps_per_call=2,
+    langevin_steps=1,
+  )
+
+
 def _tiny_data():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(96, 8)).astype(np.float32)
@@ -269,15 +282,7 @@ def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path)
   stops at once; the half-saved step is never restored (no checksum), --resume falls back to
   the periodic checkpoint before it and ends bit for bit where an uninterrupted run ends."""
   sigint_before = signal.getsignal(signal.SIGINT)
-  config = t.config(
-    num_steps=12,
-    eval_every_steps=4,
-    checkpoint_every_steps=4,
-    num_examples=64,
-    batch_size=16,
-    steps_per_call=2,
-    langevin_steps=1,
-  )
+  config = _twelve_steps(4)
   tx = optax.sgd(0.1, momentum=0.9)
   reference = loop.train(config, Linear(), tx, _tiny_data(), tmp_path / "reference")
 
@@ -313,15 +318,7 @@ def test_a_second_signal_during_the_save_corrupts_nothing(monkeypatch, tmp_path)
 
 
 def test_one_signal_stops_at_the_next_call_with_a_checkpoint(tmp_path):
-  config = t.config(
-    num_steps=12,
-    eval_every_steps=8,
-    checkpoint_every_steps=8,
-    num_examples=64,
-    batch_size=16,
-    steps_per_call=2,
-    langevin_steps=1,
-  )
+  config = _twelve_steps(8)
   send = lambda made, state: made[0]["step"] == 2 and os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
   with pytest.raises(preemption.Interrupted) as stopped:
     loop.train(config, Linear(), optax.sgd(0.1), _tiny_data(), tmp_path, callback=send, log=print)
@@ -422,15 +419,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
 
 def test_a_run_directory_that_disappears_stops_the_run_in_one_line(tmp_path):
   workdir = tmp_path / "run"
-  config = t.config(
-    num_steps=12,
-    eval_every_steps=4,
-    checkpoint_every_steps=4,
-    num_examples=64,
-    batch_size=16,
-    steps_per_call=2,
-    langevin_steps=1,
-  )
+  config = _twelve_steps(4)
 
   def remove(made, state):
     if made[0]["step"] == 6:

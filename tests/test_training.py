@@ -387,3 +387,12 @@ def test_a_mesh_without_the_loop_axes_is_refused_before_compiling():
   cfg = config(num_steps=10, eval_every_steps=0, checkpoint_every_steps=0)
   with pytest.raises(schema.ConfigError, match="needs an axis named 'seed' or 'data'"):
     loop.train(cfg, MODEL, TX, tiny_data(), mesh=mesh)
+
+
+def test_a_saved_config_reads_back_equal_even_with_an_infinite_rho():
+  """config.json is strict JSON (inf is written as null): a resumed hard-coupled Parle run
+  (--rho inf) must read its rho back as inf, not None."""
+  config = RunConfig(optimizer="parle", replicas=2, rho=float("inf"), dropout=None)
+  saved = json.loads(directory.to_json(dataclasses.asdict(config)))
+  assert saved["rho"] is None and saved["dropout"] is None
+  assert schema.from_json(saved) == config

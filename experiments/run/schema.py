@@ -30,8 +30,6 @@ import dataclasses
 import math
 from typing import Any, Literal
 
-SCOPINGS = ("exponential", "linear", "quadratic", "none", "auto")
-
 
 class ConfigError(ValueError):
   """A configuration or command line that cannot run; the message says what to change."""
@@ -206,7 +204,7 @@ def from_json(values: dict[str, Any]) -> RunConfig:
   values = {
     k: tuple(v)
     if isinstance(v, list)
-    else (math.inf if v is None and types.get(k) == "float" else v)
+    else (math.inf if v is None and types.get(k) in ("float", float) else v)
     for k, v in values.items()
   }
   return RunConfig(**values)
