@@ -5,12 +5,7 @@ The replicas are a leading axis of every array, run by ``jax.vmap(..., axis_name
 devices (a fresh process: the device count is fixed at JAX start-up).
 """
 
-import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +14,8 @@ import optax
 import pytest
 
 import entropy_optax as eo
+from tests.fresh_process import run_check
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 AXIS = "replica"
 DIM, BATCH = 3, 8
 
@@ -298,22 +293,7 @@ def test_bfloat16_parameters_keep_their_dtype():
 
 
 def test_vmap_equals_shard_map_on_four_simulated_devices():
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
-  )
-  out = subprocess.run(
-    [sys.executable, str(REPO / "tests" / "parle_shard_map_check.py")],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  report = json.loads(out.stdout.strip().splitlines()[-1])
+  report = run_check("parle_shard_map_check.py", devices=4, timeout_s=300)
   assert report["devices"] == 4 and report["sharded_over"] == 4, report
   assert report["replicas_apart"] > 0, report
   assert report["max_param_diff"] == 0.0, report

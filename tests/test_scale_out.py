@@ -18,28 +18,9 @@ import pytest
 
 from experiments import mnist1d
 from experiments.run import directory, writer_lock
+from tests.fresh_process import run_check
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = "mlp1d-entropy-sgd"
-
-
-def run_check(script: str, *args: str, devices: int = 1) -> dict:
-  env = dict(
-    os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
-  )
-  out = subprocess.run(
-    [sys.executable, str(REPO / "tests" / script), *args],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-    cwd=REPO,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

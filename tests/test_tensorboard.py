@@ -95,16 +95,9 @@ def test_events_hold_the_records_after_a_kill_and_a_resume(tmp_path):
   workdir = tmp_path / "run"
   cfg = t.config(num_seeds=2, eval_every_steps=10, checkpoint_every_steps=20)
 
-  class Killed(Exception):
-    pass
-
-  def kill_after_30(made, state):
-    if made[0]["step"] == 30:
-      raise Killed
-
-  with pytest.raises(Killed):
+  with pytest.raises(t.Killed):
     loop.train(
-      cfg, t.MODEL, t.TX, t.tiny_data(), workdir, learning_rate=SCHEDULE, callback=kill_after_30
+      cfg, t.MODEL, t.TX, t.tiny_data(), workdir, learning_rate=SCHEDULE, callback=t.kill_at(30)
     )
   assert [r["step"] for r in directory.read_records(workdir) if r["seed"] == 0] == [10, 20, 30]
   assert_events_match(workdir)  # the live view

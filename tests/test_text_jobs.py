@@ -199,15 +199,8 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
   run = lambda workdir, **kw: loop.train(config, model, make_tx, data, workdir, task=task, **kw)
   whole = run(tmp_path / "whole")
 
-  class Killed(Exception):
-    pass
-
-  def kill_at_24(made, state):
-    if made[0]["step"] == 24:
-      raise Killed
-
-  with pytest.raises(Killed):
-    run(tmp_path / "cut", callback=kill_at_24)
+  with pytest.raises(t.Killed):
+    run(tmp_path / "cut", callback=t.kill_at(24))
   resumed = run(tmp_path / "cut")
   assert [r["step"] for r in resumed.records] == [36, 36]
   jax.tree.map(

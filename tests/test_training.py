@@ -6,11 +6,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -24,9 +21,9 @@ from experiments.run import checkpoints, components, directory, schema
 from experiments.run.directory import read_records
 from experiments.run.schema import RunConfig
 from experiments.trainer import loop, loop_state, tasks
+from tests.fresh_process import run_check
 
 L = 3
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 class TinyNet(nn.Module):
@@ -76,6 +73,22 @@ def config(
   assert (plan.num_steps, plan.eval_every_steps) == (num_steps, eval_every_steps), plan
   assert plan.checkpoint_every_steps == checkpoint_every_steps, plan
   return made
+
+
+class Killed(Exception):
+  """What ``kill_at`` raises: a run stopped as a kill would stop it."""
+
+
+def kill_at(step: int):
+  """The loop's callback that stops a run (``Killed``) once the call ending at ``step`` is
+  written and checkpointed, as a kill would."""
+
+  def callback(records, state):
+    del state
+    if records[0]["step"] == step:
+      raise Killed
+
+  return callback
 
 
 def assert_states_equal(a, b):
@@ -144,15 +157,8 @@ def test_resume_after_kill_is_bit_identical(uninterrupted, tmp_path):
   reference, reference_dir = uninterrupted
   workdir = tmp_path / "run"
 
-  class Killed(Exception):
-    pass
-
-  def kill_at_30(records, state):
-    if records[0]["step"] == 30:
-      raise Killed
-
   with pytest.raises(Killed):
-    loop.train(config(), MODEL, TX, tiny_data(), workdir, callback=kill_at_30)
+    loop.train(config(), MODEL, TX, tiny_data(), workdir, callback=kill_at(30))
   with checkpoints.Checkpoints(workdir) as ckpts:
     assert ckpts.steps() == [20, 30]
   shutil.copytree(workdir, tmp_path / "garbled")
@@ -284,22 +290,7 @@ def test_dispatch_runner_matches_scan():
 
 def test_sharded_over_eight_devices_matches_one_device():
   """The same run over a Mesh of 8 simulated CPU devices (in a fresh process)."""
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
-  )
-  out = subprocess.run(
-    [sys.executable, str(REPO / "tests" / "sharded_training_check.py")],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=REPO,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  report = json.loads(out.stdout.strip().splitlines()[-1])
+  report = run_check("sharded_training_check.py", devices=8, timeout_s=600)
   assert report["devices"] == 8
   assert report["max_param_diff"] < 1e-4, report
   assert report["val_error_single"] == pytest.approx(report["val_error_mesh"], abs=1 / 128)

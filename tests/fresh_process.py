@@ -1,0 +1,31 @@
+"""Runs a check script of tests/ in a fresh process, where JAX starts with the simulated CPU
+devices it needs (the device count is fixed when JAX starts), bounded in time."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_check(script: str, *args: str, devices: int = 1, timeout_s: int = 900) -> dict:
+  """The JSON report that ``tests/<script>`` prints last, run with ``devices`` simulated CPU
+  devices; fails the test with the script's stderr if it fails."""
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+  )
+  out = subprocess.run(
+    [sys.executable, str(REPO / "tests" / script), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout_s,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
