@@ -28,10 +28,11 @@ import time
 from collections.abc import Sequence
 
 from experiments.configs import charlstm as configs
+from experiments.launch import cli, jobs
 from experiments.reporting import comparison_report, display_names, tables
-from experiments.run import cli, comparison, jobs
+from experiments.run import grid_job
 
-DEFAULT = comparison.GridJob(
+DEFAULT = grid_job.GridJob(
   models=("char_lstm",),
   optimizers=tuple(configs.PRESETS),
   recipe={name: p.config for name, p in configs.PRESETS.items()},

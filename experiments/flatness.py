@@ -34,8 +34,9 @@ import numpy as np
 import tyro
 
 from experiments.configs.flatness import JOBS
+from experiments.launch import cli, comparison, components, jobs
 from experiments.reporting import display_names
-from experiments.run import cli, comparison, components, directory, distributed, jobs
+from experiments.run import directory, distributed
 from experiments.run.schema import ConfigError
 from experiments.studies.flatness_analysis import analyse, choose_method
 from experiments.studies.flatness_report import WHAT, plot, table

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from experiments.configs import mnist as configs
-from experiments.run import cli, jobs
+from experiments.launch import cli, jobs
 
 
 @cli.main

@@ -20,10 +20,11 @@ import time
 from collections.abc import Sequence
 
 from experiments.configs import mnist1d as configs
+from experiments.launch import cli, jobs
 from experiments.reporting import comparison_report, tables, time_to_target
-from experiments.run import cli, comparison, jobs
+from experiments.run import grid_job
 
-DEFAULT = comparison.GridJob(
+DEFAULT = grid_job.GridJob(
   models=("mlp1d", "cnn1d"),
   optimizers=configs.MAIN_JOB,
   recipe={name: p.config for name, p in configs.PRESETS.items()},

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from experiments.configs import ptb as configs
-from experiments.run import cli, jobs
+from experiments.launch import cli, jobs
 
 
 @cli.main

@@ -19,8 +19,9 @@ from typing import Annotated, Any
 
 import tyro
 
+from experiments.launch import cli
 from experiments.reporting import tables
-from experiments.run import cli, directory
+from experiments.run import directory
 from experiments.run.schema import ConfigError
 
 PROG = "python -m experiments.results"

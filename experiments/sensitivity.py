@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from experiments.configs import mnist1d
 from experiments.configs.sensitivity import GRIDS
-from experiments.run import cli, directory
+from experiments.launch import cli
+from experiments.run import directory
 from experiments.run.schema import ConfigError
 from experiments.studies import sensitivity_report
 

@@ -26,7 +26,8 @@ from jax.sharding import PartitionSpec as P
 
 import entropy_optax
 from experiments import mnist1d
-from experiments.run import directory, final_state
+from experiments.launch import final_state
+from experiments.run import directory
 from experiments.trainer import loop
 
 RUN = "mlp1d-entropy-sgd"

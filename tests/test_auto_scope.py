@@ -11,8 +11,9 @@ import pytest
 
 import entropy_optax as eo
 from experiments import mnist1d
+from experiments.launch import components
 from experiments.optimizers import registry
-from experiments.run import components, directory
+from experiments.run import directory
 from experiments.run.schema import ConfigError, RunConfig
 
 # f(x) = x'Ax/2 with a spread of curvatures; the exact Gibbs mean (noise 0) is

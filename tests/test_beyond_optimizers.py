@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from experiments import configs
+from experiments.launch import components
 from experiments.optimizers import registry as optimizers
-from experiments.run import components
 from experiments.run.schema import ConfigError, RunConfig
 from experiments.trainer import loop_state, steps, tasks
 
@@ -98,7 +98,7 @@ def test_sgld_presets_carry_the_papers_app_c1_results():
 def test_runs_through_the_harness_at_equal_effective_epochs(
   tmp_path, optimizer, langevin_steps, outer_steps
 ):
-  from experiments.run import jobs  # pylint: disable=import-outside-toplevel
+  from experiments.launch import jobs  # pylint: disable=import-outside-toplevel
   from experiments.run.schema import RunOptions  # pylint: disable=import-outside-toplevel
 
   config = configs.mnist1d.PRESETS[optimizer].config.replace(

@@ -70,7 +70,7 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("page,command", commands(), ids=lambda v: v)
 def test_page_commands_parse(page, command, monkeypatch, tmp_path, capsys):
-  from experiments.run import jobs
+  from experiments.launch import jobs
   from experiments.studies import sensitivity_report
 
   class Parsed(Exception):

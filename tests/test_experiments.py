@@ -23,10 +23,11 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from experiments import cifar10, configs, flatness, mnist, mnist1d, results
+from experiments.launch import components, final_state, jobs
 from experiments.models import feedforward as models
 from experiments.models import mnist1d_nets
 from experiments.optimizers import registry as optimizers
-from experiments.run import components, directory, final_state, jobs
+from experiments.run import directory
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import tasks
 from tests import test_tensorboard as tensorboard_events

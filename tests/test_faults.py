@@ -24,8 +24,9 @@ import optax
 import pytest
 
 from experiments import mnist1d
+from experiments.launch import cli, final_state
 from experiments.reporting import summaries
-from experiments.run import checkpoints, cli, directory, final_state
+from experiments.run import checkpoints, directory
 from experiments.trainer import divergence, loop, preemption
 from tests import test_training as t
 

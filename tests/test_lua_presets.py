@@ -11,9 +11,10 @@ import pytest
 
 import entropy_optax
 from experiments import configs, mnist
+from experiments.launch import components, final_state
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import components, directory, final_state
+from experiments.run import directory
 from experiments.run import schema as config_lib
 from experiments.trainer import batchnorm, tasks
 

@@ -14,8 +14,9 @@ import optax
 import pytest
 
 import entropy_optax
+from experiments.launch import components
 from experiments.optimizers import registry
-from experiments.run import components, distributed
+from experiments.run import distributed
 from experiments.run.schema import ConfigError, RunConfig
 from experiments.trainer import batchnorm, loop, loop_state, steps, tasks
 from tests import test_training as t

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs.sensitivity import GRIDS
-from experiments.run import jobs
+from experiments.launch import jobs
 from experiments.run.schema import ConfigError, RunOptions
 from experiments.studies import sensitivity_report
 from experiments.studies import sensitivity_training as st

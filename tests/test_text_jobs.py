@@ -13,10 +13,11 @@ import entropy_optax
 from experiments import charlstm, ptb
 from experiments.configs import charlstm as charlstm_configs
 from experiments.data import text
+from experiments.launch import final_state
 from experiments.models import recurrent as rm
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import tables
-from experiments.run import checkpoints, final_state
+from experiments.run import checkpoints
 from experiments.run.directory import read_records
 from experiments.trainer import bptt, loop, loop_state, tasks
 from tests import test_training as t
@@ -217,7 +218,7 @@ def test_charlstm_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
 def test_flatness_of_the_small_char_lstm(tmp_path, capsys):
   from experiments import flatness
   from experiments.configs.flatness import JOBS
-  from experiments.run import components
+  from experiments.launch import components
 
   workdir = tmp_path / "flat"
   argv = ["charlstm", "--effective-epochs", "1", "--num-train", "20000", "--num-test", "3000"]

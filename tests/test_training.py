@@ -17,7 +17,8 @@ import optax
 import pytest
 
 import entropy_optax
-from experiments.run import checkpoints, components, directory, schema
+from experiments.launch import components
+from experiments.run import checkpoints, directory, schema
 from experiments.run.directory import read_records
 from experiments.run.schema import RunConfig
 from experiments.trainer import loop, loop_state, tasks

@@ -91,7 +91,7 @@ def finish(procs: list[subprocess.Popen]) -> list[dict]:
 
 
 def final_params(workdir: pathlib.Path):
-  from experiments.run import final_state  # pylint: disable=g-import-not-at-top
+  from experiments.launch import final_state  # pylint: disable=g-import-not-at-top
 
   return final_state.load_final_variables(workdir / RUN)
 

@@ -1,6 +1,6 @@
 """One module per experiment: ``BASE`` (a ``RunConfig``) and ``PRESETS`` (name -> ``Preset``:
 a one-line description, the run, the paper's result it targets). Add an experiment by adding a
-module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.run.cli``.
+module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.launch.cli``.
 ``sensitivity`` and ``flatness`` are not among them: they hold the sensitivity study's grids
 (``GRIDS``) and the flatness experiment's jobs (``JOBS``)."""
 

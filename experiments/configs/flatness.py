@@ -1,6 +1,6 @@
 """The flatness experiment's jobs (``python -m experiments.flatness NAME``), as data.
 
-``FlatnessJob`` is its schema (and command line): a ``comparison.GridJob`` (one model, one run per
+``FlatnessJob`` is its schema (and command line): a ``grid_job.GridJob`` (one model, one run per
 recipe) plus how the flatness of each final point is measured; ``JOBS`` names one per data set.
 """
 
@@ -10,11 +10,11 @@ import dataclasses
 from typing import Any, Literal
 
 from experiments.configs import EXPERIMENTS
-from experiments.run import comparison
+from experiments.run import grid_job
 
 
 @dataclasses.dataclass(frozen=True)
-class FlatnessJob(comparison.GridJob):
+class FlatnessJob(grid_job.GridJob):
   """Trains one run per recipe and measures the flatness of each final point."""
 
   method: Literal["auto", "exact", "lanczos", "fisher", "adam-fisher"] = "auto"

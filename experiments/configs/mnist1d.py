@@ -7,7 +7,7 @@ and grows 1.001x per update. Their outer learning rates were picked from three v
 (Entropy-SGD 0.1, 0.3, 1; Entropy-Adam 3e-3, 1e-2, 3e-2) on 50-effective-epoch runs of both
 models; the benchmark has no validation split, so this looked at test accuracy, as the
 baselines' published settings did. The job (experiments/mnist1d.py) sets the budget, the
-learning-rate drops and the shared fields of every run (``experiments.run.comparison.GridJob``).
+learning-rate drops and the shared fields of every run (``experiments.launch.grid_job.GridJob``).
 """
 
 from experiments.run.schema import Preset, RunConfig

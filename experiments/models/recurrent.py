@@ -241,7 +241,7 @@ def small_char_lstm(vocab_size: int = 96, **overrides) -> LSTMLanguageModel:
   return char_lstm(vocab_size, hidden_size=48, num_layers=1, **overrides)
 
 
-# The registry of ``experiments.run.components``: name -> factory(vocab_size, **overrides).
+# The registry of ``experiments.launch.components``: name -> factory(vocab_size, **overrides).
 MODELS = {
   "ptb_large": functools.partial(ptb_lstm, "large"),
   "ptb_medium": functools.partial(ptb_lstm, "medium"),

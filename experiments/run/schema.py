@@ -2,7 +2,7 @@
 
 ``RunConfig`` is everything that fixes a run's trajectory: data, model, optimizer and its
 schedule, budget, seeds. It is plain data: stored with the results (``config.json``), reused
-by a resumed run, and turned into command-line options by ``experiments.run.cli`` (each field's
+by a resumed run, and turned into command-line options by ``experiments.launch.cli`` (each field's
 docstring is its ``--help``).
 
 Units are in the names, one definition each:
@@ -20,7 +20,7 @@ Units are in the names, one definition each:
 
 The same ``RunConfig`` travels from the command line to the jitted step: the loop
 (``experiments.trainer.loop``) reads its fields, the registries build the data, model and
-optimizer from it (``experiments.run.components``, ``experiments.optimizers.registry``), and
+optimizer from it (``experiments.launch.components``, ``experiments.optimizers.registry``), and
 ``config.json`` stores it.
 """
 
@@ -45,9 +45,9 @@ class RunConfig:
   """A training run: what its results depend on (units: see experiments/run/schema.py)."""
 
   dataset: str = "mnist1d"
-  """data set (experiments/run/components.py: DATASETS)"""
+  """data set (experiments/launch/components.py: DATASETS)"""
   model: str = "mlp1d"
-  """model (experiments/run/components.py: DATASETS[dataset].models)"""
+  """model (experiments/launch/components.py: DATASETS[dataset].models)"""
   optimizer: str = "sgd"
   """optimizer (experiments/optimizers/registry.py: OPTIMIZERS)"""
   outer_epochs: float = 10.0

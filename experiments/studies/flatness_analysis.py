@@ -16,8 +16,8 @@ from jax.flatten_util import ravel_pytree
 
 from entropy_optax import flatness
 from experiments.configs.flatness import FlatnessJob
+from experiments.launch import components, final_state, jobs
 from experiments.models import recurrent
-from experiments.run import components, final_state, jobs
 from experiments.run.schema import ConfigError
 from experiments.trainer import tasks
 

@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 
 from experiments.configs import mnist1d
 from experiments.configs.sensitivity import SensitivityGrid
+from experiments.launch import comparison, components
 from experiments.reporting import display_names, time_to_target
-from experiments.run import comparison, components
+from experiments.run import grid_job
 from experiments.run.schema import RunConfig
 from experiments.studies import sensitivity_training
 
@@ -35,7 +36,7 @@ FLAT_TOLERANCE = 0.01  # "flat": grid points within 1 accuracy point of the best
 def recipe(grid: SensitivityGrid, model: str, name: str, **changes: Any) -> RunConfig:
   """The main job's recipe ``name`` (with ``changes``) for ``model`` at the grid's budget, as
   the main job expands it (``comparison.expand``: outer epochs and learning-rate drops)."""
-  job = comparison.GridJob(
+  job = grid_job.GridJob(
     models=(model,),
     optimizers=(name,),
     recipe={name: mnist1d.PRESETS[name].config.replace(**changes)},

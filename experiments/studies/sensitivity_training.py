@@ -2,14 +2,14 @@
 
 The grid is a list of ``RunConfig``s that differ only in ``TRACED_FIELDS`` (the learning rate,
 gamma0, the Langevin step, the noise, ...). Each run is built and trained as the main job
-builds and trains it: data, model and task from ``experiments.run.components``, the optimizer
+builds and trains it: data, model and task from ``experiments.launch.components``, the optimizer
 from the registry (``experiments.optimizers.registry``), the step counts and evaluations from
 ``experiments.run.schema.schedule``, and the loop's own jitted steps
 (``experiments.trainer.step_runners.prepare``: the same step, data order, loss and
 evaluation). Only the differing fields are traced values, so
 the grid of points x seeds is one ``jax.jit(jax.vmap(jax.vmap(run)))`` program and one
 compilation, and each of its runs is the main job's run of that config
-(``tests/test_sensitivity_lib.py`` checks it against ``experiments.run.jobs``).
+(``tests/test_sensitivity_lib.py`` checks it against ``experiments.launch.jobs``).
 ``one_program=False`` runs the same runs one after another (one compilation of one run, the
 traced fields and the seed as arguments): the throughput comparison. The command:
 ``python -m experiments.sensitivity`` (``sensitivity_report.py``).
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.launch import components
 from experiments.optimizers import registry
-from experiments.run import components
 from experiments.run.schema import ConfigError, RunConfig, field_names, schedule
 from experiments.trainer import loop_state, step_runners
 

@@ -179,7 +179,7 @@ def text_split(config: RunConfig, data_dir: str | None, split: str):
 
 
 def load_text(config: RunConfig, data_dir: str | None) -> data_lib.Dataset:
-  """The ``Dataset`` of a text data set (``experiments.run.components.DATASETS``): training
+  """The ``Dataset`` of a text data set (``experiments.launch.components.DATASETS``): training
   examples,
   and the validation split as the loop's evaluation data; ``num_classes`` is the vocabulary."""
   corpus = _corpus(config.dataset, config.text_file, data_dir)

@@ -93,7 +93,7 @@ def _init_one(model, make_tx, task, example_x, seed, batch_size, replica) -> Loo
 def replica_mean(state: LoopState) -> LoopState:
   """The state of the replicas' average x-bar (leading replica axis removed), as Parle is
   evaluated: the average weights, and BatchNorm statistics averaged (re-estimate them at x-bar:
-  ``experiments.run.components.make_task`` does for replicas); keys and optimizer state are the
+  ``experiments.launch.components.make_task`` does for replicas); keys and optimizer state are the
   first replica's."""
   first = jax.tree.map(lambda a: a[0], state)
   mean = lambda tree: jax.tree.map(lambda a: jnp.mean(a, 0).astype(a.dtype), tree)

@@ -26,7 +26,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import checkpoints, comparison, directory
+from experiments.run import checkpoints, directory, grid_job
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -138,7 +138,7 @@ def parse_preset(
 
 
 @dataclasses.dataclass(frozen=True)
-class _GridJobHelp(comparison.GridJob):
+class _GridJobHelp(grid_job.GridJob):
   """``GridJob`` as ``--help`` shows it: the shared settings, not every recipe's fields."""
 
   recipe: Annotated[dict[str, RunConfig], tyro.conf.Suppress] = dataclasses.field(
@@ -147,8 +147,8 @@ class _GridJobHelp(comparison.GridJob):
 
 
 def parse_grid(
-  prog: str, description: str, default: comparison.GridJob, argv: Sequence[str] | None
-) -> comparison.GridJob:
+  prog: str, description: str, default: grid_job.GridJob, argv: Sequence[str] | None
+) -> grid_job.GridJob:
   """A comparison job's command line: ``--help`` lists the shared settings, ``--help-recipe
   NAME`` one recipe's fields and values, and ``--recipe.NAME.FIELD VALUE`` sets any of them."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -181,7 +181,7 @@ def parse_grid(
     )
   return parse(
     lambda: tyro.cli(
-      comparison.GridJob, prog=prog, description=description, args=argv, default=default
+      grid_job.GridJob, prog=prog, description=description, args=argv, default=default
     ),
     prog,
   )

@@ -3,7 +3,7 @@
 ``run_experiment(config, options)`` is the flow of every experiment:
 
     with writer_lock.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
-      data = components.load_data(config)           # registries: experiments/run/components.py
+      data = components.load_data(config)           # registries: experiments/launch/components.py
       model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
       loop.train(config, model, make_tx, data, workdir, mesh=...)  # the same RunConfig
       results.json, error.png                       # experiments/reporting/summaries.py, plots.py
@@ -23,16 +23,10 @@ import jax
 import numpy as np
 
 from experiments import configs
+from experiments.launch import cli, comparison, components
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import display_names, plots, summaries
-from experiments.run import (
-  cli,
-  comparison,
-  components,
-  directory,
-  distributed,
-  writer_lock,
-)
+from experiments.run import directory, distributed, grid_job, writer_lock
 from experiments.run import schema as config_lib
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import loop
@@ -238,7 +232,7 @@ def run_preset(
 
 
 def run_comparison(
-  job: comparison.GridJob, default: comparison.GridJob, workdir: str
+  job: grid_job.GridJob, default: grid_job.GridJob, workdir: str
 ) -> tuple[dict[tuple[str, str], Run], pathlib.Path]:
   """Runs (or resumes) every (model, optimizer) of a comparison job, as ``run_grid`` does.
 

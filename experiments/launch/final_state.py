@@ -14,8 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from experiments.launch import components
 from experiments.optimizers import registry as optimizers
-from experiments.run import checkpoints, components, directory
+from experiments.run import checkpoints, directory
 from experiments.run.schema import ConfigError
 from experiments.trainer import loop_state
 
