@@ -16,6 +16,14 @@ from entropy_optax._utils import is_static_zero
 RENAMED = {"nesterov": "langevin_nesterov", "noise_sampler": "noise_distribution"}
 
 
+class RenamedKeywordWarning(DeprecationWarning):
+  """A call that relies on a keyword or meaning of entropy_optax 0.1.0 (``docs/migration.md``).
+
+  Its own class so that a test suite can turn the library's deprecations into errors without
+  touching those of jax, optax or flax (``pyproject.toml``'s ``filterwarnings``).
+  """
+
+
 def renamed_keywords(*old_names: str) -> Callable[[Callable], Callable]:
   """Makes a function accept each old keyword in ``old_names`` as its new name (``RENAMED``).
 
@@ -39,7 +47,7 @@ def renamed_keywords(*old_names: str) -> Callable[[Callable], Callable]:
         warnings.warn(
           f"{function.__name__}'s keyword {old} is renamed {new} (see docs/migration.md); "
           f"{old}= will be removed in a later release.",
-          DeprecationWarning,
+          RenamedKeywordWarning,
           stacklevel=2,
         )
         kwargs[new] = kwargs.pop(old)
@@ -66,7 +74,7 @@ def entropy_sgd_langevin_nesterov(
       "entropy_sgd(nesterov=False) also makes the Langevin momentum heavy-ball, as in "
       "entropy_optax 0.1.0; nesterov will set the outer SGD only. Pass langevin_nesterov=False "
       "to keep this chain (or langevin_nesterov=True for Nesterov); see docs/migration.md.",
-      DeprecationWarning,
+      RenamedKeywordWarning,
       stacklevel=3,
     )
   return nesterov

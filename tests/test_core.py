@@ -53,7 +53,7 @@ def test_noisy_quadratic_samples_the_gibbs_measure(sampler):
     langevin_lr=lr,
     noise=noise,
     alpha=1.0,
-    noise_sampler=sampler,
+    noise_distribution=sampler,
     unroll=8,
   )[0]
   samples = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), chains))
@@ -104,7 +104,7 @@ def test_langevin_estimate_matches_quadrature():
       langevin_lr=0.01,
       noise=NOISE,
       alpha=0.002,
-      noise_sampler="gaussian",
+      noise_distribution="gaussian",
       unroll=8,
     )
     return mu
@@ -483,9 +483,9 @@ def test_bad_hyperparameters_name_the_argument(kwargs, name):
     eo.entropy_sgd(0.1, **args)
 
 
-def test_bad_noise_sampler():
-  with pytest.raises(ValueError, match="noise_sampler"):
-    eo.local_entropy(3, 0.1, 0.1, 1e-4, 0.75, noise_sampler="uniform")
+def test_bad_noise_distribution():
+  with pytest.raises(ValueError, match="noise_distribution"):
+    eo.local_entropy(3, 0.1, 0.1, 1e-4, 0.75, noise_distribution="uniform")
 
 
 def test_missing_grad_fn_says_how_to_pass_it():

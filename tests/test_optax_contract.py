@@ -26,7 +26,7 @@ OPTIMIZERS = {
     0.1, num_langevin_steps=L, momentum=0.9, langevin_momentum=0.5, weight_decay=1e-3
   ),
   "entropy_adam": lambda: eo.entropy_adam(
-    0.1, num_langevin_steps=L, gamma=0.5, noise_sampler="gaussian"
+    0.1, num_langevin_steps=L, gamma=0.5, noise_distribution="gaussian"
   ),
   "local_entropy_sgd": lambda: optax.chain(eo.local_entropy(L, 0.1), optax.sgd(0.1)),
   # One replica (no named axis): the coupling is zero, the contract is the chain's.
@@ -159,7 +159,7 @@ SHARDING_CHECK = textwrap.dedent("""
     types = lambda t: jax.tree.map(jax.typeof, t)
     for i, make in enumerate((
         lambda: eo.entropy_sgd(1.0, num_langevin_steps=3),
-        lambda: eo.entropy_adam(1.0, num_langevin_steps=3, noise_sampler="gaussian"),
+        lambda: eo.entropy_adam(1.0, num_langevin_steps=3, noise_distribution="gaussian"),
         lambda: optax.chain(eo.local_entropy(3, 0.1), optax.sgd(1.0)))):
       tx = make()
       update = jax.jit(lambda u, s, p: tx.update(u, s, p, grad_fn=grad_fn))

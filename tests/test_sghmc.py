@@ -48,7 +48,7 @@ def test_noisy_quadratic_samples_the_gibbs_measure_at_noise_squared_over_two():
     langevin_lr=lr,
     noise=noise,
     alpha=1.0,
-    noise_sampler="gaussian",
+    noise_distribution="gaussian",
     unroll=8,
     sampler="sghmc",
     friction=friction,

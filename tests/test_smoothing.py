@@ -46,7 +46,7 @@ def estimates(tx, params, grad_fn, keys):
 def test_quadratic_mean_and_variance_are_the_closed_form(sampler):
   """f = 1/2 x^T A x: each sample is A (x + sigma eps): mean A x, variance sigma^2 A^2 / L."""
   sigma, num_samples, repeats = 0.3, 8, 20_000
-  tx = eo.gaussian_smoothing(num_samples, sigma, noise_sampler=sampler)
+  tx = eo.gaussian_smoothing(num_samples, sigma, noise_distribution=sampler)
   keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(repeats))
   got = estimates(tx, jnp.asarray(X0), lambda p, k: CURVATURES * p, keys)
   variance = sigma**2 * CURVATURES**2 / num_samples
@@ -112,7 +112,7 @@ def test_chains_with_adam_keeps_dtypes_and_ignores_other_extras():
     (dict(num_samples=0), "num_samples"),
     (dict(num_samples=2.0), "num_samples"),
     (dict(sigma=-1.0), "sigma"),
-    (dict(noise_sampler="uniform"), "noise_sampler"),
+    (dict(noise_distribution="uniform"), "noise_distribution"),
   ],
 )
 def test_bad_arguments_raise_value_errors_naming_them(kwargs, name):
