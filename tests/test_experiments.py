@@ -144,14 +144,14 @@ def test_learning_rate_milestones_and_scoping():
     lr_decay_outer_epochs=(4, 8),
     batch_size=128,
   )
-  tx = optimizers.optimizer_factory(sgd, num_examples=1300)(0)  # 1300 // 128 = 10 steps per epoch
+  tx = optimizers.optimizer_factory(sgd, steps_per_epoch=10)(0)
   state = tx.init(ones)
   for t in range(85):
     updates, state = tx.update(ones, state, ones)
     expected = 1.0 if t < 40 else 0.2 if t < 80 else 0.04
     np.testing.assert_allclose(updates["w"], -expected, rtol=1e-6)
   esgd = RunConfig(optimizer="entropy-sgd", langevin_steps=2, gamma0=0.03, gamma1=1e-3)
-  tx = optimizers.optimizer_factory(esgd, num_examples=1280)(0)
+  tx = optimizers.optimizer_factory(esgd, steps_per_epoch=10)(0)
   state = tx.init(ones)
   for t in range(5):
     _, state = tx.update(ones, state, ones, grad_fn=lambda p, k: ones)

@@ -58,7 +58,7 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
   assert config.outer_epochs == max_epochs and config.batch_size == 128
   num_train = 50_000 if experiment == "cifar10" else 60_000
   per_epoch = config_lib.schedule(config, num_train).steps_per_epoch
-  schedule = optimizers.learning_rate(config, num_train)
+  schedule = optimizers.learning_rate(config, per_epoch)
   for epoch in range(1, max_epochs + 1):  # the first and the last step of every epoch
     for step in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):
       np.testing.assert_allclose(schedule(step), lua_lr(regimes, epoch), rtol=1e-6)

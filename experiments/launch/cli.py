@@ -9,7 +9,8 @@ which have no per-field help). tyro's error boxes are condensed here into one li
 
 ``cli.main`` wraps a script's ``main(argv)``: known failures (a bad value, an unwritable or
 existing run directory, nothing to resume, an absent data set, a bad checkpoint) print one
-line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback;
+line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback
+(with several processes: also a lost process, ``experiments.run.processes``);
 a job in which a run diverged exits ``EXIT_DIVERGED`` (3) at its end.
 """
 
@@ -26,7 +27,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import checkpoints, directory, grid_job
+from experiments.run import checkpoints, directory, grid_job, processes
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -195,7 +196,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     directory.WorkdirError,
     data_lib.DatasetUnavailableError,
     checkpoints.CheckpointError,
+    processes.ProcessError,
   )
+
+
+def _leave_if_alone(error: BaseException, line: str, code: int) -> int:
+  """``code``; a process of several that stopped without the others exits at once instead,
+  after telling them ``line`` (``experiments.run.processes``): JAX's shutdown would wait."""
+  if processes.is_alone(error):
+    processes.leave_alone(error, line, code)
+  return code
 
 
 def main(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[..., int]:
@@ -208,13 +218,16 @@ def main(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[..., int]
       print(f"error: {_one_line(str(e))}", file=sys.stderr)
       return 2
     except KeyboardInterrupt as e:  # a signal (experiments.trainer.preemption) or Ctrl-C
-      print(str(e) or "interrupted: continue the run with --resume", file=sys.stderr)
-      return getattr(e, "exit_code", 130)
+      line = str(e) or "interrupted: continue the run with --resume"
+      print(line, file=sys.stderr)
+      return _leave_if_alone(e, line, getattr(e, "exit_code", 130))
     except Exception as e:  # pylint: disable=broad-except
-      if not isinstance(e, _known_errors()):
+      lost = processes.lost_peer(e)  # another process of the run is gone
+      if lost is None and not isinstance(e, _known_errors()):
         raise
-      print(f"error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
-      return 1
+      line = lost or _one_line(str(e)) or type(e).__name__
+      print(f"error: {line}", file=sys.stderr)
+      return _leave_if_alone(e, line, 1)
 
   wrapped.__doc__ = fn.__doc__
   return wrapped

@@ -4,8 +4,9 @@
 
     with writer_lock.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
       data = components.load_data(config)           # registries: experiments/launch/components.py
-      model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
-      loop.train(config, model, make_tx, data, workdir, mesh=...)  # the same RunConfig
+      plan = schema.schedule(config, len(data.train_x))  # once; passed on
+      model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, plan...)
+      loop.train(config, model, make_tx, data, workdir, plan=plan, mesh=...)  # the same config
       results.json, error.png                       # experiments/reporting/summaries.py, plots.py
 
 ``run_grid`` runs several configs, one subdirectory each.
@@ -89,8 +90,8 @@ def run_experiment(
         )
     ds = components.load_data(config, options.data_dir, options.download)
     model = components.make_model(config, ds.num_classes)
-    make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-    plan = config_lib.schedule(config, len(ds.train_x))
+    plan = config_lib.schedule(config, len(ds.train_x))  # the run's one schedule
+    make_tx = optimizers.optimizer_factory(config, plan.steps_per_epoch)
     mesh = distributed.make_mesh(
       options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
     )  # the saved config's seeds and batch when resuming
@@ -110,7 +111,8 @@ def run_experiment(
       task=task,
       mesh=mesh,
       resume=None if resuming else False,
-      learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
+      plan=plan,
+      learning_rate=optimizers.learning_rate(config, plan.steps_per_epoch),
       progress=options.progress and distributed.is_writer(),
       tensorboard=options.tensorboard,
       log=log,
@@ -155,7 +157,12 @@ def describe(config: RunConfig) -> str:
 
 def join_processes(options: RunOptions) -> None:
   """Joins the run's other processes (``--coordinator-address`` etc.), before any device work."""
-  distributed.initialize(options.coordinator_address, options.num_processes, options.process_id)
+  distributed.initialize(
+    options.coordinator_address,
+    options.num_processes,
+    options.process_id,
+    timeout_s=options.process_timeout_s,
+  )
 
 
 def describe_devices(mesh) -> str:

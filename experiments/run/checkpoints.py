@@ -2,10 +2,12 @@
 
 ``Checkpoints(workdir)`` keeps the state under ``workdir/checkpoints/<step>`` (orbax writes a
 step to a temporary directory and renames it when complete) and, once a step is complete, the
-SHA-256 of each of its files in ``workdir/checkpoints.sha256/<step>.json``. A step counts only
-when its checksums are there and match the files: data garbled on disk is never restored (it
-would restore silently: orbax does not verify the bytes), and an unreadable step is never
-handed to orbax (whose failures print asyncio tracebacks). ``latest_good`` falls back to the
+SHA-256 of each of its files in ``workdir/checkpoints.sha256/<step>.json``; the oldest kept
+step is deleted only after that, so that a kill at any moment of a save leaves the ``keep``
+steps before it verified. A step counts only when its checksums are there and match the
+files: data garbled on disk is never restored (it would restore silently: orbax does not verify
+the bytes), and an unreadable step is never handed to orbax (whose failures print asyncio
+tracebacks). ``latest_good`` falls back to the
 newest step that verifies and sets the bad ones aside.
 """
 
@@ -26,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from experiments.run import distributed
+from experiments.run import distributed, processes
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_DIR = "checkpoints.sha256"
@@ -98,10 +100,10 @@ class Checkpoints:
       logging.getLogger(name).addFilter(quiet)
 
   def _manager(self) -> ocp.CheckpointManager:
-    # Synchronous saves: the state buffers are donated to the next jitted call.
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=self.keep, create=True, enable_async_checkpointing=False
-    )
+    # Synchronous saves: the state buffers are donated to the next jitted call. No max_to_keep:
+    # orbax would delete the oldest step as soon as the newest is complete, before its checksums
+    # are written (``save`` deletes it once they are).
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(
       self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
     )
@@ -112,31 +114,47 @@ class Checkpoints:
 
   def save(self, step: int, state_dict: dict[str, Any]) -> None:
     """Saves ``state_dict`` as step ``step`` (every process writes its shards), then its
-    checksums (process 0; a step without them is never restored); the older steps are deleted
-    only once it is complete.
+    checksums (process 0; a step without them is never restored); the steps older than the
+    newest ``keep`` are deleted only once the checksums are written.
 
     Raises:
       OSError: the disk refused a write (full, read-only, the directory gone), with its errno;
         orbax's wrappers of such errors (tensorstore's ``ValueError``) are turned into one.
+        With several processes, a refused checksum write raises on every process (the
+        others raise ``processes.ProcessError``); a write refused inside orbax's collective
+        save is marked ``processes.alone``.
     """
     try:
       self.manager.save(step, args=ocp.args.StandardSave(state_dict))
       self.manager.wait_until_finished()
     except Exception as e:  # orbax reports a disk error as a ValueError from tensorstore
+      # The other processes may wait inside orbax's collective writes: this one stops alone.
       code = os_error_code(e)
       if code is None:
+        processes.alone(e)
         raise
-      raise OSError(code, os.strerror(code), str(self.directory / str(step))) from e
+      error = OSError(code, os.strerror(code), str(self.directory / str(step)))
+      raise processes.alone(error) from e
     distributed.barrier(f"checkpoint {step} saved")
-    if not distributed.is_writer():
-      return
-    self.checksums.mkdir(parents=True, exist_ok=True)
-    digests = _file_digests(self.directory / str(step))
-    atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
-    kept = {str(s) for s in self.steps()}
-    for path in self.checksums.glob("*.json"):
-      if path.stem not in kept:
-        path.unlink(missing_ok=True)
+    error = None
+    try:
+      self._write_checksums(step)
+    except OSError as e:  # process 0 alone writes them: the others must hear of it
+      error = e
+    processes.stop_together(error)
+    for old in self.steps()[: -self.keep]:  # every process: orbax's delete is collective
+      self.manager.delete(old)
+    if distributed.is_writer():
+      kept = {str(s) for s in self.steps()}
+      for path in self.checksums.glob("*.json"):
+        if path.stem not in kept:
+          path.unlink(missing_ok=True)
+
+  def _write_checksums(self, step: int) -> None:
+    if distributed.is_writer():
+      self.checksums.mkdir(parents=True, exist_ok=True)
+      digests = _file_digests(self.directory / str(step))
+      atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
 
   def problem(self, step: int) -> str | None:
     """Why step ``step`` cannot be restored (None if its files match their checksums)."""

@@ -9,6 +9,7 @@ line saying which checkpoint is intact.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import subprocess
 import time
@@ -19,7 +20,7 @@ import jax
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import directory, distributed
+from experiments.run import directory, distributed, processes
 from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import RunConfig
@@ -144,20 +145,27 @@ class RunFiles:
     Raises:
       WorkdirError: the disk refused a write (full, read-only, the directory gone); the run
         stops there, its last complete checkpoint intact (``disk_error``).
+      ProcessError: another process's write failed (with several processes, a write that one
+        of them cannot do stops them all after the same call).
     """
-    what = f"the records of step {step}"
+    what, error = f"the records of step {step}", None
     try:
       if self.writer:
         directory.append_records(self.records_path, records)
       if self.events is not None:
         what = f"the TensorBoard events of step {step}"
         self.events.write(records)
-      if checkpoint is not None and self.checkpoints is not None:
-        what = f"the checkpoint of step {step}"
-        self.checkpoints.save(step, checkpoint)
     except OSError as e:
-      self.failed = True
-      raise self.disk_error(what, e) from None
+      error = self.disk_error(what, e)
+    self.failed = error is not None
+    processes.stop_together(error)  # process 0 alone writes them: every process stops
+    if checkpoint is not None and self.checkpoints is not None:
+      try:
+        self.checkpoints.save(step, checkpoint)
+      except OSError as e:
+        self.failed = True
+        error = self.disk_error(f"the checkpoint of step {step}", e)
+        raise (processes.alone(error) if processes.is_alone(e) else error) from None
 
   def disk_error(self, what: str, error: OSError) -> directory.WorkdirError:
     """The one line that stops a run whose directory refused ``what``: why, and what is kept."""
@@ -181,7 +189,14 @@ class RunFiles:
       f"cannot write {what} in {self.workdir} ({error.strerror or error}); the run stopped; {kept}."
     )
 
-  def close(self) -> None:
+  def close(self, error: BaseException | None = None) -> None:
+    """Closes the files; ``error``: the one that stops the run, if any. A process stopped
+    alone (``processes.is_alone``) skips the steps that wait for the other processes."""
+    if processes.is_alone(error):
+      if self.events is not None:
+        with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+          self.events.close()
+      return
     distributed.barrier("run files closed")  # process 0's last records are written
     try:
       if self.events is not None:
