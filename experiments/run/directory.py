@@ -96,7 +96,24 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
         f"{path} already holds a run; pass --resume to continue it, "
         "--overwrite to replace it, or choose another --workdir."
       )
-    shutil.rmtree(path)
+    _probe_writable(path, "nothing was deleted")  # a read-only run is never half deleted
+    try:
+      shutil.rmtree(path)
+    except OSError as e:
+      raise WorkdirError(
+        f"cannot delete the run in {path} for --overwrite ({e.strerror or e}); make it "
+        "writable, then run the command again (some of its files may be gone)."
+      ) from None
+  _probe_writable(path, "pass --workdir a writable directory")
+  return False
+
+
+def _probe_writable(path: pathlib.Path, hint: str) -> None:
+  """Creates ``path`` if absent and writes and deletes a file in it.
+
+  Raises:
+    WorkdirError: it cannot be written (read-only, full, not a directory), with ``hint``.
+  """
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / ".write_test"
@@ -104,10 +121,8 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
     probe.unlink()
   except OSError as e:
     raise WorkdirError(
-      f"cannot write the run directory {path} ({e.strerror or e}); pass "
-      "--workdir a writable directory."
-    ) from e
-  return False
+      f"cannot write the run directory {path} ({e.strerror or e}); {hint}."
+    ) from None
 
 
 # Fields of results.json whose null means "none", not a number that was not finite.
@@ -168,37 +183,51 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The records in ``path`` (a directory's ``metrics.jsonl`` or the file); [] if absent.
 
-  A line that does not parse (cut by a kill while being written) ends the records. A null is a
-  number that was not finite (``to_json``) and is read as NaN.
+  A line that does not parse (cut by a kill or a full disk while being written) is left out,
+  never a crash (``experiments.run.kept_records`` tells a resumed run which records are gone
+  and restores them from the copy kept with its checkpoint). A null is a number that was not
+  finite (``to_json``) and is read as NaN.
   """
   path = pathlib.Path(path)
   if path.is_dir():
     path = path / METRICS_FILE
   if not path.exists():
     return []
-  records = []
-  for line in path.read_text().splitlines():
+  return parse_records(path.read_text())[0]
+
+
+def parse_records(text: str) -> tuple[list[dict[str, Any]], list[int]]:
+  """The records of a metrics.jsonl's ``text``, and the numbers (from 1) of its lines that do
+  not parse."""
+  records, bad = [], []
+  for number, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
     try:
-      records.append(_nan_for_null(json.loads(line)))
+      record = json.loads(line)
     except json.JSONDecodeError:
-      break
-  return records
+      bad.append(number)
+      continue
+    if isinstance(record, dict):
+      records.append(_nan_for_null(record))
+    else:
+      bad.append(number)
+  return records, bad
 
 
-def _lines(records: Iterable[Mapping[str, Any]]) -> str:
+def records_text(records: Iterable[Mapping[str, Any]]) -> str:
+  """``records`` as metrics.jsonl's lines."""
   return "".join(to_json(r) + "\n" for r in records)
 
 
 def append_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
   with open(path, "a") as f:
-    f.write(_lines(records))
+    f.write(records_text(records))
 
 
 def rewrite_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
   """Replaces the file atomically (a resumed run keeps the records up to its checkpoint)."""
-  ckpt_lib.atomic_write(path, _lines(records))
+  ckpt_lib.atomic_write(path, records_text(records))
 
 
 def _run_config_json(info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -208,6 +237,55 @@ def _run_config_json(info: Mapping[str, Any]) -> dict[str, Any] | None:
   if "metadata" in info:
     return info["metadata"].get("experiment")
   return info.get("config")
+
+
+# Fields every saved config has held since the first run directories.
+_ALWAYS_SAVED = ("dataset", "model", "optimizer", "batch_size")
+
+
+def read_saved_config(path: pathlib.Path) -> RunConfig | None:
+  """The ``RunConfig`` saved in the config.json ``path``; None if it holds no run's config (a
+  run these scripts did not start).
+
+  Raises:
+    CheckpointError: the file cannot be read, is not JSON (cut by a full disk, emptied) or
+      its config is not a run's (fields missing, unknown or of the wrong type).
+  """
+
+  def damaged(what: str) -> CheckpointError:
+    return CheckpointError(
+      f"{path} is damaged ({what}): the run beside it cannot be checked against this "
+      "command; restore the file, or start afresh with --overwrite (which deletes the run)."
+    )
+
+  try:
+    info = read_json(path)
+  except OSError as e:
+    raise damaged(e.strerror or str(e)) from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise damaged(f"not JSON: {' '.join(str(e).split())[:100]}") from None
+  experiment = _run_config_json(info) if isinstance(info, dict) else None
+  if experiment is None:
+    if isinstance(info, dict) and ("metadata" in info or "config" in info):
+      return None
+    raise damaged("it holds no run's config")
+  if not isinstance(experiment, dict):
+    raise damaged("its config is not a JSON object")
+  missing = [name for name in _ALWAYS_SAVED if name not in experiment]
+  unknown = sorted(set(experiment) - set(schema.field_names()))
+  if missing or unknown:
+    raise damaged(
+      "its config "
+      + "; ".join(
+        f"{what} {', '.join(names)}"
+        for what, names in (("lacks", missing), ("has unknown fields", unknown))
+        if names
+      )
+    )
+  try:
+    return schema.from_json(experiment)
+  except (TypeError, ValueError) as e:
+    raise damaged(f"its config does not read back: {e}") from None
 
 
 def check_resumable(config_path: pathlib.Path, config: RunConfig) -> None:
@@ -222,13 +300,12 @@ def check_resumable(config_path: pathlib.Path, config: RunConfig) -> None:
       f"{config_path} is missing: the checkpoints beside it cannot be "
       "checked against this run; start afresh with --overwrite."
     )
-  saved = _run_config_json(read_json(config_path))
+  saved = read_saved_config(config_path)
   if saved is None:
     raise CheckpointError(
       f"{config_path} describes a run these scripts did not start: its checkpoints cannot be "
       "checked against this run; use another --workdir."
     )
-  saved = schema.from_json(saved)
   diffs = [
     f"{name}: saved {getattr(saved, name)!r}, now {getattr(config, name)!r}"
     for name in schema.field_names()
@@ -254,12 +331,11 @@ def saved_config(
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
     return None
-  experiment = _run_config_json(read_json(path))
-  if experiment is None:
+  saved = read_saved_config(path)
+  if saved is None:
     raise ConfigError(
       f"{workdir} holds a run that these scripts did not start; choose another --workdir."
     )
-  saved = schema.from_json(experiment)
   differ = [
     f"--{prefix}{schema.option(k)[2:]} {v} (saved: {getattr(saved, k)})"
     for k, v in dict(explicit).items()

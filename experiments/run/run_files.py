@@ -19,7 +19,7 @@ import jax
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import directory, distributed
+from experiments.run import directory, distributed, kept_records
 from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import RunConfig
@@ -81,6 +81,7 @@ class RunFiles:
     self.failed = False  # a write failed (the disk): closing may fail too
     self.checkpoints = ckpt_lib.Checkpoints(self.workdir, KEEP_CHECKPOINTS) if checkpoints else None
     self.events: tensorboard_lib.Events | None = None
+    self.kept: list[dict[str, Any]] = []  # the run's records so far (kept_records' copies)
 
   def open(self, state: dict[str, Any], resume: bool | None):
     """Opens the run as ``resume`` says (None: resume if there is a checkpoint); writes
@@ -112,7 +113,14 @@ class RunFiles:
       )
     if step is not None:
       restored = self.checkpoints.restore(step, state)
-      previous = [r for r in directory.read_records(self.records_path) if r["step"] <= step]
+      previous = kept_records.records_up_to(
+        self.workdir,
+        step,
+        seeds=self.seeds,
+        steps_per_call=self.run_info["schedule"]["steps_per_call"],
+        log=self.log if self.writer else lambda line: None,
+      )
+    self.kept = list(previous)
     info = dict(
       self.run_info,
       code_version=_code_version(),
@@ -152,9 +160,12 @@ class RunFiles:
       if self.events is not None:
         what = f"the TensorBoard events of step {step}"
         self.events.write(records)
+      self.kept += records
       if checkpoint is not None and self.checkpoints is not None:
         what = f"the checkpoint of step {step}"
         self.checkpoints.save(step, checkpoint)
+        if self.writer:  # its records, should metrics.jsonl be damaged later
+          kept_records.write(self.workdir, step, self.kept, keep=self.checkpoints.steps())
     except OSError as e:
       self.failed = True
       raise self.disk_error(what, e) from None
