@@ -74,6 +74,9 @@ def run_experiment(
   join_processes(options)
   if not options.resume:  # a resumed run checks the config it saved, read under the lock
     preflight(config, options)
+    if in_job:
+      signals.check(f"before {options.workdir} started", "continue the job with --resume")
+    signals.check("before anything was written", "nothing to continue")
   workdir = pathlib.Path(options.workdir)
   with writer_lock.writing(
     workdir, resume=options.resume, overwrite=options.overwrite, log=log
@@ -202,6 +205,7 @@ def run_grid(
   if not options.resume:  # every run's options are checked before grid.json is written
     for key, config in named_configs.items():
       preflight(components.validate(config, dict(prefixes).get(key, "")), options)
+    signals.check("before anything was written", "nothing to continue")
   root = pathlib.Path(options.workdir)
   with writer_lock.writing(
     root, resume=options.resume, overwrite=options.overwrite, log=log
