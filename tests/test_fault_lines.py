@@ -110,17 +110,17 @@ def test_sigint_during_the_first_compile_stops_after_the_first_call(monkeypatch,
   """The loop takes the pending signal over: the first call (where the compile happens)
   finishes, its checkpoint is saved; --resume ends where an uninterrupted job ends."""
   _signal_when(monkeypatch, step_runners, "prepare", signal.SIGINT)
-  workdir = tmp_path / "job"
-  code, _, err = run(short_job(workdir), capsys)
+  workdir, every_epoch = tmp_path / "job", ("--eval-every-effective-epochs", 1)  # calls of 4
+  code, _, err = run(short_job(workdir, *every_epoch), capsys)
   run_dir = workdir / "mlp1d-adam"
   assert code == 130
   assert err.splitlines()[-1] == (
     f"SIGINT: {run_dir} stopped at step 4, checkpoint saved; continue the run with --resume"
   )
   monkeypatch.undo()
-  assert run([*short_job(workdir), "--resume"], capsys)[0] == 0
+  assert run([*short_job(workdir, *every_epoch), "--resume"], capsys)[0] == 0
   reference = tmp_path / "reference"
-  assert run(short_job(reference), capsys)[0] == 0
+  assert run(short_job(reference, *every_epoch), capsys)[0] == 0
   assert f._drop_time(directory.read_records(run_dir)) == f._drop_time(
     directory.read_records(reference / "mlp1d-adam")
   )
@@ -146,9 +146,9 @@ def test_sigterm_while_the_results_are_written_leaves_them_whole(monkeypatch, ca
 # ---------------------------------------------------------------------------
 
 
-def _killed_at_10(workdir):
-  """12 steps, two a call, a checkpoint every 4: killed after the call of step 10 (the newest
-  checkpoint is step 8); the records of steps 2 .. 10 are in metrics.jsonl."""
+def _killed_at(step, workdir):
+  """12 steps, two a call, a checkpoint every 4: killed after the call of ``step``; the records
+  of steps 2 .. ``step`` are in metrics.jsonl."""
   with pytest.raises(t.Killed):
     loop.train(
       f._twelve_steps(4),
@@ -156,7 +156,7 @@ def _killed_at_10(workdir):
       optax.sgd(0.1),
       f._tiny_data(),
       workdir,
-      callback=t.kill_at(10),
+      callback=t.kill_at(step),
     )
 
 
@@ -172,14 +172,14 @@ def _resume(workdir):
 def test_records_cut_from_metrics_are_restored_from_the_checkpoint_copy(cut, tmp_path):
   reference, _ = _resume(tmp_path / "reference")
   workdir = tmp_path / "run"
-  _killed_at_10(workdir)
+  _killed_at(8 if cut == "last line" else 10, workdir)  # the newest checkpoint: step 8
   path = workdir / directory.METRICS_FILE
   text = path.read_text()
   cut_at = len(text) - 5 if cut == "last line" else len(text.splitlines()[0]) + 7
-  path.write_text(text[:cut_at])  # line 2 cut, the records after it gone
+  path.write_text(text[:cut_at])  # the last line cut; or line 2 cut, the lines after it gone
   result, lines = _resume(workdir)
-  restored = "8" if cut == "last line" else "4, 6, 8"  # step 10's record comes again
-  damage = "line 5 does not parse" if cut == "last line" else "line 2 does not parse"
+  restored = "8" if cut == "last line" else "4, 6, 8"  # step 10's record is made again
+  damage = "line 4 does not parse" if cut == "last line" else "line 2 does not parse"
   assert lines == [
     f"{path} was damaged ({damage}): the records of steps {restored} are restored from the "
     "copy kept with the checkpoint of step 8."
@@ -195,7 +195,7 @@ def test_records_cut_from_metrics_are_restored_from_the_checkpoint_copy(cut, tmp
 
 def test_records_gone_without_a_verified_copy_are_named(tmp_path):
   workdir = tmp_path / "run"
-  _killed_at_10(workdir)
+  _killed_at(10, workdir)
   copy = workdir / kept_records.COPY_DIR / "8.jsonl"
   copy.write_text(copy.read_text().replace('"step": 2', '"step": 3'))  # no longer verifies
   path = workdir / directory.METRICS_FILE

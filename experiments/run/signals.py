@@ -59,33 +59,43 @@ def _handle(signum: int, frame) -> None:
   _State.pending = signum
 
 
+def _enter() -> bool:
+  if threading.current_thread() is not threading.main_thread():
+    return False  # handlers can only be set from the main thread
+  if _State.depth == 0:
+    _State.pending = None
+    _State.previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+  _State.depth += 1
+  return True
+
+
+def _exit() -> None:
+  _State.depth -= 1
+  if _State.depth == 0:
+    for signum, handler in _State.previous.items():
+      signal.signal(signum, handler)
+    _State.pending = None
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
   """SIGINT and SIGTERM record a request (``pending``) while the block runs; nested blocks
   share it; the outermost restores the previous handlers and forgets the request. Outside the
   main thread (where handlers cannot be set) it does nothing."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  if _State.depth == 0:
-    _State.pending = None
-    _State.previous = {s: signal.signal(s, _handle) for s in SIGNALS}
-  _State.depth += 1
+  entered = _enter()
   try:
     yield
   finally:
-    _State.depth -= 1
-    if _State.depth == 0:
-      for signum, handler in _State.previous.items():
-        signal.signal(signum, handler)
-      _State.pending = None
+    if entered:
+      _exit()
 
 
 def defer_if_main(module_name: str) -> None:
-  """``deferred()`` for the rest of the process when ``module_name`` is ``"__main__"``: a
-  script calls it before its slow imports, so that a signal during them waits for ``check``."""
+  """Defers the signals for the rest of the process (as ``deferred()``, never left) when
+  ``module_name`` is ``"__main__"``: a script calls it before its slow imports, so that a
+  signal during them waits for ``check``."""
   if module_name == "__main__":
-    deferred().__enter__()
+    _enter()
 
 
 def pending() -> int | None:
