@@ -26,7 +26,15 @@ from experiments import configs
 from experiments.launch import cli, comparison, components
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import display_names, plots, summaries
-from experiments.run import directory, distributed, grid_job, kept_records, signals, writer_lock
+from experiments.run import (
+  directory,
+  distributed,
+  grid_job,
+  kept_records,
+  saved_config,
+  signals,
+  writer_lock,
+)
 from experiments.run import schema as config_lib
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import loop
@@ -82,7 +90,7 @@ def run_experiment(
     workdir, resume=options.resume, overwrite=options.overwrite, log=log
   ) as resuming:
     if resuming:
-      config = directory.saved_config(workdir, explicit, prefix) or config
+      config = saved_config.saved_config(workdir, explicit, prefix) or config
       if (workdir / directory.RESULTS_FILE).exists():
         log(f"{workdir}: finished already; its results:")
         return Run(

@@ -19,7 +19,7 @@ import jax
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import directory, distributed, kept_records
+from experiments.run import directory, distributed, kept_records, saved_config
 from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import RunConfig
@@ -104,7 +104,7 @@ class RunFiles:
     previous: list[dict[str, Any]] = []
     step, restored = None, None
     if resume is not False and available:
-      directory.check_resumable(self.config_path, self.config)
+      saved_config.check_resumable(self.config_path, self.config)
       step = self.checkpoints.agreed_latest_good(self.log)
     if resume is True and step is None:
       raise CheckpointError(
