@@ -144,7 +144,8 @@ def write_lock(path: pathlib.Path, pid: int) -> str:
   return (path / directory.LOCK_FILE).read_text()
 
 
-ARGV = ["--models", "mlp1d", "--optimizers", "sgd", "--num-train", "64", "--no-progress"]
+ARGV = ["--models", "mlp1d", "--optimizers", "sgd", "--num-train", "64", "--batch-size", "32"]
+ARGV += ["--no-progress"]  # a valid job: the refusal is the lock's, not an option's
 
 
 @pytest.mark.parametrize("resume", [False, True])
