@@ -27,7 +27,7 @@ from experiments.launch import components, final_state, jobs
 from experiments.models import feedforward as models
 from experiments.models import mnist1d_nets
 from experiments.optimizers import registry as optimizers
-from experiments.run import directory
+from experiments.run import directory, saved_config
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import tasks
 from tests import test_tensorboard as tensorboard_events
@@ -358,7 +358,7 @@ def test_a_run_directory_of_the_older_layout_still_resumes(tmp_path):
   written in today's form."""
   old = tmp_path / "old"
   shutil.copytree(REPO / "tests" / "data" / "run_84cfb91", old)
-  config = directory.saved_config(old, {})
+  config = saved_config.saved_config(old, {})
   assert config.optimizer == "entropy-sgd" and config.langevin_steps == 2
   quiet = dict(progress=False, tensorboard=False)
   logged = []

@@ -14,7 +14,7 @@ from experiments import configs, mnist
 from experiments.launch import components, final_state
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import directory
+from experiments.run import directory, saved_config
 from experiments.run import schema as config_lib
 from experiments.trainer import batchnorm, tasks
 
@@ -147,7 +147,7 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
     code = mnist.main([str(a) for a in argv])
     _, err = capsys.readouterr()
     assert code == 0, err
-    config = directory.saved_config(workdir, {})
+    config = saved_config.saved_config(workdir, {})
     ds = components.load_data(config)
   assert config.sampling == "replacement" and config.bn_reestimate
   res = directory.read_json(workdir / directory.RESULTS_FILE)

@@ -76,13 +76,14 @@ def test_bad_meshes_are_one_line_errors(eight_devices):
   errors = eight_devices["errors"]
   expected = {
     "not_dividing_devices": "must divide the 8 devices",
+    "more_than_the_devices": "--mesh data=16 uses 16 devices, which must divide the 8 devices",
     "not_dividing_seeds": "must divide --num-seeds 4",
     "not_dividing_batch": "must divide --batch-size 20",
     "unknown_axis": "AXIS=SIZE pairs of the axes seed and data",
   }
   for name, text in expected.items():
     e = errors[name]
-    assert e["code"] == 1 and not e["trained"], e
+    assert e["code"] == 1 and not e["trained"] and e["written"] == [], e  # nothing written
     assert e["stderr"].startswith("error: ") and "\n" not in e["stderr"], e
     assert text in e["stderr"], e
 
@@ -200,7 +201,8 @@ def write_lock(path: pathlib.Path, pid: int) -> str:
   return (path / directory.LOCK_FILE).read_text()
 
 
-ARGV = ["--models", "mlp1d", "--optimizers", "sgd", "--num-train", "64", "--no-progress"]
+ARGV = ["--models", "mlp1d", "--optimizers", "sgd", "--num-train", "64", "--batch-size", "32"]
+ARGV += ["--no-progress"]  # a valid job: the refusal is the lock's, not an option's
 
 
 @pytest.mark.parametrize("resume", [False, True])

@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments.launch import components
 from experiments.optimizers import registry as optimizers
-from experiments.run import checkpoints, directory, schema
+from experiments.run import checkpoints, saved_config, schema
 from experiments.run.schema import ConfigError
 from experiments.trainer import loop_state
 
@@ -39,7 +39,7 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
 
   workdir = pathlib.Path(workdir)
-  config = directory.saved_config(workdir, {})
+  config = saved_config.saved_config(workdir, {})
   if config is None:
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   ds = components.load_data(config, data_dir)

@@ -20,6 +20,8 @@ import os
 import pathlib
 import re
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,8 +76,10 @@ def os_error_code(error: BaseException) -> int | None:
 
 class _ReportedDiskErrors(logging.Filter):
   """Drops orbax's log records of a disk error in ``directory`` (tracebacks from its writer
-  threads, and asyncio's "Future exception was never retrieved" of the same writes): the run
-  reports that error in one line (``Checkpoints.save`` raises it as an ``OSError``)."""
+  threads, asyncio's "Task exception was never retrieved" of the same writes, whose exception
+  is a disk error, and the "Event loop is closed" of writes that end after orbax closed its
+  loop): the run reports that error in one line (``Checkpoints.save`` raises it as an
+  ``OSError``)."""
 
   def __init__(self, directory: pathlib.Path):
     super().__init__()
@@ -83,7 +87,41 @@ class _ReportedDiskErrors(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     text = record.getMessage()
-    return not ("os_error_code" in text and self.directory in text)
+    if "os_error_code" in text and self.directory in text:
+      return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not _after_a_failed_write(error)
+
+
+def _after_a_failed_write(error: BaseException | None) -> bool:
+  """Whether ``error`` is what orbax's and tensorstore's background writes raise once a save
+  has failed on the disk: the disk error itself, "Event loop is closed" (a write that ends
+  after orbax closed its event loop) or "cannot schedule new futures after interpreter
+  shutdown" (one still going as the process exits). The save's own error is reported."""
+  if error is None:
+    return False
+  if isinstance(error, RuntimeError) and (
+    "Event loop is closed" in str(error) or "after interpreter shutdown" in str(error)
+  ):
+    return True
+  return os_error_code(error) is not None
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """``sys.unraisablehook`` without the errors of ``_after_a_failed_write`` (from tensorstore's
+  callbacks)."""
+  if not _after_a_failed_write(unraisable.exc_value):
+    _DEFAULT_HOOKS[0](unraisable)
+
+
+def _quiet_thread_error(args) -> None:
+  """``threading.excepthook`` without the errors of ``_after_a_failed_write`` (from orbax's
+  writer threads)."""
+  if not _after_a_failed_write(args.exc_value):
+    _DEFAULT_HOOKS[1](args)
+
+
+_DEFAULT_HOOKS = (sys.unraisablehook, threading.excepthook)
 
 
 class Checkpoints:
@@ -96,8 +134,10 @@ class Checkpoints:
     self.keep = keep
     self.manager = self._manager()
     quiet = _ReportedDiskErrors(self.directory)
-    for name in ("absl", "asyncio"):
+    for name in ("absl", "asyncio", "concurrent.futures"):
       logging.getLogger(name).addFilter(quiet)
+    if (sys.unraisablehook, threading.excepthook) == _DEFAULT_HOOKS:
+      sys.unraisablehook, threading.excepthook = _quiet_unraisable, _quiet_thread_error
 
   def _manager(self) -> ocp.CheckpointManager:
     # Synchronous saves: the state buffers are donated to the next jitted call. No max_to_keep:

@@ -78,6 +78,11 @@ def initialize(
       f"--process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID}); got "
       f"{coordinator_address!r}, {num_processes}, {process_id}."
     )
+  host, _, port = coordinator_address.rpartition(":")
+  if not (host and port.isdigit() and 0 < int(port) < 65536):
+    raise ConfigError(
+      f"--coordinator-address must be HOST:PORT (e.g. 10.0.0.1:1234), got {coordinator_address!r}."
+    )
   if not 0 <= process_id < num_processes:
     raise ConfigError(f"--process-id must be in 0 .. {num_processes - 1}, got {process_id}.")
   if not timeout_s > 0:

@@ -52,12 +52,10 @@ def join(address: str, num_processes: int, process_id: int, timeout_s: float) ->
   listens on its port; the others connect), at most ``timeout_s`` seconds.
 
   Raises:
-    ConfigError: a process did not come in time (naming it), two claim the same id, or
-      ``address`` is not HOST:PORT.
+    ConfigError: a process did not come in time (naming it), or two claim the same id
+      (``address`` is HOST:PORT, checked by ``distributed.initialize``).
   """
   host, _, port = address.rpartition(":")
-  if not host or not port.isdigit():
-    raise ConfigError(f"--coordinator-address must be HOST:PORT, got {address!r}.")
   deadline = time.monotonic() + timeout_s
   if process_id == 0:
     _gather(host.strip("[]"), int(port), num_processes, deadline, address, timeout_s)
