@@ -24,6 +24,11 @@ runs/charlstm). --resume continues a killed job.
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 import time
 from collections.abc import Sequence
 

@@ -13,6 +13,11 @@ presets are in experiments/configs/cifar10.py; any field is an option (PRESET --
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 from collections.abc import Sequence
 
 from experiments.configs import cifar10 as configs

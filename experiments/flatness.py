@@ -26,6 +26,11 @@ and spectrum.png under --workdir (default runs/flatness-<dataset>-<model>).
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -35,7 +40,7 @@ import tyro
 
 from experiments.configs.flatness import JOBS
 from experiments.launch import cli, comparison, components, jobs
-from experiments.reporting import display_names
+from experiments.reporting import display_names, summaries
 from experiments.run import directory, distributed
 from experiments.run.schema import ConfigError
 from experiments.studies.flatness_analysis import analyse, choose_method
@@ -68,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       "host): drop --num-processes; --mesh splits the training over this host's devices."
     )
   runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
+  for name, run in runs.items():  # NaN parameters have no spectrum; an older checkpoint is
+    if run.results.get("diverged"):  # not the run's final point
+      raise ConfigError(
+        f"{run.workdir} diverged ({summaries.divergence_note(run.results)}): its parameters "
+        "are not finite, so there is no minimum to analyse; train it with a lower "
+        f"--recipe.{name}.learning-rate (or --recipe.{name}.clip-norm) in another --workdir."
+      )
   ds = components.load_data(first, options.data_dir, options.download)
   method = choose_method(args, configs, next(iter(runs.values())).results["num_params"])
   root = pathlib.Path(options.workdir)

@@ -10,6 +10,11 @@ experiments/configs/mnist.py; any field is an option (PRESET --help).
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 from collections.abc import Sequence
 
 from experiments.configs import mnist as configs

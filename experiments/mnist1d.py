@@ -16,6 +16,11 @@ runs/mnist1d). --resume continues a killed job (finished runs are kept).
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 import time
 from collections.abc import Sequence
 

@@ -14,6 +14,11 @@ validation and test word perplexity beside the paper's; any field is an option (
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 from collections.abc import Sequence
 
 from experiments.configs import ptb as configs

@@ -12,6 +12,11 @@ epochs, and the paper's figure where the paper has one.
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 import dataclasses
 import pathlib
 from collections.abc import Sequence

@@ -16,6 +16,11 @@ saves results.json, summary.md and heatmaps.png in --workdir (default runs/sensi
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 import dataclasses
 import pathlib
 from collections.abc import Sequence

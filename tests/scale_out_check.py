@@ -144,12 +144,19 @@ def main():
   errors = {}
   for name, extra in {
     "not_dividing_devices": ["--mesh", "data=3"],
+    "more_than_the_devices": ["--mesh", "data=16"],
     "not_dividing_seeds": ["--mesh", "seed=8", "--num-seeds", "4"],
     "not_dividing_batch": ["--mesh", "data=8", "--batch-size", "20"],
     "unknown_axis": ["--mesh", "model=8"],
   }.items():
     code, err, results = run(root / name, *extra)
-    errors[name] = {"code": code, "stderr": err.strip(), "trained": bool(results)}
+    written = sorted(str(p) for p in (root / name).rglob("*")) if (root / name).exists() else []
+    errors[name] = {
+      "code": code,
+      "stderr": err.strip(),
+      "trained": bool(results),
+      "written": written,
+    }
   report["errors"] = errors
   shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(report))

@@ -55,7 +55,7 @@ def test_one_outer_step_costs_exactly_l_gradient_evaluations(optimizer):
     return tasks.cross_entropy(logits, labels)
 
   task = tasks.Task(loss_fn=counting_loss)
-  make_tx = optimizers.optimizer_factory(config, 100)
+  make_tx = optimizers.optimizer_factory(config, 100 // config.batch_size)
   xs = jnp.ones((num_langevin_steps, 5, 2))
   ys = jnp.broadcast_to(jnp.arange(num_langevin_steps)[:, None], (num_langevin_steps, 5))
   state = loop_state.init_state(_Linear(), make_tx, task, xs[0], jnp.uint32(0))

@@ -27,7 +27,7 @@ from experiments.launch import components, final_state, jobs
 from experiments.models import feedforward as models
 from experiments.models import mnist1d_nets
 from experiments.optimizers import registry as optimizers
-from experiments.run import directory
+from experiments.run import directory, saved_config
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import tasks
 from tests import test_tensorboard as tensorboard_events
@@ -144,14 +144,14 @@ def test_learning_rate_milestones_and_scoping():
     lr_decay_outer_epochs=(4, 8),
     batch_size=128,
   )
-  tx = optimizers.optimizer_factory(sgd, num_examples=1300)(0)  # 1300 // 128 = 10 steps per epoch
+  tx = optimizers.optimizer_factory(sgd, steps_per_epoch=10)(0)
   state = tx.init(ones)
   for t in range(85):
     updates, state = tx.update(ones, state, ones)
     expected = 1.0 if t < 40 else 0.2 if t < 80 else 0.04
     np.testing.assert_allclose(updates["w"], -expected, rtol=1e-6)
   esgd = RunConfig(optimizer="entropy-sgd", langevin_steps=2, gamma0=0.03, gamma1=1e-3)
-  tx = optimizers.optimizer_factory(esgd, num_examples=1280)(0)
+  tx = optimizers.optimizer_factory(esgd, steps_per_epoch=10)(0)
   state = tx.init(ones)
   for t in range(5):
     _, state = tx.update(ones, state, ones, grad_fn=lambda p, k: ones)
@@ -358,7 +358,7 @@ def test_a_run_directory_of_the_older_layout_still_resumes(tmp_path):
   written in today's form."""
   old = tmp_path / "old"
   shutil.copytree(REPO / "tests" / "data" / "run_84cfb91", old)
-  config = directory.saved_config(old, {})
+  config = saved_config.saved_config(old, {})
   assert config.optimizer == "entropy-sgd" and config.langevin_steps == 2
   quiet = dict(progress=False, tensorboard=False)
   logged = []

@@ -14,7 +14,7 @@ from experiments import configs, mnist
 from experiments.launch import components, final_state
 from experiments.models import feedforward as models
 from experiments.optimizers import registry as optimizers
-from experiments.run import directory
+from experiments.run import directory, saved_config
 from experiments.run import schema as config_lib
 from experiments.trainer import batchnorm, tasks
 
@@ -58,7 +58,7 @@ def test_lua_presets_follow_train_lua_regimes(experiment, name):
   assert config.outer_epochs == max_epochs and config.batch_size == 128
   num_train = 50_000 if experiment == "cifar10" else 60_000
   per_epoch = config_lib.schedule(config, num_train).steps_per_epoch
-  schedule = optimizers.learning_rate(config, num_train)
+  schedule = optimizers.learning_rate(config, per_epoch)
   for epoch in range(1, max_epochs + 1):  # the first and the last step of every epoch
     for step in ((epoch - 1) * per_epoch, epoch * per_epoch - 1):
       np.testing.assert_allclose(schedule(step), lua_lr(regimes, epoch), rtol=1e-6)
@@ -147,7 +147,7 @@ def test_lua_preset_run_evaluates_with_statistics_reestimated_on_the_training_se
     code = mnist.main([str(a) for a in argv])
     _, err = capsys.readouterr()
     assert code == 0, err
-    config = directory.saved_config(workdir, {})
+    config = saved_config.saved_config(workdir, {})
     ds = components.load_data(config)
   assert config.sampling == "replacement" and config.bn_reestimate
   res = directory.read_json(workdir / directory.RESULTS_FILE)

@@ -111,7 +111,7 @@ RECIPE = RunConfig(
 
 
 def test_registry_parle_and_the_schema():
-  tx = registry.optimizer_factory(RECIPE, 4000)(jax.random.PRNGKey(0))
+  tx = registry.optimizer_factory(RECIPE, 4000 // RECIPE.batch_size)(jax.random.PRNGKey(0))
   params = jnp.zeros((4, 2))
   state = jax.vmap(tx.init, axis_name=loop_state.REPLICA_AXIS)(params)
   assert optax.tree.get(state, "elastic_count").shape == (4,)
@@ -127,7 +127,7 @@ def test_registry_parle_and_the_schema():
 def test_registry_parle_with_one_replica_is_entropy_sgd():
   """--replicas 1: no coupling (axis_name None); the same updates as --optimizer entropy-sgd."""
   one = RECIPE.replace(replicas=1, gamma0=0.1)
-  make = lambda c: registry.optimizer_factory(c, 4000)(jax.random.PRNGKey(1))
+  make = lambda c: registry.optimizer_factory(c, 4000 // c.batch_size)(jax.random.PRNGKey(1))
   grad_fn = lambda p, k: 2.0 * (p - k)
   results = []
   for tx in (make(one), make(one.replace(optimizer="entropy-sgd"))):

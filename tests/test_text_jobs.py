@@ -125,7 +125,7 @@ def test_presets_say_which_figure_and_follow_the_paper():
     eadam: [(0, 1e-2), (1, 5e-3), (4.5, 1e-2 / 16)],
   }
   for config, pairs in expected.items():
-    schedule = optimizers.learning_rate(config, 10 * config.batch_size)  # 10 steps an outer epoch
+    schedule = optimizers.learning_rate(config, 10)  # 10 steps an outer epoch
     for epoch, lr in pairs:
       np.testing.assert_allclose(schedule(round(epoch * 10)), lr, rtol=1e-5)
   assert (esgd.momentum, esgd.nesterov, esgd.scoping, esgd.gamma0) == (0.5, True, "none", 1e-3)

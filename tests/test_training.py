@@ -388,3 +388,33 @@ def test_a_saved_config_reads_back_equal_even_with_an_infinite_rho():
   saved = json.loads(directory.to_json(dataclasses.asdict(config)))
   assert saved["rho"] is None and saved["dropout"] is None
   assert schema.from_json(saved) == config
+
+
+def test_old_checkpoints_go_only_after_the_new_one_verifies(monkeypatch, tmp_path):
+  """keep=2: a kill after orbax completed step 3 but before its checksums leaves steps 1 and 2
+  both verified (orbax's own max_to_keep would have deleted step 1 already); the next complete
+  save deletes the oldest."""
+  state = {"step": np.int32(0), "w": np.arange(4, dtype=np.float32)}
+  with checkpoints.Checkpoints(tmp_path, keep=2) as ckpts:
+    for step in (1, 2):
+      ckpts.save(step, dict(state, step=np.int32(step)))
+    assert ckpts.steps() == [1, 2]
+
+    def killed(step_dir):
+      raise KeyboardInterrupt  # a kill between orbax's rename and the checksums
+
+    digests = checkpoints._file_digests
+    monkeypatch.setattr(checkpoints, "_file_digests", killed)
+    with pytest.raises(KeyboardInterrupt):
+      ckpts.save(3, dict(state, step=np.int32(3)))
+    monkeypatch.setattr(checkpoints, "_file_digests", digests)
+    assert ckpts.steps() == [1, 2, 3]
+    assert [ckpts.problem(s) is None for s in (1, 2)] == [True, True]
+    assert "no checksum" in ckpts.problem(3)
+  with checkpoints.Checkpoints(tmp_path, keep=2) as ckpts:
+    assert ckpts.latest_good(log=lambda _: None) == 2  # step 3 set aside
+    assert ckpts.steps() == [1, 2]
+    ckpts.save(4, dict(state, step=np.int32(4)))
+    assert ckpts.steps() == [2, 4]
+    assert sorted(p.name for p in ckpts.checksums.iterdir()) == ["2.json", "4.json"]
+    np.testing.assert_array_equal(ckpts.restore(2, None)["w"], state["w"])

@@ -5,11 +5,20 @@
 Runs, through the command line (``python -m experiments.mnist1d``), each bounded in time:
 
 1. one process with 4 simulated CPU devices, ``--mesh data=4``: the reference;
-2. two processes with 2 devices each (4 in all), ``--mesh data=4``, SIGKILLed (both) once
-   their first checkpoint is complete;
+2. two processes with 2 devices each (4 in all), ``--mesh data=4``: process 1 SIGKILLed once
+   their first checkpoint is complete, process 0 stops by itself (a lost process);
 3. the same two processes with ``--resume``, which finish the run;
 4. two processes of a longer run, SIGTERM to process 1 alone once their first checkpoint is
-   complete: both stop after the same call with a checkpoint of it, then ``--resume`` finishes.
+   complete: both stop after the same call with a checkpoint of it, then ``--resume`` finishes;
+5. a missing process: process 0 started alone with ``--process-timeout-s 3``;
+6. process 0 alone cannot append the records of step 24 (a full disk, injected): both stop after
+   that call;
+7. ``--resume`` of that run, in which process 0 alone fails its checkpoint save of step 32
+   (injected inside orbax's collective save, where process 1 waits for it): both stop.
+
+A process started as ``two_process_check.py --inject WHAT STEP ARGS...`` is a run of the script
+with that failure injected (``records``: process 0's append of step STEP's records;
+``checkpoint``: process 0's checkpoint save of step STEP).
 
 Prints a JSON report (the final parameters' largest difference from the reference, the
 records of both, what each process printed); tests/test_scale_out.py checks it.
@@ -45,7 +54,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(workdir: pathlib.Path, devices: int, *extra: str, **env: str) -> subprocess.Popen:
+def start(
+  workdir: pathlib.Path, devices: int, *extra: str, inject=(), **env: str
+) -> subprocess.Popen:
+  """The script on ``workdir``; ``inject``: ``(what, step)`` of a failure to inject."""
+  program = [sys.executable, "-m", "experiments.mnist1d"]
+  if inject:
+    program = [sys.executable, __file__, "--inject", *map(str, inject)]
   environ = dict(
     os.environ,
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -54,22 +69,23 @@ def start(workdir: pathlib.Path, devices: int, *extra: str, **env: str) -> subpr
     **env,
   )
   return subprocess.Popen(
-    [sys.executable, "-m", "experiments.mnist1d", *ARGS, "--workdir", str(workdir), *extra],
+    [*program, *ARGS, "--workdir", str(workdir), *extra],
     cwd=REPO,
     env=environ,
     stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
+    stderr=subprocess.PIPE,
     text=True,
   )
 
 
-def two_processes(workdir: pathlib.Path, *extra: str) -> list[subprocess.Popen]:
+def two_processes(workdir: pathlib.Path, *extra: str, inject=()) -> list[subprocess.Popen]:
   address = f"127.0.0.1:{free_port()}"  # the loopback address only
   return [
     start(
       workdir,
       2,
       *extra,
+      inject=inject,
       JAX_COORDINATOR_ADDRESS=address,
       JAX_NUM_PROCESSES="2",
       JAX_PROCESS_ID=str(i),
@@ -79,14 +95,23 @@ def two_processes(workdir: pathlib.Path, *extra: str) -> list[subprocess.Popen]:
 
 
 def finish(procs: list[subprocess.Popen]) -> list[dict]:
-  out = []
+  """Each process's exit code, output (stdout and stderr) and stderr, and the seconds until it
+  ended (from this call)."""
+  out, began = [], time.monotonic()
   for p in procs:
     try:
-      text, _ = p.communicate(timeout=TIMEOUT_S)
+      text, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
       p.kill()
-      text, _ = p.communicate()
-    out.append({"code": p.returncode, "output": text[-3000:]})
+      text, err = p.communicate()
+    out.append(
+      {
+        "code": p.returncode,
+        "output": (text + err)[-3000:],
+        "stderr": err[-3000:],
+        "seconds": time.monotonic() - began,
+      }
+    )
   return out
 
 
@@ -128,7 +153,72 @@ def sigterm_one_of_two(root: pathlib.Path, report: dict) -> None:
   report["term_resumed_keys"] = [[r["step"], r["seed"]] for r in map(json.loads, lines)]
 
 
+def missing(root: pathlib.Path, report: dict) -> None:
+  """Phase 5."""
+  address = f"127.0.0.1:{free_port()}"
+  alone = start(
+    root / "alone",
+    2,
+    "--process-timeout-s",
+    "3",
+    JAX_COORDINATOR_ADDRESS=address,
+    JAX_NUM_PROCESSES="2",
+    JAX_PROCESS_ID="0",
+  )
+  report["alone"] = finish([alone])
+  report["alone_address"] = address
+
+
+def write_failures(root: pathlib.Path, report: dict) -> None:
+  """Phases 6 and 7."""
+  run = root / "full" / RUN
+  report["records_failed"] = finish(two_processes(root / "full", inject=("records", 24)))
+  report["records_failed_keys"] = records_keys(run)
+  report["records_failed_checkpoints"] = steps_saved(run / "checkpoints.sha256")
+  resumed = two_processes(root / "full", "--resume", inject=("checkpoint", 32))
+  report["checkpoint_failed"] = finish(resumed)
+  report["checkpoint_failed_keys"] = records_keys(run)
+  report["checkpoint_failed_checkpoints"] = steps_saved(run / "checkpoints.sha256")
+
+
+def records_keys(run: pathlib.Path) -> list[list[int]]:
+  lines = (run / "metrics.jsonl").read_text().splitlines()
+  return [[r["step"], r["seed"]] for r in map(json.loads, lines)]
+
+
+def run_with_failure(what: str, step: int, argv: list[str]) -> int:
+  """The script with a full disk injected at ``step``: process 0's append of its records
+  (``records``) or process 0's save of its checkpoint (``checkpoint``)."""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  from experiments import mnist1d  # pylint: disable=g-import-not-at-top
+  from experiments.run import checkpoints, directory  # pylint: disable=g-import-not-at-top
+
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  if what == "records":
+    append = directory.append_records
+
+    def failing_append(path, records):
+      if records and records[0]["step"] == step:
+        raise full
+      append(path, records)
+
+    directory.append_records = failing_append
+  elif os.environ["JAX_PROCESS_ID"] == "0":
+    save = checkpoints.ocp.CheckpointManager.save
+
+    def failing_save(self, at, *args, **kwargs):
+      if at == step:
+        raise full
+      return save(self, at, *args, **kwargs)
+
+    checkpoints.ocp.CheckpointManager.save = failing_save
+  return mnist1d.main(argv)
+
+
 def main():
+  if sys.argv[1] == "--inject":
+    return run_with_failure(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
   root = pathlib.Path(sys.argv[1])
   report = {}
   report["one"] = finish([start(root / "one", 4)])
@@ -136,9 +226,8 @@ def main():
   checksums = root / "two" / RUN / "checkpoints.sha256"
   first_checkpoint(procs, checksums)
   killed_at = steps_saved(checksums)
-  for p in procs:
-    if p.poll() is None:
-      os.kill(p.pid, signal.SIGKILL)
+  if procs[1].poll() is None:
+    os.kill(procs[1].pid, signal.SIGKILL)  # process 1 only: process 0 must stop by itself
   report["killed"] = finish(procs)
   report["killed_at_checkpoints"] = killed_at
   report["killed_records"] = len((root / "two" / RUN / "metrics.jsonl").read_text().splitlines())
@@ -154,6 +243,8 @@ def main():
     report[f"config_{name}"] = json.loads((root / name / RUN / "config.json").read_text())
   report["files_two"] = sorted(str(p.relative_to(root / "two")) for p in (root / "two").rglob("*"))
   sigterm_one_of_two(root, report)
+  missing(root, report)
+  write_failures(root, report)
   print(json.dumps(report))
 
 

@@ -9,7 +9,8 @@ which have no per-field help). tyro's error boxes are condensed here into one li
 
 ``cli.main`` wraps a script's ``main(argv)``: known failures (a bad value, an unwritable or
 existing run directory, nothing to resume, an absent data set, a bad checkpoint) print one
-line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback;
+line ``error: ...`` and exit 1 (2 for a command line that does not parse), never a traceback
+(with several processes: also a lost process, ``experiments.run.processes``);
 a job in which a run diverged exits ``EXIT_DIVERGED`` (3) at its end.
 """
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +29,7 @@ from typing import Annotated, Any, TypeVar
 import tyro
 
 from experiments.data import datasets as data_lib
-from experiments.run import checkpoints, directory, grid_job
+from experiments.run import checkpoints, directory, grid_job, processes, signals
 from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
 
 T = TypeVar("T")
@@ -195,26 +198,60 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     directory.WorkdirError,
     data_lib.DatasetUnavailableError,
     checkpoints.CheckpointError,
+    processes.ProcessError,
   )
+
+
+# What a disk that refuses a write raises: full, over quota, read-only, not permitted.
+_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _describe(error: Exception) -> str:
+  """A known error's message on one line; a disk error met outside the run's own checks (a
+  plot, a summary) names the file and what to do."""
+  if isinstance(error, _known_errors()):
+    return _one_line(str(error)) or type(error).__name__
+  code = checkpoints.os_error_code(error)
+  where = f" {error.filename}" if isinstance(error, OSError) and error.filename else ""
+  return (
+    f"cannot write{where} ({os.strerror(code)}); free space or make it writable, then run the "
+    "command again with --resume (the runs' checkpoints and finished results are kept)."
+  )
+
+
+def _leave_if_alone(error: BaseException, line: str, code: int) -> int:
+  """``code``; a process of several that stopped without the others exits at once instead,
+  after telling them ``line`` (``experiments.run.processes``): JAX's shutdown would wait."""
+  if processes.is_alone(error):
+    processes.leave_alone(error, line, code)
+  return code
 
 
 def main(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[..., int]:
   """Wraps a script's ``main(argv)`` (see the module docstring)."""
 
   def wrapped(argv: Sequence[str] | None = None) -> int:
-    try:
-      return fn(argv) or 0
-    except UsageError as e:
-      print(f"error: {_one_line(str(e))}", file=sys.stderr)
-      return 2
-    except KeyboardInterrupt as e:  # a signal (experiments.trainer.preemption) or Ctrl-C
-      print(str(e) or "interrupted: continue the run with --resume", file=sys.stderr)
-      return getattr(e, "exit_code", 130)
-    except Exception as e:  # pylint: disable=broad-except
-      if not isinstance(e, _known_errors()):
-        raise
-      print(f"error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
-      return 1
+    with signals.deferred():  # a signal stops the command at its next safe point
+      try:
+        signals.check("before anything was written", "nothing to continue")
+        code = fn(argv) or 0
+        signals.check("after the command's last write", "its results are complete")
+        return code
+      except UsageError as e:
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+      except KeyboardInterrupt as e:  # a signal (signals.Stopped), or a second one in the loop
+        line = str(e) or "interrupted: continue the run with --resume"
+        print(line, file=sys.stderr)
+        return _leave_if_alone(e, line, getattr(e, "exit_code", 130))
+      except Exception as e:  # pylint: disable=broad-except
+        lost = processes.lost_peer(e)  # another process of the run is gone
+        known = isinstance(e, _known_errors()) or checkpoints.os_error_code(e) in _DISK
+        if lost is None and not known:
+          raise
+        line = lost or _describe(e)
+        print(f"error: {line}", file=sys.stderr)
+        return _leave_if_alone(e, line, 1)
 
   wrapped.__doc__ = fn.__doc__
   return wrapped

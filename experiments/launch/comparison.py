@@ -41,7 +41,8 @@ def expand(job: GridJob, default: GridJob) -> dict[tuple[str, str], RunConfig]:
           )
       values = {n: getattr(job, n) for n in SHARED if getattr(job, n) is not None}
       if job.effective_epochs is not None:
-        values["outer_epochs"] = job.effective_epochs / recipe.langevin_steps
+        # L < 1 is refused by validate below, in one line naming the option.
+        values["outer_epochs"] = job.effective_epochs / max(recipe.langevin_steps, 1)
         if job.lr_decay_at_fractions is not None:
           values["lr_decay_outer_epochs"] = tuple(
             round(f * values["outer_epochs"], 6) for f in job.lr_decay_at_fractions
@@ -51,5 +52,7 @@ def expand(job: GridJob, default: GridJob) -> dict[tuple[str, str], RunConfig]:
       )
       if model not in models:
         raise ConfigError(f"--models {model!r}: choose from {', '.join(models)}.")
-      configs[model, name] = components.validate(recipe.replace(model=model, **values), prefix)
+      configs[model, name] = components.validate(
+        recipe.replace(model=model, **values), prefix, unprefixed=tuple(values)
+      )
   return configs

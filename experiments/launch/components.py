@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax.numpy as jnp
@@ -110,19 +110,22 @@ _CHOICES = {
 }
 
 
-def validate(config: RunConfig, prefix: str = "") -> RunConfig:
+def validate(config: RunConfig, prefix: str = "", unprefixed: Collection[str] = ()) -> RunConfig:
   """Checks ``config`` against itself and the registries; raises ``ConfigError`` naming the
   option to fix.
 
   Args:
     config: the run.
     prefix: the options' prefix in messages (``entropy-sgd.`` for a job's recipe).
+    unprefixed: the fields whose option has no prefix (those a job sets for every recipe).
   """
   datasets, optimizers = DATASETS, optimizers_lib.OPTIMIZERS
 
   def fail(name: str, what: str):
+    option = config_lib.option(name)[2:]
     raise ConfigError(
-      f"--{prefix}{config_lib.option(name)[2:]} must be {what}, got {getattr(config, name)!r}."
+      f"--{'' if name in unprefixed else prefix}{option} must be {what}, got "
+      f"{getattr(config, name)!r}."
     )
 
   def need(ok: bool, name: str, what: str):
@@ -163,6 +166,8 @@ def validate(config: RunConfig, prefix: str = "") -> RunConfig:
   ):
     need(math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name, ">= 0")
   need(config.rho >= 0, "rho", ">= 0 (inf: the hard coupling)")
+  # The seeds seed .. seed + num_seeds - 1 are uint32 PRNG seeds.
+  need(0 <= config.seed <= 2**32 - config.num_seeds, "seed", f"in 0 .. {2**32 - config.num_seeds}")
   for name in ("momentum", "langevin_momentum", "b1", "b2"):
     need(0 <= getattr(config, name) < 1, name, "in [0, 1)")
   need(0 < config.alpha <= 1, "alpha", "in (0, 1]")

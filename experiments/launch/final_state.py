@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments.launch import components
 from experiments.optimizers import registry as optimizers
-from experiments.run import checkpoints, directory
+from experiments.run import checkpoints, saved_config, schema
 from experiments.run.schema import ConfigError
 from experiments.trainer import loop_state
 
@@ -39,11 +39,12 @@ def load_final_state(workdir: str | os.PathLike, data_dir: str | None = None) ->
   optimizer state in its optax structure (a leading seed axis when it trained several)."""
 
   workdir = pathlib.Path(workdir)
-  config = directory.saved_config(workdir, {})
+  config = saved_config.saved_config(workdir, {})
   if config is None:
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   ds = components.load_data(config, data_dir)
-  make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
+  plan = schema.schedule(config, len(ds.train_x))
+  make_tx = optimizers.optimizer_factory(config, plan.steps_per_epoch)
   model = components.make_model(config, ds.num_classes)
   task = components.make_task(config, model)
   init = lambda seed: loop_state.state_dict(

@@ -4,8 +4,9 @@
 
     with writer_lock.writing(workdir, ...) as resuming:  # one writer; never overwrite a run
       data = components.load_data(config)           # registries: experiments/launch/components.py
-      model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, ...)
-      loop.train(config, model, make_tx, data, workdir, mesh=...)  # the same RunConfig
+      plan = schema.schedule(config, len(data.train_x))  # once; passed on
+      model, make_tx = components.make_model(config), optimizers.optimizer_factory(config, plan...)
+      loop.train(config, model, make_tx, data, workdir, plan=plan, mesh=...)  # the same config
       results.json, error.png                       # experiments/reporting/summaries.py, plots.py
 
 ``run_grid`` runs several configs, one subdirectory each.
@@ -26,7 +27,15 @@ from experiments import configs
 from experiments.launch import cli, comparison, components
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import display_names, plots, summaries
-from experiments.run import directory, distributed, grid_job, writer_lock
+from experiments.run import (
+  directory,
+  distributed,
+  grid_job,
+  kept_records,
+  saved_config,
+  signals,
+  writer_lock,
+)
 from experiments.run import schema as config_lib
 from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import loop
@@ -55,6 +64,7 @@ def run_experiment(
   *,
   explicit: Mapping[str, Any] = (),
   prefix: str = "",
+  in_job: bool = False,
   log: Callable[[str], None] = print,
 ) -> Run:
   """Trains ``config`` in ``options.workdir`` (or resumes it) and writes its results.
@@ -65,32 +75,36 @@ def run_experiment(
     explicit: the config fields given on the command line: resuming a run started with other
       values is an error; the other fields are taken from the saved run.
     prefix: the options' prefix in messages (a grid's recipe).
+    in_job: the run is one of a job's (what a signal's line tells to do next).
     log: where to print progress lines.
   """
 
   components.validate(config, prefix)
   join_processes(options)
-  if not options.resume:  # a bad mesh is an error before anything is written
-    distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
+  if not options.resume:  # a resumed run checks the config it saved, read under the lock
+    preflight(config, options)
+    if in_job:
+      signals.check(f"before {options.workdir} started", "continue the job with --resume")
+    signals.check("before anything was written", "nothing to continue")
   workdir = pathlib.Path(options.workdir)
   with writer_lock.writing(
     workdir, resume=options.resume, overwrite=options.overwrite, log=log
   ) as resuming:
     if resuming:
-      config = directory.saved_config(workdir, explicit, prefix) or config
+      config = saved_config.saved_config(workdir, explicit, prefix) or config
       if (workdir / directory.RESULTS_FILE).exists():
         log(f"{workdir}: finished already; its results:")
         return Run(
           config,
           directory.read_results(workdir / directory.RESULTS_FILE),
-          directory.read_records(workdir),
+          kept_records.finished_records(workdir, log),
           None,
           workdir,
         )
     ds = components.load_data(config, options.data_dir, options.download)
     model = components.make_model(config, ds.num_classes)
-    make_tx = optimizers.optimizer_factory(config, len(ds.train_x))
-    plan = config_lib.schedule(config, len(ds.train_x))
+    plan = config_lib.schedule(config, len(ds.train_x))  # the run's one schedule
+    make_tx = optimizers.optimizer_factory(config, plan.steps_per_epoch)
     mesh = distributed.make_mesh(
       options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size
     )  # the saved config's seeds and batch when resuming
@@ -101,6 +115,12 @@ def run_experiment(
       f"{config.num_seeds} seed(s), {describe_devices(mesh)}"
     )
     task = components.make_task(config, model)
+    signals.check(  # a signal since the command started: the loop would take it over
+      f"before {workdir} started training",
+      "continue the job with --resume"
+      if in_job
+      else ("continue the run with --resume" if resuming else "nothing of it was written"),
+    )
     result = loop.train(
       config,
       model,
@@ -110,7 +130,8 @@ def run_experiment(
       task=task,
       mesh=mesh,
       resume=None if resuming else False,
-      learning_rate=optimizers.learning_rate(config, len(ds.train_x)),
+      plan=plan,
+      learning_rate=optimizers.learning_rate(config, plan.steps_per_epoch),
       progress=options.progress and distributed.is_writer(),
       tensorboard=options.tensorboard,
       log=log,
@@ -146,6 +167,19 @@ def run_experiment(
     return Run(config, results, all_records, result.state, workdir)
 
 
+def preflight(config: RunConfig, options: RunOptions) -> None:
+  """The checks of a validated ``config`` that need the devices or the data, made before
+  anything is written: the mesh against the devices, seeds and batch, and the batch against
+  the training set (the data is loaded for it, then cached for the run).
+
+  Raises:
+    ConfigError: the option to fix, in one line.
+  """
+  distributed.make_mesh(options.mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
+  ds = components.load_data(config, options.data_dir, options.download)
+  config_lib.schedule(config, len(ds.train_x))
+
+
 def describe(config: RunConfig) -> str:
   return (
     f"{config.dataset}{' (synthetic)' if config.synthetic else ''} {config.model} "
@@ -155,7 +189,12 @@ def describe(config: RunConfig) -> str:
 
 def join_processes(options: RunOptions) -> None:
   """Joins the run's other processes (``--coordinator-address`` etc.), before any device work."""
-  distributed.initialize(options.coordinator_address, options.num_processes, options.process_id)
+  distributed.initialize(
+    options.coordinator_address,
+    options.num_processes,
+    options.process_id,
+    timeout_s=options.process_timeout_s,
+  )
 
 
 def describe_devices(mesh) -> str:
@@ -178,6 +217,10 @@ def run_grid(
   by its key; ``comparison.json`` lists them. With ``options.resume`` finished runs are kept and
   unfinished ones continue; a resumed run must have the config given here."""
   join_processes(options)
+  if not options.resume:  # every run's options are checked before grid.json is written
+    for key, config in named_configs.items():
+      preflight(components.validate(config, dict(prefixes).get(key, "")), options)
+    signals.check("before anything was written", "nothing to continue")
   root = pathlib.Path(options.workdir)
   with writer_lock.writing(
     root, resume=options.resume, overwrite=options.overwrite, log=log
@@ -189,6 +232,7 @@ def run_grid(
     runs = {}
     for key, config in named_configs.items():
       sub = root / key
+      signals.check(f"before {sub} started", "continue the job with --resume")
       started = sub.is_dir() and directory.is_run_dir(sub)
       sub_options = options.replace(workdir=str(sub), resume=resuming and started, overwrite=False)
       # Every field counts as given explicitly: a saved run with other values is an error.
@@ -197,6 +241,7 @@ def run_grid(
         sub_options,
         explicit=dataclasses.asdict(config),
         prefix=dict(prefixes).get(key, ""),
+        in_job=True,
         log=log,
       )
       log(f"  {key}: {summaries.format_result(runs[key].results)}")

@@ -32,7 +32,6 @@ import optax
 
 import entropy_optax
 from experiments.optimizers import sgld
-from experiments.run import schema as config_lib
 from experiments.run.schema import ConfigError, RunConfig
 from experiments.trainer import loop_state
 
@@ -239,39 +238,40 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 }
 
 
-def learning_rate(config: RunConfig, num_examples: int):
+def learning_rate(config: RunConfig, steps_per_epoch: int):
   """The learning rate: a constant, or piecewise constant in outer steps (sgld: its own decay,
-  ``experiments.optimizers.sgld.sgld_learning_rate``)."""
+  ``experiments.optimizers.sgld.sgld_learning_rate``); ``steps_per_epoch`` is the run's
+  ``Schedule.steps_per_epoch`` (``experiments.run.schema.schedule``)."""
 
   if config.optimizer == "sgld":
     return sgld.sgld_learning_rate(config.learning_rate, config.sgld_decay_power)
   if not config.lr_decay_outer_epochs:
     return config.learning_rate
-  per_epoch = config_lib.schedule(config, num_examples).steps_per_epoch
   boundaries: dict[int, float] = {}
   for epoch in config.lr_decay_outer_epochs:
-    step = max(1, round(epoch * per_epoch))
+    step = max(1, round(epoch * steps_per_epoch))
     boundaries[step] = boundaries.get(step, 1.0) * config.lr_decay
   return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
-def optimizer_factory(config: RunConfig, num_examples: int) -> Callable[[Any], Any]:
-  """``make(key)``: the optax optimizer of ``config`` with the Langevin noise key ``key``.
+def optimizer_factory(config: RunConfig, steps_per_epoch: int) -> Callable[[Any], Any]:
+  """``make(key)``: the optax optimizer of ``config`` with the Langevin noise key ``key``, on a
+  run of ``steps_per_epoch`` outer steps an epoch (its ``Schedule.steps_per_epoch``).
 
-  The factory is cached per (config, num_examples) so that equal runs share compilations.
+  The factory is cached per (config, steps_per_epoch) so that equal runs share compilations.
   """
-  return _factory(config, num_examples)
+  return _factory(config, steps_per_epoch)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Factory:
   config: RunConfig
-  num_examples: int
+  steps_per_epoch: int
 
   def __call__(self, key):
-    lr = learning_rate(self.config, self.num_examples)
+    lr = learning_rate(self.config, self.steps_per_epoch)
     return OPTIMIZERS[self.config.optimizer].make(self.config, lr, key)
 
 
-def _factory(config: RunConfig, num_examples: int) -> _Factory:
-  return _Factory(config, num_examples)
+def _factory(config: RunConfig, steps_per_epoch: int) -> _Factory:
+  return _Factory(config, steps_per_epoch)

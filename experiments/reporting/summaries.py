@@ -106,8 +106,24 @@ def _per_seed(key: str, values: Sequence[float]) -> dict[str, Any]:
 
 
 def _sample_std(values: Sequence[float] | np.ndarray) -> float:
-  """The sample standard deviation (ddof 1) of ``values``; 0 for a single value."""
+  """The sample standard deviation (ddof 1) of ``values``; 0 for a single value, NaN for none
+  (every seed diverged: no spread to report, as there is no mean)."""
+  if not len(values):
+    return float("nan")
   return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def seed_count(results: Mapping[str, Any]) -> str:
+  """The seeds that the means and standard deviations are over: "4", or "2 of 4" when some
+  diverged (their errors are left out).
+
+  Examples:
+    >>> seed_count({"seeds": [0, 1, 2, 3], "diverged": [{"seed": 1, "step": 7}]})
+    '3 of 4'
+  """
+  n = len(results["seeds"])
+  counted = n - len(results.get("diverged") or [])
+  return f"{counted} of {n}" if counted != n else str(n)
 
 
 def divergence_note(results: Mapping[str, Any]) -> str:
@@ -152,8 +168,8 @@ def format_result(results: Mapping[str, Any]) -> str:
     )
   return (
     f"test error {results['test_error_mean']:.2f} ± {results['test_error_std']:.2f}% "
-    f"({n} seed{'s' if n > 1 else ''}) after {results['effective_epochs']:g} effective "
-    f"epochs, {results['wall_time_s']:.1f} s, "
+    f"({seed_count(results)} seed{'s' if n > 1 else ''}) after "
+    f"{results['effective_epochs']:g} effective epochs, {results['wall_time_s']:.1f} s, "
     f"{results['time_per_effective_epoch_s']:.3g} s per effective epoch{paper}"
   )
 

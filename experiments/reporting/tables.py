@@ -52,7 +52,7 @@ def comparison_table(
       best = f"{100 - r['best_test_error_mean']:.1f}"
     lines.append(
       f"| {display_names.name(model)} | {display_names.name(optimizer)} | {accuracy} | {best} | "
-      f"{r['effective_epochs']:g} | {r['outer_steps']} | {len(r['seeds'])} | "
+      f"{r['effective_epochs']:g} | {r['outer_steps']} | {summaries.seed_count(r)} | "
       f"{r['wall_time_s']:.0f} | {published} |"
       + (
         f" {_format_time(times_to_target.get((model, optimizer)))} |"
@@ -101,7 +101,9 @@ def _pair(runs: list[dict[str, Any]], dataset: str) -> list[tuple[dict | None, d
 def _cells(run: dict[str, Any] | None, synthetic: bool) -> list[str]:
   if run is None:
     return ["", "", "", ""]
-  error = f"{run['test_error_mean']:.2f} ± {run['test_error_std']:.2f} ({len(run['seeds'])})"
+  error = (
+    f"{run['test_error_mean']:.2f} ± {run['test_error_std']:.2f} ({summaries.seed_count(run)})"
+  )
   if "heldout_loss" in run:  # a language model: its test split's loss
     error = summaries.text_loss(run)
   if summaries.all_diverged(run):

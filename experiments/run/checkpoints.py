@@ -2,10 +2,12 @@
 
 ``Checkpoints(workdir)`` keeps the state under ``workdir/checkpoints/<step>`` (orbax writes a
 step to a temporary directory and renames it when complete) and, once a step is complete, the
-SHA-256 of each of its files in ``workdir/checkpoints.sha256/<step>.json``. A step counts only
-when its checksums are there and match the files: data garbled on disk is never restored (it
-would restore silently: orbax does not verify the bytes), and an unreadable step is never
-handed to orbax (whose failures print asyncio tracebacks). ``latest_good`` falls back to the
+SHA-256 of each of its files in ``workdir/checkpoints.sha256/<step>.json``; the oldest kept
+step is deleted only after that, so that a kill at any moment of a save leaves the ``keep``
+steps before it verified. A step counts only when its checksums are there and match the
+files: data garbled on disk is never restored (it would restore silently: orbax does not verify
+the bytes), and an unreadable step is never handed to orbax (whose failures print asyncio
+tracebacks). ``latest_good`` falls back to the
 newest step that verifies and sets the bad ones aside.
 """
 
@@ -18,6 +20,8 @@ import os
 import pathlib
 import re
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from experiments.run import distributed
+from experiments.run import distributed, processes
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_DIR = "checkpoints.sha256"
@@ -72,8 +76,10 @@ def os_error_code(error: BaseException) -> int | None:
 
 class _ReportedDiskErrors(logging.Filter):
   """Drops orbax's log records of a disk error in ``directory`` (tracebacks from its writer
-  threads, and asyncio's "Future exception was never retrieved" of the same writes): the run
-  reports that error in one line (``Checkpoints.save`` raises it as an ``OSError``)."""
+  threads, asyncio's "Task exception was never retrieved" of the same writes, whose exception
+  is a disk error, and the "Event loop is closed" of writes that end after orbax closed its
+  loop): the run reports that error in one line (``Checkpoints.save`` raises it as an
+  ``OSError``)."""
 
   def __init__(self, directory: pathlib.Path):
     super().__init__()
@@ -81,7 +87,41 @@ class _ReportedDiskErrors(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     text = record.getMessage()
-    return not ("os_error_code" in text and self.directory in text)
+    if "os_error_code" in text and self.directory in text:
+      return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not _after_a_failed_write(error)
+
+
+def _after_a_failed_write(error: BaseException | None) -> bool:
+  """Whether ``error`` is what orbax's and tensorstore's background writes raise once a save
+  has failed on the disk: the disk error itself, "Event loop is closed" (a write that ends
+  after orbax closed its event loop) or "cannot schedule new futures after interpreter
+  shutdown" (one still going as the process exits). The save's own error is reported."""
+  if error is None:
+    return False
+  if isinstance(error, RuntimeError) and (
+    "Event loop is closed" in str(error) or "after interpreter shutdown" in str(error)
+  ):
+    return True
+  return os_error_code(error) is not None
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """``sys.unraisablehook`` without the errors of ``_after_a_failed_write`` (from tensorstore's
+  callbacks)."""
+  if not _after_a_failed_write(unraisable.exc_value):
+    _DEFAULT_HOOKS[0](unraisable)
+
+
+def _quiet_thread_error(args) -> None:
+  """``threading.excepthook`` without the errors of ``_after_a_failed_write`` (from orbax's
+  writer threads)."""
+  if not _after_a_failed_write(args.exc_value):
+    _DEFAULT_HOOKS[1](args)
+
+
+_DEFAULT_HOOKS = (sys.unraisablehook, threading.excepthook)
 
 
 class Checkpoints:
@@ -94,14 +134,16 @@ class Checkpoints:
     self.keep = keep
     self.manager = self._manager()
     quiet = _ReportedDiskErrors(self.directory)
-    for name in ("absl", "asyncio"):
+    for name in ("absl", "asyncio", "concurrent.futures"):
       logging.getLogger(name).addFilter(quiet)
+    if (sys.unraisablehook, threading.excepthook) == _DEFAULT_HOOKS:
+      sys.unraisablehook, threading.excepthook = _quiet_unraisable, _quiet_thread_error
 
   def _manager(self) -> ocp.CheckpointManager:
-    # Synchronous saves: the state buffers are donated to the next jitted call.
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=self.keep, create=True, enable_async_checkpointing=False
-    )
+    # Synchronous saves: the state buffers are donated to the next jitted call. No max_to_keep:
+    # orbax would delete the oldest step as soon as the newest is complete, before its checksums
+    # are written (``save`` deletes it once they are).
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(
       self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
     )
@@ -112,31 +154,47 @@ class Checkpoints:
 
   def save(self, step: int, state_dict: dict[str, Any]) -> None:
     """Saves ``state_dict`` as step ``step`` (every process writes its shards), then its
-    checksums (process 0; a step without them is never restored); the older steps are deleted
-    only once it is complete.
+    checksums (process 0; a step without them is never restored); the steps older than the
+    newest ``keep`` are deleted only once the checksums are written.
 
     Raises:
       OSError: the disk refused a write (full, read-only, the directory gone), with its errno;
         orbax's wrappers of such errors (tensorstore's ``ValueError``) are turned into one.
+        With several processes, a refused checksum write raises on every process (the
+        others raise ``processes.ProcessError``); a write refused inside orbax's collective
+        save is marked ``processes.alone``.
     """
     try:
       self.manager.save(step, args=ocp.args.StandardSave(state_dict))
       self.manager.wait_until_finished()
     except Exception as e:  # orbax reports a disk error as a ValueError from tensorstore
+      # The other processes may wait inside orbax's collective writes: this one stops alone.
       code = os_error_code(e)
       if code is None:
+        processes.alone(e)
         raise
-      raise OSError(code, os.strerror(code), str(self.directory / str(step))) from e
+      error = OSError(code, os.strerror(code), str(self.directory / str(step)))
+      raise processes.alone(error) from e
     distributed.barrier(f"checkpoint {step} saved")
-    if not distributed.is_writer():
-      return
-    self.checksums.mkdir(parents=True, exist_ok=True)
-    digests = _file_digests(self.directory / str(step))
-    atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
-    kept = {str(s) for s in self.steps()}
-    for path in self.checksums.glob("*.json"):
-      if path.stem not in kept:
-        path.unlink(missing_ok=True)
+    error = None
+    try:
+      self._write_checksums(step)
+    except OSError as e:  # process 0 alone writes them: the others must hear of it
+      error = e
+    processes.stop_together(error)
+    for old in self.steps()[: -self.keep]:  # every process: orbax's delete is collective
+      self.manager.delete(old)
+    if distributed.is_writer():
+      kept = {str(s) for s in self.steps()}
+      for path in self.checksums.glob("*.json"):
+        if path.stem not in kept:
+          path.unlink(missing_ok=True)
+
+  def _write_checksums(self, step: int) -> None:
+    if distributed.is_writer():
+      self.checksums.mkdir(parents=True, exist_ok=True)
+      digests = _file_digests(self.directory / str(step))
+      atomic_write(self.checksums / f"{step}.json", json.dumps(digests, indent=0) + "\n")
 
   def problem(self, step: int) -> str | None:
     """Why step ``step`` cannot be restored (None if its files match their checksums)."""

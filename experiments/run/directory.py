@@ -9,11 +9,11 @@ files, reads and writes them, and decides whether a directory is a run to resume
 
 * ``prepare``: never overwrite a run by accident, never delete what is not one (one writer
   at a time: ``experiments.run.writer_lock.writing`` calls it under the lock);
-* ``check_resumable``: the one resumability check (the saved run is this one), and
-  ``saved_config``: the config a resumed run continues with (``experiments.run.run_files``:
-  what the loop writes as it goes);
-* ``read_records`` / ``append_records`` / ``rewrite_records``: ``metrics.jsonl``; a last line
-  cut by a kill is dropped on reading, never a crash;
+* the config a run saved, read back and checked: ``experiments.run.saved_config``
+  (``experiments.run.run_files``: what the loop writes as it goes);
+* ``read_records`` / ``append_records`` / ``rewrite_records``: ``metrics.jsonl``; a line cut
+  by a kill is left out on reading, never a crash (``experiments.run.kept_records``: the
+  copy kept with each checkpoint);
 * ``read_json`` / ``write_json``: the other JSON files, written atomically; ``read_results``:
   a results.json.
 * Every file is strict JSON (``to_json``): a number that is not finite is written as null,
@@ -37,9 +37,7 @@ from typing import Any
 import numpy as np
 
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import schema
-from experiments.run.checkpoints import CheckpointError
-from experiments.run.schema import ConfigError, RunConfig
+from experiments.run.schema import ConfigError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -96,7 +94,24 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
         f"{path} already holds a run; pass --resume to continue it, "
         "--overwrite to replace it, or choose another --workdir."
       )
-    shutil.rmtree(path)
+    _probe_writable(path, "nothing was deleted")  # a read-only run is never half deleted
+    try:
+      shutil.rmtree(path)
+    except OSError as e:
+      raise WorkdirError(
+        f"cannot delete the run in {path} for --overwrite ({e.strerror or e}); make it "
+        "writable, then run the command again (some of its files may be gone)."
+      ) from None
+  _probe_writable(path, "pass --workdir a writable directory")
+  return False
+
+
+def _probe_writable(path: pathlib.Path, hint: str) -> None:
+  """Creates ``path`` if absent and writes and deletes a file in it.
+
+  Raises:
+    WorkdirError: it cannot be written (read-only, full, not a directory), with ``hint``.
+  """
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / ".write_test"
@@ -104,10 +119,8 @@ def prepare(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> boo
     probe.unlink()
   except OSError as e:
     raise WorkdirError(
-      f"cannot write the run directory {path} ({e.strerror or e}); pass "
-      "--workdir a writable directory."
-    ) from e
-  return False
+      f"cannot write the run directory {path} ({e.strerror or e}); {hint}."
+    ) from None
 
 
 # Fields of results.json whose null means "none", not a number that was not finite.
@@ -168,107 +181,48 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The records in ``path`` (a directory's ``metrics.jsonl`` or the file); [] if absent.
 
-  A line that does not parse (cut by a kill while being written) ends the records. A null is a
-  number that was not finite (``to_json``) and is read as NaN.
+  A line that does not parse (cut by a kill or a full disk while being written) is left out,
+  never a crash (``experiments.run.kept_records`` tells a resumed run which records are gone
+  and restores them from the copy kept with its checkpoint). A null is a number that was not
+  finite (``to_json``) and is read as NaN.
   """
   path = pathlib.Path(path)
   if path.is_dir():
     path = path / METRICS_FILE
   if not path.exists():
     return []
-  records = []
-  for line in path.read_text().splitlines():
+  return parse_records(path.read_text())[0]
+
+
+def parse_records(text: str) -> tuple[list[dict[str, Any]], list[int]]:
+  """The records of a metrics.jsonl's ``text``, and the numbers (from 1) of its lines that do
+  not parse."""
+  records, bad = [], []
+  for number, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
     try:
-      records.append(_nan_for_null(json.loads(line)))
+      record = json.loads(line)
     except json.JSONDecodeError:
-      break
-  return records
+      bad.append(number)
+      continue
+    if isinstance(record, dict):
+      records.append(_nan_for_null(record))
+    else:
+      bad.append(number)
+  return records, bad
 
 
-def _lines(records: Iterable[Mapping[str, Any]]) -> str:
+def records_text(records: Iterable[Mapping[str, Any]]) -> str:
+  """``records`` as metrics.jsonl's lines."""
   return "".join(to_json(r) + "\n" for r in records)
 
 
 def append_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
   with open(path, "a") as f:
-    f.write(_lines(records))
+    f.write(records_text(records))
 
 
 def rewrite_records(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
   """Replaces the file atomically (a resumed run keeps the records up to its checkpoint)."""
-  ckpt_lib.atomic_write(path, _lines(records))
-
-
-def _run_config_json(info: Mapping[str, Any]) -> dict[str, Any] | None:
-  """The run's config in a config.json's contents, None if it holds none. Since 2026-12 it is
-  ``config``; before, ``config`` held the loop's counts in steps and the run was
-  ``metadata.experiment`` (such directories still resume: tests/data/run_84cfb91)."""
-  if "metadata" in info:
-    return info["metadata"].get("experiment")
-  return info.get("config")
-
-
-def check_resumable(config_path: pathlib.Path, config: RunConfig) -> None:
-  """The one resumability check: the run saved in ``config_path`` is ``config``, field for
-  field.
-
-  Raises:
-    CheckpointError: config.json is missing or describes another run.
-  """
-  if not config_path.exists():
-    raise CheckpointError(
-      f"{config_path} is missing: the checkpoints beside it cannot be "
-      "checked against this run; start afresh with --overwrite."
-    )
-  saved = _run_config_json(read_json(config_path))
-  if saved is None:
-    raise CheckpointError(
-      f"{config_path} describes a run these scripts did not start: its checkpoints cannot be "
-      "checked against this run; use another --workdir."
-    )
-  saved = schema.from_json(saved)
-  diffs = [
-    f"{name}: saved {getattr(saved, name)!r}, now {getattr(config, name)!r}"
-    for name in schema.field_names()
-    if getattr(saved, name) != getattr(config, name)
-  ]
-  if diffs:
-    raise CheckpointError(
-      "the checkpoints in this run directory are from another run ("
-      + "; ".join(diffs)
-      + "): use another --workdir."
-    )
-
-
-def saved_config(
-  workdir: pathlib.Path, explicit: Mapping[str, Any], prefix: str = ""
-) -> RunConfig | None:
-  """The config a run in ``workdir`` was started with (None if it never started): what a
-  resumed run continues with, the options given explicitly checked against it.
-
-  Raises:
-    ConfigError: an option given explicitly (``explicit``) differs from the saved value.
-  """
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    return None
-  experiment = _run_config_json(read_json(path))
-  if experiment is None:
-    raise ConfigError(
-      f"{workdir} holds a run that these scripts did not start; choose another --workdir."
-    )
-  saved = schema.from_json(experiment)
-  differ = [
-    f"--{prefix}{schema.option(k)[2:]} {v} (saved: {getattr(saved, k)})"
-    for k, v in dict(explicit).items()
-    if getattr(saved, k) != v
-  ]
-  if differ:
-    raise ConfigError(
-      f"{workdir} was started with another configuration: {'; '.join(differ)}. "
-      "Drop these options to resume it, or start a new run (--overwrite or "
-      "another --workdir)."
-    )
-  return saved
+  ckpt_lib.atomic_write(path, records_text(records))

@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh
 
+from experiments.run import processes
 from experiments.run.schema import ConfigError
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ def initialize(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
+  timeout_s: float = processes.DEFAULT_TIMEOUT_S,
 ) -> None:
   """Joins the processes of a run through ``jax.distributed`` (nothing for one process).
 
@@ -56,9 +58,12 @@ def initialize(
     coordinator_address: ``host:port`` of process 0's coordinator.
     num_processes: how many processes the run has.
     process_id: this process's index, 0 .. num_processes - 1.
+    timeout_s: how long to wait for every process to join (``processes.join``), and how long
+      JAX waits without a heartbeat from a process before it declares it dead.
 
   Raises:
-    ConfigError: the options are incomplete or inconsistent, or JAX has started already.
+    ConfigError: the options are incomplete or inconsistent, a process did not join within
+      ``timeout_s``, or JAX has started already.
   """
   coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
   num_processes = num_processes or _env_int(ENV_NUM_PROCESSES) or 1
@@ -73,12 +78,27 @@ def initialize(
       f"--process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID}); got "
       f"{coordinator_address!r}, {num_processes}, {process_id}."
     )
+  host, _, port = coordinator_address.rpartition(":")
+  if not (host and port.isdigit() and 0 < int(port) < 65536):
+    raise ConfigError(
+      f"--coordinator-address must be HOST:PORT (e.g. 10.0.0.1:1234), got {coordinator_address!r}."
+    )
   if not 0 <= process_id < num_processes:
     raise ConfigError(f"--process-id must be in 0 .. {num_processes - 1}, got {process_id}.")
+  if not timeout_s > 0:
+    raise ConfigError(f"--process-timeout-s must be > 0 seconds, got {timeout_s}.")
   # On CPU, cross-process collectives need an implementation (gloo ships with jaxlib).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  processes.join(coordinator_address, num_processes, process_id, timeout_s)
   try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(
+      coordinator_address,
+      num_processes,
+      process_id,
+      initialization_timeout=max(1, round(timeout_s)),
+      heartbeat_timeout_seconds=max(1, round(timeout_s)),
+    )
+    processes.watch()  # a process that stops alone stops the others (processes.leave_alone)
   except RuntimeError as e:
     raise ConfigError(
       f"joining the run's processes through {coordinator_address} failed "

@@ -9,6 +9,7 @@ line saying which checkpoint is intact.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import subprocess
 import time
@@ -19,7 +20,7 @@ import jax
 
 import entropy_optax
 from experiments.run import checkpoints as ckpt_lib
-from experiments.run import directory, distributed
+from experiments.run import directory, distributed, kept_records, processes, saved_config
 from experiments.run import tensorboard as tensorboard_lib
 from experiments.run.checkpoints import CheckpointError
 from experiments.run.schema import RunConfig
@@ -81,6 +82,7 @@ class RunFiles:
     self.failed = False  # a write failed (the disk): closing may fail too
     self.checkpoints = ckpt_lib.Checkpoints(self.workdir, KEEP_CHECKPOINTS) if checkpoints else None
     self.events: tensorboard_lib.Events | None = None
+    self.kept: list[dict[str, Any]] = []  # the run's records so far (kept_records' copies)
 
   def open(self, state: dict[str, Any], resume: bool | None):
     """Opens the run as ``resume`` says (None: resume if there is a checkpoint); writes
@@ -103,7 +105,7 @@ class RunFiles:
     previous: list[dict[str, Any]] = []
     step, restored = None, None
     if resume is not False and available:
-      directory.check_resumable(self.config_path, self.config)
+      saved_config.check_resumable(self.config_path, self.config)
       step = self.checkpoints.agreed_latest_good(self.log)
     if resume is True and step is None:
       raise CheckpointError(
@@ -112,7 +114,14 @@ class RunFiles:
       )
     if step is not None:
       restored = self.checkpoints.restore(step, state)
-      previous = [r for r in directory.read_records(self.records_path) if r["step"] <= step]
+      previous = kept_records.records_up_to(
+        self.workdir,
+        step,
+        seeds=self.seeds,
+        steps_per_call=self.run_info["schedule"]["steps_per_call"],
+        log=self.log if self.writer else lambda line: None,
+      )
+    self.kept = list(previous)
     info = dict(
       self.run_info,
       code_version=_code_version(),
@@ -144,20 +153,37 @@ class RunFiles:
     Raises:
       WorkdirError: the disk refused a write (full, read-only, the directory gone); the run
         stops there, its last complete checkpoint intact (``disk_error``).
+      ProcessError: another process's write failed (with several processes, a write that one
+        of them cannot do stops them all after the same call).
     """
-    what = f"the records of step {step}"
+    what, error = f"the records of step {step}", None
     try:
       if self.writer:
         directory.append_records(self.records_path, records)
       if self.events is not None:
         what = f"the TensorBoard events of step {step}"
         self.events.write(records)
-      if checkpoint is not None and self.checkpoints is not None:
-        what = f"the checkpoint of step {step}"
-        self.checkpoints.save(step, checkpoint)
+    except OSError as e:
+      error = self.disk_error(what, e)
+    self.failed = error is not None
+    processes.stop_together(error)  # process 0 alone writes them: every process stops
+    self.kept += records
+    if checkpoint is None or self.checkpoints is None:
+      return
+    what = f"the checkpoint of step {step}"
+    try:
+      self.checkpoints.save(step, checkpoint)
     except OSError as e:
       self.failed = True
-      raise self.disk_error(what, e) from None
+      error = self.disk_error(what, e)
+      raise (processes.alone(error) if processes.is_alone(e) else error) from None
+    try:
+      if self.writer:  # its records, should metrics.jsonl be damaged later
+        kept_records.write(self.workdir, step, self.kept, keep=self.checkpoints.steps())
+    except OSError as e:
+      error = self.disk_error(f"the records kept with {what}", e)
+    self.failed = error is not None
+    processes.stop_together(error)
 
   def disk_error(self, what: str, error: OSError) -> directory.WorkdirError:
     """The one line that stops a run whose directory refused ``what``: why, and what is kept."""
@@ -181,7 +207,14 @@ class RunFiles:
       f"cannot write {what} in {self.workdir} ({error.strerror or error}); the run stopped; {kept}."
     )
 
-  def close(self) -> None:
+  def close(self, error: BaseException | None = None) -> None:
+    """Closes the files; ``error``: the one that stops the run, if any. A process stopped
+    alone (``processes.is_alone``) skips the steps that wait for the other processes."""
+    if processes.is_alone(error):
+      if self.events is not None:
+        with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+          self.events.close()
+      return
     distributed.barrier("run files closed")  # process 0's last records are written
     try:
       if self.events is not None:

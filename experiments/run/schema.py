@@ -240,6 +240,9 @@ class RunOptions:
   """the run's number of processes (default: $JAX_NUM_PROCESSES, else 1)"""
   process_id: int | None = None
   """this process's index in 0 .. num_processes - 1 (default: $JAX_PROCESS_ID)"""
+  process_timeout_s: float = 120.0
+  """several processes: how long to wait for every process to join at the start, and for a
+  process that stopped answering (no heartbeat) before the run stops with an error naming it"""
 
   def replace(self, **changes: Any) -> RunOptions:
     return dataclasses.replace(self, **changes)

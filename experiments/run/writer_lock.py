@@ -101,14 +101,29 @@ def _lock(path: pathlib.Path, stale: Holder | None, log: Callable[[str], None]) 
   except FileExistsError:
     _refuse_if_held(path)  # raises if a live process took it meanwhile
     raise RunLockedError(f"{path}: another process took the lock meanwhile; try again.") from None
-  with os.fdopen(fd, "w") as f:
-    f.write(json.dumps(dataclasses.asdict(me)) + "\n")
+  except OSError as e:  # a read-only directory or disk, a full disk
+    raise WorkdirError(
+      f"cannot write the run directory {path} ({e.strerror or e}); make it writable or free "
+      "space (nothing was changed)."
+    ) from None
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(json.dumps(dataclasses.asdict(me)) + "\n")
+  except OSError as e:
+    lock.unlink(missing_ok=True)
+    raise WorkdirError(
+      f"cannot write the run directory {path} ({e.strerror or e}); free space or make it "
+      "writable (nothing was changed)."
+    ) from None
   return me
 
 
 def _unlock(path: pathlib.Path, me: Holder) -> None:
+  """Removes our lock; a directory that became read-only or vanished keeps it (a later writer
+  takes over the lock of a process that has ended), and the run's own error is the one told."""
   if read_holder(path) == me:
-    (path / LOCK_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+      (path / LOCK_FILE).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

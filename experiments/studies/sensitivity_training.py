@@ -123,7 +123,7 @@ def train_grid(
   plan = schedule(base, len(ds.train_x))
   # The optimizer travels in the state: the jitted steps are the same for every grid point.
   prepared = step_runners.prepare(
-    one_seed, model, registry.optimizer_factory(base, len(ds.train_x)), ds, task=task
+    one_seed, model, registry.optimizer_factory(base, plan.steps_per_epoch), ds, task=task
   )
   eval_every = plan.eval_every_steps
   full, rest = divmod(plan.num_steps, eval_every)
@@ -131,7 +131,7 @@ def train_grid(
 
   def run(values, seed, train_data, val_data):
     """The evaluations of one run: the config with ``values`` (traced) and ``seed``."""
-    make_tx = registry.optimizer_factory(base.replace(**values), prepared.num_examples)
+    make_tx = registry.optimizer_factory(base.replace(**values), plan.steps_per_epoch)
     state = loop_state.init_state(model, make_tx, task, train_data[0][:1], seed, base.batch_size)
 
     def segment(state, num_steps):

@@ -8,6 +8,8 @@ functions (``experiments.trainer.step_runners``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -38,21 +40,34 @@ def padded_with_weights(x, y, size: int) -> tuple[np.ndarray, np.ndarray, np.nda
   return pad(x, size), pad(y, size), pad(np.ones(len(x), np.float32), size)
 
 
-def put(data, config: RunConfig, mesh) -> tuple[tuple, tuple, int, int]:
+class OnDevice(NamedTuple):
+  """A run's data on its devices: ``train`` = ``(x, y)``, ``val`` = ``(x, y, w)`` padded to whole
+  batches of ``eval_batch_size``, and the numbers of training and validation examples."""
+
+  train: tuple[jax.Array, jax.Array]
+  val: tuple[jax.Array, jax.Array, jax.Array]
+  num_examples: int
+  num_val: int
+  eval_batch_size: int
+
+
+def put(data, config: RunConfig, mesh) -> OnDevice:
   """``(train_x, train_y)`` and the padded ``(val_x, val_y, val_w)`` on the device(s), with
-  the numbers of training and validation examples.
+  their sizes.
 
   Data enter the jitted functions as arguments: closed-over arrays would become constants.
   """
   train_x, train_y, val_x, val_y = (np.asarray(a) for a in data)
-  val = padded_with_weights(val_x, val_y, eval_batch_size(config, len(val_x), mesh))
+  size = eval_batch_size(config, len(val_x), mesh)
+  val = padded_with_weights(val_x, val_y, size)
   if mesh is None:
     to_device = jax.device_put
   else:
     to_device = lambda a: jax.device_put(a, NamedSharding(mesh, P()))  # noqa: E731
-  return (
+  return OnDevice(
     tuple(map(to_device, (train_x, train_y))),
     tuple(map(to_device, val)),
     len(train_x),
     len(val_x),
+    size,
   )

@@ -81,6 +81,7 @@ def train(
   task: Task = Task(),
   mesh: jax.sharding.Mesh | None = None,
   resume: bool | None = None,
+  plan: schema.Schedule | None = None,
   learning_rate: optax.ScalarOrSchedule | None = None,
   progress: bool = True,
   tensorboard: bool = True,
@@ -105,6 +106,8 @@ def train(
       ``'data'`` (every batch split over it); None: one device.
     resume: None: resume from the newest good checkpoint if any, else start afresh; True: the
       same, but an error if there is none; False: start afresh (an error if there are some).
+    plan: the run's ``experiments.run.schema.Schedule`` (None: ``schema.schedule`` of
+      ``config`` on ``data``), computed once by a caller that also needs it.
     learning_rate: the optimizer's learning rate, a number or a schedule of the update count
       (0 at the first update), recorded as ``learning_rate``: that of a call's last update;
       None records none.
@@ -122,31 +125,15 @@ def train(
     make_tx = _Constant(make_tx)
   prepared = step_runners.prepare(config, model, make_tx, data, task=task, mesh=mesh)
   fns, train_data, val_data = prepared.fns, prepared.train_data, prepared.val_data
-  plan = schema.schedule(config, prepared.num_examples)
-  batched = config.num_seeds > 1
+  plan = plan or schema.schedule(config, prepared.num_examples)
   seed_list = [config.seed + s for s in range(config.num_seeds)]
-  seeds = jnp.asarray(seed_list, jnp.uint32)
-  state = fns.init(seeds if batched else seeds[0], train_data[0][:1])
-  # local_entropy and gaussian_smoothing take grad_fn over the L mini-batches.
-  if config.langevin_steps > 1 and not takes_grad_fn(state.opt_state):
-    raise ValueError(
-      f"langevin_steps={config.langevin_steps} but the optimizer has no "
-      "local_entropy: plain optimizers take langevin_steps=1."
-    )
-  run_info = {
-    "config": dataclasses.asdict(config),
-    "schedule": dataclasses.asdict(plan),
-    "num_examples": prepared.num_examples,
-    "num_val": prepared.num_val,
-    "step_runner_used": prepared.runner,
-    "devices": distributed.describe(mesh),
-  }
+  state = _initial_state(config, fns, seed_list, train_data)
   run = None
   if workdir is not None:
     run = run_files.RunFiles(
       workdir,
       config,
-      run_info,
+      _run_info(config, plan, prepared, mesh),
       seeds=seed_list,
       checkpoints=plan.checkpoint_every_steps > 0,
       tensorboard=tensorboard,
@@ -158,9 +145,10 @@ def train(
     if restored is not None:
       state = state.replace(**restored)
   step = int(np.max(distributed.fetch(state.step)))
-  wall_offset = previous[-1]["wall_time"] if previous else 0.0
-  diverged = divergence.from_records(previous)
-  new_records: list[dict[str, Any]] = []
+  where = str(workdir or "the run")
+  recorder = _Recorder(
+    config, plan, seed_list, previous, learning_rate, log, where, divergence_hint
+  )
   bar = tqdm(
     total=plan.num_steps,
     initial=step,
@@ -168,9 +156,9 @@ def train(
     unit="step",
     dynamic_ncols=True,
   )
-  start = time.perf_counter()
   stop = preemption.StopOnSignal(log)  # SIGTERM, SIGINT: a checkpoint, then Interrupted
   stop.install()
+  failure = None
   try:
     while step < plan.num_steps:
       num_steps = min(plan.steps_per_call - step % plan.steps_per_call, plan.num_steps - step)
@@ -180,31 +168,8 @@ def train(
       evaluated = None
       if done or step % plan.eval_every_steps == 0:
         evaluated = fns.evaluate(fns.before_eval(state, train_data), val_data)
-      finite = divergence.params_finite(state.params, batched=batched)
-      # The call's one host sync.
-      metrics, evaluated, finite = distributed.fetch((metrics, evaluated, finite))
-      for seed, at in divergence.find(
-        metrics["train_loss"], finite, step=step, seeds=seed_list, batched=batched
-      ).items():
-        if seed not in diverged:
-          diverged[seed] = at
-          log(divergence.message(str(workdir or "the run"), seed, at, divergence_hint))
-      stopped = len(diverged) == config.num_seeds  # every seed diverged: nothing left to train
-      made = records_lib.make(
-        step=step,
-        seeds=seed_list,
-        steps_per_epoch=plan.steps_per_epoch,
-        langevin_steps=config.langevin_steps,
-        metrics=metrics,
-        evaluated=evaluated,
-        wall_time=wall_offset + time.perf_counter() - start,
-        batched=batched,
-        learning_rate=None
-        if learning_rate is None
-        else float(learning_rate(step - 1) if callable(learning_rate) else learning_rate),
-      )
-      divergence.mark(made, diverged)
-      new_records += made
+      made = recorder.record(step, state, metrics, evaluated)
+      stopped = len(recorder.diverged) == config.num_seeds  # every seed diverged: nothing left
       # A signal that comes later is handled after the next call; with several processes, one
       # that reached any of them stops all (they save the checkpoint together).
       interrupting = stop.agree(distributed.largest)
@@ -217,21 +182,85 @@ def train(
       bar.set_postfix({k: f"{made[0][k]:.4g}" for k in ("train_loss", "val_error") if k in made[0]})
       if callback is not None:
         callback(made, state)
-      if stopped:
+      if stopped or interrupting:
         break
-      if interrupting:
-        break
-    if stop.agree(distributed.largest) and not stopped:  # also after the last call: a job stops
+    if stop.agree(distributed.largest) and len(recorder.diverged) < config.num_seeds:
       saved = run is not None and run.checkpoints is not None
-      raise preemption.Interrupted(
-        stop.message(str(workdir or "the run"), step, saved), stop.requested
-      )
+      raise preemption.Interrupted(stop.message(where, step, saved), stop.requested)
+  except BaseException as e:
+    failure = e  # with several processes, closing depends on whether the others stop too
+    raise
   finally:
     stop.restore()
     bar.close()
     if run is not None:
-      run.close()
-  return TrainResult(state=state, records=new_records, diverged=diverged)
+      run.close(failure)
+  return TrainResult(state=state, records=recorder.new_records, diverged=recorder.diverged)
+
+
+def _initial_state(config: RunConfig, fns, seed_list: list[int], train_data) -> LoopState:
+  """The state of a fresh run (one per seed, stacked when several)."""
+  seeds = jnp.asarray(seed_list, jnp.uint32)
+  state = fns.init(seeds if config.num_seeds > 1 else seeds[0], train_data[0][:1])
+  # local_entropy and gaussian_smoothing take grad_fn over the L mini-batches.
+  if config.langevin_steps > 1 and not takes_grad_fn(state.opt_state):
+    raise ValueError(
+      f"langevin_steps={config.langevin_steps} but the optimizer has no "
+      "local_entropy: plain optimizers take langevin_steps=1."
+    )
+  return state
+
+
+def _run_info(config: RunConfig, plan: schema.Schedule, prepared, mesh) -> dict[str, Any]:
+  """What config.json says of the run besides its config."""
+  return {
+    "config": dataclasses.asdict(config),
+    "schedule": dataclasses.asdict(plan),
+    "num_examples": prepared.num_examples,
+    "num_val": prepared.num_val,
+    "step_runner_used": prepared.runner,
+    "devices": distributed.describe(mesh),
+  }
+
+
+class _Recorder:
+  """A call's records (``records_lib.make``) with the divergences caught in them."""
+
+  def __init__(self, config, plan, seed_list, previous, learning_rate, log, where, hint):
+    self.config, self.plan, self.seed_list = config, plan, seed_list
+    self.learning_rate, self.log, self.where, self.hint = learning_rate, log, where, hint
+    self.wall_offset = previous[-1]["wall_time"] if previous else 0.0
+    self.start = time.perf_counter()
+    self.diverged = divergence.from_records(previous)
+    self.new_records: list[dict[str, Any]] = []
+
+  def record(self, step: int, state: LoopState, metrics, evaluated) -> list[dict[str, Any]]:
+    """The records of the call that ended at ``step``, after its one host sync."""
+    batched = self.config.num_seeds > 1
+    finite = divergence.params_finite(state.params, batched=batched)
+    metrics, evaluated, finite = distributed.fetch((metrics, evaluated, finite))
+    found = divergence.find(
+      metrics["train_loss"], finite, step=step, seeds=self.seed_list, batched=batched
+    )
+    for seed, at in found.items():
+      if seed not in self.diverged:
+        self.diverged[seed] = at
+        self.log(divergence.message(self.where, seed, at, self.hint))
+    lr = self.learning_rate
+    made = records_lib.make(
+      step=step,
+      seeds=self.seed_list,
+      steps_per_epoch=self.plan.steps_per_epoch,
+      langevin_steps=self.config.langevin_steps,
+      metrics=metrics,
+      evaluated=evaluated,
+      wall_time=self.wall_offset + time.perf_counter() - self.start,
+      batched=batched,
+      learning_rate=None if lr is None else float(lr(step - 1) if callable(lr) else lr),
+    )
+    divergence.mark(made, self.diverged)
+    self.new_records += made
+    return made
 
 
 def evaluate(

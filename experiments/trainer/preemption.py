@@ -19,15 +19,13 @@ import signal
 import threading
 from collections.abc import Callable
 
+from experiments.run import signals
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(signals.Stopped):
   """The loop stopped at a signal after saving what it could; ``exit_code`` = 128 + signal."""
-
-  def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.exit_code = 128 + signum
 
 
 class StopOnSignal:
@@ -43,15 +41,23 @@ class StopOnSignal:
     self._previous: dict[int, object] = {}
 
   def install(self) -> None:
+    """Sets the handlers; a signal the command received before the loop
+    (``experiments.run.signals.pending``) counts as this one's first."""
     if threading.current_thread() is not threading.main_thread():
       return
     for signum in SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
+    if signals.pending() is not None and self.requested is None:
+      self._handle(signals.pending(), None)
 
   def restore(self) -> None:
+    """Puts the previous handlers back; a signal the loop did not act on (every seed had
+    diverged) stays requested for the command (``experiments.run.signals.request``)."""
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous.clear()
+    if self.requested is not None:
+      signals.request(self.requested)
 
   def _handle(self, signum: int, frame) -> None:
     del frame

@@ -217,16 +217,18 @@ def prepare(config: RunConfig, model, make_tx, data, *, task=tasks.Task(), mesh=
         "replicas is jax.shard_map over entropy_optax.parle's axis_name, not in this loop yet)."
       )
     distributed.check_mesh(mesh, num_seeds=config.num_seeds, batch_size=config.batch_size)
-  train_data, val_data, num_examples, num_val = device_data.put(data, config, mesh)
-  runner = choose_runner(config.step_runner, model, train_data[0][:1], task)
+  on_device = device_data.put(data, config, mesh)
+  runner = choose_runner(config.step_runner, model, on_device.train[0][:1], task)
   fns = compiled_functions(
     config,
     model,
     make_tx,
     task,
     mesh=mesh,
-    num_examples=num_examples,
-    eval_batch_size=device_data.eval_batch_size(config, num_val, mesh),
+    num_examples=on_device.num_examples,
+    eval_batch_size=on_device.eval_batch_size,
     runner=runner,
   )
-  return Prepared(fns, train_data, val_data, num_examples, num_val, runner)
+  return Prepared(
+    fns, on_device.train, on_device.val, on_device.num_examples, on_device.num_val, runner
+  )
