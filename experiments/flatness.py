@@ -38,6 +38,7 @@ from experiments.launch import cli, comparison, components, jobs
 from experiments.reporting import display_names
 from experiments.run import directory, distributed
 from experiments.run.schema import ConfigError
+from experiments.studies import flatness_perturbation
 from experiments.studies.flatness_analysis import analyse, choose_method
 from experiments.studies.flatness_report import WHAT, plot, table
 
@@ -53,9 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     PROG,
   )
   default = JOBS[next(a for a in argv if a in JOBS)][1]
-  configs = {name: c for (_, name), c in comparison.expand(args, default).items()}
-  if len(args.models) != 1:
-    raise ConfigError("--models: the flatness experiment takes one model.")
+  if args.runs:  # measure finished runs: their own configs
+    runs = _finished_runs(args.runs)
+    configs = {name: run.config for name, run in runs.items()}
+  else:
+    configs = {name: c for (_, name), c in comparison.expand(args, default).items()}
+    if len(args.models) != 1:
+      raise ConfigError("--models: the flatness experiment takes one model.")
   first = next(iter(configs.values()))
   synthetic = "-synthetic" if first.synthetic else ""
   options = args.run.replace(
@@ -67,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       "the flatness analysis runs in one process (each spectrum needs the whole model on one "
       "host): drop --num-processes; --mesh splits the training over this host's devices."
     )
-  runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
+  if args.runs:
+    pathlib.Path(options.workdir).mkdir(parents=True, exist_ok=True)
+  else:
+    runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
   ds = components.load_data(first, options.data_dir, options.download)
   method = choose_method(args, configs, next(iter(runs.values())).results["num_params"])
   root = pathlib.Path(options.workdir)
@@ -88,13 +96,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     "optimizer."
   )
   text = f"{header}\n\n{table(columns)}\n"
+  if any(c["perturbation"] for c in columns.values()):
+    text += (
+      f"\nThe training loss (same examples, evaluation mode) at x + r d along "
+      f"{args.perturbation_samples} random directions d per radius (mean ± std), and the local "
+      "entropy log mean exp(-loss) (higher: wider):\n\n"
+      f"{flatness_perturbation.table(columns)}"
+    )
+    flatness_perturbation.plot(
+      columns, root / "perturbation.png", f"{first.dataset} {first.model}: random perturbations"
+    )
   (root / "flatness.md").write_text(text)
   directory.write_json(root / "flatness.json", columns)
   plot(spectra, root / "spectrum.png", f"{first.dataset} {first.model}: {WHAT[method]}")
-  print(
-    f"\n{text}\nsaved {root / 'flatness.md'}, {root / 'flatness.json'}, {root / 'spectrum.png'}"
-  )
+  print(f"\n{text}\nsaved flatness.md, flatness.json, spectrum.png, perturbation.png in {root}")
   return 0
+
+
+def _finished_runs(workdirs: Sequence[str]) -> dict[str, jobs.Run]:
+  """The finished runs of ``--runs``, keyed by optimizer (by directory name when two share
+  one); all of one data set and model."""
+  runs = [jobs.load_finished(w) for w in workdirs]
+  kinds = {(r.config.dataset, r.config.model) for r in runs}
+  if len(kinds) > 1:
+    raise ConfigError(f"--runs: the runs must share one data set and model, got {sorted(kinds)}.")
+  names = [r.config.optimizer for r in runs]
+  if len(set(names)) < len(names):
+    names = [pathlib.Path(w).name for w in workdirs]
+  return dict(zip(names, runs))
 
 
 if __name__ == "__main__":

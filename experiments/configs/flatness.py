@@ -31,6 +31,17 @@ class FlatnessJob(grid_job.GridJob):
   """Lanczos steps for the extremes and per SLQ probe"""
   slq_samples: int = 8
   """SLQ probes"""
+  relative_radii: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+  """the loss under random perturbations: radii as fractions of each weight array's norm
+  (none: skip)"""
+  absolute_radii: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
+  """the loss under random perturbations and the local entropy: Euclidean radii in the flat
+  weight space (none: skip)"""
+  perturbation_samples: int = 8
+  """random directions per radius (the same for every run of the model)"""
+  runs: tuple[str, ...] = ()
+  """finished run directories to measure instead of training (e.g. the full-length runs of the
+  data set's own script); their saved configs replace the job's recipes"""
 
 
 def _job(dataset: str, model: str, optimizers: tuple[str, ...], **budget: Any) -> FlatnessJob:
