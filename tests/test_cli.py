@@ -7,7 +7,17 @@ import importlib
 
 import pytest
 
-SCRIPTS = ("mnist1d", "charlstm", "cifar10", "mnist", "ptb", "flatness", "sensitivity", "results")
+SCRIPTS = (
+  "mnist1d",
+  "fashion_mnist",
+  "charlstm",
+  "cifar10",
+  "mnist",
+  "ptb",
+  "flatness",
+  "sensitivity",
+  "results",
+)
 SCREENS = 2 * 50  # "a screen or two" of 50 lines
 BOX = set("│╭╮╰╯─")
 
@@ -29,7 +39,7 @@ def test_help_fits_on_a_screen_or_two(script, capsys):
   assert 5 < len(out.splitlines()) <= SCREENS, f"{script} --help: {len(out.splitlines())} lines"
 
 
-@pytest.mark.parametrize("script", ["mnist1d", "charlstm"])
+@pytest.mark.parametrize("script", ["mnist1d", "charlstm", "fashion_mnist"])
 def test_a_comparison_shows_recipe_fields_on_request(script, capsys):
   configs = importlib.import_module(f"experiments.configs.{script}")
   name, preset = next(iter(configs.PRESETS.items()))

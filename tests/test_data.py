@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.data import datasets as data
-from experiments.data import preprocessing
+from experiments.data import mnist_format, preprocessing
 
 
 def _as_multiset(labels, images):
@@ -111,8 +111,8 @@ def test_zca_fewer_examples_than_dimensions():
 def test_mnist_through_mock_data():
   tfds = data._import_tfds()
   with tfds.testing.mock_data(num_examples=12):
-    ds = data.load_mnist()
-    std = data.load_mnist(standardize=True)
+    ds = mnist_format.load_mnist()
+    std = mnist_format.load_mnist(standardize=True)
   assert ds.num_classes == 10 and ds.name == "mnist"
   assert ds.train_x.shape == (12, 28, 28, 1) and ds.test_x.shape == (12, 28, 28, 1)
   assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int32
@@ -136,7 +136,7 @@ def test_missing_dataset_unreachable_host(tmp_path):
   """Offline, the quick reachability check fails instead of tfds's 3.5 min of retries."""
   with mock.patch.object(data, "_download_error", return_value="ConnectionError: offline"):
     with pytest.raises(data.DatasetUnavailableError, match="ConnectionError: offline"):
-      data.load_mnist(data_dir=str(tmp_path))
+      mnist_format.load_mnist(data_dir=str(tmp_path))
 
 
 def test_download_failure_inside_tfds(tmp_path):
@@ -195,7 +195,13 @@ def test_mnist1d_deterministic_and_leaves_global_rng_alone():
 
 
 @pytest.mark.parametrize(
-  "name, shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1)), ("mnist1d", (40,))]
+  "name, shape",
+  [
+    ("cifar10", (32, 32, 3)),
+    ("mnist", (28, 28, 1)),
+    ("fashion_mnist", (28, 28, 1)),
+    ("mnist1d", (40,)),
+  ],
 )
 def test_synthetic_like(name, shape):
   ds = data.synthetic_like(name, num_train=300, num_test=20, seed=3)
@@ -207,7 +213,7 @@ def test_synthetic_like(name, shape):
   assert abs(train_x.mean()) < 0.05 and abs(train_x.std() - 1) < 0.05
   again = data.synthetic_like(name, num_train=300, num_test=20, seed=3)
   np.testing.assert_array_equal(again.train_x, train_x)
-  with pytest.raises(ValueError, match="cifar10, mnist, mnist1d"):
+  with pytest.raises(ValueError, match="cifar10, fashion_mnist, mnist, mnist1d"):
     data.synthetic_like("imagenet", 1, 1)
 
 

@@ -4,11 +4,12 @@ module here and a line to ``EXPERIMENTS``; its thin script calls ``experiments.l
 ``sensitivity`` and ``flatness`` are not among them: they hold the sensitivity study's grids
 (``GRIDS``) and the flatness experiment's jobs (``JOBS``)."""
 
-from experiments.configs import charlstm, cifar10, mnist, mnist1d, ptb
+from experiments.configs import charlstm, cifar10, fashion_mnist, mnist, mnist1d, ptb
 
 EXPERIMENTS = {
   "cifar10": cifar10,
   "mnist": mnist,
+  "fashion_mnist": fashion_mnist,
   "mnist1d": mnist1d,
   "ptb": ptb,
   "charlstm": charlstm,

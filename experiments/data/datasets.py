@@ -21,7 +21,15 @@ from experiments.data.preprocessing import global_contrast_normalize, zca_apply,
 
 
 class DatasetUnavailableError(RuntimeError):
-  """A data set is neither prepared in the data directory nor downloadable."""
+  """A data set is neither prepared in the data directory nor downloadable.
+
+  Attributes:
+    reason: why the download failed (or ``"download=False"``), without the advice.
+  """
+
+  def __init__(self, message: str, reason: str = ""):
+    super().__init__(message)
+    self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,6 +45,9 @@ class Dataset:
     test_y: int32 labels, (num_test,).
     num_classes: number of classes.
     name: what the data are, e.g. ``"cifar10"`` or ``"synthetic:cifar10"``.
+    val_x: inputs of a validation split carved from the training set (None: none); not
+      among the four arrays that the ``Dataset`` unpacks to.
+    val_y: its labels.
   """
 
   train_x: np.ndarray
@@ -45,6 +56,8 @@ class Dataset:
   test_y: np.ndarray
   num_classes: int
   name: str = ""
+  val_x: np.ndarray | None = None
+  val_y: np.ndarray | None = None
 
   def __iter__(self):
     return iter((self.train_x, self.train_y, self.test_x, self.test_y))
@@ -63,8 +76,11 @@ class Dataset:
 _DOWNLOAD_URLS = {
   "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
   "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/train-labels-idx1-ubyte.gz",
+  "fashion_mnist": (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-labels-idx1-ubyte.gz"
+  ),
 }
-_HUMAN_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+HUMAN_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 
 
 def _import_tfds():
@@ -88,15 +104,16 @@ def _download_error(url: str, timeout: float = 5.0) -> str | None:
 def _unavailable(name: str, data_dir: str | None, reason: str) -> DatasetUnavailableError:
   where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
   return DatasetUnavailableError(
-    f"{_HUMAN_NAMES[name]} is not prepared in {where} and could not be downloaded "
+    f"{HUMAN_NAMES[name]} is not prepared in {where} and could not be downloaded "
     f"({reason}). Run once on a machine with internet access (tfds downloads and "
     f"prepares it), or pass --data-dir to a directory where tfds has prepared "
     f"'{name}' (copy ~/tensorflow_datasets/{name} from such a machine), or use "
-    f"--synthetic for random data of the same shape."
+    f"--synthetic for random data of the same shape.",
+    reason,
   )
 
 
-def _load_tfds(name: str, data_dir: str | None, download: bool):
+def load_tfds(name: str, data_dir: str | None, download: bool):
   """Returns ``(train_x, train_y, test_x, test_y)`` uint8 images and labels from tfds."""
   tfds = _import_tfds()
 
@@ -160,7 +177,7 @@ def load_cifar10(
   Raises:
     DatasetUnavailableError: if CIFAR-10 is absent and cannot be downloaded.
   """
-  train_x, train_y, test_x, test_y = _load_tfds("cifar10", data_dir, download)
+  train_x, train_y, test_x, test_y = load_tfds("cifar10", data_dir, download)
   if preprocess:
     train_x = global_contrast_normalize(train_x, gcn_scale)
     test_x = global_contrast_normalize(test_x, gcn_scale)
@@ -170,32 +187,6 @@ def load_cifar10(
     train_x = train_x.astype(np.float32) / 255.0
     test_x = test_x.astype(np.float32) / 255.0
   return Dataset(train_x, train_y, test_x, test_y, num_classes=10, name="cifar10")
-
-
-def load_mnist(
-  data_dir: str | None = None, *, download: bool = True, standardize: bool = False
-) -> Dataset:
-  """MNIST through tfds, pixels scaled to [0, 1].
-
-  Args:
-    data_dir: tfds data directory; None for tfds's default.
-    download: whether tfds may download and prepare the data set if absent.
-    standardize: also subtract the training pixel mean and divide by the
-      training pixel standard deviation (one scalar each).
-
-  Returns:
-    ``Dataset`` of 60000 + 10000 float32 images of shape (28, 28, 1).
-
-  Raises:
-    DatasetUnavailableError: if MNIST is absent and cannot be downloaded.
-  """
-  train_x, train_y, test_x, test_y = _load_tfds("mnist", data_dir, download)
-  train_x = train_x.astype(np.float32) / 255.0
-  test_x = test_x.astype(np.float32) / 255.0
-  if standardize:
-    mean, std = train_x.mean(), train_x.std()
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-  return Dataset(train_x, train_y, test_x, test_y, num_classes=10, name="mnist")
 
 
 # ---------------------------------------------------------------------------
@@ -245,7 +236,12 @@ def load_mnist1d(num_train: int = 4000, num_test: int = 1000, seed: int = 42) ->
   )
 
 
-_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "mnist1d": (40,)}
+_SHAPES = {
+  "cifar10": (32, 32, 3),
+  "mnist": (28, 28, 1),
+  "fashion_mnist": (28, 28, 1),
+  "mnist1d": (40,),
+}
 
 
 def synthetic_like(name: str, num_train: int, num_test: int, seed: int = 0) -> Dataset:
@@ -255,7 +251,7 @@ def synthetic_like(name: str, num_train: int, num_test: int, seed: int = 0) -> D
   irrelevant. Nothing can be learned from these data beyond memorisation.
 
   Args:
-    name: ``"cifar10"``, ``"mnist"`` or ``"mnist1d"``.
+    name: ``"cifar10"``, ``"mnist"``, ``"fashion_mnist"`` or ``"mnist1d"``.
     num_train: number of training examples.
     num_test: number of test examples.
     seed: seed of the numpy generator.

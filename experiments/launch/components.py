@@ -24,6 +24,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from experiments.data import datasets as data_lib
+from experiments.data import mnist_format
 from experiments.models import feedforward as models
 from experiments.models import recurrent
 from experiments.optimizers import registry as optimizers_lib
@@ -69,8 +70,16 @@ DATASETS: dict[str, DatasetEntry] = {
     ("allcnn_bn", "allcnn_bn_authors"),
     (50_000, 10_000),
   ),
+  # From a directory of IDX files (--data-dir), a system package's, or tfds.
   "mnist": DatasetEntry(
-    lambda c, d, dl: data_lib.load_mnist(d, download=dl), ("mnistfc", "lenet_bn"), (60_000, 10_000)
+    lambda c, d, dl: mnist_format.load_mnist(d, download=dl),
+    ("mnistfc", "lenet_bn"),
+    (60_000, 10_000),
+  ),
+  "fashion_mnist": DatasetEntry(
+    lambda c, d, dl: mnist_format.load_fashion_mnist(d, download=dl),
+    ("mnistfc", "lenet_bn"),
+    (60_000, 10_000),
   ),
   "mnist1d": DatasetEntry(_mnist1d, ("mlp1d", "cnn1d"), (4000, 1000)),
   # Texts (experiments/data/text.py): PTB from --data-dir, characters from --text-file.
@@ -147,7 +156,7 @@ def validate(config: RunConfig, prefix: str = "") -> RunConfig:
     "bptt_steps",
   ):
     need(getattr(config, name) >= 1, name, ">= 1")
-  for name in ("num_train", "num_test", "checkpoint_every_evals"):
+  for name in ("num_train", "num_test", "validation_examples", "checkpoint_every_evals"):
     need(getattr(config, name) >= 0, name, ">= 0")
   for name in (
     "weight_decay",
@@ -203,7 +212,8 @@ _DATA_CACHE: dict[tuple[Any, ...], data_lib.Dataset] = {}
 def load_data(
   config: RunConfig, data_dir: str | None = None, download: bool = True
 ) -> data_lib.Dataset:
-  """The data of ``config``: real or synthetic, cut to num_train / num_test.
+  """The data of ``config``: real or synthetic, cut to num_train / num_test, the last
+  validation_examples of the training examples held out as ``val_x``, ``val_y``.
 
   The last data set is cached in the process: the runs of a grid share their data.
   """
@@ -213,6 +223,7 @@ def load_data(
     config.synthetic,
     config.num_train,
     config.num_test,
+    config.validation_examples,
     config.data_seed,
     data_dir,
   )
@@ -220,6 +231,11 @@ def load_data(
     if config.synthetic:
       raise ConfigError(
         f"--synthetic has no text data set: drop it for --dataset {config.dataset}."
+      )
+    if config.validation_examples:
+      raise ConfigError(
+        f"--validation-examples: a text has its own validation split; drop it for --dataset "
+        f"{config.dataset}."
       )
     key += (config.text_file, config.batch_size, config.bptt_steps, config.eval_batch_size)
   if key not in _DATA_CACHE:
@@ -234,13 +250,21 @@ def load_data(
     else:
       ds = entry.load(config, data_dir, download)
     cut = lambda a, n: a[:n] if n and not entry.sequence else a  # a text is cut in tokens
+    train_x, train_y = cut(ds.train_x, config.num_train), cut(ds.train_y, config.num_train)
+    held = config.validation_examples
+    if held and held >= len(train_x):
+      raise ConfigError(
+        f"--validation-examples {held} leaves no training example of {len(train_x)}: lower it."
+      )
     _DATA_CACHE[key] = data_lib.Dataset(
-      cut(ds.train_x, config.num_train),
-      cut(ds.train_y, config.num_train),
+      train_x[: len(train_x) - held],
+      train_y[: len(train_y) - held],
       cut(ds.test_x, config.num_test),
       cut(ds.test_y, config.num_test),
       num_classes=ds.num_classes,
       name=ds.name,
+      val_x=train_x[len(train_x) - held :] if held else None,
+      val_y=train_y[len(train_y) - held :] if held else None,
     )
   return _DATA_CACHE[key]
 

@@ -124,6 +124,9 @@ def run_experiment(
       heldout = loop.evaluate(
         config, result.state, heldout(config, options.data_dir), task=task, mesh=mesh
       )
+    validation = None
+    if ds.val_x is not None:  # the validation split carved from the training set
+      validation = loop.evaluate(config, result.state, (ds.val_x, ds.val_y), task=task, mesh=mesh)
     results = summaries.summarize(
       all_records,
       config,
@@ -135,6 +138,7 @@ def run_experiment(
       if config.synthetic
       else configs.paper_result(config.dataset, config.model, config.optimizer),
       heldout=heldout,
+      validation=validation,
       diverged=result.diverged,
     )
     if distributed.is_writer():

@@ -11,6 +11,7 @@ NAMES = {
   "cnn1d": "CNN",
   "cifar10": "CIFAR-10",
   "mnist": "MNIST",
+  "fashion_mnist": "Fashion-MNIST",
   "mnist1d": "MNIST-1D",
   "sgd": "SGD",
   "adam": "Adam",

@@ -28,6 +28,7 @@ def summarize(
   num_test: int,
   paper: str | None,
   heldout: Mapping[str, Any] | None = None,
+  validation: Mapping[str, Any] | None = None,
   diverged: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
   """The results of a finished run from all its metrics records (resumed or not) and its
@@ -40,6 +41,8 @@ def summarize(
   evaluated split (nats per token for a language model). ``heldout``: the metrics of a split
   evaluated once at the end (a text's test split, the evaluated one being its validation
   split), stored as ``heldout_loss`` (and ``heldout_error``, in % like ``test_error``) per seed.
+  ``validation``: the metrics at the end of the validation split carved from the training set
+  (``--validation-examples``), stored as ``validation_loss`` and ``validation_error`` (%).
   ``diverged``: ``{seed: step}`` of the seeds whose loss or parameters stopped being finite;
   their errors are NaN, means and standard deviations are over the other seeds (NaN when none
   is left), and ``diverged`` lists ``{"seed", "step"}`` of each.
@@ -82,12 +85,13 @@ def summarize(
     ),
     "diverged": [{"seed": s, "step": n} for s, n in sorted(diverged.items())],
   }
-  if heldout is not None:
-    scale = {"loss": 1.0, "error": 100.0}
-    for key in ("loss", "error"):
-      values = (scale[key] * np.atleast_1d(heldout[f"val_{key}"])).tolist()
-      values = [np.nan if s in diverged else v for s, v in zip(seeds, values)]
-      out.update(_per_seed(f"heldout_{key}", values))
+  scale = {"loss": 1.0, "error": 100.0}
+  for name, metrics in (("heldout", heldout), ("validation", validation)):
+    if metrics is not None:
+      for key in ("loss", "error"):
+        values = (scale[key] * np.atleast_1d(metrics[f"val_{key}"])).tolist()
+        values = [np.nan if s in diverged else v for s, v in zip(seeds, values)]
+        out.update(_per_seed(f"{name}_{key}", values))
   return out
 
 
@@ -145,6 +149,8 @@ def format_result(results: Mapping[str, Any]) -> str:
       f"{note} ({n} seed{'s' if n > 1 else ''}; no accuracy), {results['wall_time_s']:.1f} s{paper}"
     )
   paper += f"; {note}" if note else ""
+  if "validation_error_mean" in results:
+    paper = f"; validation error {results['validation_error_mean']:.2f}%" + paper
   if "heldout_loss" in results:  # a language model: validation and test loss
     return (
       f"validation {text_loss(results, 'val_loss')}, test {text_loss(results)} after "

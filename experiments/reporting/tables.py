@@ -13,7 +13,7 @@ import numpy as np
 from experiments.reporting import display_names, summaries
 
 # The baselines the paper compared Entropy-SGD with, and each family's own.
-PAPER_BASELINE = {"mnist": "adam", "cifar10": "sgd", "ptb": "sgd"}
+PAPER_BASELINE = {"mnist": "adam", "fashion_mnist": "adam", "cifar10": "sgd", "ptb": "sgd"}
 FAMILY_BASELINE = {"entropy-sgd": "sgd", "entropy-adam": "adam", "entropy-sgd-lua": "sgd"}
 
 

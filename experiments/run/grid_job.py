@@ -21,6 +21,7 @@ SHARED = (
   "batch_size",
   "num_train",
   "num_test",
+  "validation_examples",
   "data_seed",
   "synthetic",
   "eval_every_effective_epochs",
@@ -39,8 +40,7 @@ class GridJob:
   effective_epochs: float | None = None
   """budget of every run in effective epochs (None: each recipe's outer_epochs)"""
   lr_decay_at_fractions: tuple[float, ...] | None = None
-  """with --effective-epochs: the learning rate drops by lr_decay at these fractions of every
-  run (None: each recipe's lr_decay_outer_epochs)"""
+  """with --effective-epochs: lr x lr_decay at these fractions of a run (None: the recipe's)"""
   eval_every_effective_epochs: float | None = None
   """evaluate every this many effective epochs (None: each recipe's)"""
   num_seeds: int | None = None
@@ -53,6 +53,8 @@ class GridJob:
   """training examples (0: all; None: each recipe's)"""
   num_test: int | None = None
   """test examples (0: all; None: each recipe's)"""
+  validation_examples: int | None = None
+  """validation examples held out (None: each recipe's)"""
   data_seed: int | None = None
   """seed of generated data (None: each recipe's)"""
   synthetic: bool | None = None

@@ -131,6 +131,11 @@ class RunConfig:
   """use the first N training examples (0: all)"""
   num_test: int = 0
   """use the first N test examples (0: all)"""
+  validation_examples: int = 0
+  """hold out the last N of the training examples (after --num-train's cut) as a validation
+  split: never trained on, evaluated at the end of the run (results.json: validation_error), for
+  what is chosen during training (a learning rate, a schedule) while the test set stays unseen;
+  0: none (image data sets only: a text has its own validation split)"""
   data_seed: int = 42
   """seed of generated data (MNIST-1D, synthetic)"""
   seed: int = 0
@@ -227,7 +232,7 @@ class RunOptions:
   tensorboard: bool = True
   """write TensorBoard events of the metrics beside metrics.jsonl (tensorboard --logdir runs/)"""
   data_dir: str | None = None
-  """tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"""
+  """tfds data directory, or (mnist, fashion_mnist) a directory of the four IDX files"""
   download: bool = True
   """let tfds download and prepare an absent data set"""
   mesh: str | None = None
