@@ -5,6 +5,8 @@
     python -m experiments.flatness mnist --method lanczos
     python -m experiments.flatness cifar10 --method fisher
     python -m experiments.flatness charlstm                 # Sec. 5.1's small char-LSTM
+    python -m experiments.flatness fashion_mnist --models mnistfc --data-dir DIR
+    python -m experiments.flatness fashion_mnist --runs RUN_DIR RUN_DIR --data-dir DIR
 
 Trains one run per recipe (MNIST-1D: the main job's, at --effective-epochs; MNIST and
 CIFAR-10: the presets of experiments/configs), then characterises the training loss at each
@@ -19,9 +21,15 @@ final point, in evaluation mode (BatchNorm running statistics, no dropout), on t
 * adam-fisher: the paper's proxy for All-CNN-BN, Adam's bias-corrected second moment of the
   minibatch gradients along the trajectory (adam and entropy-adam runs only).
 
+It then measures the same loss at random points x + r d around each final point (the same
+directions for every run): radii relative to each weight array's norm (--relative-radii) and
+absolute (--absolute-radii), and the local entropy log mean exp(-loss) on each sphere.
+
 It prints the paper's statistics side by side (fraction of |lambda| below 1e-4, 1e-3, 1e-2,
-of negative eigenvalues, the extremes), and saves flatness.json, flatness.md, the values (.npy)
-and spectrum.png under --workdir (default runs/flatness-<dataset>-<model>).
+of negative eigenvalues, the extremes) and the perturbed losses, and saves flatness.json,
+flatness.md, the values (.npy), spectrum.png and perturbation.png under --workdir (default
+runs/flatness-<dataset>-<model>). --runs DIR... measures finished runs (for instance the
+full-length runs of a data set's own script) instead of training.
 """
 
 from __future__ import annotations

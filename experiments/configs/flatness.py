@@ -71,6 +71,12 @@ JOBS = {
     "LeNet-BN on MNIST, Adam vs Entropy-SGD, the paper's presets",
     _job("mnist", "lenet_bn", ("adam", "entropy-sgd")),
   ),
+  "fashion_mnist": (
+    "mnistfc (--models mnistfc, 1.9M weights) or LeNet-BN on Fashion-MNIST (--data-dir: the "
+    "four IDX files), Adam vs Entropy-SGD, the paper's presets; Lanczos and SLQ on 1000 "
+    "training images; --runs DIR... measures finished runs of python -m experiments.fashion_mnist",
+    _job("fashion_mnist", "lenet_bn", ("adam", "entropy-sgd"), method="lanczos"),
+  ),
   "cifar10": (
     "All-CNN-BN on CIFAR-10, SGD vs Entropy-SGD, the paper's presets",
     _job("cifar10", "allcnn_bn", ("sgd", "entropy-sgd")),
