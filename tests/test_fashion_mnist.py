@@ -12,6 +12,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from benchmarks import fashion_mnist_progress
 from experiments import fashion_mnist
 from experiments.configs import fashion_mnist as fashion_configs
 from experiments.configs import mnist as mnist_configs
@@ -230,6 +231,13 @@ def test_job_one_step_on_small_idx_files(tmp_path, no_system_copy, capsys):
     accuracy = f"{100 - run['test_error_mean']:.1f} ± {run['test_error_std']:.1f}"
     assert accuracy in (workdir / "summary.md").read_text()
   assert (workdir / "test_error.png").stat().st_size > 0
+  progress = tmp_path / "progress"
+  assert fashion_mnist_progress.main([str(tmp_path), "--output-dir", str(progress)]) == 0
+  rows = (progress / "summary.md").read_text()
+  for key, run in results.items():
+    assert f"| job/{key} |" in rows and "| finished |" in rows
+    assert f"{run['test_error_mean']:.2f} ± {run['test_error_std']:.2f} at" in rows
+  assert (progress / "test_error.png").stat().st_size > 0
   before = (workdir / "results.json").read_text()
   assert fashion_mnist.main([*argv, "--resume"]) == 0  # finished runs are kept
   again = json.loads((workdir / "results.json").read_text())
