@@ -19,7 +19,8 @@ the machine's load spreads over all of them, after one untimed part each (compil
   ``torch.optim.SGD`` (Nesterov 0.9) or ``benchmarks.torch_reference.TorchEntropySGD`` with the
   recipe's settings, on the standalone's mini-batches.
 
-It prints images per second (median over the parts), the epoch's seconds (sum of the parts) and
+It prints images per second (median over the parts), the epoch's seconds (sum of the parts;
+extrapolated when ``--epoch-fraction`` times a part of the epoch) and
 the ratios harness / standalone (target <= 1.15) and torch / standalone, in seconds per image.
 The images are Fashion-MNIST's (``--data-dir``, default the Debian package's directory), else
 random images of the same shape (said in the output).
@@ -118,7 +119,12 @@ def measure(model_name: str, optimizer: str, args, images, labels) -> dict:
   )
   L, n = config.langevin_steps, len(images)
   outer_per_epoch = (n // args.batch) // L
-  part = outer_per_epoch // args.chunks  # outer steps per timed part
+  part = round(args.epoch_fraction * outer_per_epoch) // args.chunks  # outer steps per part
+  if part < 1:
+    raise SystemExit(
+      f"{model_name} {optimizer}: {args.epoch_fraction:g} of an epoch is {outer_per_epoch} "
+      f"outer steps, fewer than --chunks {args.chunks}: use more images or fewer chunks."
+    )
   model = components.make_model(config, 10)
   make_tx = optimizers.optimizer_factory(config, n)
   task = components.make_task(config, model)
@@ -155,7 +161,7 @@ def measure(model_name: str, optimizer: str, args, images, labels) -> dict:
   if torch is not None:
     reference = Torch(model_name, config, args.torch_threads or os.cpu_count())
     nchw = np.moveaxis(np.asarray(batches_x), -1, -3)
-    torch_x = torch.from_numpy(np.ascontiguousarray(nchw))
+    torch_x = torch.from_numpy(np.array(nchw, copy=True))  # writable, contiguous
     torch_y = torch.from_numpy(np.asarray(batches_y).astype(np.int64))
     variants["torch"] = lambda c: reference.run(torch_x[c], torch_y[c])
   seconds = {v: [] for v in variants}
@@ -193,6 +199,12 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--optimizers", nargs="+", default=["sgd"], choices=list(RECIPES))
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--chunks", type=int, default=4, help="timed parts of the epoch")
+  parser.add_argument(
+    "--epoch-fraction",
+    type=float,
+    default=1.0,
+    help="time this fraction of the effective epoch (the epoch's seconds are extrapolated)",
+  )
   parser.add_argument("--data-dir", default=DEFAULT_DATA, help="the four IDX files")
   parser.add_argument("--num-train", type=int, default=0, help="first N images (0: all)")
   parser.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
@@ -205,7 +217,8 @@ def main(argv=None) -> list[dict]:
   print(
     f"{what}: {len(images)} images; jax {jax.__version__} on {jax.devices()[0].platform}, "
     f"torch {torch.__version__ if torch is not None else 'absent'}; load average "
-    f"{harness.load_average()}; medians over {args.chunks} parts of one effective epoch"
+    f"{harness.load_average()}; medians over {args.chunks} parts of {args.epoch_fraction:g} "
+    "effective epoch"
   )
   results = [
     measure(model, optimizer, args, images, labels)
