@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 import time
 
 import jax
@@ -209,8 +210,9 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--num-train", type=int, default=0, help="first N images (0: all)")
   parser.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
   parser.add_argument("--json", default=None, help="write the numbers and environment here")
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
-  env = harness.environment("benchmarks.epoch_speed", argv or [])
+  env = harness.environment("benchmarks.epoch_speed", argv)
   images, labels, what = load_images(args.data_dir)
   if args.num_train:
     images, labels = images[: args.num_train], labels[: args.num_train]
