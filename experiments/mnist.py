@@ -4,8 +4,9 @@
     python -m experiments.mnist adam --model mnistfc
     python -m experiments.mnist entropy-sgd-lua --model lenet_bn   # as the Lua code ran it
 
-MNIST from tensorflow-datasets, pixels scaled to [0, 1]. The presets are in
-experiments/configs/mnist.py; any field is an option (PRESET --help).
+MNIST from a directory of its four IDX files (--data-dir) or tensorflow-datasets, pixels
+scaled to [0, 1]. The presets are in experiments/configs/mnist.py; any field is an option
+(PRESET --help). Fashion-MNIST: python -m experiments.fashion_mnist.
 """
 
 from __future__ import annotations
