@@ -23,7 +23,7 @@ except ImportError:  # torch is an optional, benchmark-only dependency
 
 
 def torch_model(name: str):
-  """``mlp``, ``lenet_bn`` or ``allcnn_bn`` as a ``torch.nn.Sequential``."""
+  """``mlp``, ``mnistfc``, ``lenet_bn`` or ``allcnn_bn`` as a ``torch.nn.Sequential``."""
   if name == "mlp":
     return tnn.Sequential(
       tnn.Flatten(),
@@ -37,6 +37,13 @@ def torch_model(name: str):
   def bn(c, dims=2):  # torch momentum 0.1 = flax momentum 0.9 (experiments/models/base.py)
     return (tnn.BatchNorm2d if dims == 2 else tnn.BatchNorm1d)(c, momentum=0.1)
 
+  if name == "mnistfc":  # experiments.models.feedforward.MnistFC: 784-1024-1024-10, BN, dropout
+    hidden = [
+      layer
+      for width in (784, 1024)
+      for layer in (tnn.Linear(width, 1024, bias=False), bn(1024, 1), tnn.ReLU(), tnn.Dropout(0.5))
+    ]
+    return tnn.Sequential(tnn.Flatten(), tnn.Dropout(0.2), *hidden, tnn.Linear(1024, 10))
   if name == "lenet_bn":  # experiments.models.feedforward.LeNetBN: pools 3 then 2, dropout 0.5
     return tnn.Sequential(
       tnn.Conv2d(1, 20, 5, bias=False),

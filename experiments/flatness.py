@@ -5,6 +5,8 @@
     python -m experiments.flatness mnist --method lanczos
     python -m experiments.flatness cifar10 --method fisher
     python -m experiments.flatness charlstm                 # Sec. 5.1's small char-LSTM
+    python -m experiments.flatness fashion_mnist --models mnistfc --data-dir DIR
+    python -m experiments.flatness fashion_mnist --runs RUN_DIR RUN_DIR --data-dir DIR
 
 Trains one run per recipe (MNIST-1D: the main job's, at --effective-epochs; MNIST and
 CIFAR-10: the presets of experiments/configs), then characterises the training loss at each
@@ -19,9 +21,15 @@ final point, in evaluation mode (BatchNorm running statistics, no dropout), on t
 * adam-fisher: the paper's proxy for All-CNN-BN, Adam's bias-corrected second moment of the
   minibatch gradients along the trajectory (adam and entropy-adam runs only).
 
+It then measures the same loss at random points x + r d around each final point (the same
+directions for every run): radii relative to each weight array's norm (--relative-radii) and
+absolute (--absolute-radii), and the local entropy log mean exp(-loss) on each sphere.
+
 It prints the paper's statistics side by side (fraction of |lambda| below 1e-4, 1e-3, 1e-2,
-of negative eigenvalues, the extremes), and saves flatness.json, flatness.md, the values (.npy)
-and spectrum.png under --workdir (default runs/flatness-<dataset>-<model>).
+of negative eigenvalues, the extremes) and the perturbed losses, and saves flatness.json,
+flatness.md, the values (.npy), spectrum.png and perturbation.png under --workdir (default
+runs/flatness-<dataset>-<model>). --runs DIR... measures finished runs (for instance the
+full-length runs of a data set's own script) instead of training.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from experiments.launch import cli, comparison, components, jobs
 from experiments.reporting import display_names, summaries
 from experiments.run import directory, distributed
 from experiments.run.schema import ConfigError
+from experiments.studies import flatness_perturbation
 from experiments.studies.flatness_analysis import analyse, choose_method
 from experiments.studies.flatness_report import WHAT, plot, table
 
@@ -58,9 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     PROG,
   )
   default = JOBS[next(a for a in argv if a in JOBS)][1]
-  configs = {name: c for (_, name), c in comparison.expand(args, default).items()}
-  if len(args.models) != 1:
-    raise ConfigError("--models: the flatness experiment takes one model.")
+  if args.runs:  # measure finished runs: their own configs
+    runs = _finished_runs(args.runs)
+    configs = {name: run.config for name, run in runs.items()}
+  else:
+    configs = {name: c for (_, name), c in comparison.expand(args, default).items()}
+    if len(args.models) != 1:
+      raise ConfigError("--models: the flatness experiment takes one model.")
   first = next(iter(configs.values()))
   synthetic = "-synthetic" if first.synthetic else ""
   options = args.run.replace(
@@ -72,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       "the flatness analysis runs in one process (each spectrum needs the whole model on one "
       "host): drop --num-processes; --mesh splits the training over this host's devices."
     )
-  runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
+  if args.runs:
+    pathlib.Path(options.workdir).mkdir(parents=True, exist_ok=True)
+  else:
+    runs = jobs.run_grid(configs, options, prefixes={name: f"recipe.{name}." for name in configs})
   for name, run in runs.items():  # NaN parameters have no spectrum; an older checkpoint is
     if run.results.get("diverged"):  # not the run's final point
       raise ConfigError(
@@ -100,13 +116,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     "optimizer."
   )
   text = f"{header}\n\n{table(columns)}\n"
+  if any(c["perturbation"] for c in columns.values()):
+    text += (
+      f"\nThe training loss (same examples, evaluation mode) at x + r d along "
+      f"{args.perturbation_samples} random directions d per radius (mean ± std), and the local "
+      "entropy log mean exp(-loss) (higher: wider):\n\n"
+      f"{flatness_perturbation.table(columns)}"
+    )
+    flatness_perturbation.plot(
+      columns, root / "perturbation.png", f"{first.dataset} {first.model}: random perturbations"
+    )
   (root / "flatness.md").write_text(text)
   directory.write_json(root / "flatness.json", columns)
   plot(spectra, root / "spectrum.png", f"{first.dataset} {first.model}: {WHAT[method]}")
-  print(
-    f"\n{text}\nsaved {root / 'flatness.md'}, {root / 'flatness.json'}, {root / 'spectrum.png'}"
-  )
+  print(f"\n{text}\nsaved flatness.md, flatness.json, spectrum.png, perturbation.png in {root}")
   return 0
+
+
+def _finished_runs(workdirs: Sequence[str]) -> dict[str, jobs.Run]:
+  """The finished runs of ``--runs``, keyed by optimizer (by directory name when two share
+  one); all of one data set and model."""
+  runs = [jobs.load_finished(w) for w in workdirs]
+  kinds = {(r.config.dataset, r.config.model) for r in runs}
+  if len(kinds) > 1:
+    raise ConfigError(f"--runs: the runs must share one data set and model, got {sorted(kinds)}.")
+  names = [r.config.optimizer for r in runs]
+  if len(set(names)) < len(names):
+    names = [pathlib.Path(w).name for w in workdirs]
+  return dict(zip(names, runs))
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def test_torch_reference_matches_core():
     )
 
 
-SCRIPTS = ("step_cost", "memory", "multi_run", "precision", "torch_reference")
+SCRIPTS = ("step_cost", "memory", "multi_run", "precision", "torch_reference", "epoch_speed")
 
 
 def test_scripts_document_their_command():
@@ -305,3 +305,24 @@ def test_baseline_unroll_follows_the_core_rule():
   assert programs.baseline_unroll("rolled", lenet, 20) == 1
   assert programs.baseline_unroll("full", mlp, 20) == 20
   assert programs.baseline_unroll("7", mlp, 20) == 7
+
+
+@pytest.mark.slow
+def test_epoch_speed_rows_are_the_timed_parts(tmp_path):
+  """One epoch of 512 random images at batch 32 in 2 parts: every variant is timed on the same
+  parts, and images/s and the epoch's seconds are those of its timed parts."""
+  from benchmarks import epoch_speed
+
+  out = tmp_path / "epoch.json"
+  argv = ["--models", "mnistfc", "--num-train", "512", "--batch", "32", "--chunks", "2"]
+  (result,) = epoch_speed.main([*argv, "--data-dir", str(tmp_path / "none"), "--json", str(out)])
+  rows = {r["variant"].split(" ")[0]: r for r in result["rows"]}
+  assert set(rows) == {"harness", "standalone"} | ({"torch"} if torch_models.torch else set())
+  for row in rows.values():
+    times = row["times_s"]
+    assert len(times) == 2  # 16 steps of 32 images: 2 parts of 8 steps
+    np.testing.assert_allclose(row["images_per_s"], 8 * 32 / np.median(times), rtol=1e-9)
+    np.testing.assert_allclose(row["epoch_s"], sum(times), rtol=1e-9)
+  assert rows["standalone"]["ratio_to_standalone"] == 1.0
+  saved = json.loads(out.read_text())
+  assert saved["environment"]["data"].startswith("random images")

@@ -534,6 +534,32 @@ def test_flatness_on_tiny_mnist1d(narrow_models, capsys, tmp_path):
     assert stats[label]["test_error"] == test_error
   assert "| fraction \\|λ\\| < 1e-04 |" in out and "| largest λ |" in out
   assert (workdir / "spectrum.png").stat().st_size > 0
+  # Random perturbations: at radius 0 every direction gives the loss at the solution, and the
+  # local entropy log mean exp(-loss) is then -loss.
+  for label in ("Adam", "Entropy-SGD"):
+    for kind in ("relative", "absolute"):
+      profile = stats[label]["perturbation"][kind]
+      assert profile["radii"][0] == 0.0 and len(profile["mean"]) == 6
+      np.testing.assert_allclose(profile["mean"][0], stats[label]["loss"], rtol=1e-5)
+      np.testing.assert_allclose(profile["std"][0], 0.0, atol=1e-6)
+      np.testing.assert_allclose(profile["local_entropy"][0], -stats[label]["loss"], rtol=1e-5)
+  assert "| relative radius |" in out and (workdir / "perturbation.png").stat().st_size > 0
+  # The same measurement on the finished run directories (--runs), without training.
+  again = tmp_path / "again"
+  code, out, err = run_main(
+    flatness,
+    ["mnist1d", "--runs", workdir / "adam", workdir / "entropy-sgd", "--workdir", again]
+    + ["--hessian-examples", 60, "--hessian-batch", 30, "--absolute-radii", *QUIET],
+    capsys,
+  )
+  assert code == 0, err
+  remeasured = read_json(again / "flatness.json")
+  for label in ("Adam", "Entropy-SGD"):
+    assert list(remeasured[label]["perturbation"]) == ["relative"]
+    assert remeasured[label]["perturbation"]["relative"] == stats[label]["perturbation"]["relative"]
+    np.testing.assert_allclose(remeasured[label]["max_eigenvalue"], stats[label]["max_eigenvalue"])
+  code, _, err = run_main(flatness, ["mnist1d", "--runs", tmp_path, *QUIET], capsys)
+  assert code == 1 and "no config.json" in err
   # The paper's Fisher proxy on the same (finished, reused) Adam run: Adam's bias-corrected
   # second moment, read from the run's last checkpoint.
   code, out, err = run_main(

@@ -266,6 +266,91 @@ def test_hutchinson_is_exact_on_a_diagonal_hessian():
   np.testing.assert_allclose(est.stderr, 0.0, atol=1e-6)
 
 
+# ----------------------------------------------------------------- perturbations
+
+
+def test_perturbation_profile_absolute_radius_is_a_euclidean_distance():
+  # f = batch * |x - c|^2 is r^2 on every sphere of radius r; batches 1 and 3 average to 2.
+  center = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(4)}
+  flat_center = ravel_pytree(center)[0]
+  loss = lambda p, batch: batch * jnp.sum((ravel_pytree(p)[0] - flat_center) ** 2)
+  radii = [0.0, 0.5, 2.0]
+  profile = flatness.perturbation_profile(loss, center, [1.0, 3.0], radii, num_samples=5, key=0)
+  assert profile.losses.shape == (3, 5) and not profile.relative
+  np.testing.assert_allclose(profile.losses, 2 * np.square(radii)[:, None] * np.ones(5), rtol=1e-5)
+
+
+def test_perturbation_profile_relative_radius_scales_each_array_by_its_norm():
+  # |x_a| = 2, |x_b| = 3, x_z = 0: relative r moves a by 2r, b by 3r, z not at all, so
+  # f = |d_a|^2 + 10 |d_b|^2 + 1000 |d_z|^2 = r^2 (4 + 90) in every direction.
+  center = {"a": jnp.array([2.0, 0.0]), "b": jnp.array([0.0, 3.0, 0.0]), "z": jnp.zeros(3)}
+  weights = {"a": 1.0, "b": 10.0, "z": 1000.0}
+  loss = lambda p, _: sum(weights[k] * jnp.sum((p[k] - center[k]) ** 2) for k in center)
+  radii = np.array([0.0, 0.1, 1.0])
+  profile = flatness.perturbation_profile(
+    loss, center, [None], radii, num_samples=4, key=1, relative=True
+  )
+  np.testing.assert_allclose(profile.losses, np.outer(94 * radii**2, np.ones(4)), rtol=1e-5)
+
+
+def test_perturbation_profile_mean_is_the_trace_on_the_sphere():
+  # Uniform d on the unit sphere: E[d d^T] = I / n, so E f(x + r d) = r^2 tr(H) / (2 n).
+  curvature = jnp.array([4.0, 1.0, 0.0, -1.0, 0.5])
+  loss = lambda p, _: 0.5 * jnp.sum(curvature * p**2)
+  num_samples, radius = 4000, 2.0
+  profile = flatness.perturbation_profile(
+    loss, jnp.zeros(5), [None], [radius], num_samples=num_samples, key=2
+  )
+  samples = np.asarray(profile.losses[0])
+  exact = radius**2 * float(curvature.sum()) / (2 * 5)
+  assert abs(samples.mean() - exact) < 4 * samples.std(ddof=1) / np.sqrt(num_samples)
+  assert samples.min() >= -0.5 * radius**2 - 1e-5 and samples.max() <= 2 * radius**2 + 1e-5
+
+
+def test_perturbation_profile_same_key_same_directions_for_another_solution():
+  # f linear in x: f(x + r d) - f(x) = r <g, d> depends on the direction only.
+  g = jnp.array([1.0, -2.0, 0.5, 3.0])
+  loss = lambda p, _: jnp.dot(g, p)
+  first, second = (
+    flatness.perturbation_profile(loss, x, [None], [1.0], num_samples=6, key=3)
+    for x in (jnp.zeros(4), jnp.full(4, 5.0))
+  )
+  np.testing.assert_allclose(
+    second.losses - float(jnp.dot(g, jnp.full(4, 5.0))), first.losses, atol=1e-4
+  )
+
+
+def test_local_entropy_is_the_log_mean_exp_and_its_closed_form_on_a_sphere():
+  losses = np.array([[0.0, 1.0, 4.0], [2.0, 2.0, 2.0]])
+  profile = flatness.PerturbationProfile(jnp.array([1.0, 2.0]), jnp.asarray(losses), False)
+  beta = 2.0
+  expected = np.log(np.mean(np.exp(-beta * losses), axis=1))
+  np.testing.assert_allclose(
+    flatness.local_entropy(profile, inverse_temperature=beta), expected, rtol=1e-6
+  )
+  # Isotropic f = (h/2) |x|^2: every sample is h r^2 / 2, so F_r = -beta h r^2 / 2.
+  isotropic = flatness.perturbation_profile(
+    lambda p, _: 1.5 * jnp.sum(p**2), jnp.zeros(7), [None], [0.0, 1.0, 3.0], num_samples=3, key=0
+  )
+  np.testing.assert_allclose(
+    flatness.local_entropy(isotropic, inverse_temperature=beta),
+    -beta * 1.5 * np.array([0.0, 1.0, 9.0]),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+@pytest.mark.parametrize(
+  "radii, num_samples, message",
+  [([1.0], 0, "num_samples"), ([-1.0], 2, "radii"), ([[1.0]], 2, "radii"), ([], 2, "radii")],
+)
+def test_perturbation_profile_bad_input_says_what_to_fix(radii, num_samples, message):
+  with pytest.raises(ValueError, match=message):
+    flatness.perturbation_profile(
+      lambda p, _: jnp.sum(p), jnp.zeros(2), [None], radii, num_samples=num_samples, key=0
+    )
+
+
 # ----------------------------------------------------------------- Fisher
 
 

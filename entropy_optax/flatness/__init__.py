@@ -40,7 +40,8 @@ optional dependency ``matfree`` (``pip install entropy_optax[flatness]``);
 One module per job: ``_inputs`` (batches, parameters, keys), ``_loss`` (the
 loss as a jit argument), ``_hvp`` (Hessian-vector products), ``_exact``
 (dense spectrum), ``_lanczos`` (extreme eigenvalues), ``_slq`` (spectral
-density), ``_hutchinson`` (trace), ``_fisher`` (Fisher diagonals),
+density), ``_hutchinson`` (trace), ``_perturb`` (the loss under random
+perturbations, the local entropy), ``_fisher`` (Fisher diagonals),
 ``_summary`` (the paper's statistics), ``_plot`` (histograms).
 
 References:
@@ -56,6 +57,7 @@ from entropy_optax.flatness._hutchinson import TraceEstimate, hutchinson_trace
 from entropy_optax.flatness._hvp import hvp
 from entropy_optax.flatness._inputs import LossFn
 from entropy_optax.flatness._lanczos import Extremes, lanczos_extremes
+from entropy_optax.flatness._perturb import PerturbationProfile, local_entropy, perturbation_profile
 from entropy_optax.flatness._plot import plot_spectrum
 from entropy_optax.flatness._slq import SpectralDensity, gaussian_density, spectral_density
 from entropy_optax.flatness._summary import spectrum_summary
@@ -64,6 +66,7 @@ __all__ = [
   "Extremes",
   "SpectralDensity",
   "LossFn",
+  "PerturbationProfile",
   "TraceEstimate",
   "fisher_diagonal",
   "fisher_diagonal_from_adam",
@@ -72,6 +75,8 @@ __all__ = [
   "hutchinson_trace",
   "hvp",
   "lanczos_extremes",
+  "local_entropy",
+  "perturbation_profile",
   "plot_spectrum",
   "spectral_density",
   "spectrum_summary",

@@ -31,6 +31,17 @@ class FlatnessJob(grid_job.GridJob):
   """Lanczos steps for the extremes and per SLQ probe"""
   slq_samples: int = 8
   """SLQ probes"""
+  relative_radii: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+  """the loss under random perturbations: radii as fractions of each weight array's norm
+  (none: skip)"""
+  absolute_radii: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
+  """the loss under random perturbations and the local entropy: Euclidean radii in the flat
+  weight space (none: skip)"""
+  perturbation_samples: int = 8
+  """random directions per radius (the same for every run of the model)"""
+  runs: tuple[str, ...] = ()
+  """finished run directories to measure instead of training (e.g. the full-length runs of the
+  data set's own script); their saved configs replace the job's recipes"""
 
 
 def _job(dataset: str, model: str, optimizers: tuple[str, ...], **budget: Any) -> FlatnessJob:
@@ -59,6 +70,12 @@ JOBS = {
   "mnist": (
     "LeNet-BN on MNIST, Adam vs Entropy-SGD, the paper's presets",
     _job("mnist", "lenet_bn", ("adam", "entropy-sgd")),
+  ),
+  "fashion_mnist": (
+    "mnistfc (--models mnistfc, 1.9M weights) or LeNet-BN on Fashion-MNIST (--data-dir: the "
+    "four IDX files), Adam vs Entropy-SGD, the paper's presets; Lanczos and SLQ on 1000 "
+    "training images; --runs DIR... measures finished runs of python -m experiments.fashion_mnist",
+    _job("fashion_mnist", "lenet_bn", ("adam", "entropy-sgd"), method="lanczos"),
   ),
   "cifar10": (
     "All-CNN-BN on CIFAR-10, SGD vs Entropy-SGD, the paper's presets",

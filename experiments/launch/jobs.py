@@ -37,7 +37,7 @@ from experiments.run import (
   writer_lock,
 )
 from experiments.run import schema as config_lib
-from experiments.run.schema import RunConfig, RunOptions
+from experiments.run.schema import ConfigError, RunConfig, RunOptions
 from experiments.trainer import loop
 
 
@@ -250,6 +250,22 @@ def run_grid(
       )
       log(f"  {key}: {summaries.format_result(runs[key].results)}")
     return runs
+
+
+def load_finished(workdir: str | os.PathLike) -> Run:
+  """A finished run read back from its directory (config, results, records; no state: read it
+  with ``final_state``); a ``ConfigError`` that says what is missing otherwise."""
+  workdir = pathlib.Path(workdir)
+  config = directory.saved_config(workdir, {})
+  if config is None:
+    raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
+  if not (workdir / directory.RESULTS_FILE).exists():
+    raise ConfigError(
+      f"{workdir} has not finished (no {directory.RESULTS_FILE}): resume it first with its "
+      "script's --resume."
+    )
+  results = directory.read_results(workdir / directory.RESULTS_FILE)
+  return Run(config, results, directory.read_records(workdir), None, workdir)
 
 
 def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:

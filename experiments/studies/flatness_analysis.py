@@ -1,5 +1,6 @@
 """The flatness of one final point: the training loss's Hessian spectrum (exact, or Lanczos
-extremes and SLQ density) or a diagonal Fisher, in evaluation mode, and the paper's statistics.
+extremes and SLQ density) or a diagonal Fisher, in evaluation mode, and the paper's statistics;
+the loss under random perturbations and the local entropy.
 
 Used by ``python -m experiments.flatness``; ``entropy_optax.flatness`` does the numerics.
 """
@@ -19,6 +20,7 @@ from experiments.configs.flatness import FlatnessJob
 from experiments.launch import components, final_state, jobs
 from experiments.models import recurrent
 from experiments.run.schema import ConfigError
+from experiments.studies import flatness_perturbation
 from experiments.trainer import tasks
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2)
@@ -153,5 +155,14 @@ def analyse(
     plotted, values = density, nodes
   stats["loss"] = float(jnp.mean(jax.lax.map(jax.jit(lambda b: loss_fn(params, b)), batches)))
   stats["seconds"] = time.perf_counter() - start
+  start = time.perf_counter()
+  stats["perturbation"] = flatness_perturbation.measure(
+    loss_fn,
+    params,
+    batches,
+    {"relative": args.relative_radii, "absolute": args.absolute_radii},
+    args.perturbation_samples,
+  )
+  stats["perturbation_seconds"] = time.perf_counter() - start
   stats["test_error"] = run.results["test_error"][seed_index]
   return stats, plotted, values
