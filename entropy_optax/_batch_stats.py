@@ -184,8 +184,9 @@ def nnx_reestimate_batch_stats(
       arrays with the examples on the leading axis, as ``forward`` takes a batch.
     forward: ``forward(model, batch)`` runs the model on a batch (its output is ignored), e.g.
       ``lambda model, x: model(x, None)`` for a model that takes call-time ``rngs``, or the
-      training loss for dict batches; default ``model(batch)``. The compiled pass is cached per
-      ``forward`` object: define it once rather than per call.
+      training loss for dict batches; default ``model(batch)``. The compiled pass is reused
+      for the same model structure, shapes and ``forward`` (a lambda without free variables
+      written inline counts as the same ``forward`` at every call).
     batch_size: examples per forward pass (the last batch may be smaller).
 
   Examples:
@@ -205,7 +206,12 @@ def nnx_reestimate_batch_stats(
     return  # no BatchNorm: nothing to re-estimate
   stats = nnx.as_pure(stats)
   new = _nnx_moments(
-    graphdef, stats, nnx.as_pure(rest), inputs, forward=forward or _call, batch_size=batch_size
+    graphdef,
+    stats,
+    nnx.as_pure(rest),
+    inputs,
+    forward=_Forward(forward or _call),
+    batch_size=batch_size,
   )
   old = nnx.to_pure_dict(stats)
   nnx.replace_by_pure_dict(stats, jax.tree.map(lambda n, o: n.astype(o.dtype), new, old))
@@ -214,3 +220,28 @@ def nnx_reestimate_batch_stats(
 
 def _call(model: Any, batch: Any) -> Any:
   return model(batch)
+
+
+class _Forward:
+  """``forward`` as a static jit argument. Two closure-free functions with the same code and
+  defaults compare equal, so a lambda written inline at every evaluation (a new object each
+  time) reuses the compiled pass instead of compiling it again."""
+
+  def __init__(self, fn: Callable[[Any, Any], Any]):
+    self.fn = fn
+    code = getattr(fn, "__code__", None)
+    key = (code, getattr(fn, "__defaults__", None)) if code is not None else None
+    try:
+      hash(key)
+    except TypeError:
+      key = None
+    self.key = key if key is not None and fn.__closure__ is None else fn
+
+  def __call__(self, model: Any, batch: Any) -> Any:
+    return self.fn(model, batch)
+
+  def __hash__(self) -> int:
+    return hash(self.key)
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Forward) and self.key == other.key
