@@ -1,7 +1,7 @@
 """Choosing gamma with the diagnostics, on a real port: flax's NNX MNIST tutorial loop on MNIST-1D.
 
 The loop is the tutorial's (an ``nnx.Optimizer``, a step-counted budget, an evaluation at the
-end) ported as docs/porting_pitfalls.md says: L stacked mini-batches per step, the budget kept
+end) ported as docs/porting.md says: L stacked mini-batches per step, the budget kept
 in gradient evaluations (``train_steps // L`` steps), heavy-ball momentum kept
 (``nesterov=False``). For each gamma it prints the diagnostics of ``langevin_stats`` averaged
 over the last quarter of the steps (|grad f|, |gamma (x - mu)|, their ratio, the cosine, the

@@ -21,19 +21,55 @@ STACK_HELP = (
 )
 
 
-def take_batch(batches: Any, k: jax.Array | int) -> Any:
+def take_batch(batches: Any, k: jax.Array | int, *, num_batches: int | None = None) -> Any:
   """Mini-batch ``k`` of ``batches`` (every leaf stacked on a leading axis of length L).
 
   ``k`` may be traced. An out-of-range ``k`` gives NaN inputs (integer leaves: their minimum
   value) rather than silently repeating the last batch.
+
+  Args:
+    batches: a pytree whose leaves stack the L mini-batches on axis 0, as
+      :func:`entropy_optax.flax.stack_batches` makes them.
+    k: the index of the mini-batch, 0 to L - 1.
+    num_batches: L, to check: a ValueError that names ``stack_batches`` is raised, before the
+      model sees the batch, when a leaf's leading axis is not of length L (batches not stacked,
+      or fewer than L stacked). Recommended for the gradient at x, ``take_batch(batches, 0,
+      num_batches=L)``, the first use of the batches in a training step.
+
+  Returns:
+    The pytree of mini-batch ``k``: each leaf without its leading axis.
+
+  Raises:
+    ValueError: ``num_batches`` is given and ``batches`` does not stack that many mini-batches.
 
   Examples:
     >>> import jax.numpy as jnp
     >>> from entropy_optax.flax import take_batch
     >>> print(take_batch({"x": jnp.arange(6).reshape(3, 2)}, 1)["x"])
     [2 3]
+    >>> take_batch({"x": jnp.zeros((8, 2))}, 0, num_batches=3)  # an unstacked batch of 8
+    Traceback (most recent call last):
+    ...
+    ValueError: batches['x'] has shape (8, 2), its leading axis of length 8, not L = 3 ...
   """
+  if num_batches is not None:
+    check_stacked(batches, num_batches)
   return jax.tree.map(lambda b: jnp.take(b, k, axis=0, mode="fill"), batches)
+
+
+def check_stacked(batches: Any, num_batches: int) -> None:
+  """Raises a ValueError naming ``stack_batches`` unless every leaf has a leading axis of L."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(batches):
+    shape = tuple(np.shape(leaf))
+    if not shape or shape[0] != num_batches:
+      raise ValueError(
+        f"batches{jax.tree_util.keystr(path)} has shape {shape}, its leading axis of length "
+        f"{shape[0] if shape else 'none'}, not L = {num_batches} mini-batches stacked on axis 0 "
+        f"(expected shape ({num_batches}, batch_size, ...)): {STACK_HELP}, e.g. "
+        f"`for batches in stack_batches(train_ds, {num_batches})`."
+      )
+  if not jax.tree.leaves(batches):
+    raise ValueError(f"batches has no arrays: {STACK_HELP}.")
 
 
 def num_stacked(batches: Any) -> int:

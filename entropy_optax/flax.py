@@ -26,6 +26,9 @@ BatchNorm and dropout during the Langevin steps (the library's choice):
   that the optimizer keeps, not the Langevin samples x' (both of the authors' codes update them
   at every inner pass, and so re-estimate them at x before every evaluation); and the model
   state after a step is a deterministic function of x and batch 0, whatever L is.
+  At equal gradient evaluations the running averages then get L times fewer updates and lag
+  behind the weights: re-estimate them at x before evaluating, ``reestimate_batch_stats``
+  (Linen) or ``nnx_reestimate_batch_stats`` (NNX), as both of the authors' codes do.
 * Dropout draws a fresh mask at every Langevin step: step k uses the key
   ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model, and of the
   call-time ``rngs`` given to ``nnx_grad_fn``, is folded with k), so masks differ between
@@ -42,6 +45,7 @@ import optax
 from flax.training import train_state
 
 from entropy_optax import _unroll
+from entropy_optax._batch_stats import nnx_reestimate_batch_stats, reestimate_batch_stats
 from entropy_optax._batches import (
   check_num_batches,
   checked_loss,
@@ -67,8 +71,10 @@ __all__ = (
   "langevin_stats",
   "make_grad_fn",
   "nnx_grad_fn",
+  "nnx_reestimate_batch_stats",
   "nnx_update",
   "num_stacked",
+  "reestimate_batch_stats",
   "stack_batches",
   "take_batch",
   "takes_grad_fn",

@@ -356,7 +356,7 @@ def flax_train_epoch(state, train_ds, batch_size, rng):
 
 
 def test_linen_port_that_keeps_apply_model_evaluates_unstacked_test_data(mnist):
-  """The Linen port of docs/porting_pitfalls.md: flax's ``apply_model`` is kept (it serves the
+  """The Linen port of docs/porting.md (step 4): flax's ``apply_model`` is kept (it serves the
   gradient at x, each Langevin step's gradient and flax's evaluation), ``update_model`` becomes
   a step over L stacked mini-batches. Evaluating with the merged function of the README's first
   recipe feeds it unstacked data instead, which flax's model rejects."""
@@ -581,25 +581,59 @@ def test_one_loop_plain_optimizer_takes_one_update_per_minibatch():
 
 
 def test_docs_porting_page_runs():
-  """The blocks of docs/porting.md ("Porting an existing Flax loop") run in order, on fewer
-  batches."""
+  """The blocks of docs/porting.md ("Porting an existing Flax loop") run in order, on less data
+  and one epoch: the NNX port trains and evaluates after re-estimating its BatchNorm statistics
+  (checked against the moments of the conv outputs computed here), the Linen port trains with
+  flax's apply_model and evaluates unstacked test data, the Linen BatchNorm re-estimation gives
+  its layer's input moments, and the momentum and budget checks of the page hold."""
   page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "porting.md"
   blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
-  assert len(blocks) == 4
+  assert len(blocks) == 7
   code = "\n".join(blocks)
-  shorter = (
-    code.replace("train_batches(100)", "train_batches(20)")
-    .replace("range(3)", "range(1)")
-    .replace("L = 5", "L = 2")
-  )
-  assert shorter.count("train_batches(20)") == 1 and shorter.count("range(1)") == 1
+  shorter = code.replace("make_data(1600, 0)", "make_data(320, 0)").replace("range(2)", "range(1)")
+  assert shorter.count("make_data(320, 0)") == 1 and shorter.count("range(1)") == 2
   namespace = {}
   exec(compile(shorter, str(page), "exec"), namespace)
-  assert int(namespace["optimizer"].step[...]) == 10  # 20 batches, 2 per step, restored
-  assert float(namespace["stats"].langevin_gamma) == pytest.approx(0.03)
-  assert np.isfinite(float(namespace["loss"])) and int(namespace["state"].step) == 4
-  # 10-way outputs start near 10% accuracy; on these two-class labels training lifts it past 50%.
-  assert float(namespace["metrics"].compute()["accuracy"]) > 0.5
+  L, model, optimizer = namespace["L"], namespace["model"], namespace["optimizer"]
+  assert L == 5 and int(optimizer.step[...]) == 320 // 16 // L  # restored from the checkpoint
+  # NNX: the running statistics are the moments of the conv outputs (dropout off) over the
+  # training images, not what 4 updates left in them.
+  images = namespace["train_ds"]["image"]
+  conv = np.asarray(model.conv(images), np.float64)
+  np.testing.assert_allclose(model.bn.mean[...], conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(model.bn.var[...], conv.var((0, 1, 2)), rtol=1e-4, atol=1e-5)
+  assert 0.0 <= float(namespace["metrics"].compute()["accuracy"]) <= 1.0
+  # Linen: 320 examples in 20 index batches of 16, stacked by 5: 4 updates, then flax's
+  # evaluation on the unstacked test set.
+  assert int(namespace["state"].step) == 4 and np.isfinite(float(namespace["test_loss"]))
+  bn_state = namespace["bn_state"]
+  kernel, bias = bn_state.params["Conv_0"]["kernel"], bn_state.params["Conv_0"]["bias"]
+  conv = nn.Conv(4, (3, 3)).apply({"params": {"kernel": kernel, "bias": bias}}, images)
+  conv = np.asarray(conv, np.float64)
+  stats = bn_state.batch_stats["BatchNorm_0"]
+  np.testing.assert_allclose(stats["mean"], conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats["var"], conv.var((0, 1, 2)), rtol=1e-4, atol=1e-5)
+
+
+def test_docs_step_with_unstacked_batches_names_stack_batches():
+  """The page's NNX step given flax's unstacked batches fails in take_batch, naming
+  stack_batches and L, before the model sees them (not with the model's shape error)."""
+  page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "porting.md"
+  first = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)[0]
+  namespace = {}
+  exec(compile(first.split("train_ds, test_ds =")[0], str(page), "exec"), namespace)
+  model = namespace["CNN"](nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+    model, optax.chain(entropy_optax.local_entropy(5), optax.sgd(1.0)), wrt=nnx.Param
+  )
+  metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy())
+  data = namespace["make_data"](64, 0)
+  unstacked = next(namespace["batches_of"](data))  # a batch of 16, not 5 stacked batches
+  with pytest.raises(ValueError, match=r"not L = 5 mini-batches stacked on axis 0.*stack_batches"):
+    namespace["train_step"](model, optimizer, metrics, unstacked, nnx.Rngs(1))
+  three = next(stack_batches(namespace["batches_of"](data), 3))  # 3 stacked, L = 5
+  with pytest.raises(ValueError, match=r"leading axis of length 3, not L = 5"):
+    namespace["train_step"](model, optimizer, metrics, three, nnx.Rngs(1))
 
 
 def test_update_checks_stacked_batches_against_num_langevin_steps():
