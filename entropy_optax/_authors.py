@@ -1,9 +1,10 @@
-"""``authors_entropy_sgd``: Entropy-SGD exactly as the authors' Lua code or their PyTorch port.
+"""authors_entropy_sgd: Entropy-SGD exactly as the authors' Lua code or their PyTorch port.
 
 ucla-vision/entropy-sgd holds two implementations: ``entropyoptim.lua`` (with ``train.lua``),
 which produced the paper's numbers, and ``python/optim.py``, a later port. Both differ from the
 paper's Alg. 1 and from each other; this module rebuilds each from the library's own pieces
-(``local_entropy`` and small optax transformations), with each code's own argument meanings.
+(:func:`~entropy_optax.local_entropy` and small optax transformations), with each code's own
+argument meanings.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class PortMomentumState(NamedTuple):
   Attributes:
     port_count: outer updates done so far (int32; so named that ``optax.tree.get`` of
       ``"count"`` finds no second ``count`` beside Adam's or SGD's).
-    inner_state: the state of the wrapped chain (``local_entropy`` and the outer weight decay).
+    inner_state: the state of the wrapped chain (:func:`~entropy_optax.local_entropy` and the outer
+      weight decay).
     momentum_buffer: the port's ``state['mdw']``: a copy of the first gradient, then
       momentum * buffer + (x - mu + weight_decay x) at every update.
   """
@@ -155,10 +157,10 @@ def authors_entropy_sgd(
   Compared with the paper's Alg. 1 both codes put weight 0.25 (not 0.75) on the newest sample,
   add the noise times sqrt(2), and drop gamma from the outer step.
 
-  ``update(grads, state, params, *, grad_fn)`` has ``local_entropy``'s contract: ``grads`` is
-  grad f(x) on the mini-batch of the first Langevin step (both codes spend one more gradient at
-  x on a separate mini-batch, for logging and, in the port, to seed the outer buffer; this
-  factory does not), and ``grad_fn(x_prime, k)`` gives the gradient on mini-batch k.
+  ``update(grads, state, params, *, grad_fn)`` has :func:`~entropy_optax.local_entropy`'s contract:
+  ``grads`` is grad f(x) on the mini-batch of the first Langevin step (both codes spend one more
+  gradient at x on a separate mini-batch, for logging and, in the port, to seed the outer buffer;
+  this factory does not), and ``grad_fn(x_prime, k)`` gives the gradient on mini-batch k.
 
   Args:
     learning_rate: the outer learning rate (``train.lua``'s per-epoch ``learningRate``), a float

@@ -2,7 +2,8 @@ r"""Automatic scoping: gamma set at every update from what the update itself mea
 
 The paper tunes the scope by hand (Sec. 4.3): make the local-entropy gradient gamma (x - mu)
 comparable with the plain gradient grad f(x), starting small. Every update already measures both
-norms (``LangevinStats``), so ``auto_scoping`` turns the heuristic into a controller of the ratio
+norms (:class:`~entropy_optax.LangevinStats`), so :func:`~entropy_optax.auto_scoping` turns the
+heuristic into a controller of the ratio
 
   r = norm of gamma (x - mu) / norm of grad f(x)
 
@@ -48,11 +49,13 @@ from entropy_optax._utils import is_concrete_number
 
 
 class AutoScopingState(NamedTuple):
-  """State of an ``auto_scoping`` scope, kept in ``LocalEntropyState.langevin_scope``.
+  """State of an :func:`~entropy_optax.auto_scoping` scope.
+
+  Kept in the field :attr:`~entropy_optax.LocalEntropyState.langevin_scope` of the chain's state.
 
   Attributes:
-    scope_gamma: the gamma the next update will use (float32); the one the last update used is
-      ``langevin_stats.langevin_gamma``.
+    scope_gamma: the γ the next update will use (float32); the one the last update used is
+      :attr:`LangevinStats.langevin_gamma <entropy_optax.LangevinStats.langevin_gamma>`.
   """
 
   scope_gamma: jax.Array
@@ -60,7 +63,23 @@ class AutoScopingState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class AutoScoping:
-  """The settings of an automatic scope (see ``auto_scoping``); pass it as ``gamma``."""
+  """The settings of an automatic scope; pass it as ``gamma``.
+
+  Made by :func:`~entropy_optax.auto_scoping`, which checks the values; a frozen dataclass.
+
+  Args:
+    target_ratio: the ratio ‖γ (x − μ)‖ / ‖∇f(x)‖ to hold, in (0, 1), or a schedule of it.
+    gamma_init: γ of the first update.
+    gamma_min: lower bound of γ.
+    gamma_max: upper bound of γ; None: 1 / ``langevin_lr``.
+    smoothing: the weight of the newest measurement, in (0, 1].
+
+  Examples:
+    >>> import entropy_optax
+    >>> scope = entropy_optax.auto_scoping(0.1, gamma_init=0.01)
+    >>> print(type(scope).__name__, scope.target_ratio, scope.gamma_init, scope.gamma_max)
+    AutoScoping 0.1 0.01 None
+  """
 
   target_ratio: optax.ScalarOrSchedule
   gamma_init: float
@@ -70,7 +89,17 @@ class AutoScoping:
 
 
 def ratio_scoping(ratio0: float, ratio1: float, max_ratio: float) -> optax.Schedule:
-  """The paper's exponential scoping applied to the ratio: min(ratio0 (1 + ratio1)^t, max_ratio).
+  """The paper's exponential scoping applied to the ratio: min(r0 (1 + r1)ᵗ, r_max).
+
+  A schedule of the target :term:`ratio` for :func:`~entropy_optax.auto_scoping`.
+
+  Args:
+    ratio0: the ratio at the first update (t = 0), in (0, 1).
+    ratio1: the growth per update, >= 0: the ratio is multiplied by 1 + r1 at every update.
+    max_ratio: the cap of the ratio, in (0, 1).
+
+  Returns:
+    An ``optax.Schedule``: the update count t to the target ratio, a float32 scalar.
 
   Examples:
     >>> import entropy_optax
@@ -101,35 +130,36 @@ def auto_scoping(
   gamma_max: float | None = None,
   smoothing: float = 0.1,
 ) -> AutoScoping:
-  r"""A scope gamma that sets itself so that gamma (x - mu) is a target fraction of grad f(x).
+  r"""A scope γ that sets itself so that ‖γ (x − μ)‖ is a target fraction of ‖∇f(x)‖.
 
-  Pass it as ``gamma`` of ``local_entropy``, ``entropy_sgd`` or ``entropy_adam``. After every
-  update, the measured ratio r = norm of gamma (x - mu) / norm of grad f(x) (``LangevinStats``:
-  ``entropy_grad_norm / grad_norm``, free) moves gamma towards the target:
-  log gamma <- log gamma + k (log target - log r), k = max(smoothing, 1 / (t + 1)), clipped to
-  [gamma_min, gamma_max]. The first update runs at ``gamma_init`` and calibrates gamma from its
-  measurement; the gamma each update used is ``langevin_stats.langevin_gamma``, the next one
+  Pass it as ``gamma`` of :func:`~entropy_optax.local_entropy`,
+  :func:`~entropy_optax.entropy_sgd` or :func:`~entropy_optax.entropy_adam`. After every
+  update, the measured :term:`ratio` r = ‖γ (x − μ)‖ / ‖∇f(x)‖
+  (:class:`~entropy_optax.LangevinStats`: ``entropy_grad_norm / grad_norm``, free) moves γ
+  towards the target: log γ ← log γ + k (log target − log r), k = max(smoothing, 1 / (t + 1)),
+  clipped to [γmin, γmax]. The first update runs at ``gamma_init`` and calibrates γ from its
+  measurement; the γ each update used is ``langevin_stats.langevin_gamma``, the next one
   ``optax.tree.get(opt_state, "scope_gamma")``. No extra gradient evaluation; the state is one
-  scalar; jit- and vmap-safe. The module docstring of ``entropy_optax._auto_scope`` explains why
-  the rule converges without oscillating although mu depends on gamma.
+  scalar; jit- and vmap-safe. :doc:`/auto_scope` explains why the rule converges without
+  oscillating although μ depends on γ, and what it measured.
 
-  The ratio lies in (0, 1) wherever f is locally convex (it is gamma / (a + gamma) along a
-  direction of curvature a): the paper's "comparable magnitudes" is a ratio near 1, i.e. the
-  chain tied to x, the end point of its scoping, not its start.
+  The ratio lies in (0, 1) wherever f is locally convex (it is γ / (a + γ) along a direction of
+  curvature a): the paper's "comparable magnitudes" is a ratio near 1, i.e. the chain tied to
+  x, the end point of its scoping, not its start.
 
   Args:
     target_ratio: the ratio to hold, in (0, 1): a number or a schedule of the update count t
-      (t = 0 at the first update). None: ``ratio_scoping(0.02, 1e-3, 0.5)``, the ratio of the
-      MNIST-1D recipes (gamma 0.03 x 1.001^t, L = 5), which start near 0.02 and grow as their
-      gamma does.
-    gamma_init: gamma of the first update (> 0).
-    gamma_min: lower bound of gamma (> 0).
-    gamma_max: upper bound of gamma; None: 1 / langevin_lr, beyond which the chain's coupling
-      overshoots (langevin_lr gamma > 1) and at 2 / langevin_lr diverges.
+      (t = 0 at the first update). None: ``ratio_scoping(0.02, 1e-3, 0.5)``
+      (:func:`~entropy_optax.ratio_scoping`), the ratio of the MNIST-1D recipes (γ = 0.03 ×
+      1.001ᵗ, L = 5), which start near 0.02 and grow as their γ does.
+    gamma_init: γ of the first update (> 0).
+    gamma_min: lower bound of γ (> 0).
+    gamma_max: upper bound of γ; None: 1 / ``langevin_lr``, beyond which the chain's coupling
+      overshoots (η' γ > 1) and at 2 / η' diverges.
     smoothing: in (0, 1], the weight of the newest measurement once t + 1 > 1 / smoothing.
 
   Returns:
-    An ``AutoScoping``, to pass as ``gamma``.
+    An :class:`~entropy_optax.AutoScoping`, to pass as ``gamma``.
 
   Examples:
     On f = norm(x)^2 / 2 (curvature 1) with an exact chain, ratio 0.5 needs gamma = 1:
@@ -162,7 +192,7 @@ def auto_scoping(
 
 
 def initial_state(gamma: Any) -> AutoScopingState | tuple[()]:
-  """The scope's state before the first update: empty unless ``gamma`` is an ``AutoScoping``."""
+  """The scope's state before the first update: empty unless ``gamma`` is an AutoScoping."""
   if not isinstance(gamma, AutoScoping):
     return ()
   return AutoScopingState(scope_gamma=jnp.asarray(gamma.gamma_init, jnp.float32))

@@ -1,9 +1,10 @@
 """The elastic coupling of replicas to their average (Parle, Elastic-Averaging SGD).
 
-``elastic_coupling`` adds the elastic force rho (x^a - x-bar) to each replica's update and
-``replica_average`` is its hard limit (``entropy_optax.parle`` chains them with local entropy).
-The replicas live on a named axis: ``jax.vmap(..., axis_name=...)`` on one device,
-``jax.shard_map`` over a mesh axis on several; x-bar is a ``jax.lax.pmean`` over that axis.
+:func:`~entropy_optax.elastic_coupling` adds the elastic force rho (x^a - x-bar) to each replica's
+update and :func:`~entropy_optax.replica_average` is its hard limit (:func:`~entropy_optax.parle`
+chains them with local entropy). The replicas live on a named axis: ``jax.vmap(..., axis_name=...)``
+on one device, ``jax.shard_map`` over a mesh axis on several; x-bar is a ``jax.lax.pmean`` over that
+axis.
 """
 
 # No ``from __future__ import annotations``: optax's schedule tests look for the object
@@ -32,7 +33,8 @@ class ElasticStats(NamedTuple):
   ``optax.tree.get(opt_state, name)`` finds one value.
 
   Attributes:
-    elastic_rho: the coupling rho used for this step (inf for ``replica_average``).
+    elastic_rho: the coupling rho used for this step (inf for
+      :func:`~entropy_optax.replica_average`).
     distance_to_center: the norm of x^a - x-bar, this replica's distance to the average.
     replica_spread: the root mean square of ``distance_to_center`` over the replicas (equal on
       every replica): how far apart the replicas are.
@@ -44,11 +46,11 @@ class ElasticStats(NamedTuple):
 
 
 class ElasticCouplingState(NamedTuple):
-  """State of ``elastic_coupling`` and ``replica_average``.
+  """State of :func:`~entropy_optax.elastic_coupling` and :func:`~entropy_optax.replica_average`.
 
   Attributes:
     elastic_count: number of updates done so far (int32); rho is evaluated at it.
-    elastic_stats: ``ElasticStats`` of the last update (zeros before the first).
+    elastic_stats: :class:`~entropy_optax.ElasticStats` of the last update (zeros before the first).
   """
 
   elastic_count: jax.Array
@@ -114,8 +116,8 @@ def elastic_coupling(
 
   Each replica drifts from the others at the rate of its own updates and is pulled back at rate
   learning_rate * rho per step (without momentum): 0 < learning_rate * rho < 1 shrinks its
-  distance to x-bar monotonically, and the step diverges beyond 2. ``replica_average`` is the
-  hard limit (rho -> infinity).
+  distance to x-bar monotonically, and the step diverges beyond 2.
+  :func:`~entropy_optax.replica_average` is the hard limit (rho -> infinity).
 
   Args:
     rho: the coupling rho >= 0, a float or a schedule of the update count (t = 0 first).
@@ -124,10 +126,11 @@ def elastic_coupling(
     rho_max: caps rho_t (the authors' Parle code caps it at 10); None: no cap.
     center: what x-bar averages: "params", the replicas x^a (the paper's text, Elastic-Averaging
       SGD), or "langevin_mean", the replicas' Langevin means z^a = x^a - u^a (both authors'
-      codes; valid where the incoming update is ``local_entropy``'s x - mu).
+      codes; valid where the incoming update is :func:`~entropy_optax.local_entropy`'s x - mu).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is an ``ElasticCouplingState``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    :class:`~entropy_optax.ElasticCouplingState`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, entropy_optax
@@ -185,16 +188,28 @@ def replica_average(axis_name: AxisName = "replica") -> optax.GradientTransforma
 
   The last member of a chain (it takes parameter updates, not gradients): u^a becomes
   mean_b(x^b + u^b) - x^a, so that all replicas hold the same parameters after every update,
-  whatever their keys and data (the rho -> infinity limit of ``elastic_coupling``; from equal
-  starting points, data-parallel training with an n times larger batch, each replica keeping its
-  own optimizer state). Its ``ElasticStats`` measure x^a + u^a before the averaging, with
-  ``elastic_rho`` = inf.
+  whatever their keys and data (the rho -> infinity limit of
+  :func:`~entropy_optax.elastic_coupling`; from equal starting points, data-parallel training with
+  an n times larger batch, each replica keeping its own optimizer state). Its
+  :class:`~entropy_optax.ElasticStats` measure x^a + u^a before the averaging, with ``elastic_rho``
+  = inf.
 
   Args:
     axis_name: the named axis of the replicas; None: one replica (the identity).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is an ``ElasticCouplingState``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    :class:`~entropy_optax.ElasticCouplingState`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> tx = optax.chain(optax.sgd(1.0), entropy_optax.replica_average())
+    >>> def step(x, grad):  # each replica its own gradient; all end at the average step
+    ...   updates, _ = tx.update(grad, tx.init(x), x)
+    ...   return optax.apply_updates(x, updates)
+    >>> print(jax.vmap(step, axis_name="replica")(jnp.zeros((2, 1)), jnp.array([[1.0], [3.0]])))
+    [[-2.]
+     [-2.]]
   """
 
   def init_fn(params):

@@ -75,7 +75,7 @@ def langevin_mean(
       (default: a cheap exact-variance approximation of a Gaussian, see
       ``_noise.irwin_hall_normal``) or "gaussian" (``jax.random.normal``). Called
       ``noise_sampler`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
-    unroll: ``lax.scan`` unrolling; None picks ``entropy_optax.default_unroll``.
+    unroll: ``lax.scan`` unrolling; None picks :func:`~entropy_optax.default_unroll`.
     sampler: the Markov chain: "sgld" (the steps above, the paper's) or "sghmc": underdamped
       Langevin with a velocity, x' <- x' + v, v <- (1 - friction) v - langevin_lr (g - gamma
       (x - x')) + sqrt(friction langevin_lr) noise N(0, I), at the same temperature
@@ -86,7 +86,7 @@ def langevin_mean(
 
   Returns:
     ``(mu, stats)``: mu in the chain dtype (at least float32, see ``chain_dtype``) and a
-    ``LangevinStats``.
+    :class:`~entropy_optax.LangevinStats`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -114,7 +114,7 @@ def run_chain(
   gamma: Any,
   grad_at_params: Any | None = None,
 ) -> tuple[Any, LangevinStats]:
-  """``langevin_mean`` on a checked ``config``, with ``gamma`` the scope of this run."""
+  """langevin_mean on a checked ``config``, with ``gamma`` the scope of this run."""
   num_steps = config.num_langevin_steps
   x = to_chain(params)
 

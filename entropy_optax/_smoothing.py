@@ -1,4 +1,4 @@
-"""``gaussian_smoothing``: the gradient of E f(x + sigma eps), the baseline smoothing f itself."""
+"""gaussian_smoothing: the gradient of E f(x + sigma eps), the baseline smoothing f itself."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _GRAD_FN_HELP = (
 
 
 class GaussianSmoothingState(NamedTuple):
-  """State of ``gaussian_smoothing``.
+  """State of :func:`~entropy_optax.gaussian_smoothing`.
 
   Attributes:
     smoothing_count: number of updates done so far (int32); sigma is evaluated at it.
@@ -45,10 +45,11 @@ def gaussian_smoothing(
 
   The average is an unbiased estimate of the gradient of the Gaussian-smoothed loss
   f_sigma(x) = E f(x + sigma eps), eps ~ N(0, I): smoothing f itself, where local entropy
-  (``local_entropy``) smooths exp(-f). With ``grad_fn`` the same contract and L the same number
-  of gradient evaluations, it is the baseline that asks whether local entropy's choice of what to
-  smooth matters (the two have the same width when sigma^2 = T / gamma, T = noise^2 / 2).
-  Chain it with SGD or Adam like ``local_entropy``; it must come first and see raw gradients.
+  (:func:`~entropy_optax.local_entropy`) smooths exp(-f). With ``grad_fn`` the same contract and L
+  the same number of gradient evaluations, it is the baseline that asks whether local entropy's
+  choice of what to smooth matters (the two have the same width when sigma^2 = T / gamma, T =
+  noise^2 / 2). Chain it with SGD or Adam like :func:`~entropy_optax.local_entropy`; it must come
+  first and see raw gradients.
 
   ``update(updates, state, params, *, grad_fn, **extra_args)`` calls ``grad_fn(x + sigma eps_k,
   k)`` for k = 0..L-1 (fresh eps_k each, a mini-batch each) and returns their mean in the dtype

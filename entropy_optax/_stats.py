@@ -1,4 +1,4 @@
-"""The diagnostics of one Langevin run (``LangevinStats``), summed leaf by leaf."""
+"""The diagnostics of one Langevin run (LangevinStats), summed leaf by leaf."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 
 class LangevinStats(NamedTuple):
-  """Diagnostics of one Langevin run, for the paper's gamma-tuning heuristic (Sec. 4.2).
+  """Diagnostics of one Langevin run, for the paper's heuristic of tuning γ (its section 4.2).
 
   All fields are float32 scalars. Norms and inner products are those of R^n (of R^2n for complex
   parameters: the real part of the Hermitian inner product). The field names do not repeat
@@ -57,7 +57,7 @@ def tree_norm(a: Any) -> jax.Array:
 
 
 def run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> LangevinStats:
-  """``LangevinStats`` from grad f(x), the direction x - mu and the summed ``|x - x'|``."""
+  """LangevinStats from grad f(x), the direction x - mu and the summed ``|x - x'|``."""
   gamma = jnp.asarray(gamma, jnp.float32)
   direction_norm = tree_norm(direction)
   grad_norm = tree_norm(grad_at_x)

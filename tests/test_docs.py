@@ -95,42 +95,53 @@ def test_page_commands_parse(page, command, monkeypatch, tmp_path, capsys):
 
 
 def api_entries() -> dict[str, set[str]]:
-  """module -> the names docs/api.md documents under it (autosummary entries, automodules)."""
+  """module -> the names the API reference (docs/api.md and docs/api/*.md) documents under it:
+  its autofunction, autoclass and autodata entries, and automodule for a submodule."""
   entries: dict[str, set[str]] = {}
   module = None
-  api = (DOCS / "api.md").read_text()
-  for block in re.findall(r"^```\{eval-rst\}\n(.*?)^```", api, re.S | re.M):
-    for line in block.splitlines():
-      if m := re.match(r"\.\. (currentmodule|automodule):: ([\w.]+)", line):
-        module = m.group(2)
-        if m.group(1) == "automodule":
-          parent, _, child = module.rpartition(".")
-          entries.setdefault(parent, set()).add(child)
-      elif re.fullmatch(r"   \w+", line) and module:
-        entries.setdefault(module, set()).add(line.strip())
+  for page in [DOCS / "api.md", *sorted((DOCS / "api").glob("*.md"))]:
+    for block in re.findall(r"^```\{eval-rst\}\n(.*?)^```", page.read_text(), re.S | re.M):
+      for line in block.splitlines():
+        if m := re.match(r"\.\. (currentmodule|automodule):: ([\w.]+)", line):
+          module = m.group(2)
+          if m.group(1) == "automodule":
+            parent, _, child = module.rpartition(".")
+            entries.setdefault(parent, set()).add(child)
+        elif (m := re.match(r"\.\. auto(?:function|class|data):: (\w+)", line)) and module:
+          entries.setdefault(module, set()).add(m.group(1))
   return entries
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES, ids=lambda m: m.__name__)
 def test_every_public_name_has_an_api_page(module):
   documented = api_entries().get(module.__name__, set())
-  assert set(module.__all__) - documented == set(), "add these to docs/api.md"
+  assert set(module.__all__) - documented == set(), "add these to a page of docs/api/"
   submodules = {m.__name__.rpartition(".")[2] for m in PUBLIC_MODULES}  # entropy_optax.flax
   stale = documented - set(module.__all__) - submodules
-  assert stale == set(), "not in __all__: remove from docs/api.md"
+  assert stale == set(), "not in __all__: remove from docs/api/"
 
 
 def test_index_lists_pages_that_other_work_adds(tmp_path, monkeypatch):
-  """A page in docs/ that no toctree of the index names lands in its "More guides" toctree, in
-  the preferred order; an absent one is no error."""
+  """A page in docs/ that no toctree of the index names lands in the toctree that holds the
+  marker (the repository guides), in alphabetical order; a page the index names does not."""
   monkeypatch.syspath_prepend(str(DOCS / "_ext"))
   ext = importlib.import_module("entropy_optax_docs")
   index = (DOCS / "index.md").read_text()
   assert ext.MARKER in index
-  for name in ("tensorboard", "zeta", "getting_started", "parle"):
+  for name in ("zeta", "getting_started", "real_data", "parle"):
     (tmp_path / f"{name}.md").write_text(f"# {name}\n")
   monkeypatch.setattr(ext, "DOCS", tmp_path)
-  assert ext.optional_pages(index) == ["parle", "tensorboard", "zeta"]
+  assert ext.optional_pages(index) == ["real_data", "zeta"]
   source = [index]
   ext._fill_optional_pages(None, "index", source)
-  assert ext.MARKER not in source[0] and "\nparle\ntensorboard\nzeta\n" in source[0]
+  assert ext.MARKER not in source[0] and "\nreal_data\nzeta\n" in source[0]
+
+
+def test_index_has_library_and_repository_guides():
+  index = (DOCS / "index.md").read_text()
+  captions = re.findall(r"^:caption: (.*)$", index, re.M)
+  assert [c.split(" (")[0] for c in captions] == [
+    "Library guides",
+    "Repository guides",
+    "Reference",
+  ]
