@@ -35,8 +35,14 @@ extensions = [
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build", "_autosummary", "Thumbs.db", ".DS_Store", "_generated/*.md", "README.md"]
-templates_path = ["_templates"]
+exclude_patterns = [
+  "_build",
+  "_autosummary",  # the per-name pages of earlier builds
+  "Thumbs.db",
+  ".DS_Store",
+  "_generated/*.md",
+  "README.md",
+]
 
 # API reference: docs/api/*.md, one page per group of names (as optax's), Google-style
 # docstrings (napoleon); the autosummary tables there link to the entries below them.

@@ -46,7 +46,7 @@ def commands() -> list[tuple[str, str]]:
   found = []
   for page in PAGES:
     for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), re.S | re.M):
-      for line in block.splitlines():
+      for line in block.replace("\\\n", " ").splitlines():  # a command continued with \
         if re.match(r"python3? -m experiments\.", line):
           found.append((_name(page), line.split("  #")[0].split(" # ")[0].strip()))
   return found
@@ -145,3 +145,43 @@ def test_index_has_library_and_repository_guides():
     "Repository guides",
     "Reference",
   ]
+
+
+MAX_CODE_WIDTH = 88  # characters: a code block of that width shows whole in the page's column
+# Pages whose code blocks are still wider, being rewritten elsewhere; strict: each fails here
+# as soon as it fits, so that it leaves this set.
+WIDE_CODE_PENDING = {
+  "docs/faults.md",
+  "docs/scale_out.md",
+  "docs/porting.md",
+  "docs/porting_pitfalls.md",
+}
+
+
+def code_lines(page: pathlib.Path) -> list[str]:
+  """The lines of a page's code blocks (```python, ```bash, ```, ...; not ```{directive})."""
+  lines, language = [], None
+  for line in page.read_text().splitlines():
+    if line.startswith("```"):
+      language = line[3:].strip() if language is None else None
+      continue
+    if language is not None and not language.startswith("{"):
+      lines.append(line)
+  return lines
+
+
+@pytest.mark.parametrize(
+  "page",
+  [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="wide code blocks"))
+    if _name(p) in WIDE_CODE_PENDING
+    else p
+    for p in PAGES
+  ],
+  ids=_name,
+)
+def test_code_blocks_fit_the_page(page):
+  wide = [line for line in code_lines(page) if len(line) > MAX_CODE_WIDTH]
+  assert not wide, f"{_name(page)}: code lines over {MAX_CODE_WIDTH} characters:\n" + "\n".join(
+    wide
+  )
