@@ -80,8 +80,9 @@ html_theme_options = {
   "show_toc_level": 2,
   "navigation_with_keys": False,
   "use_download_button": True,
+  "navbar_persistent": [],  # no second search box in the header (the sidebar has one)
 }
-# One search box: the theme's field in the sidebar, not also the header's search button.
+# One search box: the theme's field in the sidebar.
 html_sidebars = {"**": ["navbar-logo", "search-field", "sbt-sidebar-nav"]}
 html_static_path = ["_static"]
 html_css_files = ["entropy_optax.css"]

@@ -10,7 +10,7 @@ class MultiSteps(optax.MultiSteps):
   """``optax.MultiSteps`` that runs the Langevin chain only at the micro-step that emits.
 
   What accumulation means for local entropy: the k micro-batch gradients, all taken at the same
-  x, average to grad f(x) on the k-times larger batch, which is Langevin step 0 (taken at
+  x, average to ∇f(x) on the k-times larger batch, which is Langevin step 0 (taken at
   x' = x); the chain's steps 1..L-1 then call ``grad_fn`` once each, at the micro-step that
   emits the update. One emitted update costs the caller's k micro-batch gradients plus L - 1
   ``grad_fn`` calls (for Langevin steps on k micro-batches too, let ``grad_fn`` average over

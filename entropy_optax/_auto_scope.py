@@ -1,36 +1,36 @@
-r"""Automatic scoping: gamma set at every update from what the update itself measured.
+r"""Automatic scoping: γ set at every update from what the update itself measured.
 
-The paper tunes the scope by hand (Sec. 4.3): make the local-entropy gradient gamma (x - mu)
-comparable with the plain gradient grad f(x), starting small. Every update already measures both
+The paper tunes the scope by hand (Sec. 4.3): make the local-entropy gradient γ (x - μ)
+comparable with the plain gradient ∇f(x), starting small. Every update already measures both
 norms (:class:`~entropy_optax.LangevinStats`), so :func:`~entropy_optax.auto_scoping` turns the
 heuristic into a controller of the ratio
 
-  r = norm of gamma (x - mu) / norm of grad f(x)
+  r = norm of γ (x - μ) / norm of ∇f(x)
 
 towards a target ``target_ratio`` (a number or a schedule of the update count, "small early,
 growing": the paper's scoping expressed as a ratio).
 
-Why it does not chase its own tail. mu depends on gamma: a larger gamma pulls the chain, and so
-mu, closer to x, so gamma and norm of x - mu move in opposite directions. The rule never re-runs
-the chain to solve for gamma within an update (that would cost gradient evaluations); it takes
-the chain that ran at gamma_t, and moves log gamma towards the gamma that would have hit the
-target had norm of x - mu stayed put:
+Why it does not chase its own tail. μ depends on γ: a larger γ pulls the chain, and so
+μ, closer to x, so γ and norm of x - μ move in opposite directions. The rule never re-runs
+the chain to solve for γ within an update (that would cost gradient evaluations); it takes
+the chain that ran at gamma_t, and moves log γ towards the γ that would have hit the
+target had norm of x - μ stayed put:
 
   log gamma_{t+1} = log gamma_t + k_t (log target_{t+1} - log r_t),  k_t = max(smoothing, 1/(t+1))
 
 clipped to [gamma_min, gamma_max]. For a quadratic f = x'Ax/2 (A positive semi-definite) and an
-exact chain, mu = (A + gamma I)^-1 gamma x, so gamma (x - mu) = gamma (A + gamma I)^-1 grad f and
-r(gamma) grows with gamma with an elasticity e = d log r / d log gamma in [0, 1] (each eigen-
-direction contributes gamma / (a + gamma), of elasticity a / (a + gamma)); the ratio can never
+exact chain, μ = (A + γ I)^-1 γ x, so γ (x - μ) = γ (A + γ I)^-1 ∇f and
+r(γ) grows with γ with an elasticity e = d log r / d log γ in [0, 1] (each eigen-
+direction contributes γ / (a + γ), of elasticity a / (a + γ)); the ratio can never
 exceed 1 there, so targets must be below it. A short chain is in the same regime while
-langevin_lr gamma <= 1 (its ratio is then nearly proportional to gamma, e close to 1), which is
+langevin_lr γ <= 1 (its ratio is then nearly proportional to γ, e close to 1), which is
 why gamma_max defaults to 1 / langevin_lr. The map log gamma_t -> log gamma_{t+1} then has slope
 1 - k_t e in [0, 1): the fixed point (r = target) is approached from one side, without overshoot
-or oscillation; at e = 1 a single step lands on it. The first update (k_0 = 1) calibrates gamma
+or oscillation; at e = 1 a single step lands on it. The first update (k_0 = 1) calibrates γ
 from its one measurement, so ``gamma_init`` matters only for that update; later steps average
-the noisy measurements (an exponential moving average in log gamma, window about 1 / smoothing).
-Where the curvature along the chain is negative the ratio can exceed 1 and fall as gamma grows;
-there the rule drives gamma down, to gamma_min at worst: the bounds, not the rule, keep it sane.
+the noisy measurements (an exponential moving average in log γ, window about 1 / smoothing).
+Where the curvature along the chain is negative the ratio can exceed 1 and fall as γ grows;
+there the rule drives γ down, to gamma_min at worst: the bounds, not the rule, keep it sane.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def auto_scoping(
     An :class:`~entropy_optax.AutoScoping`, to pass as ``gamma``.
 
   Examples:
-    On f = norm(x)^2 / 2 (curvature 1) with an exact chain, ratio 0.5 needs gamma = 1:
+    On f = norm(x)^2 / 2 (curvature 1) with an exact chain, ratio 0.5 needs γ = 1:
 
     >>> import jax.numpy as jnp, optax, entropy_optax
     >>> scope = entropy_optax.auto_scoping(0.5, smoothing=1.0)
@@ -199,7 +199,7 @@ def initial_state(gamma: Any) -> AutoScopingState | tuple[()]:
 
 
 def gamma_at(config: ChainConfig, scope_state: Any, count: jax.Array) -> Any:
-  """The gamma of update number ``count``: the scope's own, or the config's number or schedule."""
+  """The γ of update number ``count``: the scope's own, or the config's number or schedule."""
   if isinstance(config.gamma, AutoScoping):
     return scope_state.scope_gamma
   return config.gamma_at(count)

@@ -51,7 +51,7 @@ class ChainConfig:
     return cls(**{name: arguments[name] for name in names if name in arguments})
 
   def gamma_at(self, count: Any) -> Any:
-    """The scope of the update ``count`` (0 at the first): a schedule's value, or gamma."""
+    """The scope of the update ``count`` (0 at the first): a schedule's value, or γ."""
     return self.gamma(count) if callable(self.gamma) else self.gamma
 
   def __post_init__(self) -> None:

@@ -107,8 +107,8 @@ def local_entropy(
 
   .. math::
 
-     -F(x, \gamma) = -\log \int
-     \exp\big(-f(x') - \tfrac{\gamma}{2} \lVert x - x' \rVert^2\big)\, dx'
+     -F(x, \γ) = -\log \int
+     \exp\big(-f(x') - \tfrac{\γ}{2} \lVert x - x' \rVert^2\big)\, dx'
 
   is a smoothed loss whose minima lie in wide valleys of f; its gradient is γ (x − ⟨x'⟩), with
   ⟨x'⟩ the mean of the local Gibbs measure, estimated by L Langevin steps started at x (see
@@ -254,7 +254,7 @@ def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformation
     return selection.with_part(updates, moved), new_state
 
   def skip(updates, state, params):
-    """The update of a chain that stayed at x (mu = x): zero where it moves; state unchanged."""
+    """The update of a chain that stayed at x (μ = x): zero where it moves; state unchanged."""
     selection = _masking.Selection.of(mask, params)
     zeros = jax.tree.map(jnp.zeros_like, selection.part(params))
     return selection.with_part(updates, zeros), state
