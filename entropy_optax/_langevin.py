@@ -65,7 +65,7 @@ def langevin_mean(
       codes (0.9 there); the coupling and the noise are added after the momentum.
     langevin_nesterov: Nesterov form of that momentum (heavy-ball if False: the buffer is the
       step; the authors' codes instead alias it and accumulate the coupling and noise in it).
-      Called ``nesterov`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
+      Called ``nesterov`` in 0.1.0 (still accepted, with a DeprecationWarning).
     weight_decay: L2 coefficient weight_decay x' added inside the chain.
     weight_decay_at: "before_momentum" (added to the raw gradient: this library, the authors'
       PyTorch port) or "after_momentum" (added with the coupling: the authors' Lua code).
@@ -74,7 +74,7 @@ def langevin_mean(
     noise_distribution: the distribution of the unit-variance noise draws: "irwin_hall"
       (default: a cheap exact-variance approximation of a Gaussian, see
       ``_noise.irwin_hall_normal``) or "gaussian" (``jax.random.normal``). Called
-      ``noise_sampler`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
+      ``noise_sampler`` in 0.1.0 (still accepted, with a DeprecationWarning).
     unroll: ``lax.scan`` unrolling; None picks :func:`~entropy_optax.default_unroll`.
     sampler: the Markov chain: "sgld" (the steps above, the paper's) or "sghmc": underdamped
       Langevin with a velocity, x' ← x' + v, v ← (1 - friction) v - langevin_lr (g - γ

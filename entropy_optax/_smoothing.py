@@ -65,7 +65,7 @@ def gaussian_smoothing(
     key: PRNG key or seed of the perturbations.
     noise_distribution: the distribution of the perturbations: "gaussian" (default: the kernel
       is then exactly Gaussian) or "irwin_hall" (cheaper; same mean and variance, a slightly
-      different kernel). Called ``noise_sampler`` before entropy_optax 0.2 (still accepted,
+      different kernel). Called ``noise_sampler`` in 0.1.0 (still accepted,
       with a DeprecationWarning).
     unroll: ``lax.scan`` unrolling over the samples; None: as the Langevin chain.
 
