@@ -50,15 +50,19 @@ References:
 # (spectral density), _hutchinson (trace), _fisher (Fisher diagonals), _summary (the paper's
 # statistics), _plot (histograms).
 
+from entropy_optax.flatness import _inputs
 from entropy_optax.flatness._exact import hessian_eigenvalues
 from entropy_optax.flatness._fisher import fisher_diagonal, fisher_diagonal_from_adam
 from entropy_optax.flatness._hutchinson import TraceEstimate, hutchinson_trace
 from entropy_optax.flatness._hvp import hvp
-from entropy_optax.flatness._inputs import LossFn
 from entropy_optax.flatness._lanczos import Extremes, lanczos_extremes
 from entropy_optax.flatness._plot import plot_spectrum
 from entropy_optax.flatness._slq import SpectralDensity, gaussian_density, spectral_density
 from entropy_optax.flatness._summary import spectrum_summary
+
+#: The loss every flatness tool takes, ``loss_fn(params, batch)``, which returns a scalar
+#: array (the mean loss over one batch).
+LossFn = _inputs.LossFn
 
 __all__ = [
   "Extremes",

@@ -11,8 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-#: The loss every flatness tool takes: ``loss_fn(params, batch)`` returns a scalar array; a
-#: Linen model's, e.g., is ``lambda p, b: loss(model.apply(p, b[0]), b[1])``.
 LossFn = Callable[[Any, Any], jax.Array]
 
 
