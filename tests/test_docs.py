@@ -1,5 +1,6 @@
 """The README and the docs pages as a user reads them: their code runs, their commands parse,
-and the API reference has a page for every public name.
+the API reference has an entry for every public name, code blocks fit the page, public names
+are links (roles), and no page holds notes about how it was made.
 
 Every ```python block of a page runs, in order, in one namespace per page (a page reads top to
 bottom like a script). Every ``python -m experiments.…`` line of a ```bash block parses and
