@@ -28,15 +28,25 @@ extensions = [
   "sphinx.ext.napoleon",
   "sphinx.ext.viewcode",
   "myst_nb",  # MyST Markdown pages and the notebooks (includes myst_parser)
+  # MathJax 3 shipped inside the package and copied into _static/: the math renders offline
+  # (Sphinx's default loads MathJax from a CDN, and shows raw TeX without network).
+  "sphinx-mathjax-offline",
   "entropy_optax_docs",  # docs/_ext: notebooks copied in, presets table, optional pages
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "_generated/*.md", "README.md"]
-templates_path = ["_templates"]
+exclude_patterns = [
+  "_build",
+  "_autosummary",  # the per-name pages of earlier builds
+  "Thumbs.db",
+  ".DS_Store",
+  "_generated/*.md",
+  "README.md",
+]
 
-# API reference: one page per public name (autosummary), Google-style docstrings (napoleon).
-autosummary_generate = True
+# API reference: docs/api/*.md, one page per group of names (as optax's), Google-style
+# docstrings (napoleon); the autosummary tables there link to the entries below them.
+autosummary_generate = False
 autodoc_typehints = "signature"
 python_maximum_signature_line_length = 88  # one parameter per line in long signatures
 autodoc_member_order = "bysource"
@@ -64,11 +74,15 @@ suppress_warnings = ["mystnb.unknown_mime_type"]
 
 html_theme = "sphinx_book_theme"
 html_title = f"entropy_optax {version}"
+# No repository button: the project has no public repository address yet.
 html_theme_options = {
-  "repository_url": "https://github.com/entropy-optax/entropy_optax",
-  "use_repository_button": True,
   "path_to_docs": "docs",
   "show_toc_level": 2,
   "navigation_with_keys": False,
+  "use_download_button": True,
+  "navbar_persistent": [],  # no second search box in the header (the sidebar has one)
 }
-html_static_path = []
+# One search box: the theme's field in the sidebar.
+html_sidebars = {"**": ["navbar-logo", "search-field", "sbt-sidebar-nav"]}
+html_static_path = ["_static"]
+html_css_files = ["entropy_optax.css"]

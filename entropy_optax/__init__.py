@@ -25,7 +25,7 @@ from entropy_optax._stats import LangevinStats
 from entropy_optax._transform import LocalEntropyState, local_entropy
 from entropy_optax._unroll import default_unroll
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
   "AutoScoping",
@@ -57,7 +57,7 @@ __all__ = (
 
 
 def __getattr__(name: str):
-  # ``entropy_optax.flatness`` is imported on first use: ``import entropy_optax`` then costs the
+  # :mod:`entropy_optax.flatness` is imported on first use: ``import entropy_optax`` then costs the
   # optimizers only, not the Hessian tools (scipy-backed eigensolvers, matfree, matplotlib).
   if name == "flatness":
     return importlib.import_module("entropy_optax.flatness")

@@ -1,4 +1,4 @@
-"""Entropy-SGD and Entropy-Adam: ``local_entropy`` chained with an outer optimizer."""
+"""Entropy-SGD and Entropy-Adam: local entropy chained with an outer optimizer."""
 
 # No ``from __future__ import annotations``: optax's schedule tests look for the object
 # ``optax.ScalarOrSchedule`` in the annotation of ``learning_rate``, not a string.
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax import _deprecation, _noise, _sghmc, _transform
+from entropy_optax import _deprecation, _noise, _sghmc, _shared_args, _transform
 from entropy_optax._utils import is_concrete_number, is_static_zero
 
 
@@ -36,6 +36,7 @@ def _outer_weight_decay(weight_decay: float) -> optax.GradientTransformation:
 
 
 @_deprecation.renamed_keywords("noise_sampler")
+@_shared_args.with_chain_args
 def entropy_sgd(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -60,35 +61,38 @@ def entropy_sgd(
   """Entropy-SGD: the local-entropy gradient followed by SGD with Nesterov momentum.
 
   ``optax.chain(local_entropy(...), add_decayed_weights(weight_decay), sgd(...))``: the outer
-  step is x <- x - learning_rate (x - mu + weight_decay x) through the momentum, Alg. 1 line 7
-  with the factor gamma dropped as in the paper's practice (``scale_by_gamma`` keeps it).
+  step is x ← x − η (x − μ + wd x) through the momentum, Alg. 1 line 7 with the factor γ
+  dropped as in the paper's practice (``scale_by_gamma`` keeps it); the chain is
+  :func:`~entropy_optax.local_entropy`'s, which says how ``update`` takes ``grad_fn``.
   ``weight_decay`` applies inside the Langevin chain (to the raw gradient) and to the outer
   gradient, as the authors' PyTorch port does; their Lua code, which produced the paper's
-  numbers, has neither outer momentum nor outer weight decay (``authors_entropy_sgd`` runs either
-  code exactly). See ``local_entropy`` for the other arguments (``sampler="sghmc"`` and
-  ``friction`` pick the SGHMC chain) and for how ``update`` takes ``grad_fn``.
-
-  Momentum: the outer SGD uses **Nesterov** momentum by default (``momentum=0.9``,
-  ``nesterov=True``), as the paper and the authors' PyTorch port do. Flax's examples use
-  heavy-ball momentum, ``optax.sgd(lr, momentum)``, whose ``nesterov`` defaults to False: when
-  you swap that for ``entropy_sgd``, pass ``nesterov=False`` to keep heavy-ball.
+  numbers, has neither outer momentum nor outer weight decay
+  (:func:`~entropy_optax.authors_entropy_sgd` runs either code exactly).
 
   Args:
-    learning_rate: the outer step size eta, a float or an optax schedule.
-    momentum: outer momentum (0 for none).
-    nesterov: Nesterov form of the outer momentum (True, the default) or heavy-ball (False), as
-      ``optax.sgd``'s ``nesterov``. In entropy_optax 0.1.0 it also set the Langevin momentum's
-      form; that is now ``langevin_nesterov``.
-    langevin_nesterov: Nesterov form of ``langevin_momentum``, the chain's own momentum (no
-      effect while it is 0, the default). None (the default) follows ``nesterov``, as
-      entropy_optax 0.1.0 did; ``nesterov=False`` with a Langevin momentum then warns (a
-      DeprecationWarning): pass ``langevin_nesterov`` to choose.
+    learning_rate: the outer step size η, a float or an optax schedule.
+    .. chain-args:: num_langevin_steps gamma langevin_lr noise alpha
+    momentum: the outer SGD's momentum (0 for none).
+    nesterov: the outer momentum's form, as ``optax.sgd``'s ``nesterov``: Nesterov (True, the
+      default, as in the paper and the authors' codes) or heavy-ball (False: flax's examples'
+      ``optax.sgd(lr, momentum)``); see :ref:`two-nesterovs`.
+    .. chain-args:: langevin_momentum
+    langevin_nesterov: the Nesterov form of ``langevin_momentum`` (no effect while it is 0, the
+      default). None (the default) follows ``nesterov``, as 0.1.0's single ``nesterov`` did;
+      ``nesterov=False`` with a Langevin momentum then warns: pass ``langevin_nesterov`` to
+      choose.
+    weight_decay: L2 coefficient wd, added inside the chain (wd x') and to the outer gradient
+      (wd x) before the momentum.
+    .. chain-args:: scale_by_gamma key noise_distribution unroll
     mask: Entropy-SGD on part of the model (None: all of it): the leaves selected, as
-      ``local_entropy``'s ``mask``; the other leaves' gradients pass through unchanged, for an
-      optimizer after it (``optax.masked`` / ``optax.partition``) to treat.
+      :func:`~entropy_optax.local_entropy`'s ``mask``, for the chain and the outer SGD; the
+      other leaves' gradients pass through unchanged, for an optimizer after it
+      (``optax.masked`` / ``optax.partition``) to treat.
+    .. chain-args:: sampler friction
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs``; its state holds a
+    :class:`~entropy_optax.LocalEntropyState`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, entropy_optax
@@ -121,6 +125,7 @@ def entropy_sgd(
 
 
 @_deprecation.renamed_keywords("noise_sampler")
+@_shared_args.with_chain_args
 def entropy_adam(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -145,15 +150,42 @@ def entropy_adam(
 ) -> optax.GradientTransformationExtraArgs:
   """Entropy-Adam: the local-entropy gradient followed by Adam.
 
-  The paper's char-LSTM used Entropy-Adam with b1 = 0.5 (pass ``b1=0.5``); the default keeps
-  Adam's usual 0.9. ``weight_decay`` is L2 added inside the chain and before Adam, like
-  ``entropy_sgd``. ``langevin_nesterov`` is the Nesterov form of ``langevin_momentum``, the only
-  momentum besides Adam's own: it does nothing while ``langevin_momentum`` is 0 (the default).
-  Adam has no ``nesterov``. See ``local_entropy`` for the other arguments (``noise_distribution``
-  was ``noise_sampler`` before entropy_optax 0.2, still accepted with a DeprecationWarning).
+  ``optax.chain(local_entropy(...), add_decayed_weights(weight_decay), adam(...))``, as
+  :func:`~entropy_optax.entropy_sgd` with Adam as the outer optimizer. The paper's char-LSTM
+  used Entropy-Adam with β1 = 0.5 (pass ``b1=0.5``); the default keeps Adam's usual 0.9. Adam
+  has no Nesterov form, so there is no ``nesterov`` (:ref:`two-nesterovs`).
+
+  Args:
+    learning_rate: Adam's step size, a float or an optax schedule.
+    b1: Adam's decay rate of the first moment.
+    b2: Adam's decay rate of the second moment.
+    eps: Adam's term added to the denominator.
+    .. chain-args:: num_langevin_steps gamma langevin_lr noise alpha
+    langevin_nesterov: the Nesterov form of ``langevin_momentum`` (no effect while it is 0, the
+      default).
+    .. chain-args:: langevin_momentum
+    weight_decay: L2 coefficient wd, added inside the chain (wd x') and to the outer gradient
+      (wd x) before Adam.
+    .. chain-args:: scale_by_gamma key noise_distribution unroll
+    mask: Entropy-Adam on part of the model (None: all of it), as
+      :func:`~entropy_optax.entropy_sgd`'s ``mask``.
+    .. chain-args:: sampler friction
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs``; its state holds a
+    :class:`~entropy_optax.LocalEntropyState`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
+    >>> tx = entropy_optax.entropy_adam(0.1, b1=0.5, num_langevin_steps=5, gamma=1.0)
+    >>> params = jnp.zeros(2); state = tx.init(params)
+    >>> grad_fn = lambda p, k: jax.grad(loss)(p)
+    >>> for _ in range(100):
+    ...   updates, state = tx.update(grad_fn(params, 0), state, params, grad_fn=grad_fn)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(params.round(1))
+    [1. 1.]
 
   References:
     Chaudhari et al., "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017.

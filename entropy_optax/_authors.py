@@ -1,9 +1,10 @@
-"""``authors_entropy_sgd``: Entropy-SGD exactly as the authors' Lua code or their PyTorch port.
+"""authors_entropy_sgd: Entropy-SGD exactly as the authors' Lua code or their PyTorch port.
 
 ucla-vision/entropy-sgd holds two implementations: ``entropyoptim.lua`` (with ``train.lua``),
 which produced the paper's numbers, and ``python/optim.py``, a later port. Both differ from the
 paper's Alg. 1 and from each other; this module rebuilds each from the library's own pieces
-(``local_entropy`` and small optax transformations), with each code's own argument meanings.
+(:func:`~entropy_optax.local_entropy` and small optax transformations), with each code's own
+argument meanings.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ class PortMomentumState(NamedTuple):
   Attributes:
     port_count: outer updates done so far (int32; so named that ``optax.tree.get`` of
       ``"count"`` finds no second ``count`` beside Adam's or SGD's).
-    inner_state: the state of the wrapped chain (``local_entropy`` and the outer weight decay).
+    inner_state: the state of the wrapped chain (:func:`~entropy_optax.local_entropy` and the outer
+      weight decay).
     momentum_buffer: the port's ``state['mdw']``: a copy of the first gradient, then
-      momentum * buffer + (x - mu + weight_decay x) at every update.
+      momentum * buffer + (x - μ + weight_decay x) at every update.
   """
 
   port_count: jax.Array
@@ -51,7 +53,7 @@ def _port_outer_momentum(
   """``inner`` followed by the port's outer momentum, whose buffer starts as the first gradient.
 
   The port fills ``state['mdw']`` with ``deepcopy(w.grad)`` of the first closure at x and never
-  zeroes it, so its first outer Nesterov step carries an extra lr momentum^2 grad f(x0), which
+  zeroes it, so its first outer Nesterov step carries an extra lr momentum^2 ∇f(x0), which
   decays as momentum^t. ``inner`` receives the raw gradient; the buffer is seeded with it.
   """
 
@@ -134,31 +136,31 @@ def authors_entropy_sgd(
 
   Each argument means what the code's option means (``train.lua``'s ``--gamma``,
   ``--scoping``, ``--noise``, ``--L2``; the port's ``g0``, ``g1``, ``eps``, ``weight_decay``).
-  Both codes, per outer step, starting from x' = mu = x and a zeroed inner buffer b::
+  Both codes, per outer step, starting from x' = μ = x and a zeroed inner buffer b::
 
-    g  = grad f(x'; batch k) [+ wd x' : port]
+    g  = ∇f(x'; batch k) [+ wd x' : port]
     b  = momentum b + g;  g = g + momentum b                        (Nesterov)
     x' = x' - langevin_lr (g - gamma_t (x - x') [+ wd x' : Lua]) + noise sqrt(2 langevin_lr) N(0,I)
-    mu = 0.75 mu + 0.25 x'
+    μ = 0.75 μ + 0.25 x'
 
   then, with ``lr`` the outer learning rate:
 
-  - **Lua** (``entropyoptim.lua``, which ran the paper): x <- x - lr (x - mu). The code's outer
+  - **Lua** (``entropyoptim.lua``, which ran the paper): x ← x - lr (x - μ). The code's outer
     momentum and weight decay are computed and then multiplied by 0 ("kill the original
-    gradient"). gamma_t = gamma (1 + scoping)^t with t incremented *before* use, so the first
-    update already uses gamma (1 + scoping).
-  - **PyTorch port** (``python/optim.py``): d = x - mu + wd x; B = momentum B + d;
-    x <- x - lr (d + momentum B), the buffer B starting as a copy of the first gradient (the
+    gradient"). gamma_t = γ (1 + scoping)^t with t incremented *before* use, so the first
+    update already uses γ (1 + scoping).
+  - **PyTorch port** (``python/optim.py``): d = x - μ + wd x; B = momentum B + d;
+    x ← x - lr (d + momentum B), the buffer B starting as a copy of the first gradient (the
     ``grads`` of the first update), never zeroed. Its step counter never advances, so
-    gamma_t = gamma: ``scoping`` has no effect, as in the port.
+    gamma_t = γ: ``scoping`` has no effect, as in the port.
 
   Compared with the paper's Alg. 1 both codes put weight 0.25 (not 0.75) on the newest sample,
-  add the noise times sqrt(2), and drop gamma from the outer step.
+  add the noise times sqrt(2), and drop γ from the outer step.
 
-  ``update(grads, state, params, *, grad_fn)`` has ``local_entropy``'s contract: ``grads`` is
-  grad f(x) on the mini-batch of the first Langevin step (both codes spend one more gradient at
-  x on a separate mini-batch, for logging and, in the port, to seed the outer buffer; this
-  factory does not), and ``grad_fn(x_prime, k)`` gives the gradient on mini-batch k.
+  ``update(grads, state, params, *, grad_fn)`` has :func:`~entropy_optax.local_entropy`'s contract:
+  ``grads`` is ∇f(x) on the mini-batch of the first Langevin step (both codes spend one more
+  gradient at x on a separate mini-batch, for logging and, in the port, to seed the outer buffer;
+  this factory does not), and ``grad_fn(x_prime, k)`` gives the gradient on mini-batch k.
 
   Args:
     learning_rate: the outer learning rate (``train.lua``'s per-epoch ``learningRate``), a float
@@ -166,8 +168,8 @@ def authors_entropy_sgd(
     code: "lua" or "pytorch".
     num_langevin_steps: L >= 1.
     gamma: the scope at t = 0 (``--gamma`` / ``g0``), > 0.
-    scoping: gamma grows as gamma (1 + scoping)^t (``--scoping`` / ``g1``; the port ignores it).
-    noise: epsilon (``--noise`` / ``eps``), as the codes apply it: noise sqrt(2 langevin_lr) per
+    scoping: γ grows as γ (1 + scoping)^t (``--scoping`` / ``g1``; the port ignores it).
+    noise: ε (``--noise`` / ``eps``), as the codes apply it: noise sqrt(2 langevin_lr) per
       Langevin step, drawn with ``jax.random.normal`` as the codes draw Gaussians.
     langevin_lr: the Langevin step size (``lclr`` / ``langevin['lr']``, 0.1 in both codes).
     momentum: the momentum of the Langevin loop (both) and of the outer step (port only).

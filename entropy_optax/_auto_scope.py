@@ -1,35 +1,36 @@
-r"""Automatic scoping: gamma set at every update from what the update itself measured.
+r"""Automatic scoping: γ set at every update from what the update itself measured.
 
-The paper tunes the scope by hand (Sec. 4.3): make the local-entropy gradient gamma (x - mu)
-comparable with the plain gradient grad f(x), starting small. Every update already measures both
-norms (``LangevinStats``), so ``auto_scoping`` turns the heuristic into a controller of the ratio
+The paper tunes the scope by hand (Sec. 4.3): make the local-entropy gradient γ (x - μ)
+comparable with the plain gradient ∇f(x), starting small. Every update already measures both
+norms (:class:`~entropy_optax.LangevinStats`), so :func:`~entropy_optax.auto_scoping` turns the
+heuristic into a controller of the ratio
 
-  r = norm of gamma (x - mu) / norm of grad f(x)
+  r = norm of γ (x - μ) / norm of ∇f(x)
 
 towards a target ``target_ratio`` (a number or a schedule of the update count, "small early,
 growing": the paper's scoping expressed as a ratio).
 
-Why it does not chase its own tail. mu depends on gamma: a larger gamma pulls the chain, and so
-mu, closer to x, so gamma and norm of x - mu move in opposite directions. The rule never re-runs
-the chain to solve for gamma within an update (that would cost gradient evaluations); it takes
-the chain that ran at gamma_t, and moves log gamma towards the gamma that would have hit the
-target had norm of x - mu stayed put:
+Why it does not chase its own tail. μ depends on γ: a larger γ pulls the chain, and so
+μ, closer to x, so γ and norm of x - μ move in opposite directions. The rule never re-runs
+the chain to solve for γ within an update (that would cost gradient evaluations); it takes
+the chain that ran at gamma_t, and moves log γ towards the γ that would have hit the
+target had norm of x - μ stayed put:
 
   log gamma_{t+1} = log gamma_t + k_t (log target_{t+1} - log r_t),  k_t = max(smoothing, 1/(t+1))
 
 clipped to [gamma_min, gamma_max]. For a quadratic f = x'Ax/2 (A positive semi-definite) and an
-exact chain, mu = (A + gamma I)^-1 gamma x, so gamma (x - mu) = gamma (A + gamma I)^-1 grad f and
-r(gamma) grows with gamma with an elasticity e = d log r / d log gamma in [0, 1] (each eigen-
-direction contributes gamma / (a + gamma), of elasticity a / (a + gamma)); the ratio can never
+exact chain, μ = (A + γ I)^-1 γ x, so γ (x - μ) = γ (A + γ I)^-1 ∇f and
+r(γ) grows with γ with an elasticity e = d log r / d log γ in [0, 1] (each eigen-
+direction contributes γ / (a + γ), of elasticity a / (a + γ)); the ratio can never
 exceed 1 there, so targets must be below it. A short chain is in the same regime while
-langevin_lr gamma <= 1 (its ratio is then nearly proportional to gamma, e close to 1), which is
+langevin_lr γ <= 1 (its ratio is then nearly proportional to γ, e close to 1), which is
 why gamma_max defaults to 1 / langevin_lr. The map log gamma_t -> log gamma_{t+1} then has slope
 1 - k_t e in [0, 1): the fixed point (r = target) is approached from one side, without overshoot
-or oscillation; at e = 1 a single step lands on it. The first update (k_0 = 1) calibrates gamma
+or oscillation; at e = 1 a single step lands on it. The first update (k_0 = 1) calibrates γ
 from its one measurement, so ``gamma_init`` matters only for that update; later steps average
-the noisy measurements (an exponential moving average in log gamma, window about 1 / smoothing).
-Where the curvature along the chain is negative the ratio can exceed 1 and fall as gamma grows;
-there the rule drives gamma down, to gamma_min at worst: the bounds, not the rule, keep it sane.
+the noisy measurements (an exponential moving average in log γ, window about 1 / smoothing).
+Where the curvature along the chain is negative the ratio can exceed 1 and fall as γ grows;
+there the rule drives γ down, to gamma_min at worst: the bounds, not the rule, keep it sane.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ from entropy_optax._utils import is_concrete_number
 
 
 class AutoScopingState(NamedTuple):
-  """State of an ``auto_scoping`` scope, kept in ``LocalEntropyState.langevin_scope``.
+  """State of an :func:`~entropy_optax.auto_scoping` scope.
+
+  Kept in the field :attr:`~entropy_optax.LocalEntropyState.langevin_scope` of the chain's state.
 
   Attributes:
-    scope_gamma: the gamma the next update will use (float32); the one the last update used is
-      ``langevin_stats.langevin_gamma``.
+    scope_gamma: the γ the next update will use (float32); the one the last update used is
+      :attr:`LangevinStats.langevin_gamma <entropy_optax.LangevinStats.langevin_gamma>`.
   """
 
   scope_gamma: jax.Array
@@ -60,7 +63,23 @@ class AutoScopingState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class AutoScoping:
-  """The settings of an automatic scope (see ``auto_scoping``); pass it as ``gamma``."""
+  """The settings of an automatic scope; pass it as ``gamma``.
+
+  Made by :func:`~entropy_optax.auto_scoping`, which checks the values; a frozen dataclass.
+
+  Args:
+    target_ratio: the ratio ‖γ (x − μ)‖ / ‖∇f(x)‖ to hold, in (0, 1), or a schedule of it.
+    gamma_init: γ of the first update.
+    gamma_min: lower bound of γ.
+    gamma_max: upper bound of γ; None: 1 / ``langevin_lr``.
+    smoothing: the weight of the newest measurement, in (0, 1].
+
+  Examples:
+    >>> import entropy_optax
+    >>> scope = entropy_optax.auto_scoping(0.1, gamma_init=0.01)
+    >>> print(type(scope).__name__, scope.target_ratio, scope.gamma_init, scope.gamma_max)
+    AutoScoping 0.1 0.01 None
+  """
 
   target_ratio: optax.ScalarOrSchedule
   gamma_init: float
@@ -70,7 +89,17 @@ class AutoScoping:
 
 
 def ratio_scoping(ratio0: float, ratio1: float, max_ratio: float) -> optax.Schedule:
-  """The paper's exponential scoping applied to the ratio: min(ratio0 (1 + ratio1)^t, max_ratio).
+  """The paper's exponential scoping applied to the ratio: min(r0 (1 + r1)ᵗ, r_max).
+
+  A schedule of the target :term:`ratio` for :func:`~entropy_optax.auto_scoping`.
+
+  Args:
+    ratio0: the ratio at the first update (t = 0), in (0, 1).
+    ratio1: the growth per update, >= 0: the ratio is multiplied by 1 + r1 at every update.
+    max_ratio: the cap of the ratio, in (0, 1).
+
+  Returns:
+    An ``optax.Schedule``: the update count t to the target ratio, a float32 scalar.
 
   Examples:
     >>> import entropy_optax
@@ -101,38 +130,39 @@ def auto_scoping(
   gamma_max: float | None = None,
   smoothing: float = 0.1,
 ) -> AutoScoping:
-  r"""A scope gamma that sets itself so that gamma (x - mu) is a target fraction of grad f(x).
+  r"""A scope γ that sets itself so that ‖γ (x − μ)‖ is a target fraction of ‖∇f(x)‖.
 
-  Pass it as ``gamma`` of ``local_entropy``, ``entropy_sgd`` or ``entropy_adam``. After every
-  update, the measured ratio r = norm of gamma (x - mu) / norm of grad f(x) (``LangevinStats``:
-  ``entropy_grad_norm / grad_norm``, free) moves gamma towards the target:
-  log gamma <- log gamma + k (log target - log r), k = max(smoothing, 1 / (t + 1)), clipped to
-  [gamma_min, gamma_max]. The first update runs at ``gamma_init`` and calibrates gamma from its
-  measurement; the gamma each update used is ``langevin_stats.langevin_gamma``, the next one
+  Pass it as ``gamma`` of :func:`~entropy_optax.local_entropy`,
+  :func:`~entropy_optax.entropy_sgd` or :func:`~entropy_optax.entropy_adam`. After every
+  update, the measured :term:`ratio` r = ‖γ (x − μ)‖ / ‖∇f(x)‖
+  (:class:`~entropy_optax.LangevinStats`: ``entropy_grad_norm / grad_norm``, free) moves γ
+  towards the target: log γ ← log γ + k (log target − log r), k = max(smoothing, 1 / (t + 1)),
+  clipped to [γmin, γmax]. The first update runs at ``gamma_init`` and calibrates γ from its
+  measurement; the γ each update used is ``langevin_stats.langevin_gamma``, the next one
   ``optax.tree.get(opt_state, "scope_gamma")``. No extra gradient evaluation; the state is one
-  scalar; jit- and vmap-safe. The module docstring of ``entropy_optax._auto_scope`` explains why
-  the rule converges without oscillating although mu depends on gamma.
+  scalar; jit- and vmap-safe. :doc:`/auto_scope` explains why the rule converges without
+  oscillating although μ depends on γ, and what it measured.
 
-  The ratio lies in (0, 1) wherever f is locally convex (it is gamma / (a + gamma) along a
-  direction of curvature a): the paper's "comparable magnitudes" is a ratio near 1, i.e. the
-  chain tied to x, the end point of its scoping, not its start.
+  The ratio lies in (0, 1) wherever f is locally convex (it is γ / (a + γ) along a direction of
+  curvature a): the paper's "comparable magnitudes" is a ratio near 1, i.e. the chain tied to
+  x, the end point of its scoping, not its start.
 
   Args:
     target_ratio: the ratio to hold, in (0, 1): a number or a schedule of the update count t
-      (t = 0 at the first update). None: ``ratio_scoping(0.02, 1e-3, 0.5)``, the ratio of the
-      MNIST-1D recipes (gamma 0.03 x 1.001^t, L = 5), which start near 0.02 and grow as their
-      gamma does.
-    gamma_init: gamma of the first update (> 0).
-    gamma_min: lower bound of gamma (> 0).
-    gamma_max: upper bound of gamma; None: 1 / langevin_lr, beyond which the chain's coupling
-      overshoots (langevin_lr gamma > 1) and at 2 / langevin_lr diverges.
+      (t = 0 at the first update). None: ``ratio_scoping(0.02, 1e-3, 0.5)``
+      (:func:`~entropy_optax.ratio_scoping`), the ratio of the MNIST-1D recipes (γ = 0.03 ×
+      1.001ᵗ, L = 5), which start near 0.02 and grow as their γ does.
+    gamma_init: γ of the first update (> 0).
+    gamma_min: lower bound of γ (> 0).
+    gamma_max: upper bound of γ; None: 1 / ``langevin_lr``, beyond which the chain's coupling
+      overshoots (η' γ > 1) and at 2 / η' diverges.
     smoothing: in (0, 1], the weight of the newest measurement once t + 1 > 1 / smoothing.
 
   Returns:
-    An ``AutoScoping``, to pass as ``gamma``.
+    An :class:`~entropy_optax.AutoScoping`, to pass as ``gamma``.
 
   Examples:
-    On f = norm(x)^2 / 2 (curvature 1) with an exact chain, ratio 0.5 needs gamma = 1:
+    On f = norm(x)^2 / 2 (curvature 1) with an exact chain, ratio 0.5 needs γ = 1:
 
     >>> import jax.numpy as jnp, optax, entropy_optax
     >>> scope = entropy_optax.auto_scoping(0.5, smoothing=1.0)
@@ -162,14 +192,14 @@ def auto_scoping(
 
 
 def initial_state(gamma: Any) -> AutoScopingState | tuple[()]:
-  """The scope's state before the first update: empty unless ``gamma`` is an ``AutoScoping``."""
+  """The scope's state before the first update: empty unless ``gamma`` is an AutoScoping."""
   if not isinstance(gamma, AutoScoping):
     return ()
   return AutoScopingState(scope_gamma=jnp.asarray(gamma.gamma_init, jnp.float32))
 
 
 def gamma_at(config: ChainConfig, scope_state: Any, count: jax.Array) -> Any:
-  """The gamma of update number ``count``: the scope's own, or the config's number or schedule."""
+  """The γ of update number ``count``: the scope's own, or the config's number or schedule."""
   if isinstance(config.gamma, AutoScoping):
     return scope_state.scope_gamma
   return config.gamma_at(count)

@@ -30,14 +30,15 @@ def take_batch(batches: Any, k: jax.Array | int, *, num_batches: int | None = No
   Args:
     batches: a pytree whose leaves stack the L mini-batches on axis 0, as
       :func:`entropy_optax.flax.stack_batches` makes them.
-    k: the index of the mini-batch, 0 to L - 1.
-    num_batches: L, to check: a ValueError that names ``stack_batches`` is raised, before the
-      model sees the batch, when a leaf's leading axis is not of length L (batches not stacked,
-      or fewer than L stacked). Recommended for the gradient at x, ``take_batch(batches, 0,
-      num_batches=L)``, the first use of the batches in a training step.
+    k: the index of the mini-batch, an int or an int32 scalar (traced or not), 0 to L − 1.
+    num_batches: L, to check: a ValueError that names
+      :func:`~entropy_optax.flax.stack_batches` is raised, before the model sees the batch,
+      when a leaf's leading axis is not of length L (batches not stacked, or fewer than L
+      stacked). Recommended for the gradient at x, ``take_batch(batches, 0, num_batches=L)``,
+      the first use of the batches in a training step.
 
   Returns:
-    The pytree of mini-batch ``k``: each leaf without its leading axis.
+    The pytree of mini-batch ``k``: every leaf without its leading axis.
 
   Raises:
     ValueError: ``num_batches`` is given and ``batches`` does not stack that many mini-batches.
@@ -75,6 +76,12 @@ def check_stacked(batches: Any, num_batches: int) -> None:
 def num_stacked(batches: Any) -> int:
   """The number of mini-batches stacked on axis 0 of ``batches`` (static, from the shapes).
 
+  Args:
+    batches: a pytree whose array leaves all stack the same number of mini-batches on axis 0.
+
+  Returns:
+    That number, a Python int.
+
   Raises:
     ValueError: ``batches`` has no array leaf, a scalar leaf, or leaves whose axis 0 differ.
 
@@ -107,7 +114,13 @@ def num_stacked(batches: Any) -> int:
 def check_num_batches(num_batches: int | None, num_langevin_steps: int) -> None:
   """Raises a ValueError saying what to do when ``num_batches`` is not ``num_langevin_steps``.
 
-  ``num_batches`` None (one batch shared by every step) passes.
+  Args:
+    num_batches: the mini-batches a ``grad_fn`` holds (its ``num_batches`` attribute); None,
+      one batch shared by every step, always passes.
+    num_langevin_steps: L, the Langevin steps of the optimizer.
+
+  Raises:
+    ValueError: ``num_batches`` is neither None nor ``num_langevin_steps``.
 
   Examples:
     >>> from entropy_optax.flax import check_num_batches
@@ -211,7 +224,26 @@ def stack_batches(source: Any, num_batches: int) -> Any:
 
 
 def langevin_key(key: jax.Array, k: jax.Array | int) -> jax.Array:
-  """The PRNG key of Langevin step ``k`` derived from a step's ``key``: ``fold_in(key, k)``."""
+  """The PRNG key of Langevin step ``k`` derived from a step's ``key``: ``fold_in(key, k)``.
+
+  What :func:`~entropy_optax.flax.make_grad_fn` gives the loss at step k, so that dropout
+  draws a fresh mask at every Langevin step.
+
+  Args:
+    key: the training step's PRNG key (e.g. ``TrainState.step_key()``).
+    k: the Langevin step, an int or an int32 scalar.
+
+  Returns:
+    ``jax.random.fold_in(key, k)``.
+
+  Examples:
+    >>> import jax
+    >>> from entropy_optax.flax import langevin_key
+    >>> key = jax.random.key(0)
+    >>> bool((jax.random.key_data(langevin_key(key, 1))
+    ...       == jax.random.key_data(jax.random.fold_in(key, 1))).all())
+    True
+  """
   return jax.random.fold_in(key, k)
 
 

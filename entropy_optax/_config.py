@@ -18,11 +18,12 @@ WEIGHT_DECAY_AT = ("before_momentum", "after_momentum")
 class ChainConfig:
   """The hyper-parameters of the Langevin chain, checked when the record is made.
 
-  ``local_entropy`` makes one when it is built (so do ``entropy_sgd`` and ``entropy_adam``
-  through it), ``langevin_mean`` at every call; ``run_chain`` reads it. The fields are the
-  keywords of ``local_entropy`` and mean what its docstring says. Values that
-  ``optax.inject_hyperparams`` traces pass the checks unchecked; so does a schedule ``gamma``
-  (its values may be traced too).
+  :func:`~entropy_optax.local_entropy` makes one when it is built (so do
+  :func:`~entropy_optax.entropy_sgd` and :func:`~entropy_optax.entropy_adam` through it),
+  :func:`~entropy_optax.langevin_mean` at every call; ``run_chain`` reads it. The fields are the
+  keywords of :func:`~entropy_optax.local_entropy` and mean what its docstring says. Values that
+  ``optax.inject_hyperparams`` traces pass the checks unchecked; so does a schedule ``gamma`` (its
+  values may be traced too).
   """
 
   num_langevin_steps: int
@@ -50,7 +51,7 @@ class ChainConfig:
     return cls(**{name: arguments[name] for name in names if name in arguments})
 
   def gamma_at(self, count: Any) -> Any:
-    """The scope of the update ``count`` (0 at the first): a schedule's value, or gamma."""
+    """The scope of the update ``count`` (0 at the first): a schedule's value, or γ."""
     return self.gamma(count) if callable(self.gamma) else self.gamma
 
   def __post_init__(self) -> None:

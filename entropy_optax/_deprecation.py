@@ -61,11 +61,11 @@ def renamed_keywords(*old_names: str) -> Callable[[Callable], Callable]:
 def entropy_sgd_langevin_nesterov(
   nesterov: bool, langevin_nesterov: bool | None, langevin_momentum: Any
 ) -> bool:
-  """``entropy_sgd``'s Langevin momentum form: ``langevin_nesterov``, or ``nesterov`` if None.
+  """entropy_sgd's Langevin momentum form: ``langevin_nesterov``, or ``nesterov`` if None.
 
-  In entropy_optax 0.1.0 ``entropy_sgd``'s ``nesterov`` set both loops; ``langevin_nesterov``
-  now sets the Langevin loop's. Left unset it still follows ``nesterov``, so no result changes,
-  and warns where that matters: ``nesterov=False`` with a Langevin momentum.
+  In entropy_optax 0.1.0 :func:`~entropy_optax.entropy_sgd`'s ``nesterov`` set both loops;
+  ``langevin_nesterov`` now sets the Langevin loop's. Left unset it still follows ``nesterov``, so
+  no result changes, and warns where that matters: ``nesterov=False`` with a Langevin momentum.
   """
   if langevin_nesterov is not None:
     return langevin_nesterov

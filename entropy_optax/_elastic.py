@@ -1,9 +1,10 @@
 """The elastic coupling of replicas to their average (Parle, Elastic-Averaging SGD).
 
-``elastic_coupling`` adds the elastic force rho (x^a - x-bar) to each replica's update and
-``replica_average`` is its hard limit (``entropy_optax.parle`` chains them with local entropy).
-The replicas live on a named axis: ``jax.vmap(..., axis_name=...)`` on one device,
-``jax.shard_map`` over a mesh axis on several; x-bar is a ``jax.lax.pmean`` over that axis.
+:func:`~entropy_optax.elastic_coupling` adds the elastic force ρ (xᵃ - x̄) to each replica's
+update and :func:`~entropy_optax.replica_average` is its hard limit (:func:`~entropy_optax.parle`
+chains them with local entropy). The replicas live on a named axis: ``jax.vmap(..., axis_name=...)``
+on one device, ``jax.shard_map`` over a mesh axis on several; x̄ is a ``jax.lax.pmean`` over that
+axis.
 """
 
 # No ``from __future__ import annotations``: optax's schedule tests look for the object
@@ -26,14 +27,15 @@ CENTERS = ("params", "langevin_mean")
 
 
 class ElasticStats(NamedTuple):
-  """Diagnostics of one coupling step, free: computed from x^a - x-bar, which the step needs.
+  """Diagnostics of one coupling step, free: computed from xᵃ - x̄, which the step needs.
 
   All fields are float32 scalars; the names do not repeat other states' fields, so that
   ``optax.tree.get(opt_state, name)`` finds one value.
 
   Attributes:
-    elastic_rho: the coupling rho used for this step (inf for ``replica_average``).
-    distance_to_center: the norm of x^a - x-bar, this replica's distance to the average.
+    elastic_rho: the coupling ρ used for this step (inf for
+      :func:`~entropy_optax.replica_average`).
+    distance_to_center: the norm of xᵃ - x̄, this replica's distance to the average.
     replica_spread: the root mean square of ``distance_to_center`` over the replicas (equal on
       every replica): how far apart the replicas are.
   """
@@ -44,11 +46,11 @@ class ElasticStats(NamedTuple):
 
 
 class ElasticCouplingState(NamedTuple):
-  """State of ``elastic_coupling`` and ``replica_average``.
+  """State of :func:`~entropy_optax.elastic_coupling` and :func:`~entropy_optax.replica_average`.
 
   Attributes:
-    elastic_count: number of updates done so far (int32); rho is evaluated at it.
-    elastic_stats: ``ElasticStats`` of the last update (zeros before the first).
+    elastic_count: number of updates done so far (int32); ρ is evaluated at it.
+    elastic_stats: :class:`~entropy_optax.ElasticStats` of the last update (zeros before the first).
   """
 
   elastic_count: jax.Array
@@ -75,7 +77,7 @@ def num_replicas(axis_name: AxisName) -> int:
 
 
 def _center(tree: Any, axis_name: AxisName) -> Any:
-  """x-bar, the replicas' average of ``tree`` (in the chain dtype, at least float32)."""
+  """x̄, the replicas' average of ``tree`` (in the chain dtype, at least float32)."""
   num_replicas(axis_name)  # the clear error outside the axis
   return jax.lax.pmean(to_chain(tree), axis_name)
 
@@ -103,31 +105,32 @@ def elastic_coupling(
   rho_max: float | None = None,
   center: Center = "params",
 ) -> optax.GradientTransformationExtraArgs:
-  """Adds the elastic force rho (x^a - x-bar) pulling each replica x^a to the replicas' average.
+  """Adds the elastic force ρ (xᵃ - x̄) pulling each replica xᵃ to the replicas' average.
 
-  The update u^a of replica a becomes u^a + rho_t (x^a - x-bar), with x-bar the average over
+  The update uᵃ of replica a becomes uᵃ + rho_t (xᵃ - x̄), with x̄ the average over
   ``axis_name`` (a ``jax.lax.pmean``: one all-reduce of the parameters per update). It is the
-  gradient of rho/2 times the squared distance of x^a to x-bar, the coupling of Elastic-Averaging
+  gradient of ρ/2 times the squared distance of xᵃ to x̄, the coupling of Elastic-Averaging
   SGD (Zhang et al. 2015); placed before an optimizer, the force goes through its momentum, as
   both of the Parle authors' codes do. Zero for one replica. ``update`` needs ``params``; other
   keyword arguments are ignored (they are for other members of a chain).
 
   Each replica drifts from the others at the rate of its own updates and is pulled back at rate
-  learning_rate * rho per step (without momentum): 0 < learning_rate * rho < 1 shrinks its
-  distance to x-bar monotonically, and the step diverges beyond 2. ``replica_average`` is the
-  hard limit (rho -> infinity).
+  learning_rate * ρ per step (without momentum): 0 < learning_rate * ρ < 1 shrinks its
+  distance to x̄ monotonically, and the step diverges beyond 2.
+  :func:`~entropy_optax.replica_average` is the hard limit (ρ -> infinity).
 
   Args:
-    rho: the coupling rho >= 0, a float or a schedule of the update count (t = 0 first).
+    rho: the coupling ρ >= 0, a float or a schedule of the update count (t = 0 first).
     axis_name: the named axis of the replicas (a tuple for several, e.g. a mesh axis and a
       vmapped one); None: one replica, no coupling.
     rho_max: caps rho_t (the authors' Parle code caps it at 10); None: no cap.
-    center: what x-bar averages: "params", the replicas x^a (the paper's text, Elastic-Averaging
-      SGD), or "langevin_mean", the replicas' Langevin means z^a = x^a - u^a (both authors'
-      codes; valid where the incoming update is ``local_entropy``'s x - mu).
+    center: what x̄ averages: "params", the replicas xᵃ (the paper's text, Elastic-Averaging
+      SGD), or "langevin_mean", the replicas' Langevin means zᵃ = xᵃ - uᵃ (both authors'
+      codes; valid where the incoming update is :func:`~entropy_optax.local_entropy`'s x - μ).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is an ``ElasticCouplingState``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    :class:`~entropy_optax.ElasticCouplingState`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, entropy_optax
@@ -183,18 +186,30 @@ def elastic_coupling(
 def replica_average(axis_name: AxisName = "replica") -> optax.GradientTransformationExtraArgs:
   """The hard coupling: every replica moves to the average of the replicas' next iterates.
 
-  The last member of a chain (it takes parameter updates, not gradients): u^a becomes
-  mean_b(x^b + u^b) - x^a, so that all replicas hold the same parameters after every update,
-  whatever their keys and data (the rho -> infinity limit of ``elastic_coupling``; from equal
-  starting points, data-parallel training with an n times larger batch, each replica keeping its
-  own optimizer state). Its ``ElasticStats`` measure x^a + u^a before the averaging, with
-  ``elastic_rho`` = inf.
+  The last member of a chain (it takes parameter updates, not gradients): uᵃ becomes
+  mean_b(x^b + u^b) - xᵃ, so that all replicas hold the same parameters after every update,
+  whatever their keys and data (the ρ -> infinity limit of
+  :func:`~entropy_optax.elastic_coupling`; from equal starting points, data-parallel training with
+  an n times larger batch, each replica keeping its own optimizer state). Its
+  :class:`~entropy_optax.ElasticStats` measure xᵃ + uᵃ before the averaging, with ``elastic_rho``
+  = inf.
 
   Args:
     axis_name: the named axis of the replicas; None: one replica (the identity).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is an ``ElasticCouplingState``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    :class:`~entropy_optax.ElasticCouplingState`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> tx = optax.chain(optax.sgd(1.0), entropy_optax.replica_average())
+    >>> def step(x, grad):  # each replica its own gradient; all end at the average step
+    ...   updates, _ = tx.update(grad, tx.init(x), x)
+    ...   return optax.apply_updates(x, updates)
+    >>> print(jax.vmap(step, axis_name="replica")(jnp.zeros((2, 1)), jnp.array([[1.0], [3.0]])))
+    [[-2.]
+     [-2.]]
   """
 
   def init_fn(params):

@@ -1,4 +1,4 @@
-"""NNX side of ``entropy_optax.flax``: ``nnx_grad_fn``, ``nnx_update`` and reading the state."""
+"""NNX side of ``entropy_optax.flax``: nnx_grad_fn, nnx_update and reading the state."""
 
 from __future__ import annotations
 
@@ -32,15 +32,43 @@ def _pure_state(opt_state: Any) -> Any:
 
 
 def uses_local_entropy(opt_state: Any) -> bool:
-  """Whether an optimizer state (optax, Linen or NNX) holds a ``local_entropy`` state."""
+  """Whether an optimizer state (optax, Linen or NNX) holds a local-entropy state.
+
+  Args:
+    opt_state: an optax state, a Linen ``TrainState.opt_state``, an ``nnx.Optimizer`` or its
+      ``opt_state``.
+
+  Returns:
+    True if a :class:`~entropy_optax.LocalEntropyState` is in it (a chain that starts with
+    :func:`~entropy_optax.local_entropy`, :func:`~entropy_optax.entropy_sgd`, ...).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, entropy_optax
+    >>> from entropy_optax.flax import uses_local_entropy
+    >>> params = jnp.ones(3)
+    >>> uses_local_entropy(entropy_optax.entropy_adam(0.1, num_langevin_steps=2).init(params))
+    True
+    >>> uses_local_entropy(optax.adam(0.1).init(params))
+    False
+  """
   return optax.tree.get(_pure_state(opt_state), "langevin_stats") is not None
 
 
 def takes_grad_fn(opt_state: Any) -> bool:
-  """Whether an optimizer state (optax, Linen or NNX) belongs to a transformation that takes
-  ``grad_fn`` and makes one update per L mini-batches: ``local_entropy`` (and so
-  ``entropy_sgd``/``entropy_adam``) or ``gaussian_smoothing``. A plain optimizer instead gets
-  one update per mini-batch from ``TrainState.apply_gradients`` and ``nnx_update``.
+  """Whether an optimizer state belongs to a transformation that takes ``grad_fn``.
+
+  Those make one update per L mini-batches: :func:`~entropy_optax.local_entropy` (and so
+  :func:`~entropy_optax.entropy_sgd`, :func:`~entropy_optax.entropy_adam`) and
+  :func:`~entropy_optax.gaussian_smoothing`. A plain optimizer instead gets one update per
+  mini-batch from :meth:`TrainState.apply_gradients <entropy_optax.flax.TrainState.apply_gradients>`
+  and :func:`~entropy_optax.flax.nnx_update`.
+
+  Args:
+    opt_state: an optax state, a Linen ``TrainState.opt_state``, an ``nnx.Optimizer`` or its
+      ``opt_state``.
+
+  Returns:
+    True for a state of a transformation that takes ``grad_fn``.
 
   Examples:
     >>> import jax.numpy as jnp, optax, entropy_optax
@@ -59,12 +87,15 @@ def takes_grad_fn(opt_state: Any) -> bool:
 
 
 def langevin_stats(opt_state: Any) -> Any:
-  """The ``LangevinStats`` of the last update, as plain arrays, from any optimizer state.
+  """The diagnostics of the last update, as plain arrays, from any optimizer state.
+
+  They are a :class:`~entropy_optax.LangevinStats`.
 
   Args:
     opt_state: the state to read: an optax state, a Linen ``TrainState.opt_state``, an
       ``nnx.Optimizer`` or its ``opt_state`` (whose ``OptArray`` variables are read without the
-      ``.value`` warning). It must hold a ``local_entropy`` state (else a ValueError).
+      ``.value`` warning). It must hold a :func:`~entropy_optax.local_entropy` state (else a
+      ValueError).
 
   Returns:
     ``LangevinStats(langevin_gamma, grad_norm, entropy_grad_norm, cosine, mean_distance)``,
@@ -99,11 +130,12 @@ def nnx_grad_fn(
   """Builds ``grad_fn(params, k)`` from an ``nnx.Module`` and ``loss_fn(model, batch[, rngs])``.
 
   For ``nnx.Optimizer(model, tx, wrt=wrt).update(model, grads, grad_fn=grad_fn)`` (or
-  ``nnx_update``): ``params`` is then the pure ``nnx.State`` of the ``wrt`` variables. Step k
-  evaluates ``loss_fn`` on a copy of ``model`` (``nnx.merge`` of the graph, ``params`` and the
-  model's other state as it is when ``nnx_grad_fn`` is called) on mini-batch k, with every
-  ``RngKey`` of the copy, and of the copy of ``rngs``, folded with k, so dropout draws a fresh
-  mask at each step. The copies' mutations (BatchNorm running statistics, RNG counts) are
+  :func:`~entropy_optax.flax.nnx_update`): ``params`` is then the pure ``nnx.State`` of the ``wrt``
+  variables. Step k evaluates ``loss_fn`` on a copy of ``model`` (``nnx.merge`` of the graph,
+  ``params`` and the model's other state as it is when :func:`~entropy_optax.flax.nnx_grad_fn` is
+  called) on mini-batch k, with every ``RngKey`` of the copy, and of the copy of ``rngs``, folded
+  with k, so dropout draws a fresh mask at each step. The copies' mutations (BatchNorm running
+  statistics, RNG counts) are
   discarded: the model and ``rngs`` are changed only by the caller's own forward pass at x.
   The model's mode (``model.train()``, ``nnx.view``) applies.
 
@@ -175,19 +207,20 @@ def nnx_update(
 ) -> None:
   """``optimizer.update`` for one training step that serves SGD, Adam and Entropy-SGD alike.
 
-  With a ``local_entropy`` optimizer (``entropy_sgd``, ``entropy_adam``...): one update,
-  ``optimizer.update(model, grads, grad_fn=grad_fn)``. With a plain optax optimizer: one update
-  per stacked mini-batch, so the L mini-batches of a step are all used (an epoch then has as
-  many updates as with unstacked batches): ``grads`` (mini-batch 0), then
-  ``grad_fn(params, k)`` at the new params for k = 1..L-1. BatchNorm running statistics are
-  those of the caller's pass on mini-batch 0 (the later mini-batches' are discarded, as in the
-  Langevin steps).
+  With a :func:`~entropy_optax.local_entropy` optimizer (:func:`~entropy_optax.entropy_sgd`,
+  :func:`~entropy_optax.entropy_adam`...): one update, ``optimizer.update(model, grads,
+  grad_fn=grad_fn)``. With a plain optax optimizer: one update per stacked mini-batch, so the L
+  mini-batches of a step are all used (an epoch then has as many updates as with unstacked batches):
+  ``grads`` (mini-batch 0), then ``grad_fn(params, k)`` at the new params for k = 1..L-1. BatchNorm
+  running statistics are those of the caller's pass on mini-batch 0 (the later mini-batches' are
+  discarded, as in the Langevin steps).
 
   Args:
     optimizer: the ``nnx.Optimizer``.
     model: its model.
     grads: the gradient at the model's parameters on mini-batch 0.
-    grad_fn: from ``nnx_grad_fn`` (required by ``local_entropy``).
+    grad_fn: from :func:`~entropy_optax.flax.nnx_grad_fn` (required by
+      :func:`~entropy_optax.local_entropy`).
     **kwargs: further keyword arguments for ``optimizer.update``.
 
   Examples:

@@ -38,46 +38,46 @@ def langevin_mean(
 ) -> tuple[Any, LangevinStats]:
   r"""Estimates the mean <x'> of the local Gibbs measure around ``params`` by SGLD.
 
-  The Gibbs measure is P(x') ∝ exp(-(f(x') + gamma/2 ``|x - x'|^2``) / T), whose mean gives the
-  gradient of the negative local entropy, -grad F(x) = gamma (x - <x'>) (Chaudhari et al. 2017,
-  Eq. 7). Starting from x' = mu = x, Langevin step k = 0..L-1 does::
+  The Gibbs measure is P(x') ∝ exp(-(f(x') + γ/2 ``|x - x'|^2``) / T), whose mean gives the
+  gradient of the negative local entropy, -grad F(x) = γ (x - <x'>) (Chaudhari et al. 2017,
+  Eq. 7). Starting from x' = μ = x, Langevin step k = 0..L-1 does::
 
-    g   = grad f(x'; k) + weight_decay x'
+    g   = ∇f(x'; k) + weight_decay x'
     g   = Nesterov/heavy-ball momentum on g   (only if langevin_momentum > 0; buffer starts at 0)
-    x' <- x' - langevin_lr (g - gamma (x - x')) + sqrt(langevin_lr) noise N(0, I)
-    mu <- (1 - alpha) mu + alpha x'
+    x' ← x' - langevin_lr (g - γ (x - x')) + sqrt(langevin_lr) noise N(0, I)
+    μ ← (1 - alpha) μ + alpha x'
 
   (``weight_decay_at="after_momentum"`` adds weight_decay x' after the momentum instead, with
   the coupling, as the authors' Lua code does.) With this noise convention the chain samples the
   Gibbs measure at temperature T = noise^2 / 2 (in the limit of small ``langevin_lr``).
 
   Args:
-    grad_fn: ``grad_fn(x_prime, k)`` returns grad f at ``x_prime`` (a tree like ``params``) for
+    grad_fn: ``grad_fn(x_prime, k)`` returns ∇f at ``x_prime`` (a tree like ``params``) for
       Langevin step ``k`` (an int32 scalar), e.g. on the k-th mini-batch.
     params: the current weights x (any pytree of float arrays).
     key: a PRNG key for the Langevin noise.
-    gamma: the scope gamma > 0 (may be traced: vmap over it).
+    gamma: the scope γ > 0 (may be traced: vmap over it).
     num_steps: L, the number of Langevin steps (a Python int).
-    langevin_lr: the SGLD step size eta'.
-    noise: the thermal noise epsilon (0 for a deterministic chain).
-    alpha: the weight of the newest sample in the running average mu.
+    langevin_lr: the SGLD step size η'.
+    noise: the thermal noise ε (0 for a deterministic chain).
+    alpha: the weight of the newest sample in the running average μ.
     langevin_momentum: momentum on the raw gradient inside the chain, as both of the authors'
       codes (0.9 there); the coupling and the noise are added after the momentum.
     langevin_nesterov: Nesterov form of that momentum (heavy-ball if False: the buffer is the
       step; the authors' codes instead alias it and accumulate the coupling and noise in it).
-      Called ``nesterov`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
+      Called ``nesterov`` in 0.1.0 (still accepted, with a DeprecationWarning).
     weight_decay: L2 coefficient weight_decay x' added inside the chain.
     weight_decay_at: "before_momentum" (added to the raw gradient: this library, the authors'
       PyTorch port) or "after_momentum" (added with the coupling: the authors' Lua code).
-    grad_at_params: grad f(x), if the caller already has it: then step 0 (taken at x' = x)
+    grad_at_params: ∇f(x), if the caller already has it: then step 0 (taken at x' = x)
       uses it and ``grad_fn`` is called only for k = 1..L-1, saving one gradient evaluation.
     noise_distribution: the distribution of the unit-variance noise draws: "irwin_hall"
       (default: a cheap exact-variance approximation of a Gaussian, see
       ``_noise.irwin_hall_normal``) or "gaussian" (``jax.random.normal``). Called
-      ``noise_sampler`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
-    unroll: ``lax.scan`` unrolling; None picks ``entropy_optax.default_unroll``.
+      ``noise_sampler`` in 0.1.0 (still accepted, with a DeprecationWarning).
+    unroll: ``lax.scan`` unrolling; None picks :func:`~entropy_optax.default_unroll`.
     sampler: the Markov chain: "sgld" (the steps above, the paper's) or "sghmc": underdamped
-      Langevin with a velocity, x' <- x' + v, v <- (1 - friction) v - langevin_lr (g - gamma
+      Langevin with a velocity, x' ← x' + v, v ← (1 - friction) v - langevin_lr (g - γ
       (x - x')) + sqrt(friction langevin_lr) noise N(0, I), at the same temperature
       T = noise^2 / 2 and the same L gradient evaluations (see ``_sghmc``). Not combined with
       ``langevin_momentum``.
@@ -85,8 +85,8 @@ def langevin_mean(
       SGLD); None: 0.1. Only with ``sampler="sghmc"``.
 
   Returns:
-    ``(mu, stats)``: mu in the chain dtype (at least float32, see ``chain_dtype``) and a
-    ``LangevinStats``.
+    ``(mu, stats)``: μ in the chain dtype (at least float32, see ``chain_dtype``) and a
+    :class:`~entropy_optax.LangevinStats`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -114,7 +114,7 @@ def run_chain(
   gamma: Any,
   grad_at_params: Any | None = None,
 ) -> tuple[Any, LangevinStats]:
-  """``langevin_mean`` on a checked ``config``, with ``gamma`` the scope of this run."""
+  """langevin_mean on a checked ``config``, with ``gamma`` the scope of this run."""
   num_steps = config.num_langevin_steps
   x = to_chain(params)
 
@@ -182,7 +182,7 @@ class _Coefficients(NamedTuple):
 
 
 def _step_function(config: ChainConfig, c: _Coefficients, x: Any, gradient: Callable) -> Callable:
-  """The scan body: one Langevin step on the carry (x', mu, velocity, summed distance)."""
+  """The scan body: one Langevin step on the carry (x', μ, velocity, summed distance)."""
   sqrt_lr = jnp.sqrt(jnp.asarray(c.langevin_lr, jnp.float32))
   add_weight_decay = lambda g, x_prime: jax.tree.map(
     lambda g, xp: g + c.weight_decay * xp, g, x_prime

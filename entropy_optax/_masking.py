@@ -1,4 +1,4 @@
-"""Which parameter leaves the Langevin chain moves: ``local_entropy``'s ``mask``, leaf by leaf."""
+"""Which parameter leaves the Langevin chain moves: local_entropy's ``mask``, leaf by leaf."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ Mask = Any  # a pytree of Python bools (a prefix of params), or a function param
 
 
 def reject_masked_nodes(params: Any) -> None:
-  """A clear error when ``local_entropy`` runs inside ``optax.masked`` / ``optax.partition``.
+  """A clear error when local_entropy runs inside ``optax.masked`` / ``optax.partition``.
 
   There the unselected leaves of params are ``optax.MaskedNode``: ``grad_fn`` would get a model
   with holes (a loss fails on them), so the chain is selected by ``mask`` instead.
@@ -118,7 +118,7 @@ class Selection:
 
   @classmethod
   def of(cls, mask: Mask | Callable[[Any], Mask] | None, params: Any) -> Selection:
-    """The selection ``local_entropy``'s ``mask`` makes of ``params`` (None: all of it)."""
+    """The selection local_entropy's ``mask`` makes of ``params`` (None: all of it)."""
     return cls(None if mask is None else tuple(leaf_flags(mask, params)))
 
   def part(self, tree: Any) -> Any:

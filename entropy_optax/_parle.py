@@ -8,12 +8,13 @@ import math
 import jax
 import optax
 
-from entropy_optax import _elastic, _noise
+from entropy_optax import _elastic, _noise, _shared_args
 from entropy_optax._alias import _outer_weight_decay
 from entropy_optax._transform import local_entropy
 from entropy_optax._utils import canonical_key, is_concrete_number, is_static_zero
 
 
+@_shared_args.with_chain_args
 def parle(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -39,54 +40,69 @@ def parle(
 ) -> optax.GradientTransformationExtraArgs:
   """Parle: Entropy-SGD on each of n replicas, each pulled elastically towards their average.
 
-  Each replica x^a (one per index of ``axis_name``) does, per update::
+  Each replica xᵃ (one per index of ``axis_name``) does, per update::
 
-    z^a  = local_entropy's Langevin mean, L steps started at x^a on its own mini-batches
-    g^a  = (x^a - z^a) + rho_t (x^a - x-bar),    x-bar = mean over the replicas of x^a
-    x^a <- x^a - learning_rate * momentum(g^a + weight_decay x^a)
+    zᵃ  = the Langevin mean of local_entropy, L steps started at xᵃ on its own mini-batches
+    gᵃ  = (xᵃ − zᵃ) + ρ_t (xᵃ − x̄),    x̄ = the mean of the xᵃ over the replicas
+    xᵃ ← xᵃ − η momentum(gᵃ + wd xᵃ)
 
-  that is ``optax.chain(local_entropy(...), elastic_coupling(rho, ...), sgd(...))``: the
-  arguments shared with ``entropy_sgd`` mean the same there, ``gamma`` and ``rho`` may be
-  schedules of the update count (the paper scopes both upwards, e.g.
+  that is ``optax.chain(local_entropy(...), elastic_coupling(rho, ...), sgd(...))``
+  (:func:`~entropy_optax.local_entropy`, :func:`~entropy_optax.elastic_coupling`): the
+  arguments shared with :func:`~entropy_optax.entropy_sgd` mean the same there, ``gamma`` and
+  ``rho`` may be schedules of the update count (the paper scopes both upwards, e.g.
   ``exponential_scoping(gamma0, 0.5 / steps_per_epoch)`` as the authors' code does) and
   ``gamma_max``, ``rho_max`` cap them (that code: 1 and 10). One update costs each replica the
   L gradient evaluations of Entropy-SGD and all of them one all-reduce of the parameters.
-  Evaluate x-bar, as the paper does (re-estimate BatchNorm statistics there).
+  Evaluate x̄, as the paper does (re-estimate BatchNorm statistics there). :doc:`/parle` has
+  the guide.
 
   Run ``init`` and ``update`` inside ``jax.vmap(..., axis_name=axis_name)`` (replicas on one
   device) or ``jax.shard_map`` over a mesh axis of that name (a replica per device); a tuple
-  names several axes. Reductions: one replica, or rho = 0, is ``entropy_sgd`` with the same
-  arguments; L = 1 with alpha = 1, langevin_lr = 1 and noise = 0 (gamma then does nothing: the
-  chain's only step is taken at x' = x) gives g^a = grad f(x^a) + rho (x^a - x-bar), synchronous
-  Elastic-Averaging SGD whose center is the replicas' average. ``rho=math.inf`` replaces the
-  elastic force by ``replica_average`` after the SGD step: all replicas hold x-bar after every
+  names several axes.
+
+  Reductions. With ``axis_name=None`` (one replica), or with ρ = 0 and
+  ``independent_noise=False``, each replica's updates are those of
+  :func:`~entropy_optax.entropy_sgd` with the same arguments **and the same**
+  ``langevin_nesterov``: pass it to both, since the defaults differ (True here; None in
+  :func:`~entropy_optax.entropy_sgd`, which follows ``nesterov``). With ρ = 0 and
+  ``independent_noise=True`` each replica is Entropy-SGD with its own noise key. L = 1 with
+  α = 1, η' = 1 and ε = 0 (γ then does nothing: the chain's only step is taken at x' = x)
+  gives gᵃ = ∇f(xᵃ) + ρ (xᵃ − x̄), synchronous Elastic-Averaging SGD whose center is the
+  replicas' average. ``rho=math.inf`` replaces the elastic force by
+  :func:`~entropy_optax.replica_average` after the SGD step: all replicas hold x̄ after every
   update (their average step).
 
   Args:
-    learning_rate: the outer step size eta, a float or an optax schedule.
-    rho: the coupling rho >= 0, a float or a schedule of the update count; ``math.inf``: the
-      hard coupling. Without momentum, learning_rate * rho < 1 contracts each replica's distance
-      to x-bar. The authors' ``parle_mpi.py`` multiplies its ``--rho`` by L n: pass that product.
-    gamma_max: caps gamma (None: no cap).
-    rho_max: caps rho (None: no cap).
-    center: "params" (x-bar averages the x^a, the paper's text) or "langevin_mean" (it averages
-      the z^a, as both authors' codes do); see ``elastic_coupling``.
-    axis_name: the replicas' named axis; None: one replica (``entropy_sgd``, plus zero stats).
-    key: PRNG key or seed of the Langevin noise.
+    learning_rate: the outer step size η, a float or an optax schedule.
+    rho: the coupling ρ >= 0, a float or a schedule of the update count; ``math.inf``: the
+      hard coupling. Without momentum, η ρ < 1 contracts each replica's distance to x̄. The
+      authors' ``parle_mpi.py`` multiplies its ``--rho`` by L n: pass that product.
+    .. chain-args:: num_langevin_steps gamma langevin_lr noise alpha
+    momentum: the outer SGD's momentum (0 for none).
+    nesterov: the outer momentum's form: Nesterov (True) or heavy-ball (False), as
+      :func:`~entropy_optax.entropy_sgd`'s ``nesterov``.
+    .. chain-args:: langevin_momentum
+    langevin_nesterov: the Nesterov form of ``langevin_momentum`` (no effect while it is 0, the
+      default). True by default, whatever ``nesterov`` is.
+    weight_decay: L2 coefficient wd, inside the chain and on the outer gradient, as
+      :func:`~entropy_optax.entropy_sgd`'s.
+    gamma_max: caps γ (None: no cap).
+    rho_max: caps ρ (None: no cap).
+    center: ``"params"`` (x̄ averages the xᵃ, the paper's text) or ``"langevin_mean"`` (it
+      averages the zᵃ, as both authors' codes do); see
+      :func:`~entropy_optax.elastic_coupling`.
+    axis_name: the replicas' named axis (a name or a tuple of names); None: one replica
+      (:func:`~entropy_optax.entropy_sgd`, with zero :class:`~entropy_optax.ElasticStats`).
+    key: the PRNG key, or an int seed, of the Langevin noise.
     independent_noise: fold each replica's index on ``axis_name`` into ``key`` at ``init``, so
-      that the replicas draw independent noise; False: every replica uses ``key`` as given (pass
-      distinct keys yourself, or keep replicas with equal keys and data identical).
-    num_langevin_steps: L, see ``local_entropy`` (also ``gamma``, ``langevin_lr``, ``noise``,
-      ``alpha``, ``langevin_momentum``, ``langevin_nesterov``, ``noise_distribution``,
-      ``unroll``).
-    momentum: outer momentum (0 for none).
-    nesterov: Nesterov form of the outer momentum (True) or heavy-ball (False), as
-      ``entropy_sgd``'s ``nesterov``.
-    weight_decay: L2 inside the chain and on the outer gradient, as ``entropy_sgd``.
+      that the replicas draw independent noise; False: every replica uses ``key`` as given
+      (pass distinct keys yourself, or keep replicas with equal keys and data identical).
+    .. chain-args:: noise_distribution unroll
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its state holds a ``LocalEntropyState`` and
-    an ``ElasticCouplingState`` (``optax.tree.get(state, "elastic_stats")``).
+    An ``optax.GradientTransformationExtraArgs``; its state holds a
+    :class:`~entropy_optax.LocalEntropyState` and an
+    :class:`~entropy_optax.ElasticCouplingState` (``optax.tree.get(state, "elastic_stats")``).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, entropy_optax

@@ -1,15 +1,15 @@
 """SGHMC, the chain's second sampler: underdamped Langevin with friction (Chen et al. 2014).
 
-The Entropy-SGD chain samples P(x') ∝ exp(-U(x') / T) with U(x') = f(x') + gamma/2 ``|x - x'|^2``.
+The Entropy-SGD chain samples P(x') ∝ exp(-U(x') / T) with U(x') = f(x') + γ/2 ``|x - x'|^2``.
 SGLD (``sampler="sgld"``, the paper's) takes overdamped steps; SGHMC (``sampler="sghmc"``) keeps
 a velocity v, zero at x' = x, and takes, in the "SGD with momentum" form of Chen et al.'s Eq. 15::
 
-  v  <- (1 - friction) v - langevin_lr grad U(x') + sqrt(friction langevin_lr) noise N(0, I)
-  x' <- x' + v
+  v  ← (1 - friction) v - langevin_lr grad U(x') + sqrt(friction langevin_lr) noise N(0, I)
+  x' ← x' + v
 
 How the temperature maps to the noise: T = noise^2 / 2 for both samplers, so the same ``noise``
 and ``langevin_lr`` target the same Gibbs measure. The injected variance is 2 friction
-langevin_lr T (Chen et al.'s 2 alpha eta with their alpha = friction, eta = langevin_lr) rather
+langevin_lr T (Chen et al.'s 2 alpha η with their alpha = friction, η = langevin_lr) rather
 than SGLD's 2 langevin_lr T: friction dissipates the kinetic energy the noise injects.
 ``friction`` = 1 forgets the velocity at every step and is SGLD step for step; a smaller friction
 keeps momentum (1 - friction), which crosses flat directions ~1/friction times faster for the
@@ -73,11 +73,11 @@ def sghmc_step(
   Args:
     x_prime: the chain's position (chain dtype).
     velocity: its velocity, a tree like ``x_prime`` (zeros at the first step).
-    force: grad U(x') = grad f(x') (+ weight decay) - gamma (x - x').
+    force: grad U(x') = ∇f(x') (+ weight decay) - γ (x - x').
     noise_tree: unit-variance noise like ``x_prime``, or None for a deterministic chain.
-    langevin_lr: the step size eta (Chen et al.'s eta: the squared time step over the mass).
+    langevin_lr: the step size η (Chen et al.'s η: the squared time step over the mass).
     friction: in (0, 1], the fraction of the velocity dissipated per step.
-    noise: epsilon, the temperature being T = noise^2 / 2.
+    noise: ε, the temperature being T = noise^2 / 2.
 
   Returns:
     ``(x_prime, velocity)`` after the step.

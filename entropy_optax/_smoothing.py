@@ -1,4 +1,4 @@
-"""``gaussian_smoothing``: the gradient of E f(x + sigma eps), the baseline smoothing f itself."""
+"""gaussian_smoothing: the gradient of E f(x + σ eps), the baseline smoothing f itself."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ _GRAD_FN_HELP = (
 
 
 class GaussianSmoothingState(NamedTuple):
-  """State of ``gaussian_smoothing``.
+  """State of :func:`~entropy_optax.gaussian_smoothing`.
 
   Attributes:
-    smoothing_count: number of updates done so far (int32); sigma is evaluated at it.
+    smoothing_count: number of updates done so far (int32); σ is evaluated at it.
     smoothing_key: the PRNG key of the perturbations, split at every update.
   """
 
@@ -41,16 +41,17 @@ def gaussian_smoothing(
   noise_distribution: _noise.NoiseDistribution = "gaussian",
   unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Replaces the gradient by the average of L gradients at x + sigma N(0, I).
+  r"""Replaces the gradient by the average of L gradients at x + σ N(0, I).
 
   The average is an unbiased estimate of the gradient of the Gaussian-smoothed loss
-  f_sigma(x) = E f(x + sigma eps), eps ~ N(0, I): smoothing f itself, where local entropy
-  (``local_entropy``) smooths exp(-f). With ``grad_fn`` the same contract and L the same number
-  of gradient evaluations, it is the baseline that asks whether local entropy's choice of what to
-  smooth matters (the two have the same width when sigma^2 = T / gamma, T = noise^2 / 2).
-  Chain it with SGD or Adam like ``local_entropy``; it must come first and see raw gradients.
+  f_sigma(x) = E f(x + σ eps), eps ~ N(0, I): smoothing f itself, where local entropy
+  (:func:`~entropy_optax.local_entropy`) smooths exp(-f). With ``grad_fn`` the same contract and L
+  the same number of gradient evaluations, it is the baseline that asks whether local entropy's
+  choice of what to smooth matters (the two have the same width when σ^2 = T / γ, T =
+  noise^2 / 2). Chain it with SGD or Adam like :func:`~entropy_optax.local_entropy`; it must come
+  first and see raw gradients.
 
-  ``update(updates, state, params, *, grad_fn, **extra_args)`` calls ``grad_fn(x + sigma eps_k,
+  ``update(updates, state, params, *, grad_fn, **extra_args)`` calls ``grad_fn(x + σ eps_k,
   k)`` for k = 0..L-1 (fresh eps_k each, a mini-batch each) and returns their mean in the dtype
   of ``params``. ``updates`` (the caller's gradient at x) is not used: it is not a sample of the
   smoothed gradient. So an update costs L gradient evaluations where ``local_entropy(L)`` costs
@@ -60,11 +61,11 @@ def gaussian_smoothing(
 
   Args:
     num_samples: L >= 1, the gradient evaluations averaged per update.
-    sigma: the smoothing width sigma >= 0, a float or a schedule of the update count.
+    sigma: the smoothing width σ >= 0, a float or a schedule of the update count.
     key: PRNG key or seed of the perturbations.
     noise_distribution: the distribution of the perturbations: "gaussian" (default: the kernel
       is then exactly Gaussian) or "irwin_hall" (cheaper; same mean and variance, a slightly
-      different kernel). Called ``noise_sampler`` before entropy_optax 0.2 (still accepted,
+      different kernel). Called ``noise_sampler`` in 0.1.0 (still accepted,
       with a DeprecationWarning).
     unroll: ``lax.scan`` unrolling over the samples; None: as the Langevin chain.
 

@@ -1,4 +1,4 @@
-"""The diagnostics of one Langevin run (``LangevinStats``), summed leaf by leaf."""
+"""The diagnostics of one Langevin run (LangevinStats), summed leaf by leaf."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 
 class LangevinStats(NamedTuple):
-  """Diagnostics of one Langevin run, for the paper's gamma-tuning heuristic (Sec. 4.2).
+  """Diagnostics of one Langevin run, for the paper's heuristic of tuning γ (its section 4.2).
 
   All fields are float32 scalars. Norms and inner products are those of R^n (of R^2n for complex
   parameters: the real part of the Hermitian inner product). The field names do not repeat
@@ -17,12 +17,12 @@ class LangevinStats(NamedTuple):
   ``optax.tree.get(opt_state, name)`` finds one value.
 
   Attributes:
-    langevin_gamma: the scope gamma used for this run (``gamma`` in entropy_optax 0.1.0).
-    grad_norm: the norm of grad f(x), the plain SGD gradient at x (the first Langevin step is
+    langevin_gamma: the scope γ used for this run (``gamma`` in entropy_optax 0.1.0).
+    grad_norm: the norm of ∇f(x), the plain SGD gradient at x (the first Langevin step is
       taken at x' = x, so this costs no extra gradient evaluation).
-    entropy_grad_norm: the norm of gamma (x - mu), the local-entropy gradient; the paper tunes
-      gamma so that it is comparable with ``grad_norm``.
-    cosine: cosine between grad f(x) and the local-entropy direction x - mu.
+    entropy_grad_norm: the norm of γ (x - μ), the local-entropy gradient; the paper tunes
+      γ so that it is comparable with ``grad_norm``.
+    cosine: cosine between ∇f(x) and the local-entropy direction x - μ.
     mean_distance: the Euclidean distance ``|x - x'|`` after each Langevin step, averaged over the
       L steps: how far the chain explores around x.
   """
@@ -57,7 +57,7 @@ def tree_norm(a: Any) -> jax.Array:
 
 
 def run_stats(gamma, grad_at_x, direction, distance_sum, num_steps) -> LangevinStats:
-  """``LangevinStats`` from grad f(x), the direction x - mu and the summed ``|x - x'|``."""
+  """LangevinStats from ∇f(x), the direction x - μ and the summed ``|x - x'|``."""
   gamma = jnp.asarray(gamma, jnp.float32)
   direction_norm = tree_norm(direction)
   grad_norm = tree_norm(grad_at_x)

@@ -1,4 +1,4 @@
-"""``local_entropy``: the Entropy-SGD gradient estimate as an Optax gradient transformation."""
+"""local_entropy: the Entropy-SGD gradient estimate as an Optax gradient transformation."""
 
 # No ``from __future__ import annotations``: optax (and its schedule tests) inspects the
 # annotation of ``gamma`` for the object ``optax.ScalarOrSchedule``, not a string.
@@ -18,6 +18,7 @@ from entropy_optax import (
   _masking,
   _noise,
   _sghmc,
+  _shared_args,
   _stats,
 )
 from entropy_optax._config import ChainConfig
@@ -36,21 +37,29 @@ _GRAD_FN_HELP = (
 
 
 class LocalEntropyState(NamedTuple):
-  """State of ``local_entropy``.
+  """State of :func:`~entropy_optax.local_entropy`.
 
   The fields are prefixed ``langevin_`` so that ``optax.tree.get(opt_state, name)`` finds one
   value beside optax's own states (Adam's ``mu`` and ``count``, ``add_noise``'s ``rng_key``).
-  entropy_optax 0.1.0 named them ``count``, ``rng_key``, ``mu``, ``langevin_stats``.
+  0.1.0 named them ``count``, ``rng_key`` and ``mu`` (:doc:`/migration`).
 
   Attributes:
-    langevin_count: number of updates done so far (int32); gamma is evaluated at it.
+    langevin_count: number of updates done so far (int32); γ is evaluated at it.
     langevin_key: the PRNG key of the Langevin noise, split at every update.
-    langevin_mu: the Langevin mean <x'> of the last update, in the chain dtype (at least
+    langevin_mu: the Langevin mean ⟨x'⟩ of the last update, in the chain dtype (at least
       float32); x before the first update (zeros when ``init`` got shapes only,
       ``jax.ShapeDtypeStruct``); ``optax.MaskedNode`` at the leaves a ``mask`` leaves out.
-    langevin_stats: ``LangevinStats`` of the last update (diagnostics; zeros before the first).
-    langevin_scope: the state of an ``auto_scoping`` gamma (``AutoScopingState``); empty,
-      ``()``, for a number or a schedule.
+    langevin_stats: :class:`~entropy_optax.LangevinStats` of the last update (diagnostics;
+      zeros before the first).
+    langevin_scope: the state of an :func:`~entropy_optax.auto_scoping` γ
+      (:class:`~entropy_optax.AutoScopingState`); empty, ``()``, for a number or a schedule.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, entropy_optax
+    >>> tx = entropy_optax.local_entropy(5, 0.1)
+    >>> state = tx.init(jnp.ones(2))
+    >>> print(type(state).__name__, optax.tree.get(state, "langevin_count"))
+    LocalEntropyState 0
   """
 
   langevin_count: jax.Array
@@ -72,6 +81,7 @@ def _initial_mean(params: Any) -> Any:
 
 
 @_deprecation.renamed_keywords("nesterov", "noise_sampler")
+@_shared_args.with_chain_args
 def local_entropy(
   num_langevin_steps: int = 20,
   gamma: optax.ScalarOrSchedule = 0.03,
@@ -91,77 +101,65 @@ def local_entropy(
   sampler: _sghmc.Sampler = "sgld",
   friction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Replaces the gradient by the local-entropy gradient x - <x'>, estimated by SGLD.
+  r"""Replaces the gradient by the local-entropy gradient x − ⟨x'⟩, estimated by Langevin steps.
 
-  The negative local entropy -F(x, gamma) = -log ∫ exp(-f(x') - gamma/2 ``|x - x'|^2``) dx' is a
-  smoothed loss whose minima lie in wide valleys of f; its gradient is gamma (x - <x'>), with
-  <x'> the mean of the local Gibbs measure, estimated by L Langevin steps started at x (see
-  ``langevin_mean`` for the exact step). The update returned is x - mu (both authors' codes and
-  the paper's practice drop the factor gamma, Sec. 4.3), or gamma (x - mu) with
-  ``scale_by_gamma``. Follow it with any optimizer in an ``optax.chain``: SGD gives
-  Entropy-SGD, Adam gives Entropy-Adam.
+  The negative local entropy
+
+  .. math::
+
+     -F(x, \γ) = -\log \int
+     \exp\big(-f(x') - \tfrac{\γ}{2} \lVert x - x' \rVert^2\big)\, dx'
+
+  is a smoothed loss whose minima lie in wide valleys of f; its gradient is γ (x − ⟨x'⟩), with
+  ⟨x'⟩ the mean of the local Gibbs measure, estimated by L Langevin steps started at x (see
+  :func:`~entropy_optax.langevin_mean` for the exact step). The update returned is x − μ (both
+  authors' codes and the paper's practice drop the factor γ, Sec. 4.3), or γ (x − μ) with
+  ``scale_by_gamma``. Follow it with any optimizer in an ``optax.chain``: SGD gives Entropy-SGD
+  (:func:`~entropy_optax.entropy_sgd`), Adam gives Entropy-Adam
+  (:func:`~entropy_optax.entropy_adam`).
 
   ``update(updates, state, params, *, grad_fn, **extra_args)`` takes as ``updates`` the
-  gradient grad f(x) the caller has just computed at x (on mini-batch 0), uses it for the first
-  Langevin step (taken at x' = x), and calls ``grad_fn(x_prime, k)`` for k = 1..L-1: one update
+  gradient ∇f(x) the caller has just computed at x (on mini-batch 0), uses it for the first
+  Langevin step (taken at x' = x), and calls ``grad_fn(x_prime, k)`` for k = 1..L−1: one update
   costs exactly the L gradient evaluations of the method, and the caller keeps the loss and
-  model state (BatchNorm statistics) of its own evaluation at x for logging. It must therefore be
-  the first member of a chain, fed raw gradients. Other keyword arguments are ignored (they are
-  for other members of the chain), but ``run_langevin``: a bool scalar; where False, the chain
-  is skipped (under ``lax.cond``: no ``grad_fn`` call), the updates are zero and the state is
-  unchanged. ``entropy_optax.MultiSteps`` passes it.
+  model state (BatchNorm statistics) of its own evaluation at x for logging. It must therefore
+  be the first member of a chain, fed raw gradients. Other keyword arguments are ignored (they
+  are for other members of the chain), but ``run_langevin``: a bool scalar; where False, the
+  chain is skipped (under ``lax.cond``: no ``grad_fn`` call), the updates are zero and the state
+  is unchanged. :class:`~entropy_optax.MultiSteps` passes it.
 
-  Composition. Gradient accumulation: ``entropy_optax.MultiSteps`` (see there) runs the chain
-  once per emitted update, from the averaged micro-batch gradient. Part of a model:
-  ``mask`` selects the leaves the chain moves; ``grad_fn`` always gets whole parameters, the
-  other leaves held at x, whose incoming gradients pass through unchanged (as
-  ``optax.masked`` passes them), for an ``optax.partition`` after it to treat. Inside
-  ``optax.masked`` / ``optax.partition`` it raises instead: ``grad_fn`` would see a model with
-  holes. Complex parameters: SGLD on R^2n (noise in the real and imaginary parts); ``grad_fn``
-  returns gradients in optax's convention, the conjugate of ``jax.grad``'s, like the updates.
+  Composition (:doc:`/optax` has examples). Gradient accumulation:
+  :class:`~entropy_optax.MultiSteps` runs the chain once per emitted update, from the averaged
+  micro-batch gradient. Part of a model: ``mask`` selects the leaves the chain moves;
+  ``grad_fn`` always gets whole parameters, the other leaves held at x, whose incoming gradients
+  pass through unchanged (as ``optax.masked`` passes them), for an ``optax.partition`` after it
+  to treat. Inside ``optax.masked`` / ``optax.partition`` it raises instead: ``grad_fn`` would
+  see a model with holes. Complex parameters: SGLD on ℝ²ⁿ (noise in the real and imaginary
+  parts); ``grad_fn`` returns gradients in optax's convention, the conjugate of ``jax.grad``'s,
+  like the updates.
 
   Non-finite values: ``optax.apply_if_finite`` checks the gradients it receives, so wrapped
   around the whole chain it skips a step whose gradient at x is non-finite. A chain that
-  diverges inside (a non-finite gradient at a later Langevin step) returns non-finite updates and
-  leaves this transformation's count, key and stats unchanged (mu is reset to x); put
+  diverges inside (a non-finite gradient at a later Langevin step) returns non-finite updates
+  and leaves this transformation's count, key and stats unchanged (μ is reset to x); put
   ``optax.apply_if_finite`` around the outer optimizer,
   ``optax.chain(local_entropy(...), optax.apply_if_finite(optax.sgd(...), 5))``, to skip both
   kinds of step with params unchanged.
 
   Args:
-    num_langevin_steps: L >= 1, Langevin steps (gradient evaluations) per update.
-    gamma: the scope gamma > 0, a float or a schedule of the update count t (t = 0 at the first
-      update), e.g. ``exponential_scoping``; or ``auto_scoping(...)``, a gamma that sets itself
-      from each update's diagnostics.
-    langevin_lr: eta' > 0, the SGLD step size.
-    noise: epsilon >= 0, the thermal noise; the step adds sqrt(langevin_lr) noise N(0, I), the
-      paper's text. Both of the authors' codes add sqrt(2 langevin_lr) noise: pass
-      noise * sqrt(2).
-    alpha: in (0, 1], the weight of the newest sample in mu <- (1 - alpha) mu + alpha x'. The
-      paper's text says 0.75; both of the authors' codes (the Lua one ran the experiments) use
-      0.25.
-    langevin_momentum: momentum on the raw gradient inside the chain (both of the authors'
-      codes: 0.9 Nesterov, buffer zeroed at every update); the coupling and noise are added
-      after it.
+    .. chain-args:: num_langevin_steps gamma langevin_lr noise alpha langevin_momentum
     langevin_nesterov: Nesterov form of ``langevin_momentum`` (heavy-ball if False). Called
-      ``nesterov`` before entropy_optax 0.2 (still accepted, with a DeprecationWarning).
+      ``nesterov`` in 0.1.0 (still accepted, with a DeprecationWarning; see :doc:`/migration`).
     weight_decay: L2 added inside the chain (wd x').
-    weight_decay_at: "before_momentum" (wd x' joins the raw gradient, as the authors' PyTorch
-      port) or "after_momentum" (it joins the coupling, as the authors' Lua code; not with
-      ``sampler="sghmc"``, which has no momentum buffer).
-    scale_by_gamma: return gamma (x - mu), the exact gradient of -F, instead of x - mu.
-    key: PRNG key or seed of the Langevin noise.
-    noise_distribution: the distribution of the unit-variance noise draws: "irwin_hall"
-      (cheap, exact mean and variance) or "gaussian". Called ``noise_sampler`` before
-      entropy_optax 0.2 (still accepted, with a DeprecationWarning).
-    unroll: ``lax.scan`` unrolling of the chain; None: ``entropy_optax.default_unroll``.
+    weight_decay_at: ``"before_momentum"`` (wd x' joins the raw gradient, as in the authors'
+      PyTorch port) or ``"after_momentum"`` (it joins the coupling, as in the authors' Lua code;
+      not with ``sampler="sghmc"``, which has no momentum buffer).
+    .. chain-args:: scale_by_gamma key noise_distribution unroll
     mask: which leaves the chain moves (None: all): Python bools in a tree like params (or a
       prefix of it), or a function of params returning one, as ``optax.masked`` takes; at least
       one leaf. Under ``optax.inject_hyperparams`` name a function ``mask`` in ``static_args``:
       that wrapper calls other functions as schedules, with the step count instead of params.
-    sampler: the Markov chain: "sgld" (the paper's) or "sghmc" (underdamped Langevin with
-      ``friction``, same temperature noise^2 / 2 and cost; see ``langevin_mean``).
-    friction: SGHMC's friction in (0, 1] (None: 0.1); only with ``sampler="sghmc"``.
+    .. chain-args:: sampler friction
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -199,9 +197,10 @@ def local_entropy(
 
 
 def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
-  """``local_entropy`` from a factory's arguments (its ``locals()``), picked by name.
+  """local_entropy from a factory's arguments (its ``locals()``), picked by name.
 
-  ``local_entropy``, ``entropy_sgd`` and ``entropy_adam`` list every keyword in their signatures
+  :func:`~entropy_optax.local_entropy`, :func:`~entropy_optax.entropy_sgd` and
+  :func:`~entropy_optax.entropy_adam` list every keyword in their signatures
   (``optax.inject_hyperparams`` and the docs read them) and pass them on here, once; the chain's
   hyper-parameters become one ``ChainConfig``, checked once, when the transformation is built.
   """
@@ -255,7 +254,7 @@ def from_arguments(arguments: Mapping[str, Any]) -> optax.GradientTransformation
     return selection.with_part(updates, moved), new_state
 
   def skip(updates, state, params):
-    """The update of a chain that stayed at x (mu = x): zero where it moves; state unchanged."""
+    """The update of a chain that stayed at x (μ = x): zero where it moves; state unchanged."""
     selection = _masking.Selection.of(mask, params)
     zeros = jax.tree.map(jnp.zeros_like, selection.part(params))
     return selection.with_part(updates, zeros), state

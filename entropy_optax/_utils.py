@@ -40,9 +40,9 @@ def canonical_key(key: jax.Array | int) -> jax.Array:
 
 
 def chain_dtype(dtype: Any) -> jnp.dtype:
-  """The dtype the chain x', mu and the noise are kept in: at least float32.
+  """The dtype the chain x', μ and the noise are kept in: at least float32.
 
-  The Langevin noise is about 1e-5 of typical weights and the coupling gamma (x - x') is of the
+  The Langevin noise is about 1e-5 of typical weights and the coupling γ (x - x') is of the
   same order, both below bfloat16's resolution (2^-8): a bf16 chain would silently drop them.
   """
   return jnp.promote_types(dtype, jnp.float32)

@@ -1,19 +1,22 @@
 """Flax integration: train Linen and NNX models, BatchNorm and dropout included.
 
 ``import entropy_optax.flax`` (needs the ``flax`` extra; ``import entropy_optax`` never imports
-flax). Two things stand between a Flax training loop and ``local_entropy``:
+flax). Two things stand between a Flax training loop and :func:`~entropy_optax.local_entropy`:
 
 * Linen's ``TrainState.apply_gradients`` does not forward extra arguments to ``tx.update``.
-  ``TrainState`` here does (``grad_fn=``), carries optional ``batch_stats`` and a dropout
-  ``key``, and keeps working with plain optax optimizers, which ignore ``grad_fn``.
+  :class:`~entropy_optax.flax.TrainState` here does (``grad_fn=``), carries optional ``batch_stats``
+  and a dropout ``key``, and keeps working with plain optax optimizers (one update per stacked
+  mini-batch).
 * ``grad_fn(params, k)`` must evaluate the model at the Langevin iterate x' on mini-batch k.
-  ``make_grad_fn`` builds it from a functional loss (Linen or plain JAX); ``nnx_grad_fn``
-  builds it from an ``nnx.Module`` by splitting and merging, for ``nnx.Optimizer.update(model,
-  grads, grad_fn=...)``, which forwards keyword arguments to ``tx.update``. Both take the L
-  mini-batches stacked on axis 0 (``stack_batches`` makes them from a data pipeline) and
-  record their number as ``grad_fn.num_batches``.
+  :func:`~entropy_optax.flax.make_grad_fn` builds it from a functional loss (Linen or plain JAX);
+  :func:`~entropy_optax.flax.nnx_grad_fn` builds it from an ``nnx.Module`` by splitting and merging,
+  for ``nnx.Optimizer.update(model, grads, grad_fn=...)``, which forwards keyword arguments to
+  ``tx.update``. Both take the L mini-batches stacked on axis 0
+  (:func:`~entropy_optax.flax.stack_batches` makes them from a data pipeline) and record their
+  number as ``grad_fn.num_batches``.
 * One training step serves plain optimizers too: ``TrainState.apply_gradients`` and
-  ``nnx_update`` give a plain optax optimizer one update per stacked mini-batch.
+  :func:`~entropy_optax.flax.nnx_update` give a plain optax optimizer one update per stacked
+  mini-batch.
 
 BatchNorm and dropout during the Langevin steps (the library's choice):
 
@@ -31,8 +34,8 @@ BatchNorm and dropout during the Langevin steps (the library's choice):
   (Linen) or ``nnx_reestimate_batch_stats`` (NNX), as both of the authors' codes do.
 * Dropout draws a fresh mask at every Langevin step: step k uses the key
   ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model, and of the
-  call-time ``rngs`` given to ``nnx_grad_fn``, is folded with k), so masks differ between
-  Langevin steps and from step 0.
+  call-time ``rngs`` given to :func:`~entropy_optax.flax.nnx_grad_fn`, is folded with k), so masks
+  differ between Langevin steps and from step 0.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def make_grad_fn(
   has_aux: bool = False,
   shared_batch: bool = False,
 ) -> GradFn:
-  """Builds ``grad_fn(params, k)`` for ``local_entropy`` from a functional loss.
+  """Builds ``grad_fn(params, k)`` for :func:`~entropy_optax.local_entropy` from a functional loss.
 
   ``grad_fn(params, k) = grad loss_fn(params, batch_k, langevin_key(key, k))`` (without the
   key argument when ``key`` is None). With ``has_aux``, ``loss_fn`` returns ``(loss, aux)``, as
@@ -133,17 +136,37 @@ def make_grad_fn(
 
 
 class TrainState(train_state.TrainState):
-  """A Linen ``TrainState`` whose ``apply_gradients`` forwards ``grad_fn`` to ``tx.update``.
+  """A Linen TrainState whose ``apply_gradients`` forwards ``grad_fn`` to ``tx.update``.
 
   A drop-in for ``flax.training.train_state.TrainState`` (subclass it for more fields, as
   with flax's): with a plain optax optimizer and no ``grad_fn`` it behaves the same, and
   with a ``grad_fn`` over L stacked mini-batches it takes one update per mini-batch, so one
-  training step serves SGD, Adam and Entropy-SGD.
+  training step serves SGD, Adam and Entropy-SGD. :doc:`/flax` has a whole training loop.
 
   Attributes:
+    step: the number of updates made (with a plain optimizer and L stacked mini-batches, each
+      :meth:`apply_gradients` adds L).
+    apply_fn: the model's apply function, usually ``model.apply``.
+    params: the parameters being trained.
+    tx: the optimizer, an optax gradient transformation.
+    opt_state: the state of ``tx``.
     batch_stats: the model's ``batch_stats`` collection, or None for a model without BatchNorm.
-    key: a raw uint32 PRNG key for dropout (or None); ``step_key()`` derives the key of the
+    key: a raw uint32 PRNG key for dropout (or None); :meth:`step_key` derives the key of the
       current step from it, so the randomness is a function of the state (exact resume).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> from entropy_optax.flax import TrainState, make_grad_fn
+    >>> loss_fn = lambda params, batch: jnp.sum((params - batch) ** 2)
+    >>> batches = jnp.ones((3, 2))  # L = 3 mini-batches, all asking for params = 1
+    >>> state = TrainState.create(
+    ...     apply_fn=None, params=jnp.zeros(2),
+    ...     tx=entropy_optax.entropy_sgd(0.5, num_langevin_steps=3, gamma=1.0))
+    >>> for _ in range(30):
+    ...   grads = jax.grad(loss_fn)(state.params, batches[0])
+    ...   state = state.apply_gradients(grads=grads, grad_fn=make_grad_fn(loss_fn, batches))
+    >>> print(int(state.step), state.params.round(2))
+    30 [1. 1.]
   """
 
   batch_stats: Any = None
@@ -151,7 +174,19 @@ class TrainState(train_state.TrainState):
 
   @classmethod
   def create(cls, *, apply_fn, params, tx, batch_stats=None, key=None, **kwargs):
-    """Creates a state with ``step=0`` and ``tx.init(params)``; ``key`` may be an int seed."""
+    """Creates a state with ``step=0`` and ``tx.init(params)``.
+
+    Args:
+      apply_fn: the model's apply function.
+      params: the initial parameters.
+      tx: the optimizer.
+      batch_stats: the model's ``batch_stats`` collection (None: no BatchNorm).
+      key: the dropout PRNG key, or an int seed (None: no dropout).
+      **kwargs: further fields of a subclass.
+
+    Returns:
+      The new :class:`TrainState`.
+    """
     return super().create(
       apply_fn=apply_fn,
       params=params,
@@ -169,7 +204,11 @@ class TrainState(train_state.TrainState):
     return {"params": self.params, "batch_stats": self.batch_stats}
 
   def step_key(self) -> jax.Array:
-    """The dropout key of the current step, ``fold_in(key, step)``."""
+    """The dropout key of the current step, ``fold_in(key, step)``.
+
+    Returns:
+      A PRNG key; a ValueError if the state has no ``key``.
+    """
     if self.key is None:
       raise ValueError("This TrainState has no key: TrainState.create(..., key=seed).")
     return jax.random.fold_in(self.key, self.step)
@@ -198,18 +237,18 @@ class TrainState(train_state.TrainState):
   ) -> TrainState:
     """One training step: ``tx.update(grads, opt_state, params, grad_fn=grad_fn)``.
 
-    With a plain optax optimizer (no ``local_entropy`` or ``gaussian_smoothing`` in ``tx``:
-    those get ``grad_fn`` and make one update) and a ``grad_fn`` over L
-    stacked mini-batches, it takes L updates: ``grads`` (mini-batch 0), then
-    ``grad_fn(params, k)`` at the new params for k = 1..L-1, so no mini-batch is wasted and an
-    epoch has as many updates as with unstacked batches. ``batch_stats`` and other fields
+    With a plain optax optimizer (no :func:`~entropy_optax.local_entropy` or
+    :func:`~entropy_optax.gaussian_smoothing` in ``tx``: those get ``grad_fn`` and make one
+    update) and a ``grad_fn`` over L stacked mini-batches, it takes L updates: ``grads`` (mini-batch
+    0), then ``grad_fn(params, k)`` at the new params for k = 1..L-1, so no mini-batch is wasted and
+    an epoch has as many updates as with unstacked batches. ``batch_stats`` and other fields
     passed here are set once (those of the caller's pass on mini-batch 0).
 
     Args:
-      grads: the gradient at ``params`` (for ``local_entropy``: on mini-batch 0, from the
-        caller's training forward pass; it is Langevin step 0).
-      grad_fn: ``grad_fn(params, k)`` for Langevin steps k >= 1 (see ``make_grad_fn``);
-        required by ``local_entropy``.
+      grads: the gradient at ``params`` (for :func:`~entropy_optax.local_entropy`: on mini-batch 0,
+        from the caller's training forward pass; it is Langevin step 0).
+      grad_fn: ``grad_fn(params, k)`` for Langevin steps k >= 1 (see
+        :func:`~entropy_optax.flax.make_grad_fn`); required by :func:`~entropy_optax.local_entropy`.
       extra_args: further keyword arguments for ``tx.update``.
       **kwargs: fields to replace, as in the base class (e.g. ``batch_stats=...``).
 

@@ -88,7 +88,8 @@ def test_wheel_metadata(dists):
   assert meta["License-Expression"] == "Apache-2.0"
   assert meta["License-File"] == "LICENSE"
   assert "Typing :: Typed" in meta.get_all("Classifier")
-  assert {u.split(",")[0] for u in meta.get_all("Project-URL")} >= {"Homepage", "Documentation"}
+  # No public home yet: no address that would lead nowhere (a release adds its URLs).
+  assert meta.get_all("Project-URL") is None
   # What the package imports, nothing else; extras only for code that ships.
   base = {
     re.split(r"[<>=!;\[ ]", r)[0] for r in meta.get_all("Requires-Dist") if "extra ==" not in r
@@ -140,11 +141,15 @@ def test_wheel_installs_without_warnings(dists, tmp_path):
   assert (tmp_path / "site" / "entropy_optax" / "py.typed").exists()
 
 
-def test_long_description_links_work_on_pypi():
-  """README.md is the PyPI page: a relative link there points nowhere."""
+def test_readme_links_lead_somewhere():
+  """README.md is read in a clone, on a code host and in the sdist: each link to a page of the
+  repository is relative and names a file that exists, each link has text (no MyST-only
+  ``[](page.md)``), and no link names an address that does not exist."""
   readme = (REPO / "README.md").read_text()
-  targets = re.findall(r"\]\(([^)\s]+)\)", readme)  # inline links and images
-  targets += re.findall(r"^\[[^\]]+\]:\s*(\S+)", readme, re.M)  # reference definitions
-  assert len(targets) >= 10
-  relative = [t for t in targets if not re.match(r"https?://|#", t)]
-  assert not relative, relative
+  links = re.findall(r"\[([^\]]*)\]\(([^)\s]+)\)", readme)  # inline links and images
+  links += re.findall(r"^\[([^\]]+)\]:\s*(\S+)", readme, re.M)  # reference definitions
+  assert len(links) >= 10
+  assert not [target for text, target in links if not text.strip()]
+  relative = [t.split("#")[0] for _, t in links if not re.match(r"https?://|#", t)]
+  assert relative and not [t for t in relative if not (REPO / t).is_file()]
+  assert "entropy-optax/" not in readme  # the organisation that was never created

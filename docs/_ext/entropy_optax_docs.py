@@ -4,10 +4,9 @@
   their committed outputs.
 - ``docs/_generated/presets.md`` (git-ignored): every preset and recipe of
   ``experiments/configs``, as a table, included by ``reproducing.md``.
-- The index's ``OPTIONAL_PAGES`` line becomes the pages of ``docs/`` that no other toctree of
-  the index lists (pages that other work adds: ``parle``, ``auto_scope``, ``scale_out``,
-  ``faults``, ``tensorboard``, ``migration``, ...), so a page that is absent is no error and a
-  page that is added appears.
+- The index's ``OPTIONAL_PAGES`` line (in its repository guides) becomes the pages of ``docs/``
+  that no toctree of the index lists, so that a page added to ``docs/`` appears until the
+  index names it in its part.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import shutil
 DOCS = pathlib.Path(__file__).resolve().parent.parent
 REPO = DOCS.parent
 MARKER = "OPTIONAL_PAGES"
-# The order of the pages other work adds; any other page follows in alphabetical order.
-PREFERRED_ORDER = ("migration", "auto_scope", "parle", "scale_out", "faults", "tensorboard")
+# Pages named here come first, in this order; any other page follows in alphabetical order.
+PREFERRED_ORDER: tuple[str, ...] = ()
 
 
 def copy_notebooks() -> None:

@@ -2,7 +2,7 @@
 
 Sec. 5.1 of the Entropy-SGD paper measures how flat the minima found by an
 optimizer are: the exact Hessian eigenspectrum for networks of ~50k weights
-(Figs. 1 and 3: ~94% of the eigenvalues have ``|lambda| < 1e-4``, a long positive
+(Figs. 1 and 3: ~94% of the eigenvalues have ``|λ| < 1e-4``, a long positive
 tail, a short negative one) and, for a 1.6M-weight All-CNN-BN, the diagonal of
 the empirical Fisher taken from Adam's second moments. This package computes
 the same quantities for any JAX model, and the matrix-free estimates
@@ -18,7 +18,7 @@ Conventions shared by every function:
   key the compilation. So a closure over another model state (BatchNorm
   statistics, another seed's weights) of the same shapes reuses the compiled
   program, without ``__eq__``/``__hash__`` on the loss; NumPy arrays and
-  Python numbers it captures stay constants (see ``_loss.py``).
+  Python numbers it captures stay constants.
 * ``batches`` is either a ``list`` of batches (or an iterator such as a
   generator, or an iterable data loader, which is read to the end), or one
   pytree whose leaves all carry a leading axis that indexes the batches
@@ -33,16 +33,10 @@ Conventions shared by every function:
 * Parameters are flattened with ``jax.flatten_util.ravel_pytree`` and the
   analysis runs in at least float32 (``eigvalsh`` has no bfloat16 kernel).
 
-The matrix-free functions (`lanczos_extremes`, `spectral_density`) need the
-optional dependency ``matfree`` (``pip install entropy_optax[flatness]``);
-`plot_spectrum` needs ``matplotlib``, imported by `plot_spectrum` only.
-
-One module per job: ``_inputs`` (batches, parameters, keys), ``_loss`` (the
-loss as a jit argument), ``_hvp`` (Hessian-vector products), ``_exact``
-(dense spectrum), ``_lanczos`` (extreme eigenvalues), ``_slq`` (spectral
-density), ``_hutchinson`` (trace), ``_perturb`` (the loss under random
-perturbations, the local entropy), ``_fisher`` (Fisher diagonals),
-``_summary`` (the paper's statistics), ``_plot`` (histograms).
+The matrix-free functions (:func:`~entropy_optax.flatness.lanczos_extremes`,
+:func:`~entropy_optax.flatness.spectral_density`) need the optional dependency ``matfree``
+(the ``[flatness]`` extra); :func:`~entropy_optax.flatness.plot_spectrum` needs
+``matplotlib``, imported by it only. The guide: :doc:`/flatness`.
 
 References:
   Chaudhari et al., 2017. Entropy-SGD: Biasing Gradient Descent Into Wide
@@ -51,16 +45,26 @@ References:
   Optimization via Hessian Eigenvalue Density. ICML 2019.
 """
 
+# One module per job: _inputs (batches, parameters, keys), _loss (the loss as a jit argument),
+# _hvp (Hessian-vector products), _exact (dense spectrum), _lanczos (extreme eigenvalues), _slq
+# (spectral density), _hutchinson (trace), _perturb (the loss under random perturbations, the
+# local entropy), _fisher (Fisher diagonals), _summary (the paper's statistics), _plot
+# (histograms).
+
+from entropy_optax.flatness import _inputs
 from entropy_optax.flatness._exact import hessian_eigenvalues
 from entropy_optax.flatness._fisher import fisher_diagonal, fisher_diagonal_from_adam
 from entropy_optax.flatness._hutchinson import TraceEstimate, hutchinson_trace
 from entropy_optax.flatness._hvp import hvp
-from entropy_optax.flatness._inputs import LossFn
 from entropy_optax.flatness._lanczos import Extremes, lanczos_extremes
 from entropy_optax.flatness._perturb import PerturbationProfile, local_entropy, perturbation_profile
 from entropy_optax.flatness._plot import plot_spectrum
 from entropy_optax.flatness._slq import SpectralDensity, gaussian_density, spectral_density
 from entropy_optax.flatness._summary import spectrum_summary
+
+#: The loss every flatness tool takes, ``loss_fn(params, batch)``, which returns a scalar
+#: array (the mean loss over one batch).
+LossFn = _inputs.LossFn
 
 __all__ = [
   "Extremes",

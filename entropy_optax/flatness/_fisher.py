@@ -118,7 +118,7 @@ def fisher_diagonal_from_adam(
   .. math::
     \hat\nu = \frac{\nu_t}{1 - b_2^t}
     \quad\text{or, with centered=True,}\quad
-    \hat\nu - \hat\mu^2, \qquad \hat\mu = \frac{\mu_t}{1 - b_1^t},
+    \hat\nu - \hat\μ^2, \qquad \hat\μ = \frac{\mu_t}{1 - b_1^t},
 
   the latter being the paper's ``diag(I) = E(g^2) - (E g)^2``. Minibatch
   gradients have variance ~1/batch size of per-example ones, so the scale

@@ -20,7 +20,7 @@ def plot_spectrum(
   sigma: float | None = None,
   title: str | None = None,
 ):
-  """Histogram of Hessian eigenvalues, like Figs. 1 and 3 of the paper.
+  """Histogram of Hessian eigenvalues, like the paper's figures 1 and 3.
 
   Draws one step histogram (eigenvalue counts per bin, log-scale counts by
   default) per spectrum, on shared bins so that spectra compare bin by bin.

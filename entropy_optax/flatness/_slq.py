@@ -21,8 +21,8 @@ def gaussian_density(
   r"""Gaussian-smoothed spectral density from quadrature nodes and weights.
 
   .. math::
-    \phi_\sigma(t) = \frac{1}{S} \sum_{s=1}^{S} \sum_{j=1}^{k} w_{sj}\,
-      \frac{1}{\sigma\sqrt{2\pi}} \exp\Big(-\frac{(t - \theta_{sj})^2}{2\sigma^2}\Big)
+    \phi_\σ(t) = \frac{1}{S} \sum_{s=1}^{S} \sum_{j=1}^{k} w_{sj}\,
+      \frac{1}{\σ\sqrt{2\pi}} \exp\Big(-\frac{(t - \theta_{sj})^2}{2\σ^2}\Big)
 
   Args:
     nodes: ``(S, k)`` (or ``(k,)``) quadrature nodes theta.
