@@ -84,11 +84,13 @@ def run_one(program: str, variant: str, seed: int, epochs: int, train_ds, test_d
 
 
 def table(records: list[dict]) -> str:
-  """Markdown: per program and epoch budget, mean +- std over seeds of each variant."""
+  """Markdown: per program and epoch budget, mean +- std over seeds of each variant (the value
+  alone for one seed), and the mean wall time of a run (machine and load in the records)."""
   rows = [
-    "| program | changed lines (port / original) | epochs | original (%) | port (%) | "
-    "port - original | port, BatchNorm not re-estimated (%) | seeds |",
-    "|---|---|---|---|---|---|---|---|",
+    "| program | changed lines (port / original) | epochs' worth | original (%) | port (%) | "
+    "port - original | port, BatchNorm not re-estimated (%) | seeds (original / port) | "
+    "wall s per run (original / port) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for program in PROGRAMS:
     added, removed = changed_lines(program)
@@ -104,13 +106,20 @@ def table(records: list[dict]) -> str:
         ]
         for v in VARIANTS
       }
-      fmt = lambda a: f"{np.mean(a):.2f} ± {np.std(a):.2f}" if a else "—"
+      fmt = lambda a: (
+        (f"{np.mean(a):.2f} ± {np.std(a):.2f}" if len(a) > 1 else f"{a[0]:.2f}") if a else "—"
+      )
+      wall = {
+        v: [r["seconds"] for r in records if r["program"] == program and r["variant"] == v]
+        for v in ("original", "port")
+      }
+      walls = " / ".join(f"{np.mean(w):.0f}" if w else "—" for w in wall.values())
       seeds = min(len(acc["original"]), len(acc["port"]))
       gap = f"{np.mean(acc['port']) - np.mean(acc['original']):+.2f}" if seeds else "—"
       rows.append(
         f"| {program} | {added} / {removed} | {epochs} | {fmt(acc['original'])} | "
         f"{fmt(acc['port'])} | {gap} | {fmt(acc['port_no_reestimate'])} | "
-        f"{len(acc['original'])} / {len(acc['port'])} |"
+        f"{len(acc['original'])} / {len(acc['port'])} | {walls} |"
       )
   return "\n".join(rows) + "\n"
 
