@@ -21,6 +21,7 @@ import pathlib
 import re
 import sys
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -29,7 +30,7 @@ nbclient = pytest.importorskip("nbclient")
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 RECORDS = pathlib.Path(__file__).resolve().parent / "notebook_records.json"
-NAMES = ("scoping", "quickstart")
+NAMES = ("scoping", "quickstart", "fashion_mnist")
 TIMEOUT_S = 600  # per cell
 SMALL = {  # the sizes the tests run with (their parameters cell holds the full ones)
   "quickstart": {"EPOCHS": 8},
@@ -41,6 +42,15 @@ SMALL = {  # the sizes the tests run with (their parameters cell holds the full 
     "SWEEP_STRIDE": 2,
     "SWEEP_SEEDS": 1,
     "GRID_2D": 7,
+  },
+  # Small IDX files written by the test (_run_small), DATA_DIR pointing at them; the probe on
+  # every training image, so that its radius-0 loss is the printed training loss.
+  "fashion_mnist": {
+    "NUM_TRAIN": 500,
+    "NUM_TEST": 200,
+    "EPOCHS": 2,
+    "WIDTH": 32,
+    "PROBE_EXAMPLES": 500,
   },
 }
 
@@ -98,7 +108,17 @@ def images(nb) -> list[bytes]:
 
 def _run_small(name, tmp_path):
   nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-  return execute(nb, tmp_path, SMALL[name])
+  parameters = dict(SMALL[name])
+  if name == "fashion_mnist":  # the four IDX files, random but the same at every run
+    from tests.test_fashion_mnist import random_split, write_idx_directory
+
+    rng = np.random.default_rng(0)
+    train, test = (
+      random_split(rng, parameters["NUM_TRAIN"]),
+      random_split(rng, parameters["NUM_TEST"]),
+    )
+    parameters["DATA_DIR"] = str(write_idx_directory(tmp_path / "idx", train, test))
+  return execute(nb, tmp_path, parameters)
 
 
 def _check_matches_record(name, nb):
@@ -134,6 +154,24 @@ def test_quickstart_notebook_runs(tmp_path):
   assert all(e < 60.0 for e in errors), errors  # 10 classes: chance is 90%
   assert len(images(nb)) >= 1
   _check_matches_record("quickstart", nb)
+
+
+@pytest.mark.slow
+def test_fashion_mnist_notebook_runs(tmp_path):
+  nb = _run_small("fashion_mnist", tmp_path)
+  text = printed(nb)
+  assert "from the IDX files: train (500, 784), test (200, 784)" in text, text
+  finals = dict(
+    re.findall(r"^(SGD|Entropy-SGD, .+?)\s+test error after 2 .*?train loss ([0-9.]+);", text, re.M)
+  )
+  assert len(finals) == 5, text
+  # The probe's radius-0 column is the loss at the final point on the same 500 images.
+  probes = dict(re.findall(r"^(SGD|Entropy-SGD, .+?)\s{2,}([0-9.]+)\s", text, re.M))
+  for name, loss in finals.items():
+    assert abs(float(probes[name]) - float(loss)) <= 1.5e-3, (name, probes[name], loss)
+  assert len(re.findall(r"ratio [0-9.e-]+ over the first 2 updates", text)) == 4, text
+  assert len(images(nb)) == 3
+  _check_matches_record("fashion_mnist", nb)
 
 
 @pytest.mark.parametrize("name", NAMES)
