@@ -108,7 +108,7 @@ def test_sigterm_while_the_data_loads_writes_nothing(monkeypatch, capsys, tmp_pa
 
 def test_sigint_during_the_first_compile_stops_after_the_first_call(monkeypatch, capsys, tmp_path):
   """The loop takes the pending signal over: the first call (where the compile happens)
-  finishes, its checkpoint is saved; --resume ends where an uninterrupted job ends."""
+  finishes, its checkpoint is saved; --resume continues from it."""
   _signal_when(monkeypatch, step_runners, "prepare", signal.SIGINT)
   workdir, every_epoch = tmp_path / "job", ("--eval-every-effective-epochs", 1)  # calls of 4
   code, _, err = run(short_job(workdir, *every_epoch), capsys)
@@ -119,11 +119,8 @@ def test_sigint_during_the_first_compile_stops_after_the_first_call(monkeypatch,
   )
   monkeypatch.undo()
   assert run([*short_job(workdir, *every_epoch), "--resume"], capsys)[0] == 0
-  reference = tmp_path / "reference"
-  assert run(short_job(reference, *every_epoch), capsys)[0] == 0
-  assert f._drop_time(directory.read_records(run_dir)) == f._drop_time(
-    directory.read_records(reference / "mlp1d-adam")
-  )
+  # Continued from step 4 (test_faults checks that such a resume is bit for bit).
+  assert [r["step"] for r in directory.read_records(run_dir)] == [4, 8]
 
 
 def test_sigterm_while_the_results_are_written_leaves_them_whole(monkeypatch, capsys, tmp_path):

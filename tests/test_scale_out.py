@@ -152,7 +152,7 @@ def test_a_lost_or_missing_process_is_one_line(two_process_report):
   assert (survivor["code"], killed["code"]) == (1, -9), r["killed"]
   assert one_line(survivor).startswith("error: process 1 of the run is gone (stopped or killed: ")
   assert "continue the run with --resume once every process runs again" in survivor["stderr"]
-  assert survivor["seconds"] < 60, survivor  # measured 0.5 s: the collective fails at once
+  assert survivor["seconds"] < 60, survivor  # measured 0.5-1.7 s: the collective fails at once
   assert "took over the lock" not in r["resumed"][0]["output"]
   (alone,) = r["alone"]
   assert alone["code"] == 1, alone
