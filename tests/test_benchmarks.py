@@ -28,6 +28,9 @@ from benchmarks import (
   workloads,
 )
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 TINY = ["--batch", "4", "--steps", "2"]
 _NO_TORCH = "torch is not installed: `pip install -r requirements/benchmarks.txt` (part of all.txt)"
 
@@ -61,7 +64,6 @@ def _check_rows(rows, keys):
       assert math.isfinite(row[key]) and row[key] > 0, (row["variant"], key, row[key])
 
 
-@pytest.mark.slow
 def test_step_cost_smoke(tmp_path, capsys):
   path = str(tmp_path / "step.json")
   results = step_cost.main(
@@ -93,7 +95,6 @@ def test_step_cost_smoke(tmp_path, capsys):
   assert "ratio" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_memory_smoke(tmp_path):
   path = str(tmp_path / "memory.json")
   results = memory.main(["--model", "mlp", *TINY, "--json", path])
@@ -106,7 +107,6 @@ def test_memory_smoke(tmp_path):
   assert result["extra_bytes"] > 0
 
 
-@pytest.mark.slow
 def test_memory_scheduler_option_cuts_the_unrolled_chains_temporaries():
   args = ["--model", "lenet_bn", *TINY, "--unroll", "full", "--no-live"]
   (default,) = memory.main(args)
@@ -116,7 +116,6 @@ def test_memory_scheduler_option_cuts_the_unrolled_chains_temporaries():
   assert temp(ordered)["entropy_sgd"] <= temp(default)["entropy_sgd"]
 
 
-@pytest.mark.slow
 def test_multi_run_smoke(tmp_path):
   path = str(tmp_path / "multi.json")
   results = multi_run.main(
@@ -178,7 +177,6 @@ def test_gradient_flops_counts_forward_and_weight_gradients():
   assert 2 * forward <= flops <= 3 * forward
 
 
-@pytest.mark.slow
 def test_precision_smoke(tmp_path):
   path = str(tmp_path / "precision.json")
   results = precision.main(["--model", "mlp", *TINY, "--repeats", "1", "--json", path])
@@ -186,7 +184,6 @@ def test_precision_smoke(tmp_path):
   _check_rows(results[0]["rows"], ["median_ms", "speedup_vs_fp32_entropy", "overhead_vs_sgd"])
 
 
-@pytest.mark.slow
 def test_torch_reference_smoke(tmp_path, capsys):
   path = str(tmp_path / "torch.json")
   results = torch_reference.main(
@@ -307,7 +304,6 @@ def test_baseline_unroll_follows_the_core_rule():
   assert programs.baseline_unroll("7", mlp, 20) == 7
 
 
-@pytest.mark.slow
 def test_epoch_speed_rows_are_the_timed_parts(tmp_path):
   """One epoch of 512 random images at batch 32 in 2 parts: every variant is timed on the same
   parts, and images/s and the epoch's seconds are those of its timed parts."""

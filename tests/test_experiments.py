@@ -32,6 +32,9 @@ from experiments.run.schema import RunConfig, RunOptions
 from experiments.trainer import tasks
 from tests import test_tensorboard as tensorboard_events
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = {
   "cifar10": cifar10,

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from experiments import flatness
 from experiments.launch import final_state
 from experiments.models import feedforward as models
 from experiments.trainer import tasks
 from tests.test_fashion_mnist import no_system_copy, random_split, write_idx_directory  # noqa: F401
+
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 SMALL = [
   "--models",

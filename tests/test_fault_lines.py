@@ -29,6 +29,9 @@ from experiments.trainer import loop, step_runners
 from tests import test_faults as f
 from tests import test_training as t
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # 2 effective epochs of 4 steps, a call each and a checkpoint at the end.
 SHORT = ("--models", "mlp1d", "--optimizers", "adam", "--num-seeds", 1, "--effective-epochs", 2)

@@ -30,6 +30,9 @@ from experiments.run import checkpoints, directory
 from experiments.trainer import divergence, loop, preemption
 from tests import test_training as t
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 QUIET = ["--no-progress"]
 
 

@@ -13,6 +13,9 @@ import pytest
 from benchmarks.flax_ports import benchmark, data
 from experiments.data import idx
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 NUM_TRAIN, NUM_TEST = 640, 256  # 5 batches of 128 (one port step at L = 5), 20 batches of 32
 
 

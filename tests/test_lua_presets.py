@@ -18,6 +18,9 @@ from experiments.run import directory, saved_config
 from experiments.run import schema as config_lib
 from experiments.trainer import batchnorm, tasks
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 # train.lua's learning_rate_schedule: (first epoch, last epoch, lr) rows, and its max_epochs.
 LUA_REGIMES = {
   ("mnist", "entropy-sgd-lua"): ([(1, 2, 1.0), (3, 15, 0.1)], 5),  # mnistfc (LeNet: 3-7, 8-15)

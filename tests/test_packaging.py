@@ -18,6 +18,9 @@ import zipfile
 
 import pytest
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "entropy_optax"
 # setuptools' and pip's warnings (not a file name such as _deprecation.py).

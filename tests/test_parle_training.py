@@ -21,6 +21,9 @@ from experiments.run.schema import ConfigError, RunConfig
 from experiments.trainer import batchnorm, loop, loop_state, steps, tasks
 from tests import test_training as t
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 REPLICAS = 3
 
 

@@ -20,6 +20,9 @@ from experiments import mnist1d
 from experiments.run import directory, writer_lock
 from tests.fresh_process import run_check
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 RUN = "mlp1d-entropy-sgd"
 
 
@@ -28,7 +31,6 @@ def eight_devices():
   return run_check("scale_out_check.py", devices=8)
 
 
-@pytest.mark.slow
 def test_mesh_data_8_splits_batches_and_matches_one_device(eight_devices):
   r = eight_devices
   assert r["devices"] == 8
@@ -39,7 +41,6 @@ def test_mesh_data_8_splits_batches_and_matches_one_device(eight_devices):
     assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], abs=1e-5)
 
 
-@pytest.mark.slow
 def test_mesh_seed_8_puts_one_seed_per_device(eight_devices):
   r = eight_devices
   assert r["seed8"]["param_devices"] == 8 and r["seed8"]["seeds_per_device"] == [1]
@@ -48,7 +49,6 @@ def test_mesh_seed_8_puts_one_seed_per_device(eight_devices):
   assert r["seed8_diff"] < 1e-6, r["seed8_diff"]
 
 
-@pytest.mark.slow
 def test_config_json_records_the_devices_used(eight_devices):
   r = eight_devices
   assert r["one"]["config_devices"]["devices"] == ["cpu:0"]
@@ -60,7 +60,6 @@ def test_config_json_records_the_devices_used(eight_devices):
     assert r[name]["config_devices"]["devices"] == [f"cpu:{i}" for i in range(8)]
 
 
-@pytest.mark.slow
 def test_resume_on_another_mesh(eight_devices):
   """A run trained with seed=8 resumes with seed=2,data=4 and ends where it would have; config.json
   says which mesh trained which steps."""
@@ -71,7 +70,6 @@ def test_resume_on_another_mesh(eight_devices):
   assert history[0]["from_step"] == 0 < history[1]["from_step"]
 
 
-@pytest.mark.slow
 def test_bad_meshes_are_one_line_errors(eight_devices):
   errors = eight_devices["errors"]
   expected = {
@@ -88,7 +86,6 @@ def test_bad_meshes_are_one_line_errors(eight_devices):
     assert text in e["stderr"], e
 
 
-@pytest.mark.slow
 def test_shard_map_data_parallel_step_equals_one_device_step(eight_devices):
   """The library under shard_map over 8 devices: a grad_fn that averages over the data axis
   (the loss under check_vma, the gradient without) gives the one-device updates."""
@@ -108,7 +105,6 @@ def two_process_report(tmp_path_factory):
   return run_check("two_process_check.py", str(tmp_path_factory.mktemp("two")))
 
 
-@pytest.mark.slow
 def test_two_processes_equal_one_and_resume_after_sigkill(two_process_report):
   r = two_process_report
   assert r["one"][0]["code"] == 0, r["one"]
@@ -142,7 +138,6 @@ def test_two_processes_equal_one_and_resume_after_sigkill(two_process_report):
   assert len(set(keys)) == len(keys) and keys[-1][0] == 400
 
 
-@pytest.mark.slow
 def test_a_lost_or_missing_process_is_one_line(two_process_report):
   """SIGKILL of process 1: process 0 stops by itself at its next collective, in one line, and
   releases the run (the resume above took over no lock). A process of two started alone: one
@@ -163,7 +158,6 @@ def test_a_lost_or_missing_process_is_one_line(two_process_report):
   )
 
 
-@pytest.mark.slow
 def test_a_write_failure_on_one_process_stops_both_in_one_line_each(two_process_report):
   """Process 0 alone cannot append the records of step 24: both stop after that call, with
   the checkpoint of step 16 intact. Resumed, process 0 alone fails its checkpoint save of step

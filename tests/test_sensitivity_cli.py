@@ -3,8 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from experiments import sensitivity
+
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 
 def test_tiny_grid_writes_results_table_and_heatmaps(tmp_path, capsys):

@@ -11,6 +11,9 @@ from experiments.run.schema import ConfigError, RunOptions
 from experiments.studies import sensitivity_report
 from experiments.studies import sensitivity_training as st
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 # 400 training signals at batch 50: 8 steps per outer epoch; 4 effective epochs, 2 evaluations.
 GRID = dataclasses.replace(GRIDS["tiny"], effective_epochs=4.0, seeds=2)
 

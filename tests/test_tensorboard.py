@@ -26,6 +26,9 @@ from experiments.run import tensorboard as tb
 from experiments.trainer import loop
 from tests import test_training as t
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 SEEDS = [0, 1]
 # Drops at updates 15 and 25: the recorded learning rate changes between records.
 SCHEDULE = optax.piecewise_constant_schedule(0.5, {15: 0.1, 25: 0.1})

@@ -22,6 +22,9 @@ from experiments.run.directory import read_records
 from experiments.trainer import bptt, loop, loop_state, tasks
 from tests import test_training as t
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUIET = ["--no-progress"]
 

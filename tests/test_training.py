@@ -24,6 +24,9 @@ from experiments.run.schema import RunConfig
 from experiments.trainer import loop, loop_state, tasks
 from tests.fresh_process import run_check
 
+# Runs of the harness end to end: CI runs them, `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 L = 3
 
 
