@@ -149,13 +149,6 @@ def test_index_has_library_and_repository_guides():
 
 
 MAX_CODE_WIDTH = 88  # characters: a code block of that width shows whole in the page's column
-# Pages whose code blocks are still wider, being rewritten elsewhere; strict: each fails here
-# as soon as it fits, so that it leaves this set.
-WIDE_CODE_PENDING = {
-  "docs/faults.md",
-  "docs/scale_out.md",
-  "docs/porting.md",
-}
 
 
 def code_lines(page: pathlib.Path) -> list[str]:
@@ -170,16 +163,7 @@ def code_lines(page: pathlib.Path) -> list[str]:
   return lines
 
 
-@pytest.mark.parametrize(
-  "page",
-  [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="wide code blocks"))
-    if _name(p) in WIDE_CODE_PENDING
-    else p
-    for p in PAGES
-  ],
-  ids=_name,
-)
+@pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_code_blocks_fit_the_page(page):
   wide = [line for line in code_lines(page) if len(line) > MAX_CODE_WIDTH]
   assert not wide, f"{_name(page)}: code lines over {MAX_CODE_WIDTH} characters:\n" + "\n".join(
@@ -194,19 +178,9 @@ WORKING_NOTES = re.compile(
   r"|\b(this|last) session's\b|this project's machines|\bSuggested line\b",
   re.I,
 )
-NOTES_PENDING = {"docs/faults.md"}  # being rewritten elsewhere
 
 
-@pytest.mark.parametrize(
-  "page",
-  [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="working notes"))
-    if _name(p) in NOTES_PENDING
-    else p
-    for p in PAGES
-  ],
-  ids=_name,
-)
+@pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_pages_speak_to_users(page):
   notes = [line for line in page.read_text().splitlines() if WORKING_NOTES.search(line)]
   assert not notes, f"{_name(page)}: say it to the user, as a condition or a fact:\n" + (
@@ -231,15 +205,10 @@ def prose(page: pathlib.Path) -> str:
   return re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
 
 
-ROLES_PENDING = {"docs/porting.md", "docs/scale_out.md"}
-
-
 @pytest.mark.parametrize(
   "page",
   [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="plain literals"))
-    if _name(p) in ROLES_PENDING
-    else p
+    p
     for p in PAGES
     if p.name != "README.md"  # read on a code host too, where roles do not render
   ],
