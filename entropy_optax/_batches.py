@@ -59,7 +59,8 @@ def take_batch(batches: Any, k: jax.Array | int, *, num_batches: int | None = No
 
 
 def check_stacked(batches: Any, num_batches: int) -> None:
-  """Raises a ValueError naming ``stack_batches`` unless every leaf has a leading axis of L."""
+  """Raises a ValueError naming :func:`~entropy_optax.flax.stack_batches` unless every leaf
+  has a leading axis of L."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(batches):
     shape = tuple(np.shape(leaf))
     if not shape or shape[0] != num_batches:

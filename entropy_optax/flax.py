@@ -30,8 +30,9 @@ BatchNorm and dropout during the Langevin steps (the library's choice):
   at every inner pass, and so re-estimate them at x before every evaluation); and the model
   state after a step is a deterministic function of x and batch 0, whatever L is.
   At equal gradient evaluations the running averages then get L times fewer updates and lag
-  behind the weights: re-estimate them at x before evaluating, ``reestimate_batch_stats``
-  (Linen) or ``nnx_reestimate_batch_stats`` (NNX), as both of the authors' codes do.
+  behind the weights: re-estimate them at x before evaluating,
+  :func:`~entropy_optax.flax.reestimate_batch_stats` (Linen) or
+  :func:`~entropy_optax.flax.nnx_reestimate_batch_stats` (NNX), as both of the authors' codes do.
 * Dropout draws a fresh mask at every Langevin step: step k uses the key
   ``langevin_key(key, k) = fold_in(key, k)`` (NNX: every ``RngKey`` of the model, and of the
   call-time ``rngs`` given to :func:`~entropy_optax.flax.nnx_grad_fn`, is folded with k), so masks

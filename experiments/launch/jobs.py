@@ -256,7 +256,7 @@ def load_finished(workdir: str | os.PathLike) -> Run:
   """A finished run read back from its directory (config, results, records; no state: read it
   with ``final_state``); a ``ConfigError`` that says what is missing otherwise."""
   workdir = pathlib.Path(workdir)
-  config = directory.saved_config(workdir, {})
+  config = saved_config.saved_config(workdir, {})
   if config is None:
     raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
   if not (workdir / directory.RESULTS_FILE).exists():

@@ -222,11 +222,9 @@ class RunOptions:
   workdir: str | None = None
   """the run directory (default: runs/<dataset>-<model>-<optimizer>[-synthetic])"""
   resume: bool = False
-  """continue the run in --workdir from its last good checkpoint, with its saved configuration
-  (a finished run is only reported)"""
+  """continue the run in --workdir from its last good checkpoint and saved configuration"""
   overwrite: bool = False
-  """delete the run in --workdir and start afresh (a directory holding no run is never
-  deleted)"""
+  """delete the run in --workdir and start afresh (never a directory holding no run)"""
   progress: bool = True
   """show a progress bar (on a terminal only)"""
   tensorboard: bool = True
@@ -236,18 +234,15 @@ class RunOptions:
   download: bool = True
   """let tfds download and prepare an absent data set"""
   mesh: str | None = None
-  """devices of the run as AXIS=SIZE pairs: seed (the seeds of the run on different devices),
-  data (every batch split over devices), e.g. data=8 or seed=2,data=4 (None: one device)"""
+  """devices as AXIS=SIZE pairs of seed (seeds) and data (batches), e.g. seed=2,data=4"""
   coordinator_address: str | None = None
-  """several processes (hosts) in one run: HOST:PORT of process 0's jax.distributed coordinator
-  (default: $JAX_COORDINATOR_ADDRESS)"""
+  """HOST:PORT of process 0's jax.distributed coordinator (default: $JAX_COORDINATOR_ADDRESS)"""
   num_processes: int | None = None
   """the run's number of processes (default: $JAX_NUM_PROCESSES, else 1)"""
   process_id: int | None = None
   """this process's index in 0 .. num_processes - 1 (default: $JAX_PROCESS_ID)"""
   process_timeout_s: float = 120.0
-  """several processes: how long to wait for every process to join at the start, and for a
-  process that stopped answering (no heartbeat) before the run stops with an error naming it"""
+  """seconds to wait for a process that has not joined or stopped answering, then stop"""
 
   def replace(self, **changes: Any) -> RunOptions:
     return dataclasses.replace(self, **changes)
