@@ -5,7 +5,8 @@ ported (``*_port.py``, L = 5: an update takes 5 mini-batches, so an epoch has 1/
 updates), for each seed, on the MNIST-format files of ``--data-dir`` (Fashion-MNIST from the
 Debian package by default). Test accuracy is read after every epoch's worth of mini-batches (the
 learning rates are constant, so the 1-epoch point of a 5-epoch run is a 1-epoch run). Every run
-is appended to ``--jsonl`` as it ends (a partial sweep keeps what it ran) and the table of mean
+is appended to ``--jsonl`` as it ends and a run already there is not run again, so a sweep that
+was stopped continues where it was when the same command is run again. The table of mean
 +- std over seeds, with the lines each port changes (``diff`` of the code, docstrings aside), is
 written to ``--table``.
 
@@ -136,6 +137,10 @@ def main(argv=None) -> None:
   parser.add_argument("--table-only", action="store_true")
   args = parser.parse_args(argv)
   jsonl = pathlib.Path(args.jsonl)
+  read = lambda: (
+    [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+  )
+  done = {(r["program"], r["variant"], r["seed"], r["epochs"]) for r in read()}
   if not args.table_only:
     train_ds, test_ds = data.get_datasets(args.data_dir)
     for seed in args.seeds:
@@ -143,6 +148,9 @@ def main(argv=None) -> None:
         for variant in args.variants:
           if variant == "port_no_reestimate" and program == "linen_mnist":
             continue  # no BatchNorm
+          if (program, variant, seed, args.epochs) in done:
+            print(f"{program} {variant} seed {seed}: in {jsonl} already", flush=True)
+            continue
           record = run_one(program, variant, seed, args.epochs, train_ds, test_ds)
           record.update(
             command="python -m benchmarks.flax_ports.benchmark " + " ".join(sys.argv[1:]),
@@ -152,7 +160,7 @@ def main(argv=None) -> None:
             f.write(json.dumps(record) + "\n")
           acc = " ".join(f"{100 * a:.2f}" for a in record["test_accuracy"])
           print(f"{program} {variant} seed {seed}: {acc} ({record['seconds']:.0f} s)", flush=True)
-  records = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+  records = read()
   pathlib.Path(args.table).write_text(table(records))
   print(table(records))
 
