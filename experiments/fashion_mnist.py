@@ -15,12 +15,17 @@ per (model, recipe) with TensorBoard events under --workdir; --resume continues 
 
 from __future__ import annotations
 
+from experiments.run import signals
+
+# Before the slow imports below: a signal during them waits for a safe point.
+signals.defer_if_main(__name__)
+
 import time
 from collections.abc import Sequence
 
 from experiments.configs import fashion_mnist as configs
 from experiments.launch import cli, jobs
-from experiments.reporting import comparison_report, tables, time_to_target
+from experiments.reporting import comparison_report
 from experiments.run import grid_job
 
 DEFAULT = grid_job.GridJob(
@@ -40,11 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   start = time.perf_counter()
   job = cli.parse_grid(PROG, __doc__, DEFAULT, argv)
   runs, root = jobs.run_comparison(job, DEFAULT, "runs/fashion_mnist")
-  results = {key: run.results for key, run in runs.items()}
-  times = time_to_target.comparison_times_to_target(
-    results, {key: run.records for key, run in runs.items()}
-  )
-  table = tables.comparison_table(results, times)
   first = next(iter(runs.values()))
   budget = f"{job.effective_epochs:g}" if job.effective_epochs else "the recipes'"
   published = ", ".join(f"{m} {a:g}%" for m, a in configs.BENCHMARK_ACCURACY.items())
@@ -56,19 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   header = (
     f"Fashion-MNIST, {first.results['num_train']} train{validation} / "
     f"{first.results['num_test']} test images, {first.config.num_seeds} seeds, {budget} "
-    f"effective epochs per run; published test accuracy (Xiao et al. 2017): {published}. "
-    f"Time to target: first evaluation at {time_to_target.TARGET_FRACTION:g} x the model's "
-    "best final accuracy (seconds since the run started, compilation included)."
+    f"effective epochs per run; published test accuracy (Xiao et al. 2017): {published}."
   )
-  comparison_report.save_and_print(
-    runs,
-    root,
-    header=header,
-    table=table,
-    results={key: {**r, "time_to_target": times[key]} for key, r in results.items()},
-    plot_file="test_error.png",
-    start=start,
-    title="Fashion-MNIST",
+  comparison_report.classification_report(
+    runs, root, header=header, start=start, title="Fashion-MNIST"
   )
   return jobs.diverged_exit_code(list(runs.values()))
 

@@ -47,7 +47,7 @@ import numpy as np
 import tyro
 
 from experiments.configs.flatness import JOBS
-from experiments.launch import cli, comparison, components, jobs
+from experiments.launch import cli, comparison, components, final_state, jobs
 from experiments.reporting import display_names, summaries
 from experiments.run import directory, distributed
 from experiments.run.schema import ConfigError
@@ -133,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-def _finished_runs(workdirs: Sequence[str]) -> dict[str, jobs.Run]:
+def _finished_runs(workdirs: Sequence[str]) -> dict[str, final_state.Run]:
   """The finished runs of ``--runs``, keyed by optimizer (by directory name when two share
   one); all of one data set and model."""
-  runs = [jobs.load_finished(w) for w in workdirs]
+  runs = [final_state.load_finished(w) for w in workdirs]
   kinds = {(r.config.dataset, r.config.model) for r in runs}
   if len(kinds) > 1:
     raise ConfigError(f"--runs: the runs must share one data set and model, got {sorted(kinds)}.")

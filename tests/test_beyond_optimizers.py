@@ -99,7 +99,7 @@ def test_runs_through_the_harness_at_equal_effective_epochs(
   tmp_path, optimizer, langevin_steps, outer_steps
 ):
   from experiments.launch import jobs  # pylint: disable=import-outside-toplevel
-  from experiments.run.schema import RunOptions  # pylint: disable=import-outside-toplevel
+  from experiments.run.run_options import RunOptions  # pylint: disable=import-outside-toplevel
 
   config = configs.mnist1d.PRESETS[optimizer].config.replace(
     langevin_steps=langevin_steps,

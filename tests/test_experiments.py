@@ -28,7 +28,8 @@ from experiments.models import feedforward as models
 from experiments.models import mnist1d_nets
 from experiments.optimizers import registry as optimizers
 from experiments.run import directory, saved_config
-from experiments.run.schema import RunConfig, RunOptions
+from experiments.run.run_options import RunOptions
+from experiments.run.schema import RunConfig
 from experiments.trainer import tasks
 from tests import test_tensorboard as tensorboard_events
 

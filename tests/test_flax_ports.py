@@ -112,3 +112,34 @@ def test_port_step_refuses_unstacked_batches_naming_stack_batches(datasets):
   batch = next(data.ordered_batches(train_ds, 128))
   with pytest.raises(ValueError, match=r"image'\] has shape \(128, 28, 28, 1\).*stack_batches"):
     nnx_mnist_port.train_step(model, optimizer, metrics, batch, nnx.Rngs(1))
+
+
+def test_benchmark_runs_only_what_its_jsonl_lacks(datasets, tmp_path, monkeypatch, capsys):
+  """A stopped sweep continues: runs already in --jsonl are not run again, and the table is
+  made from every record there."""
+  directory = tmp_path / "idx"
+  directory.mkdir()
+  train_ds, test_ds = datasets
+  for split, ds in (("train", train_ds), ("test", test_ds)):
+    images_stem, labels_stem = idx.SPLIT_FILES[split]
+    idx.write(directory / images_stem, (ds["image"][..., 0] * 255).round().astype(np.uint8))
+    idx.write(directory / labels_stem, ds["label"].astype(np.uint8))
+  done = {"program": "linen_mnist", "seed": 0, "epochs": 1, "seconds": 1.0}
+  jsonl = tmp_path / "results.jsonl"
+  jsonl.write_text(
+    "".join(
+      benchmark.json.dumps({**done, "variant": v, "test_accuracy": [a], "history": []}) + "\n"
+      for v, a in (("original", 0.5), ("port", 0.25))
+    )
+  )
+  ran = []
+  monkeypatch.setattr(benchmark, "run_one", lambda *args: ran.append(args))
+  table = tmp_path / "table.md"
+  benchmark.main(
+    ["--data-dir", str(directory), "--seeds", "0", "--epochs", "1", "--programs", "linen_mnist"]
+    + ["--jsonl", str(jsonl), "--table", str(table)]
+  )
+  assert ran == [] and capsys.readouterr().out.count("already") == 2
+  added, removed = benchmark.changed_lines("linen_mnist")
+  row = f"| linen_mnist | {added} / {removed} | 1 | 50.00 | 25.00 | -25.00 |"
+  assert row in table.read_text()

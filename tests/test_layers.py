@@ -57,3 +57,18 @@ def test_no_script_imports_another_script():
       if len(parts) == 2 and parts[1] in scripts and parts[1] != path.stem:
         found.append(f"{path.relative_to(ROOT.parent)} imports {module}")
   assert not found, "\n".join(found)
+
+
+def test_every_script_defers_signals_before_its_slow_imports():
+  """A Ctrl-C during a script's imports waits for a safe point (experiments/run/signals.py):
+  each script imports ``signals`` and calls ``signals.defer_if_main(__name__)`` before any other
+  import."""
+  late = []
+  for path in sorted(ROOT.glob("*.py")):
+    if path.stem == "__init__":
+      continue
+    lines = [ast.unparse(n) for n in ast.parse(path.read_text()).body[1:]]  # after the docstring
+    lines = [line for line in lines if line != "from __future__ import annotations"]
+    if lines[:2] != ["from experiments.run import signals", "signals.defer_if_main(__name__)"]:
+      late.append(str(path.relative_to(ROOT.parent)))
+  assert not late, f"scripts that do not defer signals before their imports: {late}"

@@ -7,7 +7,8 @@ import pytest
 
 from experiments.configs.sensitivity import GRIDS
 from experiments.launch import jobs
-from experiments.run.schema import ConfigError, RunOptions
+from experiments.run.run_options import RunOptions
+from experiments.run.schema import ConfigError
 from experiments.studies import sensitivity_report
 from experiments.studies import sensitivity_training as st
 

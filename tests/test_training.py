@@ -135,6 +135,8 @@ def test_entropy_sgd_learns_and_logs_metrics(uninterrupted):
   assert all(a["wall_time"] <= b["wall_time"] for a, b in zip(records, records[1:]))
   info = json.loads((workdir / "config.json").read_text())
   assert schema.from_json(info["config"]) == config() and info["jax"] == jax.__version__
+  # The versions that decide the numbers, so that two environments' results can be told apart.
+  assert info["packages"]["jaxlib"] == jax.lib.__version__ and info["packages"]["numpy"]
   assert info["schedule"]["num_steps"] == 40
   assert int(result.state.step) == 40
   # The evaluation used the running statistics: recompute it independently.

@@ -30,7 +30,8 @@ import tyro
 
 from experiments.data import datasets as data_lib
 from experiments.run import checkpoints, directory, grid_job, processes, signals
-from experiments.run.schema import ConfigError, Preset, RunConfig, RunOptions
+from experiments.run.run_options import RunOptions
+from experiments.run.schema import ConfigError, Preset, RunConfig
 
 T = TypeVar("T")
 EXIT_DIVERGED = 3

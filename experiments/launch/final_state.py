@@ -1,5 +1,7 @@
-"""A finished run's weights, read back from its newest good checkpoint.
+"""A finished run read back from its directory: ``Run``, and its weights from its newest
+good checkpoint.
 
+``load_finished(workdir)``: the config, results and records (``Run``, what a job returns);
 ``load_final_variables(workdir)``: ``params`` and ``batch_stats`` as numpy pytrees (what a
 flatness analysis or a plot needs); ``load_final_state(workdir)``: the whole loop state in its
 optax structure (the run's config rebuilds the optimizer to restore into).
@@ -7,6 +9,7 @@ optax structure (the run's config rebuilds the optimizer to restore into).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import Any
@@ -16,9 +19,37 @@ import numpy as np
 
 from experiments.launch import components
 from experiments.optimizers import registry as optimizers
-from experiments.run import checkpoints, saved_config, schema
-from experiments.run.schema import ConfigError
+from experiments.run import checkpoints, directory, saved_config, schema
+from experiments.run.schema import ConfigError, RunConfig
 from experiments.trainer import loop_state
+
+
+@dataclasses.dataclass
+class Run:
+  """A finished run: its config, results.json, metrics records, final state (None when it was
+  finished before this process: read ``load_final_variables``) and directory."""
+
+  config: RunConfig
+  results: dict[str, Any]
+  records: list[dict[str, Any]]
+  state: Any
+  workdir: pathlib.Path
+
+
+def load_finished(workdir: str | os.PathLike) -> Run:
+  """A finished run read back from its directory (config, results, records; no state: read it
+  with ``final_state``); a ``ConfigError`` that says what is missing otherwise."""
+  workdir = pathlib.Path(workdir)
+  config = saved_config.saved_config(workdir, {})
+  if config is None:
+    raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
+  if not (workdir / directory.RESULTS_FILE).exists():
+    raise ConfigError(
+      f"{workdir} has not finished (no {directory.RESULTS_FILE}): resume it first with its "
+      "script's --resume."
+    )
+  results = directory.read_results(workdir / directory.RESULTS_FILE)
+  return Run(config, results, directory.read_records(workdir), None, workdir)
 
 
 def _restore_newest(workdir: pathlib.Path, what: str, target: Any = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from experiments import configs
 from experiments.launch import cli, comparison, components
+from experiments.launch.final_state import Run
 from experiments.optimizers import registry as optimizers
 from experiments.reporting import display_names, plots, summaries
 from experiments.run import (
@@ -37,20 +38,9 @@ from experiments.run import (
   writer_lock,
 )
 from experiments.run import schema as config_lib
-from experiments.run.schema import ConfigError, RunConfig, RunOptions
+from experiments.run.run_options import RunOptions
+from experiments.run.schema import RunConfig
 from experiments.trainer import loop
-
-
-@dataclasses.dataclass
-class Run:
-  """A finished run: its config, results.json, metrics records, final state (None when it was
-  finished before this process: read ``load_final_variables``) and directory."""
-
-  config: RunConfig
-  results: dict[str, Any]
-  records: list[dict[str, Any]]
-  state: Any
-  workdir: pathlib.Path
 
 
 def default_workdir(config: RunConfig, root: str = "runs") -> str:
@@ -250,22 +240,6 @@ def run_grid(
       )
       log(f"  {key}: {summaries.format_result(runs[key].results)}")
     return runs
-
-
-def load_finished(workdir: str | os.PathLike) -> Run:
-  """A finished run read back from its directory (config, results, records; no state: read it
-  with ``final_state``); a ``ConfigError`` that says what is missing otherwise."""
-  workdir = pathlib.Path(workdir)
-  config = saved_config.saved_config(workdir, {})
-  if config is None:
-    raise ConfigError(f"{workdir} holds no run of these scripts (no config.json).")
-  if not (workdir / directory.RESULTS_FILE).exists():
-    raise ConfigError(
-      f"{workdir} has not finished (no {directory.RESULTS_FILE}): resume it first with its "
-      "script's --resume."
-    )
-  results = directory.read_results(workdir / directory.RESULTS_FILE)
-  return Run(config, results, directory.read_records(workdir), None, workdir)
 
 
 def diverged_exit_code(runs: Sequence[Run], log: Callable[[str], None] = print) -> int:

@@ -1,6 +1,6 @@
-"""What a comparison job (one run per (model, optimizer), ``experiments.mnist1d`` and
-``experiments.charlstm``) leaves when its runs are done: summary.md, results.json and a plot in
-its directory, and its table printed."""
+"""What a comparison job (one run per (model, optimizer): ``experiments.mnist1d``,
+``experiments.fashion_mnist``, ``experiments.charlstm``) leaves when its runs are done:
+summary.md, results.json and a plot in its directory, and its table printed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from experiments.reporting import display_names, plots
+from experiments.reporting import display_names, plots, tables, time_to_target
 from experiments.run import directory, distributed
 
 
@@ -50,4 +50,36 @@ def save_and_print(
   print(
     f"total wall time {time.perf_counter() - start:.0f} s; table: {root / directory.SUMMARY_FILE}; "
     f"plot: {root / plot_file}"
+  )
+
+
+def classification_report(
+  runs: Mapping[tuple[str, str], Any], root: pathlib.Path, *, header: str, start: float, title: str
+) -> None:
+  """``save_and_print`` for a job of classifiers: the accuracy table with each run's time to
+  target (``time_to_target``), also in results.json, and the test error against effective
+  epochs in test_error.png.
+
+  Args:
+    runs: the job's runs by (model, optimizer) (``jobs.run_comparison``).
+    root: the job's directory.
+    header: what the job was (data, seeds, budget); the definition of the time to target is
+      added.
+    start: ``time.perf_counter()`` when the job started.
+    title: the plot's title.
+  """
+  results = {key: run.results for key, run in runs.items()}
+  times = time_to_target.comparison_times_to_target(
+    results, {key: run.records for key, run in runs.items()}
+  )
+  save_and_print(
+    runs,
+    root,
+    header=f"{header} Time to target: first evaluation at {time_to_target.TARGET_FRACTION:g} x "
+    "the model's best final accuracy (seconds since the run started, compilation included).",
+    table=tables.comparison_table(results, times),
+    results={key: {**r, "time_to_target": times[key]} for key, r in results.items()},
+    plot_file="test_error.png",
+    start=start,
+    title=title,
   )

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import tyro
 
-from experiments.run.schema import RunConfig, RunOptions
+from experiments.run.run_options import RunOptions
+from experiments.run.schema import RunConfig
 
 # The shared settings, each also a RunConfig field (but the budget and milestones).
 SHARED = (

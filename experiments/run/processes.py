@@ -31,7 +31,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from experiments.run.schema import ConfigError, RunOptions
+from experiments.run.run_options import RunOptions
+from experiments.run.schema import ConfigError
 
 DEFAULT_TIMEOUT_S = RunOptions.process_timeout_s
 """How long a run waits for a process to join, or hears nothing from one, before it stops."""

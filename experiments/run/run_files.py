@@ -10,6 +10,7 @@ line saying which checkpoint is intact.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import pathlib
 import subprocess
 import time
@@ -41,6 +42,21 @@ def _code_version() -> str | None:
     )
   except (OSError, subprocess.SubprocessError):
     return None
+
+
+# The packages whose versions decide a run's numbers, recorded in config.json: the same code
+# in two environments can round differently and end a 100-epoch run a few tenths apart.
+_NUMERIC_PACKAGES = ("jax", "jaxlib", "numpy", "optax", "flax", "mnist1d")
+
+
+def _package_versions() -> dict[str, str | None]:
+  def version(name):
+    try:
+      return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      return None
+
+  return {name: version(name) for name in _NUMERIC_PACKAGES}
 
 
 # The newest checkpoints kept: 2 leaves one to fall back to when the newest is damaged.
@@ -127,6 +143,7 @@ class RunFiles:
       code_version=_code_version(),
       jax=jax.__version__,
       entropy_optax=entropy_optax.__version__,
+      packages=_package_versions(),
       device_history=_device_history(self.config_path, step, self.run_info.get("devices")),
     )
     try:

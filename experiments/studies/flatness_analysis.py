@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from entropy_optax import flatness
 from experiments.configs.flatness import FlatnessJob
-from experiments.launch import components, final_state, jobs
+from experiments.launch import components, final_state
 from experiments.models import recurrent
 from experiments.run.schema import ConfigError
 from experiments.studies import flatness_perturbation
@@ -92,7 +92,7 @@ def _batches(ds, args: FlatnessJob):
 
 
 def analyse(
-  run: jobs.Run, ds, args: FlatnessJob, method: str, seed_index: int
+  run: final_state.Run, ds, args: FlatnessJob, method: str, seed_index: int
 ) -> tuple[dict[str, Any], Any, np.ndarray]:
   """The statistics of one seed of a finished run, what to plot, and the values (eigenvalues,
   Fisher diagonal, or SLQ nodes)."""
