@@ -1,7 +1,7 @@
 """Entropy-SGD against Adam and SGD on Fashion-MNIST at equal effective epochs: the paper's
 Sec. 5.2 (Fig. 4, Table 1) on real images.
 
-    python -m experiments.fashion_mnist                      # ~15 min on a 2-core CPU
+    python -m experiments.fashion_mnist                      # 12-16 min on a 2-core CPU
     python -m experiments.fashion_mnist --effective-epochs 100 --eval-every-effective-epochs 5
 
 Data: the four IDX files of --data-dir DIR, else /usr/share/datasets/fashion-mnist (Debian:

@@ -64,3 +64,11 @@ def test_the_main_jobs_table_shows_the_time_to_target_column():
   assert lines[0].endswith("time to target (eff. epochs / s) |")
   assert lines[2].endswith("| 15 / 12 |") and lines[3].endswith("| not reached |")
   assert "time to target" not in tables.comparison_table(results)
+
+
+def test_time_to_target_reads_in_three_digits():
+  """Evaluations fall on whole outer steps, so effective epochs are not round numbers."""
+  fmt = tables._format_time
+  assert fmt({"effective_epochs": 2.008547, "seconds": 70.6}) == "2.01 / 71"
+  assert fmt({"effective_epochs": 10.0, "seconds": 3.2}) == "10 / 3"
+  assert fmt({"effective_epochs": 1234.0, "seconds": 3.2}) == "1234 / 3"

@@ -38,7 +38,7 @@ class Run:
 
 def load_finished(workdir: str | os.PathLike) -> Run:
   """A finished run read back from its directory (config, results, records; no state: read it
-  with ``final_state``); a ``ConfigError`` that says what is missing otherwise."""
+  with ``load_final_state``); a ``ConfigError`` that says what is missing otherwise."""
   workdir = pathlib.Path(workdir)
   config = saved_config.saved_config(workdir, {})
   if config is None:

@@ -24,7 +24,13 @@ def _format_time(time: Mapping[str, float] | None) -> str:
     return f"diverged at step {time['diverged_at_step']}"
   if np.isnan(time["effective_epochs"]):
     return "not reached"
-  return f"{time['effective_epochs']:g} / {time['seconds']:.0f}"
+  # Evaluations fall on whole outer steps: 2.00855 effective epochs reads as 2.01.
+  epochs = time["effective_epochs"]
+  return (
+    f"{epochs:.3g} / {time['seconds']:.0f}"
+    if epochs < 100
+    else f"{epochs:.0f} / {time['seconds']:.0f}"
+  )
 
 
 def comparison_table(
