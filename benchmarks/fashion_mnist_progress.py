@@ -65,12 +65,18 @@ def table(rows: list[dict]) -> str:
   ]
   for r in rows:
     per_epoch = r["wall_s"] / r["reached"] if r["reached"] else float("nan")
+    evaluated = not np.isnan(r["error_mean"])  # a run that started has no evaluation yet
+    error = (
+      f"{r['error_mean']:.2f} ± {r['error_std']:.2f} at {r['evaluated_at']:.1f}"
+      if evaluated
+      else "none yet"
+    )
+    best = f"{r['best']:.2f}" if evaluated else "—"
     lines.append(
       f"| {r['run']} | {display_names.name(r['model'])} | {display_names.name(r['optimizer'])} | "
       f"{'finished' if r['finished'] else 'running'} | {r['reached']:.1f} ({r['budget']:g}) | "
-      f"{r['error_mean']:.2f} ± {r['error_std']:.2f} at {r['evaluated_at']:.1f} | "
-      f"{r['best']:.2f} | {r['seeds']} | {r['wall_s'] / 3600:.2f} | {per_epoch:.0f} | "
-      f"{r['paper']} |"
+      f"{error} | {best} | {r['seeds']} | "
+      f"{r['wall_s'] / 3600:.2f} | {per_epoch:.0f} | {r['paper']} |"
     )
   return "\n".join(lines)
 

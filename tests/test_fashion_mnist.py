@@ -251,3 +251,11 @@ def test_job_without_data_is_one_line(tmp_path, no_system_copy, capsys):
   err = capsys.readouterr().err.strip()
   assert code == 1 and err.count("\n") == 0
   assert err.startswith("error: Fashion-MNIST not found") and "dataset-fashion-mnist" in err
+
+
+def test_progress_table_says_when_a_run_has_no_evaluation_yet():
+  row = dict(run="job/mnistfc-adam", model="mnistfc", optimizer="adam", finished=False)
+  row.update(reached=0.2, budget=100, error_mean=float("nan"), error_std=0.0, evaluated_at=0.0)
+  row.update(best=float("nan"), seeds=2, wall_s=5.0, paper="1.39")
+  line = fashion_mnist_progress.table([row]).splitlines()[-1]
+  assert "| running | 0.2 (100) | none yet | — | 2 |" in line and "nan" not in line
