@@ -10,12 +10,18 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def xla_flags(devices: int) -> str:
+  """This process's XLA flags (the suite's, tests/conftest.py) with ``devices`` simulated CPU
+  devices."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
 def run_check(script: str, *args: str, devices: int = 1, timeout_s: int = 900) -> dict:
   """The JSON report that ``tests/<script>`` prints last, run with ``devices`` simulated CPU
   devices; fails the test with the script's stderr if it fails."""
   env = dict(
     os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=xla_flags(devices),
     JAX_PLATFORMS="cpu",
     PYTHONPATH=str(REPO),
   )

@@ -19,6 +19,7 @@ import optax
 import pytest
 
 import entropy_optax as eo
+from tests import fresh_process
 
 L = 3
 OPTIMIZERS = {
@@ -182,7 +183,7 @@ SHARDING_CHECK = textwrap.dedent("""
 
 def test_explicit_sharding_state_types_match_and_survive_jit():
   """sharding_test.test_state_sharding_type_init_match_update and ..._preserved_with_jit."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=fresh_process.xla_flags(8), JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run(
     [sys.executable, "-c", SHARDING_CHECK],

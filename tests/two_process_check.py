@@ -5,12 +5,12 @@
 Runs, through the command line (``python -m experiments.mnist1d``), each bounded in time:
 
 1. one process with 4 simulated CPU devices, ``--mesh data=4``: the reference;
-2. two processes with 2 devices each (4 in all), ``--mesh data=4``: process 1 SIGKILLed once
-   their first checkpoint is complete, process 0 stops by itself (a lost process);
-3. the same two processes with ``--resume``, which finish the run;
-4. two processes of a longer run (100 steps), SIGTERM to process 1 alone once their first
-   checkpoint is complete: both stop after the same call with a checkpoint of it, then
-   ``--resume`` finishes;
+2. two processes with 2 devices each (4 in all), ``--mesh data=4``: SIGTERM to process 1 alone
+   once their first checkpoint is complete: both stop after the same call with a checkpoint of
+   it;
+3. ``--resume`` of those two, process 1 SIGKILLed once their next checkpoint is complete:
+   process 0 stops by itself (a lost process);
+4. ``--resume`` again, which finishes the run: it must equal the reference;
 5. a missing process: process 0 started alone with ``--process-timeout-s 3``;
 6. process 0 alone cannot append the records of step 24 (a full disk, injected): both stop after
    that call;
@@ -38,6 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from tests import fresh_process  # noqa: E402  (after the path above)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = "mlp1d-entropy-sgd"
 ARGS = [
@@ -64,7 +66,7 @@ def start(
     program = [sys.executable, __file__, "--inject", *map(str, inject)]
   environ = dict(
     os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=fresh_process.xla_flags(devices),
     JAX_PLATFORMS="cpu",
     PYTHONPATH=str(REPO),
     **env,
@@ -122,10 +124,13 @@ def final_params(workdir: pathlib.Path):
   return final_state.load_final_variables(workdir / RUN)
 
 
-def first_checkpoint(procs: list[subprocess.Popen], checksums: pathlib.Path) -> None:
-  """Waits until a checkpoint of the run is complete (or a process ended, or the time is up)."""
+def first_checkpoint(
+  procs: list[subprocess.Popen], checksums: pathlib.Path, after: int = -1
+) -> None:
+  """Waits until a checkpoint of the run after step ``after`` is complete (or a process ended,
+  or the time is up)."""
   deadline = time.monotonic() + TIMEOUT_S
-  while not any(checksums.glob("*.json")) and time.monotonic() < deadline:
+  while max(steps_saved(checksums), default=-1) <= after and time.monotonic() < deadline:
     if any(p.poll() is not None for p in procs):
       break
     time.sleep(0.02)
@@ -135,26 +140,26 @@ def steps_saved(checksums: pathlib.Path) -> list[int]:
   return sorted(int(p.stem) for p in checksums.glob("*.json"))
 
 
-def sigterm_one_of_two(root: pathlib.Path, report: dict) -> None:
-  """Phase 4: 100 outer steps, so that the signal (after the first checkpoint, at step 20)
-  comes long before the end (a step of two processes takes 0.1-0.4 s on 2 cores); an
-  evaluation and a checkpoint every 20 steps only (each is a collective of the processes)."""
-  longer = ["--effective-epochs", "50", "--eval-every-effective-epochs", "10"]
-  longer += ["--recipe.entropy-sgd.checkpoint-every-evals", "1"]
-  procs = two_processes(root / "term", *longer)
-  checksums = root / "term" / RUN / "checkpoints.sha256"
+def signals(root: pathlib.Path, report: dict) -> None:
+  """Phases 2-4, one run: SIGTERM, resume, SIGKILL, resume."""
+  run = root / "two" / RUN
+  checksums = run / "checkpoints.sha256"
+  procs = two_processes(root / "two")
   first_checkpoint(procs, checksums)
   report["term_first_checkpoints"] = steps_saved(checksums)
   if procs[1].poll() is None:
     os.kill(procs[1].pid, signal.SIGTERM)  # process 1 only: process 0 must hear of it
   report["terminated"] = finish(procs)
   report["terminated_checkpoints"] = steps_saved(checksums)
-  records = (root / "term" / RUN / "metrics.jsonl").read_text().splitlines()
-  report["terminated_last_step"] = json.loads(records[-1])["step"]
-  report["terminated_results"] = (root / "term" / RUN / "results.json").exists()
-  report["term_resumed"] = finish(two_processes(root / "term", *longer, "--resume"))
-  lines = (root / "term" / RUN / "metrics.jsonl").read_text().splitlines()
-  report["term_resumed_keys"] = [[r["step"], r["seed"]] for r in map(json.loads, lines)]
+  report["terminated_last_step"] = records_keys(run)[-1][0]
+  report["terminated_results"] = (run / "results.json").exists()
+  procs = two_processes(root / "two", "--resume")
+  first_checkpoint(procs, checksums, after=max(report["terminated_checkpoints"], default=-1))
+  report["killed_at_checkpoints"] = steps_saved(checksums)
+  if procs[1].poll() is None:
+    os.kill(procs[1].pid, signal.SIGKILL)  # process 1 only: process 0 must stop by itself
+  report["killed"] = finish(procs)
+  report["resumed"] = finish(two_processes(root / "two", "--resume"))
 
 
 def missing(root: pathlib.Path, report: dict) -> None:
@@ -234,18 +239,8 @@ def main():
 
   report["one"] = finish([start(root / "one", 4)])
   timed("one")
-  procs = two_processes(root / "two")
-  checksums = root / "two" / RUN / "checkpoints.sha256"
-  first_checkpoint(procs, checksums)
-  killed_at = steps_saved(checksums)
-  if procs[1].poll() is None:
-    os.kill(procs[1].pid, signal.SIGKILL)  # process 1 only: process 0 must stop by itself
-  report["killed"] = finish(procs)
-  report["killed_at_checkpoints"] = killed_at
-  report["killed_records"] = len((root / "two" / RUN / "metrics.jsonl").read_text().splitlines())
-  timed("killed")
-  report["resumed"] = finish(two_processes(root / "two", "--resume"))
-  timed("resumed")
+  signals(root, report)
+  timed("signals")
   one, two = final_params(root / "one"), final_params(root / "two")
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -256,8 +251,6 @@ def main():
     report[f"records_{name}"] = [json.loads(line) for line in lines]
     report[f"config_{name}"] = json.loads((root / name / RUN / "config.json").read_text())
   report["files_two"] = sorted(str(p.relative_to(root / "two")) for p in (root / "two").rglob("*"))
-  sigterm_one_of_two(root, report)
-  timed("sigterm")
   missing(root, report)
   timed("missing")
   write_failures(root, report)
