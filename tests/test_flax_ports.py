@@ -20,14 +20,20 @@ NUM_TRAIN, NUM_TEST = 640, 256  # 5 batches of 128 (one port step at L = 5), 20 
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
+def idx_directory(tmp_path_factory):
+  """A directory of the four MNIST-format IDX files, random images and labels."""
   directory = tmp_path_factory.mktemp("idx")
   rng = np.random.default_rng(0)
   for split, num in (("train", NUM_TRAIN), ("test", NUM_TEST)):
     images_stem, labels_stem = idx.SPLIT_FILES[split]
     idx.write(directory / images_stem, rng.integers(0, 256, (num, 28, 28), dtype=np.uint8))
     idx.write(directory / labels_stem, rng.integers(0, 10, num).astype(np.uint8))
-  train_ds, test_ds = data.get_datasets(directory)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def datasets(idx_directory):
+  train_ds, test_ds = data.get_datasets(idx_directory)
   assert train_ds["image"].shape == (NUM_TRAIN, 28, 28, 1) and train_ds["image"].max() <= 1.0
   return train_ds, test_ds
 
@@ -114,16 +120,9 @@ def test_port_step_refuses_unstacked_batches_naming_stack_batches(datasets):
     nnx_mnist_port.train_step(model, optimizer, metrics, batch, nnx.Rngs(1))
 
 
-def test_benchmark_runs_only_what_its_jsonl_lacks(datasets, tmp_path, monkeypatch, capsys):
+def test_benchmark_runs_only_what_its_jsonl_lacks(idx_directory, tmp_path, monkeypatch, capsys):
   """A stopped sweep continues: runs already in --jsonl are not run again, and the table is
   made from every record there."""
-  directory = tmp_path / "idx"
-  directory.mkdir()
-  train_ds, test_ds = datasets
-  for split, ds in (("train", train_ds), ("test", test_ds)):
-    images_stem, labels_stem = idx.SPLIT_FILES[split]
-    idx.write(directory / images_stem, (ds["image"][..., 0] * 255).round().astype(np.uint8))
-    idx.write(directory / labels_stem, ds["label"].astype(np.uint8))
   done = {"program": "linen_mnist", "seed": 0, "epochs": 1, "seconds": 1.0}
   jsonl = tmp_path / "results.jsonl"
   jsonl.write_text(
@@ -136,7 +135,7 @@ def test_benchmark_runs_only_what_its_jsonl_lacks(datasets, tmp_path, monkeypatc
   monkeypatch.setattr(benchmark, "run_one", lambda *args: ran.append(args))
   table = tmp_path / "table.md"
   benchmark.main(
-    ["--data-dir", str(directory), "--seeds", "0", "--epochs", "1", "--programs", "linen_mnist"]
+    ["--data-dir", str(idx_directory), "--seeds", "0", "--epochs", "1", "--programs", "linen_mnist"]
     + ["--jsonl", str(jsonl), "--table", str(table)]
   )
   assert ran == [] and capsys.readouterr().out.count("already") == 2
