@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# What tests/conftest.py adds to XLA_FLAGS: LLVM's optimization level 0, which halves compile times.
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
 def xla_flags(devices: int) -> str:

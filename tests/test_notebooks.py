@@ -17,12 +17,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import pathlib
 import re
 import sys
 
 import numpy as np
 import pytest
+
+from tests.fresh_process import FAST_COMPILE_FLAG
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -69,8 +72,17 @@ def execute(nb, workdir: pathlib.Path, parameters: dict | None = None):
     record_timing=False,  # no timestamps in the committed cells
     resources={"metadata": {"path": str(workdir)}},
   )
-  client.execute()  # raises CellExecutionError on the first failing cell
+  client.execute(env=kernel_environment())  # raises CellExecutionError on the first failing cell
   return nb
+
+
+def kernel_environment() -> dict[str, str]:
+  """This process's environment without the suite's fast-compile flag (tests/conftest.py): the
+  notebooks run as a user runs them, with XLA's default optimization level, which printed the
+  committed outputs and records (float32 rounding differs between levels)."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAG, "").strip()
+  return env
 
 
 def printed(nb) -> str:
