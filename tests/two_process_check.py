@@ -124,7 +124,7 @@ def final_params(workdir: pathlib.Path):
   return final_state.load_final_variables(workdir / RUN)
 
 
-def first_checkpoint(
+def wait_for_checkpoint(
   procs: list[subprocess.Popen], checksums: pathlib.Path, after: int = -1
 ) -> None:
   """Waits until a checkpoint of the run after step ``after`` is complete (or a process ended,
@@ -145,7 +145,7 @@ def signals(root: pathlib.Path, report: dict) -> None:
   run = root / "two" / RUN
   checksums = run / "checkpoints.sha256"
   procs = two_processes(root / "two")
-  first_checkpoint(procs, checksums)
+  wait_for_checkpoint(procs, checksums)
   report["term_first_checkpoints"] = steps_saved(checksums)
   if procs[1].poll() is None:
     os.kill(procs[1].pid, signal.SIGTERM)  # process 1 only: process 0 must hear of it
@@ -154,7 +154,7 @@ def signals(root: pathlib.Path, report: dict) -> None:
   report["terminated_last_step"] = records_keys(run)[-1][0]
   report["terminated_results"] = (run / "results.json").exists()
   procs = two_processes(root / "two", "--resume")
-  first_checkpoint(procs, checksums, after=max(report["terminated_checkpoints"], default=-1))
+  wait_for_checkpoint(procs, checksums, after=max(report["terminated_checkpoints"], default=-1))
   report["killed_at_checkpoints"] = steps_saved(checksums)
   if procs[1].poll() is None:
     os.kill(procs[1].pid, signal.SIGKILL)  # process 1 only: process 0 must stop by itself
