@@ -6,6 +6,8 @@ set, and a port stays within 12 changed lines of its original."""
 from __future__ import annotations
 
 import importlib
+import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -142,3 +144,12 @@ def test_benchmark_runs_only_what_its_jsonl_lacks(idx_directory, tmp_path, monke
   added, removed = benchmark.changed_lines("linen_mnist")
   row = f"| linen_mnist | {added} / {removed} | 1 | 50.00 | 25.00 | -25.00 |"
   assert row in table.read_text()
+
+
+def test_committed_table_is_the_benchmarks_table_of_the_committed_records():
+  """RESULTS.md's accuracy table is what the benchmark makes of results.jsonl (one place for
+  each figure: rerun the table after adding runs)."""
+  folder = pathlib.Path(benchmark.__file__).parent
+  lines = (folder / "results.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert benchmark.table(records).strip() in (folder / "RESULTS.md").read_text()
