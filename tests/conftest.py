@@ -29,8 +29,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # LLVM's optimization level 0 for the CPU code XLA emits: the suite's programs are small and run
 # a few steps, so compiling them is most of their cost, and at level 0 it takes about half as
 # long. XLA's own graph optimizations still run; results differ from level 3's (the default) in
-# float32 rounding only (a 20-step Entropy-SGD run: the loss's 8th digit), and the suite passes
-# at either level. Subprocesses inherit the flag; the checks in fresh processes keep it
+# float32 rounding only (a 20-step Entropy-SGD run: the loss's 8th digit; the suite ran at the
+# default level before it had this flag). Subprocesses inherit the flag; the checks in fresh processes keep it
 # (tests/fresh_process.py); the notebooks' kernels do not (their outputs are compared with those
 # committed, which a user's default level printed: tests/test_notebooks.py).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
