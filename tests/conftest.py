@@ -30,9 +30,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # a few steps, so compiling them is most of their cost, and at level 0 it takes about half as
 # long. XLA's own graph optimizations still run; results differ from level 3's (the default) in
 # float32 rounding only (a 20-step Entropy-SGD run: the loss's 8th digit; the suite ran at the
-# default level before it had this flag). Subprocesses inherit the flag; the checks in fresh processes keep it
-# (tests/fresh_process.py); the notebooks' kernels do not (their outputs are compared with those
-# committed, which a user's default level printed: tests/test_notebooks.py).
+# default level before it had this flag). Subprocesses inherit the flag; the checks in fresh
+# processes keep it (tests/fresh_process.py); the notebooks' kernels do not (their outputs are
+# compared with those committed, which a user's default level printed: tests/test_notebooks.py).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}"
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
