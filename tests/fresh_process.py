@@ -12,24 +12,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
-def xla_flags(devices: int) -> str:
-  """This process's XLA flags (the suite's, tests/conftest.py) with ``devices`` simulated CPU
-  devices."""
-  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+def environment(devices: int, **extra: str) -> dict[str, str]:
+  """This process's environment for a fresh JAX process on the CPU with ``devices`` simulated
+  devices: the suite's XLA flags (tests/conftest.py) kept, the repository importable, ``extra``
+  added."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
 
 
 def run_check(script: str, *args: str, devices: int = 1, timeout_s: int = 900) -> dict:
   """The JSON report that ``tests/<script>`` prints last, run with ``devices`` simulated CPU
   devices; fails the test with the script's stderr if it fails."""
-  env = dict(
-    os.environ,
-    XLA_FLAGS=xla_flags(devices),
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
-  )
   out = subprocess.run(
     [sys.executable, str(REPO / "tests" / script), *args],
-    env=env,
+    env=environment(devices),
     capture_output=True,
     text=True,
     timeout=timeout_s,

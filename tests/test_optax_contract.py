@@ -183,11 +183,10 @@ SHARDING_CHECK = textwrap.dedent("""
 
 def test_explicit_sharding_state_types_match_and_survive_jit():
   """sharding_test.test_state_sharding_type_init_match_update and ..._preserved_with_jit."""
-  env = dict(os.environ, XLA_FLAGS=fresh_process.xla_flags(8), JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run(
     [sys.executable, "-c", SHARDING_CHECK],
-    env=env,
+    env=fresh_process.environment(8),
     cwd=root,
     capture_output=True,
     text=True,

@@ -40,7 +40,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from tests import fresh_process  # noqa: E402  (after the path above)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = fresh_process.REPO
 RUN = "mlp1d-entropy-sgd"
 ARGS = [
   "--models", "mlp1d", "--optimizers", "entropy-sgd", "--recipe.entropy-sgd.langevin-steps", "2",
@@ -64,17 +64,10 @@ def start(
   program = [sys.executable, "-m", "experiments.mnist1d"]
   if inject:
     program = [sys.executable, __file__, "--inject", *map(str, inject)]
-  environ = dict(
-    os.environ,
-    XLA_FLAGS=fresh_process.xla_flags(devices),
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
-    **env,
-  )
   return subprocess.Popen(
     [*program, *ARGS, "--workdir", str(workdir), *extra],
     cwd=REPO,
-    env=environ,
+    env=fresh_process.environment(devices, **env),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
