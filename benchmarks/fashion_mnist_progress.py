@@ -4,11 +4,13 @@
         --output-dir benchmarks/results/fashion_mnist_full
 
 Reads every run directory (``metrics.jsonl``) under the given directory, finished or not, and
-writes ``summary.md`` (per run: effective epochs reached of its budget, test error at its last
-evaluation as mean ± std over seeds, the best during the run, wall time and time per effective
-epoch; the paper's MNIST figure and the data set's benchmark beside it) and ``test_error.png``
-(test error against effective epochs, a panel per model: the paper's Fig. 4). A run still
-training is shown as far as its last evaluation; ``--resume`` of its job continues it.
+writes ``summary.md`` (per recipe: effective epochs reached of its budget, test error at its
+last evaluation as mean ± std over seeds, the best during the run, wall time and time per
+effective epoch of all its seeds; the paper's MNIST figure beside it) and ``test_error.png``
+(test error against effective epochs, a panel per model: the paper's Fig. 4). Run directories
+of the same model, optimizer and budget that train other seeds (jobs run with ``--seed``) are
+pooled into one row. A run still training is shown as far as its last evaluation; ``--resume``
+of its job continues it.
 """
 
 from __future__ import annotations
@@ -31,30 +33,64 @@ def _paper(model: str, optimizer: str) -> str:
   return ""
 
 
-def run_row(run_dir: pathlib.Path) -> tuple[dict, list[dict]]:
-  """One run's facts and its records."""
-  config = schema.from_json(directory.read_json(run_dir / directory.CONFIG_FILE)["config"])
-  records = directory.read_records(run_dir)
+def run_row(run_dirs: list[pathlib.Path]) -> tuple[dict, list[dict]]:
+  """The facts and the records of one recipe's runs: one run directory, or several that train
+  other seeds of the same model, optimizer and budget (their seeds pooled)."""
+  configs = [
+    schema.from_json(directory.read_json(d / directory.CONFIG_FILE)["config"]) for d in run_dirs
+  ]
+  records, seed_dirs, walls, per_epoch = [], {}, [], []
+  for run_dir in run_dirs:
+    own = directory.read_records(run_dir)
+    for seed in sorted({r["seed"] for r in own}):
+      if seed in seed_dirs:
+        raise ValueError(
+          f"seed {seed} is in both {seed_dirs[seed]} and {run_dir}: runs pooled as one recipe "
+          "must train different seeds; move one of them out of the directory read"
+        )
+      seed_dirs[seed] = run_dir
+    records += own
+    walls.append(max((r["wall_time"] for r in own), default=0.0))
+    reached = max((r["effective_epochs"] for r in own), default=0.0)
+    per_epoch.append(walls[-1] / reached if reached else float("nan"))
   evaluated = [r for r in records if "val_error" in r]
-  last_epochs = max((r["effective_epochs"] for r in evaluated), default=0.0)
+  # The last evaluation every evaluated seed has made (a run ahead of the others waits for
+  # them); seeds not evaluated yet are counted as missing in the table.
+  last_by_seed = {}
+  for r in evaluated:
+    last_by_seed[r["seed"]] = max(last_by_seed.get(r["seed"], 0.0), r["effective_epochs"])
+  last_epochs = min(last_by_seed.values(), default=0.0)
   last = [100 * r["val_error"] for r in evaluated if r["effective_epochs"] == last_epochs]
-  wall = max((r["wall_time"] for r in records), default=0.0)
-  reached = max((r["effective_epochs"] for r in records), default=0.0)
+  reached_by_seed = {}
+  for r in records:
+    reached_by_seed[r["seed"]] = max(reached_by_seed.get(r["seed"], 0.0), r["effective_epochs"])
   return {
-    "run": run_dir.parent.name + "/" + run_dir.name,
-    "model": config.model,
-    "optimizer": config.optimizer,
-    "finished": (run_dir / directory.RESULTS_FILE).exists(),
-    "seeds": config.num_seeds,
-    "budget": config.effective_epochs,
-    "reached": reached,
+    "run": " + ".join(d.parent.name + "/" + d.name for d in run_dirs),
+    "model": configs[0].model,
+    "optimizer": configs[0].optimizer,
+    "finished": all((d / directory.RESULTS_FILE).exists() for d in run_dirs),
+    "seeds": sum(c.num_seeds for c in configs),
+    "budget": configs[0].effective_epochs,
+    "reached": min(reached_by_seed.values(), default=0.0),
     "evaluated_at": last_epochs,
     "error_mean": float(np.mean(last)) if last else float("nan"),
     "error_std": float(np.std(last, ddof=1)) if len(last) > 1 else 0.0,
+    "error_seeds": len(last),
     "best": min((100 * r["val_error"] for r in evaluated), default=float("nan")),
-    "wall_s": wall,
-    "paper": _paper(config.model, config.optimizer),
+    "wall_s": sum(walls),
+    "s_per_epoch": sum(per_epoch),
+    "paper": _paper(configs[0].model, configs[0].optimizer),
   }, records
+
+
+def recipes(run_dirs: list[pathlib.Path]) -> list[list[pathlib.Path]]:
+  """The run directories grouped by recipe (model, optimizer, effective epochs), in order."""
+  groups: dict[tuple, list[pathlib.Path]] = {}
+  for run_dir in run_dirs:
+    config = schema.from_json(directory.read_json(run_dir / directory.CONFIG_FILE)["config"])
+    key = (config.model, config.optimizer, config.effective_epochs)
+    groups.setdefault(key, []).append(run_dir)
+  return list(groups.values())
 
 
 def table(rows: list[dict]) -> str:
@@ -64,19 +100,20 @@ def table(rows: list[dict]) -> str:
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    per_epoch = r["wall_s"] / r["reached"] if r["reached"] else float("nan")
     evaluated = not np.isnan(r["error_mean"])  # a run that started has no evaluation yet
-    error = (
-      f"{r['error_mean']:.2f} ± {r['error_std']:.2f} at {r['evaluated_at']:.1f}"
-      if evaluated
-      else "none yet"
-    )
+    error = "none yet"
+    if evaluated:
+      spread = f" ± {r['error_std']:.2f}" if r["error_seeds"] > 1 else ""
+      missing = ""
+      if r["error_seeds"] < r["seeds"]:
+        missing = f" ({r['error_seeds']} of {r['seeds']} seeds)"
+      error = f"{r['error_mean']:.2f}{spread} at {r['evaluated_at']:.1f}{missing}"
     best = f"{r['best']:.2f}" if evaluated else "—"
     lines.append(
       f"| {r['run']} | {display_names.name(r['model'])} | {display_names.name(r['optimizer'])} | "
       f"{'finished' if r['finished'] else 'running'} | {r['reached']:.1f} ({r['budget']:g}) | "
       f"{error} | {best} | {r['seeds']} | "
-      f"{r['wall_s'] / 3600:.2f} | {per_epoch:.0f} | {r['paper']} |"
+      f"{r['wall_s'] / 3600:.2f} | {r['s_per_epoch']:.0f} | {r['paper']} |"
     )
   return "\n".join(lines)
 
@@ -88,10 +125,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   run_dirs = sorted(p.parent for p in pathlib.Path(args.runs_dir).glob("*/*/metrics.jsonl"))
   rows, panels = [], {}
-  for run_dir in run_dirs:
-    row, records = run_row(run_dir)
+  for group in recipes(run_dirs):
+    row, records = run_row(group)
     rows.append(row)
-    label = display_names.name(row["optimizer"]) + (f" ({run_dir.parent.name})")
+    label = display_names.name(row["optimizer"]) + f" ({', '.join(d.parent.name for d in group)})"
     panels.setdefault(display_names.name(row["model"]), {})[label] = records
   out = pathlib.Path(args.output_dir)
   out.mkdir(parents=True, exist_ok=True)

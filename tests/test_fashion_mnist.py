@@ -4,6 +4,7 @@ files written here: the suite never needs the Debian package."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import pathlib
@@ -256,6 +257,55 @@ def test_job_without_data_is_one_line(tmp_path, no_system_copy, capsys):
 def test_progress_table_says_when_a_run_has_no_evaluation_yet():
   row = dict(run="job/mnistfc-adam", model="mnistfc", optimizer="adam", finished=False)
   row.update(reached=0.2, budget=100, error_mean=float("nan"), error_std=0.0, evaluated_at=0.0)
-  row.update(best=float("nan"), seeds=2, wall_s=5.0, paper="1.39")
+  row.update(best=float("nan"), seeds=2, wall_s=5.0, s_per_epoch=25.0, paper="1.39")
   line = fashion_mnist_progress.table([row]).splitlines()[-1]
   assert "| running | 0.2 (100) | none yet | — | 2 |" in line and "nan" not in line
+
+
+def write_run(run_dir, seeds, errors_by_epoch, *, finished, optimizer="adam"):
+  """A run directory as the harness leaves it: config.json, metrics.jsonl, results.json."""
+  run_dir.mkdir(parents=True)
+  config = RunConfig(dataset="fashion_mnist", model="lenet_bn", optimizer=optimizer, seed=seeds[0])
+  config = dataclasses.replace(config, num_seeds=len(seeds), outer_epochs=100.0)
+  (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
+  with (run_dir / "metrics.jsonl").open("w") as f:
+    for epochs, errors in errors_by_epoch.items():
+      for seed, error in zip(seeds, errors):
+        record = dict(step=epochs, seed=seed, effective_epochs=epochs, wall_time=10.0 * epochs)
+        f.write(json.dumps({**record, "val_error": error / 100}) + "\n")
+  if finished:
+    (run_dir / "results.json").write_text("{}")
+
+
+def test_progress_pools_the_seeds_of_one_recipe_run_apart(tmp_path):
+  """Jobs run with --seed 0 and --seed 1 are one recipe: one row, its seeds pooled at the last
+  evaluation both made; a seed in two directories is an error that names both."""
+  write_run(tmp_path / "lenet-seed0/lenet_bn-adam", [0], {50: [9.0], 100: [8.0]}, finished=True)
+  write_run(tmp_path / "lenet-seed1/lenet_bn-adam", [1], {50: [11.0]}, finished=False)
+  write_run(
+    tmp_path / "other/lenet_bn-entropy-sgd",
+    [0],
+    {5: [20.0]},
+    finished=False,
+    optimizer="entropy-sgd",
+  )
+  out = tmp_path / "progress"
+  assert fashion_mnist_progress.main([str(tmp_path), "--output-dir", str(out)]) == 0
+  rows = (out / "summary.md").read_text().splitlines()[2:]
+  assert len(rows) == 2
+  adam = next(row for row in rows if "| Adam |" in row)
+  assert adam.startswith("| lenet-seed0/lenet_bn-adam + lenet-seed1/lenet_bn-adam |")
+  # at 50, the last evaluation of both: mean 10, std 1.41; best 8; 2 seeds; 1000 + 500 s
+  assert "| running | 50.0 (100) | 10.00 ± 1.41 at 50.0 | 8.00 | 2 | 0.42 | 20 |" in adam
+  assert "| 20.00 at 5.0 | 20.00 | 1 |" in next(row for row in rows if "Entropy-SGD" in row)
+  write_run(tmp_path / "again/lenet_bn-adam", [1], {50: [11.0]}, finished=False)
+  with pytest.raises(ValueError, match="seed 1 is in both .*again.* and .*lenet-seed1"):
+    fashion_mnist_progress.main([str(tmp_path), "--output-dir", str(out)])
+
+
+def test_progress_says_how_many_seeds_an_error_averages():
+  row = dict(run="a/b", model="mnistfc", optimizer="adam", finished=False, reached=7.0)
+  row.update(budget=100, error_mean=9.0, error_std=0.0, error_seeds=1, evaluated_at=5.0)
+  row.update(best=9.0, seeds=2, wall_s=70.0, s_per_epoch=10.0, paper="1.39")
+  line = fashion_mnist_progress.table([row]).splitlines()[-1]
+  assert "| 9.00 at 5.0 (1 of 2 seeds) |" in line and "±" not in line
