@@ -29,6 +29,13 @@ def has_convolution(fn: Callable[[], Any]) -> bool:
   return _jaxpr_convolves(jax.make_jaxpr(fn)().jaxpr)
 
 
+def convolves_on_cpu(fn: Callable[[], Any]) -> bool:
+  """Whether the default backend is XLA:CPU and ``fn()`` convolves: then a loop around ``fn``
+  runs it several times slower than a loop-free program (see ``default_unroll``). The backend
+  is checked first, so ``fn`` is traced only on CPU."""
+  return jax.default_backend() == "cpu" and has_convolution(fn)
+
+
 def default_unroll(num_steps: int, fn: Callable[[], Any]) -> int:
   """The ``unroll`` of a ``lax.scan`` of ``num_steps`` steps that each call ``fn``: unrolled on
   XLA:CPU when ``fn()`` convolves (up to ``MAX_CPU_UNROLL`` = 32 steps), else 1 (rolled).
@@ -57,6 +64,6 @@ def default_unroll(num_steps: int, fn: Callable[[], Any]) -> int:
     >>> entropy_optax.default_unroll(20, lambda: jnp.sum(jnp.ones(3) ** 2))  # no convolution
     1
   """
-  if jax.default_backend() != "cpu" or not has_convolution(fn):
+  if not convolves_on_cpu(fn):
     return 1
   return min(num_steps, MAX_CPU_UNROLL)

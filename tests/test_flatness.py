@@ -186,6 +186,51 @@ def test_too_large_model_points_to_lanczos_path():
   assert "lanczos_extremes" in message and "spectral_density" in message
 
 
+def _conv_loss(params, batch):
+  """A 1-channel 3x3 conv, tanh, dense: a conv net small enough for a dense Hessian."""
+  x, y = batch
+  h = jax.lax.conv_general_dilated(
+    x, params["k"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  logits = jnp.tanh(h).reshape(x.shape[0], -1) @ params["w"]
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+
+def test_a_conv_net_on_cpu_is_differentiated_outside_xla_loops(monkeypatch):
+  """On XLA:CPU a loss that convolves takes the host path (each batch a loop-free program, the
+  loops around it on the host side of a callback): every entry point still gives the dense
+  Hessian's numbers, and the same as the in-loop path."""
+  k = jax.random.split(jax.random.key(5), 4)
+  params = {
+    "k": 0.5 * jax.random.normal(k[0], (3, 3, 1, 2)),
+    "w": 0.3 * jax.random.normal(k[1], (32, 3)),
+  }
+  xs, ys = jax.random.normal(k[2], (3, 4, 6, 6, 1)), jax.random.randint(k[3], (3, 4), 0, 3)
+  batches = [(xs[i], ys[i]) for i in range(3)]
+  x0, unravel = ravel_pytree(params)
+  hessian = jax.hessian(lambda y: sum(_conv_loss(unravel(y), b) for b in batches) / 3)(x0)
+  dense = np.linalg.eigvalsh(np.asarray(hessian, np.float64))
+  v = jax.random.normal(jax.random.key(6), x0.shape)
+  host_calls = []
+  host = flatness._hvp._host_mean_hvp
+  monkeypatch.setattr(flatness._hvp, "_host_mean_hvp", lambda *a: host_calls.append(1) or host(*a))
+  hv = flatness.hvp(_conv_loss, params, batches)(v)
+  assert host_calls  # jax.default_backend() is "cpu" in the suite
+  np.testing.assert_allclose(hv, hessian @ v, rtol=1e-4, atol=1e-5)
+  scale = np.abs(dense).max()
+  ev = flatness.hessian_eigenvalues(_conv_loss, params, batches)
+  np.testing.assert_allclose(ev, dense, atol=1e-4 * scale)
+  ext = flatness.lanczos_extremes(_conv_loss, params, batches, num_iters=60, key=0)
+  np.testing.assert_allclose([ext.smallest, ext.largest], dense[[0, -1]], atol=1e-4 * scale)
+  trace = flatness.hutchinson_trace(_conv_loss, params, batches, num_samples=8, key=0)
+  monkeypatch.setattr(flatness._hvp._unroll, "convolves_on_cpu", lambda fn: False)
+  calls = len(host_calls)
+  in_loop = flatness.hutchinson_trace(_conv_loss, params, batches, num_samples=8, key=0)
+  np.testing.assert_allclose(flatness.hvp(_conv_loss, params, batches)(v), hv, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(trace.estimate, in_loop.estimate, rtol=1e-5)
+  assert len(host_calls) == calls
+
+
 # ----------------------------------------------------------------- Lanczos
 
 
