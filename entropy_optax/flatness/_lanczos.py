@@ -39,7 +39,32 @@ def tridiagonal(loss_fn, params, batches, num_batches, num_iters, v0):
   def matvec(v, p, b):
     return mean_hvp(loss_fn, p, b, num_batches, v)
 
-  return tridiag(matvec, v0, params, batches).J_small
+  return _decouple_after_breakdown(tridiag(matvec, v0, params, batches).J_small)
+
+
+def _decouple_after_breakdown(t: jax.Array) -> jax.Array:
+  """T with everything after its first negligible off-diagonal entry decoupled.
+
+  When the Krylov space of ``v0`` is exhausted (a Hessian of low rank, or ``k`` near ``n``),
+  the next off-diagonal entry is rounding noise, and the steps after it, built on that noise,
+  give Ritz values outside the spectrum (e.g. +-315 for a Hessian within [-1.2, 2.3]). The
+  leading block's eigenvalues are then exact; the later diagonal entries are set to ``T[0, 0]``
+  (a Rayleigh quotient, inside the spectrum) with no coupling, so they move neither extreme nor
+  carry quadrature weight (their eigenvectors have no first component).
+  """
+  if t.shape[0] == 1:
+    return t
+  diag, offdiag = jnp.diagonal(t), jnp.diagonal(t, 1)
+  # The scale of H seen before each off-diagonal entry: entries before a breakdown are genuine.
+  seen_diag = jax.lax.cummax(jnp.abs(diag[:-1]))
+  seen_offdiag = jnp.concatenate([jnp.zeros(1, t.dtype), jax.lax.cummax(jnp.abs(offdiag))[:-1]])
+  scale = jnp.maximum(seen_diag, seen_offdiag)
+  negligible = jnp.abs(offdiag) <= 100 * jnp.finfo(t.dtype).eps * scale
+  broken = jnp.cumsum(negligible) > 0  # at and after the first negligible entry
+  offdiag = jnp.where(broken, 0.0, offdiag)
+  after = jnp.concatenate([jnp.zeros(1, bool), broken])
+  diag = jnp.where(after, diag[0], diag)
+  return jnp.diag(diag) + jnp.diag(offdiag, 1) + jnp.diag(offdiag, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("num_batches", "num_iters"))
@@ -81,8 +106,11 @@ def lanczos_extremes(
   minimum like the paper's, the bottom of the spectrum is a dense cluster
   near zero with small negative outliers: ``smallest`` then converges slowly
   and is an upper bound on ``lambda_min`` until ``num_iters`` is large; check
-  by doubling it. Cost: ``k`` HVPs (each about two gradients per batch) and
-  ``k n`` floats for the reorthogonalised basis.
+  by doubling it. When the Krylov space of the start vector runs out before
+  ``k`` steps (a Hessian of low rank, or ``k`` near ``n``), the steps after
+  that point are dropped: the Ritz values are then exact eigenvalues. Cost:
+  ``k`` HVPs (each about two gradients per batch) and ``k n`` floats for the
+  reorthogonalised basis.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss of one batch.
