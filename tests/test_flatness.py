@@ -217,6 +217,15 @@ def test_a_conv_net_on_cpu_is_differentiated_outside_xla_loops(monkeypatch):
   hv = flatness.hvp(_conv_loss, params, batches)(v)
   assert host_calls  # jax.default_backend() is "cpu" in the suite
   np.testing.assert_allclose(hv, hessian @ v, rtol=1e-4, atol=1e-5)
+  # Under vmap: vectors together; parameters batched too, one element at a time.
+  vs = jax.random.normal(jax.random.key(7), (3, x0.size))
+  matvec = flatness.hvp(_conv_loss, params, batches)
+  np.testing.assert_allclose(jax.vmap(matvec)(vs), vs @ hessian.T, rtol=1e-4, atol=1e-5)
+  stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
+  per_params = jax.vmap(lambda p, u: flatness.hvp(_conv_loss, p, batches)(u))(stacked, vs[:2])
+  np.testing.assert_allclose(per_params[0], hessian @ vs[0], rtol=1e-4, atol=1e-5)
+  doubled = flatness.hvp(_conv_loss, jax.tree.map(lambda a: 2 * a, params), batches)(vs[1])
+  np.testing.assert_allclose(per_params[1], doubled, rtol=1e-4, atol=1e-5)
   scale = np.abs(dense).max()
   ev = flatness.hessian_eigenvalues(_conv_loss, params, batches)
   np.testing.assert_allclose(ev, dense, atol=1e-4 * scale)

@@ -44,27 +44,48 @@ def _batch_hvp(loss_fn, x, unravel, batch, v):
 
 
 @jax.jit
-def _batch_hvp_jit(loss_fn, params, batch, v):
+def _batch_hvps_jit(loss_fn, params, batch, vs):
+  """H_b v for each row v of ``vs``, one batch: a loop-free program (a vmap, not a loop)."""
   x, unravel = _inputs.flat_params(params)
-  return _batch_hvp(loss_fn, x, unravel, batch, v)
+  return jax.vmap(lambda v: _batch_hvp(loss_fn, x, unravel, batch, v))(vs)
 
 
 def _host_mean_hvp(loss_fn, params, batches, v):
-  """``mean_hvp`` as a host callback: each batch's H_b v a loop-free program (traced)."""
+  """``mean_hvp`` as a host callback: each batch's H_b v a loop-free program (traced).
+
+  Under ``jax.vmap`` (the dense path's chunks of columns) the callback gets the vectors with
+  leading axes (``vmap_method="expand_dims"``: the unbatched operands with axes of size 1) and
+  computes them together, as the in-loop path would; operands batched beyond ``v`` (a vmap over
+  the parameters) are computed one element at a time.
+  """
   leaves, treedef = jax.tree.flatten((loss_fn, params, batches))
   x, _ = _inputs.flat_params(params)
 
-  def on_host(v_host, *host_leaves):
+  def mean_over_batches(host_leaves, vs):
     loss_host, params_host, batches_host = jax.tree.unflatten(treedef, host_leaves)
     num_batches = jax.tree.leaves(batches_host)[0].shape[0]
     total = 0.0
     for b in range(num_batches):
       batch = jax.tree.map(lambda a, b=b: a[b], batches_host)
-      total = total + _batch_hvp_jit(loss_host, params_host, batch, v_host)
+      total = total + _batch_hvps_jit(loss_host, params_host, batch, vs)
     return np.asarray(total / num_batches, x.dtype)
 
+  def on_host(v_host, *host_leaves):
+    extra = v_host.ndim - 1  # leading axes added by vmap
+    lead = np.broadcast_shapes(v_host.shape[:extra], *(np.shape(a)[:extra] for a in host_leaves))
+    vs = np.broadcast_to(v_host, (*lead, x.size)).reshape(-1, x.size)
+    if all(np.shape(a)[:extra] == (1,) * extra for a in host_leaves):
+      shared = [np.reshape(a, np.shape(a)[extra:]) for a in host_leaves]
+      return mean_over_batches(shared, vs).reshape(*lead, x.size)
+    each = [
+      np.broadcast_to(a, (*lead, *np.shape(a)[extra:])).reshape(-1, *np.shape(a)[extra:])
+      for a in host_leaves
+    ]
+    rows = [mean_over_batches([a[i] for a in each], vs[i : i + 1])[0] for i in range(len(vs))]
+    return np.stack(rows).reshape(*lead, x.size)
+
   out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-  return jax.pure_callback(on_host, out, v.astype(x.dtype), *leaves, vmap_method="sequential")
+  return jax.pure_callback(on_host, out, v.astype(x.dtype), *leaves, vmap_method="expand_dims")
 
 
 _mean_hvp_jit = jax.jit(mean_hvp, static_argnames="num_batches")
