@@ -35,7 +35,8 @@ Conventions shared by every function:
   dense loops call through ``jax.pure_callback``: inside an XLA loop the CPU
   runtime misses its fast convolution kernels (a LeNet's product over 1000
   images took about 5 s in a loop and 1.3 s outside one). These functions are
-  then not differentiable, and under ``jax.vmap`` they run one vector at a time.
+  then not differentiable; under ``jax.vmap`` over the vectors they still compute
+  a chunk together, over the parameters one element at a time.
 * Parameters are flattened with ``jax.flatten_util.ravel_pytree`` and the
   analysis runs in at least float32 (``eigvalsh`` has no bfloat16 kernel).
 
