@@ -31,8 +31,9 @@ def has_convolution(fn: Callable[[], Any]) -> bool:
 
 def convolves_on_cpu(fn: Callable[[], Any]) -> bool:
   """Whether the default backend is XLA:CPU and ``fn()`` convolves: then a loop around ``fn``
-  runs it several times slower than a loop-free program (see ``default_unroll``). The backend
-  is checked first, so ``fn`` is traced only on CPU."""
+  runs it several times slower than a loop-free program (see
+  :func:`~entropy_optax.default_unroll`). The backend is checked first, so ``fn`` is traced
+  only on CPU."""
   return jax.default_backend() == "cpu" and has_convolution(fn)
 
 
