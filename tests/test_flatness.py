@@ -226,6 +226,10 @@ def test_a_conv_net_on_cpu_is_differentiated_outside_xla_loops(monkeypatch):
   np.testing.assert_allclose(per_params[0], hessian @ vs[0], rtol=1e-4, atol=1e-5)
   doubled = flatness.hvp(_conv_loss, jax.tree.map(lambda a: 2 * a, params), batches)(vs[1])
   np.testing.assert_allclose(per_params[1], doubled, rtol=1e-4, atol=1e-5)
+  # A loss that closes over its data, batches [None]: no batch array to count.
+  hessian0 = jax.hessian(lambda y: _conv_loss(unravel(y), batches[0]))(x0)
+  closed = flatness.hvp(lambda p, _: _conv_loss(p, batches[0]), params, [None])(v)
+  np.testing.assert_allclose(closed, hessian0 @ v, rtol=1e-4, atol=1e-5)
   scale = np.abs(dense).max()
   ev = flatness.hessian_eigenvalues(_conv_loss, params, batches)
   np.testing.assert_allclose(ev, dense, atol=1e-4 * scale)

@@ -24,7 +24,7 @@ def mean_hvp(loss_fn, params, batches, num_batches: int, v: jax.Array) -> jax.Ar
   """
   first = jax.tree.map(lambda a: a[0], batches)
   if _unroll.convolves_on_cpu(lambda: loss_fn(params, first)):
-    return _host_mean_hvp(loss_fn, params, batches, v)
+    return _host_mean_hvp(loss_fn, params, batches, num_batches, v)
   x, unravel = _inputs.flat_params(params)
 
   def accumulate(total, batch):
@@ -50,7 +50,7 @@ def _batch_hvps_jit(loss_fn, params, batch, vs):
   return jax.vmap(lambda v: _batch_hvp(loss_fn, x, unravel, batch, v))(vs)
 
 
-def _host_mean_hvp(loss_fn, params, batches, v):
+def _host_mean_hvp(loss_fn, params, batches, num_batches, v):
   """``mean_hvp`` as a host callback: each batch's H_b v a loop-free program (traced).
 
   Under ``jax.vmap`` (the dense path's chunks of columns) the callback gets the vectors with
@@ -63,7 +63,6 @@ def _host_mean_hvp(loss_fn, params, batches, v):
 
   def mean_over_batches(host_leaves, vs):
     loss_host, params_host, batches_host = jax.tree.unflatten(treedef, host_leaves)
-    num_batches = jax.tree.leaves(batches_host)[0].shape[0]
     total = 0.0
     for b in range(num_batches):
       batch = jax.tree.map(lambda a, b=b: a[b], batches_host)
