@@ -33,12 +33,16 @@ def _paper(model: str, optimizer: str) -> str:
   return ""
 
 
-def run_row(run_dirs: list[pathlib.Path]) -> tuple[dict, list[dict]]:
-  """The facts and the records of one recipe's runs: one run directory, or several that train
-  other seeds of the same model, optimizer and budget (their seeds pooled)."""
-  configs = [
-    schema.from_json(directory.read_json(d / directory.CONFIG_FILE)["config"]) for d in run_dirs
-  ]
+def _config(run_dir: pathlib.Path) -> schema.RunConfig:
+  return schema.from_json(directory.read_json(run_dir / directory.CONFIG_FILE)["config"])
+
+
+def run_row(
+  run_dirs: list[pathlib.Path], configs: list[schema.RunConfig]
+) -> tuple[dict, list[dict]]:
+  """The facts and the records of one recipe's runs (their directories and configs): one run
+  directory, or several that train other seeds of the same model, optimizer and budget (their
+  seeds pooled)."""
   records, seed_dirs, walls, per_epoch = [], {}, [], []
   for run_dir in run_dirs:
     own = directory.read_records(run_dir)
@@ -83,13 +87,17 @@ def run_row(run_dirs: list[pathlib.Path]) -> tuple[dict, list[dict]]:
   }, records
 
 
-def recipes(run_dirs: list[pathlib.Path]) -> list[list[pathlib.Path]]:
-  """The run directories grouped by recipe (model, optimizer, effective epochs), in order."""
-  groups: dict[tuple, list[pathlib.Path]] = {}
+def recipes(run_dirs: list[pathlib.Path]) -> list[tuple[list[pathlib.Path], list]]:
+  """The run directories and their configs grouped by recipe (model, optimizer, effective
+  epochs), in order."""
+  groups: dict[tuple, tuple[list, list]] = {}
   for run_dir in run_dirs:
-    config = schema.from_json(directory.read_json(run_dir / directory.CONFIG_FILE)["config"])
-    key = (config.model, config.optimizer, config.effective_epochs)
-    groups.setdefault(key, []).append(run_dir)
+    config = _config(run_dir)
+    dirs, configs = groups.setdefault(
+      (config.model, config.optimizer, config.effective_epochs), ([], [])
+    )
+    dirs.append(run_dir)
+    configs.append(config)
   return list(groups.values())
 
 
@@ -125,8 +133,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   run_dirs = sorted(p.parent for p in pathlib.Path(args.runs_dir).glob("*/*/metrics.jsonl"))
   rows, panels = [], {}
-  for group in recipes(run_dirs):
-    row, records = run_row(group)
+  for group, configs in recipes(run_dirs):
+    row, records = run_row(group, configs)
     rows.append(row)
     label = display_names.name(row["optimizer"]) + f" ({', '.join(d.parent.name for d in group)})"
     panels.setdefault(display_names.name(row["model"]), {})[label] = records
