@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -64,6 +65,16 @@ def test_flatness_of_fashion_mnist_runs_from_idx_files(tmp_path, no_system_copy,
     for kind in ("relative", "absolute"):
       np.testing.assert_allclose(stats[label]["perturbation"][kind]["mean"][0], loss, rtol=1e-4)
     assert stats[label]["max_eigenvalue"] >= stats[label]["min_eigenvalue"]
+    # The weights' scale beside the curvature: every array's norm, and all of them together.
+    arrays = variables["params"]
+    np.testing.assert_allclose(
+      stats[label]["weight_norms"]["Dense_1/kernel"],
+      np.linalg.norm(arrays["Dense_1"]["kernel"]),
+      rtol=1e-6,
+    )
+    total = np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in jax.tree.leaves(arrays)))
+    np.testing.assert_allclose(stats[label]["weight_norm"], total, rtol=1e-6)
+  assert "| norm of the weights |" in (workdir / "flatness.md").read_text()
   # --runs: the finished directories measured again, the same numbers (same directions).
   again = tmp_path / "again"
   runs = ["--runs", workdir / "adam", workdir / "entropy-sgd", "--workdir", again]

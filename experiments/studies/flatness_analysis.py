@@ -73,6 +73,19 @@ def eval_loss(model, batch_stats=None):
   return loss
 
 
+def weight_norms(params) -> dict[str, Any]:
+  """The Euclidean norm of all the weights (``weight_norm``) and of each array
+  (``weight_norms``, keyed by its path, ``Dense_0/kernel``): curvature and perturbation
+  measures compare only at equal scale, and a weight array that feeds a BatchNorm can grow
+  without changing the function while its curvature falls as 1/norm²."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  norms = {
+    "/".join(str(getattr(k, "key", k)) for k in path): float(np.linalg.norm(np.asarray(w)))
+    for path, w in leaves
+  }
+  return {"weight_norm": float(np.sqrt(sum(v * v for v in norms.values()))), "weight_norms": norms}
+
+
 def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
 
   if num_seeds == 1:
@@ -113,6 +126,7 @@ def analyse(
   num_params = run.results["num_params"]
   start = time.perf_counter()
   stats: dict[str, Any] = {"method": method, "examples": n, "num_params": num_params}
+  stats.update(weight_norms(params))
   if method == "exact":
     values = np.asarray(
       flatness.hessian_eigenvalues(loss_fn, params, batches, max_params=args.max_exact_params)

@@ -17,6 +17,7 @@ ROWS = (
     ("test error (%)", "test_error", "{:.2f}"),
     ("training loss", "loss", "{:.4f}"),
     ("weights", "count", "{:d}"),
+    ("norm of the weights", "weight_norm", "{:.4g}"),
   ]
   + [(f"fraction \\|λ\\| < {t:.0e}", f"frac_abs_below_{t:.0e}", "{:.3f}") for t in THRESHOLDS]
   + [
