@@ -10,7 +10,8 @@ effective epoch of all its seeds; the paper's MNIST figure beside it) and ``test
 (test error against effective epochs, a panel per model: the paper's Fig. 4). Run directories
 of the same model, optimizer and budget that train other seeds (jobs run with ``--seed``) are
 pooled into one row. A run still training is shown as far as its last evaluation; ``--resume``
-of its job continues it.
+of its job continues it. ``--jobs NAME...`` reads only these jobs' directories (a seed that has
+just started, left out, does not pull its recipe's row back to its first evaluation).
 """
 
 from __future__ import annotations
@@ -130,8 +131,24 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs_dir")
   parser.add_argument("--output-dir", default=".")
+  parser.add_argument(
+    "--jobs",
+    nargs="+",
+    metavar="NAME",
+    help="only these job directories of RUNS_DIR (default: all)",
+  )
   args = parser.parse_args(argv)
-  run_dirs = sorted(p.parent for p in pathlib.Path(args.runs_dir).glob("*/*/metrics.jsonl"))
+  root = pathlib.Path(args.runs_dir)
+  run_dirs = sorted(p.parent for p in root.glob("*/*/metrics.jsonl"))
+  if args.jobs:
+    jobs = sorted({d.parent.name for d in run_dirs})
+    empty = [job for job in args.jobs if job not in jobs]
+    if empty:
+      parser.error(
+        f"--jobs: no run directory (NAME/RUN/metrics.jsonl) under {root} for "
+        f"{', '.join(empty)}; the jobs there: {', '.join(jobs) or 'none'}"
+      )
+    run_dirs = [d for d in run_dirs if d.parent.name in args.jobs]
   rows, panels = [], {}
   for group, configs in recipes(run_dirs):
     row, records = run_row(group, configs)

@@ -277,7 +277,7 @@ def write_run(run_dir, seeds, errors_by_epoch, *, finished, optimizer="adam"):
     (run_dir / "results.json").write_text("{}")
 
 
-def test_progress_pools_the_seeds_of_one_recipe_run_apart(tmp_path):
+def test_progress_pools_the_seeds_of_one_recipe_run_apart(tmp_path, capsys):
   """Jobs run with --seed 0 and --seed 1 are one recipe: one row, its seeds pooled at the last
   evaluation both made; a seed in two directories is an error that names both."""
   write_run(tmp_path / "lenet-seed0/lenet_bn-adam", [0], {50: [9.0], 100: [8.0]}, finished=True)
@@ -301,6 +301,15 @@ def test_progress_pools_the_seeds_of_one_recipe_run_apart(tmp_path):
   write_run(tmp_path / "again/lenet_bn-adam", [1], {50: [11.0]}, finished=False)
   with pytest.raises(ValueError, match="seed 1 is in both .*again.* and .*lenet-seed1"):
     fashion_mnist_progress.main([str(tmp_path), "--output-dir", str(out)])
+  # --jobs: the finished seed alone, its own final error; a job that is not there is named.
+  only = ["--output-dir", str(out), "--jobs", "lenet-seed0", "other"]
+  assert fashion_mnist_progress.main([str(tmp_path), *only]) == 0
+  rows = (out / "summary.md").read_text().splitlines()[2:]
+  assert len(rows) == 2 and "| lenet-seed0/lenet_bn-adam | LeNet-BN | Adam | finished |" in rows[0]
+  assert "| 8.00 at 100.0 | 8.00 | 1 |" in rows[0]
+  with pytest.raises(SystemExit):
+    fashion_mnist_progress.main([str(tmp_path), "--jobs", "lenet-seed2"])
+  assert "--jobs: no run directory" in capsys.readouterr().err
 
 
 def test_progress_says_how_many_seeds_an_error_averages():
