@@ -24,6 +24,8 @@ final point, in evaluation mode (BatchNorm running statistics, no dropout), on t
 It then measures the same loss at random points x + r d around each final point (the same
 directions for every run): radii relative to each weight array's norm (--relative-radii) and
 absolute (--absolute-radii), and the local entropy log mean exp(-loss) on each sphere.
+--per-array adds each weight array's own curvature (the top eigenvalue of its Hessian block,
+times its norm squared: the scale-free measure for arrays that feed a BatchNorm).
 
 It prints the paper's statistics side by side (fraction of |lambda| below 1e-4, 1e-3, 1e-2,
 of negative eigenvalues, the extremes) and the perturbed losses, and saves flatness.json,
@@ -53,7 +55,7 @@ from experiments.run import directory, distributed
 from experiments.run.schema import ConfigError
 from experiments.studies import flatness_perturbation
 from experiments.studies.flatness_analysis import analyse, choose_method
-from experiments.studies.flatness_report import WHAT, plot, table
+from experiments.studies.flatness_report import WHAT, array_table, plot, table
 
 PROG = "python -m experiments.flatness"
 
@@ -125,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     flatness_perturbation.plot(
       columns, root / "perturbation.png", f"{first.dataset} {first.model}: random perturbations"
+    )
+  if args.per_array:
+    text += (
+      "\nEach weight array's own curvature: the largest eigenvalue of its block of the Hessian "
+      "(the other arrays held fixed), its norm, and eigenvalue × norm² (unchanged when an array "
+      "that feeds a BatchNorm is rescaled):\n\n"
+      f"{array_table(columns)}\n"
     )
   (root / "flatness.md").write_text(text)
   directory.write_json(root / "flatness.json", columns)

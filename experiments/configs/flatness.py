@@ -39,6 +39,10 @@ class FlatnessJob(grid_job.GridJob):
   weight space (none: skip)"""
   perturbation_samples: int = 8
   """random directions per radius (the same for every run of the model)"""
+  per_array: bool = False
+  """also each weight array's own curvature: the largest eigenvalue of its block of the Hessian
+  (the other arrays held fixed; --lanczos-iters steps), its norm and eigenvalue x norm², the
+  measure that compares an array feeding a BatchNorm between solutions of different scales"""
   runs: tuple[str, ...] = ()
   """finished run directories to measure instead of training (e.g. the full-length runs of the
   data set's own script); their saved configs replace the job's recipes"""

@@ -79,11 +79,43 @@ def weight_norms(params) -> dict[str, Any]:
   measures compare only at equal scale, and a weight array that feeds a BatchNorm can grow
   without changing the function while its curvature falls as 1/norm²."""
   leaves = jax.tree_util.tree_leaves_with_path(params)
-  norms = {
-    "/".join(str(getattr(k, "key", k)) for k in path): float(np.linalg.norm(np.asarray(w)))
-    for path, w in leaves
-  }
+  norms = {_path_name(path): float(np.linalg.norm(np.asarray(w))) for path, w in leaves}
   return {"weight_norm": float(np.sqrt(sum(v * v for v in norms.values()))), "weight_norms": norms}
+
+
+def array_curvatures(loss_fn, params, batches, num_iters: int, key: int) -> dict[str, Any]:
+  """Each weight array's own curvature: the largest eigenvalue of the Hessian block of that
+  array (the loss as a function of it alone, the others held fixed), by ``num_iters`` Lanczos
+  steps, with the array's norm and their scale-free product ``eigenvalue x norm²``.
+
+  Scaling an array that feeds a BatchNorm by c leaves the function unchanged and divides its
+  block's eigenvalues by c², so only the product compares such arrays between solutions of
+  different scales; for the other arrays (the output layer, biases) it is a reference, not an
+  invariant.
+  """
+  leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves = [jnp.asarray(w) for _, w in leaves_with_paths]  # traced, not baked into programs
+  curvatures = {}
+  for i, (path, w) in enumerate(leaves_with_paths):
+
+    def block_loss(block, batch, i=i):
+      return loss_fn(jax.tree.unflatten(treedef, [*leaves[:i], block, *leaves[i + 1 :]]), batch)
+
+    extremes = flatness.lanczos_extremes(
+      block_loss, leaves[i], batches, num_iters=num_iters, key=key
+    )
+    largest, norm = float(extremes.largest), float(np.linalg.norm(np.asarray(w)))
+    curvatures[_path_name(path)] = {
+      "max_eigenvalue": largest,
+      "norm": norm,
+      "eigenvalue_times_norm2": largest * norm**2,
+    }
+  return curvatures
+
+
+def _path_name(path) -> str:
+  """``Dense_0/kernel`` for the key path of a parameter."""
+  return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
 def _seed_variables(variables: dict[str, Any], seed_index: int, num_seeds: int):
@@ -169,6 +201,12 @@ def analyse(
     plotted, values = density, nodes
   stats["loss"] = float(jnp.mean(jax.lax.map(jax.jit(lambda b: loss_fn(params, b)), batches)))
   stats["seconds"] = time.perf_counter() - start
+  if args.per_array:
+    start = time.perf_counter()
+    stats["per_array"] = array_curvatures(
+      loss_fn, params, batches, num_iters=args.lanczos_iters, key=seed_index
+    )
+    stats["per_array_seconds"] = time.perf_counter() - start
   start = time.perf_counter()
   stats["perturbation"] = flatness_perturbation.measure(
     loss_fn,

@@ -36,6 +36,25 @@ def table(columns: dict[str, dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def array_table(columns: dict[str, dict[str, Any]]) -> str:
+  """Each weight array's curvature side by side (``--per-array``): the largest eigenvalue of its
+  Hessian block, its norm, and eigenvalue x norm², one row per array."""
+  names = list(next(iter(columns.values()))["per_array"])
+  lines = [
+    "| array | " + " | ".join(f"{run}: λ max / norm / λ·norm²" for run in columns) + " |",
+    "|---|" + "---|" * len(columns),
+  ]
+  for name in names:
+    cells = []
+    for c in columns.values():
+      a = c["per_array"][name]
+      cells.append(
+        f"{a['max_eigenvalue']:.4g} / {a['norm']:.4g} / {a['eigenvalue_times_norm2']:.4g}"
+      )
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot(spectra: dict[str, Any], path: pathlib.Path, title: str) -> None:
   """Histograms of the spectra: everything (log counts), and the bulk around zero."""
   import matplotlib  # pylint: disable=g-import-not-at-top
