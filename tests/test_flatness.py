@@ -261,6 +261,18 @@ def test_lanczos_extremes_of_quadratic():
   np.testing.assert_allclose(ext.smallest, _LAM.min(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("scale", [0.0, 2.0])
+def test_lanczos_when_the_start_vector_is_an_eigenvector_at_once(scale):
+  # H = scale * I: the first residual is exactly zero and the next steps are 0/0 (NaN from
+  # matfree). A Hessian block of a saturated loss can be exactly zero.
+  loss_fn = lambda p, _: 0.5 * scale * jnp.sum(p**2)
+  ext = flatness.lanczos_extremes(loss_fn, jnp.ones(10), [None], num_iters=4, key=0)
+  np.testing.assert_allclose([ext.largest, ext.smallest], [scale, scale], rtol=1e-6)
+  sd = flatness.spectral_density(loss_fn, jnp.ones(10), [None], num_iters=4, num_samples=2, key=0)
+  assert np.all(np.isfinite(sd.nodes)) and np.all(np.isfinite(sd.weights))
+  np.testing.assert_allclose(np.sum(sd.weights * sd.nodes, axis=1), scale, atol=1e-6)
+
+
 def test_lanczos_extremes_of_mlp_match_dense(dense_mlp):
   params, batches = _MLP
   ext = flatness.lanczos_extremes(_mlp_loss, params, batches, num_iters=80, key=jax.random.key(3))

@@ -59,7 +59,9 @@ def _decouple_after_breakdown(t: jax.Array) -> jax.Array:
   seen_diag = jax.lax.cummax(jnp.abs(diag[:-1]))
   seen_offdiag = jnp.concatenate([jnp.zeros(1, t.dtype), jax.lax.cummax(jnp.abs(offdiag))[:-1]])
   scale = jnp.maximum(seen_diag, seen_offdiag)
-  negligible = jnp.abs(offdiag) <= 100 * jnp.finfo(t.dtype).eps * scale
+  # NaN counts too: when the first residual is exactly zero (H v0 parallel to v0, or H = 0 on a
+  # block of a saturated loss), the next entries are 0/0.
+  negligible = ~(jnp.abs(offdiag) > 100 * jnp.finfo(t.dtype).eps * scale)
   broken = jnp.cumsum(negligible) > 0  # at and after the first negligible entry
   offdiag = jnp.where(broken, 0.0, offdiag)
   after = jnp.concatenate([jnp.zeros(1, bool), broken])
