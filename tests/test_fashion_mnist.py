@@ -220,6 +220,7 @@ def test_job_one_step_on_small_idx_files(tmp_path, no_system_copy, capsys):
   out = capsys.readouterr().out
   assert "Fashion-MNIST, 128 train (64 more held out for validation) / 64 test images" in out
   assert "MLP 256-128-100 88.3%" in out
+  assert "; published: 11.7 (benchmark MLP 256-128-100" in out and "paper: 11.7" not in out
   results = json.loads((workdir / "results.json").read_text())
   assert set(results) == {"mnistfc-entropy-sgd", "mnistfc-adam"}
   for key, run in results.items():
