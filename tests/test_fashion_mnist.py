@@ -319,3 +319,16 @@ def test_progress_says_how_many_seeds_an_error_averages():
   row.update(best=9.0, seeds=2, wall_s=70.0, s_per_epoch=10.0, paper="1.39")
   line = fashion_mnist_progress.table([row]).splitlines()[-1]
   assert "| 9.00 at 5.0 (1 of 2 seeds) |" in line and "±" not in line
+
+
+def test_committed_full_length_table_is_the_progress_table_of_the_committed_records(tmp_path):
+  # benchmarks/results/fashion_mnist_full/records/ holds the finished runs' records (config.json,
+  # metrics.jsonl, results.json): the committed table must be what the script makes of them.
+  results = pathlib.Path(fashion_mnist_progress.__file__).parent / "results" / "fashion_mnist_full"
+  jobs = sorted(p.name for p in (results / "records").iterdir())
+  assert jobs, results / "records"
+  for job in jobs:
+    out = tmp_path / job
+    records = str(results / "records")
+    assert fashion_mnist_progress.main([records, "--jobs", job, "--output-dir", str(out)]) == 0
+    assert (out / "summary.md").read_text() == (results / job / "summary.md").read_text()
