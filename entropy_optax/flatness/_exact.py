@@ -88,4 +88,6 @@ def hessian_eigenvalues(
       "for the trace; or raise `max_params` if you have the memory."
     )
   stacked, num_batches = _inputs.stack_batches(batches)
-  return _dense_hessian_eigenvalues(LossTree.of(loss_fn), params, stacked, num_batches, chunk_size)
+  return _inputs.finished(
+    _dense_hessian_eigenvalues(LossTree.of(loss_fn), params, stacked, num_batches, chunk_size)
+  )

@@ -88,7 +88,9 @@ def hutchinson_trace(
     raise ValueError(f"num_samples must be >= 2 to give a standard error, got {num_samples}.")
   stacked, num_batches = _inputs.stack_batches(batches)
   keys = jax.random.split(canonical_key(key), num_samples)
-  samples = _hutchinson_samples(LossTree.of(loss_fn), params, stacked, num_batches, keys)
+  samples = _inputs.finished(
+    _hutchinson_samples(LossTree.of(loss_fn), params, stacked, num_batches, keys)
+  )
   return TraceEstimate(
     estimate=jnp.mean(samples),
     stderr=jnp.std(samples, ddof=1) / math.sqrt(num_samples),

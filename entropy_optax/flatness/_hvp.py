@@ -65,7 +65,8 @@ def _host_mean_hvp(loss_fn, params, batches, num_batches, v):
     loss_host, params_host, batches_host = jax.tree.unflatten(treedef, host_leaves)
     total = 0.0
     for b in range(num_batches):
-      batch = jax.tree.map(lambda a, b=b: a[b], batches_host)
+      # NumPy indexing: no JAX operation of its own on the callback's thread.
+      batch = jax.tree.map(lambda a, b=b: np.asarray(a)[b], batches_host)
       total = total + _batch_hvps_jit(loss_host, params_host, batch, vs)
     return np.asarray(total / num_batches, x.dtype)
 

@@ -67,7 +67,16 @@ def flat_params(params) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
 
 def num_params(params) -> int:
   """The number of scalars in ``params`` (the dimension of the Hessian)."""
-  return int(ravel_pytree(params)[0].size)
+  # Sizes only, no JAX operation: see `finished`.
+  return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def finished(outputs):
+  """``outputs`` once computed. A flatness program on XLA:CPU may call back to the host, which
+  runs JAX programs of its own; a JAX operation dispatched by the caller meanwhile can deadlock
+  with them on the CPU's few execution threads (seen: an SLQ run that never ended on 2 cores).
+  So each function waits for its program before it does anything else."""
+  return jax.block_until_ready(outputs)
 
 
 def num_lanczos_iters(num_iters: int, params) -> int:

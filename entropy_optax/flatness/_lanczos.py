@@ -143,7 +143,9 @@ def lanczos_extremes(
   stacked, num_batches = _inputs.stack_batches(batches)
   import_matfree("lanczos_extremes")
   num_iters = _inputs.num_lanczos_iters(num_iters, params)
-  ritz = _lanczos_ritz_values(
-    LossTree.of(loss_fn), params, stacked, num_batches, num_iters, canonical_key(key)
+  ritz = _inputs.finished(
+    _lanczos_ritz_values(
+      LossTree.of(loss_fn), params, stacked, num_batches, num_iters, canonical_key(key)
+    )
   )
   return Extremes(largest=ritz[-1], smallest=ritz[0])

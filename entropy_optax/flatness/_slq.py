@@ -179,5 +179,7 @@ def spectral_density(
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
   num_iters = _inputs.num_lanczos_iters(num_iters, params)
   keys = jax.random.split(canonical_key(key), num_samples)
-  nodes, weights = _slq(LossTree.of(loss_fn), params, stacked, num_batches, num_iters, keys)
+  nodes, weights = _inputs.finished(
+    _slq(LossTree.of(loss_fn), params, stacked, num_batches, num_iters, keys)
+  )
   return SpectralDensity(nodes=nodes, weights=weights, num_params=_inputs.num_params(params))
