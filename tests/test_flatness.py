@@ -251,6 +251,36 @@ def test_a_conv_net_on_cpu_is_differentiated_outside_xla_loops(monkeypatch):
   assert len(host_calls) == calls
 
 
+def test_each_function_waits_for_its_program_before_any_other_jax_operation(monkeypatch):
+  # The host path's callback runs JAX programs of its own; a JAX operation of the caller in the
+  # meantime could deadlock with them (an SLQ run on LeNet-BN hung on 2 cores: the caller's
+  # ravel_pytree, for the parameter count, against the callback's indexing). So every function
+  # waits for its program first, and the parameter count is no JAX operation.
+  k = jax.random.split(jax.random.key(5), 4)
+  params = {
+    "k": 0.5 * jax.random.normal(k[0], (3, 3, 1, 2)),
+    "w": 0.3 * jax.random.normal(k[1], (32, 3)),
+  }
+  xs, ys = jax.random.normal(k[2], (2, 4, 6, 6, 1)), jax.random.randint(k[3], (2, 4), 0, 3)
+  batches = [(xs[i], ys[i]) for i in range(2)]
+  waited = []
+  finished = flatness._inputs.finished
+  monkeypatch.setattr(flatness._inputs, "finished", lambda out: waited.append(1) or finished(out))
+  monkeypatch.setattr(flatness._inputs, "ravel_pytree", None)  # params are only counted now
+  assert flatness._inputs.num_params(params) == 114
+  monkeypatch.undo()
+  monkeypatch.setattr(flatness._inputs, "finished", lambda out: waited.append(1) or finished(out))
+  outputs = [
+    flatness.lanczos_extremes(_conv_loss, params, batches, num_iters=5, key=0),
+    flatness.spectral_density(_conv_loss, params, batches, num_iters=5, num_samples=2, key=1),
+    flatness.hutchinson_trace(_conv_loss, params, batches, num_samples=2, key=0),
+    flatness.hessian_eigenvalues(_conv_loss, params, batches),
+  ]
+  assert len(waited) == 4
+  for out in outputs:
+    assert all(a.is_ready() for a in jax.tree.leaves(out) if isinstance(a, jax.Array))
+
+
 # ----------------------------------------------------------------- Lanczos
 
 
