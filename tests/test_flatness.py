@@ -196,17 +196,23 @@ def _conv_loss(params, batch):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
-def test_a_conv_net_on_cpu_is_differentiated_outside_xla_loops(monkeypatch):
-  """On XLA:CPU a loss that convolves takes the host path (each batch a loop-free program, the
-  loops around it on the host side of a callback): every entry point still gives the dense
-  Hessian's numbers, and the same as the in-loop path."""
+def _conv_problem(num_batches: int):
+  """Parameters of `_conv_loss` (114 of them) and ``num_batches`` batches of 4 images."""
   k = jax.random.split(jax.random.key(5), 4)
   params = {
     "k": 0.5 * jax.random.normal(k[0], (3, 3, 1, 2)),
     "w": 0.3 * jax.random.normal(k[1], (32, 3)),
   }
-  xs, ys = jax.random.normal(k[2], (3, 4, 6, 6, 1)), jax.random.randint(k[3], (3, 4), 0, 3)
-  batches = [(xs[i], ys[i]) for i in range(3)]
+  xs = jax.random.normal(k[2], (num_batches, 4, 6, 6, 1))
+  ys = jax.random.randint(k[3], (num_batches, 4), 0, 3)
+  return params, [(xs[i], ys[i]) for i in range(num_batches)]
+
+
+def test_a_conv_net_on_cpu_is_differentiated_outside_xla_loops(monkeypatch):
+  """On XLA:CPU a loss that convolves takes the host path (each batch a loop-free program, the
+  loops around it on the host side of a callback): every entry point still gives the dense
+  Hessian's numbers, and the same as the in-loop path."""
+  params, batches = _conv_problem(num_batches=3)
   x0, unravel = ravel_pytree(params)
   hessian = jax.hessian(lambda y: sum(_conv_loss(unravel(y), b) for b in batches) / 3)(x0)
   dense = np.linalg.eigvalsh(np.asarray(hessian, np.float64))
@@ -256,19 +262,12 @@ def test_each_function_waits_for_its_program_before_any_other_jax_operation(monk
   # meantime could deadlock with them (an SLQ run on LeNet-BN hung on 2 cores: the caller's
   # ravel_pytree, for the parameter count, against the callback's indexing). So every function
   # waits for its program first, and the parameter count is no JAX operation.
-  k = jax.random.split(jax.random.key(5), 4)
-  params = {
-    "k": 0.5 * jax.random.normal(k[0], (3, 3, 1, 2)),
-    "w": 0.3 * jax.random.normal(k[1], (32, 3)),
-  }
-  xs, ys = jax.random.normal(k[2], (2, 4, 6, 6, 1)), jax.random.randint(k[3], (2, 4), 0, 3)
-  batches = [(xs[i], ys[i]) for i in range(2)]
+  params, batches = _conv_problem(num_batches=2)
+  with monkeypatch.context() as patched:
+    patched.setattr(flatness._inputs, "ravel_pytree", None)  # params are only counted now
+    assert flatness._inputs.num_params(params) == 114
   waited = []
   finished = flatness._inputs.finished
-  monkeypatch.setattr(flatness._inputs, "finished", lambda out: waited.append(1) or finished(out))
-  monkeypatch.setattr(flatness._inputs, "ravel_pytree", None)  # params are only counted now
-  assert flatness._inputs.num_params(params) == 114
-  monkeypatch.undo()
   monkeypatch.setattr(flatness._inputs, "finished", lambda out: waited.append(1) or finished(out))
   outputs = [
     flatness.lanczos_extremes(_conv_loss, params, batches, num_iters=5, key=0),
