@@ -95,8 +95,9 @@ def array_curvatures(loss_fn, params, batches, num_iters: int, key: int) -> dict
   """
   leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
   leaves = [jnp.asarray(w) for _, w in leaves_with_paths]  # traced, not baked into programs
+  norms = weight_norms(params)["weight_norms"]
   curvatures = {}
-  for i, (path, w) in enumerate(leaves_with_paths):
+  for i, (path, _) in enumerate(leaves_with_paths):
 
     def block_loss(block, batch, i=i):
       return loss_fn(jax.tree.unflatten(treedef, [*leaves[:i], block, *leaves[i + 1 :]]), batch)
@@ -104,7 +105,7 @@ def array_curvatures(loss_fn, params, batches, num_iters: int, key: int) -> dict
     extremes = flatness.lanczos_extremes(
       block_loss, leaves[i], batches, num_iters=num_iters, key=key
     )
-    largest, norm = float(extremes.largest), float(np.linalg.norm(np.asarray(w)))
+    largest, norm = float(extremes.largest), norms[_path_name(path)]
     curvatures[_path_name(path)] = {
       "max_eigenvalue": largest,
       "norm": norm,
