@@ -154,13 +154,20 @@ def all_diverged(results: Mapping[str, Any]) -> bool:
   return bool(diverged) and len(diverged) == len(results["seeds"])
 
 
+def is_benchmark_figure(paper: str) -> bool:
+  """Whether a run's ``paper`` figure is its data set's published benchmark (a data set the paper
+  did not use, e.g. Fashion-MNIST: "11.7 (benchmark MLP 256-128-100: 88.3% acc.)"), not the
+  paper's own."""
+  return "acc." in paper
+
+
 def format_result(results: Mapping[str, Any]) -> str:
   """One line: test error mean ± std over seeds, effective epochs, wall time, speed (a
   language model: validation and test loss, ``text_loss``)."""
   n = len(results["seeds"])
   paper = ""
-  if results.get("paper"):  # a data set the paper did not use: its benchmark's published figure
-    label = "published" if "acc." in results["paper"] else "paper"
+  if results.get("paper"):
+    label = "published" if is_benchmark_figure(results["paper"]) else "paper"
     paper = f"; {label}: {results['paper']}"
   note = divergence_note(results)
   if all_diverged(results):

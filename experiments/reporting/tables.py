@@ -47,7 +47,7 @@ def comparison_table(
   ]
   for (model, optimizer), r in results.items():
     published = ""
-    if r.get("paper") and "acc." in r["paper"]:  # the benchmark's published accuracy
+    if r.get("paper") and summaries.is_benchmark_figure(r["paper"]):
       published = f"{100 - float(r['paper'].split()[0]):.1f}"
     note = summaries.divergence_note(r)
     if summaries.all_diverged(r):
